@@ -53,7 +53,9 @@ type Shard interface {
 	// Append appends recs and returns the offset of the first one. An empty
 	// batch appends nothing and returns the high watermark.
 	Append(ctx context.Context, recs []Record) (first uint64, err error)
-	// Read returns records from offset from, in order, within lim.
+	// Read returns records from offset from, in order, within lim. The
+	// returned records may share memory with the engine: callers must not
+	// modify them.
 	Read(ctx context.Context, from uint64, lim Limits) ([]Record, error)
 	// Watermarks returns the first readable offset and the next offset to be
 	// assigned.
