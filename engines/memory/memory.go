@@ -57,12 +57,12 @@ type engineMetrics struct {
 
 func newMetrics(r prometheus.Registerer) *engineMetrics {
 	m := &engineMetrics{
-		appends: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "appends_total", Help: "Append calls that succeeded."}),
-		records: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "appended_records_total", Help: "Records appended."}),
-		bytes:   prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "appended_bytes_total", Help: "Payload bytes appended."}),
-		dropped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "dropped_records_total", Help: "Records dropped because a shard exceeded its byte budget."}),
+		appends:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "appends_total", Help: "Append calls that succeeded."}),
+		records:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "appended_records_total", Help: "Records appended."}),
+		bytes:        prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "appended_bytes_total", Help: "Payload bytes appended."}),
+		dropped:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "dropped_records_total", Help: "Records dropped because a shard exceeded its byte budget."}),
 		droppedBytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "dropped_bytes_total", Help: "Payload bytes dropped because a shard exceeded its byte budget."}),
-		shards:  prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "shards", Help: "Shards held by the memory engine."}),
+		shards:       prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "shards", Help: "Shards held by the memory engine."}),
 	}
 	metrics.Register(r, m.appends, m.records, m.bytes, m.dropped, m.droppedBytes, m.shards)
 	return m
@@ -193,8 +193,8 @@ type Shard struct {
 	mu       sync.RWMutex
 	low      uint64 // offset of the first retained record
 	entries  ring   // records low..high-1
-	bytes    int64   // budget bytes retained
-	chunk    []byte  // free tail of the current arena chunk
+	bytes    int64  // budget bytes retained
+	chunk    []byte // free tail of the current arena chunk
 	sealed   bool
 	closed   bool
 	maxDirty bool          // maxTS must be recomputed (records were dropped)
