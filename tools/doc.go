@@ -1,0 +1,3 @@
+// Package tools holds code generation and developer scripts. Nothing here is
+// linked into the quire binaries.
+package tools
