@@ -1,0 +1,436 @@
+// Package config is the node's configuration: the TOML file format, its
+// defaults, and validation that names the file, key and line of every
+// mistake.
+//
+// Usage:
+//
+//	cfg, err := config.Load("quire.toml", config.Overrides{DataDir: "/var/lib/quire"})
+//	if err != nil {
+//		// err lists every problem, one per line, as
+//		//   quire.toml:12:1: storage.file.sync_interval: invalid duration "fast": ...
+//		// errors.Is(err, config.ErrInvalid) is true.
+//	}
+//	cfg := config.Default() // what `quire start` runs with no --config
+//
+// The file format is documented, key by key with its default, in
+// config/quire.example.toml at the repository root; a test checks that the
+// example loads to exactly Default() and mentions every field, so the two
+// cannot drift apart.
+//
+// Decoding starts from Default(), so a key left out of the file keeps its
+// default. Unknown keys are errors (a misspelt key silently ignored is the
+// worst kind of config bug). Validation is split from decoding: Validate
+// reports semantic problems by key, and Load attaches the file position of
+// each key by walking the document with go-toml's unstable parser.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/quiremq/quire/shard"
+)
+
+// Config is the configuration of one node. Field tags are the TOML keys.
+type Config struct {
+	// NodeID identifies the node in its cluster; 1 or more.
+	NodeID uint64 `toml:"node_id"`
+	// ClusterName names the cluster; nodes of different clusters refuse to
+	// talk to each other (once there is more than one node).
+	ClusterName string `toml:"cluster_name"`
+	// DataDir holds all of the node's data; it is locked while the node runs.
+	DataDir string `toml:"data_dir"`
+	// MetaAddrs lists the meta (Raft) voters as "ID@HOST:PORT", HOST:PORT
+	// being the voter's inner gRPC address.
+	MetaAddrs []string `toml:"meta_addrs"`
+
+	Log     Log     `toml:"log"`
+	GRPC    GRPC    `toml:"grpc"`
+	Admin   Admin   `toml:"admin"`
+	MQTT    MQTT    `toml:"mqtt"`
+	Kafka   Kafka   `toml:"kafka"`
+	AMQP    AMQP    `toml:"amqp"`
+	Storage Storage `toml:"storage"`
+}
+
+// Log configures the node's structured log (written to stderr).
+type Log struct {
+	// Level is one of debug, info, warn, error.
+	Level string `toml:"level"`
+	// Format is text (logfmt-like key=value) or json (one object per line).
+	Format string `toml:"format"`
+}
+
+// GRPC configures the inner gRPC server (node to node, and the standard
+// gRPC health service).
+type GRPC struct {
+	Addr string `toml:"addr"`
+}
+
+// Admin configures the admin HTTP server: JSON API, /healthz, /readyz and
+// Prometheus /metrics.
+type Admin struct {
+	Addr string `toml:"addr"`
+}
+
+// MQTT holds the MQTT listener addresses; "" turns a listener off.
+type MQTT struct {
+	TCP  string `toml:"tcp"`
+	TLS  string `toml:"tls"`
+	WS   string `toml:"ws"`
+	WSS  string `toml:"wss"`
+	QUIC string `toml:"quic"`
+}
+
+// Kafka holds the Kafka listener address; "" turns it off.
+type Kafka struct {
+	Addr string `toml:"addr"`
+}
+
+// AMQP holds the AMQP listener address; "" turns it off.
+type AMQP struct {
+	Addr string `toml:"addr"`
+}
+
+// Storage chooses and configures the storage engines.
+type Storage struct {
+	// DefaultEngine stores every topic no rule matches.
+	DefaultEngine string `toml:"default_engine"`
+	// Rules route topics to engines by MQTT topic filter; the first rule
+	// whose filter matches the topic name wins.
+	Rules  []Rule        `toml:"rules"`
+	Memory MemoryStorage `toml:"memory"`
+	File   FileStorage   `toml:"file"`
+}
+
+// Rule routes the topics matching Match (an MQTT topic filter: '+' one
+// level, '#' any number of trailing levels) to Engine.
+type Rule struct {
+	Match  string `toml:"match"`
+	Engine string `toml:"engine"`
+}
+
+// MemoryStorage configures engines/memory.
+type MemoryStorage struct {
+	// ShardBudgetBytes bounds the bytes one shard keeps; the oldest records
+	// are dropped beyond it.
+	ShardBudgetBytes int64 `toml:"shard_budget_bytes"`
+}
+
+// FileStorage configures engines/file.
+type FileStorage struct {
+	// Sync is the fsync policy: batch (fsync before acknowledging each append
+	// batch, group-committed), interval (fsync every SyncInterval; a crash
+	// loses up to that much acknowledged data) or none (leave it to the OS).
+	Sync string `toml:"sync"`
+	// SyncInterval is the fsync period of the interval policy.
+	SyncInterval Duration `toml:"sync_interval"`
+	// SegmentBytes rolls the active segment at this size.
+	SegmentBytes int64 `toml:"segment_bytes"`
+	// SegmentAge rolls the active segment at this age; 0 = never by age.
+	SegmentAge Duration `toml:"segment_age"`
+	// RetentionBytes deletes the oldest sealed segments of a shard beyond
+	// this size; 0 = no size limit.
+	RetentionBytes int64 `toml:"retention_bytes"`
+	// RetentionAge deletes sealed segments whose newest record is older;
+	// 0 = keep forever.
+	RetentionAge Duration `toml:"retention_age"`
+}
+
+// Engines are the storage engines this build of Quire has.
+var Engines = []string{"file", "memory"}
+
+// Sync policies of the file engine.
+var SyncPolicies = []string{"batch", "interval", "none"}
+
+// Default returns the configuration `quire start` runs with when there is no
+// config file: one node that is its own cluster, data under ./data, every
+// listener on its usual port.
+func Default() *Config {
+	return &Config{
+		NodeID:      1,
+		ClusterName: "quire",
+		DataDir:     "./data",
+		MetaAddrs:   []string{"1@127.0.0.1:1228"},
+		Log:         Log{Level: "info", Format: "text"},
+		GRPC:        GRPC{Addr: "0.0.0.0:1228"},
+		Admin:       Admin{Addr: ":58080"},
+		MQTT:        MQTT{TCP: ":1883", TLS: ":8883", WS: ":8083", WSS: ":8084", QUIC: ":14567"},
+		Kafka:       Kafka{Addr: ":9092"},
+		AMQP:        AMQP{Addr: ":5672"},
+		Storage: Storage{
+			DefaultEngine: "file",
+			Memory:        MemoryStorage{ShardBudgetBytes: 64 << 20},
+			File: FileStorage{
+				Sync:           "batch",
+				SyncInterval:   Duration(100 * time.Millisecond),
+				SegmentBytes:   128 << 20,
+				SegmentAge:     Duration(168 * time.Hour),
+				RetentionBytes: 0,
+				RetentionAge:   Duration(168 * time.Hour),
+			},
+		},
+	}
+}
+
+// Voter is one parsed entry of meta_addrs.
+type Voter struct {
+	ID   uint64
+	Addr string // HOST:PORT of the voter's inner gRPC server
+}
+
+// Voters parses MetaAddrs. Call it on a validated Config.
+func (c *Config) Voters() ([]Voter, error) {
+	vs := make([]Voter, 0, len(c.MetaAddrs))
+	for _, a := range c.MetaAddrs {
+		v, err := parseVoter(a)
+		if err != nil {
+			return nil, err
+		}
+		vs = append(vs, v)
+	}
+	return vs, nil
+}
+
+func parseVoter(s string) (Voter, error) {
+	id, addr, ok := strings.Cut(s, "@")
+	if !ok {
+		return Voter{}, fmt.Errorf("%q is not ID@HOST:PORT", s)
+	}
+	n, err := strconv.ParseUint(id, 10, 64)
+	if err != nil || n == 0 {
+		return Voter{}, fmt.Errorf("%q: node id %q must be an integer >= 1", s, id)
+	}
+	if err := checkAddr(addr, true); err != nil {
+		return Voter{}, fmt.Errorf("%q: %v", s, err)
+	}
+	return Voter{ID: n, Addr: addr}, nil
+}
+
+// Listener is one configured protocol listener.
+type Listener struct {
+	Key  string // the config key, e.g. "mqtt.tcp"
+	Addr string // "" when off
+}
+
+// Listeners returns the protocol front-end listeners in a fixed order.
+func (c *Config) Listeners() []Listener {
+	return []Listener{
+		{"mqtt.tcp", c.MQTT.TCP}, {"mqtt.tls", c.MQTT.TLS}, {"mqtt.ws", c.MQTT.WS},
+		{"mqtt.wss", c.MQTT.WSS}, {"mqtt.quic", c.MQTT.QUIC},
+		{"kafka.addr", c.Kafka.Addr}, {"amqp.addr", c.AMQP.Addr},
+	}
+}
+
+// ErrInvalid marks every configuration error: errors.Is(err, ErrInvalid).
+var ErrInvalid = errors.New("config: invalid")
+
+// Error is one invalid setting. File, Line and Column locate it when it came
+// from a file; Source names where it came from otherwise (a flag).
+type Error struct {
+	File   string
+	Line   int // 1-based; 0 when the key is not in the file (a default)
+	Column int
+	Source string // e.g. "flag --node-id"; "" for the file or a default
+	Key    string // dotted key, with [i] for array elements: storage.rules[0].engine
+	Msg    string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	switch {
+	case e.Source != "":
+		b.WriteString(e.Source)
+		b.WriteString(": ")
+	case e.File != "" && e.Line > 0:
+		fmt.Fprintf(&b, "%s:%d:%d: ", e.File, e.Line, e.Column)
+	case e.File != "":
+		b.WriteString(e.File)
+		b.WriteString(": ")
+	}
+	if e.Key != "" {
+		b.WriteString(e.Key)
+		if e.File != "" && e.Line == 0 && e.Source == "" {
+			b.WriteString(" (default value)")
+		}
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *Error) Unwrap() error { return ErrInvalid }
+
+// Validate checks c and returns every problem (joined; each is an *Error).
+func (c *Config) Validate() error {
+	return joinErrors(c.validate())
+}
+
+func joinErrors(es []*Error) error {
+	if len(es) == 0 {
+		return nil
+	}
+	errs := make([]error, len(es))
+	for i, e := range es {
+		errs[i] = e
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) validate() []*Error {
+	var es []*Error
+	bad := func(key, format string, args ...any) {
+		es = append(es, &Error{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+	if c.NodeID == 0 {
+		bad("node_id", "must be >= 1")
+	}
+	if c.ClusterName == "" {
+		bad("cluster_name", "must not be empty")
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty")
+	}
+
+	// Meta voters.
+	if len(c.MetaAddrs) == 0 {
+		bad("meta_addrs", "must list at least one voter as \"ID@HOST:PORT\"")
+	}
+	seen := map[uint64]bool{}
+	var voters []Voter
+	for i, a := range c.MetaAddrs {
+		v, err := parseVoter(a)
+		if err != nil {
+			bad(fmt.Sprintf("meta_addrs[%d]", i), "%v", err)
+			continue
+		}
+		if seen[v.ID] {
+			bad(fmt.Sprintf("meta_addrs[%d]", i), "node id %d is listed twice", v.ID)
+		}
+		seen[v.ID] = true
+		voters = append(voters, v)
+	}
+	if len(voters) == len(c.MetaAddrs) && len(voters) > 0 {
+		switch {
+		case len(voters) > 1:
+			bad("meta_addrs", "lists %d voters, but multi-node meta arrives with the Meta service; this build runs single-node clusters only: list just this node, e.g. [\"%d@127.0.0.1:1228\"]", len(voters), max(c.NodeID, 1))
+		case voters[0].ID != c.NodeID && c.NodeID != 0:
+			bad("meta_addrs", "the only voter is node %d, not this node (node_id = %d); joining another node's meta arrives with the Meta service: list this node, e.g. [\"%d@127.0.0.1:1228\"]", voters[0].ID, c.NodeID, c.NodeID)
+		}
+	}
+
+	// Log.
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
+		bad("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+
+	// Listeners.
+	if c.GRPC.Addr == "" {
+		bad("grpc.addr", "must not be empty: the node always runs its inner gRPC server")
+	} else if err := checkAddr(c.GRPC.Addr, false); err != nil {
+		bad("grpc.addr", "%v", err)
+	}
+	if c.Admin.Addr == "" {
+		bad("admin.addr", "must not be empty: the node always runs its admin HTTP server")
+	} else if err := checkAddr(c.Admin.Addr, false); err != nil {
+		bad("admin.addr", "%v", err)
+	}
+	for _, l := range c.Listeners() {
+		if l.Addr == "" {
+			continue
+		}
+		if err := checkAddr(l.Addr, false); err != nil {
+			bad(l.Key, "%v", err)
+		}
+	}
+
+	// Storage.
+	engines := strings.Join(Engines, ", ")
+	if !slices.Contains(Engines, c.Storage.DefaultEngine) {
+		bad("storage.default_engine", "unknown engine %q (this build has %s)", c.Storage.DefaultEngine, engines)
+	}
+	for i, r := range c.Storage.Rules {
+		if err := shard.ValidateFilter(r.Match); err != nil {
+			bad(fmt.Sprintf("storage.rules[%d].match", i), "%v", err)
+		}
+		if !slices.Contains(Engines, r.Engine) {
+			bad(fmt.Sprintf("storage.rules[%d].engine", i), "unknown engine %q (this build has %s)", r.Engine, engines)
+		}
+	}
+	if c.Storage.Memory.ShardBudgetBytes <= 0 {
+		bad("storage.memory.shard_budget_bytes", "must be > 0, got %d", c.Storage.Memory.ShardBudgetBytes)
+	}
+	f := c.Storage.File
+	if !slices.Contains(SyncPolicies, f.Sync) {
+		bad("storage.file.sync", "%q is not one of %s", f.Sync, strings.Join(SyncPolicies, ", "))
+	}
+	if f.SyncInterval <= 0 {
+		bad("storage.file.sync_interval", "must be > 0, got %s", f.SyncInterval)
+	}
+	if f.SegmentBytes <= 0 {
+		bad("storage.file.segment_bytes", "must be > 0, got %d", f.SegmentBytes)
+	}
+	if f.SegmentAge < 0 {
+		bad("storage.file.segment_age", "must be >= 0 (0 = never roll by age), got %s", f.SegmentAge)
+	}
+	if f.RetentionBytes < 0 {
+		bad("storage.file.retention_bytes", "must be >= 0 (0 = no size limit), got %d", f.RetentionBytes)
+	}
+	if f.RetentionAge < 0 {
+		bad("storage.file.retention_age", "must be >= 0 (0 = keep forever), got %s", f.RetentionAge)
+	}
+	return es
+}
+
+// checkAddr checks a HOST:PORT listen (or, with needHost, dial) address.
+func checkAddr(addr string, needHost bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q is not HOST:PORT (e.g. \":1883\" or \"127.0.0.1:1883\")", addr)
+	}
+	if needHost && host == "" {
+		return fmt.Errorf("address %q needs a host", addr)
+	}
+	if strings.ContainsAny(host, " /") {
+		return fmt.Errorf("address %q: bad host %q", addr, host)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return fmt.Errorf("address %q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	if needHost && p == 0 {
+		return fmt.Errorf("address %q: port 0 cannot be dialled", addr)
+	}
+	return nil
+}
+
+// Duration is a time.Duration written in TOML as a string such as "100ms",
+// "30s" or "168h".
+type Duration time.Duration
+
+// Std returns d as a time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText writes d as "1h0m0s"-style text.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q: want a string such as \"100ms\", \"30s\" or \"168h\"", b)
+	}
+	*d = Duration(v)
+	return nil
+}

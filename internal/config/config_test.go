@@ -1,0 +1,289 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+const examplePath = "../../config/quire.example.toml"
+
+func TestDefaultIsValid(t *testing.T) {
+	if err := Default().Validate(); err != nil {
+		t.Fatalf("Default() is invalid: %v", err)
+	}
+	c, err := Load("", Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c, Default()) {
+		t.Errorf("Load(\"\") = %+v, want Default()", c)
+	}
+}
+
+// The shipped example must configure exactly the defaults, so the
+// documentation cannot drift from the code.
+func TestExampleEqualsDefault(t *testing.T) {
+	c, err := Load(examplePath, Overrides{})
+	if err != nil {
+		t.Fatalf("example config does not load: %v", err)
+	}
+	if !reflect.DeepEqual(c, Default()) {
+		t.Errorf("example config differs from Default():\n got %+v\nwant %+v", c, Default())
+	}
+}
+
+// Every field of Config must be documented in the example: written as a key,
+// or (fields of array-table entries) in the commented example block, which
+// must itself be valid.
+func TestExampleMentionsEveryField(t *testing.T) {
+	data, err := os.ReadFile(examplePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := buildIndex(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, k := range idx.Keys() {
+		have[stripIndexes(k)] = true
+	}
+	// The commented example lines ("#   key = value") form a TOML snippet.
+	var snippet strings.Builder
+	for _, l := range strings.Split(string(data), "\n") {
+		if s, ok := strings.CutPrefix(l, "#   "); ok && regexp.MustCompile(`^(\[\[|[a-z_]+ = )`).MatchString(s) {
+			snippet.WriteString(s + "\n")
+		}
+	}
+	sidx, err := buildIndex([]byte(snippet.String()))
+	if err != nil {
+		t.Fatalf("commented example %q: %v", snippet.String(), err)
+	}
+	for _, k := range sidx.Keys() {
+		have[stripIndexes(k)] = true
+	}
+	for _, f := range Fields() {
+		if !have[f.Key] {
+			t.Errorf("config field %s is not documented in %s", f.Key, examplePath)
+		}
+	}
+	// The commented rule example is valid when uncommented.
+	p := writeFile(t, string(data)+"\n"+snippet.String())
+	c, err := Load(p, Overrides{})
+	if err != nil {
+		t.Fatalf("example with its commented rule block: %v", err)
+	}
+	if want := []Rule{{Match: "sensors/#", Engine: "memory"}}; !reflect.DeepEqual(c.Storage.Rules, want) {
+		t.Errorf("rules = %+v, want %+v", c.Storage.Rules, want)
+	}
+	if len(Fields()) < 25 {
+		t.Errorf("Fields() found only %d fields", len(Fields()))
+	}
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "quire.toml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadValues(t *testing.T) {
+	p := writeFile(t, `
+node_id = 7
+meta_addrs = ["7@10.0.0.7:1228"]
+data_dir = "/var/lib/quire"
+[log]
+format = "json"
+[mqtt]
+ws = ""
+[storage]
+default_engine = "memory"
+rules = [{ match = "orders/#", engine = "file" }]
+[storage.file]
+sync = "interval"
+sync_interval = "250ms"
+retention_age = "0s"
+[[storage.rules]]
+match = "sensors/+/temp"
+engine = "memory"
+`)
+	c, err := Load(p, Overrides{})
+	if err == nil {
+		t.Fatalf("rules defined both inline and as an array table: want an error, got %+v", c)
+	}
+	p = writeFile(t, `
+node_id = 7
+meta_addrs = ["7@10.0.0.7:1228"]
+data_dir = "/var/lib/quire"
+[log]
+format = "json"
+[mqtt]
+ws = ""
+[storage]
+default_engine = "memory"
+[storage.file]
+sync = "interval"
+sync_interval = "250ms"
+retention_age = "0s"
+[[storage.rules]]
+match = "sensors/+/temp"
+engine = "memory"
+[[storage.rules]]
+match = "#"
+engine = "file"
+`)
+	c, err = Load(p, Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	want.NodeID = 7
+	want.MetaAddrs = []string{"7@10.0.0.7:1228"}
+	want.DataDir = "/var/lib/quire"
+	want.Log.Format = "json"
+	want.MQTT.WS = ""
+	want.Storage.DefaultEngine = "memory"
+	want.Storage.File.Sync = "interval"
+	want.Storage.File.SyncInterval = Duration(250 * time.Millisecond)
+	want.Storage.File.RetentionAge = 0
+	want.Storage.Rules = []Rule{{"sensors/+/temp", "memory"}, {"#", "file"}}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("got  %+v\nwant %+v", c, want)
+	}
+	vs, err := c.Voters()
+	if err != nil || len(vs) != 1 || vs[0] != (Voter{ID: 7, Addr: "10.0.0.7:1228"}) {
+		t.Errorf("Voters() = %v, %v", vs, err)
+	}
+	if got := Default().MetaAddrs; len(got) != 1 || got[0] != "1@127.0.0.1:1228" {
+		t.Errorf("Load changed the default's meta_addrs: %v", got)
+	}
+}
+
+func TestOverrides(t *testing.T) {
+	p := writeFile(t, "node_id = 3\nmeta_addrs = [\"3@127.0.0.1:1228\"]\ndata_dir = \"/a\"\n")
+	c, err := Load(p, Overrides{DataDir: "/b", LogFormat: "json", LogLevel: "debug"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DataDir != "/b" || c.NodeID != 3 || c.Log.Format != "json" || c.Log.Level != "debug" {
+		t.Errorf("overrides not applied: %+v", c)
+	}
+	// An invalid flag value is reported as the flag's, not the file's.
+	_, err = Load(p, Overrides{LogFormat: "xml"})
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Source != "flag --log-format" || !strings.HasPrefix(err.Error(), "flag --log-format: log.format: ") {
+		t.Errorf("err = %v, want one naming flag --log-format", err)
+	}
+	// --node-id that is not the single voter.
+	_, err = Load("", Overrides{NodeID: 2})
+	if err == nil || !strings.Contains(err.Error(), "meta_addrs") || !strings.Contains(err.Error(), "node_id = 2") {
+		t.Errorf("err = %v, want the voter mismatch", err)
+	}
+}
+
+// Each error names the file, the key and the line (and column) of the
+// mistake, as FILE:LINE:COL: KEY: message.
+func TestErrorsNameFileKeyLine(t *testing.T) {
+	cases := []struct {
+		name, doc string
+		key       string
+		line      int
+		msg       string // substring of the message
+	}{
+		{"unknown top-level key", "cluster_name = \"x\"\nnodeid = 1\n", "nodeid", 2, `unknown key (did you mean "node_id"?)`},
+		{"unknown table key", "[storage.file]\nsync = \"batch\"\nsyncc = \"none\"\n", "storage.file.syncc", 3, `unknown key (did you mean "storage.file.sync"?)`},
+		{"unknown table", "[stroage]\ndefault_engine = \"file\"\n", "stroage", 1, "unknown key"},
+		{"unknown key in array table", "[[storage.rules]]\nmatch = \"a\"\nengine = \"file\"\n[[storage.rules]]\nmatch = \"b\"\nengin = \"file\"\n", "storage.rules[1].engin", 6, "unknown key"},
+		{"wrong type", "\n\nnode_id = \"one\"\n", "node_id", 3, "cannot decode TOML string into struct field"},
+		{"negative uint", "node_id = -1\n", "node_id", 1, "negative integer"},
+		{"wrong type in table", "[admin]\naddr = 58080\n", "admin.addr", 2, "cannot decode TOML integer"},
+		{"unparsable duration", "[storage.file]\n\nsync_interval = \"fast\"\n", "storage.file.sync_interval", 3, `invalid duration "fast"`},
+		{"duration as integer", "[storage.file]\nsegment_age = 100\n", "storage.file.segment_age", 2, "a duration must be a string"},
+		{"negative duration", "[storage.file]\nretention_age = \"-1h\"\n", "storage.file.retention_age", 2, "must be >= 0"},
+		{"bad filter", "[[storage.rules]]\nmatch = \"a/#/b\"\nengine = \"memory\"\n", "storage.rules[0].match", 2, "'#' must be the last level"},
+		{"unknown rule engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"memory\"\n\n[[storage.rules]]\nmatch = \"b\"\nengine = \"s3\"\n", "storage.rules[1].engine", 7, `unknown engine "s3" (this build has file, memory)`},
+		{"unknown inline rule engine", "[storage]\nrules = [\n  { match = \"x/#\", engine = \"nope\" },\n]\n", "storage.rules[0].engine", 3, `unknown engine "nope"`},
+		{"unknown default engine", "[storage]\ndefault_engine = \"journal\"\n", "storage.default_engine", 2, `unknown engine "journal"`},
+		{"negative segment size", "[storage.file]\nsegment_bytes = -1\n", "storage.file.segment_bytes", 2, "must be > 0"},
+		{"negative retention size", "[storage.file]\nretention_bytes = -5\n", "storage.file.retention_bytes", 2, "must be >= 0"},
+		{"zero memory budget", "[storage.memory]\nshard_budget_bytes = 0\n", "storage.memory.shard_budget_bytes", 2, "must be > 0"},
+		{"bad sync policy", "storage.file.sync = \"sometimes\"\n", "storage.file.sync", 1, `"sometimes" is not one of batch, interval, none`},
+		{"bad listener address", "[mqtt]\ntcp = \"1883\"\n", "mqtt.tcp", 2, "not HOST:PORT"},
+		{"bad port", "[kafka]\naddr = \":99999\"\n", "kafka.addr", 2, "not a number from 0 to 65535"},
+		{"empty admin address", "[admin]\naddr = \"\"\n", "admin.addr", 2, "must not be empty"},
+		{"bad voter", "meta_addrs = [\n  \"1@127.0.0.1:1228\",\n  \"two@h:1\",\n]\n", "meta_addrs[1]", 3, `node id "two" must be an integer`},
+		{"multi-node meta", "\nmeta_addrs = [\"1@a:1228\", \"2@b:1228\", \"3@c:1228\"]\n", "meta_addrs", 2, "multi-node meta arrives with the Meta service"},
+		{"not the voter", "node_id = 2\n", "meta_addrs", 0, "not this node (node_id = 2)"},
+		{"bad log format", "[log]\nlevel = \"info\"\nformat = \"xml\"\n", "log.format", 3, `"xml" is not one of text, json`},
+		{"syntax error", "node_id = 1\ncluster_name = \n", "cluster_name", 2, "expected"},
+		{"bad array element type", "meta_addrs = [1]\n", "meta_addrs[0]", 1, "cannot decode TOML integer"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, tc.doc)
+			c, err := Load(p, Overrides{})
+			if err == nil {
+				t.Fatalf("loaded %+v, want an error", c)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("errors.Is(err, ErrInvalid) = false for %v", err)
+			}
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("err %T %v is not an *Error", err, err)
+			}
+			if ce.File != p || ce.Key != tc.key || ce.Line != tc.line {
+				t.Errorf("error at file %q key %q line %d, want %q %q %d (%v)", ce.File, ce.Key, ce.Line, p, tc.key, tc.line, err)
+			}
+			prefix := fmt.Sprintf("%s:%d:", p, tc.line)
+			if tc.line == 0 {
+				prefix = p + ": "
+			}
+			if s := err.Error(); !strings.HasPrefix(s, prefix) || !strings.Contains(s, tc.key+": ") && !strings.Contains(s, tc.key+" (default value): ") || !strings.Contains(s, tc.msg) {
+				t.Errorf("error text %q: want prefix %q, key %q and %q", s, prefix, tc.key, tc.msg)
+			}
+		})
+	}
+}
+
+func TestEveryErrorReported(t *testing.T) {
+	p := writeFile(t, "[mqtt]\ntcp = \"x\"\ntls = \"y\"\n[storage.file]\nsegment_bytes = -1\n")
+	_, err := Load(p, Overrides{})
+	lines := strings.Split(fmt.Sprint(err), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want 3 errors, one per line, got %q", err)
+	}
+	for i, want := range []string{":2:1: mqtt.tcp: ", ":3:1: mqtt.tls: ", ":5:1: storage.file.segment_bytes: "} {
+		if !strings.Contains(lines[i], want) {
+			t.Errorf("line %d = %q, want %q", i, lines[i], want)
+		}
+	}
+}
+
+func TestMissingFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "nope.toml")
+	_, err := Load(p, Overrides{})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(fmt.Sprint(err), p) || !strings.Contains(fmt.Sprint(err), "no such file") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestDuration(t *testing.T) {
+	var d Duration
+	if err := d.UnmarshalText([]byte("1m30s")); err != nil || d.Std() != 90*time.Second {
+		t.Errorf("got %v, %v", d, err)
+	}
+	if b, _ := d.MarshalText(); string(b) != "1m30s" {
+		t.Errorf("MarshalText = %q", b)
+	}
+}
