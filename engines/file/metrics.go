@@ -1,0 +1,82 @@
+package file
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quiremq/quire/internal/metrics"
+)
+
+const subsystem = "file"
+
+// engineMetrics are the engine's Prometheus metrics. Engines sharing a
+// Registerer share the collectors.
+type engineMetrics struct {
+	appends        prometheus.Counter
+	records        prometheus.Counter
+	bytes          prometheus.Counter
+	writes         prometheus.Counter
+	fsyncs         prometheus.Counter
+	fsyncSeconds   prometheus.Histogram
+	syncBytes      prometheus.Histogram
+	rolled         prometheus.Counter
+	deleted        *prometheus.CounterVec
+	truncations    prometheus.Counter
+	truncatedBytes prometheus.Counter
+	corruptShards  prometheus.Gauge
+	failedShards   prometheus.Counter
+	openShards     prometheus.Gauge
+}
+
+func newMetrics(r prometheus.Registerer) *engineMetrics {
+	counter := func(name, help string) prometheus.Counter {
+		return register(r, prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: subsystem, Name: name, Help: help}))
+	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return register(r, prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: subsystem, Name: name, Help: help}))
+	}
+	return &engineMetrics{
+		appends: counter("appends_total", "Append calls that succeeded."),
+		records: counter("appended_records_total", "Records appended."),
+		bytes:   counter("appended_bytes_total", "Payload bytes (key, value, headers) appended."),
+		writes:  counter("writes_total", "Write calls to segment files (one per group commit)."),
+		fsyncs:  counter("fsyncs_total", "fdatasync calls on segment files."),
+		fsyncSeconds: register(r, prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: metrics.Namespace, Subsystem: subsystem, Name: "fsync_duration_seconds",
+			Help: "Latency of fdatasync on segment files.", Buckets: metrics.LatencyBuckets,
+		})),
+		syncBytes: register(r, prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: metrics.Namespace, Subsystem: subsystem, Name: "sync_bytes",
+			Help: "Bytes made durable by one fdatasync (group commit size).", Buckets: prometheus.ExponentialBuckets(512, 2, 18),
+		})),
+		rolled: counter("segments_rolled_total", "Segments sealed because they reached SegmentBytes or SegmentAge."),
+		deleted: register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metrics.Namespace, Subsystem: subsystem, Name: "segments_deleted_total",
+			Help: "Sealed segments deleted, by reason (retention or trim).",
+		}, []string{"reason"})),
+		truncations:    counter("recovery_truncations_total", "Torn segment tails truncated by recovery."),
+		truncatedBytes: counter("recovery_truncated_bytes_total", "Bytes removed by recovery truncations."),
+		corruptShards:  gauge("corrupt_shards", "Shards that failed to open because of corrupt data."),
+		failedShards:   counter("failed_shards_total", "Shards that stopped accepting writes after an I/O error."),
+		openShards:     gauge("open_shards", "Shards currently open."),
+	}
+}
+
+// register registers c with r (if any) and returns the collector to use: c,
+// or the equal collector an earlier engine registered.
+func register[T prometheus.Collector](r prometheus.Registerer, c T) T {
+	if r == nil {
+		return c
+	}
+	if err := r.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(T); ok {
+				return existing
+			}
+		}
+		panic(err)
+	}
+	return c
+}
