@@ -142,6 +142,9 @@ type FileStorage struct {
 	RetentionAge Duration `toml:"retention_age"`
 }
 
+// MinSegmentBytes is the smallest storage.file.segment_bytes.
+const MinSegmentBytes = 1024
+
 // Engines are the storage engines this build of Quire has.
 var Engines = []string{"file", "memory"}
 
@@ -376,8 +379,8 @@ func (c *Config) validate() []*Error {
 	if f.SyncInterval <= 0 {
 		bad("storage.file.sync_interval", "must be > 0, got %s", f.SyncInterval)
 	}
-	if f.SegmentBytes <= 0 {
-		bad("storage.file.segment_bytes", "must be > 0, got %d", f.SegmentBytes)
+	if f.SegmentBytes < MinSegmentBytes {
+		bad("storage.file.segment_bytes", "must be >= %d, got %d", MinSegmentBytes, f.SegmentBytes)
 	}
 	if f.SegmentAge < 0 {
 		bad("storage.file.segment_age", "must be >= 0 (0 = never roll by age), got %s", f.SegmentAge)

@@ -214,7 +214,7 @@ func TestErrorsNameFileKeyLine(t *testing.T) {
 		{"unknown rule engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"memory\"\n\n[[storage.rules]]\nmatch = \"b\"\nengine = \"s3\"\n", "storage.rules[1].engine", 7, `unknown engine "s3" (this build has file, memory)`},
 		{"unknown inline rule engine", "[storage]\nrules = [\n  { match = \"x/#\", engine = \"nope\" },\n]\n", "storage.rules[0].engine", 3, `unknown engine "nope"`},
 		{"unknown default engine", "[storage]\ndefault_engine = \"journal\"\n", "storage.default_engine", 2, `unknown engine "journal"`},
-		{"negative segment size", "[storage.file]\nsegment_bytes = -1\n", "storage.file.segment_bytes", 2, "must be > 0"},
+		{"negative segment size", "[storage.file]\nsegment_bytes = -1\n", "storage.file.segment_bytes", 2, "must be >= 1024"},
 		{"negative retention size", "[storage.file]\nretention_bytes = -5\n", "storage.file.retention_bytes", 2, "must be >= 0"},
 		{"zero memory budget", "[storage.memory]\nshard_budget_bytes = 0\n", "storage.memory.shard_budget_bytes", 2, "must be > 0"},
 		{"bad sync policy", "storage.file.sync = \"sometimes\"\n", "storage.file.sync", 1, `"sometimes" is not one of batch, interval, none`},

@@ -1,0 +1,260 @@
+// Package adminapi is the node's admin HTTP API: the JSON documents it
+// exchanges and a client for it. The server is in internal/node; quirectl and
+// the tests use the client. This package imports nothing heavy, so the CLI
+// stays small.
+//
+// Endpoints (all JSON; errors are {"error": "..."} with a 4xx/5xx status):
+//
+//	GET    /healthz                 200 {"status":"ok"} while the process is up
+//	GET    /readyz                  200 when every component has started, else 503; Readiness
+//	GET    /metrics                 Prometheus text format
+//	GET    /api/v1/cluster          Cluster
+//	GET    /api/v1/topics           TopicList
+//	POST   /api/v1/topics           CreateTopicRequest -> 201 Topic; 400 bad request, 409 exists
+//	GET    /api/v1/topics/{name}    Topic; 404 when there is none
+//	DELETE /api/v1/topics/{name}    Deleted; 404 when there is none
+//
+// Topic names may contain '/', and are written as they are in the path
+// (/api/v1/topics/sensors/temp); escaping them (sensors%2Ftemp) works too.
+// The topic endpoints answer 503 until the broker has started.
+package adminapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Health is the body of /healthz.
+type Health struct {
+	Status string `json:"status"`
+}
+
+// Component is the state of one node component.
+type Component struct {
+	Name  string `json:"name"`
+	State string `json:"state"` // pending, starting, running, stopping, stopped, failed
+	Error string `json:"error,omitempty"`
+}
+
+// Readiness is the body of /readyz.
+type Readiness struct {
+	Ready      bool        `json:"ready"`
+	Components []Component `json:"components"`
+	// NotReady names the components that are not running.
+	NotReady []string `json:"not_ready,omitempty"`
+}
+
+// Node is one node of the cluster.
+type Node struct {
+	ID uint64 `json:"id"`
+	// Addr is the node's inner gRPC address as the cluster knows it (its
+	// meta_addrs entry).
+	Addr string `json:"addr"`
+	// GRPCAddr and AdminAddr are the addresses the node is listening on.
+	GRPCAddr  string `json:"grpc_addr,omitempty"`
+	AdminAddr string `json:"admin_addr,omitempty"`
+	// Roles are the roles the node actually runs (today: broker).
+	Roles   []string `json:"roles"`
+	State   string   `json:"state"` // starting, ready, stopping
+	Version string   `json:"version,omitempty"`
+}
+
+// Cluster is the body of /api/v1/cluster.
+type Cluster struct {
+	ClusterName string `json:"cluster_name"`
+	Nodes       []Node `json:"nodes"`
+	// MetaLeader is the id of the node holding the cluster's metadata.
+	MetaLeader uint64 `json:"meta_leader"`
+	// MetaMode is "local" while metadata (the topic registry) is a file in
+	// this node's data_dir; "raft" once the Meta service runs.
+	MetaMode string `json:"meta_mode"`
+}
+
+// Partition is the state of one partition of a topic.
+type Partition struct {
+	Partition int    `json:"partition"`
+	Shard     string `json:"shard"`
+	Low       uint64 `json:"low"`
+	High      uint64 `json:"high"`
+	Sealed    bool   `json:"sealed"`
+	Error     string `json:"error,omitempty"`
+}
+
+// Topic is one topic.
+type Topic struct {
+	Name       string      `json:"name"`
+	Engine     string      `json:"engine"`
+	Partitions int         `json:"partitions"`
+	CreatedAt  time.Time   `json:"created_at"`
+	Shards     []Partition `json:"shards"`
+}
+
+// TopicList is the body of GET /api/v1/topics.
+type TopicList struct {
+	Topics []Topic `json:"topics"`
+}
+
+// CreateTopicRequest is the body of POST /api/v1/topics. Engine "" lets the
+// node's storage rules choose; Partitions 0 means 1.
+type CreateTopicRequest struct {
+	Name       string `json:"name"`
+	Engine     string `json:"engine,omitempty"`
+	Partitions int    `json:"partitions,omitempty"`
+}
+
+// Deleted is the body of a successful DELETE.
+type Deleted struct {
+	Deleted string `json:"deleted"`
+}
+
+// ErrorBody is the body of every error response.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
+
+// TopicPath returns the path of a topic's resource.
+func TopicPath(name string) string {
+	segs := strings.Split(name, "/")
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
+	}
+	return "/api/v1/topics/" + strings.Join(segs, "/")
+}
+
+// Client calls a node's admin API.
+type Client struct {
+	// Base is the server's URL, e.g. "http://127.0.0.1:58080".
+	Base string
+	// HTTP is the client to use; default http.DefaultClient.
+	HTTP *http.Client
+}
+
+// NewClient returns a client for the admin API at server, given as
+// HOST:PORT or as a URL.
+func NewClient(server string) *Client {
+	if !strings.Contains(server, "://") {
+		server = "http://" + server
+	}
+	return &Client{Base: strings.TrimRight(server, "/")}
+}
+
+// StatusError is a non-2xx answer.
+type StatusError struct {
+	Code int
+	Msg  string // the server's error message
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// IsNotFound reports whether err is a 404 answer.
+func IsNotFound(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code == http.StatusNotFound
+}
+
+// Do sends a request with an optional JSON body and returns the raw body of a
+// 2xx answer. A non-2xx answer is a *StatusError carrying the server's
+// message.
+func (c *Client) Do(ctx context.Context, method, path string, in any) ([]byte, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the quire admin API at %s: %w", c.Base, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var eb ErrorBody
+		msg := strings.TrimSpace(string(b))
+		if json.Unmarshal(b, &eb) == nil && eb.Error != "" {
+			msg = eb.Error
+		}
+		if msg == "" {
+			msg = resp.Status
+		}
+		return b, &StatusError{Code: resp.StatusCode, Msg: msg}
+	}
+	return b, nil
+}
+
+func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
+	b, err := c.Do(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// Cluster returns the cluster's state.
+func (c *Client) Cluster(ctx context.Context) (Cluster, error) {
+	var v Cluster
+	return v, c.call(ctx, http.MethodGet, "/api/v1/cluster", nil, &v)
+}
+
+// Readiness returns the node's readiness; a node that is not ready answers
+// 503 with the same document, which is returned with a *StatusError.
+func (c *Client) Readiness(ctx context.Context) (Readiness, error) {
+	var v Readiness
+	b, err := c.Do(ctx, http.MethodGet, "/readyz", nil)
+	if jerr := json.Unmarshal(b, &v); err == nil && jerr != nil {
+		return v, jerr
+	}
+	return v, err
+}
+
+// Topics lists the topics.
+func (c *Client) Topics(ctx context.Context) ([]Topic, error) {
+	var v TopicList
+	return v.Topics, c.call(ctx, http.MethodGet, "/api/v1/topics", nil, &v)
+}
+
+// Topic returns one topic.
+func (c *Client) Topic(ctx context.Context, name string) (Topic, error) {
+	var v Topic
+	return v, c.call(ctx, http.MethodGet, TopicPath(name), nil, &v)
+}
+
+// CreateTopic creates a topic.
+func (c *Client) CreateTopic(ctx context.Context, req CreateTopicRequest) (Topic, error) {
+	var v Topic
+	return v, c.call(ctx, http.MethodPost, "/api/v1/topics", req, &v)
+}
+
+// DeleteTopic deletes a topic and its data.
+func (c *Client) DeleteTopic(ctx context.Context, name string) error {
+	var v Deleted
+	return c.call(ctx, http.MethodDelete, TopicPath(name), nil, &v)
+}

@@ -1,0 +1,416 @@
+// Package node runs one Quire node: it builds the components from a
+// config.Config, starts them in order — common servers (inner gRPC, admin
+// HTTP), meta, journal, broker — and stops them in reverse.
+//
+// What exists today: the common servers and the broker's storage side (the
+// engines, the router that picks a topic's engine, and the topic registry).
+// Meta (Raft) and the journal are not built yet: the topic registry lives in
+// <data_dir>/topics.json behind topics.Store, which the Meta service will
+// implement. The protocol front-ends are not built yet either; the node logs
+// which configured listeners it does not serve instead of pretending to.
+//
+// Usage:
+//
+//	n, err := node.New(node.Options{Config: cfg, Logger: log})
+//	...
+//	err = n.Run(ctx, 30*time.Second) // start, wait for ctx, stop
+//
+// Data directory layout:
+//
+//	<data_dir>/LOCK          held (fcntl lock) while the node runs
+//	<data_dir>/topics.json   the topic registry
+//	<data_dir>/file/         the file engine's shards
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quiremq/quire/internal/config"
+	"github.com/quiremq/quire/internal/metrics"
+	"github.com/quiremq/quire/internal/node/adminapi"
+	"github.com/quiremq/quire/internal/version"
+	"github.com/quiremq/quire/internal/vfs"
+)
+
+// Options configure a Node.
+type Options struct {
+	// Config is the node's configuration. Required; New validates it.
+	Config *config.Config
+	// Logger receives the node's logs; default slog.Default().
+	Logger *slog.Logger
+	// FS holds the data directory; default vfs.Default (the real disk).
+	FS vfs.FS
+	// Registry collects every metric of the node and is served on /metrics;
+	// default metrics.NewRegistry() (Go runtime and process collectors).
+	Registry *prometheus.Registry
+}
+
+// Node is one Quire node.
+type Node struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	fs      vfs.FS
+	reg     *prometheus.Registry
+	dataDir string
+
+	grpc   *grpcServer
+	admin  *adminServer
+	broker *broker
+	slots  []*slot
+
+	fatal chan error // a component died while running
+
+	mu    sync.Mutex
+	phase string // new, starting, ready, stopping, stopped
+	lock  io.Closer
+
+	m nodeMetrics
+}
+
+type nodeMetrics struct {
+	state   *prometheus.GaugeVec
+	startS  *prometheus.GaugeVec
+	ready   prometheus.Gauge
+	info    *prometheus.GaugeVec
+	started prometheus.Gauge
+}
+
+// ErrConfig marks errors in the configuration given to New (also
+// errors.Is(err, config.ErrInvalid)).
+var ErrConfig = config.ErrInvalid
+
+// New builds a node from opts. It does no I/O: Start does.
+func New(opts Options) (*Node, error) {
+	if opts.Config == nil {
+		return nil, fmt.Errorf("node: Options.Config is required: %w", ErrConfig)
+	}
+	if err := opts.Config.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.FS == nil {
+		opts.FS = vfs.Default
+	}
+	if opts.Registry == nil {
+		opts.Registry = metrics.NewRegistry()
+	}
+	dataDir, err := filepath.Abs(opts.Config.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("data_dir %q: %w", opts.Config.DataDir, err)
+	}
+	n := &Node{
+		cfg: opts.Config, log: opts.Logger, fs: opts.FS, reg: opts.Registry, dataDir: dataDir,
+		fatal: make(chan error, 1), phase: "new",
+	}
+	n.initMetrics()
+	n.grpc = newGRPCServer(n.cfg.GRPC.Addr, n.log.With("component", "grpc"), n.report)
+	n.admin = &adminServer{addr: n.cfg.Admin.Addr, log: n.log.With("component", "admin"), report: n.report}
+	n.broker = newBroker(n.cfg, n.fs, n.dataDir, n.reg, n.log.With("component", "broker"))
+	n.admin.handler = newAdminHandler(adminDeps{
+		readiness: n.Readiness,
+		cluster:   n.Cluster,
+		topics: func() topicService {
+			if r := n.broker.topics(); r != nil {
+				return r
+			}
+			return nil
+		},
+		gatherer: n.reg,
+		reg:      n.reg,
+		log:      n.log.With("component", "admin"),
+	})
+	// Start order: common servers → meta → journal → broker.
+	for _, c := range []Component{n.grpc, n.admin, n.broker} {
+		n.slots = append(n.slots, &slot{c: c, state: StatePending})
+	}
+	for _, s := range n.slots {
+		n.setState(s, StatePending, nil)
+	}
+	return n, nil
+}
+
+func (n *Node) initMetrics() {
+	ns := metrics.Namespace
+	n.m = nodeMetrics{
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: "node", Name: "component_state",
+			Help: "1 for the state each node component is in (pending, starting, running, stopping, stopped, failed), else 0."},
+			[]string{"component", "state"}),
+		startS: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: "node", Name: "component_start_duration_seconds",
+			Help: "How long each node component took to start."}, []string{"component"}),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: "node", Name: "ready",
+			Help: "1 when every component of the node has started, else 0."}),
+		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: "node", Name: "info",
+			Help: "Always 1; labels describe the node."}, []string{"version", "commit", "node_id", "cluster"}),
+		started: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: "node", Name: "start_time_seconds",
+			Help: "When the node became ready, in seconds since the Unix epoch."}),
+	}
+	metrics.Register(n.reg, n.m.state, n.m.startS, n.m.ready, n.m.info, n.m.started)
+	v := version.Get()
+	n.m.info.WithLabelValues(v.Version, v.Commit, strconv.FormatUint(n.cfg.NodeID, 10), n.cfg.ClusterName).Set(1)
+}
+
+func (n *Node) setState(s *slot, st State, err error) {
+	s.set(st, err)
+	for _, x := range allStates {
+		v := 0.0
+		if x == st {
+			v = 1
+		}
+		n.m.state.WithLabelValues(s.c.Name(), string(x)).Set(v)
+	}
+}
+
+// report records that a running component died; Run then stops the node.
+func (n *Node) report(err error) {
+	n.log.Error("component failed", "err", err)
+	select {
+	case n.fatal <- err:
+	default:
+	}
+}
+
+// Start locks the data directory and starts every component in order. If
+// one fails, those already started are stopped in reverse and the error
+// names the component.
+func (n *Node) Start(ctx context.Context) error {
+	n.mu.Lock()
+	if n.phase != "new" {
+		n.mu.Unlock()
+		return fmt.Errorf("node: Start called twice")
+	}
+	n.phase = "starting"
+	n.mu.Unlock()
+
+	v := version.Get()
+	n.log.Info("starting quire node", "version", v.Version, "commit", v.Commit, "node_id", n.cfg.NodeID,
+		"cluster", n.cfg.ClusterName, "data_dir", n.dataDir)
+	if err := n.lockDataDir(); err != nil {
+		n.setPhase("stopped")
+		return err
+	}
+	n.logNotBuilt()
+
+	for i, s := range n.slots {
+		name := s.c.Name()
+		n.setState(s, StateStarting, nil)
+		t0 := time.Now()
+		err := s.c.Start(ctx)
+		if err == nil {
+			err = ctx.Err()
+		}
+		if err != nil {
+			n.setState(s, StateFailed, err)
+			n.log.Error("component failed to start", "component", name, "err", err)
+			// Stop what started, in reverse (including s, in case it left
+			// something behind).
+			n.stopSlots(context.WithoutCancel(ctx), i)
+			n.unlockDataDir()
+			n.setPhase("stopped")
+			return fmt.Errorf("start %s: %w", name, err)
+		}
+		s.started = time.Since(t0)
+		n.m.startS.WithLabelValues(name).Set(s.started.Seconds())
+		n.setState(s, StateRunning, nil)
+		n.log.Info("component started", "component", name, "took", s.started.Round(time.Microsecond))
+	}
+	n.setPhase("ready")
+	n.grpc.setServing(true)
+	n.m.ready.Set(1)
+	n.m.started.Set(float64(time.Now().UnixNano()) / 1e9)
+	n.log.Info("node ready", "admin", n.AdminAddr().String(), "grpc", n.GRPCAddr().String())
+	return nil
+}
+
+func (n *Node) setPhase(p string) {
+	n.mu.Lock()
+	n.phase = p
+	n.mu.Unlock()
+}
+
+// logNotBuilt says which configured parts this build does not run.
+func (n *Node) logNotBuilt() {
+	n.log.Info("meta (Raft) is not built yet: this node is a one-node cluster and keeps its topic registry locally",
+		"registry", n.fs.PathJoin(n.dataDir, topicsFile))
+	n.log.Info("journal (replicated ledgers) is not built yet: topics use the memory and file engines")
+	var ls []string
+	for _, l := range n.cfg.Listeners() {
+		if l.Addr != "" {
+			ls = append(ls, l.Key+"="+l.Addr)
+		}
+	}
+	if len(ls) > 0 {
+		n.log.Warn("protocol front-ends are not built yet: these configured listeners are NOT served",
+			"listeners", strings.Join(ls, " "))
+	}
+}
+
+// lockDataDir creates and locks the data directory.
+func (n *Node) lockDataDir() error {
+	if err := n.fs.MkdirAll(n.dataDir, 0o755); err != nil {
+		return fmt.Errorf("create data_dir %s: %w", n.dataDir, err)
+	}
+	lockPath := n.fs.PathJoin(n.dataDir, "LOCK")
+	l, err := n.fs.Lock(lockPath)
+	if err != nil {
+		return fmt.Errorf("data_dir %s is in use by another quire node (cannot lock %s: %v)", n.dataDir, lockPath, err)
+	}
+	n.mu.Lock()
+	n.lock = l
+	n.mu.Unlock()
+	return nil
+}
+
+func (n *Node) unlockDataDir() {
+	n.mu.Lock()
+	l := n.lock
+	n.lock = nil
+	n.mu.Unlock()
+	if l != nil {
+		if err := l.Close(); err != nil {
+			n.log.Warn("could not release the data_dir lock", "err", err)
+		}
+	}
+}
+
+// stopSlots stops slots[0..last] in reverse order and returns their errors.
+func (n *Node) stopSlots(ctx context.Context, last int) error {
+	var errs []error
+	for i := last; i >= 0; i-- {
+		s := n.slots[i]
+		st, _ := s.get()
+		if st == StatePending || st == StateStopped {
+			continue
+		}
+		name := s.c.Name()
+		if st != StateFailed {
+			n.setState(s, StateStopping, nil)
+		}
+		t0 := time.Now()
+		if err := s.c.Stop(ctx); err != nil {
+			n.setState(s, StateFailed, err)
+			n.log.Error("component failed to stop", "component", name, "err", err)
+			errs = append(errs, fmt.Errorf("stop %s: %w", name, err))
+			continue
+		}
+		if st != StateFailed {
+			n.setState(s, StateStopped, nil)
+		}
+		n.log.Info("component stopped", "component", name, "took", time.Since(t0).Round(time.Microsecond))
+	}
+	return errors.Join(errs...)
+}
+
+// Stop stops every component in reverse start order (the broker flushes and
+// closes every engine) and releases the data directory. It returns once all
+// are stopped, or ctx ends. Stop is idempotent.
+func (n *Node) Stop(ctx context.Context) error {
+	n.mu.Lock()
+	if n.phase != "ready" {
+		n.mu.Unlock()
+		return nil
+	}
+	n.phase = "stopping"
+	n.mu.Unlock()
+	n.log.Info("stopping quire node")
+	n.m.ready.Set(0)
+	n.grpc.setServing(false)
+	err := n.stopSlots(ctx, len(n.slots)-1)
+	n.unlockDataDir()
+	n.setPhase("stopped")
+	if err != nil {
+		return err
+	}
+	n.log.Info("node stopped")
+	return nil
+}
+
+// Run starts the node, waits until ctx ends or a component dies, and stops
+// the node within stopTimeout. It returns nil after a clean stop on ctx's
+// end.
+func (n *Node) Run(ctx context.Context, stopTimeout time.Duration) error {
+	if err := n.Start(ctx); err != nil {
+		return err
+	}
+	var cause error
+	select {
+	case <-ctx.Done():
+		n.log.Info("shutdown requested", "cause", context.Cause(ctx))
+	case cause = <-n.fatal:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer cancel()
+	err := n.Stop(sctx)
+	if cause != nil {
+		return errors.Join(cause, err)
+	}
+	return err
+}
+
+// GRPCAddr returns the inner gRPC server's bound address (useful with port
+// 0), nil when it is not running.
+func (n *Node) GRPCAddr() net.Addr { return n.grpc.Addr() }
+
+// AdminAddr returns the admin HTTP server's bound address, nil when it is
+// not running.
+func (n *Node) AdminAddr() net.Addr { return n.admin.Addr() }
+
+// DataDir returns the absolute path of the data directory.
+func (n *Node) DataDir() string { return n.dataDir }
+
+// Readiness reports whether every component runs, and which do not.
+func (n *Node) Readiness() adminapi.Readiness {
+	n.mu.Lock()
+	phase := n.phase
+	n.mu.Unlock()
+	rd := adminapi.Readiness{Ready: phase == "ready"}
+	for _, s := range n.slots {
+		st, err := s.get()
+		c := adminapi.Component{Name: s.c.Name(), State: string(st)}
+		if err != nil {
+			c.Error = err.Error()
+		}
+		rd.Components = append(rd.Components, c)
+		if st != StateRunning {
+			rd.Ready = false
+			rd.NotReady = append(rd.NotReady, s.c.Name())
+		}
+	}
+	return rd
+}
+
+// Cluster describes the cluster as this node sees it: itself alone, until
+// the Meta service lands.
+func (n *Node) Cluster() adminapi.Cluster {
+	n.mu.Lock()
+	phase := n.phase
+	n.mu.Unlock()
+	self := adminapi.Node{ID: n.cfg.NodeID, Roles: []string{"broker"}, State: phase, Version: version.Get().Version}
+	if vs, err := n.cfg.Voters(); err == nil {
+		for _, v := range vs {
+			if v.ID == n.cfg.NodeID {
+				self.Addr = v.Addr
+			}
+		}
+	}
+	if a := n.GRPCAddr(); a != nil {
+		self.GRPCAddr = a.String()
+	}
+	if a := n.AdminAddr(); a != nil {
+		self.AdminAddr = a.String()
+	}
+	return adminapi.Cluster{ClusterName: n.cfg.ClusterName, Nodes: []adminapi.Node{self}, MetaLeader: n.cfg.NodeID, MetaMode: "local"}
+}
