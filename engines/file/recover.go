@@ -318,14 +318,18 @@ func (s *Shard) recoverActive(base uint64) (*segment, vfs.File, indexBuilder, er
 		// A segment is synced with its header before it is used, so a bad
 		// header can only be a segment whose creation a crash interrupted:
 		// then nothing but zeros follows.
-		zero, err := allZero(f, 0, size)
+		at, err := validRecordAfter(f, 0, size, base)
 		if err != nil {
 			return fail(err)
 		}
-		if !zero && size > segHeaderSize {
-			return fail(s.corrupt(seg.path, 0, herr.Error()))
+		if at >= 0 {
+			return fail(s.corrupt(seg.path, 0, fmt.Sprintf("%v, but a valid record follows at byte %d", herr, at)))
 		}
-		s.log.Warn("file: recovery recreated a segment whose creation was interrupted", "shard", s.name, "file", seg.path, "bytes", size)
+		s.log.Warn("file: recovery recreated a segment whose creation was interrupted", "shard", s.name, "file", seg.path, "dropped_bytes", size)
+		if size > 0 {
+			s.e.m.truncations.Inc()
+			s.e.m.truncatedBytes.Add(float64(size))
+		}
 		f.Close()
 		seg, f, err := s.createSegment(base, s.e.opts.Now().UnixMilli())
 		return seg, f, ib, err
@@ -446,7 +450,10 @@ func allZero(f io.ReaderAt, lo, hi int64) (bool, error) {
 // after from whose offset is at least next, or -1.
 func validRecordAfter(f io.ReaderAt, from, size int64, next uint64) (int64, error) {
 	const window = 1 << 20
-	buf := make([]byte, window+recHeaderSize)
+	if size-from < recHeaderSize {
+		return -1, nil
+	}
+	buf := make([]byte, min(window+recHeaderSize, size-from))
 	var scratch []byte
 	for base := from; base+recHeaderSize <= size; base += window {
 		b := buf[:min(int64(len(buf)), size-base)]

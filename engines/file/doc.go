@@ -1,0 +1,170 @@
+// Package file is the "file" shard engine: every shard is a segmented,
+// append-only log in a directory on this node's disk, made durable by
+// fdatasync with group commit.
+//
+// # Use
+//
+//	e, err := file.Open(file.Options{Dir: "/var/lib/quire/file", Registerer: reg})
+//	s, err := e.Create(ctx, "orders/0")         // or e.Open(ctx, name)
+//	first, err := s.Append(ctx, recs)           // returns after the fdatasync that covers recs
+//	recs, err := s.Read(ctx, first, shard.Limits{MaxBytes: 1 << 20})
+//	<-s.(shard.Tailer).Wait(high)               // wakes when records at or above high arrive
+//
+// Options.Sync chooses when an append is acknowledged: SyncBatch (default)
+// after the fdatasync that covers it, SyncInterval after the write with an
+// fdatasync every SyncInterval, SyncNone after the write with fdatasync only
+// when a segment is rolled, before a seal and on Close. Options.FS is the file
+// system seam (internal/vfs): tests run the same code on vfs.NewMem, on
+// vfs.NewCrashableMem (crash tests) and on vfs.InjectFS (failed fsyncs, full
+// disks). Options.Now is the clock for default timestamps, segment age and
+// retention age.
+//
+// # Files
+//
+//	<Dir>/LOCK                       advisory lock: one engine per directory
+//	<Dir>/s-<escaped name>/          one directory per shard (see below)
+//	<Dir>/h-<sha256 of name, hex>/   ... for names too long to escape
+//	    NAME                         the shard's real name; its presence means the shard exists
+//	    TRIM                         the low watermark set by Trim or retention (absent: 0)
+//	    SEALED                       present once the shard is sealed
+//	    00000000000000000000.log     segment files, named by their base offset (20 digits)
+//	    00000000000000000000.idx     sparse index of a sealed segment (written at roll)
+//	    00000000000000004711.log     the last segment is the active one
+//	    *.tmp                        an atomic write in progress (removed at open)
+//
+// Directory names escape every byte outside [a-z0-9._-] as %XX (upper-case
+// hex), so the mapping from shard names is bijective and safe on
+// case-insensitive file systems ("UPPER" is s-%55%50%50%45%52, "upper" is
+// s-upper). A name whose escaped form exceeds 200 bytes is stored under the
+// hex SHA-256 of the name; NAME holds the real name in either case. NAME,
+// TRIM and SEALED are replaced atomically (write temporary, fsync, rename,
+// fsync directory) and carry a CRC-32C.
+//
+// # Segment format
+//
+// A segment is a 32-byte header followed by records. All integers are
+// little-endian; CRCs are CRC-32C (Castagnoli).
+//
+//	segment header (32 bytes)
+//	+----------------+-----------+--------------+-----------+---------+-----------+
+//	| magic[8]       | base u64  | created i64  | version   | 0 u16   | crc32c    |
+//	| "QUIRESEG"     |           | (unix ms)    | u16 (=1)  |         | of [0,28) |
+//	+----------------+-----------+--------------+-----------+---------+-----------+
+//
+//	record (36-byte fixed header, then bodies)
+//	+---------+---------+------------+---------------+---------+---------+----------+
+//	| len u32 | crc u32 | offset u64 | timestamp i64 | keylen  | vallen  | nheaders |
+//	|         |         |            | (unix ms)     | u32     | u32     | u32      |
+//	+---------+---------+------------+---------------+---------+---------+----------+
+//	| key [keylen] | value [vallen] | header 0 | ... | header nheaders-1 |
+//	+--------------+----------------+----------+-----+-------------------+
+//	header i: | hklen u32 | hvlen u32 | hkey [hklen] | hvalue [hvlen] |
+//
+// len counts the bytes after the crc field (28 + keylen + vallen + headers);
+// crc covers the len field and those bytes. A record is valid when len is
+// between 28 and MaxRecordSize-8, the record fits in the file, the CRC
+// matches and the lengths add up to len. Offsets are dense: the first record
+// of a segment has the segment's base offset and each next record the next
+// offset. Null and empty keys and values are stored alike.
+//
+// The index file of a sealed segment is a 64-byte header (magic "QUIREIDX",
+// version, entry count, base, end offset, segment size, largest timestamp,
+// CRC of the entries, CRC of the header) and 24-byte entries (offset u64,
+// byte position u64, largest timestamp of the segment's records before this
+// one i64), one every IndexIntervalBytes. The running maximum makes
+// OffsetForTime exact with out-of-order timestamps: it starts scanning at the
+// last entry whose preceding records are all older than the target. Indexes
+// are an optimisation: one that is missing, damaged or does not match its
+// segment's size and offsets is rebuilt by scanning the segment; the active
+// segment's index is rebuilt by scanning at every open.
+//
+// Part of the on-disk format: the magics, version 1, the header layouts
+// above, the 32-byte segment header, the 36-byte record header, CRC-32C,
+// little-endian integers, MaxRecordSize (recovery treats longer lengths as
+// garbage), the file names, and the 4 KiB page that recovery assumes lost
+// writes are aligned to. IndexIntervalBytes, SegmentBytes and the sync policy
+// are not: any value reads any segment.
+//
+// # Writing: group commit
+//
+// Each open shard has one committer goroutine that owns the active
+// segment's file. Append validates its records and enqueues them; offsets
+// are assigned in enqueue order. The committer takes every queued append,
+// encodes all of them into one reused buffer, writes it with one call,
+// fdatasyncs once (SyncBatch), then publishes the new high watermark and
+// answers the appenders: records are visible to readers only once acked. If
+// the active segment has reached SegmentBytes or SegmentAge, the committer
+// first rolls: it syncs the segment, writes its index, and creates and syncs
+// the next segment (named by the next offset) and the directory.
+//
+// A failed write or fdatasync fails the appends of its group with an error
+// wrapping both shard.ErrFailed and the I/O error, and the shard then
+// refuses every write with shard.ErrFailed until it is reopened (Engine.Open
+// reopens a failed shard): after a failed fsync the file's state is unknown,
+// so only recovery may decide what it holds. Reads of acknowledged records
+// keep working. An append that failed may or may not be present after the
+// reopen, as after a crash.
+//
+// Trim persists the new low watermark in TRIM before it deletes the sealed
+// segments wholly below it; records below the low watermark in the remaining
+// first segment are hidden. Retention (after every roll and once a minute)
+// deletes the oldest sealed segments beyond RetentionBytes or older than
+// RetentionAge, the same way. Seal syncs, then persists SEALED.
+//
+// # Recovery: torn tails and corruption
+//
+// Opening a shard removes leftover *.tmp files, finishes an interrupted trim
+// (segments wholly below TRIM), takes sealed segments' extents from their
+// index files, and scans the active (last) segment record by record from its
+// header. Sealed segments were fully synced before the next segment was
+// created, so any invalid record in one is corruption. In the last segment,
+// an invalid record at byte p is a torn tail — the file is truncated at p
+// and everything after it dropped — when either
+//
+//   - its extent (its length field, or the next 4 KiB if the length is
+//     unusable) overlaps a lost page: a 4 KiB-aligned block that is all zeros
+//     from p or the block start to the block end. A crash loses unsynced
+//     pages whole, and they read back as zeros (a file system never exposes
+//     stale data in a file's unwritten blocks; this engine never preallocates
+//     or reuses files). Everything after a lost page was never covered by a
+//     completed fdatasync, because a sync covers a prefix of the file, so it
+//     was never acknowledged (under SyncBatch) and may be dropped even where
+//     intact records survive after the hole; or
+//   - no valid record (checksum matching, offset at least the expected one)
+//     follows it anywhere in the segment: an incomplete last write.
+//
+// Otherwise non-zero garbage sits between valid records, which no crash
+// explains (a bit flip, a bad sector, a buggy writer): Open of that shard
+// returns a *shard.CorruptError naming the file and byte offset, wrapping
+// shard.ErrCorrupt, and nothing is truncated. A CRC-valid record with the
+// wrong offset or inconsistent lengths is corruption too. A last segment
+// whose header is invalid and that holds no valid record is a segment whose
+// creation was interrupted; it is recreated empty. The engine keeps serving
+// every other shard: shards are opened lazily, List lists a corrupt shard,
+// and each Open of it retries. Reads check every record's CRC too, so
+// corruption that appears in a sealed segment later is reported by the Read
+// that meets it (Options.VerifySealedOnOpen also scans sealed segments at
+// open, at the cost of reading all data).
+//
+// The cost of telling a torn tail from corruption this way: damage to the
+// very last record of the active segment, or to a record holding a whole
+// zeroed 4 KiB page, is indistinguishable from a crash and is truncated (and
+// logged, and counted in quire_file_recovery_truncations_total).
+//
+// # Resources
+//
+// An open shard holds one file descriptor (its active segment, also used to
+// read it) and a goroutine. Reads of sealed segments go through an
+// engine-wide LRU of at most MaxOpenSegments open files, each with its
+// index. Read returns records whose keys and values share one buffer per
+// read; a Read without MaxBytes returns at most 4 MiB.
+//
+// # Metrics
+//
+// quire_file_appends_total, _appended_records_total, _appended_bytes_total,
+// _writes_total, _fsyncs_total, _fsync_duration_seconds (histogram),
+// _sync_bytes (histogram of bytes per fdatasync), _segments_rolled_total,
+// _segments_deleted_total{reason="retention"|"trim"},
+// _recovery_truncations_total, _recovery_truncated_bytes_total,
+// _corrupt_shards, _failed_shards_total, _open_shards.
+package file
