@@ -1,0 +1,1121 @@
+package bookie
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/quiremq/quire/internal/vfs"
+)
+
+// Bookie stores entries of many ledgers on one node. See the package doc.
+type Bookie struct {
+	opts    Options
+	fs      vfs.FS
+	logDir  string
+	lock    io.Closer
+	db      *pebble.DB
+	m       *bookieMetrics
+	cookie  Cookie
+	jnl     *journal
+	readers *logReaders
+
+	// mu guards the queue of records waiting for the journal goroutine, the
+	// live ledger states (what reads and new adds see) and the close and
+	// failure flags.
+	mu         sync.Mutex
+	space      *sync.Cond // signalled when inflight drops or the bookie stops
+	closed     bool
+	err        error // non-nil once failed: wraps ErrFailed
+	queue      []op
+	queueBytes int
+	oldest     time.Time
+	urgent     bool
+	inflight   int64 // bytes accepted but not yet applied
+	seq        uint64
+	ledgers    map[uint64]*ledgerMeta
+	kick       chan struct{}
+	writerDone chan struct{}
+
+	// readMu guards pending: adds whose journal sync completed but which
+	// are not yet in the entry logs and index.
+	readMu  sync.RWMutex
+	pending map[uint64]map[uint64]pendingEntry
+
+	// The applier writes synced records to the entry logs and the index.
+	apMu      sync.Mutex // guards apQ, apClosing
+	apQ       []applyBatch
+	apClosing bool
+	apKick    chan struct{}
+	apDone    chan struct{}
+
+	// applyMu guards ap, the applied state; held by the applier per batch,
+	// by checkpoints while they cut, and by compaction while it commits.
+	applyMu sync.Mutex
+	ap      applyState
+
+	maintMu   sync.Mutex // serializes checkpoints and compactions
+	ckptKick  chan struct{}
+	stop      chan struct{}
+	maintDone chan struct{}
+}
+
+type pendingEntry struct {
+	seq     uint64
+	payload []byte
+}
+
+type applyBatch struct {
+	ops []op
+	end jpos
+}
+
+// applyState is the state produced by applying journal records, persisted
+// by checkpoints.
+type applyState struct {
+	pos        jpos // journal position up to which records are applied
+	ledgers    map[uint64]*ledgerMeta
+	dirty      map[uint64]struct{} // ledgers changed since the last checkpoint
+	usage      map[uint64]*logUsage
+	usageDirty map[uint64]struct{}
+	active     *entryLog
+	sealed     []*entryLog // rolled since the last checkpoint, not yet synced
+	nextLog    uint64
+	buf        []byte
+}
+
+// Open opens (or, with no cookie anywhere, formats) the bookie in o.Dir and
+// o.JournalDir, replays the journal from the last checkpoint and starts
+// accepting operations.
+func Open(o Options) (*Bookie, error) {
+	o.EnsureDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	fs := o.FS
+	b := &Bookie{
+		opts:       o,
+		fs:         fs,
+		logDir:     fs.PathJoin(o.Dir, ledgersDir),
+		m:          newMetrics(o.Registerer),
+		ledgers:    map[uint64]*ledgerMeta{},
+		kick:       make(chan struct{}, 1),
+		writerDone: make(chan struct{}),
+		pending:    map[uint64]map[uint64]pendingEntry{},
+		apKick:     make(chan struct{}, 1),
+		apDone:     make(chan struct{}),
+		ckptKick:   make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		maintDone:  make(chan struct{}),
+	}
+	b.space = sync.NewCond(&b.mu)
+	b.readers = &logReaders{fs: fs, dir: b.logDir, m: map[uint64]*logReader{}}
+	if err := b.open(); err != nil {
+		b.closeFiles()
+		return nil, err
+	}
+	go b.journalLoop()
+	go b.applyLoop()
+	go b.maintenanceLoop()
+	return b, nil
+}
+
+func (b *Bookie) open() error {
+	o, fs := &b.opts, b.fs
+	for _, d := range []string{o.Dir, o.JournalDir} {
+		if err := mkdir(fs, d); err != nil {
+			return fmt.Errorf("bookie: creating %s: %w", d, err)
+		}
+	}
+	lock, err := fs.Lock(fs.PathJoin(o.Dir, lockFile))
+	if err != nil {
+		return fmt.Errorf("bookie: locking %s: %w", o.Dir, err)
+	}
+	b.lock = lock
+	b.cookie, err = checkCookies(o, b.hasData)
+	if err != nil {
+		return err
+	}
+	if err := mkdir(fs, b.logDir); err != nil {
+		return err
+	}
+	b.db, err = pebble.Open(fs.PathJoin(o.Dir, indexDir), &pebble.Options{
+		FS:     fs,
+		Logger: pebbleLogger{o.Logf},
+	})
+	if err != nil {
+		return fmt.Errorf("bookie: opening index: %w", err)
+	}
+	if err := b.load(); err != nil {
+		return err
+	}
+	b.jnl = &journal{fs: fs, dir: o.JournalDir, opts: o, onRoll: b.maybeCheckpoint}
+	// Replay the journal from the checkpoint into the entry logs and index.
+	var batch []op
+	var batchBytes int
+	var end jpos
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := b.apply(batch, end)
+		batch, batchBytes = batch[:0], 0
+		return err
+	}
+	maxNum, err := replayJournal(fs, o.JournalDir, b.ap.pos, func(rec *op, pos jpos) error {
+		if pos.file != end.file {
+			if err := flush(); err != nil { // payloads alias the file's buffer
+				return err
+			}
+		}
+		batch = append(batch, *rec)
+		batchBytes += len(rec.payload)
+		end = pos
+		if batchBytes >= 4<<20 || len(batch) >= 1<<14 {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return fmt.Errorf("bookie: replaying journal: %w", err)
+	}
+	for l, m := range b.ap.ledgers {
+		c := *m
+		b.ledgers[l] = &c
+	}
+	// Persist what the replay applied, so that the journal files it read
+	// can be retired, then start a fresh journal file: never append to a
+	// file written before the restart, whose tail may hold a torn group.
+	if err := b.checkpoint(); err != nil {
+		return err
+	}
+	return b.jnl.start(max(maxNum, b.ap.pos.file) + 1)
+}
+
+// hasData reports whether the bookie's directories hold bookie files.
+func (b *Bookie) hasData() (bool, error) {
+	fs := b.fs
+	for _, c := range []struct{ dir, ext string }{{b.opts.JournalDir, journalExt}, {b.logDir, entryLogExt}} {
+		nums, err := listNumbered(fs, c.dir, c.ext)
+		if err != nil && !vfs.IsNotExist(err) {
+			return false, err
+		}
+		if len(nums) > 0 {
+			return true, nil
+		}
+	}
+	if _, err := fs.Stat(fs.PathJoin(b.opts.Dir, indexDir)); err == nil {
+		return true, nil
+	}
+	return false, nil
+}
+
+// load reads the checkpointed state from the index, drops entry logs that
+// no checkpoint or compaction recorded (everything in them is replayed from
+// the journal) and opens a new active entry log.
+func (b *Bookie) load() error {
+	ap := &b.ap
+	ap.ledgers = map[uint64]*ledgerMeta{}
+	ap.dirty = map[uint64]struct{}{}
+	ap.usage = map[uint64]*logUsage{}
+	ap.usageDirty = map[uint64]struct{}{}
+	if v, closer, err := b.db.Get(checkpointKey); err == nil {
+		ap.pos, err = decodeJpos(v)
+		closer.Close()
+		if err != nil {
+			return err
+		}
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return err
+	}
+	if v, closer, err := b.db.Get(nextLogKey); err == nil {
+		if len(v) == 8 {
+			ap.nextLog = leUint64(v)
+		}
+		closer.Close()
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return err
+	}
+	it, err := b.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixLedger}, UpperBound: []byte{prefixLedger + 1}})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		m, err := decodeLedgerMeta(it.Value())
+		if err != nil || len(it.Key()) != 9 {
+			it.Close()
+			return fmt.Errorf("bookie: ledger metadata: %w", errors.Join(err, ErrCorrupt))
+		}
+		ap.ledgers[beUint64(it.Key()[1:])] = &m
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	it, err = b.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixUsage}, UpperBound: []byte{prefixUsage + 1}})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		u, err := decodeUsage(it.Value())
+		if err != nil || len(it.Key()) != 9 {
+			it.Close()
+			return fmt.Errorf("bookie: entry-log usage: %w", errors.Join(err, ErrCorrupt))
+		}
+		ap.usage[beUint64(it.Key()[1:])] = u
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	ids, err := listNumbered(b.fs, b.logDir, entryLogExt)
+	if err != nil {
+		return err
+	}
+	present := map[uint64]bool{}
+	for _, id := range ids {
+		ap.nextLog = max(ap.nextLog, id+1)
+		if _, ok := ap.usage[id]; !ok {
+			if err := b.fs.Remove(b.fs.PathJoin(b.logDir, fileName(id, entryLogExt))); err != nil {
+				return err
+			}
+			continue
+		}
+		present[id] = true
+	}
+	for id := range ap.usage {
+		ap.nextLog = max(ap.nextLog, id+1)
+		if !present[id] {
+			delete(ap.usage, id)
+			ap.usageDirty[id] = struct{}{}
+		}
+	}
+	return b.newEntryLog()
+}
+
+// newEntryLog starts a new active entry log; applyMu held (or opening).
+func (b *Bookie) newEntryLog() error {
+	ap := &b.ap
+	id := ap.nextLog
+	ap.nextLog++
+	f, err := b.fs.Create(b.fs.PathJoin(b.logDir, fileName(id, entryLogExt)), vfs.CategoryShard)
+	if err != nil {
+		return fmt.Errorf("bookie: creating entry log: %w", err)
+	}
+	if ap.active != nil {
+		ap.sealed = append(ap.sealed, ap.active)
+	}
+	ap.active = &entryLog{id: id, f: f}
+	ap.usage[id] = &logUsage{live: map[uint64]int64{}}
+	ap.usageDirty[id] = struct{}{}
+	b.m.entryLogFiles.Set(float64(len(ap.usage)))
+	return nil
+}
+
+// apply writes journaled records to the entry logs and the index, in
+// journal order; applyMu held (or opening).
+func (b *Bookie) apply(ops []op, end jpos) error {
+	ap := &b.ap
+	batch := b.db.NewBatch()
+	defer batch.Close()
+	ap.buf = ap.buf[:0]
+	writeBuf := func() error {
+		if len(ap.buf) == 0 {
+			return nil
+		}
+		if _, err := ap.active.f.Write(ap.buf); err != nil {
+			return fmt.Errorf("bookie: entry-log write: %w", err)
+		}
+		ap.active.size += int64(len(ap.buf))
+		ap.usage[ap.active.id].size = ap.active.size
+		ap.buf = ap.buf[:0]
+		return nil
+	}
+	ledger := func(l uint64) *ledgerMeta {
+		m := ap.ledgers[l]
+		if m == nil {
+			m = &ledgerMeta{lac: -1}
+			ap.ledgers[l] = m
+		}
+		ap.dirty[l] = struct{}{}
+		return m
+	}
+	for i := range ops {
+		o := &ops[i]
+		switch o.kind {
+		case kindAdd:
+			size := int64(logHeaderSize + len(o.payload))
+			if used := ap.active.size + int64(len(ap.buf)); used > 0 && used+size > b.opts.EntryLogSize {
+				if err := writeBuf(); err != nil {
+					return err
+				}
+				if err := b.newEntryLog(); err != nil {
+					return err
+				}
+			}
+			loc := location{log: ap.active.id, offset: ap.active.size + int64(len(ap.buf)), length: uint32(len(o.payload))}
+			ap.buf = appendLogRecord(ap.buf, o.ledger, o.entry, o.payload)
+			if err := batch.Set(indexKey(o.ledger, o.entry), loc.encode(), nil); err != nil {
+				return err
+			}
+			ap.usage[ap.active.id].live[o.ledger] += size
+			m := ledger(o.ledger)
+			m.lac = max(m.lac, o.lac)
+		case kindFence:
+			ledger(o.ledger).fenced = true
+		case kindLAC:
+			m := ledger(o.ledger)
+			m.lac = max(m.lac, o.lac)
+		case kindDelete:
+			lo, hi := ledgerIndexBounds(o.ledger)
+			if err := batch.DeleteRange(lo, hi, nil); err != nil {
+				return err
+			}
+			delete(ap.ledgers, o.ledger)
+			ap.dirty[o.ledger] = struct{}{}
+			for id, u := range ap.usage {
+				if _, ok := u.live[o.ledger]; ok {
+					delete(u.live, o.ledger)
+					ap.usageDirty[id] = struct{}{}
+				}
+			}
+		}
+	}
+	if err := writeBuf(); err != nil {
+		return err
+	}
+	ap.usageDirty[ap.active.id] = struct{}{}
+	if err := batch.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("bookie: index write: %w", err)
+	}
+	ap.pos = end
+	return nil
+}
+
+// AddEntry adds entry of ledger with payload and the writer's piggybacked
+// lac (-1 for none). It is asynchronous: done is called exactly once, with
+// nil after the journal fdatasync that covers the add, or with the error
+// (ErrLedgerFenced for a non-recovery add to a fenced ledger, ErrClosed,
+// ErrEntryTooLarge, or an error wrapping ErrFailed). done may run before
+// AddEntry returns; otherwise it runs on the bookie's journal goroutine and
+// must not block. Many adds may be in flight; AddEntry blocks only while
+// more than Options.MaxInflightBytes wait to be applied.
+//
+// AddEntry takes ownership of payload: the caller must not modify it
+// afterwards. Recovery adds (recovery=true) are accepted on fenced ledgers.
+// Adding an entry that exists replaces it.
+func (b *Bookie) AddEntry(ledger, entry uint64, lac int64, payload []byte, recovery bool, done func(error)) {
+	if len(payload) > b.opts.MaxEntrySize {
+		b.m.addErrors.Inc()
+		done(fmt.Errorf("%w: %d bytes, limit %d", ErrEntryTooLarge, len(payload), b.opts.MaxEntrySize))
+		return
+	}
+	o := op{kind: kindAdd, recovery: recovery, ledger: ledger, entry: entry, lac: lac, payload: payload, done: done}
+	size := int64(o.encodedSize())
+	b.mu.Lock()
+	for b.inflight > 0 && b.inflight+size > b.opts.MaxInflightBytes && !b.closed && b.err == nil {
+		b.space.Wait()
+	}
+	if err := b.writeErrLocked(); err != nil {
+		b.mu.Unlock()
+		b.m.addErrors.Inc()
+		done(err)
+		return
+	}
+	m := b.ledgers[ledger]
+	if m != nil && m.fenced && !recovery {
+		b.mu.Unlock()
+		b.m.addErrors.Inc()
+		done(fmt.Errorf("%w: ledger %d", ErrLedgerFenced, ledger))
+		return
+	}
+	if m == nil {
+		m = &ledgerMeta{lac: -1}
+		b.ledgers[ledger] = m
+	}
+	m.lac = max(m.lac, lac)
+	b.seq++
+	o.seq = b.seq
+	b.enqueueLocked(o, false)
+	b.mu.Unlock()
+}
+
+func (b *Bookie) writeErrLocked() error {
+	if b.closed {
+		return ErrClosed
+	}
+	return b.err
+}
+
+func (b *Bookie) enqueueLocked(o op, urgent bool) {
+	size := o.encodedSize()
+	if len(b.queue) == 0 {
+		b.oldest = time.Now()
+		b.kickWriter()
+	}
+	b.queue = append(b.queue, o)
+	b.queueBytes += size
+	b.inflight += int64(size)
+	if urgent || b.queueBytes >= b.opts.MaxGroupBytes {
+		b.urgent = b.urgent || urgent
+		b.kickWriter()
+	}
+}
+
+func (b *Bookie) kickWriter() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// control journals a fence, LAC or delete record after mutate updated the
+// live state (under mu), and waits until it is synced.
+func (b *Bookie) control(o op, mutate func()) error {
+	ch := make(chan error, 1)
+	o.done = func(err error) { ch <- err }
+	b.mu.Lock()
+	if err := b.writeErrLocked(); err != nil {
+		b.mu.Unlock()
+		return err
+	}
+	mutate()
+	b.enqueueLocked(o, true)
+	b.mu.Unlock()
+	return <-ch
+}
+
+// Fence fences ledger: once Fence returns, non-recovery adds to it fail
+// with ErrLedgerFenced. The fence is journaled and synced before Fence
+// returns. It returns the ledger's LAC (-1 if none), and creates the ledger
+// if this bookie did not know it.
+func (b *Bookie) Fence(ledger uint64) (lac int64, err error) {
+	err = b.control(op{kind: kindFence, ledger: ledger}, func() {
+		m := b.ledgers[ledger]
+		if m == nil {
+			m = &ledgerMeta{lac: -1}
+			b.ledgers[ledger] = m
+		}
+		m.fenced = true
+		lac = m.lac
+	})
+	if err != nil {
+		return 0, err
+	}
+	b.m.fences.Inc()
+	return lac, nil
+}
+
+// WriteLAC records an explicit LAC for ledger (an idle writer's); it is
+// journaled and synced before WriteLAC returns. ReadLAC reports the highest
+// LAC seen, explicit or piggybacked.
+func (b *Bookie) WriteLAC(ledger uint64, lac int64) error {
+	return b.control(op{kind: kindLAC, ledger: ledger, lac: lac}, func() {
+		m := b.ledgers[ledger]
+		if m == nil {
+			m = &ledgerMeta{lac: -1}
+			b.ledgers[ledger] = m
+		}
+		m.lac = max(m.lac, lac)
+	})
+}
+
+// DeleteLedger deletes ledger and all its entries; the deletion is
+// journaled and synced before it returns, and the space is reclaimed in the
+// background (whole entry logs deleted once nothing in them is live,
+// sparse ones compacted). Deleting an unknown ledger is not an error.
+// Ledger ids must not be reused after a delete.
+func (b *Bookie) DeleteLedger(ledger uint64) error {
+	return b.control(op{kind: kindDelete, ledger: ledger}, func() {
+		delete(b.ledgers, ledger)
+	})
+}
+
+// ReadLAC returns the ledger's LAC: the highest of the LACs piggybacked on
+// its adds and written explicitly, -1 if none. With fence it fences the
+// ledger first (as Fence). It returns ErrNoSuchLedger for an unknown ledger.
+func (b *Bookie) ReadLAC(ledger uint64, fence bool) (int64, error) {
+	if fence {
+		return b.Fence(ledger)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, ErrClosed
+	}
+	m := b.ledgers[ledger]
+	if m == nil {
+		return 0, fmt.Errorf("%w: ledger %d", ErrNoSuchLedger, ledger)
+	}
+	return m.lac, nil
+}
+
+// ReadEntry returns the payload of entry of ledger, or ErrNoSuchEntry if
+// this bookie does not hold it (ErrNoSuchLedger, which also matches
+// ErrNoSuchEntry, if it knows nothing of the ledger). With fence it fences
+// the ledger first, synced before the read. Only durable (synced) entries
+// are visible. The returned slice belongs to the caller.
+func (b *Bookie) ReadEntry(ledger, entry uint64, fence bool) ([]byte, error) {
+	if fence {
+		if _, err := b.Fence(ledger); err != nil {
+			return nil, err
+		}
+	}
+	b.mu.Lock()
+	closed, known := b.closed, b.ledgers[ledger] != nil
+	b.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	if !known {
+		return nil, fmt.Errorf("%w: ledger %d", ErrNoSuchLedger, ledger)
+	}
+	b.readMu.RLock()
+	p, ok := b.pending[ledger][entry]
+	b.readMu.RUnlock()
+	if ok {
+		return append([]byte(nil), p.payload...), nil
+	}
+	for attempt := 0; ; attempt++ {
+		data, err := b.readStored(ledger, entry)
+		if err != nil && vfs.IsNotExist(err) && attempt < 3 {
+			continue // compaction moved the entry and removed its old log
+		}
+		return data, err
+	}
+}
+
+func (b *Bookie) readStored(ledger, entry uint64) ([]byte, error) {
+	v, closer, err := b.db.Get(indexKey(ledger, entry))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, fmt.Errorf("%w: ledger %d entry %d", ErrNoSuchEntry, ledger, entry)
+	}
+	if err != nil {
+		return nil, err
+	}
+	loc, err := decodeLocation(v)
+	closer.Close()
+	if err != nil {
+		return nil, err
+	}
+	lr, err := b.readers.acquire(loc.log)
+	if err != nil {
+		return nil, err
+	}
+	defer b.readers.release(lr)
+	buf := make([]byte, logHeaderSize+int(loc.length))
+	if _, err := lr.f.ReadAt(buf, loc.offset); err != nil && !(errors.Is(err, io.EOF) && len(buf) > 0) {
+		return nil, fmt.Errorf("bookie: reading entry log %d: %w", loc.log, err)
+	}
+	l, e, payload, _, ok := decodeLogRecord(buf)
+	if !ok || l != ledger || e != entry {
+		return nil, fmt.Errorf("%w: ledger %d entry %d at entry log %d offset %d", ErrCorrupt, ledger, entry, loc.log, loc.offset)
+	}
+	return payload, nil
+}
+
+// journalLoop is the one goroutine that writes and syncs the journal.
+func (b *Bookie) journalLoop() {
+	defer close(b.writerDone)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		b.mu.Lock()
+		for {
+			if len(b.queue) == 0 {
+				if b.closed || b.err != nil {
+					b.mu.Unlock()
+					return
+				}
+				b.mu.Unlock()
+				<-b.kick
+				b.mu.Lock()
+				continue
+			}
+			wait := b.opts.MaxGroupWait - time.Since(b.oldest)
+			if wait <= 0 || b.urgent || b.closed || b.queueBytes >= b.opts.MaxGroupBytes {
+				break
+			}
+			b.mu.Unlock()
+			timer.Reset(wait)
+			select {
+			case <-b.kick:
+				timer.Stop()
+			case <-timer.C:
+			}
+			b.mu.Lock()
+		}
+		ops := b.queue
+		b.queue, b.queueBytes, b.urgent = nil, 0, false
+		b.mu.Unlock()
+
+		start := time.Now()
+		end, n, err := b.jnl.write(ops)
+		if err != nil {
+			b.fail(err, ops)
+			return
+		}
+		b.m.syncLatency.Observe(time.Since(start).Seconds())
+		b.m.syncs.Inc()
+		b.m.syncBytes.Observe(float64(n))
+		b.m.groupSize.Observe(float64(len(ops)))
+
+		b.readMu.Lock()
+		for i := range ops {
+			if o := &ops[i]; o.kind == kindAdd {
+				m := b.pending[o.ledger]
+				if m == nil {
+					m = map[uint64]pendingEntry{}
+					b.pending[o.ledger] = m
+				}
+				m[o.entry] = pendingEntry{seq: o.seq, payload: o.payload}
+			}
+		}
+		b.readMu.Unlock()
+		var adds, bytes int
+		for i := range ops {
+			o := &ops[i]
+			if o.kind == kindAdd {
+				adds++
+				bytes += len(o.payload)
+			}
+			done := o.done
+			o.done = nil
+			done(nil)
+		}
+		b.m.adds.Add(float64(adds))
+		b.m.addBytes.Add(float64(bytes))
+
+		b.apMu.Lock()
+		b.apQ = append(b.apQ, applyBatch{ops: ops, end: end})
+		b.apMu.Unlock()
+		select {
+		case b.apKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// fail puts the bookie into the failed state: every queued and in-flight
+// write fails with an error wrapping ErrFailed and cause.
+func (b *Bookie) fail(cause error, inflight []op) {
+	b.mu.Lock()
+	if b.err == nil {
+		b.err = fmt.Errorf("%w: %w", ErrFailed, cause)
+		b.opts.Logf("bookie: failed: %v", cause)
+	}
+	err := b.err
+	queued := b.queue
+	b.queue, b.queueBytes = nil, 0
+	b.space.Broadcast()
+	b.mu.Unlock()
+	b.m.failed.Set(1)
+	for _, ops := range [][]op{inflight, queued} {
+		for i := range ops {
+			if ops[i].done != nil {
+				if ops[i].kind == kindAdd {
+					b.m.addErrors.Inc()
+				}
+				ops[i].done(err)
+			}
+		}
+	}
+}
+
+// applyLoop applies synced groups to the entry logs and index.
+func (b *Bookie) applyLoop() {
+	defer close(b.apDone)
+	for {
+		b.apMu.Lock()
+		q, closing := b.apQ, b.apClosing
+		b.apQ = nil
+		b.apMu.Unlock()
+		if len(q) == 0 {
+			if closing {
+				return
+			}
+			<-b.apKick
+			continue
+		}
+		for _, ab := range q {
+			b.applyMu.Lock()
+			err := b.apply(ab.ops, ab.end)
+			b.applyMu.Unlock()
+			if err != nil {
+				// The records are durable in the journal and stay readable
+				// from pending; a restart replays them.
+				b.fail(err, nil)
+				return
+			}
+			var released int64
+			b.readMu.Lock()
+			for i := range ab.ops {
+				o := &ab.ops[i]
+				released += int64(o.encodedSize())
+				if o.kind != kindAdd {
+					continue
+				}
+				if m := b.pending[o.ledger]; m != nil && m[o.entry].seq == o.seq {
+					delete(m, o.entry)
+					if len(m) == 0 {
+						delete(b.pending, o.ledger)
+					}
+				}
+			}
+			b.readMu.Unlock()
+			b.mu.Lock()
+			b.inflight -= released
+			b.space.Broadcast()
+			b.mu.Unlock()
+		}
+	}
+}
+
+func (b *Bookie) maybeCheckpoint() {
+	if b.jnl.rolled.Load() >= int64(b.opts.CheckpointJournalFiles) {
+		select {
+		case b.ckptKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// maintenanceLoop runs periodic checkpoints, then reclaims space.
+func (b *Bookie) maintenanceLoop() {
+	defer close(b.maintDone)
+	t := time.NewTicker(b.opts.CheckpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+		case <-b.ckptKick:
+		}
+		if err := b.checkpoint(); err != nil {
+			b.fail(err, nil)
+			return
+		}
+		if err := b.reclaim(); err != nil {
+			b.opts.Logf("bookie: reclaiming entry-log space: %v", err)
+		}
+	}
+}
+
+func (b *Bookie) hook(point string) {
+	if b.opts.testHook != nil {
+		b.opts.testHook(point)
+	}
+}
+
+// checkpoint makes everything applied so far durable without the journal:
+// it syncs the entry logs, writes the index with the journal position they
+// cover (synced), then retires the journal files wholly before it.
+func (b *Bookie) checkpoint() error {
+	b.maintMu.Lock()
+	defer b.maintMu.Unlock()
+	ap := &b.ap
+	b.applyMu.Lock()
+	for _, l := range ap.sealed {
+		err := l.f.Sync()
+		if cerr := l.f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			b.applyMu.Unlock()
+			return fmt.Errorf("bookie: checkpoint: syncing entry log %d: %w", l.id, err)
+		}
+	}
+	ap.sealed = nil
+	err := ap.active.f.Sync()
+	if err == nil {
+		err = vfs.SyncDir(b.fs, b.logDir)
+	}
+	if err != nil {
+		b.applyMu.Unlock()
+		return fmt.Errorf("bookie: checkpoint: syncing entry logs: %w", err)
+	}
+	pos, next := ap.pos, ap.nextLog
+	batch := b.db.NewBatch()
+	defer batch.Close()
+	for l := range ap.dirty {
+		if m := ap.ledgers[l]; m != nil {
+			_ = batch.Set(ledgerKey(l), m.encode(), nil)
+		} else {
+			_ = batch.Delete(ledgerKey(l), nil)
+		}
+	}
+	for id := range ap.usageDirty {
+		if u := ap.usage[id]; u != nil {
+			_ = batch.Set(usageKey(id), u.encode(), nil)
+		} else {
+			_ = batch.Delete(usageKey(id), nil)
+		}
+	}
+	ap.dirty = map[uint64]struct{}{}
+	ap.usageDirty = map[uint64]struct{}{}
+	b.jnl.rolled.Store(0)
+	b.applyMu.Unlock()
+
+	b.hook("checkpoint:synced")
+	_ = batch.Set(checkpointKey, pos.encode(), nil)
+	_ = batch.Set(nextLogKey, leBytes(next), nil)
+	if err := batch.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("bookie: checkpoint: index: %w", err)
+	}
+	b.hook("checkpoint:committed")
+	if err := b.jnl.retire(pos.file); err != nil {
+		return fmt.Errorf("bookie: checkpoint: retiring journal files: %w", err)
+	}
+	b.m.checkpoints.Inc()
+	return nil
+}
+
+// reclaim deletes entry logs in which nothing is live and compacts those
+// whose live share fell below the threshold. Only logs synced by a
+// checkpoint are considered.
+func (b *Bookie) reclaim() error {
+	b.maintMu.Lock()
+	defer b.maintMu.Unlock()
+	ap := &b.ap
+	type cand struct {
+		id    uint64
+		ratio float64
+	}
+	var empty []uint64
+	var sparse []cand
+	b.applyMu.Lock()
+	unsynced := map[uint64]bool{ap.active.id: true}
+	for _, l := range ap.sealed {
+		unsynced[l.id] = true
+	}
+	for id, u := range ap.usage {
+		if unsynced[id] {
+			continue
+		}
+		live := u.liveBytes()
+		switch {
+		case live == 0:
+			empty = append(empty, id)
+			delete(ap.usage, id)
+			ap.usageDirty[id] = struct{}{}
+		case u.size > 0 && b.opts.CompactionThreshold > 0 && float64(live)/float64(u.size) < b.opts.CompactionThreshold:
+			sparse = append(sparse, cand{id, float64(live) / float64(u.size)})
+		}
+	}
+	b.m.entryLogFiles.Set(float64(len(ap.usage)))
+	b.applyMu.Unlock()
+
+	var errs []error
+	for _, id := range empty {
+		b.hook("reclaim:delete")
+		b.readers.forget(id)
+		if err := b.fs.Remove(b.fs.PathJoin(b.logDir, fileName(id, entryLogExt))); err != nil && !vfs.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+		b.m.deletedLogs.Inc()
+	}
+	for _, c := range sparse {
+		if err := b.compact(c.id); err != nil {
+			errs = append(errs, fmt.Errorf("compacting entry log %d: %w", c.id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+type moved struct {
+	ledger, entry uint64
+	from          int64
+	to            location
+}
+
+// compact copies the live entries of entry log id into a new log, switches
+// the index to the copies (synced) and deletes the old log.
+func (b *Bookie) compact(id uint64) error {
+	b.hook("compaction:start")
+	src, err := b.fs.Open(b.fs.PathJoin(b.logDir, fileName(id, entryLogExt)))
+	if err != nil {
+		return err
+	}
+	data, err := io.ReadAll(src)
+	src.Close()
+	if err != nil {
+		return err
+	}
+	b.applyMu.Lock()
+	dstID := b.ap.nextLog
+	b.ap.nextLog++
+	b.applyMu.Unlock()
+	dstName := b.fs.PathJoin(b.logDir, fileName(dstID, entryLogExt))
+	dst, err := b.fs.Create(dstName, vfs.CategoryShard)
+	if err != nil {
+		return err
+	}
+	var out []byte
+	var moves []moved
+	var size int64
+	for off := 0; off < len(data); {
+		l, e, payload, n, ok := decodeLogRecord(data[off:])
+		if !ok {
+			break // the unsynced tail of a log written before a crash
+		}
+		v, closer, err := b.db.Get(indexKey(l, e))
+		if err == nil {
+			loc, derr := decodeLocation(v)
+			closer.Close()
+			if derr == nil && loc.log == id && loc.offset == int64(off) {
+				to := location{log: dstID, offset: size + int64(len(out)), length: uint32(len(payload))}
+				out = appendLogRecord(out, l, e, payload)
+				moves = append(moves, moved{ledger: l, entry: e, from: int64(off), to: to})
+			}
+		} else if !errors.Is(err, pebble.ErrNotFound) {
+			dst.Close()
+			return err
+		}
+		if len(out) >= 1<<20 {
+			if _, err := dst.Write(out); err != nil {
+				dst.Close()
+				return err
+			}
+			size += int64(len(out))
+			out = out[:0]
+		}
+		off += n
+	}
+	if len(out) > 0 {
+		if _, err := dst.Write(out); err != nil {
+			dst.Close()
+			return err
+		}
+		size += int64(len(out))
+	}
+	err = dst.Sync()
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = vfs.SyncDir(b.fs, b.logDir)
+	}
+	if err != nil {
+		return err
+	}
+	b.hook("compaction:copied")
+
+	// Switch the index to the copies of entries that are still where they
+	// were (not deleted or rewritten meanwhile), durably, in one batch.
+	b.applyMu.Lock()
+	batch := b.db.NewBatch()
+	defer batch.Close()
+	u := &logUsage{size: size, live: map[uint64]int64{}}
+	for _, mv := range moves {
+		v, closer, err := b.db.Get(indexKey(mv.ledger, mv.entry))
+		if errors.Is(err, pebble.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			b.applyMu.Unlock()
+			return err
+		}
+		loc, derr := decodeLocation(v)
+		closer.Close()
+		if derr != nil || loc.log != id || loc.offset != mv.from {
+			continue
+		}
+		_ = batch.Set(indexKey(mv.ledger, mv.entry), mv.to.encode(), nil)
+		u.live[mv.ledger] += int64(logHeaderSize) + int64(mv.to.length)
+	}
+	_ = batch.Set(usageKey(dstID), u.encode(), nil)
+	_ = batch.Delete(usageKey(id), nil)
+	_ = batch.Set(nextLogKey, leBytes(b.ap.nextLog), nil)
+	if err := batch.Commit(pebble.Sync); err != nil {
+		b.applyMu.Unlock()
+		return err
+	}
+	b.ap.usage[dstID] = u
+	delete(b.ap.usage, id)
+	delete(b.ap.usageDirty, id)
+	b.m.entryLogFiles.Set(float64(len(b.ap.usage)))
+	b.applyMu.Unlock()
+	b.hook("compaction:committed")
+
+	b.readers.forget(id)
+	if err := b.fs.Remove(b.fs.PathJoin(b.logDir, fileName(id, entryLogExt))); err != nil && !vfs.IsNotExist(err) {
+		return err
+	}
+	b.m.compactions.Inc()
+	return nil
+}
+
+// Close stops accepting operations, writes and syncs what was queued,
+// checkpoints and closes every file. Operations after Close fail with
+// ErrClosed.
+func (b *Bookie) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return ErrClosed
+	}
+	b.closed = true
+	b.space.Broadcast()
+	b.mu.Unlock()
+	b.kickWriter()
+	<-b.writerDone
+	b.apMu.Lock()
+	b.apClosing = true
+	b.apMu.Unlock()
+	select {
+	case b.apKick <- struct{}{}:
+	default:
+	}
+	<-b.apDone
+	close(b.stop)
+	<-b.maintDone
+
+	b.mu.Lock()
+	failed := b.err
+	b.mu.Unlock()
+	var err error
+	if failed == nil {
+		err = b.checkpoint()
+	}
+	return errors.Join(err, b.closeFiles())
+}
+
+func (b *Bookie) closeFiles() error {
+	var errs []error
+	if b.jnl != nil {
+		errs = append(errs, b.jnl.close())
+	}
+	if b.ap.active != nil {
+		errs = append(errs, b.ap.active.f.Close())
+		b.ap.active = nil
+	}
+	for _, l := range b.ap.sealed {
+		errs = append(errs, l.f.Close())
+	}
+	b.ap.sealed = nil
+	b.readers.closeAll()
+	if b.db != nil {
+		errs = append(errs, b.db.Close())
+		b.db = nil
+	}
+	if b.lock != nil {
+		errs = append(errs, b.lock.Close())
+		b.lock = nil
+	}
+	return errors.Join(errs...)
+}
+
+// pebbleLogger drops Pebble's informational messages and forwards errors.
+type pebbleLogger struct{ logf func(string, ...any) }
+
+func (l pebbleLogger) Infof(string, ...any)              {}
+func (l pebbleLogger) Errorf(format string, args ...any) { l.logf("pebble: "+format, args...) }
+func (l pebbleLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf("pebble: "+format, args...))
+}

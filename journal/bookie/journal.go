@@ -1,0 +1,264 @@
+package bookie
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/quiremq/quire/internal/vfs"
+)
+
+// journal owns the journal files: the one being written, the next one
+// (prepared in the background: recycled or zero-filled, and its directory
+// entry synced) and the retired ones kept for recycling. Only the journal
+// goroutine calls write; retire is called by checkpoints.
+type journal struct {
+	fs   vfs.FS
+	dir  string
+	opts *Options
+
+	cur     *jfile
+	next    chan prepared // result of the preparation of the next file
+	nextNum uint64
+	buf     []byte
+	rolled  atomic.Int64 // files started since the last checkpoint
+	onRoll  func()       // called after a roll (kicks a checkpoint)
+
+	mu   sync.Mutex // guards free and the renames that recycle files
+	free []uint64   // retired files available for recycling, ascending
+}
+
+type jfile struct {
+	num  uint64
+	f    vfs.File
+	size int64
+	off  int64
+}
+
+type prepared struct {
+	f   *jfile
+	err error
+}
+
+func (j *journal) path(num uint64) string { return j.fs.PathJoin(j.dir, fileName(num, journalExt)) }
+
+// start opens file num as the current file and begins preparing the next.
+func (j *journal) start(num uint64) error {
+	f, err := j.prepare(num)
+	if err != nil {
+		return err
+	}
+	j.cur = f
+	j.nextNum = num + 1
+	j.prepareNext()
+	return nil
+}
+
+func (j *journal) prepareNext() {
+	num := j.nextNum
+	j.nextNum++
+	ch := make(chan prepared, 1)
+	j.next = ch
+	go func() {
+		f, err := j.prepare(num)
+		ch <- prepared{f, err}
+	}()
+}
+
+// prepare makes journal file num ready to be written at offset 0: a retired
+// file renamed to it (its old records carry an older file number, so they
+// never pass as records of num), or a new file preallocated and
+// zero-filled; at least JournalFileSize long, synced, and its directory
+// entry synced.
+func (j *journal) prepare(num uint64) (*jfile, error) {
+	name := j.path(num)
+	var f vfs.File
+	var err error
+	j.mu.Lock()
+	if len(j.free) > 0 {
+		old := j.free[0]
+		j.free = j.free[1:]
+		f, err = j.fs.ReuseForWrite(j.path(old), name, vfs.CategoryJournal)
+	}
+	j.mu.Unlock()
+	if f == nil || err != nil {
+		f, err = j.fs.Create(name, vfs.CategoryJournal)
+		if err != nil {
+			return nil, fmt.Errorf("bookie: creating journal file: %w", err)
+		}
+	}
+	fail := func(err error) (*jfile, error) {
+		f.Close()
+		return nil, fmt.Errorf("bookie: preparing journal file %s: %w", name, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return fail(err)
+	}
+	size := st.Size()
+	if size < j.opts.JournalFileSize {
+		if err := f.Preallocate(size, j.opts.JournalFileSize-size); err != nil {
+			return fail(err)
+		}
+		zeros := make([]byte, min(1<<20, j.opts.JournalFileSize))
+		for size < j.opts.JournalFileSize {
+			n := min(int64(len(zeros)), j.opts.JournalFileSize-size)
+			clear(zeros) // some File implementations scribble on written buffers
+			if _, err := f.WriteAt(zeros[:n], size); err != nil {
+				return fail(err)
+			}
+			size += n
+		}
+		if err := f.Sync(); err != nil {
+			return fail(err)
+		}
+	}
+	if err := vfs.SyncDir(j.fs, j.dir); err != nil {
+		return fail(err)
+	}
+	return &jfile{num: num, f: f, size: size}, nil
+}
+
+// write appends the records of ops to the journal and fdatasyncs them. A
+// group that does not fit in the current file continues in the next one
+// (the current file is synced first, so a file's valid records are always
+// complete before the next file holds any). It returns the position just
+// past the last record and the bytes written.
+func (j *journal) write(ops []op) (end jpos, written int, err error) {
+	j.buf = j.buf[:0]
+	for i := range ops {
+		size := int64(ops[i].encodedSize())
+		if pending := int64(len(j.buf)); j.cur.off+pending+size > j.cur.size && j.cur.off+pending > 0 {
+			n, err := j.flush()
+			written += n
+			if err != nil {
+				return jpos{}, written, err
+			}
+			if err := j.roll(); err != nil {
+				return jpos{}, written, err
+			}
+		}
+		j.buf = appendRecord(j.buf, j.cur.num, &ops[i])
+	}
+	n, err := j.flush()
+	written += n
+	if err != nil {
+		return jpos{}, written, err
+	}
+	return jpos{file: j.cur.num, off: j.cur.off}, written, nil
+}
+
+func (j *journal) flush() (int, error) {
+	if len(j.buf) == 0 {
+		return 0, nil
+	}
+	n := len(j.buf)
+	if _, err := j.cur.f.WriteAt(j.buf, j.cur.off); err != nil {
+		return 0, fmt.Errorf("bookie: journal write: %w", err)
+	}
+	if err := j.cur.f.SyncData(); err != nil {
+		return 0, fmt.Errorf("bookie: journal fdatasync: %w", err)
+	}
+	j.cur.off += int64(n)
+	if j.cur.off > j.cur.size {
+		j.cur.size = j.cur.off // an oversized record extended the file
+	}
+	j.buf = j.buf[:0]
+	return n, nil
+}
+
+func (j *journal) roll() error {
+	p := <-j.next
+	j.next = nil
+	if p.err != nil {
+		return p.err
+	}
+	old := j.cur
+	j.cur = p.f
+	j.prepareNext()
+	if err := old.f.Close(); err != nil {
+		return fmt.Errorf("bookie: closing journal file: %w", err)
+	}
+	j.rolled.Add(1)
+	if j.onRoll != nil {
+		j.onRoll()
+	}
+	return nil
+}
+
+// retire recycles or removes the journal files numbered below num: a
+// checkpoint made everything they hold durable elsewhere.
+func (j *journal) retire(below uint64) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	nums, err := listNumbered(j.fs, j.dir, journalExt)
+	if err != nil {
+		return err
+	}
+	for _, n := range nums {
+		if n >= below || slices.Contains(j.free, n) {
+			continue
+		}
+		if len(j.free) < j.opts.JournalRecycleFiles {
+			j.free = append(j.free, n)
+			continue
+		}
+		if err := j.fs.Remove(j.path(n)); err != nil && !vfs.IsNotExist(err) {
+			return err
+		}
+	}
+	slices.Sort(j.free)
+	return nil
+}
+
+// close closes the current and the prepared file.
+func (j *journal) close() error {
+	var err error
+	if j.next != nil {
+		if p := <-j.next; p.f != nil {
+			err = p.f.f.Close()
+		}
+		j.next = nil
+	}
+	if j.cur != nil {
+		if cerr := j.cur.f.Close(); err == nil {
+			err = cerr
+		}
+		j.cur = nil
+	}
+	return err
+}
+
+// replayJournal calls fn with every valid record of the journal files of
+// dir from position from on, in order, and the position just past it.
+// Records are read until the first one that is not valid in each file
+// (zeros, a torn write, a recycled file's leftovers); a later file is read
+// whole, since a file only receives records once its predecessor's are
+// complete and synced. It returns the highest journal file number seen.
+func replayJournal(fs vfs.FS, dir string, from jpos, fn func(o *op, end jpos) error) (maxNum uint64, err error) {
+	nums, err := listNumbered(fs, dir, journalExt)
+	if err != nil {
+		return 0, err
+	}
+	for _, num := range nums {
+		maxNum = max(maxNum, num)
+		if num < from.file {
+			continue
+		}
+		data, err := vfs.ReadFile(fs, fs.PathJoin(dir, fileName(num, journalExt)))
+		if err != nil {
+			return maxNum, fmt.Errorf("bookie: reading journal file %d: %w", num, err)
+		}
+		start := int64(0)
+		if num == from.file {
+			start = from.off
+		}
+		if _, err := decodeJournal(data, num, start, func(o *op, end int64) error {
+			return fn(o, jpos{file: num, off: end})
+		}); err != nil {
+			return maxNum, err
+		}
+	}
+	return maxNum, nil
+}

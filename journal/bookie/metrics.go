@@ -1,0 +1,91 @@
+package bookie
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quiremq/quire/internal/metrics"
+)
+
+// bookieMetrics are the quire_bookie_* metrics.
+type bookieMetrics struct {
+	adds          prometheus.Counter
+	addErrors     prometheus.Counter
+	addBytes      prometheus.Counter
+	syncs         prometheus.Counter
+	syncLatency   prometheus.Histogram
+	syncBytes     prometheus.Histogram
+	groupSize     prometheus.Histogram
+	fences        prometheus.Counter
+	checkpoints   prometheus.Counter
+	entryLogFiles prometheus.Gauge
+	compactions   prometheus.Counter
+	deletedLogs   prometheus.Counter
+	failed        prometheus.Gauge
+}
+
+func newMetrics(r prometheus.Registerer) *bookieMetrics {
+	ns, sub := metrics.Namespace, "bookie"
+	m := &bookieMetrics{
+		adds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "adds_total", Help: "Entries added and acknowledged (journal synced)."}),
+		addErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "add_errors_total", Help: "Adds that failed (fenced, closed, too large, journal failure)."}),
+		addBytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "add_bytes_total", Help: "Payload bytes of acknowledged adds."}),
+		syncs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "journal_syncs_total", Help: "Journal group commits (write + fdatasync)."}),
+		syncLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "journal_sync_seconds", Help: "Latency of a journal group write + fdatasync.",
+			Buckets: metrics.LatencyBuckets}),
+		syncBytes: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "journal_sync_bytes", Help: "Bytes written per journal fdatasync.",
+			Buckets: prometheus.ExponentialBuckets(256, 2, 16)}),
+		groupSize: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "journal_group_records", Help: "Records per journal group commit.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14)}),
+		fences: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "fences_total", Help: "Ledger fences journaled."}),
+		checkpoints: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "checkpoints_total", Help: "Checkpoints completed."}),
+		entryLogFiles: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "entry_log_files", Help: "Entry-log files on disk."}),
+		compactions: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "compactions_total", Help: "Entry logs compacted (live entries moved, file deleted)."}),
+		deletedLogs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "entry_logs_deleted_total", Help: "Entry logs deleted whole because no entry in them was live."}),
+		failed: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "failed", Help: "1 while the bookie refuses writes after a journal failure."}),
+	}
+	m.adds = register(r, m.adds)
+	m.addErrors = register(r, m.addErrors)
+	m.addBytes = register(r, m.addBytes)
+	m.syncs = register(r, m.syncs)
+	m.syncLatency = register(r, m.syncLatency)
+	m.syncBytes = register(r, m.syncBytes)
+	m.groupSize = register(r, m.groupSize)
+	m.fences = register(r, m.fences)
+	m.checkpoints = register(r, m.checkpoints)
+	m.entryLogFiles = register(r, m.entryLogFiles)
+	m.compactions = register(r, m.compactions)
+	m.deletedLogs = register(r, m.deletedLogs)
+	m.failed = register(r, m.failed)
+	return m
+}
+
+// register registers c with r, or returns the collector already registered
+// under the same name (a bookie reopened in the same process keeps
+// counting into the same series).
+func register[C prometheus.Collector](r prometheus.Registerer, c C) C {
+	if r == nil {
+		return c
+	}
+	if err := r.Register(c); err != nil {
+		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		metrics.Register(r, c) // panics with the registration error
+	}
+	return c
+}

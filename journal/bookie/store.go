@@ -1,0 +1,318 @@
+package bookie
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/quiremq/quire/internal/vfs"
+)
+
+// Index keys in Pebble. Part of the on-disk format.
+//
+//	'e' ledger(8 BE) entry(8 BE) → log id(8) offset(8) length(4)   entry location
+//	'l' ledger(8 BE)             → flags(1: bit0 fenced) lac(8)     ledger metadata
+//	'u' log id(8 BE)             → size(8) n(8) n×(ledger(8) bytes(8)) live bytes per ledger
+//	'c'                          → journal file(8) offset(8)       checkpoint position
+//	'n'                          → next entry-log id(8)
+const (
+	prefixEntry  = 'e'
+	prefixLedger = 'l'
+	prefixUsage  = 'u'
+)
+
+var (
+	checkpointKey = []byte{'c'}
+	nextLogKey    = []byte{'n'}
+)
+
+func indexKey(ledger, entry uint64) []byte {
+	k := make([]byte, 17)
+	k[0] = prefixEntry
+	binary.BigEndian.PutUint64(k[1:], ledger)
+	binary.BigEndian.PutUint64(k[9:], entry)
+	return k
+}
+
+// ledgerIndexBounds returns [lo, hi) covering every index key of ledger.
+func ledgerIndexBounds(ledger uint64) (lo, hi []byte) {
+	lo = indexKey(ledger, 0)
+	hi = append(indexKey(ledger, ^uint64(0)), 0)
+	return lo, hi
+}
+
+func ledgerKey(ledger uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = prefixLedger
+	binary.BigEndian.PutUint64(k[1:], ledger)
+	return k
+}
+
+func usageKey(id uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = prefixUsage
+	binary.BigEndian.PutUint64(k[1:], id)
+	return k
+}
+
+// location is where an entry lives: a record of an entry log.
+type location struct {
+	log    uint64
+	offset int64
+	length uint32 // payload length
+}
+
+func (l location) encode() []byte {
+	v := make([]byte, 20)
+	binary.LittleEndian.PutUint64(v, l.log)
+	binary.LittleEndian.PutUint64(v[8:], uint64(l.offset))
+	binary.LittleEndian.PutUint32(v[16:], l.length)
+	return v
+}
+
+func decodeLocation(v []byte) (location, error) {
+	if len(v) != 20 {
+		return location{}, fmt.Errorf("%w: index value of %d bytes", ErrCorrupt, len(v))
+	}
+	return location{
+		log:    binary.LittleEndian.Uint64(v),
+		offset: int64(binary.LittleEndian.Uint64(v[8:])),
+		length: binary.LittleEndian.Uint32(v[16:]),
+	}, nil
+}
+
+// ledgerMeta is the durable state of a ledger beyond its entries.
+type ledgerMeta struct {
+	fenced bool
+	lac    int64 // max of piggybacked and explicit LACs; -1 none
+}
+
+func (m ledgerMeta) encode() []byte {
+	v := make([]byte, 9)
+	if m.fenced {
+		v[0] = 1
+	}
+	binary.LittleEndian.PutUint64(v[1:], uint64(m.lac))
+	return v
+}
+
+func decodeLedgerMeta(v []byte) (ledgerMeta, error) {
+	if len(v) != 9 {
+		return ledgerMeta{}, fmt.Errorf("%w: ledger metadata of %d bytes", ErrCorrupt, len(v))
+	}
+	return ledgerMeta{fenced: v[0]&1 != 0, lac: int64(binary.LittleEndian.Uint64(v[1:]))}, nil
+}
+
+// logUsage accounts an entry log: its size and the bytes of records per
+// ledger (a ledger's bytes stop being live when it is deleted).
+type logUsage struct {
+	size int64
+	live map[uint64]int64
+}
+
+func (u *logUsage) liveBytes() int64 {
+	var n int64
+	for _, b := range u.live {
+		n += b
+	}
+	return n
+}
+
+func (u *logUsage) clone() *logUsage {
+	c := &logUsage{size: u.size, live: make(map[uint64]int64, len(u.live))}
+	for k, v := range u.live {
+		c.live[k] = v
+	}
+	return c
+}
+
+func (u *logUsage) encode() []byte {
+	ledgers := make([]uint64, 0, len(u.live))
+	for l := range u.live {
+		ledgers = append(ledgers, l)
+	}
+	slices.Sort(ledgers)
+	v := make([]byte, 0, 16+16*len(ledgers))
+	v = binary.LittleEndian.AppendUint64(v, uint64(u.size))
+	v = binary.LittleEndian.AppendUint64(v, uint64(len(ledgers)))
+	for _, l := range ledgers {
+		v = binary.LittleEndian.AppendUint64(v, l)
+		v = binary.LittleEndian.AppendUint64(v, uint64(u.live[l]))
+	}
+	return v
+}
+
+func decodeUsage(v []byte) (*logUsage, error) {
+	if len(v) < 16 {
+		return nil, fmt.Errorf("%w: entry-log usage of %d bytes", ErrCorrupt, len(v))
+	}
+	n := binary.LittleEndian.Uint64(v[8:])
+	if uint64(len(v)-16)/16 != n || (len(v)-16)%16 != 0 {
+		return nil, fmt.Errorf("%w: entry-log usage of %d bytes for %d ledgers", ErrCorrupt, len(v), n)
+	}
+	u := &logUsage{size: int64(binary.LittleEndian.Uint64(v)), live: make(map[uint64]int64, n)}
+	for i := 0; i < int(n); i++ {
+		u.live[binary.LittleEndian.Uint64(v[16+16*i:])] = int64(binary.LittleEndian.Uint64(v[24+16*i:]))
+	}
+	return u, nil
+}
+
+// jpos is a position in the journal: a file number and an offset in it.
+type jpos struct {
+	file uint64
+	off  int64
+}
+
+func (p jpos) encode() []byte {
+	v := make([]byte, 16)
+	binary.LittleEndian.PutUint64(v, p.file)
+	binary.LittleEndian.PutUint64(v[8:], uint64(p.off))
+	return v
+}
+
+func decodeJpos(v []byte) (jpos, error) {
+	if len(v) != 16 {
+		return jpos{}, fmt.Errorf("%w: checkpoint of %d bytes", ErrCorrupt, len(v))
+	}
+	return jpos{file: binary.LittleEndian.Uint64(v), off: int64(binary.LittleEndian.Uint64(v[8:]))}, nil
+}
+
+// File names.
+const (
+	journalExt  = ".jnl"
+	entryLogExt = ".log"
+	ledgersDir  = "ledgers"
+	indexDir    = "index"
+	lockFile    = "LOCK"
+)
+
+func fileName(num uint64, ext string) string { return fmt.Sprintf("%016x%s", num, ext) }
+
+func parseFileName(name, ext string) (uint64, bool) {
+	if !strings.HasSuffix(name, ext) || len(name) != 16+len(ext) {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(strings.TrimSuffix(name, ext), 16, 64)
+	return n, err == nil
+}
+
+// listNumbered returns the numbers of the files of dir named by fileName
+// with ext, ascending.
+func listNumbered(fs vfs.FS, dir, ext string) ([]uint64, error) {
+	names, err := fs.List(dir)
+	if err != nil {
+		return nil, err
+	}
+	var nums []uint64
+	for _, n := range names {
+		if num, ok := parseFileName(n, ext); ok {
+			nums = append(nums, num)
+		}
+	}
+	slices.Sort(nums)
+	return nums, nil
+}
+
+// entryLog is an entry log being written.
+type entryLog struct {
+	id   uint64
+	f    vfs.File
+	size int64
+}
+
+// logReaders caches read handles of entry logs. A handle stays open while a
+// read uses it, even if compaction removes the file meanwhile.
+type logReaders struct {
+	fs  vfs.FS
+	dir string
+	mu  sync.Mutex
+	m   map[uint64]*logReader
+}
+
+type logReader struct {
+	f       vfs.File
+	refs    int
+	removed bool
+}
+
+func (r *logReaders) acquire(id uint64) (*logReader, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if lr := r.m[id]; lr != nil {
+		lr.refs++
+		return lr, nil
+	}
+	f, err := r.fs.Open(r.fs.PathJoin(r.dir, fileName(id, entryLogExt)))
+	if err != nil {
+		return nil, err
+	}
+	lr := &logReader{f: f, refs: 1}
+	r.m[id] = lr
+	return lr, nil
+}
+
+func (r *logReaders) release(lr *logReader) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	lr.refs--
+	if lr.removed && lr.refs == 0 {
+		lr.f.Close()
+	}
+}
+
+// forget drops the handle of log id; it is closed once no read uses it.
+func (r *logReaders) forget(id uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if lr := r.m[id]; lr != nil {
+		delete(r.m, id)
+		lr.removed = true
+		if lr.refs == 0 {
+			lr.f.Close()
+		}
+	}
+}
+
+func (r *logReaders) closeAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, lr := range r.m {
+		delete(r.m, id)
+		lr.removed = true
+		if lr.refs == 0 {
+			lr.f.Close()
+		}
+	}
+}
+
+// syncDirs makes dir's entry in its parents durable, up to the root.
+func syncDirs(fs vfs.FS, dir string) error {
+	for {
+		if err := vfs.SyncDir(fs, dir); err != nil {
+			return err
+		}
+		parent := fs.PathDir(dir)
+		if parent == dir || parent == "" || parent == "." {
+			return nil
+		}
+		dir = parent
+	}
+}
+
+// mkdir creates dir (and parents) durably if it does not exist.
+func mkdir(fs vfs.FS, dir string) error {
+	if _, err := fs.Stat(dir); err == nil {
+		return nil
+	}
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return syncDirs(fs, dir)
+}
+
+func beUint64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
+func leUint64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }
+func leBytes(v uint64) []byte  { return binary.LittleEndian.AppendUint64(nil, v) }
