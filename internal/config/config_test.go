@@ -227,6 +227,8 @@ func TestErrorsNameFileKeyLine(t *testing.T) {
 		{"bad log format", "[log]\nlevel = \"info\"\nformat = \"xml\"\n", "log.format", 3, `"xml" is not one of text, json`},
 		{"syntax error", "node_id = 1\ncluster_name = \n", "cluster_name", 2, "expected"},
 		{"bad array element type", "meta_addrs = [1]\n", "meta_addrs[0]", 1, "cannot decode TOML integer"},
+		{"unknown key in inline rule", "[storage]\nrules = [\n  { match = \"a\", engine = \"file\" },\n  { match = \"b\", engine = \"file\", prio = 1 },\n]\n", "storage.rules[1].prio", 4, "unknown key"},
+		{"duplicate key", "node_id = 1\nnode_id = 2\n", "node_id", 2, "already"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -340,9 +340,13 @@ func (n *Node) Stop(ctx context.Context) error {
 
 // Run starts the node, waits until ctx ends or a component dies, and stops
 // the node within stopTimeout. It returns nil after a clean stop on ctx's
-// end.
+// end, including when ctx ends while the node is still starting.
 func (n *Node) Run(ctx context.Context, stopTimeout time.Duration) error {
 	if err := n.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			n.log.Info("shutdown requested while starting; stopped", "cause", context.Cause(ctx))
+			return nil
+		}
 		return err
 	}
 	var cause error

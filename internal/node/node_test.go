@@ -326,6 +326,22 @@ func TestNodeRun(t *testing.T) {
 	}
 }
 
+func TestNodeRunCanceledWhileStarting(t *testing.T) {
+	dir := t.TempDir()
+	n := newNode(t, testConfig(dir), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := n.Run(ctx, time.Second); err != nil {
+		t.Errorf("Run with a canceled context = %v, want a clean stop", err)
+	}
+	for _, c := range n.Readiness().Components {
+		if c.State == "running" {
+			t.Errorf("component %s still running", c.Name)
+		}
+	}
+	startNode(t, testConfig(dir), nil) // the lock was released
+}
+
 // config.Engines must list exactly the engines the node opens.
 func TestEnginesMatchConfig(t *testing.T) {
 	cfg := testConfig(t.TempDir())
