@@ -90,14 +90,13 @@ func (c *committer) drain() {
 		}
 		s.queue = c.spare[:0]
 		s.qmu.Unlock()
-		rolled := false
 		for i := 0; i < len(reqs); {
 			j := i
 			for j < len(reqs) && !reqs[j].seal {
 				j++
 			}
 			if j > i {
-				rolled = c.commit(reqs[i:j]) || rolled
+				c.commit(reqs[i:j])
 			}
 			if j < len(reqs) {
 				c.seal(reqs[j])
@@ -107,11 +106,6 @@ func (c *committer) drain() {
 		}
 		clear(reqs)
 		c.spare = reqs[:0]
-		if rolled {
-			if err := s.enforceRetention(); err != nil {
-				s.log.Warn("file: retention", "shard", s.name, "err", err)
-			}
-		}
 	}
 }
 
@@ -122,23 +116,28 @@ func answer(reqs []*request, err error) {
 	}
 }
 
-// commit writes reqs as one group and reports whether it rolled a segment.
-func (c *committer) commit(reqs []*request) (rolled bool) {
+// commit writes reqs as one group (rolling the active segment first if it
+// is full or old).
+func (c *committer) commit(reqs []*request) {
 	s := c.s
 	if c.failErr != nil {
 		answer(reqs, c.failErr)
-		return false
+		return
 	}
 	if c.sealed {
 		answer(reqs, fmt.Errorf("file: %q: %w", s.name, shard.ErrSealed))
-		return false
+		return
 	}
 	if c.needRoll() {
 		if err := c.roll(); err != nil {
 			answer(reqs, c.fail(err))
-			return false
+			return
 		}
-		rolled = true
+		// Retention only ever deletes sealed segments, so a roll is when
+		// there may be something new to delete.
+		if err := s.enforceRetention(); err != nil {
+			s.log.Warn("file: retention", "shard", s.name, "err", err)
+		}
 	}
 	buf := c.buf[:0]
 	pend := c.pend[:0]
@@ -171,14 +170,14 @@ func (c *committer) commit(reqs []*request) (rolled bool) {
 	s.e.m.writes.Inc()
 	if err != nil {
 		answer(reqs, c.fail(fmt.Errorf("write %s: %w", c.active.path, err)))
-		return rolled
+		return
 	}
 	c.dirty = true
 	c.unsynced += int64(n)
 	if s.e.opts.Sync == SyncBatch {
 		if err := c.sync(); err != nil {
 			answer(reqs, err)
-			return rolled
+			return
 		}
 	}
 	c.wpos += int64(n)
@@ -200,7 +199,6 @@ func (c *committer) commit(reqs []*request) (rolled bool) {
 	m.records.Add(float64(nrecs))
 	m.bytes.Add(float64(payload))
 	answer(reqs, nil)
-	return rolled
 }
 
 // sync fdatasyncs the active segment; a failure fails the shard.
