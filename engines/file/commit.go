@@ -35,6 +35,9 @@ type committer struct {
 	sealed   bool
 	failErr  error
 	closeErr error
+
+	syncTimer  *time.Timer // SyncInterval policy
+	timerArmed bool
 }
 
 // run is the shard's committer goroutine: it takes every queued request,
@@ -43,12 +46,12 @@ type committer struct {
 func (s *Shard) run() {
 	defer close(s.done)
 	c := &s.c
-	var syncTick, retentionTick <-chan time.Time
-	if s.e.opts.Sync == SyncInterval {
-		t := time.NewTicker(s.e.opts.SyncInterval)
-		defer t.Stop()
-		syncTick = t.C
-	}
+	var retentionTick <-chan time.Time
+	// The interval policy's timer is armed by the first unsynced write, so
+	// that idle shards cost no wake-ups.
+	c.syncTimer = time.NewTimer(time.Hour)
+	c.syncTimer.Stop()
+	defer c.syncTimer.Stop()
 	if s.e.opts.RetentionBytes > 0 || s.e.opts.RetentionAge > 0 {
 		t := time.NewTicker(retentionCheckInterval)
 		defer t.Stop()
@@ -58,7 +61,8 @@ func (s *Shard) run() {
 		select {
 		case <-s.wake:
 			c.drain()
-		case <-syncTick:
+		case <-c.syncTimer.C:
+			c.timerArmed = false
 			if c.dirty && c.failErr == nil {
 				c.sync()
 			}
@@ -174,10 +178,16 @@ func (c *committer) commit(reqs []*request) {
 	}
 	c.dirty = true
 	c.unsynced += int64(n)
-	if s.e.opts.Sync == SyncBatch {
+	switch s.e.opts.Sync {
+	case SyncBatch:
 		if err := c.sync(); err != nil {
 			answer(reqs, err)
 			return
+		}
+	case SyncInterval:
+		if !c.timerArmed {
+			c.syncTimer.Reset(s.e.opts.SyncInterval)
+			c.timerArmed = true
 		}
 	}
 	c.wpos += int64(n)

@@ -12,7 +12,7 @@
 //
 // Options.Sync chooses when an append is acknowledged: SyncBatch (default)
 // after the fdatasync that covers it, SyncInterval after the write with an
-// fdatasync every SyncInterval, SyncNone after the write with fdatasync only
+// fdatasync at most SyncInterval later, SyncNone after the write with fdatasync only
 // when a segment is rolled, before a seal and on Close. Options.FS is the file
 // system seam (internal/vfs): tests run the same code on vfs.NewMem, on
 // vfs.NewCrashableMem (crash tests) and on vfs.InjectFS (failed fsyncs, full

@@ -19,9 +19,9 @@ const (
 	// it. Concurrent appends share one write and one fdatasync (group commit).
 	SyncBatch SyncPolicy = "batch"
 	// SyncInterval acknowledges an append once it is written (to the OS page
-	// cache) and fdatasyncs every Options.SyncInterval. A crash of the machine
-	// loses at most that much acknowledged data; a crash of the process alone
-	// loses nothing.
+	// cache) and fdatasyncs within Options.SyncInterval of the first
+	// unsynced write. A crash of the machine loses at most that much
+	// acknowledged data; a crash of the process alone loses nothing.
 	SyncInterval SyncPolicy = "interval"
 	// SyncNone acknowledges after the write and fdatasyncs only when a segment
 	// is rolled, before a seal and on Close.
@@ -53,8 +53,8 @@ type Options struct {
 	Dir string
 	// Sync is the durability policy; default SyncBatch.
 	Sync SyncPolicy
-	// SyncInterval is the fdatasync period of the SyncInterval policy;
-	// default 100ms.
+	// SyncInterval bounds how long the SyncInterval policy leaves written
+	// data unsynced; default 100ms.
 	SyncInterval time.Duration
 	// SegmentBytes rolls the active segment before an append once it holds
 	// this many bytes; default 128 MiB. A segment exceeds it by at most one
