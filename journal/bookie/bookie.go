@@ -333,6 +333,7 @@ func (b *Bookie) apply(ops []op, end jpos) error {
 		}
 		ap.active.size += int64(len(ap.buf))
 		ap.usage[ap.active.id].size = ap.active.size
+		ap.usageDirty[ap.active.id] = struct{}{} // before a roll too
 		ap.buf = ap.buf[:0]
 		return nil
 	}
@@ -389,7 +390,6 @@ func (b *Bookie) apply(ops []op, end jpos) error {
 	if err := writeBuf(); err != nil {
 		return err
 	}
-	ap.usageDirty[ap.active.id] = struct{}{}
 	if err := batch.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("bookie: index write: %w", err)
 	}

@@ -79,7 +79,12 @@ func (j *journal) prepare(num uint64) (*jfile, error) {
 	if len(j.free) > 0 {
 		old := j.free[0]
 		j.free = j.free[1:]
-		f, err = j.fs.ReuseForWrite(j.path(old), name, vfs.CategoryJournal)
+		// What FS.ReuseForWrite does, spelled out: pebble's MemFS takes
+		// its crash-clone lock twice in ReuseForWrite, which deadlocks
+		// against a concurrent CrashClone.
+		if err = j.fs.Rename(j.path(old), name); err == nil {
+			f, err = j.fs.OpenReadWrite(name, vfs.CategoryJournal)
+		}
 	}
 	j.mu.Unlock()
 	if f == nil || err != nil {
