@@ -291,6 +291,7 @@ func (c *committer) roll() error {
 	old.rmu.Lock()
 	c.owner.idx = entries
 	old.rmu.Unlock()
+	old.sealed.Store(true)
 	s.mu.Lock()
 	old.index = nil
 	s.segs = append(slices.Clip(s.segs), seg)

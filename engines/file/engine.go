@@ -187,6 +187,10 @@ func (e *Engine) Create(_ context.Context, name string) (shard.Shard, error) {
 func (e *Engine) createDir(name, d string) error {
 	fs := e.fs
 	dir := fs.PathJoin(e.opts.Dir, d)
+	if _, err := fs.Stat(fs.PathJoin(dir, nameFile)); err == nil {
+		// Only a shard whose NAME file is damaged is on disk but unknown.
+		return fmt.Errorf("%s holds a shard whose name file is damaged; not overwriting it", dir)
+	}
 	if err := fs.RemoveAll(dir); err != nil { // remains of an interrupted create or delete
 		return err
 	}

@@ -188,6 +188,7 @@ func (s *Shard) openSealed(base, next uint64) (*segment, error) {
 		sum, err := readIndexSummary(fs, seg.idxPath)
 		if err == nil && sum.base == base && sum.end == next && sum.size == size {
 			seg.end, seg.size, seg.maxTs = sum.end, sum.size, sum.maxTs
+			seg.sealed.Store(true)
 			return seg, nil
 		}
 		if !vfs.IsNotExist(err) {
@@ -207,6 +208,7 @@ func (s *Shard) openSealed(base, next uint64) (*segment, error) {
 		return nil, s.corrupt(seg.path, size, fmt.Sprintf("segment ends at offset %d but the next segment starts at %d", sum.end, next))
 	}
 	seg.end, seg.size, seg.maxTs = sum.end, sum.size, sum.maxTs
+	seg.sealed.Store(true)
 	if err := vfs.WriteFileAtomic(fs, seg.idxPath, encodeIndex(sum, entries)); err != nil {
 		s.log.Warn("file: write segment index", "shard", s.name, "file", seg.idxPath, "err", err)
 	}

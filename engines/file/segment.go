@@ -6,6 +6,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/quiremq/quire/internal/vfs"
 )
@@ -25,6 +26,8 @@ type segment struct {
 	size  int64 // bytes, including the header
 	maxTs int64
 	index []indexEntry // active segment only; a sealed segment's index lives in its reader
+
+	sealed atomic.Bool // not the active segment: its reader lives in the LRU
 
 	rmu     sync.Mutex
 	reader  *segReader // open handle, nil if none
@@ -86,7 +89,7 @@ func (c *readerCache) acquire(seg *segment, load func(vfs.File) ([]indexEntry, e
 	}
 	r.refs++
 	seg.rmu.Unlock()
-	if opened {
+	if opened || seg.sealed.Load() {
 		c.touch(seg)
 	}
 	return r, nil
@@ -108,6 +111,11 @@ func (c *readerCache) release(r *segReader) {
 // least recently used readers beyond capacity.
 func (c *readerCache) touch(seg *segment) {
 	var victims []*segment
+	seg.rmu.Lock() // orders touch with remove: a removed segment never re-enters
+	if seg.gone {
+		seg.rmu.Unlock()
+		return
+	}
 	c.mu.Lock()
 	if seg.lruElem == nil {
 		seg.lruElem = c.lru.PushFront(seg)
@@ -122,6 +130,7 @@ func (c *readerCache) touch(seg *segment) {
 		victims = append(victims, v)
 	}
 	c.mu.Unlock()
+	seg.rmu.Unlock()
 	for _, v := range victims {
 		c.evict(v, false)
 	}
@@ -149,13 +158,13 @@ func (c *readerCache) evict(seg *segment, gone bool) {
 
 // remove takes seg out of the cache for good (deleted, or its shard closed).
 func (c *readerCache) remove(seg *segment) {
+	c.evict(seg, true)
 	c.mu.Lock()
 	if seg.lruElem != nil {
 		c.lru.Remove(seg.lruElem)
 		seg.lruElem = nil
 	}
 	c.mu.Unlock()
-	c.evict(seg, true)
 }
 
 // lookup returns the position to start reading from to find offset off: the

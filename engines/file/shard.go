@@ -114,7 +114,10 @@ func (s *Shard) Append(ctx context.Context, recs []shard.Record) (uint64, error)
 	}
 	first, err := req.first, req.err
 	putRequest(req)
-	return first, err
+	if err != nil {
+		return 0, err
+	}
+	return first, nil
 }
 
 func (s *Shard) enqueue(req *request) error {
