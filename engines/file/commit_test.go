@@ -1,6 +1,8 @@
 package file
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -231,4 +233,83 @@ func countRecords(t *testing.T, fs vfs.FS) int {
 	e := openEngine(t, fs, "/d", Options{})
 	defer e.Close()
 	return len(readAll(t, mustOpen(t, e, "s")))
+}
+
+// TestAppendCanceled: an append whose context ends before the committer
+// takes it is withdrawn and never written; one already taken completes.
+func TestAppendCanceled(t *testing.T) {
+	var block atomic.Bool
+	entered := make(chan struct{}, 10)
+	release := make(chan struct{})
+	fs := vfs.InjectFS(vfs.NewMem(), vfs.InjectorFunc(func(op vfs.Op) error {
+		if block.Load() && isSegment(op.Path) && op.Kind == errorfs.OpFileSyncData {
+			entered <- struct{}{}
+			<-release
+		}
+		return nil
+	}))
+	e := openEngine(t, fs, "/d", Options{})
+	defer e.Close()
+	s := mustCreate(t, e, "s")
+	block.Store(true)
+	first := make(chan error, 1)
+	go func() { _, err := s.Append(bg, []shard.Record{rec(0, 10)}); first <- err }()
+	<-entered // the committer is syncing record 0
+	ctx, cancel := context.WithCancel(bg)
+	second := make(chan error, 1)
+	go func() { _, err := s.Append(ctx, []shard.Record{rec(1, 10)}); second <- err }()
+	for {
+		s.qmu.Lock()
+		n := len(s.queue)
+		s.qmu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-second; !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled append = %v", err)
+	}
+	block.Store(false)
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if off := mustAppend(t, s, rec(2, 10)); off != 1 {
+		t.Fatalf("next append at %d, want 1 (the canceled one must not take an offset)", off)
+	}
+	checkSame(t, readAll(t, s), []shard.Record{withOffset(rec(0, 10), 0), withOffset(rec(2, 10), 1)})
+}
+
+// TestWaitOffsets: Wait fires exactly when the high watermark passes its
+// offset, and on Seal.
+func TestWaitOffsets(t *testing.T) {
+	e := openEngine(t, vfs.NewMem(), "/d", Options{})
+	defer e.Close()
+	s := mustCreate(t, e, "s")
+	w0, w2, w5 := s.Wait(0), s.Wait(2), s.Wait(5)
+	mustAppend(t, s, rec(0, 1), rec(1, 1))
+	select {
+	case <-w0:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait(0) did not fire")
+	}
+	select {
+	case <-w2:
+		t.Fatal("Wait(2) fired at high 2")
+	default:
+	}
+	mustAppend(t, s, rec(2, 1))
+	<-w2
+	select {
+	case <-w5:
+		t.Fatal("Wait(5) fired at high 3")
+	default:
+	}
+	if err := s.Seal(bg); err != nil {
+		t.Fatal(err)
+	}
+	<-w5
+	<-s.Wait(100)
 }

@@ -159,6 +159,22 @@
 // index. Read returns records whose keys and values share one buffer per
 // read; a Read without MaxBytes returns at most 4 MiB.
 //
+// # Code map and lock order
+//
+//	options.go   Options, defaults, validation
+//	format.go    every on-disk encoding (segment header, record, index, TRIM, SEALED, NAME)
+//	names.go     shard name <-> directory name
+//	engine.go    Engine: lock file, shard directory create/open/delete/list
+//	shard.go     Shard: Append (enqueue), Read, OffsetForTime, Trim, retention, Seal, Wait, Close
+//	commit.go    the committer goroutine: group commit, roll, seal, failure state
+//	recover.go   opening a shard: cleanup, sealed segment summaries, torn-tail recovery
+//	segment.go   segments, the engine-wide reader cache, the record iterator
+//	metrics.go   quire_file_* collectors
+//
+// Locks are taken in this order: Shard.ctlMu (trim and retention), Shard.mu
+// (published state), Shard.qmu (queue), segment.rmu (a segment's reader),
+// readerCache.mu. Only the committer goroutine writes segment files.
+//
 // # Metrics
 //
 // quire_file_appends_total, _appended_records_total, _appended_bytes_total,
