@@ -3,6 +3,7 @@ package file
 import (
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/quiremq/quire/internal/vfs"
@@ -13,9 +14,11 @@ import (
 // limits when no roll triggered a check.
 const retentionCheckInterval = time.Minute
 
-// maxKeptBuffer is the largest encode buffer the committer keeps between
-// group commits.
-const maxKeptBuffer = 8 << 20
+// Encode buffers come from a pool shared by all shards, so that an idle
+// shard holds none; buffers above maxPooledBuffer are left to the GC.
+const maxPooledBuffer = 16 << 20
+
+var bufPool = sync.Pool{New: func() any { return new([]byte) }}
 
 // committer owns a shard's active segment file. Only the shard's committer
 // goroutine (run) touches it, after open and until close.
@@ -27,7 +30,6 @@ type committer struct {
 	wpos     int64      // bytes written to the active segment
 	next     uint64     // next offset to assign
 	ib       indexBuilder
-	buf      []byte
 	pend     []indexEntry
 	spare    []*request
 	dirty    bool  // written but not fdatasynced
@@ -143,7 +145,8 @@ func (c *committer) commit(reqs []*request) {
 			s.log.Warn("file: retention", "shard", s.name, "err", err)
 		}
 	}
-	buf := c.buf[:0]
+	bp := bufPool.Get().(*[]byte)
+	buf := (*bp)[:0]
 	pend := c.pend[:0]
 	ib := c.ib
 	next := c.next
@@ -165,10 +168,9 @@ func (c *committer) commit(reqs []*request) {
 	}
 	n := len(buf)
 	_, err := c.wf.WriteAt(buf, c.wpos)
-	if cap(buf) <= maxKeptBuffer {
-		c.buf = buf[:0]
-	} else {
-		c.buf = nil
+	if cap(buf) <= maxPooledBuffer {
+		*bp = buf[:0]
+		bufPool.Put(bp)
 	}
 	c.pend = pend[:0]
 	s.e.m.writes.Inc()
