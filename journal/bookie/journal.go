@@ -18,12 +18,13 @@ type journal struct {
 	dir  string
 	opts *Options
 
-	cur     *jfile
-	next    chan prepared // result of the preparation of the next file
-	nextNum uint64
-	buf     []byte
-	rolled  atomic.Int64 // files started since the last checkpoint
-	onRoll  func()       // called after a roll (kicks a checkpoint)
+	cur      *jfile
+	next     chan prepared // result of the preparation of the next file
+	nextNum  uint64
+	buf      []byte
+	rolled   atomic.Int64 // files started since the last checkpoint
+	recycled atomic.Int64 // files reused (for tests)
+	onRoll   func()       // called after a roll (kicks a checkpoint)
 
 	mu   sync.Mutex // guards free and the renames that recycle files
 	free []uint64   // retired files available for recycling, ascending
@@ -84,6 +85,7 @@ func (j *journal) prepare(num uint64) (*jfile, error) {
 		// against a concurrent CrashClone.
 		if err = j.fs.Rename(j.path(old), name); err == nil {
 			f, err = j.fs.OpenReadWrite(name, vfs.CategoryJournal)
+			j.recycled.Add(1)
 		}
 	}
 	j.mu.Unlock()

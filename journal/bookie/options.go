@@ -42,7 +42,8 @@ type Options struct {
 	JournalFileSize int64
 	// JournalRecycleFiles is how many journal files that a checkpoint
 	// retired are kept to be reused (renamed and overwritten, skipping the
-	// zero fill) instead of deleted. Default 4.
+	// zero fill) instead of deleted. 0 means the default 4; negative
+	// disables recycling.
 	JournalRecycleFiles int
 	// EntryLogSize rolls an entry log over once it reaches this size.
 	// Default 256 MiB.
@@ -137,9 +138,6 @@ func (o *Options) Validate() error {
 	}
 	if o.JournalFileSize < 4096 {
 		errs = append(errs, fmt.Errorf("JournalFileSize %d below 4096", o.JournalFileSize))
-	}
-	if o.JournalRecycleFiles < 0 {
-		errs = append(errs, errors.New("JournalRecycleFiles is negative"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bookie: invalid options: %w", err)
