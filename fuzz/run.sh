@@ -13,7 +13,7 @@ while IFS=: read -r file line; do
 	[[ "$fn" =~ $PATTERN ]] || continue
 	pkg="./$(dirname "$file")"
 	echo "==> $fn in $pkg for $FUZZTIME"
-	go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$FUZZTIME" "$pkg"
+	go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "${FUZZMINIMIZETIME:-5s}" "$pkg"
 	found=$((found + 1))
 done < <(grep -rHE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . | sed -E 's/^\.\///; s/:(func )/:\1/' | cut -d: -f1,2- )
 if [[ $found -eq 0 ]]; then
