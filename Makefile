@@ -5,6 +5,7 @@
 #   make fuzz    run every Fuzz* target for FUZZTIME (default 30s each)
 #   make bench   run every benchmark (BENCHTIME, default 1s)
 #   make lint    gofmt, go vet, staticcheck
+#   make generate  regenerate protobuf code (Debian protoc + pinned go tool plugins)
 
 GO        ?= go
 BIN       := bin
@@ -18,7 +19,7 @@ BENCHTIME ?= 1s
 STATICCHECK_VERSION := v0.8.2
 
 
-.PHONY: all deps build run test race fuzz bench lint clean
+.PHONY: all deps build run test race fuzz bench lint clean generate check-generate
 
 all: build
 
@@ -31,7 +32,7 @@ build: deps
 run: build
 	./$(BIN)/quire start
 
-test: deps
+test: deps check-generate
 	$(GO) vet ./...
 	$(GO) test -race -timeout 20m $(TESTFLAGS) ./...
 
@@ -51,6 +52,12 @@ lint: deps $(CACHE)/bin/staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(CACHE)/bin/staticcheck ./...
+
+generate: deps
+	tools/genproto.sh
+
+check-generate: deps
+	tools/genproto.sh --check
 
 clean:
 	rm -rf $(BIN) $(CACHE)
