@@ -1,0 +1,120 @@
+// Package bookie is the storage server of Quire's journal: it stores the
+// entries of many ledgers on one node, durably, with fencing and explicit
+// LACs, and survives a crash at any point. See DESIGN.md, "Journal", and
+// BookKeeper's bookie (journal + entry logger + ledger index + cookies),
+// which it follows.
+//
+// # Usage
+//
+//	b, err := bookie.Open(bookie.Options{
+//		Dir:      "/var/lib/quire/bookie",
+//		BookieID: "node-1:1228",
+//		Cookies:  bookie.NewFileCookieStore(vfs.Default, "/var/lib/quire/cookies.json"),
+//	})
+//	b.AddEntry(ledger, entry, lac, payload, false, func(err error) { ... }) // acked after fdatasync
+//	data, err := b.ReadEntry(ledger, entry, false) // ErrNoSuchEntry if absent
+//	lac, err := b.Fence(ledger)                    // later non-recovery adds: ErrLedgerFenced
+//	err = b.Close()
+//
+// # Write path
+//
+// AddEntry, Fence, WriteLAC and DeleteLedger append a record to an
+// in-memory group. One goroutine writes a group and fdatasyncs it when its
+// oldest record has waited Options.MaxGroupWait (2 ms) or it holds
+// Options.MaxGroupBytes (512 KiB), whichever comes first; then it makes the
+// group's entries readable and calls the callbacks. A second goroutine
+// applies synced groups to the entry logs (append-only files of entry
+// records, in Dir/ledgers) and the index (Pebble, in Dir/index, opened on
+// the same vfs.FS): (ledger, entry) → (log, offset, length), plus ledger
+// metadata (fenced, LAC). A checkpoint (every CheckpointInterval, or after
+// CheckpointJournalFiles journal files) syncs the entry logs, writes the
+// journal position they cover into the index with a synced batch, and
+// retires the journal files wholly before it (kept for recycling or
+// removed). Open replays the journal from the last checkpoint position;
+// replay is idempotent (an add rewrites its index entry, fences and LACs
+// are monotonic, deletes are range deletions).
+//
+// A failed journal write or fdatasync fails every add in flight with an
+// error wrapping ErrFailed and the cause, and the bookie accepts no more
+// writes (reads keep working): it never acknowledges what it could not
+// sync.
+//
+// Lock order: Bookie.maintMu → Bookie.applyMu → Bookie.mu → Bookie.readMu;
+// journal.mu and logReaders.mu are leaves.
+//
+// # Journal files
+//
+// Journal files are named %016x.jnl by a file number that only grows
+// (across restarts too: a restart always starts a new file, never appends
+// to one written before it). Before use a file is preallocated
+// (File.Preallocate) and zero-filled to JournalFileSize once, or recycled:
+// a retired file renamed to the new number and overwritten in place, so
+// that fdatasync never has to update the file size. Both leave bytes after
+// the last record that are not records of this file: zeros, or the records
+// of the file's previous life.
+//
+// A journal file is a sequence of records, each:
+//
+//	 0        4        8                16   17
+//	+--------+--------+----------------+----+-------------------------+
+//	| CRC32C | length |  file number   |kind| body (length bytes)      |
+//	+--------+--------+----------------+----+-------------------------+
+//	  CRC32C (Castagnoli) over bytes 4..17+length: length, file number,
+//	  kind and body; all integers little-endian.
+//
+//	kind 1 add:    ledger u64 | entry u64 | lac i64 | payload
+//	kind 2 fence:  ledger u64
+//	kind 3 lac:    ledger u64 | lac i64
+//	kind 4 delete: ledger u64
+//
+// A reader stops at the first record that is not valid: too short, a
+// length above MaxEntrySizeLimit+24 or past the end of the file, a file
+// number other than the file's own, a checksum mismatch, or an unknown kind
+// or wrong body size for its kind. That is how the end of data is found in
+// a pre-zeroed file (a zero header has file number 0, and numbers start at
+// 1), how a torn write is detected (the group's tail fails its checksum),
+// and why a recycled file's leftovers are never replayed: they carry the
+// older file number (and a stale record surviving with a torn one over it
+// still fails the checksum). A group that does not fit in the current file
+// continues in the next, and a file receives records only once all of its
+// predecessor's are synced, so a reader moves on to the next file after
+// the first invalid record of each.
+//
+// # Entry logs and index
+//
+// Entry logs are named %016x.log and hold records
+//
+//	+--------+--------+-----------+-----------+---------+
+//	| CRC32C | length | ledger u64| entry u64 | payload |
+//	+--------+--------+-----------+-----------+---------+
+//	  CRC32C over bytes 4..24+length.
+//
+// and a read checks the checksum and that ledger and entry are the ones
+// asked for (ErrCorrupt otherwise). The index keys are listed in store.go
+// ('e' entry locations, 'l' ledger metadata, 'u' live bytes per ledger of
+// each entry log, 'c' the checkpoint position, 'n' the next log id). An
+// entry log without a 'u' record at Open was created after the last
+// checkpoint (or is the unfinished output of a compaction): everything in
+// it is replayed from the journal, so it is deleted.
+//
+// Space of deleted ledgers is reclaimed after checkpoints: entry logs with
+// no live bytes are deleted whole; logs whose live share fell below
+// CompactionThreshold are compacted (entries the index still points at are
+// copied to a new log, which is synced, then the index is switched in one
+// synced batch and the old log deleted).
+//
+// On-disk constants: recHeaderSize (17), addBodyFixed (24),
+// MaxEntrySizeLimit (64 MiB), the kinds above, logHeaderSize (24), the
+// CRC32C polynomial, the index key prefixes and value layouts of store.go,
+// the file name patterns, and the cookie file name COOKIE.
+//
+// # Cookies
+//
+// On first start (no cookie in any directory nor in Options.Cookies) the
+// bookie writes a Cookie — bookie id, a random instance id, its
+// directories — into Dir and JournalDir and registers it in the
+// CookieStore (a FileCookieStore until meta implements the interface).
+// Later starts require all copies to agree; a directory without a cookie
+// while the store has one (a wiped or replaced disk, which has forgotten
+// its fences) refuses to start with ErrCookieMismatch naming the mismatch.
+package bookie
