@@ -1,0 +1,298 @@
+package bookierpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	journalv1 "github.com/quiremq/quire/internal/proto/journal/v1"
+	"github.com/quiremq/quire/journal/bookie"
+)
+
+// MaxMessageSize is the gRPC message size limit the client (and a server
+// that wants entries up to bookie.MaxEntrySizeLimit) uses: the largest
+// entry plus room for the message around it.
+const MaxMessageSize = bookie.MaxEntrySizeLimit + 64<<10
+
+// Client calls one bookie's journal.v1.Bookie service. Its methods return
+// nil, a *StatusError (the bookie's answer: errors.Is matches the
+// journal/bookie sentinels), or a gRPC error (no answer: treat it as a
+// timeout). A Client is safe for concurrent use.
+type Client struct {
+	rpc  journalv1.BookieClient
+	conn *grpc.ClientConn // owned, when made by Dial
+}
+
+// Dial returns a client of the bookie at addr (HOST:PORT), over plaintext
+// gRPC unless opts say otherwise. The connection is made lazily.
+func Dial(addr string, opts ...grpc.DialOption) (*Client, error) {
+	opts = append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize)),
+	}, opts...)
+	cc, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("bookierpc: dial %s: %w", addr, err)
+	}
+	return &Client{rpc: journalv1.NewBookieClient(cc), conn: cc}, nil
+}
+
+// NewClient returns a client over an existing connection, which it does
+// not own.
+func NewClient(cc grpc.ClientConnInterface) *Client {
+	return &Client{rpc: journalv1.NewBookieClient(cc)}
+}
+
+// Close closes the connection if Dial made it.
+func (c *Client) Close() error {
+	if c.conn == nil {
+		return nil
+	}
+	return c.conn.Close()
+}
+
+// ReadEntry reads an entry; with fence it fences the ledger first. An
+// absent entry is a *StatusError matching bookie.ErrNoSuchEntry. The payload
+// is checked against the crc32c the bookie sent (ErrBadCRC).
+func (c *Client) ReadEntry(ctx context.Context, ledger, entry uint64, fence bool) ([]byte, error) {
+	r, err := c.rpc.ReadEntry(ctx, &journalv1.ReadEntryRequest{Ledger: ledger, Entry: entry, Fence: fence})
+	if err != nil {
+		return nil, err
+	}
+	if err := errorOf(r.Status, r.Message); err != nil {
+		return nil, err
+	}
+	if CRC32C(r.Payload) != r.Crc32C {
+		return nil, fmt.Errorf("%w: ledger %d entry %d read back", ErrBadCRC, ledger, entry)
+	}
+	return r.Payload, nil
+}
+
+// ReadLAC returns the ledger's LAC; with fence it fences the ledger first.
+func (c *Client) ReadLAC(ctx context.Context, ledger uint64, fence bool) (int64, error) {
+	r, err := c.rpc.ReadLAC(ctx, &journalv1.ReadLACRequest{Ledger: ledger, Fence: fence})
+	if err != nil {
+		return 0, err
+	}
+	return r.Lac, errorOf(r.Status, r.Message)
+}
+
+// WriteLAC writes an explicit LAC.
+func (c *Client) WriteLAC(ctx context.Context, ledger uint64, lac int64) error {
+	r, err := c.rpc.WriteLAC(ctx, &journalv1.WriteLACRequest{Ledger: ledger, Lac: lac})
+	if err != nil {
+		return err
+	}
+	return errorOf(r.Status, r.Message)
+}
+
+// Fence fences the ledger and returns its LAC.
+func (c *Client) Fence(ctx context.Context, ledger uint64) (int64, error) {
+	r, err := c.rpc.Fence(ctx, &journalv1.FenceRequest{Ledger: ledger})
+	if err != nil {
+		return 0, err
+	}
+	return r.Lac, errorOf(r.Status, r.Message)
+}
+
+// DeleteLedger deletes the ledger.
+func (c *Client) DeleteLedger(ctx context.Context, ledger uint64) error {
+	r, err := c.rpc.DeleteLedger(ctx, &journalv1.DeleteLedgerRequest{Ledger: ledger})
+	if err != nil {
+		return err
+	}
+	return errorOf(r.Status, r.Message)
+}
+
+// Add is one entry to add.
+type Add struct {
+	Ledger, Entry uint64
+	// LAC is the writer's last add confirmed, piggybacked; -1 for none.
+	LAC      int64
+	Payload  []byte
+	Recovery bool
+}
+
+// AddResult is the outcome of one Add: Err is nil once the bookie has
+// synced the entry, a *StatusError if the bookie refused it, or the
+// stream's error if the stream ended before the answer (the add may or may
+// not be stored: treat it like a timeout).
+type AddResult struct {
+	Ledger, Entry uint64
+	Err           error
+}
+
+// ErrStreamClosed is returned by AddStream.Add after Close or once the
+// stream has ended.
+var ErrStreamClosed = errors.New("bookierpc: add stream closed")
+
+type addKey struct{ ledger, entry uint64 }
+
+// AddStream pipelines adds to one bookie over one AddEntries stream: Add
+// sends and returns without waiting, and done is called once per add, in
+// the order the bookie completes them. Add blocks only when the bookie
+// holds as many bytes of this stream as it allows (flow control).
+type AddStream struct {
+	stream grpc.BidiStreamingClient[journalv1.AddRequest, journalv1.AddResponse]
+	cancel context.CancelFunc
+	done   func(AddResult)
+
+	sendMu sync.Mutex // serializes Send and CloseSend
+	closed bool       // CloseSend called; guarded by sendMu
+
+	mu          sync.Mutex
+	outstanding map[addKey]int // adds sent and not yet answered
+	n           int
+	ended       bool
+	err         error // why the stream ended; nil after a clean end
+	recvDone    chan struct{}
+}
+
+// AddStream opens an AddEntries stream. done is called for every add that
+// Add accepted, from one goroutine at a time; it should not block for
+// long (it holds up the answers behind it) and must not call Add. The
+// stream ends when ctx ends or on Close.
+func (c *Client) AddStream(ctx context.Context, done func(AddResult)) (*AddStream, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	st, err := c.rpc.AddEntries(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	s := &AddStream{stream: st, cancel: cancel, done: done, outstanding: map[addKey]int{}, recvDone: make(chan struct{})}
+	go s.recvLoop()
+	return s, nil
+}
+
+// Add sends an add. If it returns nil, done will be called for it exactly
+// once; if it returns an error, done will not be. Add takes no ownership of
+// a.Payload beyond its return.
+func (s *AddStream) Add(a Add) error {
+	k := addKey{a.Ledger, a.Entry}
+	s.mu.Lock()
+	if s.ended {
+		err := s.err
+		s.mu.Unlock()
+		return errors.Join(ErrStreamClosed, err)
+	}
+	s.outstanding[k]++
+	s.n++
+	s.mu.Unlock()
+
+	s.sendMu.Lock()
+	var err error
+	if s.closed {
+		err = ErrStreamClosed
+	} else {
+		err = s.stream.Send(&journalv1.AddRequest{Ledger: a.Ledger, Entry: a.Entry, Lac: a.LAC,
+			Payload: a.Payload, Crc32C: CRC32C(a.Payload), Recovery: a.Recovery})
+	}
+	s.sendMu.Unlock()
+	if err == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ended && s.outstanding[k] > 0 {
+		s.forget(k)
+		return fmt.Errorf("bookierpc: add ledger %d entry %d: %w", a.Ledger, a.Entry, err)
+	}
+	return nil // the receiver has reported it as failed with the stream
+}
+
+func (s *AddStream) forget(k addKey) {
+	if s.outstanding[k]--; s.outstanding[k] <= 0 {
+		delete(s.outstanding, k)
+	}
+	s.n--
+}
+
+// Done is closed once the stream has ended (Err then says why).
+func (s *AddStream) Done() <-chan struct{} { return s.recvDone }
+
+// Err returns why the stream ended: nil while it runs or after a clean end.
+func (s *AddStream) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Outstanding returns the number of adds sent and not yet answered.
+func (s *AddStream) Outstanding() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+func (s *AddStream) recvLoop() {
+	defer close(s.recvDone)
+	for {
+		r, err := s.stream.Recv()
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			s.finish(err)
+			return
+		}
+		k := addKey{r.Ledger, r.Entry}
+		s.mu.Lock()
+		known := s.outstanding[k] > 0
+		if known {
+			s.forget(k)
+		}
+		s.mu.Unlock()
+		if known {
+			s.done(AddResult{Ledger: r.Ledger, Entry: r.Entry, Err: errorOf(r.Status, r.Message)})
+		}
+	}
+}
+
+// finish ends the stream: every add still outstanding fails with err (or,
+// after a clean end that left some unanswered, an error saying so).
+func (s *AddStream) finish(err error) {
+	s.mu.Lock()
+	s.ended = true
+	left := s.outstanding
+	s.outstanding = map[addKey]int{}
+	s.n = 0
+	if err == nil && len(left) > 0 {
+		err = errors.New("bookierpc: the add stream ended with adds unanswered")
+	}
+	s.err = err
+	s.mu.Unlock()
+	s.cancel()
+	for k, n := range left {
+		for range n {
+			s.done(AddResult{Ledger: k.ledger, Entry: k.entry, Err: fmt.Errorf("bookierpc: add stream: %w", err)})
+		}
+	}
+}
+
+// Close closes the sending side, waits until every add has been answered
+// (or the stream failed) and returns the stream's error: nil after a clean
+// end.
+func (s *AddStream) Close() error {
+	s.sendMu.Lock()
+	if !s.closed {
+		s.closed = true
+		s.stream.CloseSend()
+	}
+	s.sendMu.Unlock()
+	<-s.recvDone
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Abort cancels the stream at once: adds not yet answered fail with the
+// cancellation.
+func (s *AddStream) Abort() {
+	s.cancel()
+	<-s.recvDone
+}

@@ -1,0 +1,44 @@
+// Package bookierpc serves a journal/bookie over gRPC (the journal.v1.Bookie
+// service of internal/proto/journal/v1) and is its Go client.
+//
+// # Server
+//
+//	srv := bookierpc.NewServer(bookierpc.ServerOptions{Registerer: reg})
+//	journalv1.RegisterBookieServer(grpcServer, srv) // before grpcServer.Serve
+//	srv.Attach(b)                                    // once the bookie is open
+//	...
+//	b.Close(); srv.Detach()                          // answer what was in flight, then end streams
+//
+// Every answer carries a typed journalv1.Status: bookie errors map to
+// NO_SUCH_ENTRY, NO_SUCH_LEDGER, FENCED, TOO_LARGE, FAILED, CLOSED, CORRUPT
+// (ERROR for anything else), and an add whose payload does not match its
+// crc32c is answered BAD_CRC without reaching the bookie. gRPC errors are
+// reserved for "no answer": UNAVAILABLE while no bookie is attached, and
+// the transport's own (deadline, cancellation, broken connection).
+//
+// AddEntries is one bidirectional stream per writer. A receiver goroutine
+// reads adds, checks CRCs and hands them to Bookie.AddEntry; the bookie's
+// callbacks (on its journal goroutine, never blocking) queue answers, which
+// the handler's goroutine sends in completion order. Flow control: the
+// bytes of adds received and not yet answered (payload + AddOverhead each)
+// are bounded per stream by ServerOptions.StreamInflightBytes; at the bound
+// the receiver stops reading, so HTTP/2 flow control pushes back on the
+// writer and nothing is buffered without limit. When the client closes its
+// side the stream ends after the last answer; when the client cancels, the
+// handler returns at once and answers still due are dropped (the client
+// reports those adds as failed with the stream's error — ambiguous, like a
+// timeout).
+//
+// # Client
+//
+//	c, err := bookierpc.Dial("10.0.0.1:1228")
+//	s, err := c.AddStream(ctx, func(r bookierpc.AddResult) { ... }) // one result per add
+//	err = s.Add(bookierpc.Add{Ledger: 1, Entry: 0, LAC: -1, Payload: p})
+//	err = s.Close() // waits for every result
+//	data, err := c.ReadEntry(ctx, 1, 0, false) // errors.Is(err, bookie.ErrNoSuchEntry) when absent
+//
+// Client methods return nil, a *StatusError (an answer from the bookie;
+// errors.Is matches the journal/bookie sentinel of its status, StatusOf
+// returns the status), or a gRPC error (no answer: the ledger client must
+// treat it like a timeout, never as a negative).
+package bookierpc
