@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"hash/crc32"
 
-	"github.com/quiremq/quire/journal/bookie"
 	journalv1 "github.com/quiremq/quire/internal/proto/journal/v1"
+	"github.com/quiremq/quire/journal/bookie"
 )
 
 // castagnoli is the CRC-32C table of the crc32c fields.
