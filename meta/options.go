@@ -176,7 +176,9 @@ func (o *Options) EnsureDefaults() {
 
 // Validate reports the first problem with o (after EnsureDefaults).
 func (o *Options) Validate() error {
-	bad := func(f string, a ...any) error { return fmt.Errorf("%w: meta options: "+f, append([]any{ErrInvalid}, a...)...) }
+	bad := func(f string, a ...any) error {
+		return fmt.Errorf("%w: meta options: "+f, append([]any{ErrInvalid}, a...)...)
+	}
 	if o.ID == 0 {
 		return bad("ID must be >= 1")
 	}
