@@ -55,6 +55,7 @@ type Config struct {
 	MQTT    MQTT    `toml:"mqtt"`
 	Kafka   Kafka   `toml:"kafka"`
 	AMQP    AMQP    `toml:"amqp"`
+	Bookie  Bookie  `toml:"bookie"`
 	Storage Storage `toml:"storage"`
 }
 
@@ -96,6 +97,35 @@ type Kafka struct {
 type AMQP struct {
 	Addr string `toml:"addr"`
 }
+
+// Bookie configures the journal's storage server (journal/bookie), which the
+// node runs — the node's "bookie" role — when Enabled. It keeps its entry
+// logs and index in <data_dir>/bookie and serves journal.v1.Bookie on the
+// inner gRPC server; its bookie id is this node's address in meta_addrs.
+type Bookie struct {
+	// Enabled runs the bookie on this node.
+	Enabled bool `toml:"enabled"`
+	// JournalDir holds the bookie's journal (write-ahead log); "" means
+	// <data_dir>/bookie/journal. A separate device keeps journal syncs off
+	// the entry-log traffic.
+	JournalDir string `toml:"journal_dir"`
+	// MaxGroupWait is how long the oldest add of a group commit may wait
+	// before the group is written and fdatasync'ed ...
+	MaxGroupWait Duration `toml:"max_group_wait"`
+	// MaxGroupBytes ... or how many bytes a group may hold, whichever first.
+	MaxGroupBytes int `toml:"max_group_bytes"`
+	// MaxEntrySize bounds one entry's payload (at most MaxBookieEntrySize).
+	MaxEntrySize int `toml:"max_entry_size"`
+	// CookieStore is the file that remembers the bookie's cookie outside
+	// its directories, so that a wiped or replaced bookie directory refuses
+	// to start; "" means <data_dir>/bookie-cookies.json. The Meta service
+	// will hold cookies cluster-wide.
+	CookieStore string `toml:"cookie_store"`
+}
+
+// MaxBookieEntrySize is the largest bookie.max_entry_size (the bookie's
+// on-disk format limit, journal/bookie.MaxEntrySizeLimit).
+const MaxBookieEntrySize = 64 << 20
 
 // Storage chooses and configures the storage engines.
 type Storage struct {
@@ -166,6 +196,12 @@ func Default() *Config {
 		MQTT:        MQTT{TCP: ":1883", TLS: ":8883", WS: ":8083", WSS: ":8084", QUIC: ":14567"},
 		Kafka:       Kafka{Addr: ":9092"},
 		AMQP:        AMQP{Addr: ":5672"},
+		Bookie: Bookie{
+			Enabled:       true,
+			MaxGroupWait:  Duration(2 * time.Millisecond),
+			MaxGroupBytes: 512 << 10,
+			MaxEntrySize:  8 << 20,
+		},
 		Storage: Storage{
 			DefaultEngine: "file",
 			Memory:        MemoryStorage{ShardBudgetBytes: 64 << 20},
@@ -354,6 +390,17 @@ func (c *Config) validate() []*Error {
 		if err := checkAddr(l.Addr, false); err != nil {
 			bad(l.Key, "%v", err)
 		}
+	}
+
+	// Bookie.
+	if c.Bookie.MaxGroupWait <= 0 {
+		bad("bookie.max_group_wait", "must be > 0, got %s", c.Bookie.MaxGroupWait)
+	}
+	if c.Bookie.MaxGroupBytes < 4096 {
+		bad("bookie.max_group_bytes", "must be >= 4096, got %d", c.Bookie.MaxGroupBytes)
+	}
+	if c.Bookie.MaxEntrySize <= 0 || c.Bookie.MaxEntrySize > MaxBookieEntrySize {
+		bad("bookie.max_entry_size", "must be from 1 to %d, got %d", MaxBookieEntrySize, c.Bookie.MaxEntrySize)
 	}
 
 	// Storage.

@@ -129,6 +129,12 @@ data_dir = "/var/lib/quire"
 format = "json"
 [mqtt]
 ws = ""
+[bookie]
+enabled = false
+journal_dir = "/fast/journal"
+max_group_wait = "1ms"
+max_group_bytes = 262144
+cookie_store = "/etc/quire/cookies.json"
 [storage]
 default_engine = "memory"
 [storage.file]
@@ -153,6 +159,8 @@ engine = "file"
 	want.Log.Format = "json"
 	want.MQTT.WS = ""
 	want.Storage.DefaultEngine = "memory"
+	want.Bookie = Bookie{Enabled: false, JournalDir: "/fast/journal", MaxGroupWait: Duration(time.Millisecond),
+		MaxGroupBytes: 256 << 10, MaxEntrySize: 8 << 20, CookieStore: "/etc/quire/cookies.json"}
 	want.Storage.File.Sync = "interval"
 	want.Storage.File.SyncInterval = Duration(250 * time.Millisecond)
 	want.Storage.File.RetentionAge = 0
@@ -216,6 +224,9 @@ func TestErrorsNameFileKeyLine(t *testing.T) {
 		{"unknown default engine", "[storage]\ndefault_engine = \"journal\"\n", "storage.default_engine", 2, `unknown engine "journal"`},
 		{"negative segment size", "[storage.file]\nsegment_bytes = -1\n", "storage.file.segment_bytes", 2, "must be >= 1024"},
 		{"negative retention size", "[storage.file]\nretention_bytes = -5\n", "storage.file.retention_bytes", 2, "must be >= 0"},
+		{"zero group wait", "[bookie]\nmax_group_wait = \"0s\"\n", "bookie.max_group_wait", 2, "must be > 0"},
+		{"small group", "[bookie]\nenabled = false\nmax_group_bytes = 100\n", "bookie.max_group_bytes", 3, "must be >= 4096"},
+		{"huge entries", "[bookie]\nmax_entry_size = 100000000\n", "bookie.max_entry_size", 2, "must be from 1 to 67108864"},
 		{"zero memory budget", "[storage.memory]\nshard_budget_bytes = 0\n", "storage.memory.shard_budget_bytes", 2, "must be > 0"},
 		{"bad sync policy", "storage.file.sync = \"sometimes\"\n", "storage.file.sync", 1, `"sometimes" is not one of batch, interval, none`},
 		{"bad listener address", "[mqtt]\ntcp = \"1883\"\n", "mqtt.tcp", 2, "not HOST:PORT"},
