@@ -12,23 +12,38 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// grpcServer is the inner gRPC server: node-to-node services (none yet but
-// health) on [grpc] addr. The standard health service answers NOT_SERVING
-// until the whole node has started, SERVING while it runs, and NOT_SERVING
-// again once it starts stopping.
+// grpcServer is the inner gRPC server: node-to-node services on [grpc]
+// addr. gRPC accepts no service registration once it serves, so services
+// are registered when the node is built (register), before Start, and each
+// answers UNAVAILABLE until its component runs. The standard health service
+// answers for the node ("") NOT_SERVING until the whole node has started,
+// SERVING while it runs, and NOT_SERVING again once it starts stopping; each
+// registered service has its own health status, SERVING while its
+// component runs.
 type grpcServer struct {
 	addr   string
 	log    *slog.Logger
 	report func(error)
 
-	ln     net.Listener
 	srv    *grpc.Server
 	health *health.Server
+	ln     net.Listener
 	done   chan struct{}
 }
 
-func newGRPCServer(addr string, log *slog.Logger, report func(error)) *grpcServer {
-	return &grpcServer{addr: addr, log: log, report: report}
+func newGRPCServer(addr string, log *slog.Logger, report func(error), opts ...grpc.ServerOption) *grpcServer {
+	g := &grpcServer{addr: addr, log: log, report: report}
+	g.srv = grpc.NewServer(opts...)
+	g.health = health.NewServer()
+	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(g.srv, g.health)
+	return g
+}
+
+// register adds a service. Only before Start.
+func (g *grpcServer) register(desc *grpc.ServiceDesc, impl any) {
+	g.srv.RegisterService(desc, impl)
+	g.health.SetServingStatus(desc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
 }
 
 func (g *grpcServer) Name() string { return "grpc" }
@@ -39,10 +54,6 @@ func (g *grpcServer) Start(context.Context) error {
 		return fmt.Errorf("listen on [grpc] addr %q: %w", g.addr, err)
 	}
 	g.ln = ln
-	g.srv = grpc.NewServer()
-	g.health = health.NewServer()
-	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	healthpb.RegisterHealthServer(g.srv, g.health)
 	g.done = make(chan struct{})
 	go func() {
 		defer close(g.done)
@@ -54,16 +65,13 @@ func (g *grpcServer) Start(context.Context) error {
 	return nil
 }
 
-// setServing sets the node-wide ("") health status.
-func (g *grpcServer) setServing(ok bool) {
-	if g.health == nil {
-		return
-	}
+// setServing sets the health status of service ("" for the whole node).
+func (g *grpcServer) setServing(service string, ok bool) {
 	st := healthpb.HealthCheckResponse_NOT_SERVING
 	if ok {
 		st = healthpb.HealthCheckResponse_SERVING
 	}
-	g.health.SetServingStatus("", st)
+	g.health.SetServingStatus(service, st)
 }
 
 // Addr returns the bound address, nil before Start.
@@ -75,10 +83,11 @@ func (g *grpcServer) Addr() net.Addr {
 }
 
 func (g *grpcServer) Stop(ctx context.Context) error {
-	if g.srv == nil {
+	g.health.Shutdown()
+	if g.ln == nil {
+		g.srv.Stop()
 		return nil
 	}
-	g.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { g.srv.GracefulStop(); close(stopped) }()
 	select {

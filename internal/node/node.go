@@ -1,13 +1,20 @@
 // Package node runs one Quire node: it builds the components from a
 // config.Config, starts them in order — common servers (inner gRPC, admin
-// HTTP), meta, journal, broker — and stops them in reverse.
+// HTTP), meta, journal (the bookie), broker — and stops them in reverse.
 //
-// What exists today: the common servers and the broker's storage side (the
-// engines, the router that picks a topic's engine, and the topic registry).
-// Meta (Raft) and the journal are not built yet: the topic registry lives in
-// <data_dir>/topics.json behind topics.Store, which the Meta service will
-// implement. The protocol front-ends are not built yet either; the node logs
-// which configured listeners it does not serve instead of pretending to.
+// What exists today: the common servers, the bookie (the journal's storage
+// server, when [bookie] enabled: the node's "bookie" role) and the broker's
+// storage side (the engines, the router that picks a topic's engine, and the
+// topic registry). Meta (Raft) and the journal's ledger client are not built
+// yet: the topic registry lives in <data_dir>/topics.json behind
+// topics.Store, which the Meta service will implement, and the bookie's
+// cookie store is a local file. The protocol front-ends are not built yet
+// either; the node logs which configured listeners it does not serve instead
+// of pretending to.
+//
+// Services of the inner gRPC server are registered when the node is built
+// (gRPC accepts none once it serves) and answer UNAVAILABLE until their
+// component runs. RunBookie runs a bookie alone (`quire bookie`).
 //
 // Usage:
 //
@@ -20,6 +27,8 @@
 //	<data_dir>/LOCK          held (fcntl lock) while the node runs
 //	<data_dir>/topics.json   the topic registry
 //	<data_dir>/file/         the file engine's shards
+//	<data_dir>/bookie/       the bookie: cookie, entry logs, index, journal/
+//	<data_dir>/bookie-cookies.json   its cookie store ([bookie] cookie_store)
 package node
 
 import (
@@ -67,6 +76,7 @@ type Node struct {
 
 	grpc   *grpcServer
 	admin  *adminServer
+	bookie *bookieComponent // nil unless [bookie] enabled
 	broker *broker
 	slots  []*slot
 
@@ -117,7 +127,17 @@ func New(opts Options) (*Node, error) {
 		fatal: make(chan error, 1), phase: "new",
 	}
 	n.initMetrics()
-	n.grpc = newGRPCServer(n.cfg.GRPC.Addr, n.log.With("component", "grpc"), n.report)
+	n.grpc = newGRPCServer(n.cfg.GRPC.Addr, n.log.With("component", "grpc"), n.report, grpcMessageLimit(n.cfg.Bookie.MaxEntrySize))
+	if n.cfg.Bookie.Enabled {
+		bo, err := nodeBookieOptions(n.cfg, n.fs, n.dataDir)
+		if err != nil {
+			return nil, err
+		}
+		bo.Registerer = n.reg
+		blog := n.log.With("component", "bookie")
+		bo.Logf = func(format string, args ...any) { blog.Warn(fmt.Sprintf(format, args...)) }
+		n.bookie = newBookieComponent(bo, n.grpc, blog)
+	}
 	n.admin = &adminServer{addr: n.cfg.Admin.Addr, log: n.log.With("component", "admin"), report: n.report}
 	n.broker = newBroker(n.cfg, n.fs, n.dataDir, n.reg, n.log.With("component", "broker"))
 	n.admin.handler = newAdminHandler(adminDeps{
@@ -133,8 +153,13 @@ func New(opts Options) (*Node, error) {
 		reg:      n.reg,
 		log:      n.log.With("component", "admin"),
 	})
-	// Start order: common servers → meta → journal → broker.
-	for _, c := range []Component{n.grpc, n.admin, n.broker} {
+	// Start order: common servers → meta (not built) → journal → broker.
+	comps := []Component{n.grpc, n.admin}
+	if n.bookie != nil {
+		comps = append(comps, n.bookie)
+	}
+	comps = append(comps, n.broker)
+	for _, c := range comps {
 		n.slots = append(n.slots, &slot{c: c, state: StatePending})
 	}
 	for _, s := range n.slots {
@@ -228,7 +253,7 @@ func (n *Node) Start(ctx context.Context) error {
 		n.log.Info("component started", "component", name, "took", s.started.Round(time.Microsecond))
 	}
 	n.setPhase("ready")
-	n.grpc.setServing(true)
+	n.grpc.setServing("", true)
 	n.m.ready.Set(1)
 	n.m.started.Set(float64(time.Now().UnixNano()) / 1e9)
 	n.log.Info("node ready", "admin", n.AdminAddr().String(), "grpc", n.GRPCAddr().String())
@@ -245,7 +270,12 @@ func (n *Node) setPhase(p string) {
 func (n *Node) logNotBuilt() {
 	n.log.Info("meta (Raft) is not built yet: this node is a one-node cluster and keeps its topic registry locally",
 		"registry", n.fs.PathJoin(n.dataDir, topicsFile))
-	n.log.Info("journal (replicated ledgers) is not built yet: topics use the memory and file engines")
+	if n.bookie != nil {
+		n.log.Info("the journal's ledger client is not built yet: this node runs a bookie (journal.v1.Bookie on the inner gRPC server), and topics use the memory and file engines",
+			"cookie_store", n.bookieCookieStore())
+	} else {
+		n.log.Info("journal (replicated ledgers) is not built yet, and [bookie] enabled = false: topics use the memory and file engines")
+	}
 	var ls []string
 	for _, l := range n.cfg.Listeners() {
 		if l.Addr != "" {
@@ -327,7 +357,7 @@ func (n *Node) Stop(ctx context.Context) error {
 	n.mu.Unlock()
 	n.log.Info("stopping quire node")
 	n.m.ready.Set(0)
-	n.grpc.setServing(false)
+	n.grpc.setServing("", false)
 	err := n.stopSlots(ctx, len(n.slots)-1)
 	n.unlockDataDir()
 	n.setPhase("stopped")
@@ -402,7 +432,7 @@ func (n *Node) Cluster() adminapi.Cluster {
 	n.mu.Lock()
 	phase := n.phase
 	n.mu.Unlock()
-	self := adminapi.Node{ID: n.cfg.NodeID, Roles: []string{"broker"}, State: phase, Version: version.Get().Version}
+	self := adminapi.Node{ID: n.cfg.NodeID, Roles: n.Roles(), State: phase, Version: version.Get().Version}
 	if vs, err := n.cfg.Voters(); err == nil {
 		for _, v := range vs {
 			if v.ID == n.cfg.NodeID {
@@ -417,4 +447,19 @@ func (n *Node) Cluster() adminapi.Cluster {
 		self.AdminAddr = a.String()
 	}
 	return adminapi.Cluster{ClusterName: n.cfg.ClusterName, Nodes: []adminapi.Node{self}, MetaLeader: n.cfg.NodeID, MetaMode: "local"}
+}
+
+// Roles lists what this node runs, as /api/v1/cluster reports it.
+func (n *Node) Roles() []string {
+	if n.bookie != nil {
+		return []string{"bookie", "broker"}
+	}
+	return []string{"broker"}
+}
+
+func (n *Node) bookieCookieStore() string {
+	if n.cfg.Bookie.CookieStore != "" {
+		return n.cfg.Bookie.CookieStore
+	}
+	return n.fs.PathJoin(n.dataDir, bookieCookieFile)
 }

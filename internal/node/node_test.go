@@ -119,7 +119,7 @@ func TestNodeStartStop(t *testing.T) {
 	n := newNode(t, testConfig(dir), logs)
 
 	// Before Start nothing is ready.
-	if rd := n.Readiness(); rd.Ready || len(rd.NotReady) != 3 {
+	if rd := n.Readiness(); rd.Ready || len(rd.NotReady) != 4 {
 		t.Errorf("readiness before start = %+v", rd)
 	}
 	if err := n.Start(context.Background()); err != nil {
@@ -134,7 +134,7 @@ func TestNodeStartStop(t *testing.T) {
 	}
 	c, err := adminapi.NewClient(n.AdminAddr().String()).Cluster(context.Background())
 	if err != nil || c.MetaLeader != 1 || c.Nodes[0].State != "ready" || c.Nodes[0].GRPCAddr != n.GRPCAddr().String() ||
-		c.Nodes[0].Addr != "127.0.0.1:1228" || !slices.Equal(c.Nodes[0].Roles, []string{"broker"}) {
+		c.Nodes[0].Addr != "127.0.0.1:1228" || !slices.Equal(c.Nodes[0].Roles, []string{"bookie", "broker"}) {
 		t.Errorf("cluster = %+v, %v", c, err)
 	}
 	// The data dir is created and locked.
@@ -160,7 +160,7 @@ func TestNodeStartStop(t *testing.T) {
 	for _, m := range regexp.MustCompile(`msg="component (started|stopped)" component=(\w+)`).FindAllStringSubmatch(logs.String(), -1) {
 		order = append(order, m[1]+" "+m[2])
 	}
-	if want := "started grpc,started admin,started broker,stopped broker,stopped admin,stopped grpc"; strings.Join(order, ",") != want {
+	if want := "started grpc,started admin,started bookie,started broker,stopped broker,stopped bookie,stopped admin,stopped grpc"; strings.Join(order, ",") != want {
 		t.Errorf("start/stop order = %q, want %q", order, want)
 	}
 	for _, c := range n.Readiness().Components {
@@ -294,6 +294,10 @@ func TestNodeMetrics(t *testing.T) {
 		"quire_broker_partitions 4",
 		"quire_memory_shards ",
 		"quire_file_",
+		`quire_node_component_state{component="bookie",state="running"} 1`,
+		"quire_bookie_adds_total ",
+		"quire_bookie_journal_syncs_total ",
+		"quire_bookie_rpc_add_streams 0",
 		`quire_admin_http_requests_total{code="201",path="POST /api/v1/topics"} 1`,
 	} {
 		if !strings.Contains(body, want) {
