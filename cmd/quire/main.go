@@ -1,6 +1,7 @@
 // Command quire runs a Quire node.
 //
 //	quire start [--config FILE] [--data-dir DIR] [--node-id N] [--log-format text|json] [--log-level LEVEL]
+//	quire bookie --data-dir DIR --addr HOST:PORT [--journal-dir DIR] [--metrics-addr HOST:PORT] [--cookie-store FILE] ...
 //	quire version
 //
 // This package is wiring and flags only; the node is internal/node and the
@@ -42,6 +43,7 @@ const mainHelp = `quire runs a node of Quire, a storage-first message queue.
 
 Usage:
   quire start [flags]     run a node in the foreground until SIGINT or SIGTERM
+  quire bookie [flags]    run a standalone bookie (journal storage server)
   quire version           print the version and exit
   quire help [command]    show this help, or a command's
 
@@ -66,11 +68,15 @@ What the node runs, in start order:
   admin HTTP server   [admin] addr, default :58080:
                         /healthz  /readyz  /metrics (Prometheus)
                         /api/v1/cluster  /api/v1/topics  (used by quirectl)
+  bookie              the journal's storage server ([bookie] enabled, default
+                      true: the node's "bookie" role), serving the
+                      journal.v1.Bookie gRPC service on the inner gRPC server
   broker storage      the memory and file engines and the topic registry;
                       [storage] default_engine and [[storage.rules]] choose
                       each topic's engine
 Not built yet; the node logs at start that these are not served:
-  meta (Raft; topics are kept locally), journal, and the protocol listeners
+  meta (Raft; topics are kept locally), the journal's ledger client and
+  the journal engine, and the protocol listeners
   MQTT :1883 (TLS :8883, WS :8083, WSS :8084, QUIC :14567), Kafka :9092,
   AMQP :5672.
 
@@ -78,6 +84,8 @@ Data goes under data_dir (default ./data, relative to the working directory):
   LOCK          held while the node runs; two nodes cannot share a data_dir
   topics.json   the topic registry
   file/         segments of topics on the file engine
+  bookie/       the bookie's entry logs, index and journal
+  bookie-cookies.json   the bookie's cookie store
 Topics on the memory engine keep their name and partitions across a restart,
 but not their records.
 
@@ -108,12 +116,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd := args[0]; cmd {
 	case "start":
 		return runStart(args[1:], stdout, stderr)
+	case "bookie":
+		return runBookie(args[1:], stdout, stderr)
 	case "version", "--version", "-version", "-v":
 		fmt.Fprintf(stdout, "quire %s\n", version.Get())
 		return exitOK
 	case "help", "-h", "-help", "--help":
 		if len(args) > 1 && args[1] == "start" {
 			return runStart([]string{"--help"}, stdout, stderr)
+		}
+		if len(args) > 1 && args[1] == "bookie" {
+			return runBookie([]string{"--help"}, stdout, stderr)
 		}
 		fmt.Fprint(stdout, mainHelp)
 		return exitOK
@@ -209,4 +222,106 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 		name, usage := flag.UnquoteUsage(f)
 		fmt.Fprintf(w, "  --%s %s\n        %s\n", f.Name, name, usage)
 	})
+}
+
+const bookieHelp = `Usage: quire bookie --data-dir DIR --addr HOST:PORT [--journal-dir DIR]
+                    [--metrics-addr HOST:PORT] [--bookie-id ID] [--cookie-store FILE]
+                    [--max-group-wait D] [--max-group-bytes N] [--max-entry-size N]
+                    [--log-format text|json] [--log-level debug|info|warn|error]
+
+Runs a bookie — the journal's storage server — alone, in the foreground, for
+tests and benchmarks (a node runs one itself with [bookie] enabled). It
+serves the journal.v1.Bookie gRPC service and the standard gRPC health
+service (SERVING once the journal has been replayed) on --addr, and
+Prometheus /metrics on --metrics-addr if given. On SIGINT or SIGTERM it
+syncs and answers what is in flight, checkpoints, and exits 0.
+
+The cookie: on first start the bookie writes its identity into DIR and the
+journal directory and registers it in the cookie store, a file OUTSIDE
+them — by default .quire-cookies.json in DIR's parent directory. A later
+start on a directory that lost its cookie (a wiped or replaced disk, which
+has forgotten its fences) while the store has one refuses to start, naming
+the mismatch, and exits 1. The default store does not survive the parent
+directory being wiped as well: give --cookie-store a path on another disk
+for that. To deliberately reformat a bookie, remove its entry from the store.
+
+Flags:
+`
+
+const bookieExamples = `
+Exit status: 0 after a clean stop; 1 if the bookie fails to start (a cookie
+mismatch, a port in use, a locked directory) or to stop; 2 for a usage error.
+
+Examples:
+  quire bookie --data-dir /var/lib/bookie1 --addr 127.0.0.1:3181 --metrics-addr 127.0.0.1:8000
+  quire bookie --data-dir /data/b1 --journal-dir /fast/b1-journal --addr :3181 --cookie-store /etc/quire/cookies.json
+`
+
+func runBookie(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("quire bookie", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	var (
+		dataDir     = fs.String("data-dir", "", "keep the cookie, entry logs and index in `DIR` (required)")
+		addr        = fs.String("addr", "", "serve gRPC on `HOST:PORT` (required)")
+		journalDir  = fs.String("journal-dir", "", "keep the journal in `DIR` (default DIR/journal of --data-dir)")
+		metricsAddr = fs.String("metrics-addr", "", "serve Prometheus /metrics over HTTP on `HOST:PORT` (default: none)")
+		bookieID    = fs.String("bookie-id", "", "the bookie's `ID` in its cookie (default the --addr value)")
+		cookieStore = fs.String("cookie-store", "", "the cookie store `FILE`, outside the bookie's directories (default .quire-cookies.json beside --data-dir)")
+		groupWait   = fs.Duration("max-group-wait", 2*time.Millisecond, "group commit: sync a group once its oldest add waited `D`")
+		groupBytes  = fs.Int("max-group-bytes", 512<<10, "group commit: ... or once it holds `N` bytes")
+		maxEntry    = fs.Int("max-entry-size", 8<<20, "the largest entry payload in bytes `N`")
+		logFormat   = fs.String("log-format", "text", "log `FORMAT`: text or json")
+		logLevel    = fs.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
+	)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, bookieHelp)
+			printFlags(stdout, fs)
+			fmt.Fprint(stdout, bookieExamples)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "quire bookie: %v\nRun 'quire bookie --help' for usage.\n", err)
+		return exitUsage
+	}
+	usage := func(msg string) int {
+		fmt.Fprintf(stderr, "quire bookie: %s\nRun 'quire bookie --help' for usage.\n", msg)
+		return exitUsage
+	}
+	switch {
+	case fs.NArg() > 0:
+		return usage(fmt.Sprintf("unexpected argument %q", fs.Arg(0)))
+	case *dataDir == "":
+		return usage("--data-dir is required")
+	case *addr == "":
+		return usage("--addr is required")
+	case *groupWait <= 0:
+		return usage("--max-group-wait must be > 0")
+	case *groupBytes < 4096:
+		return usage("--max-group-bytes must be >= 4096")
+	case *maxEntry <= 0 || *maxEntry > config.MaxBookieEntrySize:
+		return usage(fmt.Sprintf("--max-entry-size must be from 1 to %d", config.MaxBookieEntrySize))
+	}
+	log, err := node.NewLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return usage(err.Error())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // a second signal gets the default action: exit at once
+	}()
+	err = node.RunBookie(ctx, node.BookieOptions{
+		DataDir: *dataDir, JournalDir: *journalDir, Addr: *addr, MetricsAddr: *metricsAddr,
+		BookieID: *bookieID, CookieStore: *cookieStore,
+		MaxGroupWait: *groupWait, MaxGroupBytes: *groupBytes, MaxEntrySize: *maxEntry,
+		Logger: log,
+	}, stopTimeout)
+	if err != nil {
+		log.Error("bookie failed", "err", err)
+		fmt.Fprintf(stderr, "quire bookie: %v\n", err)
+		return exitFailed
+	}
+	return exitOK
 }

@@ -238,6 +238,8 @@ func (h *adminHandler) deleteTopic(w http.ResponseWriter, r *http.Request) {
 // adminServer serves the admin handler on [admin] addr.
 type adminServer struct {
 	addr    string
+	label   string // names addr in errors; default "[admin] addr"
+	what    string // what it serves, for the log; default the admin endpoints
 	handler http.Handler
 	log     *slog.Logger
 	report  func(error)
@@ -252,7 +254,11 @@ func (a *adminServer) Name() string { return "admin" }
 func (a *adminServer) Start(context.Context) error {
 	ln, err := net.Listen("tcp", a.addr)
 	if err != nil {
-		return fmt.Errorf("listen on [admin] addr %q: %w", a.addr, err)
+		label := a.label
+		if label == "" {
+			label = "[admin] addr"
+		}
+		return fmt.Errorf("listen on %s %q: %w", label, a.addr, err)
 	}
 	a.ln = ln
 	a.srv = &http.Server{
@@ -267,7 +273,11 @@ func (a *adminServer) Start(context.Context) error {
 			a.report(fmt.Errorf("admin server: %w", err))
 		}
 	}()
-	a.log.Info("admin HTTP server listening", "addr", ln.Addr().String(), "endpoints", "/healthz /readyz /metrics /api/v1/cluster /api/v1/topics")
+	if a.what != "" {
+		a.log.Info("HTTP server listening", "addr", ln.Addr().String(), "endpoints", a.what)
+	} else {
+		a.log.Info("admin HTTP server listening", "addr", ln.Addr().String(), "endpoints", "/healthz /readyz /metrics /api/v1/cluster /api/v1/topics")
+	}
 	return nil
 }
 

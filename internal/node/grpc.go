@@ -22,6 +22,7 @@ import (
 // component runs.
 type grpcServer struct {
 	addr   string
+	label  string // names addr in errors; default "[grpc] addr"
 	log    *slog.Logger
 	report func(error)
 
@@ -51,7 +52,11 @@ func (g *grpcServer) Name() string { return "grpc" }
 func (g *grpcServer) Start(context.Context) error {
 	ln, err := net.Listen("tcp", g.addr)
 	if err != nil {
-		return fmt.Errorf("listen on [grpc] addr %q: %w", g.addr, err)
+		label := g.label
+		if label == "" {
+			label = "[grpc] addr"
+		}
+		return fmt.Errorf("listen on %s %q: %w", label, g.addr, err)
 	}
 	g.ln = ln
 	g.done = make(chan struct{})
