@@ -1,0 +1,186 @@
+package packet
+
+import (
+	"errors"
+	"io"
+)
+
+// DefaultBufferSize is the Reader's and Writer's initial buffer size.
+const DefaultBufferSize = 4096
+
+// Reader reads packets from a byte stream, one at a time, through its own
+// buffer. It is not safe for concurrent use.
+//
+// Ownership: the Packet that ReadPacket returns, and every []byte in it
+// (Payload, Password, will Payload, Correlation Data, Authentication
+// Data), belong to the Reader and are valid only until the next call to
+// ReadPacket; the slices in it (Subscriptions, Filters, ReasonCodes,
+// UserProperties, SubscriptionIdentifiers) are reused too. Strings are
+// ordinary immutable strings and may be kept. To keep a PUBLISH, use
+// Publish.Clone.
+type Reader struct {
+	r           io.Reader
+	buf         []byte
+	start, end  int // buf[start:end] is read but not yet decoded
+	dec         Decoder
+	initialSize int
+	err         error // sticky read error
+}
+
+// NewReader returns a Reader over r that expects CONNECT first (set the
+// version with SetVersion on a client) and accepts packets up to
+// maxPacketSize bytes (0 means MaxPacketSize).
+func NewReader(r io.Reader, maxPacketSize int) *Reader {
+	return &Reader{r: r, dec: Decoder{MaxPacketSize: maxPacketSize}, initialSize: DefaultBufferSize}
+}
+
+// SetVersion sets the protocol version the following packets are decoded
+// with. A server never needs it: decoding CONNECT sets it.
+func (r *Reader) SetVersion(v Version) { r.dec.Version = v }
+
+// Version is the protocol version in force, 0 before CONNECT.
+func (r *Reader) Version() Version { return r.dec.Version }
+
+// SetMaxPacketSize changes the largest packet accepted (0 means MaxPacketSize).
+func (r *Reader) SetMaxPacketSize(n int) { r.dec.MaxPacketSize = n }
+
+// ReadPacket reads and decodes the next packet. At a clean end of stream
+// between packets it returns io.EOF; inside a packet, io.ErrUnexpectedEOF.
+// Bad input gives an *Error (see ReasonCodeOf); after any error the stream
+// position is undefined and the connection should be closed.
+func (r *Reader) ReadPacket() (Packet, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	r.compact()
+	for {
+		p, n, err := r.dec.Decode(r.buf[r.start:r.end])
+		if err == nil {
+			r.start += n
+			return p, nil
+		}
+		if err != ErrIncomplete {
+			r.err = err
+			return nil, err
+		}
+		if err := r.fill(); err != nil {
+			if err == io.EOF && r.start != r.end {
+				err = io.ErrUnexpectedEOF
+			}
+			r.err = err
+			return nil, err
+		}
+	}
+}
+
+// compact moves unread bytes to the front of the buffer and drops a buffer
+// grown for one large packet once it is no longer needed.
+func (r *Reader) compact() {
+	if r.start == r.end {
+		r.start, r.end = 0, 0
+		if cap(r.buf) > 4*r.initialSize {
+			r.buf = nil
+		}
+		return
+	}
+	if r.start > 0 {
+		r.end = copy(r.buf, r.buf[r.start:r.end])
+		r.start = 0
+	}
+}
+
+// fill reads more bytes, growing the buffer to hold the packet being read.
+func (r *Reader) fill() error {
+	if r.buf == nil {
+		r.buf = make([]byte, r.initialSize)
+	}
+	if r.start > 0 {
+		r.end = copy(r.buf, r.buf[r.start:r.end])
+		r.start = 0
+	}
+	if r.end == len(r.buf) {
+		need := len(r.buf) * 2
+		if h, hn, err := ParseFixedHeader(r.buf[:r.end], r.dec.Version); err == nil && hn+h.RemainingLength > need {
+			need = hn + h.RemainingLength
+		}
+		nb := make([]byte, need)
+		copy(nb, r.buf[:r.end])
+		r.buf = nb
+	}
+	for range 100 {
+		n, err := r.r.Read(r.buf[r.end:])
+		r.end += n
+		if n > 0 {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return io.ErrNoProgress
+}
+
+// Writer encodes packets into a buffer and writes them to an io.Writer on
+// Flush (or when the buffer is full). It is not safe for concurrent use.
+type Writer struct {
+	w   io.Writer
+	buf []byte
+	v   Version
+	max int // peer's Maximum Packet Size, 0 for none
+}
+
+// NewWriter returns a Writer that encodes for version v.
+func NewWriter(w io.Writer, v Version) *Writer {
+	return &Writer{w: w, v: v}
+}
+
+// SetVersion sets the version packets are encoded with.
+func (w *Writer) SetVersion(v Version) { w.v = v }
+
+// SetMaxPacketSize sets the largest packet the peer accepts (its Maximum
+// Packet Size property, MQTT 5.0 §3.1.2.11.4, §3.2.2.3.6); 0 means no limit.
+func (w *Writer) SetMaxPacketSize(n int) { w.max = n }
+
+// ErrPeerPacketTooLarge is returned by Writer.WritePacket when the encoded
+// packet exceeds the peer's Maximum Packet Size. Nothing is written: the
+// sender must drop the message (MQTT 5.0 §3.1.2.11.4 [MQTT-3.1.2-25]) or
+// send it without Reason String and User Properties.
+var ErrPeerPacketTooLarge = errors.New("mqtt: packet exceeds the peer's maximum packet size")
+
+// WritePacket encodes p into the buffer, writing the buffer out first if it
+// holds DefaultBufferSize bytes or more.
+func (w *Writer) WritePacket(p Packet) error {
+	if len(w.buf) >= DefaultBufferSize {
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	n := len(w.buf)
+	b, err := p.Append(w.buf, w.v)
+	if err != nil {
+		return err
+	}
+	if w.max > 0 && len(b)-n > w.max {
+		w.buf = b[:n]
+		return ErrPeerPacketTooLarge
+	}
+	w.buf = b
+	return nil
+}
+
+// Buffered is the number of bytes waiting for Flush.
+func (w *Writer) Buffered() int { return len(w.buf) }
+
+// Flush writes the buffered packets.
+func (w *Writer) Flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	_, err := w.w.Write(w.buf)
+	if cap(w.buf) > 16*DefaultBufferSize {
+		w.buf = nil
+	} else {
+		w.buf = w.buf[:0]
+	}
+	return err
+}
