@@ -26,6 +26,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/quiremq/quire/internal/node/adminapi"
+	"github.com/quiremq/quire/journal/bookie"
+	"github.com/quiremq/quire/journal/bookie/bookierpc"
 )
 
 const e2eVersion = "v0.0.0-e2e"
@@ -338,9 +340,42 @@ engine = "memory"
 		t.Errorf("gRPC health = %v, want SERVING", st)
 	}
 
+	// The node has the bookie role: journal.v1.Bookie on the inner gRPC port.
+	bc, err := bookierpc.Dial(grpcAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	acks := make(chan error, 1)
+	as, err := bc.AddStream(context.Background(), func(r bookierpc.AddResult) { acks <- r.Err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := as.Add(bookierpc.Add{Ledger: 42, Entry: 0, LAC: -1, Payload: []byte("through the node")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := as.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-acks; err != nil {
+		t.Errorf("bookie add through the node: %v", err)
+	}
+	if got, err := bc.ReadEntry(context.Background(), 42, 0, false); err != nil || string(got) != "through the node" {
+		t.Errorf("bookie read through the node: %q, %v", got, err)
+	}
+	if _, err := bc.ReadEntry(context.Background(), 42, 1, false); !errors.Is(err, bookie.ErrNoSuchEntry) {
+		t.Errorf("bookie read of a missing entry: %v, want NO_SUCH_ENTRY", err)
+	}
+	_, metrics = httpGet(t, "http://"+admin+"/metrics")
+	for _, want := range []string{`quire_node_component_state{component="bookie",state="running"} 1`, "quire_bookie_adds_total 1"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
 	// quirectl: cluster status and topics.
 	out := mustCtl(t, "--server", admin, "cluster", "status")
-	for _, want := range []string{"Cluster:", "e2e", "Meta leader:  1 (local)", "broker", "ready", grpcAddr, e2eVersion} {
+	for _, want := range []string{"Cluster:", "e2e", "Meta leader:  1 (local)", "bookie", "broker", "ready", grpcAddr, e2eVersion} {
 		if !strings.Contains(out, want) {
 			t.Errorf("cluster status lacks %q:\n%s", want, out)
 		}
@@ -490,7 +525,7 @@ func TestDefaultConfig(t *testing.T) {
 	cwd := t.TempDir()
 	p := startQuire(t, cwd, "start")
 	p.waitReady(t, "127.0.0.1:58080")
-	for _, f := range []string{"LOCK", "topics.json", "file"} {
+	for _, f := range []string{"LOCK", "topics.json", "file", "bookie/COOKIE", "bookie-cookies.json"} {
 		if _, err := os.Stat(filepath.Join(cwd, "data", f)); err != nil {
 			t.Errorf("./data/%s: %v", f, err)
 		}
@@ -517,7 +552,8 @@ func TestBinariesHelpAndVersion(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{quire, []string{"--help"}, []string{"quire start", "quire version", "./data", ":58080"}},
+		{quire, []string{"--help"}, []string{"quire start", "quire bookie", "quire version", "./data", ":58080"}},
+		{quire, []string{"bookie", "--help"}, []string{"--data-dir DIR", "--addr HOST:PORT", "--journal-dir DIR", "--metrics-addr HOST:PORT", "--cookie-store FILE", ".quire-cookies.json", "Examples:"}},
 		{quire, []string{"start", "--help"}, []string{"--config FILE", "--data-dir DIR", "--node-id N", "--log-format FORMAT", "1228", "58080", "1883", "Examples:"}},
 		{quire, []string{"version"}, []string{"quire " + e2eVersion + " (commit "}},
 		{quirectl, []string{"--help"}, []string{"cluster status", "topic create NAME", "--server HOST:PORT", "--json"}},
