@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -458,9 +459,8 @@ func (s *Server) apply(ctx context.Context, cmd *metav1.Command) (*applyResult, 
 		switch {
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
 			return nil, s.notLeader()
-		case errors.Is(err, raft.ErrRaftShutdown) && s.stopped.Load():
-			return nil, fmt.Errorf("%w: %v", ErrAmbiguous, err)
-		default:
+		default: // leadership lost or shutdown after proposing: it may commit
+
 			return nil, fmt.Errorf("%w: %v", ErrAmbiguous, err)
 		}
 	}
@@ -742,12 +742,8 @@ func (s *Server) Revoke(ctx context.Context, id LeaseID) error {
 func serverID(id uint64) raft.ServerID { return raft.ServerID(strconv.FormatUint(id, 10)) }
 
 func sortedCopy(s []string) []string {
-	c := append([]string(nil), s...)
-	for i := 1; i < len(c); i++ {
-		for j := i; j > 0 && c[j] < c[j-1]; j-- {
-			c[j], c[j-1] = c[j-1], c[j]
-		}
-	}
+	c := slices.Clone(s)
+	slices.Sort(c)
 	return c
 }
 
