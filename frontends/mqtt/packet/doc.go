@@ -89,12 +89,17 @@
 // Decoding is strict where the spec says MUST, with three leniencies for
 // real clients: MQTT 3.1 may set DUP on PUBREL, SUBSCRIBE and UNSUBSCRIBE
 // (3.1 allowed it on retries); DUP on a QoS 0 PUBLISH is malformed only in
-// v5; and the payload of a v5 PUBLISH with Payload Format Indicator 1 is
+// v5 (in v3 it is dropped: Publish.Dup is false); and the payload of a v5 PUBLISH with Payload Format Indicator 1 is
 // not checked for UTF-8 (a receiver MAY, §3.3.2.3.2; the broker can, and
 // answer 0x99). Topic filters are not validated while decoding because a
 // bad one earns its own SUBACK/UNSUBACK code 0x8F rather than a closed
 // connection: use ValidTopicFilter. Session-level rules (topic alias
 // ranges, receive maximum, client identifier rules) belong to the broker.
+//
+// Append refuses what the spec forbids a sender (ErrInvalidPacket) but does
+// not re-check UTF-8 in strings or topic-name and filter syntax: a broker
+// forwards strings it decoded, and a client checks with ValidTopicName and
+// ValidTopicFilter before it builds a packet.
 //
 // # Ownership
 //

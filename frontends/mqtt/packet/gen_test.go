@@ -184,8 +184,6 @@ func (g *gen) packet(t Type, v Version) Packet {
 		if p.QoS > 0 {
 			p.PacketID = g.id()
 			p.Dup = g.bool()
-		} else if !v5 {
-			p.Dup = g.bool() // tolerated in v3
 		}
 		if v5 && p.Properties.TopicAlias != 0 && g.bool() {
 			p.Topic = ""

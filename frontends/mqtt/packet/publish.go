@@ -57,6 +57,9 @@ func (p *Publish) Append(dst []byte, v Version) ([]byte, error) {
 		return dst, invalidf(PUBLISH, "topic longer than %d bytes", maxString)
 	}
 	flags := byte(p.QoS) << 1
+	if p.Dup && p.QoS == 0 {
+		return dst, invalidf(PUBLISH, "DUP on QoS 0") // [MQTT-3.3.1-2]
+	}
 	if p.Dup {
 		flags |= 0x08
 	}
@@ -98,8 +101,10 @@ func (p *Publish) Append(dst []byte, v Version) ([]byte, error) {
 }
 
 func (p *Publish) decode(d *decoder, flags byte) {
-	p.Dup = flags&0x08 != 0
 	p.QoS = QoS(flags >> 1 & 3)
+	// DUP on QoS 0 is refused in v5 by ParseFixedHeader and dropped here
+	// in v3, where it is tolerated (see the package doc).
+	p.Dup = flags&0x08 != 0 && p.QoS > 0
 	p.Retain = flags&0x01 != 0
 	topic := d.strBytes("topic name")
 	p.PacketID = 0

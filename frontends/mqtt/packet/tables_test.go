@@ -138,6 +138,7 @@ func TestAppendRefuses(t *testing.T) {
 		{"QoS 3", &Publish{Topic: "t", QoS: 3, PacketID: 1}, V311},
 		{"QoS 1 without packet id", &Publish{Topic: "t", QoS: 1}, V311},
 		{"packet id on QoS 0", &Publish{Topic: "t", PacketID: 1}, V311},
+		{"DUP on QoS 0", &Publish{Topic: "t", Dup: true}, V311},
 		{"AUTH in v3", &Auth{}, V311},
 		{"PUBACK id 0", &Puback{}, V5},
 		{"PUBACK reason 0x8E", &Puback{PacketID: 1, ReasonCode: SessionTakenOver}, V5},
