@@ -2,6 +2,7 @@ package meta
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -122,7 +123,12 @@ func benchCAS(b *testing.B, api string, nodes, workers int) {
 	}
 	val := make([]byte, 100)
 	runConcurrent(b, workers, func(w, i int) error {
-		kv, err := clients[w%len(clients)].Put(ctx, fmt.Sprintf("bench/%d", w), val, IfVersion(versions[w]))
+		key := fmt.Sprintf("bench/%d", w)
+		kv, err := clients[w%len(clients)].Put(ctx, key, val, IfVersion(versions[w]))
+		if errors.Is(err, ErrAmbiguous) || errors.Is(err, ErrVersionMismatch) {
+			// A leader change under load: re-read and go on.
+			kv, err = clients[w%len(clients)].Get(ctx, key)
+		}
 		if err != nil {
 			return err
 		}

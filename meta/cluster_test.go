@@ -18,14 +18,14 @@ import (
 // enough for the race detector on two cores.
 func testOptions() Options {
 	return Options{
-		HeartbeatTimeout:   150 * time.Millisecond,
-		ElectionTimeout:    150 * time.Millisecond,
-		LeaderLeaseTimeout: 100 * time.Millisecond,
+		HeartbeatTimeout:   raceSlowdown * 150 * time.Millisecond,
+		ElectionTimeout:    raceSlowdown * 150 * time.Millisecond,
+		LeaderLeaseTimeout: raceSlowdown * 150 * time.Millisecond,
 		CommitTimeout:      2 * time.Millisecond,
 		SnapshotInterval:   time.Hour, // tests snapshot explicitly
 		SnapshotThreshold:  1 << 30,
 		TrailingLogs:       64,
-		WatchHistory:       4096,
+		WatchHistory:       512,
 		LeaseCheckInterval: 20 * time.Millisecond,
 		MinLeaseTTL:        50 * time.Millisecond,
 		ApplyTimeout:       5 * time.Second,
