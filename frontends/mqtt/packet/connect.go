@@ -178,7 +178,7 @@ func (c *Connect) decode(d *decoder, _ byte) {
 	}
 	if v == V5 {
 		d.decodeProps(&c.Properties, false)
-		c.checkAuth(d, &c.Properties)
+		checkAuth(d, &c.Properties)
 	} else {
 		c.Properties.Reset()
 	}
@@ -209,7 +209,7 @@ func (c *Connect) decode(d *decoder, _ byte) {
 
 // checkAuth enforces MQTT 5.0 §3.1.2.11.10: Authentication Data without an
 // Authentication Method is a Protocol Error.
-func (*Connect) checkAuth(d *decoder, p *Properties) {
+func checkAuth(d *decoder, p *Properties) {
 	if d.err == nil && p.Has(PropAuthenticationData) && !p.Has(PropAuthenticationMethod) {
 		d.protocol("Authentication Data without Authentication Method")
 	}
@@ -286,7 +286,7 @@ func (c *Connack) decode(d *decoder, _ byte) {
 			return
 		}
 		d.decodeProps(&c.Properties, false)
-		(*Connect)(nil).checkAuth(d, &c.Properties)
+		checkAuth(d, &c.Properties)
 	} else {
 		c.Properties.Reset()
 		c.ReturnCode = ConnectReturnCode(code)

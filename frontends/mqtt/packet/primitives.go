@@ -2,6 +2,7 @@ package packet
 
 import (
 	"encoding/binary"
+	"hash/maphash"
 	"unicode/utf8"
 )
 
@@ -96,7 +97,7 @@ func (d *decoder) varint(what string) uint32 {
 // binaryData reads Binary Data (MQTT 5.0 §1.5.6): a two-byte length and
 // that many bytes. The result aliases the packet buffer.
 func (d *decoder) binaryData(what string) []byte {
-	n := d.u16(what + " length")
+	n := d.u16(what)
 	return d.take(int(n), what)
 }
 
@@ -123,6 +124,14 @@ func (d *decoder) str(what string) string {
 // validUTF8 reports whether s is well-formed UTF-8 (no overlongs, no
 // surrogates, nothing above U+10FFFF) and free of U+0000.
 func validUTF8(s []byte) bool {
+	// Eight ASCII bytes at a time: no high bit set and no zero byte.
+	for len(s) >= 8 {
+		x := binary.LittleEndian.Uint64(s)
+		if x&0x8080808080808080 != 0 || (x-0x0101010101010101)&^x&0x8080808080808080 != 0 {
+			break
+		}
+		s = s[8:]
+	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c == 0 {
@@ -213,18 +222,16 @@ func appendHeader(b []byte, t Type, flags byte, remaining int) []byte {
 // to the same few topics decodes them without allocating. It is
 // direct-mapped: one slot per hash, a miss overwrites the slot.
 type topicCache struct {
+	seed maphash.Seed
 	slot [64]string
 }
 
 func (c *topicCache) intern(b []byte) string {
-	// FNV-1a over the bytes.
-	h := uint32(2166136261)
-	for _, x := range b {
-		h ^= uint32(x)
-		h *= 16777619
+	if c.seed == (maphash.Seed{}) {
+		c.seed = maphash.MakeSeed()
 	}
-	i := h & uint32(len(c.slot)-1)
-	if c.slot[i] == string(b) { // compiler does not allocate for this comparison
+	i := maphash.Bytes(c.seed, b) & uint64(len(c.slot)-1)
+	if c.slot[i] == string(b) { // the compiler does not allocate for this comparison
 		return c.slot[i]
 	}
 	s := string(b)

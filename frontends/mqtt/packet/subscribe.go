@@ -409,7 +409,7 @@ func (p *Auth) Append(dst []byte, v Version) ([]byte, error) {
 
 func (p *Auth) decode(d *decoder, _ byte) {
 	p.ReasonCode = d.decodeReasonOnly(&p.Properties)
-	(*Connect)(nil).checkAuth(d, &p.Properties)
+	checkAuth(d, &p.Properties)
 }
 
 // appendReasonOnly encodes DISCONNECT and AUTH: in v5 a reason code and
