@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+
 	"github.com/quiremq/quire/journal/bookie"
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
 )
@@ -70,11 +73,6 @@ func TestBookieKill9(t *testing.T) {
 	dataDir := filepath.Join(dir, "bookie1")
 	addr := freeAddrs(t, 1)[0]
 	args := []string{"bookie", "--data-dir", dataDir, "--addr", addr, "--max-group-wait", "1ms"}
-	c, err := bookierpc.Dial(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 
 	type key struct{ ledger, entry uint64 }
@@ -88,6 +86,14 @@ func TestBookieKill9(t *testing.T) {
 	const rounds, writers, perWriter = 4, 6, 3000
 	for round := range rounds {
 		p := startQuire(t, dir, args...)
+		// A new connection per process (a kept one would wait out gRPC's
+		// reconnect backoff).
+		c, err := bookierpc.Dial(addr, grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.5, MaxDelay: 200 * time.Millisecond}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
 		waitBookie(t, p, c)
 
 		// Everything acknowledged so far is there, byte for byte; every
