@@ -31,7 +31,17 @@ type Reader struct {
 // version with SetVersion on a client) and accepts packets up to
 // maxPacketSize bytes (0 means MaxPacketSize).
 func NewReader(r io.Reader, maxPacketSize int) *Reader {
-	return &Reader{r: r, dec: Decoder{MaxPacketSize: maxPacketSize}, initialSize: DefaultBufferSize}
+	return NewReaderSize(r, maxPacketSize, DefaultBufferSize)
+}
+
+// NewReaderSize is NewReader with an initial buffer of bufferSize bytes
+// (at least 16). The buffer grows to hold a larger packet; one grown past
+// four times bufferSize is dropped once that packet is consumed. It is
+// allocated on the first read, so a Reader that has read nothing holds none. A small buffer keeps idle
+// connections cheap; a large one saves read calls under load.
+func NewReaderSize(r io.Reader, maxPacketSize, bufferSize int) *Reader {
+	bufferSize = max(bufferSize, 16)
+	return &Reader{r: r, dec: Decoder{MaxPacketSize: maxPacketSize}, initialSize: bufferSize}
 }
 
 // SetVersion sets the protocol version the following packets are decoded

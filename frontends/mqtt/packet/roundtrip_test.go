@@ -103,7 +103,11 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 // read (the Reader reuses packets), with want.
 func readAll(t *testing.T, r io.Reader, want []Packet) {
 	t.Helper()
-	rd := NewReader(r, 0)
+	readAllSize(t, NewReader(r, 0), want)
+}
+
+func readAllSize(t *testing.T, rd *Reader, want []Packet) {
+	t.Helper()
 	for i, w := range want {
 		p, err := rd.ReadPacket()
 		if err != nil {
@@ -129,6 +133,10 @@ func TestReaderSplitDelivery(t *testing.T) {
 			t.Run("whole", func(t *testing.T) { readAll(t, bytes.NewReader(b), want) })
 			t.Run("one-byte", func(t *testing.T) { readAll(t, iotest.OneByteReader(bytes.NewReader(b)), want) })
 			t.Run("data-err", func(t *testing.T) { readAll(t, iotest.DataErrReader(bytes.NewReader(b)), want) })
+			t.Run("tiny-buffer", func(t *testing.T) {
+				rnd := rand.New(rand.NewPCG(3, 4))
+				readAllSize(t, NewReaderSize(&chunkReader{bytes.NewReader(b), rnd, 40}, 0, 16), want)
+			})
 			for _, max := range []int{2, 7, 100, 5000} {
 				rnd := rand.New(rand.NewPCG(uint64(max), 1))
 				readAll(t, &chunkReader{bytes.NewReader(b), rnd, max}, want)
