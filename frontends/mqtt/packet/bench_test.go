@@ -139,3 +139,31 @@ func TestPublishDecodeAllocs(t *testing.T) {
 }
 
 var _ io.Reader = (*loopReader)(nil)
+
+// TestTopicCache: repeated strings are interned, a two-way set keeps two
+// strings that share a set, and a miss returns the right string.
+func TestTopicCache(t *testing.T) {
+	var c topicCache
+	words := []string{"devices/sensor-0042/telemetry", "devices/sensor-0043/telemetry", "application/json", "trace", "abc123", "a", ""}
+	for range 3 {
+		for _, w := range words {
+			if got := c.intern([]byte(w)); got != w {
+				t.Fatalf("intern(%q) = %q", w, got)
+			}
+		}
+	}
+	if a := testing.AllocsPerRun(100, func() {
+		for _, w := range words[:5] {
+			c.intern([]byte(w))
+		}
+	}); a != 0 {
+		t.Errorf("%v allocs for cached strings", a)
+	}
+	// Many distinct strings: always correct, never stale.
+	for i := range 1000 {
+		w := fmt.Sprintf("t/%d", i%97)
+		if got := c.intern([]byte(w)); got != w {
+			t.Fatalf("intern(%q) = %q", w, got)
+		}
+	}
+}

@@ -2,7 +2,6 @@ package packet
 
 import (
 	"encoding/binary"
-	"hash/maphash"
 	"unicode/utf8"
 )
 
@@ -218,25 +217,43 @@ func appendHeader(b []byte, t Type, flags byte, remaining int) []byte {
 	return appendVarint(b, uint32(remaining))
 }
 
-// topicCache interns PUBLISH topic names so that a connection publishing
-// to the same few topics decodes them without allocating. It is
-// direct-mapped: one slot per hash, a miss overwrites the slot.
+// topicCache interns PUBLISH topic names and property strings so that a
+// connection publishing to the same few topics decodes them without
+// allocating. It is two-way set-associative with LRU replacement in each
+// set, and its hash is fixed: a peer that makes its own cache miss only
+// costs itself allocations.
 type topicCache struct {
-	seed maphash.Seed
 	slot [64]string
 }
 
 func (c *topicCache) intern(b []byte) string {
-	if c.seed == (maphash.Seed{}) {
-		c.seed = maphash.MakeSeed()
-	}
-	i := maphash.Bytes(c.seed, b) & uint64(len(c.slot)-1)
-	if c.slot[i] == string(b) { // the compiler does not allocate for this comparison
+	i := cacheHash(b) & uint64(len(c.slot)-1) &^ 1
+	if c.slot[i] == string(b) { // the compiler does not allocate for these comparisons
 		return c.slot[i]
 	}
+	if c.slot[i+1] == string(b) {
+		s := c.slot[i+1]
+		c.slot[i+1], c.slot[i] = c.slot[i], s
+		return s
+	}
 	s := string(b)
-	c.slot[i] = s
+	c.slot[i+1], c.slot[i] = c.slot[i], s
 	return s
+}
+
+// cacheHash mixes b eight bytes at a time.
+func cacheHash(b []byte) uint64 {
+	const m = 0x9E3779B97F4A7C15
+	h := uint64(len(b)) * m
+	for len(b) >= 8 {
+		h = (h ^ binary.LittleEndian.Uint64(b)) * m
+		h ^= h >> 29
+		b = b[8:]
+	}
+	for _, c := range b {
+		h = (h ^ uint64(c)) * m
+	}
+	return h ^ h>>32
 }
 
 // maxString is the longest UTF-8 Encoded String or Binary Data field.
