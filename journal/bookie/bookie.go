@@ -39,7 +39,10 @@ type Bookie struct {
 	seq        uint64
 	ledgers    map[uint64]*ledgerMeta
 	kick       chan struct{}
-	writerDone chan struct{}
+	writerDone chan struct{} // closed when the journal pipeline has stopped
+
+	sy     syncState
+	compCh chan []jbatch // synced runs, to the completer
 
 	// readMu guards pending: adds whose journal sync completed but which
 	// are not yet in the entry logs and index.
@@ -113,12 +116,16 @@ func Open(o Options) (*Bookie, error) {
 		maintDone:  make(chan struct{}),
 	}
 	b.space = sync.NewCond(&b.mu)
+	b.sy.cond = sync.NewCond(&b.sy.mu)
+	b.compCh = make(chan []jbatch, 64)
 	b.readers = &logReaders{fs: fs, dir: b.logDir, m: map[uint64]*logReader{}}
 	if err := b.open(); err != nil {
 		b.closeFiles()
 		return nil, err
 	}
 	go b.journalLoop()
+	go b.syncLoop()
+	go b.completeLoop()
 	go b.applyLoop()
 	go b.maintenanceLoop()
 	return b, nil
@@ -619,9 +626,66 @@ func (b *Bookie) readStored(ledger, entry uint64) ([]byte, error) {
 	return payload, nil
 }
 
-// journalLoop is the one goroutine that writes and syncs the journal.
+// The journal is a pipeline of three goroutines, so that the disk syncs
+// back to back while the CPU work of a group overlaps the previous sync:
+//
+//   - journalLoop cuts groups from the queue (MaxGroupWait or
+//     MaxGroupBytes), encodes them and writes them to the journal file
+//     without syncing, and submits each written run to the syncer;
+//   - syncLoop takes every run written so far, fdatasyncs their file once
+//     and hands them to the completer: a run is acknowledged only after an
+//     fdatasync that began after its write returned;
+//   - completeLoop makes the synced adds readable, calls the callbacks in
+//     journal order and passes the runs to the applier.
+//
+// Before a run goes to the next journal file the writer waits until the
+// syncer has synced everything submitted (syncState.drain). After a failure
+// (syncState.err set, under syncMu) nothing more is acknowledged: runs not
+// yet synced, or synced after the failure was noticed, fail.
+type syncState struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	q       []jbatch // written, waiting for the syncer
+	syncing bool     // the syncer holds runs it has not finished
+	done    bool     // the writer has exited
+	err     error    // the bookie failed: accept and acknowledge nothing
+}
+
+// submit hands a written run to the syncer; it fails once the bookie
+// failed (the caller then fails the run's ops).
+func (b *Bookie) submit(jb jbatch) error {
+	s := &b.sy
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	s.q = append(s.q, jb)
+	s.cond.Broadcast()
+	return nil
+}
+
+// drain waits until every submitted run is synced.
+func (b *Bookie) drain() error {
+	s := &b.sy
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for (len(s.q) > 0 || s.syncing) && s.err == nil {
+		s.cond.Wait()
+	}
+	return s.err
+}
+
+// journalLoop is the one goroutine that cuts groups and writes them to
+// the journal.
 func (b *Bookie) journalLoop() {
-	defer close(b.writerDone)
+	defer func() {
+		s := &b.sy
+		s.mu.Lock()
+		s.done = true
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	}()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
@@ -638,7 +702,7 @@ func (b *Bookie) journalLoop() {
 				continue
 			}
 			wait := b.opts.MaxGroupWait - time.Since(b.oldest)
-			if wait <= 0 || b.urgent || b.closed || b.queueBytes >= b.opts.MaxGroupBytes {
+			if wait <= 0 || b.urgent || b.closed || b.err != nil || b.queueBytes >= b.opts.MaxGroupBytes {
 				break
 			}
 			b.mu.Unlock()
@@ -652,47 +716,122 @@ func (b *Bookie) journalLoop() {
 		}
 		ops := b.queue
 		b.queue, b.queueBytes, b.urgent = nil, 0, false
+		failed := b.err
 		b.mu.Unlock()
-
-		start := time.Now()
-		end, n, err := b.jnl.write(ops)
+		if failed != nil {
+			b.fail(failed, ops)
+			continue
+		}
+		rest, err := b.jnl.write(ops, b.submit, b.drain)
 		if err != nil {
-			b.fail(err, ops)
+			b.fail(err, rest)
+		}
+	}
+}
+
+// syncLoop fdatasyncs the written runs, as many as were written while the
+// previous sync ran, and hands them to the completer.
+func (b *Bookie) syncLoop() {
+	s := &b.sy
+	defer close(b.compCh)
+	var q []jbatch
+	for {
+		s.mu.Lock()
+		for len(s.q) == 0 && !s.done {
+			s.cond.Wait()
+		}
+		if len(s.q) == 0 {
+			s.mu.Unlock()
 			return
 		}
-		b.m.syncLatency.Observe(time.Since(start).Seconds())
-		b.m.syncs.Inc()
-		b.m.syncBytes.Observe(float64(n))
-		b.m.groupSize.Observe(float64(len(ops)))
+		q, s.q = s.q, q[:0]
+		failed := s.err
+		s.syncing = failed == nil
+		s.mu.Unlock()
+		if failed != nil {
+			b.failBatches(failed, q)
+			q = nil
+			continue
+		}
 
-		b.readMu.Lock()
-		for i := range ops {
-			if o := &ops[i]; o.kind == kindAdd {
-				m := b.pending[o.ledger]
-				if m == nil {
-					m = map[uint64]pendingEntry{}
-					b.pending[o.ledger] = m
+		start := time.Now()
+		var err error
+		var bytes int
+		for i := range q {
+			bytes += q[i].bytes
+			if i == len(q)-1 || q[i+1].f != q[i].f {
+				if serr := q[i].f.f.SyncData(); serr != nil && err == nil {
+					err = fmt.Errorf("bookie: journal fdatasync: %w", serr)
 				}
-				m[o.entry] = pendingEntry{seq: o.seq, payload: o.payload}
+			}
+		}
+		took := time.Since(start)
+		s.mu.Lock()
+		s.syncing = false
+		if err != nil && s.err == nil {
+			s.err = fmt.Errorf("%w: %w", ErrFailed, err)
+		}
+		failed = s.err
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		if failed != nil {
+			b.fail(err, nil)
+			b.failBatches(failed, q)
+			q = nil
+			continue
+		}
+		if b.opts.syncHook != nil {
+			b.opts.syncHook(took, bytes)
+		}
+		b.m.syncLatency.Observe(took.Seconds())
+		b.m.syncs.Inc()
+		b.m.syncBytes.Observe(float64(bytes))
+		b.compCh <- q
+		q = nil
+	}
+}
+
+// completeLoop makes synced adds readable, acknowledges them in journal
+// order and queues them for the applier.
+func (b *Bookie) completeLoop() {
+	defer close(b.writerDone)
+	for q := range b.compCh {
+		b.readMu.Lock()
+		for _, jb := range q {
+			for i := range jb.ops {
+				if o := &jb.ops[i]; o.kind == kindAdd {
+					m := b.pending[o.ledger]
+					if m == nil {
+						m = map[uint64]pendingEntry{}
+						b.pending[o.ledger] = m
+					}
+					m[o.entry] = pendingEntry{seq: o.seq, payload: o.payload}
+				}
 			}
 		}
 		b.readMu.Unlock()
-		var adds, bytes int
-		for i := range ops {
-			o := &ops[i]
-			if o.kind == kindAdd {
-				adds++
-				bytes += len(o.payload)
+		var adds, bytes, records int
+		for _, jb := range q {
+			records += len(jb.ops)
+			for i := range jb.ops {
+				o := &jb.ops[i]
+				if o.kind == kindAdd {
+					adds++
+					bytes += len(o.payload)
+				}
+				done := o.done
+				o.done = nil
+				done(nil)
 			}
-			done := o.done
-			o.done = nil
-			done(nil)
 		}
 		b.m.adds.Add(float64(adds))
 		b.m.addBytes.Add(float64(bytes))
+		b.m.groupSize.Observe(float64(records))
 
 		b.apMu.Lock()
-		b.apQ = append(b.apQ, applyBatch{ops: ops, end: end})
+		for _, jb := range q {
+			b.apQ = append(b.apQ, applyBatch{ops: jb.ops, end: jb.end})
+		}
 		b.apMu.Unlock()
 		select {
 		case b.apKick <- struct{}{}:
@@ -701,11 +840,34 @@ func (b *Bookie) journalLoop() {
 	}
 }
 
-// fail puts the bookie into the failed state: every queued and in-flight
-// write fails with an error wrapping ErrFailed and cause.
+func (b *Bookie) failBatches(err error, q []jbatch) {
+	for _, jb := range q {
+		b.failOps(err, jb.ops)
+	}
+}
+
+func (b *Bookie) failOps(err error, ops []op) {
+	for i := range ops {
+		if ops[i].done != nil {
+			if ops[i].kind == kindAdd {
+				b.m.addErrors.Inc()
+			}
+			done := ops[i].done
+			ops[i].done = nil
+			done(err)
+		}
+	}
+}
+
+// fail puts the bookie into the failed state: every queued write, the
+// runs written but not yet synced and inflight fail with an error
+// wrapping ErrFailed and cause (nil: the recorded failure).
 func (b *Bookie) fail(cause error, inflight []op) {
 	b.mu.Lock()
 	if b.err == nil {
+		if cause == nil {
+			cause = errors.New("failed")
+		}
 		b.err = fmt.Errorf("%w: %w", ErrFailed, cause)
 		b.opts.Logf("bookie: failed: %v", cause)
 	}
@@ -714,17 +876,20 @@ func (b *Bookie) fail(cause error, inflight []op) {
 	b.queue, b.queueBytes = nil, 0
 	b.space.Broadcast()
 	b.mu.Unlock()
-	b.m.failed.Set(1)
-	for _, ops := range [][]op{inflight, queued} {
-		for i := range ops {
-			if ops[i].done != nil {
-				if ops[i].kind == kindAdd {
-					b.m.addErrors.Inc()
-				}
-				ops[i].done(err)
-			}
-		}
+	b.kickWriter()
+	s := &b.sy
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
 	}
+	written := s.q
+	s.q = nil
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	b.m.failed.Set(1)
+	b.failOps(err, inflight)
+	b.failBatches(err, written)
+	b.failOps(err, queued)
 }
 
 // applyLoop applies synced groups to the entry logs and index.

@@ -40,7 +40,7 @@
 // sync.
 //
 // Lock order: Bookie.maintMu → Bookie.applyMu → Bookie.mu → Bookie.readMu;
-// journal.mu and logReaders.mu are leaves.
+// journal.mu, syncState.mu and logReaders.mu are leaves.
 //
 // # Journal files
 //

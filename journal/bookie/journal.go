@@ -18,13 +18,14 @@ type journal struct {
 	dir  string
 	opts *Options
 
-	cur      *jfile
-	next     chan prepared // result of the preparation of the next file
-	nextNum  uint64
-	buf      []byte
-	rolled   atomic.Int64 // files started since the last checkpoint
-	recycled atomic.Int64 // files reused (for tests)
-	onRoll   func()       // called after a roll (kicks a checkpoint)
+	cur        *jfile
+	next       chan prepared // result of the preparation of the next file
+	nextNum    uint64
+	buf        []byte
+	rolled     atomic.Int64 // files started since the last checkpoint
+	recycled   atomic.Int64 // files reused (for tests)
+	zeroFilled atomic.Int64 // files zero-filled (for tests)
+	onRoll     func()       // called after a roll (kicks a checkpoint)
 
 	mu   sync.Mutex // guards free and the renames that recycle files
 	free []uint64   // retired files available for recycling, ascending
@@ -120,6 +121,7 @@ func (j *journal) prepare(num uint64) (*jfile, error) {
 		if err := f.Sync(); err != nil {
 			return fail(err)
 		}
+		j.zeroFilled.Add(1)
 	}
 	if err := vfs.SyncDir(j.fs, j.dir); err != nil {
 		return fail(err)
@@ -127,54 +129,67 @@ func (j *journal) prepare(num uint64) (*jfile, error) {
 	return &jfile{num: num, f: f, size: size}, nil
 }
 
-// write appends the records of ops to the journal and fdatasyncs them. A
-// group that does not fit in the current file continues in the next one
-// (the current file is synced first, so a file's valid records are always
-// complete before the next file holds any). It returns the position just
-// past the last record and the bytes written.
-func (j *journal) write(ops []op) (end jpos, written int, err error) {
+// jbatch is a run of records written (not yet synced) to one journal
+// file: the unit handed from the journal writer to the syncer.
+type jbatch struct {
+	f     *jfile
+	ops   []op
+	end   jpos // position just past the batch's last record
+	bytes int
+}
+
+// write appends the records of ops to the journal files without syncing
+// them, and hands each written run to submit (normally one; two or more
+// when the group continues in the next file). Before a file receives
+// records, drain waits until every record submitted before is synced, so
+// that a file's valid records are always complete before the next file
+// holds any. On error it returns the ops that were not handed to submit:
+// the caller fails them.
+func (j *journal) write(ops []op, submit func(jbatch) error, drain func() error) (rest []op, err error) {
 	j.buf = j.buf[:0]
+	first := 0
 	for i := range ops {
 		size := int64(ops[i].encodedSize())
 		if pending := int64(len(j.buf)); j.cur.off+pending+size > j.cur.size && j.cur.off+pending > 0 {
-			n, err := j.flush()
-			written += n
-			if err != nil {
-				return jpos{}, written, err
+			if err := j.flush(ops[first:i], submit); err != nil {
+				return ops[first:], err
+			}
+			first = i
+			if err := drain(); err != nil {
+				return ops[first:], err
 			}
 			if err := j.roll(); err != nil {
-				return jpos{}, written, err
+				return ops[first:], err
 			}
 		}
 		j.buf = appendRecord(j.buf, j.cur.num, &ops[i])
 	}
-	n, err := j.flush()
-	written += n
-	if err != nil {
-		return jpos{}, written, err
+	if err := j.flush(ops[first:], submit); err != nil {
+		return ops[first:], err
 	}
-	return jpos{file: j.cur.num, off: j.cur.off}, written, nil
+	return nil, nil
 }
 
-func (j *journal) flush() (int, error) {
+// flush writes the encoded records of ops (in j.buf) at the current
+// position and submits them.
+func (j *journal) flush(ops []op, submit func(jbatch) error) error {
 	if len(j.buf) == 0 {
-		return 0, nil
+		return nil
 	}
 	n := len(j.buf)
 	if _, err := j.cur.f.WriteAt(j.buf, j.cur.off); err != nil {
-		return 0, fmt.Errorf("bookie: journal write: %w", err)
-	}
-	if err := j.cur.f.SyncData(); err != nil {
-		return 0, fmt.Errorf("bookie: journal fdatasync: %w", err)
+		return fmt.Errorf("bookie: journal write: %w", err)
 	}
 	j.cur.off += int64(n)
 	if j.cur.off > j.cur.size {
 		j.cur.size = j.cur.off // an oversized record extended the file
 	}
 	j.buf = j.buf[:0]
-	return n, nil
+	return submit(jbatch{f: j.cur, ops: ops, end: jpos{file: j.cur.num, off: j.cur.off}, bytes: n})
 }
 
+// roll switches to the prepared next file; every record of the current
+// one must be synced (nothing else uses it any more).
 func (j *journal) roll() error {
 	p := <-j.next
 	j.next = nil

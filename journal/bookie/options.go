@@ -75,6 +75,9 @@ type Options struct {
 	// testHook, when set, is called at named points of checkpoints and
 	// compactions so that crash tests can take a crash clone there.
 	testHook func(point string)
+	// syncHook, when set, is called by the journal after each group
+	// commit with its write+fdatasync time and bytes (benchmarks).
+	syncHook func(d time.Duration, bytes int)
 }
 
 // EnsureDefaults fills zero fields with their defaults and returns o.
