@@ -46,8 +46,12 @@ type Config struct {
 	// DataDir holds all of the node's data; it is locked while the node runs.
 	DataDir string `toml:"data_dir"`
 	// MetaAddrs lists the meta (Raft) voters as "ID@HOST:PORT", HOST:PORT
-	// being the voter's inner gRPC address.
+	// being the voter's inner gRPC address. NodeID must be one of them. One
+	// voter (the default) is a cluster by itself; every voter of a real
+	// cluster lists the same voters.
 	MetaAddrs []string `toml:"meta_addrs"`
+
+	Meta    Meta    `toml:"meta"`
 
 	Log     Log     `toml:"log"`
 	GRPC    GRPC    `toml:"grpc"`
@@ -98,6 +102,29 @@ type AMQP struct {
 	Addr string `toml:"addr"`
 }
 
+// Meta tunes the node's meta service (Raft; package meta). The voters are
+// MetaAddrs.
+type Meta struct {
+	// HeartbeatTimeout is how long a follower waits without hearing from
+	// the leader before it starts an election.
+	HeartbeatTimeout Duration `toml:"heartbeat_timeout"`
+	// ElectionTimeout is how long a candidate waits for votes before it
+	// starts another election.
+	ElectionTimeout Duration `toml:"election_timeout"`
+	// LeaderLeaseTimeout is how long a leader stays leader without
+	// hearing from a quorum (at most HeartbeatTimeout).
+	LeaderLeaseTimeout Duration `toml:"leader_lease_timeout"`
+	// NodeLeaseTTL is the TTL of the lease under which this node registers
+	// itself (heartbeat every third of it): a node that stops heartbeating
+	// is shown as down this long after. At least 1s; it should exceed a few
+	// election timeouts.
+	NodeLeaseTTL Duration `toml:"node_lease_ttl"`
+	// LeaderWaitTimeout bounds how long a starting node waits for a meta
+	// leader (a majority of the voters up and reachable) before it gives up
+	// and exits with an error.
+	LeaderWaitTimeout Duration `toml:"leader_wait_timeout"`
+}
+
 // Bookie configures the journal's storage server (journal/bookie), which the
 // node runs — the node's "bookie" role — when Enabled. It keeps its entry
 // logs and index in <data_dir>/bookie and serves journal.v1.Bookie on the
@@ -118,8 +145,9 @@ type Bookie struct {
 	MaxEntrySize int `toml:"max_entry_size"`
 	// CookieStore is the file that remembers the bookie's cookie outside
 	// its directories, so that a wiped or replaced bookie directory refuses
-	// to start; "" means <data_dir>/bookie-cookies.json. The Meta service
-	// will hold cookies cluster-wide.
+	// to start; "" means the meta service (cluster-wide, so a wiped
+	// data_dir as a whole is detected too). A file path keeps the cookies in
+	// that file instead, as `quire bookie` does.
 	CookieStore string `toml:"cookie_store"`
 }
 
@@ -190,6 +218,13 @@ func Default() *Config {
 		ClusterName: "quire",
 		DataDir:     "./data",
 		MetaAddrs:   []string{"1@127.0.0.1:1228"},
+		Meta: Meta{
+			HeartbeatTimeout:   Duration(time.Second),
+			ElectionTimeout:    Duration(time.Second),
+			LeaderLeaseTimeout: Duration(500 * time.Millisecond),
+			NodeLeaseTTL:       Duration(10 * time.Second),
+			LeaderWaitTimeout:  Duration(2 * time.Minute),
+		},
 		Log:         Log{Level: "info", Format: "text"},
 		GRPC:        GRPC{Addr: "0.0.0.0:1228"},
 		Admin:       Admin{Addr: ":58080"},
@@ -355,13 +390,29 @@ func (c *Config) validate() []*Error {
 		seen[v.ID] = true
 		voters = append(voters, v)
 	}
-	if len(voters) == len(c.MetaAddrs) && len(voters) > 0 {
-		switch {
-		case len(voters) > 1:
-			bad("meta_addrs", "lists %d voters, but multi-node meta arrives with the Meta service; this build runs single-node clusters only: list just this node, e.g. [\"%d@127.0.0.1:1228\"]", len(voters), max(c.NodeID, 1))
-		case voters[0].ID != c.NodeID && c.NodeID != 0:
-			bad("meta_addrs", "the only voter is node %d, not this node (node_id = %d); joining another node's meta arrives with the Meta service: list this node, e.g. [\"%d@127.0.0.1:1228\"]", voters[0].ID, c.NodeID, c.NodeID)
+	if len(voters) == len(c.MetaAddrs) && len(voters) > 0 && c.NodeID != 0 && !seen[c.NodeID] {
+		var ids []string
+		for _, v := range voters {
+			ids = append(ids, strconv.FormatUint(v.ID, 10))
 		}
+		bad("meta_addrs", "this node (node_id = %d) is not one of the meta voters (node ids %s): every node of a cluster lists the same voters, its own among them, as \"ID@HOST:PORT\" with HOST:PORT its [grpc] addr as the others reach it, e.g. [\"%d@127.0.0.1:1228\"] for a single node",
+			c.NodeID, strings.Join(ids, ", "), c.NodeID)
+	}
+	m := c.Meta
+	if m.HeartbeatTimeout < Duration(10*time.Millisecond) {
+		bad("meta.heartbeat_timeout", "must be >= 10ms, got %s", m.HeartbeatTimeout)
+	}
+	if m.ElectionTimeout < Duration(10*time.Millisecond) {
+		bad("meta.election_timeout", "must be >= 10ms, got %s", m.ElectionTimeout)
+	}
+	if m.LeaderLeaseTimeout < Duration(5*time.Millisecond) || m.LeaderLeaseTimeout > m.HeartbeatTimeout {
+		bad("meta.leader_lease_timeout", "must be from 5ms to meta.heartbeat_timeout (%s), got %s", m.HeartbeatTimeout, m.LeaderLeaseTimeout)
+	}
+	if m.NodeLeaseTTL < Duration(time.Second) {
+		bad("meta.node_lease_ttl", "must be >= 1s, got %s", m.NodeLeaseTTL)
+	}
+	if m.LeaderWaitTimeout <= 0 {
+		bad("meta.leader_wait_timeout", "must be > 0, got %s", m.LeaderWaitTimeout)
 	}
 
 	// Log.

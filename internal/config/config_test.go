@@ -172,6 +172,30 @@ engine = "file"
 	if err != nil || len(vs) != 1 || vs[0] != (Voter{ID: 7, Addr: "10.0.0.7:1228"}) {
 		t.Errorf("Voters() = %v, %v", vs, err)
 	}
+
+	// Three voters, this node among them, and short Raft timings.
+	p = writeFile(t, `
+node_id = 2
+meta_addrs = ["1@10.0.0.1:1228", "2@10.0.0.2:1228", "3@10.0.0.3:1228"]
+[meta]
+heartbeat_timeout = "200ms"
+election_timeout = "300ms"
+leader_lease_timeout = "100ms"
+node_lease_ttl = "3s"
+leader_wait_timeout = "20s"
+`)
+	c, err = Load(p, Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vs, err := c.Voters(); err != nil || len(vs) != 3 || vs[1] != (Voter{ID: 2, Addr: "10.0.0.2:1228"}) {
+		t.Errorf("Voters() = %v, %v", vs, err)
+	}
+	if want := (Meta{HeartbeatTimeout: Duration(200 * time.Millisecond), ElectionTimeout: Duration(300 * time.Millisecond),
+		LeaderLeaseTimeout: Duration(100 * time.Millisecond), NodeLeaseTTL: Duration(3 * time.Second),
+		LeaderWaitTimeout: Duration(20 * time.Second)}); c.Meta != want {
+		t.Errorf("meta = %+v, want %+v", c.Meta, want)
+	}
 	if got := Default().MetaAddrs; len(got) != 1 || got[0] != "1@127.0.0.1:1228" {
 		t.Errorf("Load changed the default's meta_addrs: %v", got)
 	}
@@ -233,8 +257,11 @@ func TestErrorsNameFileKeyLine(t *testing.T) {
 		{"bad port", "[kafka]\naddr = \":99999\"\n", "kafka.addr", 2, "not a number from 0 to 65535"},
 		{"empty admin address", "[admin]\naddr = \"\"\n", "admin.addr", 2, "must not be empty"},
 		{"bad voter", "meta_addrs = [\n  \"1@127.0.0.1:1228\",\n  \"two@h:1\",\n]\n", "meta_addrs[1]", 3, `node id "two" must be an integer`},
-		{"multi-node meta", "\nmeta_addrs = [\"1@a:1228\", \"2@b:1228\", \"3@c:1228\"]\n", "meta_addrs", 2, "multi-node meta arrives with the Meta service"},
-		{"not the voter", "node_id = 2\n", "meta_addrs", 0, "not this node (node_id = 2)"},
+		{"not among three voters", "node_id = 4\nmeta_addrs = [\"1@a:1228\", \"2@b:1228\", \"3@c:1228\"]\n", "meta_addrs", 2, "this node (node_id = 4) is not one of the meta voters (node ids 1, 2, 3)"},
+		{"not the voter", "node_id = 2\n", "meta_addrs", 0, "this node (node_id = 2) is not one of the meta voters (node ids 1)"},
+		{"lease longer than heartbeat", "[meta]\nheartbeat_timeout = \"100ms\"\nleader_lease_timeout = \"200ms\"\n", "meta.leader_lease_timeout", 3, "must be from 5ms to meta.heartbeat_timeout (100ms)"},
+		{"short node lease", "[meta]\nnode_lease_ttl = \"500ms\"\n", "meta.node_lease_ttl", 2, "must be >= 1s"},
+		{"zero leader wait", "[meta]\nleader_wait_timeout = \"0s\"\n", "meta.leader_wait_timeout", 2, "must be > 0"},
 		{"bad log format", "[log]\nlevel = \"info\"\nformat = \"xml\"\n", "log.format", 3, `"xml" is not one of text, json`},
 		{"syntax error", "node_id = 1\ncluster_name = \n", "cluster_name", 2, "expected"},
 		{"bad array element type", "meta_addrs = [1]\n", "meta_addrs[0]", 1, "cannot decode TOML integer"},
