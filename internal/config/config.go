@@ -51,7 +51,7 @@ type Config struct {
 	// cluster lists the same voters.
 	MetaAddrs []string `toml:"meta_addrs"`
 
-	Meta    Meta    `toml:"meta"`
+	Meta Meta `toml:"meta"`
 
 	Log     Log     `toml:"log"`
 	GRPC    GRPC    `toml:"grpc"`
@@ -225,12 +225,12 @@ func Default() *Config {
 			NodeLeaseTTL:       Duration(10 * time.Second),
 			LeaderWaitTimeout:  Duration(2 * time.Minute),
 		},
-		Log:         Log{Level: "info", Format: "text"},
-		GRPC:        GRPC{Addr: "0.0.0.0:1228"},
-		Admin:       Admin{Addr: ":58080"},
-		MQTT:        MQTT{TCP: ":1883", TLS: ":8883", WS: ":8083", WSS: ":8084", QUIC: ":14567"},
-		Kafka:       Kafka{Addr: ":9092"},
-		AMQP:        AMQP{Addr: ":5672"},
+		Log:   Log{Level: "info", Format: "text"},
+		GRPC:  GRPC{Addr: "0.0.0.0:1228"},
+		Admin: Admin{Addr: ":58080"},
+		MQTT:  MQTT{TCP: ":1883", TLS: ":8883", WS: ":8083", WSS: ":8084", QUIC: ":14567"},
+		Kafka: Kafka{Addr: ":9092"},
+		AMQP:  AMQP{Addr: ":5672"},
 		Bookie: Bookie{
 			Enabled:       true,
 			MaxGroupWait:  Duration(2 * time.Millisecond),
