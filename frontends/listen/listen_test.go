@@ -1,0 +1,302 @@
+package listen
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// echo accepts connections from l and echoes each until EOF.
+func echo(t *testing.T, l Listener) {
+	t.Helper()
+	go func() {
+		for {
+			c, err := l.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+}
+
+func roundTrip(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	if string(buf) != msg {
+		t.Fatalf("echo = %q, want %q", buf, msg)
+	}
+}
+
+func TestTCPEchoAndName(t *testing.T) {
+	l, err := Listen(Config{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.Name() != "tcp" {
+		t.Fatalf("name %q", l.Name())
+	}
+	got := make(chan Conn, 1)
+	go func() {
+		c, err := l.Accept(context.Background())
+		if err == nil {
+			got <- c
+		}
+	}()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc := <-got
+	if sc.Listener() != "tcp" {
+		t.Fatalf("conn listener %q", sc.Listener())
+	}
+	go func() { io.Copy(sc, sc); sc.Close() }()
+	roundTrip(t, c, "hello")
+}
+
+// TestLimit: with MaxConns 1 a second socket is closed unserved and counted;
+// closing the first frees its slot for a third.
+func TestLimit(t *testing.T) {
+	var refused atomic.Int32
+	lim := NewLimiter(1)
+	l, err := Listen(Config{Addr: "127.0.0.1:0", Limiter: lim, OnRefused: func(name, reason string) {
+		if name == "tcp" && reason == RefusedLimit {
+			refused.Add(1)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	echo(t, l)
+	c1, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, c1, "one")
+	c2, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c2.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("second connection over the limit read %d bytes, want it closed", n)
+	}
+	c2.Close()
+	if refused.Load() != 1 {
+		t.Fatalf("refused = %d, want 1", refused.Load())
+	}
+	c1.Close()
+	waitFor(t, func() bool { return lim.Open() == 0 })
+	c3, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	roundTrip(t, c3, "three")
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestAcceptAfterCloseAndCancel(t *testing.T) {
+	for _, kind := range []Kind{TCP, WebSocket} {
+		l, err := Listen(Config{Addr: "127.0.0.1:0", Kind: kind})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := l.Accept(ctx); !errors.Is(err, context.Canceled) {
+			t.Fatalf("%s: Accept(cancelled) = %v", kind, err)
+		}
+		l.Close()
+		if _, err := l.Accept(context.Background()); !errors.Is(err, ErrClosed) {
+			t.Fatalf("%s: Accept after Close = %v, want ErrClosed", kind, err)
+		}
+	}
+}
+
+// writeCert writes a self-signed certificate for 127.0.0.1 and returns the
+// cert and key file names and a pool trusting it.
+func writeCert(t *testing.T) (string, string, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "quire-test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cf, kf := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(cf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(kf, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return cf, kf, pool
+}
+
+func TestTLS(t *testing.T) {
+	cf, kf, pool := writeCert(t)
+	tc, err := LoadTLS(cf, kf, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Listen(Config{Addr: "127.0.0.1:0", TLS: tc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.Name() != "tls" {
+		t.Fatalf("name %q", l.Name())
+	}
+	echo(t, l)
+	c, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{RootCAs: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip(t, c, "secret")
+	// A plain client gets no echo.
+	pc, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pc.SetDeadline(time.Now().Add(5 * time.Second))
+	pc.Write([]byte("plaintext hello\r\n\r\n"))
+	buf := make([]byte, 64)
+	n, _ := pc.Read(buf)
+	if string(buf[:n]) == "plaintext hello" {
+		t.Fatal("TLS listener echoed plaintext")
+	}
+}
+
+func TestLoadTLSErrors(t *testing.T) {
+	if _, err := LoadTLS("/nonexistent/c", "/nonexistent/k", ""); err == nil {
+		t.Fatal("LoadTLS of missing files succeeded")
+	}
+	cf, kf, _ := writeCert(t)
+	if _, err := LoadTLS(cf, kf, kf); err == nil {
+		t.Fatal("LoadTLS with a key as client CA succeeded")
+	}
+	c, err := LoadTLS(cf, kf, cf)
+	if err != nil || c.ClientAuth != tls.RequireAndVerifyClientCert {
+		t.Fatalf("client CA: %v %v", c, err)
+	}
+}
+
+// TestWebSocket: binary messages become one stream both ways, a packet split
+// across messages arrives whole, and the subprotocol "mqtt" is required.
+func TestWebSocket(t *testing.T) {
+	for _, secure := range []bool{false, true} {
+		cfg := Config{Addr: "127.0.0.1:0", Kind: WebSocket}
+		client := http.DefaultClient
+		scheme := "ws"
+		if secure {
+			cf, kf, pool := writeCert(t)
+			tc, err := LoadTLS(cf, kf, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.TLS = tc
+			client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+			scheme = "wss"
+		}
+		var refused atomic.Int32
+		cfg.OnRefused = func(string, string) { refused.Add(1) }
+		l, err := Listen(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]string{false: "ws", true: "wss"}[secure]; l.Name() != want {
+			t.Fatalf("name %q, want %q", l.Name(), want)
+		}
+		echo(t, l)
+		url := scheme + "://" + l.Addr().String() + "/mqtt"
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: client, Subprotocols: []string{"mqtt"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Header.Get("Sec-WebSocket-Protocol") != "mqtt" {
+			t.Fatalf("negotiated %q", resp.Header.Get("Sec-WebSocket-Protocol"))
+		}
+		// Two messages, one logical byte stream.
+		ws.Write(ctx, websocket.MessageBinary, []byte("hel"))
+		ws.Write(ctx, websocket.MessageBinary, []byte("lo"))
+		var got []byte
+		for len(got) < 5 {
+			typ, b, err := ws.Read(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if typ != websocket.MessageBinary {
+				t.Fatalf("message type %v", typ)
+			}
+			got = append(got, b...)
+		}
+		if string(got) != "hello" {
+			t.Fatalf("echo %q", got)
+		}
+		ws.Close(websocket.StatusNormalClosure, "")
+
+		_, resp, err = websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: client, Subprotocols: []string{"chat"}})
+		if err == nil || resp == nil || resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("dial without mqtt subprotocol: err %v resp %v", err, resp)
+		}
+		if refused.Load() != 1 {
+			t.Fatalf("refused = %d", refused.Load())
+		}
+		cancel()
+		l.Close()
+	}
+}
