@@ -16,10 +16,10 @@ import (
 // wsListener serves WebSocket or WSS: an HTTP server whose handler upgrades
 // the request and hands the message stream to Accept.
 type wsListener struct {
-	cfg    Config
-	ll     *limitListener
-	q      *acceptQueue
-	srv    *http.Server
+	cfg Config
+	ll  *limitListener
+	q   *acceptQueue
+	srv *http.Server
 }
 
 func newWSListener(cfg Config, ll *limitListener) *wsListener {

@@ -1,0 +1,272 @@
+// Package pubsub is the protocol-neutral message logic of the front-ends: a
+// topic tree matching topic names against subscription filters, shared
+// subscriptions, and the retained-message store. It does no I/O and knows no
+// wire format; frontends/mqtt (and later AMQP's topic exchanges) build on it.
+//
+// # Topics and filters
+//
+// Topic names and filters are MQTT's (MQTT 5.0 §4.7): levels separated by
+// '/', '+' matches exactly one level, '#' (last level only) matches any
+// number of levels including none ("a/#" matches "a"). A topic starting with
+// '$' is not matched by a filter whose first level is a wildcard
+// [MQTT-4.7.2-1], so "#" does not see "$SYS/…".
+//
+// # Shared subscriptions
+//
+// A filter "$share/{group}/{filter}" (MQTT 5.0 §4.8.2) joins the group; each
+// message matching the filter goes to one member of each group. Shared
+// subscriptions live in an index of their own (a second tree keyed by group
+// and client), so the common non-shared match never looks at them. Dispatch
+// policy: round robin over the members of a (group, filter) pair in the order
+// they subscribed, skipping members the caller's accept function refuses
+// (the broker refuses offline members, so a member that disconnects stops
+// receiving at once; if every member refuses, the first is chosen, so a
+// persistent session can still queue it).
+//
+// # Locking
+//
+// Tree and MemoryRetained are safe for concurrent use; each holds one
+// RWMutex, and no callback runs while it is held.
+package pubsub
+
+import (
+	"strings"
+	"sync"
+)
+
+// Subscription is one client's subscription to one filter.
+type Subscription struct {
+	Client string // session identifier
+	Filter string // the filter without any "$share/{group}/" prefix
+	Group  string // share name; "" for a non-shared subscription
+	QoS    byte   // maximum QoS granted
+
+	NoLocal           bool   // do not deliver the client's own publications
+	RetainAsPublished bool   // keep the RETAIN flag when forwarding
+	RetainHandling    byte   // 0 send retained on subscribe, 1 only if new, 2 never
+	ID                uint32 // subscription identifier, 0 for none
+}
+
+// ParseShared splits "$share/{group}/{filter}" into group and filter; a
+// non-shared filter comes back with group "". ok is false for a malformed
+// shared filter (no group, or no filter after it).
+func ParseShared(filter string) (group, f string, ok bool) {
+	rest, found := strings.CutPrefix(filter, "$share/")
+	if !found {
+		return "", filter, true
+	}
+	group, f, found = strings.Cut(rest, "/")
+	if !found || group == "" || f == "" || strings.ContainsAny(group, "+#") {
+		return "", "", false
+	}
+	return group, f, true
+}
+
+// Tree indexes subscriptions by filter.
+type Tree struct {
+	mu     sync.RWMutex
+	plain  *node // key: client
+	shared *node // key: group + "\x00" + client
+	count  int
+}
+
+type node struct {
+	children map[string]*node
+	subs     map[string]Subscription
+	order    []string // shared: member keys in subscription order
+	next     int      // shared: round-robin cursor
+}
+
+// NewTree returns an empty tree.
+func NewTree() *Tree { return &Tree{plain: &node{}, shared: &node{}} }
+
+func (t *Tree) root(group string) *node {
+	if group == "" {
+		return t.plain
+	}
+	return t.shared
+}
+
+func key(s Subscription) string {
+	if s.Group == "" {
+		return s.Client
+	}
+	return s.Group + "\x00" + s.Client
+}
+
+// Subscribe adds or replaces the subscription of s.Client to (s.Group,
+// s.Filter) and reports whether one existed.
+func (t *Tree) Subscribe(s Subscription) (existed bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.root(s.Group)
+	for level := range strings.SplitSeq(s.Filter, "/") {
+		c := n.children[level]
+		if c == nil {
+			if n.children == nil {
+				n.children = map[string]*node{}
+			}
+			c = &node{}
+			n.children[level] = c
+		}
+		n = c
+	}
+	k := key(s)
+	if n.subs == nil {
+		n.subs = map[string]Subscription{}
+	}
+	_, existed = n.subs[k]
+	n.subs[k] = s
+	if !existed {
+		t.count++
+		if s.Group != "" {
+			n.order = append(n.order, k)
+		}
+	}
+	return existed
+}
+
+// Unsubscribe removes client's subscription to filter (which may be a
+// "$share/…" filter) and reports whether there was one.
+func (t *Tree) Unsubscribe(client, filter string) bool {
+	group, f, ok := ParseShared(filter)
+	if !ok {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := key(Subscription{Client: client, Group: group})
+	path := []*node{t.root(group)}
+	levels := strings.Split(f, "/")
+	for _, level := range levels {
+		c := path[len(path)-1].children[level]
+		if c == nil {
+			return false
+		}
+		path = append(path, c)
+	}
+	n := path[len(path)-1]
+	if _, ok := n.subs[k]; !ok {
+		return false
+	}
+	delete(n.subs, k)
+	t.count--
+	if group != "" {
+		for i, o := range n.order {
+			if o == k {
+				n.order = append(n.order[:i], n.order[i+1:]...)
+				break
+			}
+		}
+	}
+	// Prune empty nodes bottom-up so that churn does not grow the tree.
+	for i := len(path) - 1; i > 0; i-- {
+		if len(path[i].subs) > 0 || len(path[i].children) > 0 {
+			break
+		}
+		delete(path[i-1].children, levels[i-1])
+	}
+	return true
+}
+
+// Len is the number of subscriptions, shared ones included.
+func (t *Tree) Len() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.count
+}
+
+// Match appends to dst every non-shared subscription whose filter matches
+// topic, and one member of each shared (group, filter) that matches (see the
+// package doc for the dispatch policy; accept may be nil), and returns dst.
+func (t *Tree) Match(topic string, dst []Subscription, accept func(Subscription) bool) []Subscription {
+	dollar := strings.HasPrefix(topic, "$")
+	t.mu.RLock()
+	for _, n := range matchNodes(t.plain, topic, dollar, true, nil) {
+		for _, s := range n.subs {
+			dst = append(dst, s)
+		}
+	}
+	var shared []*node
+	if len(t.shared.children) > 0 {
+		shared = matchNodes(t.shared, topic, dollar, true, nil)
+	}
+	t.mu.RUnlock()
+	if len(shared) == 0 {
+		return dst
+	}
+	// Choosing a member moves a cursor: take the write lock only when a
+	// shared subscription matched.
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, n := range shared {
+		dst = pickShared(n, dst, accept)
+	}
+	return dst
+}
+
+// pickShared appends one member per group of n, round robin.
+func pickShared(n *node, dst []Subscription, accept func(Subscription) bool) []Subscription {
+	if len(n.order) == 0 {
+		return dst
+	}
+	// Walk the members once from the cursor; each group takes the first
+	// member accept likes, else its first member.
+	done := map[string]bool{}
+	start := n.next % len(n.order)
+	fallback := map[string]Subscription{}
+	var groups []string
+	for i := range len(n.order) {
+		s := n.subs[n.order[(start+i)%len(n.order)]]
+		if done[s.Group] {
+			continue
+		}
+		if _, seen := fallback[s.Group]; !seen {
+			fallback[s.Group] = s
+			groups = append(groups, s.Group)
+		}
+		if accept == nil || accept(s) {
+			done[s.Group] = true
+			dst = append(dst, s)
+		}
+	}
+	for _, g := range groups {
+		if !done[g] {
+			dst = append(dst, fallback[g])
+		}
+	}
+	n.next = start + 1
+	return dst
+}
+
+// matchNodes returns the nodes holding filters that match topic.
+func matchNodes(n *node, topic string, dollar, first bool, dst []*node) []*node {
+	level, rest, more := strings.Cut(topic, "/")
+	wild := !(first && dollar)
+	if wild {
+		if c := n.children["#"]; c != nil {
+			dst = append(dst, c)
+		}
+		if c := n.children["+"]; c != nil {
+			dst = matchNext(c, rest, more, dollar, dst)
+		}
+	}
+	if c := n.children[level]; c != nil {
+		dst = matchNext(c, rest, more, dollar, dst)
+	}
+	return dst
+}
+
+func matchNext(c *node, rest string, more, dollar bool, dst []*node) []*node {
+	if !more {
+		if len(c.subs) > 0 {
+			dst = append(dst, c)
+		}
+		// "a/#" matches "a".
+		if h := c.children["#"]; h != nil {
+			dst = append(dst, h)
+		}
+		return dst
+	}
+	return matchNodes(c, rest, dollar, false, dst)
+}
