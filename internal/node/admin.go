@@ -157,7 +157,7 @@ func topicError(w http.ResponseWriter, err error) {
 }
 
 func toAPI(in topics.Info) adminapi.Topic {
-	t := adminapi.Topic{Name: in.Name, Engine: in.Engine, Partitions: in.Partitions, CreatedAt: in.CreatedAt,
+	t := adminapi.Topic{Name: in.Name, Engine: in.Engine, Partitions: in.Partitions, CreatedAt: in.CreatedAt, Node: in.Node,
 		Shards: make([]adminapi.Partition, len(in.Shards))}
 	for i, p := range in.Shards {
 		t.Shards[i] = adminapi.Partition(p)

@@ -17,10 +17,7 @@ import (
 )
 
 // Where the node's bookie keeps its data, under data_dir.
-const (
-	bookieDir        = "bookie"
-	bookieCookieFile = "bookie-cookies.json"
-)
+const bookieDir = "bookie"
 
 // bookieComponent runs a journal/bookie and serves it on the inner gRPC
 // server (journal.v1.Bookie, registered when the node is built; see
@@ -102,21 +99,21 @@ func nodeBookieOptions(cfg *config.Config, fs vfs.FS, dataDir string) (bookie.Op
 			return bookie.Options{}, fmt.Errorf("bookie.journal_dir %q: %w", bc.JournalDir, err)
 		}
 	}
-	cookies := bc.CookieStore
-	if cookies == "" {
-		cookies = fs.PathJoin(dataDir, bookieCookieFile)
-	} else {
-		var err error
-		if cookies, err = filepath.Abs(cookies); err != nil {
+	// bc.CookieStore "" leaves Cookies nil: the node fills in meta's store.
+	var cookies bookie.CookieStore
+	if bc.CookieStore != "" {
+		path, err := filepath.Abs(bc.CookieStore)
+		if err != nil {
 			return bookie.Options{}, fmt.Errorf("bookie.cookie_store %q: %w", bc.CookieStore, err)
 		}
+		cookies = bookie.NewFileCookieStore(fs, path)
 	}
 	return bookie.Options{
 		FS:            fs,
 		Dir:           fs.PathJoin(dataDir, bookieDir),
 		JournalDir:    jdir,
 		BookieID:      id,
-		Cookies:       bookie.NewFileCookieStore(fs, cookies),
+		Cookies:       cookies,
 		MaxGroupWait:  bc.MaxGroupWait.Std(),
 		MaxGroupBytes: bc.MaxGroupBytes,
 		MaxEntrySize:  bc.MaxEntrySize,

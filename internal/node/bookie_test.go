@@ -19,6 +19,7 @@ import (
 	"github.com/quiremq/quire/internal/node/adminapi"
 	"github.com/quiremq/quire/journal/bookie"
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
+	"github.com/quiremq/quire/meta/schema"
 )
 
 func serviceHealth(t *testing.T, addr, service string) healthpb.HealthCheckResponse_ServingStatus {
@@ -88,8 +89,12 @@ func TestNodeBookie(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "bookie", "COOKIE")); err != nil {
 		t.Error(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "bookie-cookies.json")); err != nil {
-		t.Error(err)
+	// The cookie store is meta.
+	if _, err := os.Stat(filepath.Join(dir, "bookie-cookies.json")); !os.IsNotExist(err) {
+		t.Errorf("bookie-cookies.json with meta as the cookie store: %v", err)
+	}
+	if c, err := schema.Get[bookie.Cookie](ctx, n.Meta(), schema.CookieKey("127.0.0.1:1228")); err != nil || c.Value.BookieID != "127.0.0.1:1228" || c.Value.InstanceID == "" {
+		t.Errorf("cookie in meta = %+v, %v", c, err)
 	}
 	if err := n.Stop(ctx); err != nil {
 		t.Fatal(err)
@@ -126,7 +131,7 @@ func TestNodeWithoutBookie(t *testing.T) {
 	cfg.Bookie.Enabled = false
 	n := startNode(t, cfg, nil)
 	cl, err := adminapi.NewClient(n.AdminAddr().String()).Cluster(context.Background())
-	if err != nil || !slices.Equal(cl.Nodes[0].Roles, []string{"broker"}) {
+	if err != nil || !slices.Equal(cl.Nodes[0].Roles, []string{"meta", "broker"}) {
 		t.Errorf("cluster = %+v, %v", cl, err)
 	}
 	c, err := bookierpc.Dial(n.GRPCAddr().String())

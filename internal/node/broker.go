@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -13,12 +14,18 @@ import (
 	"github.com/quiremq/quire/internal/metrics"
 	"github.com/quiremq/quire/internal/node/topics"
 	"github.com/quiremq/quire/internal/vfs"
+	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
 	"github.com/quiremq/quire/shard"
 )
 
-// topicsFile is the topic registry's file under data_dir, until the Meta
-// service holds topics.
-const topicsFile = "topics.json"
+// topicsFile is the topic registry of a node without meta (older builds)
+// under data_dir; with meta, it is migrated into meta once at start and
+// renamed to migratedTopicsFile.
+const (
+	topicsFile         = "topics.json"
+	migratedTopicsFile = "topics.json.migrated"
+)
 
 // broker is the storage side of the broker: the engines, the router that
 // picks a topic's engine, and the topic registry. The protocol front-ends
@@ -30,12 +37,16 @@ type broker struct {
 	reg     prometheus.Registerer
 	log     *slog.Logger
 
+	meta *metaComponent // the topic registry's store; nil: topics.json
+
 	engines  map[string]shard.Engine
 	registry atomic.Pointer[topics.Registry] // set while running
+	stopSync context.CancelFunc
+	syncDone chan struct{}
 }
 
-func newBroker(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.Registerer, log *slog.Logger) *broker {
-	b := &broker{cfg: cfg, fs: fs, dataDir: dataDir, reg: reg, log: log}
+func newBroker(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.Registerer, log *slog.Logger, m *metaComponent) *broker {
+	b := &broker{cfg: cfg, fs: fs, dataDir: dataDir, reg: reg, log: log, meta: m}
 	count := func(partitions bool) func() float64 {
 		return func() float64 {
 			r := b.registry.Load()
@@ -74,26 +85,113 @@ func (b *broker) Start(ctx context.Context) error {
 	if err != nil {
 		return errors.Join(err, b.closeEngines())
 	}
-	path := b.fs.PathJoin(b.dataDir, topicsFile)
-	store, err := topics.OpenFileStore(b.fs, path)
+	store, where, err := b.openStore(ctx)
 	if err != nil {
 		return errors.Join(err, b.closeEngines())
 	}
-	reg := topics.NewRegistry(topics.Options{Store: store, Router: router, Ephemeral: ephemeralEngines, Logger: b.log})
+	var nodeID uint64
+	if b.meta != nil {
+		nodeID = b.cfg.NodeID
+	}
+	reg := topics.NewRegistry(topics.Options{Store: store, Router: router, Ephemeral: ephemeralEngines, Logger: b.log, NodeID: nodeID})
 	if err := reg.Open(ctx); err != nil {
 		return errors.Join(err, b.closeEngines())
 	}
 	b.registry.Store(reg)
+	if b.meta != nil {
+		b.startSync(reg)
+	}
 	n, p := reg.Count(ctx)
 	b.log.Info("broker storage open", "topics", n, "partitions", p, "default_engine", router.Default(),
-		"rules", len(rules), "registry", path)
+		"rules", len(rules), "registry", where)
 	return nil
+}
+
+// openStore returns the topic registry's store: meta when the node runs
+// it, after migrating an older build's topics.json into it once (the file
+// is then renamed topics.json.migrated); else topics.json.
+func (b *broker) openStore(ctx context.Context) (topics.Store, string, error) {
+	path := b.fs.PathJoin(b.dataDir, topicsFile)
+	if b.meta == nil {
+		s, err := topics.OpenFileStore(b.fs, path)
+		return s, path, err
+	}
+	kv := b.meta.kv()
+	if kv == nil {
+		return nil, "", errors.New("broker: meta is not running")
+	}
+	existed := b.meta.existed
+	if _, err := b.fs.Stat(path); err == nil {
+		old, err := topics.OpenFileStore(b.fs, path)
+		if err != nil {
+			return nil, "", err
+		}
+		n, err := topics.Migrate(ctx, old, topics.NewMetaStore(kv, true), b.cfg.NodeID)
+		if err != nil {
+			return nil, "", fmt.Errorf("migrating %s into meta: %w", path, err)
+		}
+		dst := b.fs.PathJoin(b.dataDir, migratedTopicsFile)
+		if err := b.fs.Rename(path, dst); err != nil {
+			return nil, "", fmt.Errorf("migrated %s into meta, but cannot rename it: %w", path, err)
+		}
+		if err := vfs.SyncDir(b.fs, b.dataDir); err != nil {
+			return nil, "", err
+		}
+		b.log.Info("migrated the local topic registry into meta", "topics", n, "from", path, "renamed_to", dst)
+		existed = true
+	} else if !vfs.IsNotExist(err) {
+		return nil, "", err
+	}
+	return topics.NewMetaStore(kv, existed), "meta", nil
+}
+
+// startSync follows topic deletes in meta: a topic hosted here but deleted
+// through another node has its shards deleted here (Registry.Sync).
+func (b *broker) startSync(reg *topics.Registry) {
+	ctx, cancel := context.WithCancel(context.Background())
+	b.stopSync, b.syncDone = cancel, make(chan struct{})
+	go func() {
+		defer close(b.syncDone)
+		for ctx.Err() == nil {
+			kv := b.meta.kv()
+			if kv == nil {
+				return
+			}
+			b.sync(ctx, reg) // whatever was deleted before the watch starts
+			for resp := range kv.Watch(ctx, schema.PrefixTopics, 0) {
+				if resp.Err != nil {
+					break // compacted, or meta stopped: watch again from now
+				}
+				for _, e := range resp.Events {
+					if e.Type == meta.EventDelete {
+						b.sync(ctx, reg)
+						break
+					}
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+}
+
+func (b *broker) sync(ctx context.Context, reg *topics.Registry) {
+	if err := reg.Sync(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, shard.ErrClosed) {
+		b.log.Warn("deleting the shards of topics deleted through other nodes", "err", err)
+	}
 }
 
 // topics returns the registry, nil unless the broker is running.
 func (b *broker) topics() *topics.Registry { return b.registry.Load() }
 
 func (b *broker) Stop(context.Context) error {
+	if b.stopSync != nil {
+		b.stopSync()
+		<-b.syncDone
+		b.stopSync = nil
+	}
 	if r := b.registry.Swap(nil); r != nil {
 		r.Close()
 	}

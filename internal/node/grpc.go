@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
+	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 )
 
 // grpcServer is the inner gRPC server: node-to-node services on [grpc]
@@ -28,13 +32,14 @@ type grpcServer struct {
 
 	srv    *grpc.Server
 	health *health.Server
+	late   *lateServices
 	ln     net.Listener
 	done   chan struct{}
 }
 
 func newGRPCServer(addr string, log *slog.Logger, report func(error), opts ...grpc.ServerOption) *grpcServer {
-	g := &grpcServer{addr: addr, log: log, report: report}
-	g.srv = grpc.NewServer(opts...)
+	g := &grpcServer{addr: addr, log: log, report: report, late: &lateServices{svcs: map[string]*lateService{}}}
+	g.srv = grpc.NewServer(append(opts, grpc.UnknownServiceHandler(g.late.handle))...)
 	g.health = health.NewServer()
 	g.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(g.srv, g.health)
@@ -47,7 +52,92 @@ func (g *grpcServer) register(desc *grpc.ServiceDesc, impl any) {
 	g.health.SetServingStatus(desc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
 }
 
+// reserve declares a service that a component registers only once it runs
+// (through lateServices: its implementation is built by Start, after the
+// server serves, as meta.Server is). Until then, and after detach, its
+// methods answer UNAVAILABLE. Only before Start.
+func (g *grpcServer) reserve(service string) {
+	g.late.mu.Lock()
+	g.late.svcs[service] = nil
+	g.late.mu.Unlock()
+	g.health.SetServingStatus(service, healthpb.HealthCheckResponse_NOT_SERVING)
+}
+
 func (g *grpcServer) Name() string { return "grpc" }
+
+// lateServices serves services registered after the gRPC server started:
+// gRPC refuses RegisterService once it serves, so the server's
+// UnknownServiceHandler dispatches calls of these services to the
+// implementation registered now (RegisterService, a grpc.ServiceRegistrar)
+// through the generated ServiceDesc handlers, exactly as gRPC would.
+type lateServices struct {
+	mu   sync.RWMutex
+	svcs map[string]*lateService // reserved names; nil while not attached
+}
+
+type lateService struct {
+	impl    any
+	unary   map[string]grpc.MethodDesc
+	streams map[string]grpc.StreamDesc
+}
+
+var _ grpc.ServiceRegistrar = (*lateServices)(nil)
+
+// RegisterService attaches impl to a reserved service.
+func (l *lateServices) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	ls := &lateService{impl: impl, unary: map[string]grpc.MethodDesc{}, streams: map[string]grpc.StreamDesc{}}
+	for _, m := range desc.Methods {
+		ls.unary[m.MethodName] = m
+	}
+	for _, s := range desc.Streams {
+		ls.streams[s.StreamName] = s
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.svcs[desc.ServiceName]; !ok {
+		panic(fmt.Sprintf("node: late gRPC service %s was not reserved", desc.ServiceName))
+	}
+	l.svcs[desc.ServiceName] = ls
+}
+
+// detach makes the services answer UNAVAILABLE again.
+func (l *lateServices) detach(services ...string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range services {
+		if _, ok := l.svcs[s]; ok {
+			l.svcs[s] = nil
+		}
+	}
+}
+
+func (l *lateServices) handle(_ any, stream grpc.ServerStream) error {
+	full, ok := grpc.MethodFromServerStream(stream)
+	if !ok {
+		return status.Error(codes.Internal, "no method name in the stream")
+	}
+	svc, method, _ := strings.Cut(strings.TrimPrefix(full, "/"), "/")
+	l.mu.RLock()
+	ls, reserved := l.svcs[svc]
+	l.mu.RUnlock()
+	switch {
+	case !reserved:
+		return status.Errorf(codes.Unimplemented, "unknown service %s", svc)
+	case ls == nil:
+		return status.Errorf(codes.Unavailable, "%s is not running on this node (starting or stopping)", svc)
+	}
+	if md, ok := ls.unary[method]; ok {
+		resp, err := md.Handler(ls.impl, stream.Context(), stream.RecvMsg, nil)
+		if err != nil {
+			return err
+		}
+		return stream.SendMsg(resp)
+	}
+	if sd, ok := ls.streams[method]; ok {
+		return sd.Handler(ls.impl, stream)
+	}
+	return status.Errorf(codes.Unimplemented, "unknown method %s of service %s", method, svc)
+}
 
 func (g *grpcServer) Start(context.Context) error {
 	ln, err := net.Listen("tcp", g.addr)

@@ -2,19 +2,36 @@
 // config.Config, starts them in order — common servers (inner gRPC, admin
 // HTTP), meta, journal (the bookie), broker — and stops them in reverse.
 //
-// What exists today: the common servers, the bookie (the journal's storage
-// server, when [bookie] enabled: the node's "bookie" role) and the broker's
-// storage side (the engines, the router that picks a topic's engine, and the
-// topic registry). Meta (Raft) and the journal's ledger client are not built
-// yet: the topic registry lives in <data_dir>/topics.json behind
-// topics.Store, which the Meta service will implement, and the bookie's
-// cookie store is a local file. The protocol front-ends are not built yet
-// either; the node logs which configured listeners it does not serve instead
-// of pretending to.
+// What exists today: the common servers; meta (package meta: Raft over the
+// inner gRPC server, role "meta"), which holds the node registrations, the
+// topic registry and the bookie's cookie; the bookie (the journal's storage
+// server, when [bookie] enabled: the node's "bookie" role); and the broker's
+// storage side (the engines, the router that picks a topic's engine, and
+// the topic registry). The journal's ledger client and the protocol
+// front-ends are not built yet; the node logs which configured listeners it
+// does not serve instead of pretending to.
+//
+// Meta: with one address in meta_addrs (the default) the node bootstraps a
+// one-voter cluster by itself; nodes given the same several addresses form
+// one cluster. Start waits for a leader ([meta] leader_wait_timeout) before
+// the journal and broker start, then registers the node under a lease that
+// it heartbeats ([meta] node_lease_ttl); GET /api/v1/cluster lists every
+// registered node, up or down by its lease, and the meta leader. /readyz is
+// 503 while meta has no leader.
+//
+// Topics are records in meta (topics.MetaStore): a topic created through
+// any node is listed by every node. Its shards, though, stay local to the
+// node it was created through (topics.Topic.Node): other nodes list the
+// topic with its partitions marked as hosted there. Placing shards across
+// nodes arrives with the journal engine. A topics.json left by an older
+// build is copied into meta at the first start with meta and renamed
+// topics.json.migrated.
 //
 // Services of the inner gRPC server are registered when the node is built
 // (gRPC accepts none once it serves) and answer UNAVAILABLE until their
-// component runs. RunBookie runs a bookie alone (`quire bookie`).
+// component runs; meta's, whose implementation is built only by Start, are
+// reserved then and dispatched through the server's unknown-service handler
+// (grpcServer.reserve). RunBookie runs a bookie alone (`quire bookie`).
 //
 // Usage:
 //
@@ -25,10 +42,13 @@
 // Data directory layout:
 //
 //	<data_dir>/LOCK          held (fcntl lock) while the node runs
-//	<data_dir>/topics.json   the topic registry
+//	<data_dir>/meta/         meta: raft/ (Pebble log and stable store), snapshots/
 //	<data_dir>/file/         the file engine's shards
 //	<data_dir>/bookie/       the bookie: cookie, entry logs, index, journal/
-//	<data_dir>/bookie-cookies.json   its cookie store ([bookie] cookie_store)
+//	<data_dir>/topics.json.migrated   an older build's topic registry, now in meta
+//
+// The bookie's cookie store is meta (key /cookies/bookies/<bookie id>)
+// unless [bookie] cookie_store names a file.
 package node
 
 import (
@@ -51,6 +71,8 @@ import (
 	"github.com/quiremq/quire/internal/node/adminapi"
 	"github.com/quiremq/quire/internal/version"
 	"github.com/quiremq/quire/internal/vfs"
+	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
 )
 
 // Options configure a Node.
@@ -76,6 +98,7 @@ type Node struct {
 
 	grpc   *grpcServer
 	admin  *adminServer
+	meta   *metaComponent
 	bookie *bookieComponent // nil unless [bookie] enabled
 	broker *broker
 	slots  []*slot
@@ -128,10 +151,17 @@ func New(opts Options) (*Node, error) {
 	}
 	n.initMetrics()
 	n.grpc = newGRPCServer(n.cfg.GRPC.Addr, n.log.With("component", "grpc"), n.report, grpcMessageLimit(n.cfg.Bookie.MaxEntrySize))
+	n.meta, err = newMetaComponent(n.cfg, n.fs, n.dataDir, n.reg, n.grpc, n.log.With("component", "meta"), n.selfNode)
+	if err != nil {
+		return nil, err
+	}
 	if n.cfg.Bookie.Enabled {
 		bo, err := nodeBookieOptions(n.cfg, n.fs, n.dataDir)
 		if err != nil {
 			return nil, err
+		}
+		if bo.Cookies == nil {
+			bo.Cookies = &metaCookieStore{kv: n.meta.kv, timeout: 30 * time.Second}
 		}
 		bo.Registerer = n.reg
 		blog := n.log.With("component", "bookie")
@@ -139,7 +169,7 @@ func New(opts Options) (*Node, error) {
 		n.bookie = newBookieComponent(bo, n.grpc, blog)
 	}
 	n.admin = &adminServer{addr: n.cfg.Admin.Addr, log: n.log.With("component", "admin"), report: n.report}
-	n.broker = newBroker(n.cfg, n.fs, n.dataDir, n.reg, n.log.With("component", "broker"))
+	n.broker = newBroker(n.cfg, n.fs, n.dataDir, n.reg, n.log.With("component", "broker"), n.meta)
 	n.admin.handler = newAdminHandler(adminDeps{
 		readiness: n.Readiness,
 		cluster:   n.Cluster,
@@ -153,8 +183,8 @@ func New(opts Options) (*Node, error) {
 		reg:      n.reg,
 		log:      n.log.With("component", "admin"),
 	})
-	// Start order: common servers → meta (not built) → journal → broker.
-	comps := []Component{n.grpc, n.admin}
+	// Start order: common servers → meta → journal → broker.
+	comps := []Component{n.grpc, n.admin, n.meta}
 	if n.bookie != nil {
 		comps = append(comps, n.bookie)
 	}
@@ -268,13 +298,11 @@ func (n *Node) setPhase(p string) {
 
 // logNotBuilt says which configured parts this build does not run.
 func (n *Node) logNotBuilt() {
-	n.log.Info("meta (Raft) is not built yet: this node is a one-node cluster and keeps its topic registry locally",
-		"registry", n.fs.PathJoin(n.dataDir, topicsFile))
 	if n.bookie != nil {
-		n.log.Info("the journal's ledger client is not built yet: this node runs a bookie (journal.v1.Bookie on the inner gRPC server), and topics use the memory and file engines",
+		n.log.Info("the journal's ledger client is not built yet: this node runs a bookie (journal.v1.Bookie on the inner gRPC server), and topics use the memory and file engines, their shards local to the node a topic was created through",
 			"cookie_store", n.bookieCookieStore())
 	} else {
-		n.log.Info("journal (replicated ledgers) is not built yet, and [bookie] enabled = false: topics use the memory and file engines")
+		n.log.Info("journal (replicated ledgers) is not built yet, and [bookie] enabled = false: topics use the memory and file engines, their shards local to the node a topic was created through")
 	}
 	var ls []string
 	for _, l := range n.cfg.Listeners() {
@@ -405,7 +433,8 @@ func (n *Node) AdminAddr() net.Addr { return n.admin.Addr() }
 // DataDir returns the absolute path of the data directory.
 func (n *Node) DataDir() string { return n.dataDir }
 
-// Readiness reports whether every component runs, and which do not.
+// Readiness reports whether every component runs and meta has a leader,
+// and which components do not ("meta" also when it has no leader).
 func (n *Node) Readiness() adminapi.Readiness {
 	n.mu.Lock()
 	phase := n.phase
@@ -417,8 +446,17 @@ func (n *Node) Readiness() adminapi.Readiness {
 		if err != nil {
 			c.Error = err.Error()
 		}
+		ok := st == StateRunning
+		if s.c == Component(n.meta) && ok {
+			if srv := n.meta.server(); srv == nil {
+				ok = false
+			} else if id, _ := srv.Leader(); id == 0 {
+				ok = false
+				c.Error = "no meta leader: a majority of meta_addrs must be up and reachable"
+			}
+		}
 		rd.Components = append(rd.Components, c)
-		if st != StateRunning {
+		if !ok {
 			rd.Ready = false
 			rd.NotReady = append(rd.NotReady, s.c.Name())
 		}
@@ -426,40 +464,85 @@ func (n *Node) Readiness() adminapi.Readiness {
 	return rd
 }
 
-// Cluster describes the cluster as this node sees it: itself alone, until
-// the Meta service lands.
+// clusterReadTimeout bounds the linearizable read of the node list.
+const clusterReadTimeout = 3 * time.Second
+
+// Cluster describes the cluster from meta: every registered node, up while
+// its lease lives, and the meta leader. Without a leader it falls back to
+// this node's own copy of meta (Stale, with Error saying why).
 func (n *Node) Cluster() adminapi.Cluster {
-	n.mu.Lock()
-	phase := n.phase
-	n.mu.Unlock()
-	self := adminapi.Node{ID: n.cfg.NodeID, Roles: n.Roles(), State: phase, Version: version.Get().Version}
-	if vs, err := n.cfg.Voters(); err == nil {
-		for _, v := range vs {
-			if v.ID == n.cfg.NodeID {
-				self.Addr = v.Addr
-			}
+	c := adminapi.Cluster{ClusterName: n.cfg.ClusterName, MetaMode: "raft", Node: n.cfg.NodeID, Nodes: []adminapi.Node{}}
+	srv := n.meta.server()
+	if srv == nil {
+		c.Stale, c.Error = true, "meta is not running on this node (starting or stopping)"
+		return c
+	}
+	c.MetaLeader, _ = srv.Leader()
+	ctx, cancel := context.WithTimeout(context.Background(), clusterReadTimeout)
+	defer cancel()
+	nodes, err := clusterNodes(ctx, srv, false)
+	if err != nil {
+		c.Stale, c.Error = true, fmt.Sprintf("no linearizable read from meta (%v); showing this node's copy", err)
+		if nodes, err = clusterNodes(context.Background(), srv, true); err != nil {
+			c.Error = err.Error()
+			return c
 		}
 	}
-	if a := n.GRPCAddr(); a != nil {
-		self.GRPCAddr = a.String()
+	voters := map[uint64]bool{}
+	if vs, err := n.cfg.Voters(); err == nil {
+		for _, v := range vs {
+			voters[v.ID] = true
+		}
 	}
-	if a := n.AdminAddr(); a != nil {
-		self.AdminAddr = a.String()
+	for _, ns := range nodes {
+		an := adminapi.Node{ID: ns.ID, Addr: ns.Addr, GRPCAddr: ns.GRPCAddr, AdminAddr: ns.AdminAddr, Roles: ns.Roles,
+			State: "down", Version: ns.Version, Voter: voters[ns.ID], StartedAt: ns.StartedAt}
+		if ns.Up {
+			an.State = "up"
+		}
+		if an.Roles == nil {
+			an.Roles = []string{}
+		}
+		c.Nodes = append(c.Nodes, an)
 	}
-	return adminapi.Cluster{ClusterName: n.cfg.ClusterName, Nodes: []adminapi.Node{self}, MetaLeader: n.cfg.NodeID, MetaMode: "local"}
+	return c
+}
+
+// clusterNodes lists the registered nodes and whether each is up.
+func clusterNodes(ctx context.Context, kv meta.KV, stale bool) ([]schema.NodeState, error) {
+	regs, _, err := schema.List[schema.Node](ctx, kv, schema.PrefixNodes, stale)
+	if err != nil {
+		return nil, err
+	}
+	live, _, err := schema.List[schema.Node](ctx, kv, schema.PrefixLive, stale)
+	if err != nil {
+		return nil, err
+	}
+	up := map[uint64]bool{}
+	for _, l := range live {
+		up[l.Value.ID] = true
+	}
+	out := make([]schema.NodeState, len(regs))
+	for i, r := range regs {
+		out[i] = schema.NodeState{Node: r.Value, Up: up[r.Value.ID]}
+	}
+	return out, nil
 }
 
 // Roles lists what this node runs, as /api/v1/cluster reports it.
 func (n *Node) Roles() []string {
 	if n.bookie != nil {
-		return []string{"bookie", "broker"}
+		return []string{"meta", "bookie", "broker"}
 	}
-	return []string{"broker"}
+	return []string{"meta", "broker"}
 }
 
 func (n *Node) bookieCookieStore() string {
 	if n.cfg.Bookie.CookieStore != "" {
 		return n.cfg.Bookie.CookieStore
 	}
-	return n.fs.PathJoin(n.dataDir, bookieCookieFile)
+	return "meta"
 }
+
+// Meta returns the node's meta server while it runs (nil otherwise).
+func (n *Node) Meta() *meta.Server { return n.meta.server() }

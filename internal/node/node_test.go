@@ -61,6 +61,11 @@ func testConfig(dir string) *config.Config {
 	c.GRPC.Addr = "127.0.0.1:0"
 	c.Admin.Addr = "127.0.0.1:0"
 	c.Storage.Rules = []config.Rule{{Match: "sensors/#", Engine: "memory"}}
+	// A one-voter meta elects itself after one heartbeat timeout.
+	c.Meta.HeartbeatTimeout = config.Duration(50 * time.Millisecond)
+	c.Meta.ElectionTimeout = config.Duration(50 * time.Millisecond)
+	c.Meta.LeaderLeaseTimeout = config.Duration(50 * time.Millisecond)
+	c.Meta.LeaderWaitTimeout = config.Duration(10 * time.Second)
 	return c
 }
 
@@ -119,7 +124,7 @@ func TestNodeStartStop(t *testing.T) {
 	n := newNode(t, testConfig(dir), logs)
 
 	// Before Start nothing is ready.
-	if rd := n.Readiness(); rd.Ready || len(rd.NotReady) != 4 {
+	if rd := n.Readiness(); rd.Ready || len(rd.NotReady) != 5 {
 		t.Errorf("readiness before start = %+v", rd)
 	}
 	if err := n.Start(context.Background()); err != nil {
@@ -133,19 +138,27 @@ func TestNodeStartStop(t *testing.T) {
 		t.Errorf("grpc health = %v, %v; want SERVING", st, err)
 	}
 	c, err := adminapi.NewClient(n.AdminAddr().String()).Cluster(context.Background())
-	if err != nil || c.MetaLeader != 1 || c.Nodes[0].State != "ready" || c.Nodes[0].GRPCAddr != n.GRPCAddr().String() ||
-		c.Nodes[0].Addr != "127.0.0.1:1228" || !slices.Equal(c.Nodes[0].Roles, []string{"bookie", "broker"}) {
+	if err != nil || c.MetaLeader != 1 || c.MetaMode != "raft" || c.Stale || len(c.Nodes) != 1 || c.Nodes[0].State != "up" ||
+		c.Nodes[0].GRPCAddr != n.GRPCAddr().String() || c.Nodes[0].AdminAddr != n.AdminAddr().String() ||
+		c.Nodes[0].Addr != "127.0.0.1:1228" || !c.Nodes[0].Voter || !slices.Equal(c.Nodes[0].Roles, []string{"meta", "bookie", "broker"}) {
 		t.Errorf("cluster = %+v, %v", c, err)
 	}
 	// The data dir is created and locked.
 	if _, err := os.Stat(filepath.Join(dir, "LOCK")); err != nil {
 		t.Error(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "topics.json")); err != nil {
-		t.Error(err)
+	// Meta lives under data_dir/meta; topics are in meta, not in a file.
+	for _, f := range []string{"meta/raft", "meta/snapshots"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		}
 	}
-	// The node says what it does not serve.
-	for _, want := range []string{"protocol front-ends are not built yet", "mqtt.tcp=:1883", "kafka.addr=:9092", "meta (Raft) is not built yet", "node ready"} {
+	if _, err := os.Stat(filepath.Join(dir, "topics.json")); !os.IsNotExist(err) {
+		t.Errorf("topics.json exists with meta running: %v", err)
+	}
+	// The node says what it waits for and what it does not serve.
+	for _, want := range []string{"waiting for a meta leader", "meta leader elected", "node registered in meta",
+		"protocol front-ends are not built yet", "mqtt.tcp=:1883", "kafka.addr=:9092", "node ready"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("logs lack %q", want)
 		}
@@ -160,7 +173,7 @@ func TestNodeStartStop(t *testing.T) {
 	for _, m := range regexp.MustCompile(`msg="component (started|stopped)" component=(\w+)`).FindAllStringSubmatch(logs.String(), -1) {
 		order = append(order, m[1]+" "+m[2])
 	}
-	if want := "started grpc,started admin,started bookie,started broker,stopped broker,stopped bookie,stopped admin,stopped grpc"; strings.Join(order, ",") != want {
+	if want := "started grpc,started admin,started meta,started bookie,started broker,stopped broker,stopped bookie,stopped meta,stopped admin,stopped grpc"; strings.Join(order, ",") != want {
 		t.Errorf("start/stop order = %q, want %q", order, want)
 	}
 	for _, c := range n.Readiness().Components {
@@ -223,9 +236,9 @@ func TestNodeStartFailureRollsBack(t *testing.T) {
 
 func TestNodeRejectsInvalidConfig(t *testing.T) {
 	cfg := testConfig(t.TempDir())
-	cfg.MetaAddrs = []string{"1@a:1228", "2@b:1228"}
+	cfg.MetaAddrs = []string{"2@a:1228", "3@b:1228"}
 	_, err := New(Options{Config: cfg})
-	if !errors.Is(err, config.ErrInvalid) || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "multi-node meta arrives with the Meta service") {
+	if !errors.Is(err, config.ErrInvalid) || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "this node (node_id = 1) is not one of the meta voters (node ids 2, 3)") {
 		t.Errorf("New = %v", err)
 	}
 }

@@ -14,6 +14,7 @@
 //	/logs/<shard>                      Log        the ordered ledgers of a journal shard
 //	/groups/<group>                    Group
 //	/offsets/<group>/<topic>/<part>    Offset     committed consumer offset
+//	/cookies/bookies/<bookie id>       a bookie's cookie (journal/bookie.Cookie)
 //
 // A node is up while its /live key exists: Register writes it under a
 // lease and keeps the lease alive; when the node stops heartbeating the
@@ -44,6 +45,7 @@ const (
 	PrefixLogs       = "/logs/"
 	PrefixGroups     = "/groups/"
 	PrefixOffsets    = "/offsets/"
+	PrefixCookies    = "/cookies/bookies/"
 )
 
 // Errors.
@@ -66,6 +68,9 @@ func TopicKey(name string) string {
 func ShardKey(name string) string { return PrefixShards + name }
 func LogKey(shard string) string  { return PrefixLogs + shard }
 func GroupKey(name string) string { return PrefixGroups + name }
+
+// CookieKey is where a bookie's cookie is kept (the node's bookie.CookieStore).
+func CookieKey(bookieID string) string { return PrefixCookies + bookieID }
 func OffsetKey(group, topic string, partition int) string {
 	return fmt.Sprintf("%s%s/%s/%d", PrefixOffsets, group, topic, partition)
 }
@@ -82,7 +87,8 @@ type ClusterConfig struct {
 // Node describes one node.
 type Node struct {
 	ID        uint64    `json:"id"`
-	Addr      string    `json:"addr"` // inner gRPC address (its meta_addrs entry)
+	Addr      string    `json:"addr"`                // inner gRPC address (its meta_addrs entry)
+	GRPCAddr  string    `json:"grpc_addr,omitempty"` // address the inner gRPC server listens on
 	AdminAddr string    `json:"admin_addr,omitempty"`
 	Roles     []string  `json:"roles,omitempty"`
 	Version   string    `json:"version,omitempty"`
@@ -102,6 +108,10 @@ type Topic struct {
 	Settings   map[string]string `json:"settings,omitempty"`
 	Partitions int               `json:"partitions"`
 	CreatedAt  time.Time         `json:"created_at"`
+	// Node is the node whose engines hold the topic's shards (0: not
+	// recorded). Shards are local to that node until the journal engine
+	// places them.
+	Node uint64 `json:"node,omitempty"`
 }
 
 // Shard is one partition of a topic.
@@ -333,9 +343,16 @@ func (s Store) CreateTopic(ctx context.Context, t Topic) error {
 	if t.CreatedAt.IsZero() {
 		t.CreatedAt = time.Now().UTC()
 	}
+	// Do not overwrite the shard records of an existing topic (Create
+	// below is still the check that counts, against a concurrent create).
+	if _, err := s.KV.Get(ctx, TopicKey(t.Name)); err == nil {
+		return fmt.Errorf("%w: %s", ErrExists, TopicKey(t.Name))
+	} else if !errors.Is(err, meta.ErrNotFound) {
+		return err
+	}
 	for p := range t.Partitions {
 		name := fmt.Sprintf("%s/%d", t.Name, p)
-		if _, err := Put(ctx, s.KV, ShardKey(name), Shard{Name: name, Topic: t.Name, Partition: p, Engine: t.Engine}); err != nil {
+		if _, err := Put(ctx, s.KV, ShardKey(name), Shard{Name: name, Topic: t.Name, Partition: p, Engine: t.Engine, Owner: t.Node}); err != nil {
 			return err
 		}
 	}

@@ -52,7 +52,7 @@ type Readiness struct {
 	NotReady []string `json:"not_ready,omitempty"`
 }
 
-// Node is one node of the cluster.
+// Node is one node of the cluster, as registered in meta.
 type Node struct {
 	ID uint64 `json:"id"`
 	// Addr is the node's inner gRPC address as the cluster knows it (its
@@ -61,21 +61,34 @@ type Node struct {
 	// GRPCAddr and AdminAddr are the addresses the node is listening on.
 	GRPCAddr  string `json:"grpc_addr,omitempty"`
 	AdminAddr string `json:"admin_addr,omitempty"`
-	// Roles are the roles the node actually runs (today: broker).
-	Roles   []string `json:"roles"`
-	State   string   `json:"state"` // starting, ready, stopping
-	Version string   `json:"version,omitempty"`
+	// Roles are the roles the node runs: meta, bookie, broker.
+	Roles []string `json:"roles"`
+	// State is "up" while the node's lease in meta is alive, "down" once
+	// it expired or was revoked (the node stopped or was cut off longer
+	// than [meta] node_lease_ttl).
+	State   string `json:"state"`
+	Version string `json:"version,omitempty"`
+	// Voter is true for a meta voter (listed in meta_addrs).
+	Voter bool `json:"voter,omitempty"`
+	// StartedAt is when the node last registered.
+	StartedAt time.Time `json:"started_at,omitzero"`
 }
 
 // Cluster is the body of /api/v1/cluster.
 type Cluster struct {
 	ClusterName string `json:"cluster_name"`
 	Nodes       []Node `json:"nodes"`
-	// MetaLeader is the id of the node holding the cluster's metadata.
+	// MetaLeader is the id of the meta (Raft) leader; 0 when there is none
+	// (no quorum).
 	MetaLeader uint64 `json:"meta_leader"`
-	// MetaMode is "local" while metadata (the topic registry) is a file in
-	// this node's data_dir; "raft" once the Meta service runs.
+	// MetaMode is "raft": the cluster's metadata is in the meta service.
 	MetaMode string `json:"meta_mode"`
+	// Node is the id of the node that answered.
+	Node uint64 `json:"node,omitempty"`
+	// Stale is true when meta had no leader to read from: Nodes come from
+	// the answering node's own (possibly old) copy, and Error says why.
+	Stale bool   `json:"stale,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // Partition is the state of one partition of a topic.
@@ -86,15 +99,23 @@ type Partition struct {
 	High      uint64 `json:"high"`
 	Sealed    bool   `json:"sealed"`
 	Error     string `json:"error,omitempty"`
+	// Node is the node hosting the partition's shard when it is not the
+	// node answering (0: that node). Shards are local to the node a topic
+	// was created through until the journal engine places them; Low and
+	// High are then unknown (0).
+	Node uint64 `json:"node,omitempty"`
 }
 
 // Topic is one topic.
 type Topic struct {
-	Name       string      `json:"name"`
-	Engine     string      `json:"engine"`
-	Partitions int         `json:"partitions"`
-	CreatedAt  time.Time   `json:"created_at"`
-	Shards     []Partition `json:"shards"`
+	Name       string    `json:"name"`
+	Engine     string    `json:"engine"`
+	Partitions int       `json:"partitions"`
+	CreatedAt  time.Time `json:"created_at"`
+	// Node is the node hosting the topic's shards (0: a single node's
+	// registry).
+	Node   uint64      `json:"node,omitempty"`
+	Shards []Partition `json:"shards"`
 }
 
 // TopicList is the body of GET /api/v1/topics.

@@ -33,6 +33,9 @@ type Options struct {
 	// Ephemeral names the engines whose shards do not survive a restart
 	// ("memory"); Open creates their shards again.
 	Ephemeral map[string]bool
+	// NodeID is this node: a topic whose Node is another node has its
+	// shards there (none here); 0 for a registry of a single node.
+	NodeID uint64
 	// Logger receives warnings about missing and orphaned shards.
 	Logger *slog.Logger
 	// Now is the clock for CreatedAt; default time.Now.
@@ -59,6 +62,9 @@ type PartitionInfo struct {
 	Sealed    bool   `json:"sealed"`
 	// Error says why the shard is not available; "" when it is.
 	Error string `json:"error,omitempty"`
+	// Node is the node hosting the shard when it is not this node (0: this
+	// node); its watermarks are then unknown here.
+	Node uint64 `json:"node,omitempty"`
 }
 
 // Info is a topic with the state of its partitions.
@@ -89,6 +95,9 @@ func (r *Registry) Open(ctx context.Context) error {
 	}
 	want := map[string]bool{}
 	for _, t := range ts {
+		if !r.local(t) {
+			continue
+		}
 		e, ok := r.opts.Router.Lookup(t.Engine)
 		if !ok {
 			return fmt.Errorf("topics: topic %q is stored on engine %q, which this node does not run", t.Name, t.Engine)
@@ -197,7 +206,7 @@ func (r *Registry) Create(ctx context.Context, name, engine string, partitions i
 	} else if !errors.Is(err, ErrNotFound) {
 		return Info{}, err
 	}
-	t := Topic{Name: name, Engine: engine, Partitions: partitions, CreatedAt: r.opts.Now().UTC().Truncate(time.Millisecond)}
+	t := Topic{Name: name, Engine: engine, Partitions: partitions, CreatedAt: r.opts.Now().UTC().Truncate(time.Millisecond), Node: r.opts.NodeID}
 	var created []shard.Shard
 	undo := func() {
 		for _, s := range created {
@@ -251,6 +260,21 @@ func (r *Registry) Delete(ctx context.Context, name string) error {
 	if err := r.opts.Store.Delete(ctx, name); err != nil {
 		return err
 	}
+	if !r.local(t) {
+		return nil // node t.Node deletes the shards (Sync, or at its next start)
+	}
+	return r.dropShards(ctx, t)
+}
+
+// local reports whether this node hosts t's shards.
+func (r *Registry) local(t Topic) bool {
+	return t.Node == 0 || r.opts.NodeID == 0 || t.Node == r.opts.NodeID
+}
+
+// dropShards deletes the shards of t, which is no longer in the Store.
+// r.mu is held.
+func (r *Registry) dropShards(ctx context.Context, t Topic) error {
+	name := t.Name
 	e, ok := r.opts.Router.Lookup(t.Engine)
 	var errs []error
 	for p := range t.Partitions {
@@ -269,6 +293,49 @@ func (r *Registry) Delete(ctx context.Context, name string) error {
 		return fmt.Errorf("topics: topic %q deleted, but not all of its data: %w", name, errors.Join(errs...))
 	}
 	return nil
+}
+
+// Sync deletes the shards of topics hosted here that are gone from the
+// Store: topics deleted through another node of the cluster. The node calls
+// it when it sees topics deleted in meta.
+func (r *Registry) Sync(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return shard.ErrClosed
+	}
+	ts, err := r.opts.Store.List(ctx)
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, t := range ts {
+		for p := range t.Partitions {
+			keep[ShardName(t.Name, p)] = true
+		}
+	}
+	var errs []error
+	for en, e := range r.opts.Router.Engines() {
+		names, err := e.List(ctx)
+		if err != nil {
+			return fmt.Errorf("topics: list shards of engine %q: %w", en, err)
+		}
+		for _, n := range names {
+			if keep[n] {
+				continue
+			}
+			if _, open := r.shards[n]; !open {
+				continue // not ours to judge here: Open deals with it at start
+			}
+			r.opts.Logger.Info("deleting the shard of a topic deleted through another node", "engine", en, "shard", n)
+			delete(r.shards, n)
+			delete(r.errs, n)
+			if err := e.Delete(ctx, n); err != nil && !errors.Is(err, shard.ErrNotFound) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // List returns every topic with its partitions' state.
@@ -328,7 +395,9 @@ func (r *Registry) info(t Topic) Info {
 	for p := range t.Partitions {
 		name := ShardName(t.Name, p)
 		pi := PartitionInfo{Partition: p, Shard: name}
-		if s, ok := r.shards[name]; ok {
+		if !r.local(t) {
+			pi.Node = t.Node
+		} else if s, ok := r.shards[name]; ok {
 			pi.Low, pi.High = s.Watermarks()
 			pi.Sealed = s.Sealed()
 		} else if e, ok := r.errs[name]; ok {

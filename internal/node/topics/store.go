@@ -7,9 +7,11 @@
 // topic name may itself contain '/' (MQTT-style names).
 //
 // The list of topics lives behind Store, a narrow interface with an in-memory
-// implementation (MemStore) and a local, durable one (FileStore: one JSON file
-// rewritten atomically). The Meta service (Raft), when it lands, implements
-// Store too and takes over. Registry joins a Store to the storage engines:
+// implementation (MemStore), a local, durable one (FileStore: one JSON file
+// rewritten atomically) and the cluster's (MetaStore: records in the meta
+// service, written through Raft and read linearizably, so that every node
+// of a cluster lists the same topics). Registry joins a Store to the
+// storage engines:
 //
 //   - Create makes the shards first, then records the topic in the Store; the
 //     Store write is the commit point. A failed Store write deletes the shards.
@@ -25,6 +27,12 @@
 //   - A registered shard that is missing from a durable engine, or fails to
 //     open (corrupt), is reported on its partition (PartitionInfo.Error) and
 //     logged; the other topics are served, and the topic can still be deleted.
+//   - Shards are local: a topic's shards live on the node it was created
+//     through (Topic.Node). Other nodes list the topic, with its partitions
+//     marked as hosted there (PartitionInfo.Node), and can delete it; the
+//     hosting node then deletes the shards when it sees the delete (Sync)
+//     or, at the latest, as orphans at its next start. Placing and moving
+//     shards across nodes arrives with the journal engine.
 package topics
 
 import (
@@ -48,6 +56,11 @@ type Topic struct {
 	Engine     string    `json:"engine"`
 	Partitions int       `json:"partitions"`
 	CreatedAt  time.Time `json:"created_at"`
+	// Node is the node whose engines hold the topic's shards (the node it
+	// was created through); 0 (a registry of a single node) means this
+	// node. Shards are local to one node until the journal engine places
+	// them across the cluster.
+	Node uint64 `json:"node,omitempty"`
 }
 
 // ShardName returns the name of the shard holding partition p of topic.
