@@ -45,6 +45,11 @@ type Subscription struct {
 	RetainAsPublished bool   // keep the RETAIN flag when forwarding
 	RetainHandling    byte   // 0 send retained on subscribe, 1 only if new, 2 never
 	ID                uint32 // subscription identifier, 0 for none
+
+	// Owner is opaque to pubsub: the subscriber's handle (the broker's
+	// session), returned with the subscription by Match so that delivery
+	// needs no second lookup.
+	Owner any
 }
 
 // ParseShared splits "$share/{group}/{filter}" into group and filter; a

@@ -1,0 +1,698 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quiremq/quire/frontends/listen"
+	"github.com/quiremq/quire/frontends/mqtt/packet"
+	"github.com/quiremq/quire/frontends/pubsub"
+)
+
+// closeError ends a connection; in v5 the server sends DISCONNECT with
+// code first (MQTT 5.0 §4.13).
+type closeError struct {
+	code packet.ReasonCode
+	msg  string
+}
+
+func (e *closeError) Error() string { return "mqtt: " + e.msg + " (" + e.code.String() + ")" }
+
+// conn is one client connection. Two goroutines serve it: serve reads and
+// answers packets; writeLoop sends the session's queued messages. Writes
+// from both go through wmu.
+type conn struct {
+	s        *Server
+	nc       net.Conn
+	listener string
+	remote   string
+	r        *packet.Reader
+
+	wmu    sync.Mutex
+	w      *packet.Writer
+	kicked atomic.Bool
+
+	// Set by the handshake, then owned by serve.
+	version     packet.Version
+	clientID    string
+	sess        *session
+	readTimeout time.Duration
+	inflightMax int
+	aliases     map[uint16]string
+	will        *pubsub.Message
+	willDelay   time.Duration
+	connExpiry  uint32 // Session Expiry Interval of CONNECT (v5), seconds
+
+	closing    chan struct{}
+	closeOnce  sync.Once
+	writerDone chan struct{}
+	done       chan struct{} // closed when serve has cleaned up
+}
+
+func newConn(s *Server, nc listen.Conn) *conn {
+	cc := &countingConn{Conn: nc, in: s.m.bytesIn.WithLabelValues(nc.Listener()), out: s.m.bytesOut.WithLabelValues(nc.Listener())}
+	c := &conn{s: s, nc: cc, listener: nc.Listener(), remote: nc.RemoteAddr().String(),
+		closing: make(chan struct{}), writerDone: make(chan struct{}), done: make(chan struct{})}
+	// A small first buffer keeps idle connections cheap; it grows for
+	// large packets and shrinks back after them.
+	c.r = packet.NewReaderSize(cc, s.opts.MaxPacketSize, 512)
+	c.w = packet.NewWriter(cc, 0)
+	return c
+}
+
+// countingConn counts bytes for the quire_mqtt_*_bytes_total metrics.
+type countingConn struct {
+	net.Conn
+	in, out prometheus.Counter
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.in.Add(float64(n))
+	}
+	return n, err
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		c.out.Add(float64(n))
+	}
+	return n, err
+}
+
+// close closes the network connection once; both goroutines then stop.
+func (c *conn) close() {
+	c.closeOnce.Do(func() {
+		close(c.closing)
+		c.nc.Close()
+	})
+}
+
+// kick sends a v5 DISCONNECT with code (session taken over, server shutting
+// down) and closes the connection. A writer stuck on a client that does not
+// read is cut off by a short write deadline.
+func (c *conn) kick(code packet.ReasonCode) {
+	c.kicked.Store(true)
+	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.wmu.Lock()
+	if c.version == packet.V5 {
+		c.writeLocked(&packet.Disconnect{ReasonCode: code})
+		c.w.Flush()
+	}
+	c.wmu.Unlock()
+	c.close()
+}
+
+func (c *conn) writeLocked(p packet.Packet) error {
+	if err := c.w.WritePacket(p); err != nil {
+		return err
+	}
+	c.s.m.packetsOut[p.Type()].Inc()
+	return nil
+}
+
+func (c *conn) flushLocked() error {
+	if c.kicked.Load() {
+		return net.ErrClosed
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+	return c.w.Flush()
+}
+
+// send writes p and flushes.
+func (c *conn) send(p packet.Packet) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.writeLocked(p); err != nil {
+		return err
+	}
+	return c.flushLocked()
+}
+
+func (c *conn) serve() {
+	defer c.s.removeConn(c)
+	defer close(c.done)
+	gauge := c.s.m.connections.WithLabelValues(c.listener)
+	gauge.Inc()
+	defer gauge.Dec()
+	log := c.s.log.With("remote", c.remote, "listener", c.listener)
+
+	present, err := c.handshake()
+	if err != nil {
+		log.Debug("mqtt connect refused", "err", err)
+		c.close()
+		return
+	}
+	log = log.With("client_id", c.clientID, "version", c.version.String())
+	log.Debug("mqtt client connected", "session_present", present)
+	c.s.wg.Add(1)
+	go c.writeLoop(present)
+
+	err = c.readLoop()
+	normal := false
+	var ce *closeError
+	switch {
+	case err == nil:
+		normal = true
+	case errors.As(err, &ce):
+		log.Debug("mqtt connection closed by the server", "reason", ce.code.String(), "err", ce.msg)
+		if c.version == packet.V5 {
+			c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+			c.send(&packet.Disconnect{ReasonCode: ce.code})
+		}
+	case c.kicked.Load():
+	default:
+		var pe *packet.Error
+		if errors.As(err, &pe) {
+			log.Debug("mqtt bad packet", "err", err)
+			if c.version == packet.V5 {
+				c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+				c.send(&packet.Disconnect{ReasonCode: pe.Code})
+			}
+		} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			log.Debug("mqtt connection lost", "err", err)
+		}
+	}
+	c.close()
+	<-c.writerDone
+	c.s.detach(c, c.sess)
+	if normal || c.will == nil || c.s.ctx.Err() != nil {
+		return
+	}
+	if c.willDelay == 0 {
+		c.s.publishWill(c.will)
+		return
+	}
+	c.sess.setWillTimer(c.will, c.willDelay, c.s.publishWill)
+	if c.sess.owner() == nil {
+		// The session ended at detach: its end publishes the will now.
+		c.s.mu.Lock()
+		ended := c.s.sessions[c.clientID] != c.sess
+		c.s.mu.Unlock()
+		if ended {
+			c.s.publishWill(c.will)
+		}
+	}
+}
+
+// refuse answers a CONNECT with a failure code and returns an error.
+func (c *conn) refuse(code packet.ReasonCode, msg string) error {
+	c.s.m.connects.WithLabelValues(code.String()).Inc()
+	ack := &packet.Connack{ReasonCode: code, ReturnCode: packet.ReturnCodeFor(code)}
+	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.send(ack)
+	return &closeError{code: code, msg: msg}
+}
+
+// handshake reads CONNECT, binds the session and sends CONNACK.
+func (c *conn) handshake() (present bool, err error) {
+	opts := &c.s.opts
+	c.nc.SetReadDeadline(time.Now().Add(opts.ConnectTimeout))
+	p, err := c.r.ReadPacket()
+	if err != nil {
+		var pe *packet.Error
+		if errors.As(err, &pe) {
+			if rc, ok := pe.ReturnCode(); ok && pe.Class == packet.ErrUnsupportedVersion {
+				c.w.SetVersion(packet.V311)
+				c.s.m.connects.WithLabelValues(pe.Code.String()).Inc()
+				c.send(&packet.Connack{ReturnCode: rc})
+			} else if pe.Version == packet.V5 {
+				c.w.SetVersion(packet.V5)
+				c.refuse(pe.Code, pe.Detail)
+			}
+		}
+		return false, err
+	}
+	c.s.m.packetsIn[packet.CONNECT].Inc()
+	cp, ok := p.(*packet.Connect)
+	if !ok {
+		return false, errors.New("mqtt: first packet is not CONNECT")
+	}
+	c.wmu.Lock() // kick reads the version under wmu
+	c.version = cp.Version
+	c.w.SetVersion(cp.Version)
+	c.wmu.Unlock()
+	v5 := cp.Version == packet.V5
+
+	id, assigned := cp.ClientID, false
+	if id == "" {
+		// MQTT 5.0 §3.1.3.1 and 3.1.1 §3.1.3.1: the server assigns an
+		// identifier, in 3.1.1 only for a clean session; 3.1 requires one.
+		if !v5 && (cp.Version == packet.V31 || !cp.CleanStart) {
+			return false, c.refuse(packet.ClientIdentifierNotValid, "empty client identifier")
+		}
+		id, assigned = newClientID(), true
+	}
+	if v5 && cp.Properties.AuthenticationMethod != "" {
+		return false, c.refuse(packet.BadAuthenticationMethod, "enhanced authentication is not supported")
+	}
+	c.clientID = id
+
+	var expiry time.Duration
+	var ack packet.Connack
+	switch {
+	case v5:
+		c.connExpiry = cp.Properties.SessionExpiryInterval
+		expiry = expiryDuration(c.connExpiry, opts.MaxSessionExpiry)
+		if c.connExpiry != 0 && time.Duration(c.connExpiry)*time.Second > opts.MaxSessionExpiry {
+			ack.Properties.SessionExpiryInterval = uint32(opts.MaxSessionExpiry / time.Second)
+		}
+	case !cp.CleanStart:
+		expiry = opts.MaxSessionExpiry
+	}
+
+	ka := cp.KeepAlive
+	if v5 && opts.MaxKeepAlive > 0 && (ka == 0 || ka > opts.MaxKeepAlive) {
+		ka = opts.MaxKeepAlive
+		ack.Properties.ServerKeepAlive = ka
+		ack.Properties.Set(packet.PropServerKeepAlive)
+	}
+	if ka > 0 {
+		// [MQTT-3.1.2-24]: one and a half times the keep alive.
+		c.readTimeout = time.Duration(ka) * 1500 * time.Millisecond
+	}
+
+	c.inflightMax = opts.MaxInflight
+	if v5 {
+		if rm := cp.Properties.ReceiveMaximum; rm > 0 && int(rm) < c.inflightMax {
+			c.inflightMax = int(rm)
+		}
+		if mps := cp.Properties.MaximumPacketSize; mps > 0 {
+			c.w.SetMaxPacketSize(int(mps))
+		}
+	}
+	if cp.Will != nil {
+		c.will = willMessage(cp.Will, id, v5)
+		if v5 {
+			c.willDelay = time.Duration(cp.Will.Properties.WillDelayInterval) * time.Second
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(c.s.ctx, opts.ConnectTimeout)
+	defer cancel()
+	sess, present, err := c.s.attach(ctx, c, id, cp.CleanStart, expiry)
+	if err != nil {
+		return false, c.refuse(packet.ServerUnavailable, err.Error())
+	}
+	c.sess = sess
+	c.s.m.connects.WithLabelValues("accepted").Inc()
+
+	ack.SessionPresent = present
+	if v5 {
+		if assigned {
+			ack.Properties.AssignedClientIdentifier = id
+		}
+		ack.Properties.ReceiveMaximum = opts.ReceiveMaximum
+		ack.Properties.MaximumPacketSize = uint32(opts.MaxPacketSize)
+		ack.Properties.TopicAliasMaximum = opts.TopicAliasMaximum
+	}
+	if err := c.send(&ack); err != nil {
+		return false, err
+	}
+	return present, nil
+}
+
+func expiryDuration(secs uint32, maxExpiry time.Duration) time.Duration {
+	if secs == math.MaxUint32 {
+		return maxExpiry
+	}
+	return min(time.Duration(secs)*time.Second, maxExpiry)
+}
+
+func newClientID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return "quire-" + hex.EncodeToString(b[:])
+}
+
+func willMessage(w *packet.Will, client string, v5 bool) *pubsub.Message {
+	m := &pubsub.Message{Topic: w.Topic, Payload: append([]byte(nil), w.Payload...), QoS: byte(w.QoS),
+		Retain: w.Retain, Publisher: client}
+	if v5 {
+		setMessageProps(m, &w.Properties, time.Now())
+	}
+	return m
+}
+
+// setMessageProps copies the PUBLISH (or will) properties a message keeps.
+func setMessageProps(m *pubsub.Message, p *packet.Properties, now time.Time) {
+	m.PayloadFormat = p.PayloadFormatIndicator
+	m.ContentType = p.ContentType
+	m.ResponseTopic = p.ResponseTopic
+	if p.CorrelationData != nil {
+		m.CorrelationData = append([]byte(nil), p.CorrelationData...)
+	}
+	if p.Has(packet.PropMessageExpiryInterval) {
+		m.Expiry = now.Add(time.Duration(p.MessageExpiryInterval) * time.Second)
+	}
+	if len(p.UserProperties) > 0 {
+		m.Headers = make([]pubsub.Header, len(p.UserProperties))
+		for i, u := range p.UserProperties {
+			m.Headers[i] = pubsub.Header{Key: u.Key, Value: u.Value}
+		}
+	}
+}
+
+// readLoop handles packets until DISCONNECT (nil) or an error.
+func (c *conn) readLoop() error {
+	if c.readTimeout == 0 {
+		c.nc.SetReadDeadline(time.Time{})
+	}
+	for {
+		if c.readTimeout > 0 {
+			c.nc.SetReadDeadline(time.Now().Add(c.readTimeout))
+		}
+		p, err := c.r.ReadPacket()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && !c.kicked.Load() {
+				return &closeError{code: packet.KeepAliveTimeout, msg: "no packet within 1.5 times the keep alive"}
+			}
+			return err
+		}
+		c.s.m.packetsIn[p.Type()].Inc()
+		switch p := p.(type) {
+		case *packet.Publish:
+			err = c.onPublish(p)
+		case *packet.Puback:
+			c.sess.acked(p.PacketID, false)
+		case *packet.Pubrec:
+			if p.ReasonCode.IsError() {
+				c.sess.acked(p.PacketID, false) // the receiver refused it: done
+			} else {
+				rel := &packet.Pubrel{PacketID: p.PacketID}
+				if !c.sess.received(p.PacketID) {
+					rel.ReasonCode = packet.PacketIdentifierNotFound
+				}
+				err = c.send(rel)
+			}
+		case *packet.Pubrel:
+			comp := &packet.Pubcomp{PacketID: p.PacketID}
+			c.sess.mu.Lock()
+			_, ok := c.sess.inQoS2[p.PacketID]
+			delete(c.sess.inQoS2, p.PacketID)
+			c.sess.mu.Unlock()
+			if !ok {
+				comp.ReasonCode = packet.PacketIdentifierNotFound
+			}
+			err = c.send(comp)
+		case *packet.Pubcomp:
+			c.sess.acked(p.PacketID, true)
+		case *packet.Subscribe:
+			err = c.onSubscribe(p)
+		case *packet.Unsubscribe:
+			err = c.onUnsubscribe(p)
+		case *packet.Pingreq:
+			err = c.send(&packet.Pingresp{})
+		case *packet.Disconnect:
+			return c.onDisconnect(p)
+		default:
+			// AUTH without an authentication method, or a server-to-
+			// client packet (MQTT 5.0 §4.13.1).
+			return &closeError{code: packet.ProtocolError, msg: "unexpected " + p.Type().String()}
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (c *conn) onPublish(p *packet.Publish) error {
+	topic := p.Topic
+	if c.version == packet.V5 && p.Properties.Has(packet.PropTopicAlias) {
+		a := p.Properties.TopicAlias
+		if a == 0 || a > c.s.opts.TopicAliasMaximum {
+			return &closeError{code: packet.TopicAliasInvalid, msg: "topic alias out of range"}
+		}
+		if c.aliases == nil {
+			c.aliases = map[uint16]string{}
+		}
+		if topic == "" {
+			var ok bool
+			if topic, ok = c.aliases[a]; !ok {
+				return &closeError{code: packet.ProtocolError, msg: "unknown topic alias"}
+			}
+		} else {
+			c.aliases[a] = topic
+		}
+	}
+	if p.QoS == packet.QoS2 {
+		c.sess.mu.Lock()
+		_, dup := c.sess.inQoS2[p.PacketID]
+		n := len(c.sess.inQoS2)
+		c.sess.mu.Unlock()
+		if dup {
+			// Already stored: acknowledge again, do not publish twice
+			// (MQTT 5.0 §4.3.3).
+			return c.send(&packet.Pubrec{PacketID: p.PacketID})
+		}
+		if n >= int(c.s.opts.ReceiveMaximum) {
+			return &closeError{code: packet.ReceiveMaximumExceeded, msg: "too many QoS 2 messages awaiting PUBREL"}
+		}
+	}
+	now := time.Now()
+	m := &pubsub.Message{Topic: topic, Payload: append([]byte(nil), p.Payload...), QoS: byte(p.QoS),
+		Retain: p.Retain, Publisher: c.clientID, Time: now}
+	if c.version == packet.V5 {
+		setMessageProps(m, &p.Properties, now)
+	}
+	if err := c.s.publish(c.s.ctx, m); err != nil {
+		c.s.log.Warn("mqtt publish not stored", "client_id", c.clientID, "topic", topic, "err", err)
+		switch {
+		case p.QoS == packet.QoS0:
+			c.s.m.dropped.WithLabelValues(dropStorageFailure).Inc()
+			return nil
+		case c.version == packet.V5:
+			if p.QoS == packet.QoS1 {
+				return c.send(&packet.Puback{PacketID: p.PacketID, ReasonCode: packet.UnspecifiedError})
+			}
+			return c.send(&packet.Pubrec{PacketID: p.PacketID, ReasonCode: packet.UnspecifiedError})
+		default:
+			// v3 cannot refuse a PUBLISH: close, so the client resends it
+			// on its next connection.
+			return &closeError{code: packet.UnspecifiedError, msg: "storage append failed: " + err.Error()}
+		}
+	}
+	switch p.QoS {
+	case packet.QoS1:
+		return c.send(&packet.Puback{PacketID: p.PacketID})
+	case packet.QoS2:
+		c.sess.mu.Lock()
+		if c.sess.inQoS2 != nil {
+			c.sess.inQoS2[p.PacketID] = struct{}{}
+		}
+		c.sess.mu.Unlock()
+		return c.send(&packet.Pubrec{PacketID: p.PacketID})
+	}
+	return nil
+}
+
+func (c *conn) onSubscribe(p *packet.Subscribe) error {
+	v5 := c.version == packet.V5
+	var subID uint32
+	if len(p.Properties.SubscriptionIdentifiers) > 0 {
+		subID = p.Properties.SubscriptionIdentifiers[0]
+	}
+	codes := make([]packet.ReasonCode, len(p.Subscriptions))
+	var retained []pubsub.Subscription
+	for i, sub := range p.Subscriptions {
+		group, filter, ok := pubsub.ParseShared(sub.Filter)
+		if !ok || !packet.ValidTopicFilter(sub.Filter) {
+			codes[i] = packet.TopicFilterInvalid
+			if !v5 {
+				codes[i] = packet.UnspecifiedError // v3 SUBACK failure 0x80
+			}
+			continue
+		}
+		if group != "" && sub.NoLocal && v5 {
+			return &closeError{code: packet.ProtocolError, msg: "No Local on a shared subscription"}
+		}
+		ps := pubsub.Subscription{Client: c.clientID, Filter: filter, Group: group, QoS: byte(min(sub.QoS, packet.QoS2)),
+			NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling,
+			ID: subID, Owner: c.sess}
+		existed := c.s.tree.Subscribe(ps)
+		c.sess.mu.Lock()
+		if c.sess.subs != nil {
+			c.sess.subs[sub.Filter] = ps
+		}
+		c.sess.mu.Unlock()
+		codes[i] = packet.ReasonCode(ps.QoS)
+		if group == "" && (ps.RetainHandling == 0 || ps.RetainHandling == 1 && !existed) {
+			retained = append(retained, ps)
+		}
+	}
+	if err := c.send(&packet.Suback{PacketID: p.PacketID, ReasonCodes: codes}); err != nil {
+		return err
+	}
+	// Retained messages follow the SUBACK [MQTT-3.3.1-9].
+	for _, sub := range retained {
+		c.s.opts.Retained.Match(c.s.ctx, sub.Filter, func(m *pubsub.Message) bool {
+			d := delivery{msg: m, qos: min(m.QoS, sub.QoS), retain: true}
+			if sub.ID != 0 {
+				d.subIDs = []uint32{sub.ID}
+			}
+			if reason := c.sess.enqueue(d, c.s.opts.MaxQueued); reason != "" {
+				c.s.m.dropped.WithLabelValues(reason).Inc()
+			}
+			return true
+		})
+	}
+	return nil
+}
+
+func (c *conn) onUnsubscribe(p *packet.Unsubscribe) error {
+	ack := &packet.Unsuback{PacketID: p.PacketID}
+	for _, f := range p.Filters {
+		found := c.s.tree.Unsubscribe(c.clientID, f)
+		c.sess.mu.Lock()
+		delete(c.sess.subs, f)
+		c.sess.mu.Unlock()
+		if c.version == packet.V5 {
+			code := packet.Success
+			if !found {
+				code = packet.NoSubscriptionExisted
+			}
+			ack.ReasonCodes = append(ack.ReasonCodes, code)
+		}
+	}
+	return c.send(ack)
+}
+
+// onDisconnect handles the client's DISCONNECT: the will is deleted unless
+// v5 reason 0x04 asks for it [MQTT-3.14.4-3]; v5 may change the session
+// expiry, but not from 0 [MQTT-3.14.2-2].
+func (c *conn) onDisconnect(p *packet.Disconnect) error {
+	if c.version == packet.V5 {
+		if p.Properties.Has(packet.PropSessionExpiryInterval) {
+			if c.connExpiry == 0 && p.Properties.SessionExpiryInterval != 0 {
+				return &closeError{code: packet.ProtocolError, msg: "session expiry set in DISCONNECT after 0 in CONNECT"}
+			}
+			c.sess.setExpiry(expiryDuration(p.Properties.SessionExpiryInterval, c.s.opts.MaxSessionExpiry))
+		}
+		if p.ReasonCode == packet.DisconnectWithWillMessage {
+			return errors.New("mqtt: disconnect with will message")
+		}
+	}
+	return nil
+}
+
+// writeLoop sends the session's messages: first the inflight ones of a
+// resumed session (PUBLISH with DUP, or PUBREL), then the queue as it
+// fills, keeping at most inflightMax QoS 1/2 messages unacknowledged.
+func (c *conn) writeLoop(present bool) {
+	defer c.s.wg.Done()
+	defer close(c.writerDone)
+	if present {
+		c.wmu.Lock()
+		var err error
+		for _, d := range c.sess.resend() {
+			if d.released {
+				err = c.writeLocked(&packet.Pubrel{PacketID: d.id})
+			} else {
+				err = c.writePublishLocked(d, true)
+			}
+			if err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = c.flushLocked()
+		}
+		c.wmu.Unlock()
+		if err != nil {
+			c.close()
+			return
+		}
+	}
+	var batch []*delivery
+	for {
+		select {
+		case <-c.sess.notify:
+		case <-c.closing:
+			return
+		}
+		for {
+			var expired int
+			batch, expired = c.sess.take(c, c.inflightMax, 256, time.Now(), batch[:0])
+			if expired > 0 {
+				c.s.m.dropped.WithLabelValues(dropExpired).Add(float64(expired))
+			}
+			if len(batch) == 0 {
+				break
+			}
+			c.wmu.Lock()
+			var err error
+			for _, d := range batch {
+				if err = c.writePublishLocked(d, false); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				err = c.flushLocked()
+			}
+			c.wmu.Unlock()
+			if err != nil {
+				c.close()
+				return
+			}
+		}
+	}
+}
+
+// writePublishLocked encodes one delivery. A message over the client's
+// Maximum Packet Size, or expired, is dropped rather than sent.
+func (c *conn) writePublishLocked(d *delivery, dup bool) error {
+	m := d.msg
+	pk := packet.Publish{Topic: m.Topic, QoS: packet.QoS(d.qos), Retain: d.retain, PacketID: d.id,
+		Payload: m.Payload, Dup: dup && d.qos > 0}
+	if c.version == packet.V5 {
+		pp := &pk.Properties
+		pp.PayloadFormatIndicator = m.PayloadFormat
+		pp.ContentType = m.ContentType
+		pp.ResponseTopic = m.ResponseTopic
+		pp.CorrelationData = m.CorrelationData
+		pp.SubscriptionIdentifiers = d.subIDs
+		if !m.Expiry.IsZero() {
+			left := time.Until(m.Expiry)
+			if left <= 0 {
+				c.drop(d, dropExpired)
+				return nil
+			}
+			pp.MessageExpiryInterval = uint32((left + time.Second - 1) / time.Second)
+		}
+		if len(m.Headers) > 0 {
+			pp.UserProperties = make([]packet.UserProperty, len(m.Headers))
+			for i, h := range m.Headers {
+				pp.UserProperties[i] = packet.UserProperty{Key: h.Key, Value: h.Value}
+			}
+		}
+	}
+	err := c.writeLocked(&pk)
+	if errors.Is(err, packet.ErrPeerPacketTooLarge) {
+		c.drop(d, dropTooLarge)
+		return nil
+	}
+	if err == nil {
+		c.s.m.delivered.Inc()
+	}
+	return err
+}
+
+func (c *conn) drop(d *delivery, reason string) {
+	c.s.m.dropped.WithLabelValues(reason).Inc()
+	if d.qos > 0 {
+		c.sess.acked(d.id, d.released)
+	}
+}

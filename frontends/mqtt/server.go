@@ -1,0 +1,325 @@
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quiremq/quire/frontends/listen"
+	"github.com/quiremq/quire/frontends/mqtt/packet"
+	"github.com/quiremq/quire/frontends/pubsub"
+)
+
+// Server is an MQTT broker. Create it with NewServer, then Start and Stop.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+	m    *serverMetrics
+	tree *pubsub.Tree
+
+	ctx    context.Context // cancelled by Stop
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	sessions  map[string]*session
+	conns     map[*conn]struct{}
+	listeners []listen.Listener
+	started   bool
+	stopped   bool
+
+	wg sync.WaitGroup // accept loops and connections
+}
+
+// NewServer checks opts and returns a stopped Server.
+func NewServer(opts Options) (*Server, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, log: opts.Logger.With("component", "mqtt"), tree: pubsub.NewTree(),
+		sessions: map[string]*session{}, conns: map[*conn]struct{}{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.m = newMetrics(opts.Registerer, s)
+	return s, nil
+}
+
+// Start opens every listener and serves them. If one cannot be opened, those
+// already open are closed and Start fails.
+func (s *Server) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("mqtt: server already started")
+	}
+	for _, cfg := range s.opts.Listeners {
+		user := cfg.OnRefused
+		cfg.OnRefused = func(name, reason string) {
+			s.m.refused.WithLabelValues(name, reason).Inc()
+			if user != nil {
+				user(name, reason)
+			}
+		}
+		l, err := listen.Listen(cfg)
+		if err != nil {
+			for _, l := range s.listeners {
+				l.Close()
+			}
+			s.listeners = nil
+			return fmt.Errorf("mqtt: %w", err)
+		}
+		s.listeners = append(s.listeners, l)
+		s.log.Info("mqtt listening", "listener", l.Name(), "addr", l.Addr().String())
+	}
+	s.started = true
+	for _, l := range s.listeners {
+		s.wg.Add(1)
+		go s.acceptLoop(l)
+	}
+	return nil
+}
+
+// Addr returns the bound address of the listener called name, nil if none.
+func (s *Server) Addr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.listeners {
+		if l.Name() == name {
+			return l.Addr()
+		}
+	}
+	return nil
+}
+
+// Stop closes the listeners, disconnects every client (v5: DISCONNECT
+// 0x8B Server shutting down) and waits for their goroutines or for ctx. Wills
+// are not published on Stop: the clients did nothing wrong, and the sessions
+// (in memory) end with the process anyway.
+func (s *Server) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopped = true
+	for _, l := range s.listeners {
+		l.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	s.cancel()
+	for _, c := range conns {
+		c.kick(packet.ServerShuttingDown)
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("mqtt: stop: %w", ctx.Err())
+	}
+}
+
+func (s *Server) acceptLoop(l listen.Listener) {
+	defer s.wg.Done()
+	for {
+		nc, err := l.Accept(s.ctx)
+		if err != nil {
+			if !errors.Is(err, listen.ErrClosed) && !errors.Is(err, context.Canceled) {
+				s.log.Error("mqtt accept failed; listener stopped", "listener", l.Name(), "err", err)
+			}
+			return
+		}
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.stopped {
+			s.mu.Unlock()
+			nc.Close()
+			return
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+func (s *Server) removeConn(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+func (s *Server) sessionCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// publish stores m, sets or clears the retained message, and queues m for
+// every matching subscription. It returns once the storage append returned:
+// the caller acknowledges after that.
+func (s *Server) publish(ctx context.Context, m *pubsub.Message) error {
+	if err := s.opts.Storage.Append(ctx, m); err != nil {
+		s.m.storageErrors.Inc()
+		return err
+	}
+	s.m.published[m.QoS].Inc()
+	if m.Retain {
+		if err := s.opts.Retained.Set(ctx, m); err != nil {
+			s.log.Warn("mqtt retained store failed", "topic", m.Topic, "err", err)
+		}
+	}
+	s.fanOut(m)
+	return nil
+}
+
+// fanOut queues m for each matching subscription: one delivery per session
+// for its non-shared subscriptions (highest QoS, every subscription
+// identifier, MQTT 5.0 §3.3.4) and one per shared group.
+func (s *Server) fanOut(m *pubsub.Message) {
+	subs := s.tree.Match(m.Topic, nil, func(sub pubsub.Subscription) bool {
+		return sub.Owner.(*session).online.Load()
+	})
+	if len(subs) == 0 {
+		return
+	}
+	var merged map[*session]int // index into ds of a session's non-shared delivery
+	ds := make([]delivery, 0, len(subs))
+	owners := make([]*session, 0, len(subs))
+	for _, sub := range subs {
+		sess := sub.Owner.(*session)
+		if sub.Group == "" && sub.NoLocal && sess.id == m.Publisher {
+			continue
+		}
+		qos := min(m.QoS, sub.QoS)
+		if sub.Group == "" {
+			if merged == nil {
+				merged = map[*session]int{}
+			}
+			if i, ok := merged[sess]; ok {
+				d := &ds[i]
+				d.qos = max(d.qos, qos)
+				d.retain = d.retain || (m.Retain && sub.RetainAsPublished)
+				if sub.ID != 0 {
+					d.subIDs = append(d.subIDs, sub.ID)
+				}
+				continue
+			}
+			merged[sess] = len(ds)
+		}
+		d := delivery{msg: m, qos: qos, retain: m.Retain && sub.RetainAsPublished}
+		if sub.ID != 0 {
+			d.subIDs = []uint32{sub.ID}
+		}
+		ds = append(ds, d)
+		owners = append(owners, sess)
+	}
+	for i, d := range ds {
+		if reason := owners[i].enqueue(d, s.opts.MaxQueued); reason != "" {
+			s.m.dropped.WithLabelValues(reason).Inc()
+		}
+	}
+}
+
+// attach binds c to the session of clientID, taking it over from another
+// connection if it has one (that connection gets DISCONNECT 0x8E and is
+// closed before attach goes on, MQTT 5.0 §3.1.4). With cleanStart, an
+// existing session ends and a new one begins. It reports whether an
+// existing session was resumed (CONNACK Session Present).
+func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStart bool, expiry time.Duration) (*session, bool, error) {
+	for {
+		s.mu.Lock()
+		if s.stopped {
+			s.mu.Unlock()
+			return nil, false, errors.New("mqtt: server stopping")
+		}
+		old := s.sessions[clientID]
+		if old != nil {
+			if oc := old.owner(); oc != nil && oc != c {
+				s.mu.Unlock()
+				s.m.takeovers.Inc()
+				s.log.Info("mqtt session taken over", "client_id", clientID, "old_remote", oc.remote, "new_remote", c.remote)
+				oc.kick(packet.SessionTakenOver)
+				select {
+				case <-oc.done:
+				case <-ctx.Done():
+					return nil, false, ctx.Err()
+				}
+				continue
+			}
+		}
+		present := old != nil && !cleanStart
+		if old != nil && cleanStart {
+			s.endSessionLocked(old)
+			old = nil
+		}
+		sess := old
+		if sess == nil {
+			sess = newSession(clientID)
+			s.sessions[clientID] = sess
+		}
+		sess.bind(c, expiry)
+		s.mu.Unlock()
+		return sess, present, nil
+	}
+}
+
+// detach unbinds c from sess when c closes: a session with expiry 0 ends,
+// any other waits for its expiry.
+func (s *Server) detach(c *conn, sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	expiry, ok := sess.unbind(c)
+	if !ok {
+		return
+	}
+	if expiry == 0 || s.stopped {
+		if s.sessions[sess.id] == sess {
+			s.endSessionLocked(sess)
+		}
+		return
+	}
+	sess.setExpiryTimer(expiry, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.sessions[sess.id] == sess && sess.owner() == nil {
+			s.log.Debug("mqtt session expired", "client_id", sess.id)
+			s.endSessionLocked(sess)
+		}
+	})
+}
+
+// endSessionLocked removes sess and its subscriptions. s.mu is held.
+func (s *Server) endSessionLocked(sess *session) {
+	delete(s.sessions, sess.id)
+	subs, dropped, will := sess.end()
+	for _, f := range subs {
+		s.tree.Unsubscribe(sess.id, f)
+	}
+	if dropped > 0 {
+		s.m.dropped.WithLabelValues(dropSessionEnded).Add(float64(dropped))
+	}
+	if will != nil {
+		// The session ends before the will delay elapsed: publish now
+		// (MQTT 5.0 §3.1.3.2.2).
+		go s.publishWill(will)
+	}
+}
+
+func (s *Server) publishWill(w *pubsub.Message) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w.Time = time.Now()
+	if err := s.publish(ctx, w); err != nil {
+		s.log.Warn("mqtt will not published", "client_id", w.Publisher, "topic", w.Topic, "err", err)
+	}
+}
