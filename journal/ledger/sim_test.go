@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-var simSeeds = flag.Int("sim.seeds", 3000, "seeds TestSimulation runs")
+var simSeeds = flag.Int("sim.seeds", 5000, "seeds TestSimulation runs")
 
 // TestSimulation runs a writer and then a recovery against simulated
 // bookies and a simulated meta store, all in memory and deterministic per
@@ -51,7 +51,11 @@ type simBookie struct {
 	down    bool
 }
 
-type simMsg func()
+type simMsg struct {
+	writer bool    // to or from the writer
+	at     float64 // delivery time (timed scheduling)
+	run    func()
+}
 
 type sim struct {
 	rng     *rand.Rand
@@ -59,23 +63,50 @@ type sim struct {
 	bookies map[BookieID]*simBookie
 	stored  Metadata
 	drop    float64 // chance a message is lost
+	lag     bool    // the writer's messages are slow: they land late
+	writer  bool    // messages sent now are the writer's
+	timed   bool    // deliver by random, heavy-tailed delays instead of uniformly at random
+	now     float64
 }
 
-func (s *sim) send(m simMsg) { s.queue = append(s.queue, m) }
+func (s *sim) send(f func()) {
+	d := s.rng.ExpFloat64()
+	if s.rng.Intn(8) == 0 {
+		d *= 30 // a message stuck in a slow connection
+	}
+	if s.lag && s.writer {
+		d *= 3
+	}
+	s.queue = append(s.queue, simMsg{writer: s.writer, at: s.now + d, run: f})
+}
 
-// deliverOne delivers a random queued message.
+// deliverOne delivers a random queued message (with lag, preferring those
+// that are not the writer's).
 func (s *sim) deliverOne() {
 	i := s.rng.Intn(len(s.queue))
+	if s.timed {
+		for j, m := range s.queue {
+			if m.at < s.queue[i].at {
+				i = j
+			}
+		}
+		s.now = s.queue[i].at
+	} else {
+		for try := 0; s.lag && s.queue[i].writer && try < 4; try++ {
+			i = s.rng.Intn(len(s.queue))
+		}
+	}
 	m := s.queue[i]
 	s.queue = slices.Delete(s.queue, i, i+1)
-	m()
+	s.writer = m.writer
+	m.run()
 }
 
 // request models one request to bookie b: act runs at the bookie (unless
 // the bookie is down or the request is lost) and returns the reply, which
 // reply receives — or StatusUnknown if the reply is lost.
 func (s *sim) request(b BookieID, act func(*simBookie) (Status, int64, string), reply func(Status, int64, string)) {
-	s.send(func() {
+	s.send(func() { // the reply keeps the request's tag
 		bk := s.bookies[b]
 		if bk.down || s.rng.Float64() < s.drop {
 			s.send(func() { reply(StatusUnknown, -1, "") })
@@ -109,7 +140,7 @@ func simulate(seed int64, stats map[string]int) error {
 	qw := 1 + rng.Intn(e)
 	qa := 1 + rng.Intn(qw)
 	nb := e + 1 + rng.Intn(3)
-	s := &sim{rng: rng, bookies: map[BookieID]*simBookie{}, drop: []float64{0, 0.02, 0.1, 0.3}[rng.Intn(4)]}
+	s := &sim{rng: rng, bookies: map[BookieID]*simBookie{}, drop: []float64{0, 0.02, 0.1, 0.3}[rng.Intn(4)], timed: rng.Intn(2) == 0}
 	var pool []BookieID
 	for i := range nb {
 		b := fmt.Sprintf("b%d", i+1)
@@ -174,6 +205,7 @@ func simulate(seed int64, stats map[string]int) error {
 		}
 	}
 	writerStep := func() {
+		s.writer = true
 		switch r := rng.Intn(10); {
 		case r < 5:
 			x := w.Next()
@@ -201,6 +233,7 @@ func simulate(seed int64, stats map[string]int) error {
 	// still arrive) or is partitioned and keeps going.
 	partitioned := rng.Intn(2) == 0
 	writerAlive = partitioned
+	s.lag = rng.Intn(2) == 0
 	if partitioned {
 		stats["partitioned"]++
 	}
@@ -268,6 +301,7 @@ func simulate(seed int64, stats map[string]int) error {
 				}
 			}
 		}
+		s.writer = false
 		runRec(effs)
 		for (len(s.queue) > 0 || (partitioned && outcome == nil)) && violation == nil {
 			if partitioned && writerAlive && rng.Intn(4) == 0 {
