@@ -3,6 +3,7 @@ package listen
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"sync"
 )
@@ -76,6 +77,10 @@ func newTCPListener(cfg Config, ll *limitListener) *tcpListener {
 func (l *tcpListener) run() {
 	for {
 		c, err := l.ll.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			l.q.close()
+			return
+		}
 		if err != nil {
 			l.q.fail(err)
 			return

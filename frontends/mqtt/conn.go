@@ -210,7 +210,10 @@ func (c *conn) serve() {
 // refuse answers a CONNECT with a failure code and returns an error.
 func (c *conn) refuse(code packet.ReasonCode, msg string) error {
 	c.s.m.connects.WithLabelValues(code.String()).Inc()
-	ack := &packet.Connack{ReasonCode: code, ReturnCode: packet.ReturnCodeFor(code)}
+	ack := &packet.Connack{ReasonCode: code}
+	if c.version != packet.V5 {
+		ack = &packet.Connack{ReturnCode: packet.ReturnCodeFor(code)}
+	}
 	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	c.send(ack)
 	return &closeError{code: code, msg: msg}

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"testing"
@@ -45,6 +46,7 @@ func startBroker(t *testing.T, wrap func(Storage) Storage, tweak func(*Options))
 		},
 		Storage:    st,
 		Registerer: reg,
+		Logger:     slog.New(slog.DiscardHandler),
 	}
 	if tweak != nil {
 		tweak(&opts)
