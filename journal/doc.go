@@ -3,6 +3,12 @@
 // logs (ordered ledger chains with rollover) and record framing. See
 // DESIGN.md, "Journal".
 //
+// The ledger client's protocol core is in journal/ledger: pure state
+// machines for the writer (striping, ack quorum, LAC, ensemble changes,
+// close), recovery (fencing coverage, fencing reads, explicit-negative
+// quorum, write-back, close) and readers; the driver that runs them over
+// bookierpc and meta/schema is still to come.
+//
 // The bookie's storage engine is in journal/bookie: journal with group
 // commit on preallocated or recycled files, entry logs, a Pebble index,
 // checkpoints, fencing, explicit LACs, deletion with compaction, and
