@@ -33,10 +33,12 @@ run: build
 	./$(BIN)/quire start
 
 test: deps check-generate
+	tools/install-deb.sh mosquitto_pub mosquitto-clients
 	$(GO) vet ./...
 	$(GO) test -race -timeout 20m $(TESTFLAGS) ./...
 
 race: deps
+	tools/install-deb.sh mosquitto_pub mosquitto-clients
 	$(GO) test -race -timeout 30m $(TESTFLAGS) ./...
 
 fuzz: deps

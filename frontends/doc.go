@@ -5,7 +5,9 @@
 // WebSocket, WebSocket-TLS and QUIC behind one Conn interface). Front-ends
 // talk to storage only through the shard package.
 //
-// Not built yet: MQTT is tracked by the issue "MQTT"; Kafka and AMQP follow.
-// The node accepts their listener addresses in its config and says at start
-// that these front-ends are not available yet.
+// Built: frontends/listen, frontends/pubsub and a first slice of
+// frontends/mqtt (see its package doc for what is and is not done; the
+// issue "MQTT" tracks the rest). Kafka and AMQP follow. The node accepts
+// their listener addresses in its config and says at start which
+// front-ends are not available yet.
 package frontends

@@ -278,9 +278,12 @@ func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStar
 func (s *Server) detach(c *conn, sess *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	expiry, ok := sess.unbind(c)
+	expiry, dropped, ok := sess.unbind(c)
 	if !ok {
 		return
+	}
+	if dropped > 0 {
+		s.m.dropped.WithLabelValues(dropOfflineQoS0).Add(float64(dropped))
 	}
 	if expiry == 0 || s.stopped {
 		if s.sessions[sess.id] == sess {

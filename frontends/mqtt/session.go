@@ -80,17 +80,19 @@ func (s *session) bind(c *conn, expiry time.Duration) {
 
 // unbind detaches c if it is still the session's connection, and returns
 // the session expiry in force.
-func (s *session) unbind(c *conn) (time.Duration, bool) {
+// It also returns how many QoS 0 messages were dropped from the queue:
+// they are not kept for an offline session.
+func (s *session) unbind(c *conn) (expiry time.Duration, droppedQoS0 int, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conn != c {
-		return 0, false
+		return 0, 0, false
 	}
 	s.conn = nil
 	s.online.Store(false)
-	// QoS 0 messages are not kept for an offline session.
+	n := len(s.queue)
 	s.queue = slices.DeleteFunc(s.queue, func(d delivery) bool { return d.qos == 0 })
-	return s.expiry, true
+	return s.expiry, n - len(s.queue), true
 }
 
 func (s *session) setExpiry(d time.Duration) {
