@@ -182,6 +182,9 @@ func (s *Server) Stop(ctx context.Context) error {
 	}
 	close(s.stopCh)
 	var errs []error
+	if s.stream != nil {
+		s.stream.closeConns() // end dials to peers that are down
+	}
 	if s.raft != nil {
 		done := make(chan error, 1)
 		go func() { done <- s.raft.Shutdown().Error() }()

@@ -71,6 +71,19 @@ func (l *streamLayer) Close() error {
 	return nil
 }
 
+// closeConns closes the outgoing gRPC connections and refuses new ones, so
+// that dials in flight (WaitForReady, up to the transport's timeout, to a
+// peer that is down) end now: Server.Stop calls it before raft.Shutdown,
+// which waits for every RPC goroutine. Close still stops accepting.
+func (l *streamLayer) closeConns() {
+	l.mu.Lock()
+	for _, cc := range l.conns {
+		cc.Close()
+	}
+	l.conns = nil
+	l.mu.Unlock()
+}
+
 // Addr returns the advertised address.
 func (l *streamLayer) Addr() net.Addr { return strAddr(l.addr) }
 
