@@ -1,0 +1,304 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	journalv1 "github.com/quiremq/quire/internal/proto/journal/v1"
+	"github.com/quiremq/quire/journal/bookie/bookierpc"
+	"github.com/quiremq/quire/journal/ledger"
+	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
+)
+
+// Options configure a Client.
+type Options struct {
+	// Meta holds ledger metadata (/ledgers/<id>, /ids/ledger). Required.
+	Meta meta.KV
+	// Directory lists the live bookies. Required.
+	Directory BookieDirectory
+	// AddTimeout fails a bookie (ensemble change) when an add to it stays
+	// unanswered this long. Default 5s.
+	AddTimeout time.Duration
+	// RequestTimeout bounds a read, LAC read, fence or LAC write; an
+	// unanswered request is StatusUnknown (never a negative). Default 5s.
+	RequestTimeout time.Duration
+	// TickInterval is the writers' and readers' clock: explicit LAC of an
+	// idle writer, add timeouts, LAC polling of tailing readers. Default
+	// 10ms.
+	TickInterval time.Duration
+	// MaxInflight bounds a writer's adds not yet acknowledged; Append
+	// blocks above it. Default 4096.
+	MaxInflight int
+	// DialOptions are added to every bookie connection's.
+	DialOptions []grpc.DialOption
+	// Logger receives ensemble changes, failures and recoveries. Default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// EnsureDefaults fills zero fields with their defaults and returns o.
+func (o *Options) EnsureDefaults() *Options {
+	if o.AddTimeout <= 0 {
+		o.AddTimeout = 5 * time.Second
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = 5 * time.Second
+	}
+	if o.TickInterval <= 0 {
+		o.TickInterval = 10 * time.Millisecond
+	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = 4096
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// Validate reports missing options.
+func (o *Options) Validate() error {
+	if o.Meta == nil || o.Directory == nil {
+		return errors.New("journal/client: Options.Meta and Options.Directory are required")
+	}
+	return nil
+}
+
+// Errors.
+var (
+	// ErrClosed is returned by the writer's Append after Close, and by the
+	// Client's methods after Client.Close.
+	ErrClosed = errors.New("journal/client: closed")
+	// ErrFenced is returned for appends of a writer whose ledger was
+	// fenced (recovered) or closed by someone else. It is ambiguous: the
+	// entry may or may not survive the recovery.
+	ErrFenced = ledger.ErrFenced
+	// ErrRecoveryAborted is returned by Recover when recovery gave up
+	// without closing the ledger (an unknown answer, too few bookies); it
+	// changed nothing unsafe and may be retried.
+	ErrRecoveryAborted = errors.New("journal/client: recovery aborted")
+	// ErrNoSuchLedger is returned when a ledger's metadata is not in meta.
+	ErrNoSuchLedger = errors.New("journal/client: no such ledger")
+)
+
+// Client creates, writes, reads and recovers ledgers: it runs
+// journal/ledger's state machines over bookierpc and meta/schema. It is
+// safe for concurrent use.
+type Client struct {
+	opts  Options
+	store schema.Store
+	log   *slog.Logger
+	pick  atomic.Uint64 // rotates ensemble placement
+
+	mu     sync.Mutex
+	addrs  map[string]string // bookie id → address, from the directory
+	conns  map[string]*bookierpc.Client
+	closed bool
+}
+
+// New returns a client.
+func New(o Options) (*Client, error) {
+	o.EnsureDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	return &Client{opts: o, store: schema.Store{KV: o.Meta}, log: o.Logger,
+		addrs: map[string]string{}, conns: map[string]*bookierpc.Client{}}, nil
+}
+
+// Close closes the bookie connections. Writers and readers of the client
+// must be closed first.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	var errs []error
+	for id, cc := range c.conns {
+		errs = append(errs, cc.Close())
+		delete(c.conns, id)
+	}
+	return errors.Join(errs...)
+}
+
+// live lists the directory's bookies and remembers their addresses.
+func (c *Client) live(ctx context.Context) ([]BookieInfo, error) {
+	bs, err := c.opts.Directory.Bookies(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	for _, b := range bs {
+		if a := b.addr(); c.addrs[b.ID] != a {
+			if old := c.conns[b.ID]; old != nil {
+				old.Close()
+				delete(c.conns, b.ID)
+			}
+			c.addrs[b.ID] = a
+		}
+	}
+	c.mu.Unlock()
+	return bs, nil
+}
+
+// bookie returns the connection to bookie id (dialled lazily; a bookie the
+// directory never listed is dialled at its id, which is its address).
+func (c *Client) bookie(id string) (*bookierpc.Client, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if cc := c.conns[id]; cc != nil {
+		return cc, nil
+	}
+	addr := c.addrs[id]
+	if addr == "" {
+		addr = id
+	}
+	cc, err := bookierpc.Dial(addr, c.opts.DialOptions...)
+	if err != nil {
+		return nil, err
+	}
+	c.conns[id] = cc
+	return cc, nil
+}
+
+// CreateLedger picks an ensemble of e live bookies on distinct nodes,
+// allocates a ledger id and records the ledger OPEN in meta, and returns
+// its writer.
+func (c *Client) CreateLedger(ctx context.Context, e, qw, qa int) (*LedgerWriter, error) {
+	if !(e >= qw && qw >= qa && qa >= 1) {
+		return nil, fmt.Errorf("%w: need E >= Qw >= Qa >= 1, have %d/%d/%d", ledger.ErrInvalid, e, qw, qa)
+	}
+	live, err := c.live(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ens, err := pickEnsemble(live, e, int(c.pick.Add(1)-1))
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(ens))
+	for i, b := range ens {
+		ids[i] = b.ID
+	}
+	rec, err := c.store.CreateLedger(ctx, schema.Ledger{Ensemble: e, WriteQuorum: qw, AckQuorum: qa,
+		Fragments: []schema.Fragment{{FirstEntry: 0, Bookies: ids}}})
+	if err != nil {
+		return nil, fmt.Errorf("journal/client: create ledger: %w", err)
+	}
+	c.log.Debug("ledger created", "ledger", rec.Value.ID, "ensemble", ids)
+	return c.newWriter(rec, live)
+}
+
+// Metadata returns a ledger's metadata as stored in meta.
+func (c *Client) Metadata(ctx context.Context, id uint64) (ledger.Metadata, error) {
+	rec, err := c.store.Ledger(ctx, id)
+	if errors.Is(err, meta.ErrNotFound) {
+		return ledger.Metadata{}, fmt.Errorf("%w: %d", ErrNoSuchLedger, id)
+	}
+	if err != nil {
+		return ledger.Metadata{}, err
+	}
+	return ToMetadata(rec), nil
+}
+
+// cas carries out a CASMetadata effect: on a version mismatch it reads the
+// ledger back; if what is stored is what this CAS wrote (an earlier
+// attempt whose answer was lost), it is a success. Errors other than a
+// mismatch are retried until ctx ends.
+func (c *Client) cas(ctx context.Context, eff ledger.CASMetadata, createdAt time.Time) (ledger.CASResult, error) {
+	backoff := 10 * time.Millisecond
+	for {
+		v, err := c.store.CASLedger(ctx, eff.Expected, FromMetadata(eff.New, createdAt))
+		if err == nil {
+			return ledger.CASResult{OK: true, Version: v}, nil
+		}
+		if errors.Is(err, meta.ErrVersionMismatch) {
+			rec, rerr := c.store.Ledger(ctx, eff.New.ID)
+			if rerr == nil {
+				cur := ToMetadata(rec)
+				if sameMetadata(cur, eff.New) {
+					return ledger.CASResult{OK: true, Version: cur.Version}, nil
+				}
+				return ledger.CASResult{Current: cur}, nil
+			}
+			err = rerr
+		}
+		c.log.Warn("journal/client: ledger metadata CAS failed, retrying", "ledger", eff.New.ID, "err", err)
+		select {
+		case <-ctx.Done():
+			return ledger.CASResult{}, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// statusOf maps a bookierpc answer to what the state machines need.
+func statusOf(err error) ledger.Status {
+	switch bookierpc.StatusOf(err) {
+	case journalv1.Status_STATUS_OK:
+		return ledger.StatusOK
+	case journalv1.Status_STATUS_NO_SUCH_ENTRY, journalv1.Status_STATUS_NO_SUCH_LEDGER:
+		return ledger.StatusNoSuchEntry
+	case journalv1.Status_STATUS_FENCED:
+		return ledger.StatusFenced
+	}
+	return ledger.StatusUnknown
+}
+
+// mailbox is an unbounded queue feeding one event loop: network callbacks
+// never block on a busy loop (which would stall the gRPC receive path the
+// loop's own sends depend on). Memory is bounded by MaxInflight upstream.
+type mailbox[T any] struct {
+	mu     sync.Mutex
+	items  []T
+	closed bool
+	notify chan struct{}
+}
+
+func newMailbox[T any]() *mailbox[T] { return &mailbox[T]{notify: make(chan struct{}, 1)} }
+
+// push queues x; false once the mailbox is closed (x was not queued).
+func (m *mailbox[T]) push(x T) bool {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return false
+	}
+	m.items = append(m.items, x)
+	m.mu.Unlock()
+	select {
+	case m.notify <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// close refuses further pushes and returns what is still queued.
+func (m *mailbox[T]) close() []T {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	items := m.items
+	m.items = nil
+	return items
+}
+
+func (m *mailbox[T]) take(buf []T) []T {
+	m.mu.Lock()
+	buf = append(buf[:0], m.items...)
+	clear(m.items)
+	m.items = m.items[:0]
+	m.mu.Unlock()
+	return buf
+}
