@@ -68,24 +68,32 @@ What the node runs, in start order:
   admin HTTP server   [admin] addr, default :58080:
                         /healthz  /readyz  /metrics (Prometheus)
                         /api/v1/cluster  /api/v1/topics  (used by quirectl)
+  meta                the Raft metadata service (role "meta"), riding the
+                      inner gRPC server (meta.v1.Meta): node registrations,
+                      topics, the bookie's cookie. One address in meta_addrs
+                      (the default) is a one-node cluster; nodes given the
+                      same three addresses form one. The node waits for a
+                      meta leader ([meta] leader_wait_timeout) before it
+                      goes on, then registers itself under a lease
   bookie              the journal's storage server ([bookie] enabled, default
                       true: the node's "bookie" role), serving the
                       journal.v1.Bookie gRPC service on the inner gRPC server
-  broker storage      the memory and file engines and the topic registry;
+  broker storage      the memory and file engines and the topic registry
+                      (in meta: every node lists every topic; a topic's
+                      shards live on the node it was created through);
                       [storage] default_engine and [[storage.rules]] choose
                       each topic's engine
 Not built yet; the node logs at start that these are not served:
-  meta (Raft; topics are kept locally), the journal's ledger client and
-  the journal engine, and the protocol listeners
-  MQTT :1883 (TLS :8883, WS :8083, WSS :8084, QUIC :14567), Kafka :9092,
-  AMQP :5672.
+  the journal's ledger client and the journal engine, and the protocol
+  listeners MQTT :1883 (TLS :8883, WS :8083, WSS :8084, QUIC :14567),
+  Kafka :9092, AMQP :5672.
 
 Data goes under data_dir (default ./data, relative to the working directory):
   LOCK          held while the node runs; two nodes cannot share a data_dir
-  topics.json   the topic registry
+  meta/         the meta service's Raft log, stable store and snapshots
   file/         segments of topics on the file engine
   bookie/       the bookie's entry logs, index and journal
-  bookie-cookies.json   the bookie's cookie store
+  topics.json.migrated   an older build's topics.json, copied into meta
 Topics on the memory engine keep their name and partitions across a restart,
 but not their records.
 

@@ -267,10 +267,22 @@ func (c *cli) clusterStatus(args []string) int {
 		var cs adminapi.Cluster
 		return c.emit(raw, &cs, func(w *tabwriter.Writer) {
 			fmt.Fprintf(w, "Cluster:\t%s\n", cs.ClusterName)
-			fmt.Fprintf(w, "Meta leader:\t%d (%s)\n\n", cs.MetaLeader, cs.MetaMode)
+			leader := fmt.Sprint(cs.MetaLeader)
+			if cs.MetaLeader == 0 {
+				leader = "none"
+			}
+			fmt.Fprintf(w, "Meta leader:\t%s (%s)\n", leader, cs.MetaMode)
+			if cs.Stale || cs.Error != "" {
+				fmt.Fprintf(w, "Warning:\t%s\n", cs.Error)
+			}
+			fmt.Fprintln(w)
 			fmt.Fprintln(w, "ID\tADDR\tROLES\tSTATE\tGRPC\tADMIN\tVERSION")
 			for _, n := range cs.Nodes {
-				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.Addr, strings.Join(n.Roles, ","), n.State, n.GRPCAddr, n.AdminAddr, n.Version)
+				id := fmt.Sprint(n.ID)
+				if n.ID == cs.MetaLeader {
+					id += "*"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, n.Addr, strings.Join(n.Roles, ","), n.State, n.GRPCAddr, n.AdminAddr, n.Version)
 			}
 		})
 	})
@@ -298,6 +310,8 @@ func (c *cli) topicList(args []string) int {
 				status := "ok"
 				if bad > 0 {
 					status = fmt.Sprintf("%d partition(s) unavailable", bad)
+				} else if len(t.Shards) > 0 && t.Shards[0].Node != 0 {
+					status = fmt.Sprintf("on-node-%d", t.Shards[0].Node)
 				}
 				fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\n", t.Name, t.Engine, t.Partitions, records, status, t.CreatedAt.Format(time.RFC3339))
 			}
@@ -306,7 +320,11 @@ func (c *cli) topicList(args []string) int {
 }
 
 func printTopic(w *tabwriter.Writer, t adminapi.Topic) {
-	fmt.Fprintf(w, "Topic:\t%s\nEngine:\t%s\nPartitions:\t%d\nCreated:\t%s\n\n", t.Name, t.Engine, t.Partitions, t.CreatedAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "Topic:\t%s\nEngine:\t%s\nPartitions:\t%d\nCreated:\t%s\n", t.Name, t.Engine, t.Partitions, t.CreatedAt.Format(time.RFC3339))
+	if t.Node != 0 {
+		fmt.Fprintf(w, "Hosted by:\tnode %d\n", t.Node)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "PARTITION\tSHARD\tLOW\tHIGH\tSEALED\tERROR")
 	for _, p := range t.Shards {
 		fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%v\t%s\n", p.Partition, p.Shard, p.Low, p.High, p.Sealed, p.Error)

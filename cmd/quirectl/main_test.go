@@ -25,7 +25,7 @@ func (f *fakeNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	switch r.Method + " " + r.URL.Path {
 	case "GET /api/v1/cluster":
-		io.WriteString(w, `{"cluster_name":"c","meta_leader":3,"meta_mode":"local","nodes":[{"id":3,"addr":"h:1228","roles":["broker"],"state":"ready"}]}`)
+		io.WriteString(w, `{"cluster_name":"c","meta_leader":3,"meta_mode":"raft","nodes":[{"id":2,"addr":"g:1228","roles":["meta","broker"],"state":"down"},{"id":3,"addr":"h:1228","roles":["meta","broker"],"state":"up"}]}`)
 	case "GET /api/v1/topics":
 		io.WriteString(w, `{"topics":[{"name":"orders","engine":"file","partitions":2,"created_at":"2026-01-02T03:04:05Z",
 			"shards":[{"partition":0,"shard":"orders/0","low":2,"high":7},{"partition":1,"shard":"orders/1","low":0,"high":0,"error":"shard missing"}]}]}`)
@@ -63,7 +63,7 @@ func TestCommands(t *testing.T) {
 	t.Setenv("QUIRE_SERVER", srv.URL)
 
 	out, _, code := runCtl(t, "cluster", "status")
-	if code != 0 || !strings.Contains(out, "Meta leader:  3 (local)") || !strings.Contains(out, "3   h:1228  broker  ready") {
+	if code != 0 || !strings.Contains(out, "Meta leader:  3 (raft)") || !strings.Contains(out, "2   g:1228  meta,broker  down") || !strings.Contains(out, "3*  h:1228  meta,broker  up") {
 		t.Errorf("cluster status = %d\n%s", code, out)
 	}
 	out, _, code = runCtl(t, "topic", "list")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -45,6 +46,9 @@ func newGRPCServer(addr string, log *slog.Logger, report func(error), opts ...gr
 	healthpb.RegisterHealthServer(g.srv, g.health)
 	return g
 }
+
+// stopGrace bounds a graceful stop of the inner gRPC server.
+const stopGrace = 5 * time.Second
 
 // register adds a service. Only before Start.
 func (g *grpcServer) register(desc *grpc.ServiceDesc, impl any) {
@@ -185,9 +189,17 @@ func (g *grpcServer) Stop(ctx context.Context) error {
 	}
 	stopped := make(chan struct{})
 	go func() { g.srv.GracefulStop(); close(stopped) }()
+	// RPCs in flight get stopGrace (or until ctx ends) to finish; long
+	// streams from other nodes (Raft, watches) are then cut.
+	grace := time.NewTimer(stopGrace)
+	defer grace.Stop()
 	select {
 	case <-stopped:
 	case <-ctx.Done():
+		g.srv.Stop()
+		<-stopped
+	case <-grace.C:
+		g.log.Warn("gRPC calls still running after the stop grace period; closing them", "grace", stopGrace)
 		g.srv.Stop()
 		<-stopped
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,9 +43,10 @@ func freeAddrs(t *testing.T, n int) []string {
 // leader, /readyz answers 503 naming meta meanwhile, and Start fails with
 // a clear error after [meta] leader_wait_timeout.
 func TestNodeReadinessWaitsForLeader(t *testing.T) {
-	addrs := freeAddrs(t, 2)
+	addrs := freeAddrs(t, 3)
 	cfg := testConfig(t.TempDir())
 	cfg.GRPC.Addr = addrs[0]
+	cfg.Admin.Addr = addrs[2]
 	cfg.MetaAddrs = []string{"1@" + addrs[0], "2@" + addrs[1]} // node 2 never starts
 	cfg.Meta.LeaderWaitTimeout = config.Duration(1500 * time.Millisecond)
 	logs := &syncBuffer{}
@@ -51,16 +54,27 @@ func TestNodeReadinessWaitsForLeader(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { errc <- n.Start(context.Background()) }()
 
-	deadline := time.Now().Add(5 * time.Second)
-	for n.AdminAddr() == nil && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	var code int
+	var body string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		resp, err := http.Get("http://" + addrs[2] + "/readyz")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			code, body = resp.StatusCode, string(b)
+			if strings.Contains(body, `"meta"`) && strings.Contains(body, `"starting"`) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			break
+		}
 	}
-	code, body := get(t, "http://"+n.AdminAddr().String()+"/readyz")
 	if code != 503 || !strings.Contains(body, `"meta"`) || !strings.Contains(body, `"starting"`) {
 		t.Errorf("/readyz while meta waits for a leader = %d %s", code, body)
 	}
-	if c := n.Cluster(); c.MetaLeader != 0 || !c.Stale {
-		t.Errorf("cluster without a leader = %+v", c)
+	if c, err := adminapi.NewClient(addrs[2]).Cluster(context.Background()); err != nil || c.MetaLeader != 0 || !c.Stale {
+		t.Errorf("cluster without a leader = %+v, %v", c, err)
 	}
 	var err error
 	select {
@@ -145,15 +159,29 @@ func clusterConfigs(t *testing.T) []*config.Config {
 // bookie (the cookie is in meta, which the other nodes kept).
 func TestNodeThreeNodeCluster(t *testing.T) {
 	ctx := context.Background()
-	cfgs := clusterConfigs(t)
+	var cfgs []*config.Config
 	nodes := make([]*Node, 3)
-	errc := make(chan error, 3)
-	for i, c := range cfgs {
-		nodes[i] = newNode(t, c, nil)
-		go func() { errc <- nodes[i].Start(ctx) }()
-	}
-	for range 3 {
-		if err := <-errc; err != nil {
+	for try := 0; ; try++ {
+		cfgs = clusterConfigs(t)
+		errc := make(chan error, 3)
+		for i, c := range cfgs {
+			nodes[i] = newNode(t, c, nil)
+			go func() { errc <- nodes[i].Start(ctx) }()
+		}
+		var errs []error
+		for range 3 {
+			if err := <-errc; err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if len(errs) == 0 {
+			break
+		}
+		for _, n := range nodes {
+			n.Stop(ctx)
+		}
+		// A port picked as free may have been taken since: pick again.
+		if err := errors.Join(errs...); try == 2 || !strings.Contains(err.Error(), "address already in use") {
 			t.Fatal(err)
 		}
 	}
