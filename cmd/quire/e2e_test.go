@@ -375,7 +375,7 @@ engine = "memory"
 
 	// quirectl: cluster status and topics.
 	out := mustCtl(t, "--server", admin, "cluster", "status")
-	for _, want := range []string{"Cluster:", "e2e", "Meta leader:  1 (local)", "bookie", "broker", "ready", grpcAddr, e2eVersion} {
+	for _, want := range []string{"Cluster:", "e2e", "Meta leader:  1 (raft)", "meta,bookie,broker", "up", grpcAddr, e2eVersion} {
 		if !strings.Contains(out, want) {
 			t.Errorf("cluster status lacks %q:\n%s", want, out)
 		}
@@ -419,8 +419,11 @@ engine = "memory"
 	if !found["orders/0"] || !found["orders/1"] || found["sensors/temp/0"] {
 		t.Errorf("file engine shard directories: %v", found)
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, "topics.json")); err != nil {
+	if _, err := os.Stat(filepath.Join(dataDir, "meta", "raft")); err != nil {
 		t.Error(err)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "topics.json")); !os.IsNotExist(err) {
+		t.Errorf("topics.json with meta: %v", err)
 	}
 
 	// A second node cannot use the same data_dir.
@@ -485,7 +488,7 @@ func TestBadConfigExit2(t *testing.T) {
 		{"unknown key", "cluster_name = \"x\"\n\nnodeid = 3\n", []string{":3:", "nodeid", "unknown key", `did you mean "node_id"`}},
 		{"bad duration", "[storage.file]\nsync_interval = \"soon\"\n", []string{":2:", "storage.file.sync_interval", `invalid duration "soon"`}},
 		{"unknown engine", "[[storage.rules]]\nmatch = \"a/#\"\nengine = \"hdfs\"\n", []string{":3:", "storage.rules[0].engine", `unknown engine "hdfs"`}},
-		{"multi-node meta", "meta_addrs = [\"1@a:1228\", \"2@b:1228\"]\n", []string{":1:", "meta_addrs", "multi-node meta arrives with the Meta service"}},
+		{"not a voter", "node_id = 3\nmeta_addrs = [\"1@a:1228\", \"2@b:1228\"]\n", []string{":2:", "meta_addrs", "this node (node_id = 3) is not one of the meta voters (node ids 1, 2)"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := writeConfig(t, dir, strings.ReplaceAll(c.name, " ", "-")+".toml", c.doc)
@@ -525,7 +528,7 @@ func TestDefaultConfig(t *testing.T) {
 	cwd := t.TempDir()
 	p := startQuire(t, cwd, "start")
 	p.waitReady(t, "127.0.0.1:58080")
-	for _, f := range []string{"LOCK", "topics.json", "file", "bookie/COOKIE", "bookie-cookies.json"} {
+	for _, f := range []string{"LOCK", "meta/raft", "meta/snapshots", "file", "bookie/COOKIE"} {
 		if _, err := os.Stat(filepath.Join(cwd, "data", f)); err != nil {
 			t.Errorf("./data/%s: %v", f, err)
 		}
@@ -534,7 +537,7 @@ func TestDefaultConfig(t *testing.T) {
 		t.Errorf("gRPC health on :1228 = %v", st)
 	}
 	// quirectl's default server is the default admin address.
-	if out := mustCtl(t, "cluster", "status"); !strings.Contains(out, "quire") || !strings.Contains(out, "ready") {
+	if out := mustCtl(t, "cluster", "status"); !strings.Contains(out, "quire") || !strings.Contains(out, "Meta leader:  1 (raft)") || !strings.Contains(out, " up ") {
 		t.Errorf("cluster status:\n%s", out)
 	}
 	if !strings.Contains(p.stderr.String(), "embedded default configuration") || !strings.Contains(p.stderr.String(), "mqtt.tcp=:1883") {
