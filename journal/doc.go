@@ -7,14 +7,13 @@
 // machines for the writer (striping, ack quorum, LAC, ensemble changes,
 // close), recovery (fencing coverage, fencing reads, explicit-negative
 // quorum, write-back, close) and readers; the driver that runs them over
-// bookierpc and meta/schema is still to come.
+// bookierpc and meta/schema is journal/client (create with placement,
+// pipelined writer, ensemble changes, close, tailing reader, recovery).
 //
 // The bookie's storage engine is in journal/bookie: journal with group
 // commit on preallocated or recycled files, entry logs, a Pebble index,
 // checkpoints, fencing, explicit LACs, deletion with compaction, and
-// cookies. Not built yet: the bookie's gRPC service and its place in
-// `quire start` / `quire bookie` (the rest of "Journal, part 1: the
-// bookie"), and the client of "Journal, part 2: replicated ledgers and
-// logs". Until then the node runs no bookie and the journal engine is not
-// offered.
+// cookies; journal/bookie/bookierpc serves it over gRPC. Not built yet
+// ("Journal, part 2"): logs (ledger chains with rollover), the journal
+// engine and journal-bench.
 package journal
