@@ -63,7 +63,7 @@ addr = %q
 [admin]
 addr = %q
 `, n.id, filepath.Join(dir, fmt.Sprintf("data%d", n.id)), strings.Join(voters, ", "),
-			election.String(), election.String(), (election / 2).String(), ttl.String(), n.grpc, n.admin))
+			election.String(), election.String(), (election/2).String(), ttl.String(), n.grpc, n.admin))
 		nodes = append(nodes, n)
 	}
 	for _, n := range nodes {
