@@ -53,7 +53,11 @@ func newBroker(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.Reg
 			if r == nil {
 				return 0
 			}
-			t, p := r.Count(context.Background())
+			// Topics are in meta: bound the read, so that a scrape does
+			// not hang while meta has no leader (it then reports 0).
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			t, p := r.Count(ctx)
 			if partitions {
 				return float64(p)
 			}
