@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -205,7 +206,9 @@ func benchAdd(b *testing.B, c benchConfig) {
 	b.SetBytes(int64(len(payload)))
 	b.ResetTimer()
 	syncs.start()
+	cpu0 := processCPU()
 	full := runAdds(b, bk, b.N, c.writers, c.window, 0, payload, 0)
+	cpu := processCPU() - cpu0
 	b.StopTimer()
 	nsyncs, perSync, syncMean, syncP99 := syncs.stop()
 	mbps := full.rate() * float64(len(payload)) / 1e6
@@ -219,7 +222,11 @@ func benchAdd(b *testing.B, c benchConfig) {
 		b.ReportMetric(float64(syncMean.Microseconds()), "sync-µs")
 		b.ReportMetric(float64(syncP99.Microseconds()), "sync-p99-µs")
 		b.ReportMetric(float64(bk.jnl.zeroFilled.Load()-filled), "zero-fills")
-		_ = nsyncs
+		// sync-busy: share of the run the journal spent in fdatasync (1 =
+		// the disk path never idled); cpus: CPU seconds of the whole
+		// process per second (this machine has runtime.NumCPU()).
+		b.ReportMetric(float64(time.Duration(nsyncs)*syncMean)/float64(full.elapsed), "sync-busy")
+		b.ReportMetric(cpu.Seconds()/full.elapsed.Seconds(), "cpus")
 		// Close syncs the entry logs, so their writeback is not charged to
 		// the raw ceiling measured next.
 		if err := bk.Close(); err != nil {
@@ -251,6 +258,15 @@ func benchAdd(b *testing.B, c benchConfig) {
 	b.ReportMetric(float64(rawP99.Microseconds()), "raw-p99-sync-µs")
 	b.ReportMetric(float64(bound.Microseconds()), "bound-µs")
 	b.ReportMetric(float64(half.pct(99))/float64(bound), "p99/bound")
+}
+
+// processCPU returns the user+system CPU time of the process so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // rawSyncCeiling writes total bytes in chunks of perSync sequentially into

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/sstable"
 
 	"github.com/quiremq/quire/internal/vfs"
 )
@@ -150,17 +151,15 @@ func (b *Bookie) open() error {
 	if err := mkdir(fs, b.logDir); err != nil {
 		return err
 	}
-	b.db, err = pebble.Open(fs.PathJoin(o.Dir, indexDir), &pebble.Options{
-		FS:     fs,
-		Logger: pebbleLogger{o.Logf},
-	})
+	b.db, err = pebble.Open(fs.PathJoin(o.Dir, indexDir), indexOptions(fs, o.Logf))
 	if err != nil {
 		return fmt.Errorf("bookie: opening index: %w", err)
 	}
 	if err := b.load(); err != nil {
 		return err
 	}
-	b.jnl = &journal{fs: fs, dir: o.JournalDir, opts: o, onRoll: b.maybeCheckpoint}
+	b.jnl = &journal{fs: fs, dir: o.JournalDir, opts: o, onRoll: b.maybeCheckpoint, needCheckpoint: b.kickCheckpoint}
+	b.jnl.cond = sync.NewCond(&b.jnl.mu)
 	// Replay the journal from the checkpoint into the entry logs and index.
 	var batch []op
 	var batchBytes int
@@ -204,6 +203,27 @@ func (b *Bookie) open() error {
 		return err
 	}
 	return b.jnl.start(max(maxNum, b.ap.pos.file) + 1)
+}
+
+// indexOptions configure the Pebble index for its load: one small key per
+// entry, written in large NoSync batches and read by point lookups. A large
+// memtable and a deeper L0 mean fewer, larger flushes and compactions (the
+// index's compactions were the bookie's largest CPU cost); values are
+// locations that do not compress, so blocks are not compressed.
+func indexOptions(fs vfs.FS, logf func(string, ...any)) *pebble.Options {
+	o := &pebble.Options{
+		FS:                          fs,
+		Logger:                      pebbleLogger{logf},
+		MemTableSize:                64 << 20,
+		MemTableStopWritesThreshold: 4,
+		L0CompactionThreshold:       8,
+		L0StopWritesThreshold:       32,
+		LBaseMaxBytes:               512 << 20,
+	}
+	for i := range o.Levels {
+		o.Levels[i].Compression = func() *sstable.CompressionProfile { return sstable.NoCompression }
+	}
+	return o
 }
 
 // hasData reports whether the bookie's directories hold bookie files.
@@ -943,10 +963,15 @@ func (b *Bookie) applyLoop() {
 
 func (b *Bookie) maybeCheckpoint() {
 	if b.jnl.rolled.Load() >= int64(b.opts.CheckpointJournalFiles) {
-		select {
-		case b.ckptKick <- struct{}{}:
-		default:
-		}
+		b.jnl.checkpointKicked()
+		b.kickCheckpoint()
+	}
+}
+
+func (b *Bookie) kickCheckpoint() {
+	select {
+	case b.ckptKick <- struct{}{}:
+	default:
 	}
 }
 
@@ -984,6 +1009,9 @@ func (b *Bookie) hook(point string) {
 func (b *Bookie) checkpoint() error {
 	b.maintMu.Lock()
 	defer b.maintMu.Unlock()
+	if b.jnl != nil {
+		defer b.jnl.checkpointDone(b.jnl.checkpointStarting())
+	}
 	ap := &b.ap
 	b.applyMu.Lock()
 	for _, l := range ap.sealed {

@@ -122,7 +122,9 @@ func (w *crashWorkload) run(workers, target int) {
 	stop := make(chan struct{})
 	crashKick := make(chan string, 1)
 	nextCrash := atomic.Int64{}
+	w.rngMu.Lock() // checkpoint hooks draw from rng concurrently
 	nextCrash.Store(int64(10 + w.rng.IntN(40)))
+	w.rngMu.Unlock()
 	m.mu.Lock()
 	m.onAck = func(count int) {
 		if int64(count) >= nextCrash.Load() {

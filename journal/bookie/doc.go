@@ -19,10 +19,14 @@
 // # Write path
 //
 // AddEntry, Fence, WriteLAC and DeleteLedger append a record to an
-// in-memory group. One goroutine writes a group and fdatasyncs it when its
-// oldest record has waited Options.MaxGroupWait (2 ms) or it holds
-// Options.MaxGroupBytes (512 KiB), whichever comes first; then it makes the
-// group's entries readable and calls the callbacks. A second goroutine
+// in-memory group. The journal is a pipeline: one goroutine cuts a group
+// when its oldest record has waited Options.MaxGroupWait (2 ms) or it holds
+// Options.MaxGroupBytes (512 KiB), whichever comes first, and writes it to
+// the journal file; a second fdatasyncs, back to back, everything written
+// while its previous sync ran (so group N+1 is written while group N
+// syncs, and an add is acknowledged only after an fdatasync that began
+// after its write); a third makes the synced entries readable and calls
+// the callbacks in journal order. Another goroutine
 // applies synced groups to the entry logs (append-only files of entry
 // records, in Dir/ledgers) and the index (Pebble, in Dir/index, opened on
 // the same vfs.FS): (ledger, entry) → (log, offset, length), plus ledger
@@ -49,7 +53,10 @@
 // to one written before it). Before use a file is preallocated
 // (File.Preallocate) and zero-filled to JournalFileSize once, or recycled:
 // a retired file renamed to the new number and overwritten in place, so
-// that fdatasync never has to update the file size. Both leave bytes after
+// that fdatasync never has to update the file size. Zero-filling doubles
+// the disk writes while it runs, so when the retired files run low the
+// journal kicks a checkpoint and waits (up to a second) for it to retire
+// one rather than zero-fill. Both leave bytes after
 // the last record that are not records of this file: zeros, or the records
 // of the file's previous life.
 //

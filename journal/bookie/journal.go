@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/quiremq/quire/internal/vfs"
 )
@@ -26,9 +27,41 @@ type journal struct {
 	recycled   atomic.Int64 // files reused (for tests)
 	zeroFilled atomic.Int64 // files zero-filled (for tests)
 	onRoll     func()       // called after a roll (kicks a checkpoint)
+	// needCheckpoint kicks a checkpoint (ckptKicked already counts it):
+	// called when the files to recycle run out.
+	needCheckpoint func()
 
-	mu   sync.Mutex // guards free and the renames that recycle files
+	mu   sync.Mutex // guards free, ckptPending, closing and the renames that recycle files
+	cond *sync.Cond // on mu: signalled when free grows or ckptPending/closing change
 	free []uint64   // retired files available for recycling, ascending
+	// While a checkpoint that a roll kicked has not finished
+	// (ckptKicked > ckptDone), it will retire files, so preparing the
+	// next file waits for one to recycle rather than zero-fill a new one
+	// (whose writes would compete with the journal's syncs).
+	ckptKicked, ckptDone uint64
+	closing              bool
+}
+
+// checkpointKicked records that a checkpoint was requested.
+func (j *journal) checkpointKicked() {
+	j.mu.Lock()
+	j.ckptKicked++
+	j.mu.Unlock()
+}
+
+// checkpointStarting returns the requests a checkpoint starting now
+// serves; pass it to checkpointDone when it ends.
+func (j *journal) checkpointStarting() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.ckptKicked
+}
+
+func (j *journal) checkpointDone(gen uint64) {
+	j.mu.Lock()
+	j.ckptDone = max(j.ckptDone, gen)
+	j.cond.Broadcast()
+	j.mu.Unlock()
 }
 
 type jfile struct {
@@ -78,6 +111,29 @@ func (j *journal) prepare(num uint64) (*jfile, error) {
 	var f vfs.File
 	var err error
 	j.mu.Lock()
+	if len(j.free) <= 1 && j.opts.JournalRecycleFiles > 0 && j.needCheckpoint != nil {
+		// Taking the last retired file (or finding none): a checkpoint
+		// retires the files it has made redundant, for the next roll.
+		j.ckptKicked++
+		j.mu.Unlock()
+		j.needCheckpoint()
+		j.mu.Lock()
+	}
+	if len(j.free) == 0 && j.ckptKicked > j.ckptDone && j.opts.JournalRecycleFiles > 0 {
+		// Wait for it rather than zero-fill a new file, whose writes would
+		// compete with the journal's syncs; bounded, so that a checkpoint
+		// stuck behind a long compaction does not stall the journal.
+		deadline := time.Now().Add(time.Second)
+		t := time.AfterFunc(time.Second, func() {
+			j.mu.Lock()
+			j.cond.Broadcast()
+			j.mu.Unlock()
+		})
+		for len(j.free) == 0 && j.ckptKicked > j.ckptDone && !j.closing && time.Now().Before(deadline) {
+			j.cond.Wait()
+		}
+		t.Stop()
+	}
 	if len(j.free) > 0 {
 		old := j.free[0]
 		j.free = j.free[1:]
@@ -117,6 +173,13 @@ func (j *journal) prepare(num uint64) (*jfile, error) {
 				return fail(err)
 			}
 			size += n
+			// Write back as we go (asynchronously): one fsync of 64 MiB
+			// at the end would stall the journal's syncs behind it.
+			if size%(4<<20) == 0 {
+				if _, err := f.SyncTo(size); err != nil {
+					return fail(err)
+				}
+			}
 		}
 		if err := f.Sync(); err != nil {
 			return fail(err)
@@ -198,13 +261,13 @@ func (j *journal) roll() error {
 	}
 	old := j.cur
 	j.cur = p.f
+	j.rolled.Add(1)
+	if j.onRoll != nil {
+		j.onRoll() // may kick a checkpoint, which prepareNext then waits for
+	}
 	j.prepareNext()
 	if err := old.f.Close(); err != nil {
 		return fmt.Errorf("bookie: closing journal file: %w", err)
-	}
-	j.rolled.Add(1)
-	if j.onRoll != nil {
-		j.onRoll()
 	}
 	return nil
 }
@@ -231,11 +294,16 @@ func (j *journal) retire(below uint64) error {
 		}
 	}
 	slices.Sort(j.free)
+	j.cond.Broadcast()
 	return nil
 }
 
 // close closes the current and the prepared file.
 func (j *journal) close() error {
+	j.mu.Lock()
+	j.closing = true
+	j.cond.Broadcast()
+	j.mu.Unlock()
 	var err error
 	if j.next != nil {
 		if p := <-j.next; p.f != nil {
