@@ -285,3 +285,7 @@ func checkInvariants(t testing.TB, cl *Client, id uint64, h *history) int64 {
 	}
 	return md.LastEntry
 }
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
