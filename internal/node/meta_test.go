@@ -143,9 +143,11 @@ func clusterConfigs(t *testing.T) []*config.Config {
 		c.NodeID = uint64(i + 1)
 		c.GRPC.Addr = a
 		c.MetaAddrs = voters
-		c.Meta.HeartbeatTimeout = config.Duration(200 * time.Millisecond)
-		c.Meta.ElectionTimeout = config.Duration(200 * time.Millisecond)
-		c.Meta.LeaderLeaseTimeout = config.Duration(100 * time.Millisecond)
+		// Short, but long enough that the race detector's slowdown does
+		// not make leadership flap.
+		c.Meta.HeartbeatTimeout = config.Duration(500 * time.Millisecond)
+		c.Meta.ElectionTimeout = config.Duration(500 * time.Millisecond)
+		c.Meta.LeaderLeaseTimeout = config.Duration(250 * time.Millisecond)
 		c.Meta.NodeLeaseTTL = config.Duration(2 * time.Second)
 		cfgs = append(cfgs, c)
 	}

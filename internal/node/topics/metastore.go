@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/quiremq/quire/meta"
 	"github.com/quiremq/quire/meta/schema"
@@ -13,7 +14,8 @@ import (
 // with a /shards/<topic>/<p> record per partition). Creates and deletes are
 // Raft writes (a create is a CAS on "must not exist", so two nodes creating
 // the same topic at once cannot both succeed) and reads are linearizable,
-// so every node of a cluster sees the same topics.
+// so every node of a cluster sees the same topics. Calls wait out an
+// election (ErrNotLeader: nothing was applied) for up to 5s.
 type MetaStore struct {
 	s       schema.Store
 	existed bool
@@ -29,13 +31,35 @@ func NewMetaStore(kv meta.KV, existed bool) *MetaStore {
 	return &MetaStore{s: schema.Store{KV: kv}, existed: existed}
 }
 
+// leaderWait bounds how long a call waits out an election: meta answers
+// ErrNotLeader (nothing applied, safe to retry) while there is no leader.
+const leaderWait = 5 * time.Second
+
+// retry runs fn again while meta has no leader, up to leaderWait or ctx's
+// end.
+func retry(ctx context.Context, fn func() error) error {
+	deadline := time.Now().Add(leaderWait)
+	for {
+		err := fn()
+		if !errors.Is(err, meta.ErrNotLeader) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 func fromSchema(t schema.Topic) Topic {
 	return Topic{Name: t.Name, Engine: t.Engine, Partitions: t.Partitions, CreatedAt: t.CreatedAt, Node: t.Node}
 }
 
 // List implements Store.
 func (s *MetaStore) List(ctx context.Context) ([]Topic, error) {
-	rs, err := s.s.Topics(ctx)
+	var rs []schema.Record[schema.Topic]
+	err := retry(ctx, func() (err error) { rs, err = s.s.Topics(ctx); return err })
 	if err != nil {
 		return nil, fmt.Errorf("topics: listing topics in meta: %w", err)
 	}
@@ -48,7 +72,8 @@ func (s *MetaStore) List(ctx context.Context) ([]Topic, error) {
 
 // Get implements Store.
 func (s *MetaStore) Get(ctx context.Context, name string) (Topic, error) {
-	r, err := s.s.Topic(ctx, name)
+	var r schema.Record[schema.Topic]
+	err := retry(ctx, func() (err error) { r, err = s.s.Topic(ctx, name); return err })
 	if errors.Is(err, meta.ErrNotFound) {
 		return Topic{}, fmt.Errorf("topic %q: %w", name, ErrNotFound)
 	}
@@ -60,7 +85,9 @@ func (s *MetaStore) Get(ctx context.Context, name string) (Topic, error) {
 
 // Create implements Store.
 func (s *MetaStore) Create(ctx context.Context, t Topic) error {
-	err := s.s.CreateTopic(ctx, schema.Topic{Name: t.Name, Engine: t.Engine, Partitions: t.Partitions, CreatedAt: t.CreatedAt, Node: t.Node})
+	err := retry(ctx, func() error {
+		return s.s.CreateTopic(ctx, schema.Topic{Name: t.Name, Engine: t.Engine, Partitions: t.Partitions, CreatedAt: t.CreatedAt, Node: t.Node})
+	})
 	switch {
 	case errors.Is(err, schema.ErrExists):
 		return fmt.Errorf("topic %q: %w", t.Name, ErrExists)
@@ -72,7 +99,7 @@ func (s *MetaStore) Create(ctx context.Context, t Topic) error {
 
 // Delete implements Store.
 func (s *MetaStore) Delete(ctx context.Context, name string) error {
-	err := s.s.DeleteTopic(ctx, name)
+	err := retry(ctx, func() error { return s.s.DeleteTopic(ctx, name) })
 	switch {
 	case errors.Is(err, meta.ErrNotFound), errors.Is(err, meta.ErrVersionMismatch):
 		return fmt.Errorf("topic %q: %w", name, ErrNotFound)
