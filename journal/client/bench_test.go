@@ -89,3 +89,46 @@ func benchAppend(b *testing.B, dataDir string, inflight, size int) {
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
 }
+
+// BenchmarkCatchUpRead: reading a closed ledger of 1 KiB entries
+// (E=3 Qw=2 Qa=2, 3 in-memory bookies) from entry 0 with LedgerReader.
+//
+//	go test -run '^$' -bench BenchmarkCatchUpRead -benchtime 20000x ./journal/client
+func BenchmarkCatchUpRead(b *testing.B) {
+	const size = 1024
+	c := newCluster(b, 3, "")
+	cl := c.client(Options{})
+	ctx := context.Background()
+	w, err := cl.CreateLedger(ctx, 3, 2, 2)
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := make([]byte, size)
+	var last *Future
+	for range b.N {
+		if last, err = w.AppendAsync(ctx, data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := last.Result(); err != nil {
+		b.Fatal(err)
+	}
+	if err := w.Close(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(size)
+	b.ResetTimer()
+	start := time.Now()
+	r, err := cl.OpenForRead(ctx, w.ID(), 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	for i := range b.N {
+		if e, _, err := r.Next(ctx); err != nil || e != int64(i) {
+			b.Fatalf("read %d: %d, %v", i, e, err)
+		}
+	}
+	el := time.Since(start)
+	b.ReportMetric(float64(b.N)/el.Seconds(), "entries/s")
+}

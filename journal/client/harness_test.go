@@ -76,7 +76,7 @@ func startBookie(t testing.TB, fs vfs.FS, dir, node string) *testBookie {
 	addr := lis.Addr().String()
 	tb := &testBookie{t: t, info: BookieInfo{ID: addr, Addr: addr, Node: node}, opts: bookie.Options{
 		FS: fs, Dir: dir, BookieID: addr, Cookies: &bookie.MemCookieStore{},
-		JournalFileSize: 8 << 20, CheckpointInterval: time.Hour,
+		JournalFileSize: 2 << 20, EntryLogSize: 16 << 20, CheckpointInterval: time.Hour,
 	}}
 	tb.serve(lis)
 	t.Cleanup(tb.kill)
