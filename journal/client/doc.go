@@ -71,6 +71,23 @@
 // CASes as above. Aborted becomes an error matching ErrRecoveryAborted;
 // nothing unsafe was done and Recover may simply be called again.
 //
+// # Logs
+//
+// A shard's log is schema.Log: its ledger ids in order. Offsets are dense
+// across ledgers: a record's offset is the number of entries of the
+// closed ledgers before its own plus its entry id (computed from each
+// ledger's metadata; retention keeps the list short). OpenLogWriter takes
+// a log over as its new writer: Recover the last two ledgers (a rollover
+// that crashed between CAS-append and close leaves two open), create a
+// ledger and CAS-append it against the log version read (ErrLogConflict
+// if another writer got there first). Rollover (RollEntries, RollBytes,
+// RollAge) creates the next ledger, CAS-appends it, closes the old one —
+// waiting for its appends, so its last entry and hence the next base
+// offset are final — and only then appends to the new one; appends wait
+// during a rollover. LogReader reads from an offset on, opens each ledger
+// in turn (tailing the last one, waiting for an open ledger in the middle
+// to be closed by recovery) and polls the log for new ledgers.
+//
 // # Tests
 //
 // The tests run a single-node meta in process (in-memory FS) and 2–5 real
@@ -83,7 +100,9 @@
 // with a tailing reader (explicit LAC of an idle writer), a bookie killed
 // mid-stream (ensemble change, no append fails), a writer abandoned with
 // adds in flight and recovered (E/Qw/Qa 3/2/2, 3/3/2, 5/3/2), recovery
-// while the old writer keeps appending (it is fenced), and a recovery
-// that aborts with two of three bookies down and succeeds once they
-// return.
+// while the old writer keeps appending (it is fenced), a recovery that
+// aborts with two of three bookies down and succeeds once they return,
+// and a log that rolls over, loses its writer mid-stream and is taken
+// over (dense offsets, tail across boundaries, every non-empty ledger in
+// the log).
 package client
