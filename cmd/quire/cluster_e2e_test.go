@@ -62,6 +62,12 @@ leader_wait_timeout = "30s"
 addr = %q
 [admin]
 addr = %q
+[mqtt]
+tcp = ""
+tls = ""
+ws = ""
+wss = ""
+quic = ""
 `, n.id, filepath.Join(dir, fmt.Sprintf("data%d", n.id)), strings.Join(voters, ", "),
 			election.String(), election.String(), (election/2).String(), ttl.String(), n.grpc, n.admin))
 		nodes = append(nodes, n)

@@ -540,7 +540,7 @@ func TestDefaultConfig(t *testing.T) {
 	if out := mustCtl(t, "cluster", "status"); !strings.Contains(out, "quire") || !strings.Contains(out, "Meta leader:  1 (raft)") || !strings.Contains(out, " up ") {
 		t.Errorf("cluster status:\n%s", out)
 	}
-	if !strings.Contains(p.stderr.String(), "embedded default configuration") || !strings.Contains(p.stderr.String(), "mqtt.tcp=:1883") {
+	if !strings.Contains(p.stderr.String(), "embedded default configuration") || !strings.Contains(p.stderr.String(), "listener=mqtt.tcp") || !strings.Contains(p.stderr.String(), "mqtt.quic=:14567") {
 		t.Errorf("logs:\n%s", p.stderr)
 	}
 	if code := p.terminate(t); code != 0 {

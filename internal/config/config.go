@@ -83,14 +83,27 @@ type Admin struct {
 	Addr string `toml:"addr"`
 }
 
-// MQTT holds the MQTT listener addresses; "" turns a listener off.
+// MQTT holds the MQTT listener addresses; "" turns a listener off. The TLS
+// and WSS listeners need a certificate and key; without them they are not
+// served (the node says so at start).
 type MQTT struct {
 	TCP  string `toml:"tcp"`
 	TLS  string `toml:"tls"`
 	WS   string `toml:"ws"`
 	WSS  string `toml:"wss"`
 	QUIC string `toml:"quic"`
+	// TLSCertFile and TLSKeyFile are the PEM certificate chain and key of
+	// the TLS and WSS listeners.
+	TLSCertFile string `toml:"tls_cert_file"`
+	TLSKeyFile  string `toml:"tls_key_file"`
+	// TLSClientCAFile, when set, makes the TLS and WSS listeners require a
+	// client certificate signed by one of its CAs.
+	TLSClientCAFile string `toml:"tls_client_ca_file"`
 }
+
+// TLSConfigured reports whether the MQTT TLS and WSS listeners have a
+// certificate and key.
+func (m *MQTT) TLSConfigured() bool { return m.TLSCertFile != "" && m.TLSKeyFile != "" }
 
 // Kafka holds the Kafka listener address; "" turns it off.
 type Kafka struct {
@@ -397,6 +410,16 @@ func (c *Config) validate() []*Error {
 		}
 		bad("meta_addrs", "this node (node_id = %d) is not one of the meta voters (node ids %s): every node of a cluster lists the same voters, its own among them, as \"ID@HOST:PORT\" with HOST:PORT its [grpc] addr as the others reach it, e.g. [\"%d@127.0.0.1:1228\"] for a single node",
 			c.NodeID, strings.Join(ids, ", "), c.NodeID)
+	}
+	if (c.MQTT.TLSCertFile == "") != (c.MQTT.TLSKeyFile == "") {
+		key := "mqtt.tls_key_file"
+		if c.MQTT.TLSCertFile == "" {
+			key = "mqtt.tls_cert_file"
+		}
+		bad(key, "tls_cert_file and tls_key_file go together: set both or neither")
+	}
+	if c.MQTT.TLSClientCAFile != "" && !c.MQTT.TLSConfigured() {
+		bad("mqtt.tls_client_ca_file", "needs tls_cert_file and tls_key_file")
 	}
 	m := c.Meta
 	if m.HeartbeatTimeout < Duration(10*time.Millisecond) {

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/quiremq/quire/frontends/listen"
+	"github.com/quiremq/quire/frontends/mqtt"
 	"github.com/quiremq/quire/internal/config"
 	"github.com/quiremq/quire/internal/metrics"
 	"github.com/quiremq/quire/internal/node/topics"
@@ -41,6 +44,7 @@ type broker struct {
 
 	engines  map[string]shard.Engine
 	registry atomic.Pointer[topics.Registry] // set while running
+	mqtt     *mqtt.Server                    // nil when no MQTT listener is served
 	stopSync context.CancelFunc
 	syncDone chan struct{}
 }
@@ -108,7 +112,68 @@ func (b *broker) Start(ctx context.Context) error {
 	n, p := reg.Count(ctx)
 	b.log.Info("broker storage open", "topics", n, "partitions", p, "default_engine", router.Default(),
 		"rules", len(rules), "registry", where)
+	if err := b.startMQTT(ctx, router); err != nil {
+		return errors.Join(err, b.stopStorage())
+	}
 	return nil
+}
+
+// maxConnections bounds the protocol connections of a node, under the
+// process's 20,000 open files (shards, segments and peers need the rest).
+const maxConnections = 15000
+
+// mqttListeners returns the MQTT listeners this node serves: tcp and ws when
+// configured, tls and wss when configured with a certificate (QUIC is not
+// built yet).
+func mqttListeners(c *config.MQTT, lim *listen.Limiter) ([]listen.Config, error) {
+	var ls []listen.Config
+	if c.TCP != "" {
+		ls = append(ls, listen.Config{Name: "tcp", Addr: c.TCP, Limiter: lim})
+	}
+	if c.WS != "" {
+		ls = append(ls, listen.Config{Name: "ws", Kind: listen.WebSocket, Addr: c.WS, Limiter: lim})
+	}
+	if c.TLSConfigured() && (c.TLS != "" || c.WSS != "") {
+		tc, err := listen.LoadTLS(c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt: tls_cert_file / tls_key_file: %w", err)
+		}
+		if c.TLS != "" {
+			ls = append(ls, listen.Config{Name: "tls", Addr: c.TLS, TLS: tc, Limiter: lim})
+		}
+		if c.WSS != "" {
+			ls = append(ls, listen.Config{Name: "wss", Kind: listen.WebSocket, Addr: c.WSS, TLS: tc, Limiter: lim})
+		}
+	}
+	return ls, nil
+}
+
+func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
+	ls, err := mqttListeners(&b.cfg.MQTT, listen.NewLimiter(maxConnections))
+	if err != nil || len(ls) == 0 {
+		return err
+	}
+	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0), Registerer: b.reg, Logger: b.log.With("component", "mqtt")})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		return err
+	}
+	b.mqtt = srv
+	for _, l := range ls {
+		b.log.Info("MQTT listener serving", "listener", "mqtt."+l.Name, "addr", srv.Addr(l.Name))
+	}
+	return nil
+}
+
+// MQTTAddr returns the bound address of the MQTT listener called name
+// ("tcp", "ws", "tls", "wss"), or nil.
+func (b *broker) MQTTAddr(name string) net.Addr {
+	if b.mqtt == nil {
+		return nil
+	}
+	return b.mqtt.Addr(name)
 }
 
 // openStore returns the topic registry's store: meta when the node runs
@@ -190,7 +255,20 @@ func (b *broker) sync(ctx context.Context, reg *topics.Registry) {
 // topics returns the registry, nil unless the broker is running.
 func (b *broker) topics() *topics.Registry { return b.registry.Load() }
 
-func (b *broker) Stop(context.Context) error {
+func (b *broker) Stop(ctx context.Context) error {
+	var errs []error
+	if b.mqtt != nil {
+		// Front-ends first: no append may arrive once engines close.
+		if err := b.mqtt.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop mqtt: %w", err))
+		}
+		b.mqtt = nil
+	}
+	return errors.Join(append(errs, b.stopStorage())...)
+}
+
+// stopStorage stops the registry and closes the engines.
+func (b *broker) stopStorage() error {
 	if b.stopSync != nil {
 		b.stopSync()
 		<-b.syncDone

@@ -306,12 +306,12 @@ func (n *Node) logNotBuilt() {
 	}
 	var ls []string
 	for _, l := range n.cfg.Listeners() {
-		if l.Addr != "" {
+		if l.Addr != "" && !servedListener(n.cfg, l.Key) {
 			ls = append(ls, l.Key+"="+l.Addr)
 		}
 	}
 	if len(ls) > 0 {
-		n.log.Warn("protocol front-ends are not built yet: these configured listeners are NOT served",
+		n.log.Warn("these configured listeners are NOT served: QUIC, Kafka and AMQP front-ends are not built yet, and MQTT tls/wss need [mqtt] tls_cert_file and tls_key_file",
 			"listeners", strings.Join(ls, " "))
 	}
 }
@@ -430,6 +430,10 @@ func (n *Node) GRPCAddr() net.Addr { return n.grpc.Addr() }
 // not running.
 func (n *Node) AdminAddr() net.Addr { return n.admin.Addr() }
 
+// MQTTAddr returns the bound address of the MQTT listener called name
+// ("tcp", "ws", "tls" or "wss"), nil when it is not served.
+func (n *Node) MQTTAddr(name string) net.Addr { return n.broker.MQTTAddr(name) }
+
 // DataDir returns the absolute path of the data directory.
 func (n *Node) DataDir() string { return n.dataDir }
 
@@ -546,3 +550,15 @@ func (n *Node) bookieCookieStore() string {
 
 // Meta returns the node's meta server while it runs (nil otherwise).
 func (n *Node) Meta() *meta.Server { return n.meta.server() }
+
+// servedListener reports whether this build serves the listener with the
+// config key key (when its address is set).
+func servedListener(cfg *config.Config, key string) bool {
+	switch key {
+	case "mqtt.tcp", "mqtt.ws":
+		return true
+	case "mqtt.tls", "mqtt.wss":
+		return cfg.MQTT.TLSConfigured()
+	}
+	return false
+}

@@ -61,6 +61,8 @@ func testConfig(dir string) *config.Config {
 	c.GRPC.Addr = "127.0.0.1:0"
 	c.Admin.Addr = "127.0.0.1:0"
 	c.Storage.Rules = []config.Rule{{Match: "sensors/#", Engine: "memory"}}
+	c.MQTT.TCP = "127.0.0.1:0"
+	c.MQTT.WS = "127.0.0.1:0"
 	// A one-voter meta elects itself after one heartbeat timeout.
 	c.Meta.HeartbeatTimeout = config.Duration(50 * time.Millisecond)
 	c.Meta.ElectionTimeout = config.Duration(50 * time.Millisecond)
@@ -158,7 +160,8 @@ func TestNodeStartStop(t *testing.T) {
 	}
 	// The node says what it waits for and what it does not serve.
 	for _, want := range []string{"waiting for a meta leader", "meta leader elected", "node registered in meta",
-		"protocol front-ends are not built yet", "mqtt.tcp=:1883", "kafka.addr=:9092", "node ready"} {
+		"configured listeners are NOT served", "mqtt.quic=:14567", "mqtt.tls=:8883", "kafka.addr=:9092",
+		"MQTT listener serving", "node ready"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("logs lack %q", want)
 		}
