@@ -1,16 +1,15 @@
 package bookie
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/quiremq/quire/internal/scripttest"
 	"github.com/quiremq/quire/internal/vfs"
 )
 
@@ -35,68 +34,9 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 //	reclaim                                        delete and compact entry logs now
 //	logs                                           number of entry-log files
 func TestScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, file := range files {
+	for _, file := range scripttest.Files(t, "testdata/*.txt") {
 		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) { runScript(t, file) })
 	}
-}
-
-type scriptCase struct {
-	comments []string
-	cmd      string
-	want     []string
-	line     int
-}
-
-func parseScript(t *testing.T, file string) []scriptCase {
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var cases []scriptCase
-	var cur scriptCase
-	state := 0 // 0: before command, 1: after command, 2: in output
-	sc := bufio.NewScanner(f)
-	n := 0
-	for sc.Scan() {
-		n++
-		line := sc.Text()
-		switch state {
-		case 0:
-			switch {
-			case strings.HasPrefix(line, "#"):
-				cur.comments = append(cur.comments, line)
-			case strings.TrimSpace(line) == "":
-				if len(cur.comments) > 0 {
-					cur.comments = append(cur.comments, "")
-				}
-			default:
-				cur.cmd, cur.line, state = strings.TrimSpace(line), n, 1
-			}
-		case 1:
-			if line != "----" {
-				t.Fatalf("%s:%d: want ---- after the command", file, n)
-			}
-			state = 2
-		case 2:
-			if strings.TrimSpace(line) == "" {
-				cases = append(cases, cur)
-				cur, state = scriptCase{}, 0
-				continue
-			}
-			cur.want = append(cur.want, line)
-		}
-	}
-	if state == 2 {
-		cases = append(cases, cur)
-	} else if state == 1 {
-		t.Fatalf("%s: unterminated case %q", file, cur.cmd)
-	}
-	return cases
 }
 
 type scriptEnv struct {
@@ -112,7 +52,6 @@ func (e *scriptEnv) opts() Options {
 }
 
 func runScript(t *testing.T, file string) {
-	cases := parseScript(t, file)
 	env := &scriptEnv{t: t, mem: vfs.NewCrashableMem(), cookies: &MemCookieStore{}, rng: rand.New(rand.NewPCG(1, 2))}
 	env.b = mustOpen(t, env.opts())
 	defer func() {
@@ -120,24 +59,7 @@ func runScript(t *testing.T, file string) {
 			env.b.Close()
 		}
 	}()
-	var out strings.Builder
-	failed := false
-	for _, c := range cases {
-		got := env.run(c.cmd)
-		if !*rewrite && strings.Join(got, "\n") != strings.Join(c.want, "\n") {
-			t.Errorf("%s:%d: %s\n got: %s\nwant: %s", file, c.line, c.cmd, strings.Join(got, "\n      "), strings.Join(c.want, "\n      "))
-			failed = true
-		}
-		for _, l := range c.comments {
-			out.WriteString(l + "\n")
-		}
-		fmt.Fprintf(&out, "%s\n----\n%s\n\n", c.cmd, strings.Join(got, "\n"))
-	}
-	if *rewrite && !failed {
-		if err := os.WriteFile(file, []byte(strings.TrimSuffix(out.String(), "\n")), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scripttest.Run(t, file, *rewrite, env.run)
 }
 
 func (e *scriptEnv) run(cmd string) []string {

@@ -1,12 +1,10 @@
 package bookierpc
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,6 +20,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	journalv1 "github.com/quiremq/quire/internal/proto/journal/v1"
+	"github.com/quiremq/quire/internal/scripttest"
 	"github.com/quiremq/quire/internal/vfs"
 	"github.com/quiremq/quire/journal/bookie"
 )
@@ -51,68 +50,9 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 //
 // A gRPC error (no answer from the bookie) prints as "grpc CODE".
 func TestScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, file := range files {
+	for _, file := range scripttest.Files(t, "testdata/*.txt") {
 		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) { runScript(t, file) })
 	}
-}
-
-type scriptCase struct {
-	comments []string
-	cmd      string
-	want     []string
-	line     int
-}
-
-func parseScript(t *testing.T, file string) []scriptCase {
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var cases []scriptCase
-	var cur scriptCase
-	state := 0 // 0: before command, 1: after command, 2: in output
-	sc := bufio.NewScanner(f)
-	n := 0
-	for sc.Scan() {
-		n++
-		line := sc.Text()
-		switch state {
-		case 0:
-			switch {
-			case strings.HasPrefix(line, "#"):
-				cur.comments = append(cur.comments, line)
-			case strings.TrimSpace(line) == "":
-				if len(cur.comments) > 0 {
-					cur.comments = append(cur.comments, "")
-				}
-			default:
-				cur.cmd, cur.line, state = strings.TrimSpace(line), n, 1
-			}
-		case 1:
-			if line != "----" {
-				t.Fatalf("%s:%d: want ---- after the command", file, n)
-			}
-			state = 2
-		case 2:
-			if strings.TrimSpace(line) == "" {
-				cases = append(cases, cur)
-				cur, state = scriptCase{}, 0
-				continue
-			}
-			cur.want = append(cur.want, line)
-		}
-	}
-	if state == 2 {
-		cases = append(cases, cur)
-	} else if state == 1 {
-		t.Fatalf("%s: unterminated case %q", file, cur.cmd)
-	}
-	return cases
 }
 
 // rig is a bookie served over a real gRPC connection.
@@ -230,7 +170,6 @@ func statusName(err error) string {
 }
 
 func runScript(t *testing.T, file string) {
-	cases := parseScript(t, file)
 	r := newRig(t, ServerOptions{StreamInflightBytes: 64 << 10})
 	var ad *adder
 	defer func() {
@@ -238,24 +177,7 @@ func runScript(t *testing.T, file string) {
 			ad.s.Abort()
 		}
 	}()
-	var out strings.Builder
-	failed := false
-	for _, c := range cases {
-		got := r.run(c.cmd, &ad)
-		if !*rewrite && strings.Join(got, "\n") != strings.Join(c.want, "\n") {
-			t.Errorf("%s:%d: %s\n got: %s\nwant: %s", file, c.line, c.cmd, strings.Join(got, "\n      "), strings.Join(c.want, "\n      "))
-			failed = true
-		}
-		for _, l := range c.comments {
-			out.WriteString(l + "\n")
-		}
-		fmt.Fprintf(&out, "%s\n----\n%s\n\n", c.cmd, strings.Join(got, "\n"))
-	}
-	if *rewrite && !failed {
-		if err := os.WriteFile(file, []byte(strings.TrimSuffix(out.String(), "\n")), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scripttest.Run(t, file, *rewrite, func(cmd string) []string { return r.run(cmd, &ad) })
 }
 
 func (r *rig) run(cmd string, ad **adder) []string {
