@@ -147,11 +147,6 @@ func (c *testCluster) stop(i int) {
 	nd.srv, nd.gs = nil, nil
 }
 
-func (c *testCluster) restart(i int) {
-	c.stop(i)
-	c.start(i, nil)
-}
-
 // leader waits for a ready leader that every running node agrees on and
 // returns its index.
 func (c *testCluster) leader() int {

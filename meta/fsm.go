@@ -240,12 +240,6 @@ func (f *fsm) revision() uint64 {
 	return f.rev
 }
 
-func (f *fsm) leaseExists(id uint64) bool {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.leases[id] != nil
-}
-
 // Snapshot captures the state; Persist writes it while applies continue.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.Lock()

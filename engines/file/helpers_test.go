@@ -113,22 +113,6 @@ func withOffset(r shard.Record, off uint64) shard.Record {
 	return r
 }
 
-// segFiles lists the segment bases of a shard directory.
-func segBases(t testing.TB, s *Shard) []uint64 {
-	t.Helper()
-	names, err := s.e.fs.List(s.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []uint64
-	for _, n := range names {
-		if b, ok := parseBaseName(n, segExt); ok {
-			out = append(out, b)
-		}
-	}
-	return sortU64(out)
-}
-
 func sortU64(x []uint64) []uint64 {
 	for i := 1; i < len(x); i++ {
 		for j := i; j > 0 && x[j] < x[j-1]; j-- {

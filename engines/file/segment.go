@@ -52,7 +52,6 @@ var errSegmentGone = errors.New("file: segment deleted")
 type readerCache struct {
 	fs       vfs.FS
 	capacity int
-	interval int
 
 	mu  sync.Mutex
 	lru list.List // of *segment, most recently used first

@@ -128,13 +128,13 @@ func (o *Options) EnsureDefaults() *Options {
 func (o *Options) Validate() error {
 	var errs []error
 	if o.Dir == "" {
-		errs = append(errs, errors.New("Dir is required"))
+		errs = append(errs, errors.New("bookie: Options.Dir is required"))
 	}
 	if o.BookieID == "" {
-		errs = append(errs, errors.New("BookieID is required"))
+		errs = append(errs, errors.New("bookie: Options.BookieID is required"))
 	}
 	if o.Cookies == nil {
-		errs = append(errs, errors.New("Cookies is required"))
+		errs = append(errs, errors.New("bookie: Options.Cookies is required"))
 	}
 	if o.MaxEntrySize > MaxEntrySizeLimit {
 		errs = append(errs, fmt.Errorf("MaxEntrySize %d above the format limit %d", o.MaxEntrySize, MaxEntrySizeLimit))

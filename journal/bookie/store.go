@@ -121,14 +121,6 @@ func (u *logUsage) liveBytes() int64 {
 	return n
 }
 
-func (u *logUsage) clone() *logUsage {
-	c := &logUsage{size: u.size, live: make(map[uint64]int64, len(u.live))}
-	for k, v := range u.live {
-		c.live[k] = v
-	}
-	return c
-}
-
 func (u *logUsage) encode() []byte {
 	ledgers := make([]uint64, 0, len(u.live))
 	for l := range u.live {

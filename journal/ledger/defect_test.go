@@ -31,9 +31,9 @@ func TestFencingReadsDefect1(t *testing.T) {
 	}
 	st1 := addAt("b1") // the add reaches b1 before any fencing
 
-	rec, effs, _ := NewRecovery(md, RecoveryOptions{ReadAhead: 1})
+	rec, _, _ := NewRecovery(md, RecoveryOptions{ReadAhead: 1})
 	md.State, md.Version = StateInRecovery, 2
-	effs = rec.CASDone(CASResult{OK: true, Version: 2})
+	effs := rec.CASDone(CASResult{OK: true, Version: 2})
 	if len(effs) != 2 {
 		t.Fatalf("fencing: %v", effs)
 	}

@@ -3,7 +3,6 @@ package ledger
 import (
 	"bytes"
 	"fmt"
-	"slices"
 )
 
 // RecoveryOptions tune a Recovery.
@@ -284,14 +283,4 @@ func (r *Recovery) maybeClose(out []Effect) []Effect {
 	nm := r.md.Clone()
 	nm.State, nm.LastEntry = StateClosed, r.decided-1
 	return append(out, CASMetadata{Expected: r.md.Version, New: nm})
-}
-
-// pendingWriteBacks lists entries still being written back (tests).
-func (r *Recovery) pendingWriteBacks() []int64 {
-	var es []int64
-	for e := range r.wb {
-		es = append(es, e)
-	}
-	slices.Sort(es)
-	return es
 }
