@@ -1,8 +1,6 @@
 package file
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quiremq/quire/internal/metrics"
@@ -31,10 +29,10 @@ type engineMetrics struct {
 
 func newMetrics(r prometheus.Registerer) *engineMetrics {
 	counter := func(name, help string) prometheus.Counter {
-		return register(r, prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: subsystem, Name: name, Help: help}))
+		return metrics.Reuse(r, prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: subsystem, Name: name, Help: help}))
 	}
 	gauge := func(name, help string) prometheus.Gauge {
-		return register(r, prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: subsystem, Name: name, Help: help}))
+		return metrics.Reuse(r, prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: subsystem, Name: name, Help: help}))
 	}
 	return &engineMetrics{
 		appends: counter("appends_total", "Append calls that succeeded."),
@@ -42,16 +40,16 @@ func newMetrics(r prometheus.Registerer) *engineMetrics {
 		bytes:   counter("appended_bytes_total", "Payload bytes (key, value, headers) appended."),
 		writes:  counter("writes_total", "Write calls to segment files (one per group commit)."),
 		fsyncs:  counter("fsyncs_total", "fdatasync calls on segment files."),
-		fsyncSeconds: register(r, prometheus.NewHistogram(prometheus.HistogramOpts{
+		fsyncSeconds: metrics.Reuse(r, prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: metrics.Namespace, Subsystem: subsystem, Name: "fsync_duration_seconds",
 			Help: "Latency of fdatasync on segment files.", Buckets: metrics.LatencyBuckets,
 		})),
-		syncBytes: register(r, prometheus.NewHistogram(prometheus.HistogramOpts{
+		syncBytes: metrics.Reuse(r, prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: metrics.Namespace, Subsystem: subsystem, Name: "sync_bytes",
 			Help: "Bytes made durable by one fdatasync (group commit size).", Buckets: prometheus.ExponentialBuckets(512, 2, 18),
 		})),
 		rolled: counter("segments_rolled_total", "Segments sealed because they reached SegmentBytes or SegmentAge."),
-		deleted: register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+		deleted: metrics.Reuse(r, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metrics.Namespace, Subsystem: subsystem, Name: "segments_deleted_total",
 			Help: "Sealed segments deleted, by reason (retention or trim).",
 		}, []string{"reason"})),
@@ -61,22 +59,4 @@ func newMetrics(r prometheus.Registerer) *engineMetrics {
 		failedShards:   counter("failed_shards_total", "Shards that stopped accepting writes after an I/O error."),
 		openShards:     gauge("open_shards", "Shards currently open."),
 	}
-}
-
-// register registers c with r (if any) and returns the collector to use: c,
-// or the equal collector an earlier engine registered.
-func register[T prometheus.Collector](r prometheus.Registerer, c T) T {
-	if r == nil {
-		return c
-	}
-	if err := r.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(T); ok {
-				return existing
-			}
-		}
-		panic(err)
-	}
-	return c
 }

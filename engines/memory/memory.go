@@ -64,7 +64,12 @@ func newMetrics(r prometheus.Registerer) *engineMetrics {
 		droppedBytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "dropped_bytes_total", Help: "Payload bytes dropped because a shard exceeded its byte budget."}),
 		shards:       prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: "memory", Name: "shards", Help: "Shards held by the memory engine."}),
 	}
-	metrics.Register(r, m.appends, m.records, m.bytes, m.dropped, m.droppedBytes, m.shards)
+	m.appends = metrics.Reuse(r, m.appends)
+	m.records = metrics.Reuse(r, m.records)
+	m.bytes = metrics.Reuse(r, m.bytes)
+	m.dropped = metrics.Reuse(r, m.dropped)
+	m.droppedBytes = metrics.Reuse(r, m.droppedBytes)
+	m.shards = metrics.Reuse(r, m.shards)
 	return m
 }
 

@@ -2,6 +2,7 @@ package memory
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -104,4 +105,29 @@ func BenchmarkEngine(b *testing.B) {
 			return func() (shard.Engine, error) { return New(Options{ShardBudgetBytes: 1 << 30}), nil }
 		},
 	})
+}
+
+// TestMetricsSharedRegistry: a second engine on the same registry (a node
+// restarted in one process) counts into the exported series, not into
+// collectors nobody scrapes.
+func TestMetricsSharedRegistry(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	New(Options{Registerer: reg}).Close()
+	e := New(Options{Registerer: reg})
+	defer e.Close()
+	s, err := e.Create(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(ctx, []shard.Record{{Timestamp: 1, Value: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP quire_memory_appended_records_total Records appended.
+# TYPE quire_memory_appended_records_total counter
+quire_memory_appended_records_total 1
+`), "quire_memory_appended_records_total"); err != nil {
+		t.Fatal(err)
+	}
 }

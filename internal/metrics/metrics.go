@@ -6,6 +6,8 @@
 package metrics
 
 import (
+	"errors"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -20,19 +22,34 @@ func NewRegistry() *prometheus.Registry {
 	return r
 }
 
-// Register registers cs with r, ignoring a nil r. A collector that is already
-// registered (an engine reopened in the same process) is reused silently.
+// Register registers cs with r, ignoring a nil r. A collector equal to one
+// already registered (an engine reopened in the same process) is not
+// registered again; since the caller's collector is then not the exported
+// one, a component that keeps counting into its collectors uses Reuse.
 func Register(r prometheus.Registerer, cs ...prometheus.Collector) {
-	if r == nil {
-		return
-	}
 	for _, c := range cs {
-		if err := r.Register(c); err != nil {
-			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
-				panic(err)
+		Reuse(r, c)
+	}
+}
+
+// Reuse registers c with r and returns the collector to count into: c, or
+// the equal collector registered earlier (a component reopened in the same
+// process keeps counting into the same series). A nil r registers nothing.
+// Any other registration error panics: it is a programming error.
+func Reuse[C prometheus.Collector](r prometheus.Registerer, c C) C {
+	if r == nil {
+		return c
+	}
+	if err := r.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
 			}
 		}
+		panic(err)
 	}
+	return c
 }
 
 // LatencyBuckets are histogram buckets in seconds for I/O latencies from

@@ -56,36 +56,18 @@ func newMetrics(r prometheus.Registerer) *bookieMetrics {
 		failed: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "failed", Help: "1 while the bookie refuses writes after a journal failure."}),
 	}
-	m.adds = register(r, m.adds)
-	m.addErrors = register(r, m.addErrors)
-	m.addBytes = register(r, m.addBytes)
-	m.syncs = register(r, m.syncs)
-	m.syncLatency = register(r, m.syncLatency)
-	m.syncBytes = register(r, m.syncBytes)
-	m.groupSize = register(r, m.groupSize)
-	m.fences = register(r, m.fences)
-	m.checkpoints = register(r, m.checkpoints)
-	m.entryLogFiles = register(r, m.entryLogFiles)
-	m.compactions = register(r, m.compactions)
-	m.deletedLogs = register(r, m.deletedLogs)
-	m.failed = register(r, m.failed)
+	m.adds = metrics.Reuse(r, m.adds)
+	m.addErrors = metrics.Reuse(r, m.addErrors)
+	m.addBytes = metrics.Reuse(r, m.addBytes)
+	m.syncs = metrics.Reuse(r, m.syncs)
+	m.syncLatency = metrics.Reuse(r, m.syncLatency)
+	m.syncBytes = metrics.Reuse(r, m.syncBytes)
+	m.groupSize = metrics.Reuse(r, m.groupSize)
+	m.fences = metrics.Reuse(r, m.fences)
+	m.checkpoints = metrics.Reuse(r, m.checkpoints)
+	m.entryLogFiles = metrics.Reuse(r, m.entryLogFiles)
+	m.compactions = metrics.Reuse(r, m.compactions)
+	m.deletedLogs = metrics.Reuse(r, m.deletedLogs)
+	m.failed = metrics.Reuse(r, m.failed)
 	return m
-}
-
-// register registers c with r, or returns the collector already registered
-// under the same name (a bookie reopened in the same process keeps
-// counting into the same series).
-func register[C prometheus.Collector](r prometheus.Registerer, c C) C {
-	if r == nil {
-		return c
-	}
-	if err := r.Register(c); err != nil {
-		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		metrics.Register(r, c) // panics with the registration error
-	}
-	return c
 }
