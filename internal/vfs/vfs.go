@@ -91,6 +91,8 @@ func WriteFileAtomic(fs FS, name string, data []byte) error {
 	if err != nil {
 		return err
 	}
+	// vfs.File.Write may modify the slice it is given (see pebble's vfs):
+	// write a copy so the caller's data stays intact.
 	if _, err := f.Write(append([]byte(nil), data...)); err != nil {
 		f.Close()
 		return err

@@ -1131,12 +1131,7 @@ type moved struct {
 // the index to the copies (synced) and deletes the old log.
 func (b *Bookie) compact(id uint64) error {
 	b.hook("compaction:start")
-	src, err := b.fs.Open(b.fs.PathJoin(b.logDir, fileName(id, entryLogExt)))
-	if err != nil {
-		return err
-	}
-	data, err := io.ReadAll(src)
-	src.Close()
+	data, err := vfs.ReadFile(b.fs, b.fs.PathJoin(b.logDir, fileName(id, entryLogExt)))
 	if err != nil {
 		return err
 	}

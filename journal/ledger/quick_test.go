@@ -103,7 +103,7 @@ func writerModelRun(seed int64, steps int) (err error) {
 				if hasDuplicate(ws) || len(ws) != qw {
 					return fmt.Errorf("%s: write set %v", cfg, ws)
 				}
-				if cas != nil || !contains(ws, ef.Bookie) || string(ef.Data) != data[ef.Entry] || ef.LAC > lac || ef.Recovery {
+				if cas != nil || !slices.Contains(ws, ef.Bookie) || string(ef.Data) != data[ef.Entry] || ef.LAC > lac || ef.Recovery {
 					return fmt.Errorf("%s: bad send %v (write set %v, lac %d, cas in flight %v)", cfg, ef, ws, lac, cas != nil)
 				}
 				inflight = append(inflight, sentAdd{ef.Bookie, ef.Entry})
@@ -147,7 +147,7 @@ func writerModelRun(seed int64, steps int) (err error) {
 					return fmt.Errorf("%s: new fragment at %d, lac %d", cfg, nf.FirstEntry, lac)
 				}
 				for i, b := range nf.Bookies {
-					if b != old.Bookies[i] && (failed[b] || contains(old.Bookies, b) || !failed[old.Bookies[i]]) {
+					if b != old.Bookies[i] && (failed[b] || slices.Contains(old.Bookies, b) || !failed[old.Bookies[i]]) {
 						return fmt.Errorf("%s: bad replacement %s for %s", cfg, b, old.Bookies[i])
 					}
 				}
@@ -224,7 +224,7 @@ func writerModelRun(seed int64, steps int) (err error) {
 			if cas != nil && cas.New.State == StateOpen {
 				ens = cas.New.Fragments[len(cas.New.Fragments)-1].Bookies
 			}
-			if contains(ens, b) {
+			if slices.Contains(ens, b) {
 				anyFail, failed[b] = true, true
 			}
 			effs = w.BookieFailed(b)

@@ -3,6 +3,7 @@ package ledger
 import (
 	"bytes"
 	"fmt"
+	"slices"
 )
 
 // RecoveryOptions tune a Recovery.
@@ -162,7 +163,7 @@ func (r *Recovery) CASDone(res CASResult) []Effect {
 // LACResult reports a bookie's answer to a fencing ReadLAC: StatusOK with
 // its LAC means it is fenced; anything else leaves it unknown.
 func (r *Recovery) LACResult(b BookieID, st Status, lac int64) []Effect {
-	if r.phase != recFencing || !contains(r.ens, b) || r.answered[b] {
+	if r.phase != recFencing || !slices.Contains(r.ens, b) || r.answered[b] {
 		return nil
 	}
 	r.answered[b] = true
@@ -204,7 +205,7 @@ func (r *Recovery) ReadResult(b BookieID, e int64, st Status, data []byte) []Eff
 		return nil
 	}
 	rs := r.reads[e]
-	if rs == nil || !contains(rs.ws, b) || contains(rs.answered, b) {
+	if rs == nil || !slices.Contains(rs.ws, b) || slices.Contains(rs.answered, b) {
 		return nil
 	}
 	rs.answered = append(rs.answered, b)
@@ -258,7 +259,7 @@ func (r *Recovery) AddResult(b BookieID, e int64, st Status) []Effect {
 		return nil
 	}
 	w := r.wb[e]
-	if w == nil || !contains(w.ws, b) || contains(w.acks, b) || contains(w.fails, b) {
+	if w == nil || !slices.Contains(w.ws, b) || slices.Contains(w.acks, b) || slices.Contains(w.fails, b) {
 		return nil
 	}
 	if st != StatusOK {

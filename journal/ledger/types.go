@@ -170,15 +170,6 @@ func hasDuplicate(bs []BookieID) bool {
 	return false
 }
 
-func contains(bs []BookieID, b BookieID) bool {
-	for _, x := range bs {
-		if x == b {
-			return true
-		}
-	}
-	return false
-}
-
 // Status is a bookie's answer to one request, as the state machines need
 // it. A driver maps bookierpc statuses: OK → StatusOK; NO_SUCH_ENTRY and
 // NO_SUCH_LEDGER → StatusNoSuchEntry; FENCED → StatusFenced; anything else

@@ -1,6 +1,9 @@
 package ledger
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Writer is the pure state machine of a ledger's single writer: striping,
 // ack quorums, LAC, explicit LAC when idle, ensemble changes and close.
@@ -137,7 +140,7 @@ func (w *Writer) Add(data []byte) (int64, []Effect, error) {
 // send sends p to every bookie of its write set it was not sent to yet.
 func (w *Writer) send(out []Effect, p *pend) []Effect {
 	for _, b := range w.cur().WriteSetOf(p.entry) {
-		if contains(p.sent, b) || contains(p.acks, b) {
+		if slices.Contains(p.sent, b) || slices.Contains(p.acks, b) {
 			continue
 		}
 		p.sent = append(p.sent, b)
@@ -159,12 +162,12 @@ func (w *Writer) AddResult(b BookieID, e int64, st Status) []Effect {
 		return nil
 	}
 	p := w.find(e)
-	if p == nil || w.failed[b] || !contains(w.cur().WriteSetOf(e), b) {
+	if p == nil || w.failed[b] || !slices.Contains(w.cur().WriteSetOf(e), b) {
 		return nil
 	}
 	switch st {
 	case StatusOK:
-		if !contains(p.acks, b) {
+		if !slices.Contains(p.acks, b) {
 			p.acks = append(p.acks, b)
 		}
 		return w.advance(nil)
@@ -180,7 +183,7 @@ func (w *Writer) AddResult(b BookieID, e int64, st Status) []Effect {
 // writer replaces it: a new fragment from LAC+1 with a bookie from the
 // available list that is not in the ensemble, CASed into the metadata.
 func (w *Writer) BookieFailed(b BookieID) []Effect {
-	if w.phase >= phaseClosed || w.failed[b] || !contains(w.ensemble(), b) {
+	if w.phase >= phaseClosed || w.failed[b] || !slices.Contains(w.ensemble(), b) {
 		return nil
 	}
 	w.failed[b] = true
@@ -212,7 +215,7 @@ func (w *Writer) startChange(out []Effect) []Effect {
 		}
 		r := ""
 		for _, c := range w.available {
-			if !contains(ens, c) && !w.failed[c] {
+			if !slices.Contains(ens, c) && !w.failed[c] {
 				r = c
 				break
 			}
@@ -249,7 +252,7 @@ func (w *Writer) restrict() {
 func keep(bs, in []BookieID) []BookieID {
 	out := bs[:0]
 	for _, b := range bs {
-		if contains(in, b) {
+		if slices.Contains(in, b) {
 			out = append(out, b)
 		}
 	}
