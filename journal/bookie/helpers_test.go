@@ -84,3 +84,16 @@ func errName(err error) string {
 	}
 	return "error: " + err.Error()
 }
+
+// checkpointApplied waits until everything acknowledged so far has been
+// applied to the entry logs and the index (acks come after the journal
+// sync, the apply after that), then checkpoints: without the wait a
+// checkpoint may miss a delete that DeleteLedger already acknowledged.
+func checkpointApplied(b *Bookie) error {
+	b.mu.Lock()
+	for b.inflight > 0 && !b.closed && b.err == nil {
+		b.space.Wait()
+	}
+	b.mu.Unlock()
+	return b.checkpoint()
+}

@@ -147,7 +147,7 @@ func (e *scriptEnv) run(cmd string) []string {
 		e.b = b
 		return []string{"ok"}
 	case "checkpoint":
-		return []string{errName(e.b.checkpoint())}
+		return []string{errName(checkpointApplied(e.b))}
 	case "reclaim":
 		return []string{errName(e.b.reclaim())}
 	case "logs":

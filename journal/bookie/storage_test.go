@@ -30,7 +30,7 @@ func TestRecycledJournalLeftovers(t *testing.T) {
 			t.Fatal(err)
 		}
 		if e%50 == 0 {
-			if err := b.checkpoint(); err != nil {
+			if err := checkpointApplied(b); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -92,7 +92,7 @@ func TestCompaction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := b.checkpoint(); err != nil {
+	if err := checkpointApplied(b); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.reclaim(); err != nil {
