@@ -1,0 +1,368 @@
+package objstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/quiremq/quire/internal/vfs"
+)
+
+// DirOptions configure a directory store.
+type DirOptions struct {
+	// FS is the file system; default vfs.Default.
+	FS vfs.FS
+	// Dir is the root directory (required); created if missing.
+	Dir string
+	// Logger receives cleanup events; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Dir is a Store in a local directory. Puts are atomic and durable: the
+// object is written to a temporary file, fsynced, renamed into place and its
+// directory fsynced.
+type Dir struct {
+	fs   vfs.FS
+	root string
+	tmp  string
+	seq  atomic.Uint64
+	// dirMu orders directory creation and renames into a directory (Put)
+	// against the removal of emptied directories (Delete).
+	dirMu sync.Mutex
+}
+
+var _ Store = (*Dir)(nil)
+
+const (
+	tmpDirName = ".tmp"
+	dirSuffix  = ".d"
+	objSuffix  = ".o"
+	// maxPartLen bounds one escaped key part with its suffix (a file name).
+	maxPartLen = 250
+)
+
+// OpenDir opens (creating if needed) a directory store and removes the
+// temporary files of puts that a crash interrupted.
+func OpenDir(opts DirOptions) (*Dir, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("objstore: DirOptions.Dir is required")
+	}
+	if opts.FS == nil {
+		opts.FS = vfs.Default
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	fs := opts.FS
+	d := &Dir{fs: fs, root: opts.Dir, tmp: fs.PathJoin(opts.Dir, tmpDirName)}
+	if err := fs.MkdirAll(d.tmp, 0o755); err != nil {
+		return nil, fmt.Errorf("objstore: create %s: %w", d.tmp, err)
+	}
+	names, err := fs.List(d.tmp)
+	if err != nil {
+		return nil, fmt.Errorf("objstore: list %s: %w", d.tmp, err)
+	}
+	for _, n := range names {
+		opts.Logger.Info("objstore: removing temporary file of an interrupted put", "file", fs.PathJoin(d.tmp, n))
+		if err := fs.Remove(fs.PathJoin(d.tmp, n)); err != nil {
+			return nil, fmt.Errorf("objstore: remove %s: %w", n, err)
+		}
+	}
+	if err := vfs.SyncDir(fs, fs.PathDir(opts.Dir)); err != nil {
+		return nil, fmt.Errorf("objstore: sync parent of %s: %w", opts.Dir, err)
+	}
+	return d, vfs.SyncDir(fs, opts.Dir)
+}
+
+// escapePart escapes one "/"-separated part of a key.
+func escapePart(p string) string {
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// unescapePart reverses escapePart; ok is false for a name escapePart
+// cannot produce.
+func unescapePart(s string) (string, bool) {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+2 >= len(s) {
+			return "", false
+		}
+		var c byte
+		if _, err := fmt.Sscanf(s[i+1:i+3], "%02X", &c); err != nil {
+			return "", false
+		}
+		b.WriteByte(c)
+		i += 2
+	}
+	return b.String(), true
+}
+
+// path returns the directories (outermost first) and the file of key.
+func (d *Dir) path(key string) (dirs []string, file string, err error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, "", err
+	}
+	parts := strings.Split(key, "/")
+	cur := d.root
+	for i, p := range parts {
+		suffix := dirSuffix
+		if i == len(parts)-1 {
+			suffix = objSuffix
+		}
+		name := escapePart(p) + suffix
+		if len(name) > maxPartLen {
+			return nil, "", fmt.Errorf("%w: part %q of %q is too long for a file name once escaped", ErrInvalidKey, p, key)
+		}
+		cur = d.fs.PathJoin(cur, name)
+		if i < len(parts)-1 {
+			dirs = append(dirs, cur)
+		}
+	}
+	return dirs, cur, nil
+}
+
+// Put writes the object through a temporary file renamed into place.
+func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	dirs, file, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	tmp := d.fs.PathJoin(d.tmp, fmt.Sprintf("%d", d.seq.Add(1)))
+	if err := d.writeTemp(tmp, r, size); err != nil {
+		_ = d.fs.Remove(tmp)
+		return fmt.Errorf("objstore: put %q: %w", key, err)
+	}
+	d.dirMu.Lock()
+	synced, err := d.mkdirs(dirs)
+	if err == nil {
+		err = d.fs.Rename(tmp, file)
+	}
+	d.dirMu.Unlock()
+	if err != nil {
+		_ = d.fs.Remove(tmp)
+		return fmt.Errorf("objstore: put %q: %w", key, err)
+	}
+	parent := d.fs.PathDir(file)
+	if err := vfs.SyncDir(d.fs, parent); err != nil {
+		return fmt.Errorf("objstore: put %q: sync %s: %w", key, parent, err)
+	}
+	for _, dir := range synced {
+		if err := vfs.SyncDir(d.fs, dir); err != nil {
+			return fmt.Errorf("objstore: put %q: sync %s: %w", key, dir, err)
+		}
+	}
+	return nil
+}
+
+func (d *Dir) writeTemp(tmp string, r io.Reader, size int64) error {
+	f, err := d.fs.Create(tmp, vfs.CategoryShard)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, min(size, 1<<20))
+	left := size
+	for left > 0 {
+		n, rerr := io.ReadFull(r, buf[:min(left, int64(len(buf)))])
+		if n > 0 {
+			if _, err := f.Write(buf[:n]); err != nil {
+				f.Close()
+				return err
+			}
+			left -= int64(n)
+		}
+		if rerr != nil && left > 0 {
+			f.Close()
+			return fmt.Errorf("object body ended %d bytes short of %d: %w", left, size, rerr)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// mkdirs creates the missing directories of dirs (outermost first) and
+// returns the directories whose entries must be synced to make them durable.
+func (d *Dir) mkdirs(dirs []string) (toSync []string, err error) {
+	for _, dir := range dirs {
+		if _, err := d.fs.Stat(dir); err == nil {
+			continue
+		} else if !vfs.IsNotExist(err) {
+			return nil, err
+		}
+		if err := d.fs.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		toSync = append(toSync, d.fs.PathDir(dir))
+	}
+	return toSync, nil
+}
+
+// Get reads a byte range of the object.
+func (d *Dir) Get(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	_, file, err := d.path(key)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := d.fs.Open(file)
+	if vfs.IsNotExist(err) {
+		return nil, &NotFoundError{Key: key}
+	} else if err != nil {
+		return nil, fmt.Errorf("objstore: get %q: %w", key, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("objstore: get %q: %w", key, err)
+	}
+	end, err := checkRange(key, off, n, st.Size())
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, end-off)
+	if _, err := f.ReadAt(b, off); err != nil && !(errors.Is(err, io.EOF) && len(b) == 0) {
+		return nil, fmt.Errorf("objstore: get %q: %w", key, err)
+	}
+	return b, nil
+}
+
+// List walks the directories that can hold keys under prefix.
+func (d *Dir) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	dir, keyDir, partial := d.root, "", prefix
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		for _, p := range strings.Split(prefix[:i], "/") {
+			dir = d.fs.PathJoin(dir, escapePart(p)+dirSuffix)
+		}
+		keyDir, partial = prefix[:i+1], prefix[i+1:]
+	}
+	var out []ObjectInfo
+	if err := d.walk(ctx, dir, keyDir, partial, &out); err != nil {
+		return nil, fmt.Errorf("objstore: list %q: %w", prefix, err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+// walk adds the objects of dir (whose keys start with keyDir) whose next
+// key part starts with partial, recursively.
+func (d *Dir) walk(ctx context.Context, dir, keyDir, partial string, out *[]ObjectInfo) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	names, err := d.fs.List(dir)
+	if vfs.IsNotExist(err) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	for _, n := range names {
+		var suffix string
+		switch {
+		case strings.HasSuffix(n, objSuffix):
+			suffix = objSuffix
+		case strings.HasSuffix(n, dirSuffix):
+			suffix = dirSuffix
+		default:
+			continue // .tmp and foreign files
+		}
+		part, ok := unescapePart(strings.TrimSuffix(n, suffix))
+		if !ok || !strings.HasPrefix(part, partial) {
+			continue
+		}
+		full := d.fs.PathJoin(dir, n)
+		if suffix == dirSuffix {
+			if err := d.walk(ctx, full, keyDir+part+"/", "", out); err != nil {
+				return err
+			}
+			continue
+		}
+		st, err := d.fs.Stat(full)
+		if vfs.IsNotExist(err) {
+			continue // deleted while listing
+		} else if err != nil {
+			return err
+		}
+		*out = append(*out, ObjectInfo{Key: keyDir + part, Size: st.Size(), ModTime: st.ModTime()})
+	}
+	return nil
+}
+
+// Delete removes the object and the directories it leaves empty.
+func (d *Dir) Delete(ctx context.Context, key string) error {
+	dirs, file, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.dirMu.Lock()
+	defer d.dirMu.Unlock()
+	if err := d.fs.Remove(file); err != nil && !vfs.IsNotExist(err) {
+		return fmt.Errorf("objstore: delete %q: %w", key, err)
+	}
+	parent := d.root
+	if len(dirs) > 0 {
+		parent = dirs[len(dirs)-1]
+	}
+	if err := vfs.SyncDir(d.fs, parent); err != nil && !vfs.IsNotExist(err) {
+		return fmt.Errorf("objstore: delete %q: sync %s: %w", key, parent, err)
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		names, err := d.fs.List(dirs[i])
+		if err != nil || len(names) > 0 {
+			break
+		}
+		if err := d.fs.Remove(dirs[i]); err != nil {
+			break
+		}
+	}
+	return nil
+}
+
+// Stat describes the object.
+func (d *Dir) Stat(ctx context.Context, key string) (ObjectInfo, error) {
+	_, file, err := d.path(key)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return ObjectInfo{}, err
+	}
+	st, err := d.fs.Stat(file)
+	if vfs.IsNotExist(err) {
+		return ObjectInfo{}, &NotFoundError{Key: key}
+	} else if err != nil {
+		return ObjectInfo{}, fmt.Errorf("objstore: stat %q: %w", key, err)
+	}
+	return ObjectInfo{Key: key, Size: st.Size(), ModTime: st.ModTime()}, nil
+}
