@@ -1,0 +1,224 @@
+// Command journal-bench measures Quire's journal: it starts bookies (or
+// uses running ones) and drives them with writers through the ledger
+// client, printing a progress line every second and a summary; with --json
+// the last line is one JSON object (see result) for scripts.
+//
+//	journal-bench --bookies 3 --ensemble 3 --write-quorum 2 --ack-quorum 2 --entry-size 1024 --raw-disk --json
+//	journal-bench --mode catchup --duration 5s
+//	journal-bench --bookie-addrs 10.0.0.1:3181,10.0.0.2:3181,10.0.0.3:3181 --bookie-metrics http://10.0.0.1:8000/metrics,...
+//
+// Modes: write (appends only), catchup (appends, then the closed ledgers
+// are read back from their first entry: catch-up reads) and tail (readers
+// follow the ledgers while they are written: tailing reads). Every read
+// mode checks that it reads back exactly what was acknowledged, in order.
+//
+// This package is flags, load generation and reporting; the cluster it
+// runs on is cluster.go, the disk ceiling rawdisk.go, the latency
+// histogram hist.go.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+)
+
+const (
+	exitOK     = 0
+	exitFailed = 1 // the run failed (an error, or data read back wrong)
+	exitUsage  = 2
+)
+
+const help = `journal-bench measures the journal: bookies, the ledger client and the disk.
+
+Usage:
+  journal-bench [flags]
+
+It starts --bookies bookies in this process (each a real gRPC server on
+loopback with its own directory under --data-dir) and a one-voter meta on
+disk for ledger metadata, or, with --bookie-addrs, uses running bookies (for
+example 'quire bookie' processes). In both cases ledger metadata lives in
+the in-process meta: the bookies need no meta of their own, so no
+--meta-addrs is needed. W writers (--writers) append --entry-size entries to
+--ledgers ledgers (writer w appends to ledger w mod L) with up to --inflight
+appends each in flight, for --duration.
+
+Flags:
+`
+
+const examples = `
+Modes (--mode):
+  write    appends only; reports entries/s, MB/s and the add latency
+           (AppendAsync to acknowledgement) p50/p99/p999
+  catchup  appends for --duration, closes the ledgers, then reads them back
+           from entry 0 (catch-up reads of closed ledgers): read_* fields
+  tail     readers follow every ledger from entry 0 while it is written
+           (tailing reads) until its close: read_* fields, and tail_p50_ms
+           / tail_p99_ms from append to read
+Read modes check every entry: what is read back is exactly what was
+acknowledged, each writer's entries in the order it appended them.
+
+Output: a progress line every second, then a summary. With --json the last
+line is one JSON object: entries_per_sec, mb_per_sec, p50_ms, p99_ms,
+p999_ms, ensemble, write_quorum, ack_quorum, entry_size, duration_s,
+bytes_per_sync, disk_ceiling_mb_per_sec and disk_efficiency (null without
+--raw-disk), the other settings, and read_* fields in read modes.
+
+--raw-disk: after the run, the raw write+fdatasync ceiling of the data
+directory (one writer, sequential, on a pre-zeroed file) at the journal
+bytes per fdatasync the bookies achieved, read from their metrics
+(quire_bookie_journal_sync_bytes); disk_efficiency = acknowledged bytes/s x
+write quorum / ceiling (1.0: the bookies wrote as fast as the disk allows).
+With --bookie-addrs the metrics come from --bookie-metrics, and --data-dir
+should be on the bookies' disk.
+
+Exit status: 0 after a clean run; 1 if the run failed (an append or read
+failed, or data read back differs); 2 for a usage error.
+
+Examples:
+  journal-bench --bookies 3 --ensemble 3 --write-quorum 2 --ack-quorum 2 --entry-size 1024 --raw-disk --json
+  journal-bench --mode catchup --writers 4 --ledgers 4 --duration 5s --json
+  journal-bench --bookie-addrs 127.0.0.1:3181,127.0.0.1:3182,127.0.0.1:3183 \
+      --bookie-metrics http://127.0.0.1:8001/metrics,http://127.0.0.1:8002/metrics,http://127.0.0.1:8003/metrics
+`
+
+// config is the parsed command line.
+type config struct {
+	bookies       int
+	bookieAddrs   []string
+	bookieMetrics []string
+	ensemble      int
+	writeQuorum   int
+	ackQuorum     int
+	entrySize     int
+	writers       int
+	inflight      int
+	ledgers       int
+	duration      time.Duration
+	dataDir       string
+	json          bool
+	rawDisk       bool
+	mode          string
+	quiet         bool // no progress lines (tests)
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func parseFlags(args []string, stdout, stderr io.Writer) (*config, int) {
+	fs := flag.NewFlagSet("journal-bench", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	c := &config{}
+	var addrs, metricsURLs string
+	fs.IntVar(&c.bookies, "bookies", 3, "start `N` bookies in this process (ignored with --bookie-addrs)")
+	fs.StringVar(&addrs, "bookie-addrs", "", "use the running bookies at these comma-separated `HOST:PORT`s instead of starting any")
+	fs.StringVar(&metricsURLs, "bookie-metrics", "", "comma-separated `URL`s of the --bookie-addrs bookies' Prometheus metrics (needed by --raw-disk with --bookie-addrs)")
+	fs.IntVar(&c.ensemble, "ensemble", 3, "ensemble size `E`: bookies per ledger")
+	fs.IntVar(&c.writeQuorum, "write-quorum", 2, "write quorum `Qw`: bookies each entry is written to")
+	fs.IntVar(&c.ackQuorum, "ack-quorum", 2, "ack quorum `Qa`: bookie acknowledgements an append waits for")
+	fs.IntVar(&c.entrySize, "entry-size", 1024, "entry payload size in `BYTES` (at least 24)")
+	fs.IntVar(&c.writers, "writers", 4, "`W` concurrent writers")
+	fs.IntVar(&c.inflight, "inflight", 256, "appends `N` each writer keeps in flight")
+	fs.IntVar(&c.ledgers, "ledgers", 4, "`L` ledgers written at once (writer w appends to ledger w mod L; at most --writers)")
+	fs.DurationVar(&c.duration, "duration", 10*time.Second, "how long the writers append (`DURATION`, e.g. 10s)")
+	fs.StringVar(&c.dataDir, "data-dir", "", "`DIR` under which the run's directory is made (bookies, meta, the raw-disk file) and removed after; default the system temp dir")
+	fs.BoolVar(&c.json, "json", false, "print the summary as one JSON object on the last line")
+	fs.BoolVar(&c.rawDisk, "raw-disk", false, "measure the data directory's write+fdatasync ceiling at the bookies' bytes per sync; report disk_efficiency")
+	fs.StringVar(&c.mode, "mode", "write", "`MODE`: write, catchup (read closed ledgers back) or tail (read while writing)")
+	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines")
+	usage := func(w io.Writer) {
+		fmt.Fprint(w, help)
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+		fmt.Fprint(w, examples)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(stdout)
+			return nil, exitOK
+		}
+		fmt.Fprintf(stderr, "journal-bench: %v\nRun 'journal-bench --help' for usage.\n", err)
+		return nil, exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "journal-bench: unexpected argument %q\nRun 'journal-bench --help' for usage.\n", fs.Arg(0))
+		return nil, exitUsage
+	}
+	c.bookieAddrs = splitList(addrs)
+	c.bookieMetrics = splitList(metricsURLs)
+	if err := c.validate(); err != nil {
+		fmt.Fprintf(stderr, "journal-bench: %v\nRun 'journal-bench --help' for usage.\n", err)
+		return nil, exitUsage
+	}
+	return c, exitOK
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// minEntrySize is the payload header every entry carries (see payload.go).
+const minEntrySize = headerSize
+
+func (c *config) validate() error {
+	n := c.bookies
+	if len(c.bookieAddrs) > 0 {
+		n = len(c.bookieAddrs)
+	}
+	switch {
+	case c.mode != "write" && c.mode != "catchup" && c.mode != "tail":
+		return fmt.Errorf("--mode %q: want write, catchup or tail", c.mode)
+	case n < 1:
+		return fmt.Errorf("--bookies %d: need at least 1", c.bookies)
+	case !(c.ensemble >= c.writeQuorum && c.writeQuorum >= c.ackQuorum && c.ackQuorum >= 1):
+		return fmt.Errorf("need --ensemble >= --write-quorum >= --ack-quorum >= 1, have %d/%d/%d", c.ensemble, c.writeQuorum, c.ackQuorum)
+	case c.ensemble > n:
+		return fmt.Errorf("--ensemble %d is more than the %d bookies", c.ensemble, n)
+	case c.entrySize < minEntrySize:
+		return fmt.Errorf("--entry-size %d: need at least %d (the entry header)", c.entrySize, minEntrySize)
+	case c.entrySize > 8<<20:
+		return fmt.Errorf("--entry-size %d: at most %d (the bookie's default maximum entry size)", c.entrySize, 8<<20)
+	case c.writers < 1 || c.inflight < 1 || c.ledgers < 1:
+		return fmt.Errorf("--writers, --inflight and --ledgers must be at least 1")
+	case c.ledgers > c.writers:
+		return fmt.Errorf("--ledgers %d is more than --writers %d (a ledger without a writer)", c.ledgers, c.writers)
+	case c.duration <= 0:
+		return fmt.Errorf("--duration %v: must be positive", c.duration)
+	case c.rawDisk && len(c.bookieAddrs) > 0 && len(c.bookieMetrics) == 0:
+		return errors.New("--raw-disk with --bookie-addrs needs --bookie-metrics (the bookies' bytes per sync)")
+	}
+	return nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	c, code := parseFlags(args, stdout, stderr)
+	if c == nil {
+		return code
+	}
+	res, err := bench(ctx, c, stdout)
+	if err != nil {
+		fmt.Fprintf(stderr, "journal-bench: %v\n", err)
+		return exitFailed
+	}
+	if err := res.print(stdout, c.json); err != nil {
+		fmt.Fprintf(stderr, "journal-bench: %v\n", err)
+		return exitFailed
+	}
+	return exitOK
+}
