@@ -11,9 +11,11 @@
 //
 // # Contract
 //
-// Keys are 1 to 1024 bytes of valid UTF-8 without NUL (S3's limit); "/" has
-// no meaning to the seam except that implementations may use it to group
-// keys. An object is written whole: a reader sees the old or the new
+// Keys are 1 to 1024 bytes of valid UTF-8 without NUL (S3's limit), whose
+// "/"-separated parts are not empty, "." or "..". No key may be a
+// "/"-prefix of another ("a" and "a/b"): MinIO and the directory store keep
+// keys as paths, where "a" cannot be a file and a directory at once. Callers
+// use keys of a fixed depth. An object is written whole: a reader sees the old or the new
 // contents of a key, never a mix, and a Put that failed leaves no partial
 // object behind. Get, Stat and a missing key return an error matching
 // ErrNotFound; Delete of a missing key succeeds (S3 cannot tell without an

@@ -51,13 +51,20 @@ var (
 // MaxKeyLen is the longest key, in bytes (S3's limit).
 const MaxKeyLen = 1024
 
-// ValidateKey checks a key: 1 to MaxKeyLen bytes of valid UTF-8 without NUL.
+// ValidateKey checks a key: 1 to MaxKeyLen bytes of valid UTF-8 without NUL,
+// whose "/"-separated parts are neither empty nor "." or ".." (MinIO stores
+// keys as paths and refuses those).
 func ValidateKey(key string) error {
 	if key == "" || len(key) > MaxKeyLen {
 		return fmt.Errorf("%w: %q must be 1 to %d bytes", ErrInvalidKey, key, MaxKeyLen)
 	}
 	if !utf8.ValidString(key) || strings.IndexByte(key, 0) >= 0 {
 		return fmt.Errorf("%w: %q contains NUL or invalid UTF-8", ErrInvalidKey, key)
+	}
+	for p := range strings.SplitSeq(key, "/") {
+		if p == "" || p == "." || p == ".." {
+			return fmt.Errorf("%w: %q has an empty, \".\" or \"..\" part", ErrInvalidKey, key)
+		}
 	}
 	return nil
 }

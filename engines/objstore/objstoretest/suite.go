@@ -169,16 +169,17 @@ func testNotFound(t *testing.T, cfg Config) {
 
 func testList(t *testing.T, cfg Config) {
 	s := cfg.New(t)
-	all := []string{"a", "a/b", "a/b/c", "a/bc", "a/bc/d", "a/c", "ab", "b/1", "b/10", "b/2", "z"}
+	// Sorted; no key is a "/"-prefix of another (see the package contract).
+	all := []string{"a/b/c", "a/b/d", "a/bc/d", "a/c", "a1", "ab", "b/1", "b/10", "b/2", "z"}
 	for i, k := range all {
 		put(t, s, k, pattern(i+1, byte(i)))
 	}
 	cases := map[string][]string{
 		"":      all,
-		"a":     {"a", "a/b", "a/b/c", "a/bc", "a/bc/d", "a/c", "ab"},
-		"a/":    {"a/b", "a/b/c", "a/bc", "a/bc/d", "a/c"},
-		"a/b":   {"a/b", "a/b/c", "a/bc", "a/bc/d"},
-		"a/b/":  {"a/b/c"},
+		"a":     {"a/b/c", "a/b/d", "a/bc/d", "a/c", "a1", "ab"},
+		"a/":    {"a/b/c", "a/b/d", "a/bc/d", "a/c"},
+		"a/b":   {"a/b/c", "a/b/d", "a/bc/d"},
+		"a/b/":  {"a/b/c", "a/b/d"},
 		"b/1":   {"b/1", "b/10"},
 		"c":     nil,
 		"a/b/c": {"a/b/c"},
@@ -224,7 +225,7 @@ func testDelete(t *testing.T, cfg Config) {
 
 func testKeys(t *testing.T, cfg Config) {
 	s := cfg.New(t)
-	names := []string{"a b", "主题/x", "x%2Fy", "x/y", "../escape", "./dot", ".", "..", "a//b", "UPPER", "upper",
+	names := []string{"a b", "主题/x", "x%2Fy", "x/y", "..escape", ".dot/x", "UPPER", "upper",
 		"$SYS/broker", "sensors/+/temp/#", "q?x=1&y=2", "tab\there", "pct%", "~tilde", "semi;colon", "dot.o", "dot.d", ".tmp",
 		strings.Repeat("long-part", 6) + "/" + strings.Repeat("x", 60)}
 	for i, k := range names {
@@ -246,7 +247,8 @@ func testKeys(t *testing.T, cfg Config) {
 func testInvalidKeys(t *testing.T, cfg Config) {
 	ctx := context.Background()
 	s := cfg.New(t)
-	for _, k := range []string{"", "nul\x00byte", "bad\xffutf8", strings.Repeat("k", objstore.MaxKeyLen+1)} {
+	for _, k := range []string{"", "nul\x00byte", "bad\xffutf8", strings.Repeat("k", objstore.MaxKeyLen+1),
+		"a//b", "../x", "x/.", "trailing/", "/leading", ".", ".."} {
 		if err := Put(ctx, s, k, []byte("x")); !errors.Is(err, objstore.ErrInvalidKey) {
 			t.Errorf("Put(%q) = %v, want ErrInvalidKey", k, err)
 		}
