@@ -92,7 +92,14 @@ func (e *Engine) loadNames() error {
 			continue
 		}
 		dir := fs.PathJoin(e.opts.Dir, d)
-		b, err := vfs.ReadFile(fs, fs.PathJoin(dir, nameFile))
+		// A plain directory name is the shard's name: NAME only has to
+		// exist. A hashed one is read back from NAME.
+		var b []byte
+		if hashed {
+			b, err = vfs.ReadFile(fs, fs.PathJoin(dir, nameFile))
+		} else {
+			_, err = fs.Stat(fs.PathJoin(dir, nameFile))
+		}
 		if vfs.IsNotExist(err) {
 			e.log.Info("file: removing incomplete shard directory", "dir", dir)
 			if err := fs.RemoveAll(dir); err != nil {
@@ -211,10 +218,9 @@ func (e *Engine) createDir(name, d string) error {
 	if err := errors.Join(werr, f.Close()); err != nil {
 		return err
 	}
-	if err := vfs.WriteFileAtomic(fs, fs.PathJoin(dir, nameFile), encodeNameFile(name)); err != nil {
-		return err
-	}
-	return vfs.SyncDir(fs, e.opts.Dir)
+	// WriteFileAtomic syncs dir, which makes the segment's entry durable
+	// too; dir's own entry in e.opts.Dir was synced after MkdirAll.
+	return vfs.WriteFileAtomic(fs, fs.PathJoin(dir, nameFile), encodeNameFile(name))
 }
 
 // Open returns the open shard called name, opening and recovering it if
