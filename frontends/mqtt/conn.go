@@ -195,7 +195,9 @@ func (c *conn) serve() {
 		c.s.publishWill(c.will)
 		return
 	}
-	c.sess.setWillTimer(c.will, c.willDelay, c.s.publishWill)
+	if c.sess.setWillTimer(c.will, c.willDelay, c.s.publishWill) {
+		c.s.saveSession(c.sess, false, true) // the pending will survives a restart
+	}
 	if c.sess.owner() == nil {
 		// The session ended at detach: its end publishes the will now.
 		c.s.mu.Lock()
@@ -393,11 +395,13 @@ func (c *conn) readLoop() error {
 			c.sess.acked(p.PacketID, false)
 		case *packet.Pubrec:
 			if p.ReasonCode.IsError() {
-				c.sess.acked(p.PacketID, false) // the receiver refused it: done
+				c.completed(c.sess.acked(p.PacketID, false)) // the receiver refused it: done
 			} else {
 				rel := &packet.Pubrel{PacketID: p.PacketID}
-				if !c.sess.received(p.PacketID) {
+				if d := c.sess.received(p.PacketID); d == nil {
 					rel.ReasonCode = packet.PacketIdentifierNotFound
+				} else if err = c.persistOutbound([]*delivery{d}); err != nil {
+					return err // no PUBREL before its state is stored
 				}
 				err = c.send(rel)
 			}
@@ -409,10 +413,15 @@ func (c *conn) readLoop() error {
 			c.sess.mu.Unlock()
 			if !ok {
 				comp.ReasonCode = packet.PacketIdentifierNotFound
+			} else if c.s.persistent() && c.sess.stored.Load() {
+				if err := c.s.opts.Store.DeleteInbound(c.clientID, p.PacketID); err != nil {
+					c.s.m.storageErrors.Inc()
+					return &closeError{code: packet.UnspecifiedError, msg: "storing QoS 2 state: " + err.Error()}
+				}
 			}
 			err = c.send(comp)
 		case *packet.Pubcomp:
-			c.sess.acked(p.PacketID, true)
+			c.completed(c.sess.acked(p.PacketID, true))
 		case *packet.Subscribe:
 			err = c.onSubscribe(p)
 		case *packet.Unsubscribe:
@@ -497,6 +506,14 @@ func (c *conn) onPublish(p *packet.Publish) error {
 			c.sess.inQoS2[p.PacketID] = struct{}{}
 		}
 		c.sess.mu.Unlock()
+		if c.s.persistent() && c.sess.stored.Load() {
+			// Durable before PUBREC: a resend after a restart is
+			// recognised and not stored twice.
+			if err := c.s.opts.Store.PutInbound(c.clientID, p.PacketID); err != nil {
+				c.s.m.storageErrors.Inc()
+				return &closeError{code: packet.UnspecifiedError, msg: "storing QoS 2 state: " + err.Error()}
+			}
+		}
 		return c.send(&packet.Pubrec{PacketID: p.PacketID})
 	}
 	return nil
@@ -536,6 +553,9 @@ func (c *conn) onSubscribe(p *packet.Subscribe) error {
 			retained = append(retained, ps)
 		}
 	}
+	if err := c.s.saveSession(c.sess, true, true); err != nil {
+		return &closeError{code: packet.UnspecifiedError, msg: "storing the session: " + err.Error()}
+	}
 	if err := c.send(&packet.Suback{PacketID: p.PacketID, ReasonCodes: codes}); err != nil {
 		return err
 	}
@@ -569,6 +589,9 @@ func (c *conn) onUnsubscribe(p *packet.Unsubscribe) error {
 			}
 			ack.ReasonCodes = append(ack.ReasonCodes, code)
 		}
+	}
+	if err := c.s.saveSession(c.sess, false, true); err != nil {
+		return &closeError{code: packet.UnspecifiedError, msg: "storing the session: " + err.Error()}
 	}
 	return c.send(ack)
 }
@@ -635,6 +658,11 @@ func (c *conn) writeLoop(present bool) {
 			if len(batch) == 0 {
 				break
 			}
+			if err := c.persistOutbound(batch); err != nil {
+				c.s.log.Warn("mqtt delivery stopped", "client_id", c.clientID, "err", err)
+				c.close()
+				return
+			}
 			c.wmu.Lock()
 			var err error
 			for _, d := range batch {
@@ -696,6 +724,6 @@ func (c *conn) writePublishLocked(d *delivery, dup bool) error {
 func (c *conn) drop(d *delivery, reason string) {
 	c.s.m.dropped.WithLabelValues(reason).Inc()
 	if d.qos > 0 {
-		c.sess.acked(d.id, d.released)
+		c.completed(c.sess.acked(d.id, d.released))
 	}
 }

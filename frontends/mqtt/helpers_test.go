@@ -48,16 +48,7 @@ func startBroker(t *testing.T, wrap func(Storage) Storage, tweak func(*Options))
 		Registerer: reg,
 		Logger:     slog.New(slog.DiscardHandler),
 	}
-	if tweak != nil {
-		tweak(&opts)
-	}
-	s, err := NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	s := newStarted(t, opts, tweak)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -73,30 +64,27 @@ func startBroker(t *testing.T, wrap func(Storage) Storage, tweak func(*Options))
 	return b
 }
 
+// newStarted creates and starts a Server with opts, changed by tweak.
+func newStarted(t *testing.T, opts Options, tweak func(*Options)) *Server {
+	t.Helper()
+	if tweak != nil {
+		tweak(&opts)
+	}
+	s, err := NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // stored returns the payloads stored under topic, in order, from every
 // "mqtt/memory/N" shard.
 func (b *testBroker) stored(t *testing.T, topic string) []string {
 	t.Helper()
-	ctx := context.Background()
-	sh, err := b.engine.Open(ctx, ShardName("memory", topic, 4))
-	if err != nil {
-		return nil
-	}
-	low, high := sh.Watermarks()
-	if high == low {
-		return nil
-	}
-	recs, err := sh.Read(ctx, low, shard.Limits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, r := range recs {
-		if string(r.Key) == topic {
-			out = append(out, string(r.Value))
-		}
-	}
-	return out
+	return storedPayloads(t, b.engine, topic)
 }
 
 // metric returns the value of a counter or gauge with the given labels.
@@ -135,7 +123,7 @@ type gatedStorage struct {
 	entered chan string
 }
 
-func (g *gatedStorage) Append(ctx context.Context, m *pubsub.Message) error {
+func (g *gatedStorage) Append(ctx context.Context, m *pubsub.Message) (Position, error) {
 	g.mu.Lock()
 	rel := g.release
 	g.mu.Unlock()
@@ -144,7 +132,7 @@ func (g *gatedStorage) Append(ctx context.Context, m *pubsub.Message) error {
 		select {
 		case <-rel:
 		case <-ctx.Done():
-			return ctx.Err()
+			return Position{}, ctx.Err()
 		}
 	}
 	return g.Storage.Append(ctx, m)
@@ -153,8 +141,8 @@ func (g *gatedStorage) Append(ctx context.Context, m *pubsub.Message) error {
 // failingStorage fails every Append.
 type failingStorage struct{}
 
-func (failingStorage) Append(context.Context, *pubsub.Message) error {
-	return fmt.Errorf("disk on fire")
+func (failingStorage) Append(context.Context, *pubsub.Message) (Position, error) {
+	return Position{}, fmt.Errorf("disk on fire")
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/quiremq/quire/frontends/listen"
 	"github.com/quiremq/quire/frontends/mqtt/packet"
+	"github.com/quiremq/quire/frontends/mqtt/store"
 	"github.com/quiremq/quire/frontends/pubsub"
 )
 
@@ -23,8 +24,18 @@ type Options struct {
 	// Storage receives every published message before it is acknowledged
 	// (see NewShardStorage). Required.
 	Storage Storage
-	// Retained stores retained messages; default an in-memory store.
+	// Retained stores retained messages; default an in-memory store
+	// (store.NewRetained keeps them in Store).
 	Retained pubsub.RetainedStore
+	// Store keeps persistent sessions (Session Expiry > 0) across
+	// restarts: subscriptions, cursors into the shards, QoS 2 packet-id
+	// state, pending wills (package doc, "What survives a restart"). Nil
+	// keeps sessions in memory only. Storage must then be a ReplayStorage.
+	// The caller opens and closes it (after Stop).
+	Store *store.Store
+	// CursorInterval is how often the positions owed to stored sessions
+	// are written (without fsync). Default 100 ms.
+	CursorInterval time.Duration
 	// Registerer receives the quire_mqtt_* metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 	// Logger; default slog.Default().
@@ -76,6 +87,7 @@ const (
 	DefaultReceiveMaximum    = 256
 	DefaultTopicAliasMaximum = 64
 	DefaultMaxSessionExpiry  = 24 * time.Hour
+	DefaultCursorInterval    = 100 * time.Millisecond
 )
 
 // EnsureDefaults fills zero fields with defaults.
@@ -107,6 +119,9 @@ func (o *Options) EnsureDefaults() {
 	if o.TopicAliasMaximum == 0 {
 		o.TopicAliasMaximum = DefaultTopicAliasMaximum
 	}
+	if o.CursorInterval <= 0 {
+		o.CursorInterval = DefaultCursorInterval
+	}
 	if o.MaxSessionExpiry <= 0 {
 		o.MaxSessionExpiry = DefaultMaxSessionExpiry
 	}
@@ -119,6 +134,9 @@ func (o *Options) EnsureDefaults() {
 func (o *Options) Validate() error {
 	if o.Storage == nil {
 		return errors.New("mqtt: Options.Storage is required")
+	}
+	if _, ok := o.Storage.(ReplayStorage); o.Store != nil && !ok {
+		return fmt.Errorf("mqtt: Options.Store needs a Storage that can replay (ReplayStorage), not %T", o.Storage)
 	}
 	if o.MaxPacketSize > packet.MaxPacketSize {
 		return fmt.Errorf("mqtt: MaxPacketSize %d over the protocol's %d", o.MaxPacketSize, packet.MaxPacketSize)

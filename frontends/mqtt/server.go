@@ -32,6 +32,10 @@ type Server struct {
 	stopped   bool
 
 	wg sync.WaitGroup // accept loops and connections
+
+	rs        ReplayStorage // Options.Storage, when sessions are stored
+	stopFlush chan struct{}
+	flushDone chan struct{}
 }
 
 // NewServer checks opts and returns a stopped Server.
@@ -44,17 +48,32 @@ func NewServer(opts Options) (*Server, error) {
 		sessions: map[string]*session{}, conns: map[*conn]struct{}{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = newMetrics(opts.Registerer, s)
+	if opts.Store != nil {
+		s.rs = opts.Storage.(ReplayStorage) // Validate checked
+	}
 	return s, nil
 }
 
-// Start opens every listener and serves them. If one cannot be opened, those
-// already open are closed and Start fails.
+// Start restores the stored sessions (Options.Store), then opens every
+// listener and serves them. If one cannot be opened, those already open are
+// closed and Start fails.
 func (s *Server) Start(ctx context.Context) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.started {
+		s.mu.Unlock()
 		return errors.New("mqtt: server already started")
 	}
+	s.started = true
+	s.mu.Unlock()
+	if s.persistent() {
+		if err := s.restore(ctx); err != nil {
+			return fmt.Errorf("mqtt: restoring sessions: %w", err)
+		}
+		s.stopFlush, s.flushDone = make(chan struct{}), make(chan struct{})
+		go s.flushLoop(s.stopFlush, s.flushDone)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, cfg := range s.opts.Listeners {
 		user := cfg.OnRefused
 		cfg.OnRefused = func(name, reason string) {
@@ -74,7 +93,6 @@ func (s *Server) Start(ctx context.Context) error {
 		s.listeners = append(s.listeners, l)
 		s.log.Info("mqtt listening", "listener", l.Name(), "addr", l.Addr().String())
 	}
-	s.started = true
 	for _, l := range s.listeners {
 		s.wg.Add(1)
 		go s.acceptLoop(l)
@@ -96,8 +114,9 @@ func (s *Server) Addr(name string) net.Addr {
 
 // Stop closes the listeners, disconnects every client (v5: DISCONNECT
 // 0x8B Server shutting down) and waits for their goroutines or for ctx. Wills
-// are not published on Stop: the clients did nothing wrong, and the sessions
-// (in memory) end with the process anyway.
+// are not published on Stop: the clients did nothing wrong. Sessions that
+// are not stored end; stored ones stay in the store (with their pending
+// wills and expiry) for the next Start, and their cursors are flushed.
 func (s *Server) Stop(ctx context.Context) error {
 	s.mu.Lock()
 	if s.stopped {
@@ -121,10 +140,20 @@ func (s *Server) Stop(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("mqtt: stop: %w", ctx.Err())
 	}
+	s.mu.Lock()
+	for _, sess := range s.sessions {
+		sess.stopTimers()
+	}
+	s.mu.Unlock()
+	if s.stopFlush != nil {
+		close(s.stopFlush)
+		<-s.flushDone
+		s.flushCursors()
+	}
+	return nil
 }
 
 func (s *Server) acceptLoop(l listen.Listener) {
@@ -168,7 +197,8 @@ func (s *Server) sessionCount() int {
 // every matching subscription. It returns once the storage append returned:
 // the caller acknowledges after that.
 func (s *Server) publish(ctx context.Context, m *pubsub.Message) error {
-	if err := s.opts.Storage.Append(ctx, m); err != nil {
+	pos, err := s.opts.Storage.Append(ctx, m)
+	if err != nil {
 		s.m.storageErrors.Inc()
 		return err
 	}
@@ -178,19 +208,23 @@ func (s *Server) publish(ctx context.Context, m *pubsub.Message) error {
 			s.log.Warn("mqtt retained store failed", "topic", m.Topic, "err", err)
 		}
 	}
-	s.fanOut(m)
+	s.deliver(m, pos, s.tree.Match(m.Topic, nil, func(sub pubsub.Subscription) bool {
+		return sub.Owner.(*session).online.Load()
+	}), nil)
+	if s.rs != nil && pos.Shard != "" {
+		s.rs.Done(pos)
+	}
 	return nil
 }
 
-// fanOut queues m for each matching subscription: one delivery per session
-// for its non-shared subscriptions (highest QoS, every subscription
-// identifier, MQTT 5.0 §3.3.4) and one per shared group.
-func (s *Server) fanOut(m *pubsub.Message) {
-	subs := s.tree.Match(m.Topic, nil, func(sub pubsub.Subscription) bool {
-		return sub.Owner.(*session).online.Load()
-	})
+// deliver queues m, stored at pos, for each of the matching subscriptions
+// subs that keep accepts (nil: all): one delivery per session for its
+// non-shared subscriptions (highest QoS, every subscription identifier,
+// MQTT 5.0 §3.3.4) and one per shared group. It returns how many
+// deliveries were queued.
+func (s *Server) deliver(m *pubsub.Message, pos Position, subs []pubsub.Subscription, keep func(pubsub.Subscription) bool) int {
 	if len(subs) == 0 {
-		return
+		return 0
 	}
 	var merged map[*session]int // index into ds of a session's non-shared delivery
 	ds := make([]delivery, 0, len(subs))
@@ -198,6 +232,9 @@ func (s *Server) fanOut(m *pubsub.Message) {
 	for _, sub := range subs {
 		sess := sub.Owner.(*session)
 		if sub.Group == "" && sub.NoLocal && sess.id == m.Publisher {
+			continue
+		}
+		if keep != nil && !keep(sub) {
 			continue
 		}
 		qos := min(m.QoS, sub.QoS)
@@ -216,18 +253,22 @@ func (s *Server) fanOut(m *pubsub.Message) {
 			}
 			merged[sess] = len(ds)
 		}
-		d := delivery{msg: m, qos: qos, retain: m.Retain && sub.RetainAsPublished}
+		d := delivery{msg: m, qos: qos, retain: m.Retain && sub.RetainAsPublished, pos: pos}
 		if sub.ID != 0 {
 			d.subIDs = []uint32{sub.ID}
 		}
 		ds = append(ds, d)
 		owners = append(owners, sess)
 	}
+	n := 0
 	for i, d := range ds {
 		if reason := owners[i].enqueue(d, s.opts.MaxQueued); reason != "" {
 			s.m.dropped.WithLabelValues(reason).Inc()
+		} else {
+			n++
 		}
 	}
+	return n
 }
 
 // attach binds c to the session of clientID, taking it over from another
@@ -269,6 +310,13 @@ func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStar
 		}
 		sess.bind(c, expiry)
 		s.mu.Unlock()
+		if s.persistent() && (expiry > 0 || sess.stored.Load()) {
+			// Durable before CONNACK: a client told Session Present
+			// after a restart must find it.
+			if err := s.startStoring(sess); err != nil {
+				return nil, false, err
+			}
+		}
 		return sess, present, nil
 	}
 }
@@ -285,16 +333,27 @@ func (s *Server) detach(c *conn, sess *session) {
 	if dropped > 0 {
 		s.m.dropped.WithLabelValues(dropOfflineQoS0).Add(float64(dropped))
 	}
+	if s.stopped && expiry > 0 && sess.stored.Load() {
+		// Kept in the store for the next Start.
+		s.saveSession(sess, false, true)
+		return
+	}
 	if expiry == 0 || s.stopped {
 		if s.sessions[sess.id] == sess {
 			s.endSessionLocked(sess)
 		}
 		return
 	}
-	sess.setExpiryTimer(expiry, func() {
+	s.saveSession(sess, false, false) // offline since now
+	s.armExpiry(sess, expiry)
+}
+
+// armExpiry ends sess after d unless a connection takes it first.
+func (s *Server) armExpiry(sess *session, d time.Duration) {
+	sess.setExpiryTimer(d, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.sessions[sess.id] == sess && sess.owner() == nil {
+		if !s.stopped && s.sessions[sess.id] == sess && sess.owner() == nil {
 			s.log.Debug("mqtt session expired", "client_id", sess.id)
 			s.endSessionLocked(sess)
 		}
@@ -305,6 +364,7 @@ func (s *Server) detach(c *conn, sess *session) {
 func (s *Server) endSessionLocked(sess *session) {
 	delete(s.sessions, sess.id)
 	subs, dropped, will := sess.end()
+	s.deleteStored(sess)
 	for _, f := range subs {
 		s.tree.Unsubscribe(sess.id, f)
 	}

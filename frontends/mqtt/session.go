@@ -16,6 +16,7 @@ type delivery struct {
 	qos    byte
 	retain bool
 	subIDs []uint32
+	pos    Position // where msg is stored; Shard "" for an untracked message (retained)
 
 	// Set once sent with QoS 1 or 2:
 	id       uint16
@@ -26,7 +27,8 @@ type delivery struct {
 // session is the state of one client identifier: its subscriptions, its
 // queue of messages not yet sent, and its inflight messages (sent with QoS
 // 1 or 2, not yet acknowledged). It outlives connections up to its expiry.
-// All of it lives in memory (see the package doc).
+// With Options.Store, a persistent session is also stored (see persist.go
+// and the package doc); owed then tracks the positions it is owed.
 type session struct {
 	id     string
 	online atomic.Bool
@@ -45,11 +47,73 @@ type session struct {
 	expiryTimer *time.Timer
 	will        *pubsub.Message // a delayed will, published when willTimer fires or the session ends
 	willTimer   *time.Timer
+	willDue     time.Time
+
+	// Persistence (Options.Store).
+	version      byte                         // protocol version of the last connection
+	offlineSince time.Time                    // zero while a connection holds the session
+	stored       atomic.Bool                  // the session has a record in the store
+	owed         map[string]map[uint64]uint16 // shard → offset → deliveries queued or inflight
+	dirty        atomic.Bool                  // owed changed since the last cursor flush
 }
 
 func newSession(id string) *session {
 	return &session{id: id, notify: make(chan struct{}, 1), subs: map[string]pubsub.Subscription{},
-		inflight: map[uint16]*delivery{}, inQoS2: map[uint16]struct{}{}}
+		inflight: map[uint16]*delivery{}, inQoS2: map[uint16]struct{}{}, owed: map[string]map[uint64]uint16{}}
+}
+
+// owe records that d is queued or inflight. s.mu is held.
+func (s *session) owe(d *delivery) {
+	if d.pos.Shard == "" || s.owed == nil {
+		return
+	}
+	m := s.owed[d.pos.Shard]
+	if m == nil {
+		m = map[uint64]uint16{}
+		s.owed[d.pos.Shard] = m
+	}
+	m[d.pos.Offset]++
+	s.dirty.Store(true)
+}
+
+// settle records that d is no longer owed (acknowledged, sent with QoS 0,
+// or dropped). s.mu is held.
+func (s *session) settle(d *delivery) {
+	m := s.owed[d.pos.Shard]
+	if d.pos.Shard == "" || m == nil {
+		return
+	}
+	if m[d.pos.Offset] <= 1 {
+		delete(m, d.pos.Offset)
+		if len(m) == 0 {
+			delete(s.owed, d.pos.Shard)
+		}
+	} else {
+		m[d.pos.Offset]--
+	}
+	s.dirty.Store(true)
+}
+
+// cursors returns, for each shard of frontiers, the offset below which
+// nothing is owed: the lowest owed offset, capped by the frontier. A shard
+// with nothing owed is left out when explicit is false (its cursor is the
+// global one, which the same batch sets to the frontier), else set to the
+// frontier.
+func (s *session) cursors(frontiers map[string]uint64, explicit bool) map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := map[string]uint64{}
+	for sh, f := range frontiers {
+		low, owed := f, false
+		for off := range s.owed[sh] {
+			owed = true
+			low = min(low, off)
+		}
+		if owed || explicit {
+			c[sh] = low
+		}
+	}
+	return c
 }
 
 func (s *session) owner() *conn {
@@ -65,6 +129,9 @@ func (s *session) bind(c *conn, expiry time.Duration) {
 	defer s.mu.Unlock()
 	s.conn = c
 	s.expiry = expiry
+	if c != nil {
+		s.version = byte(c.version)
+	}
 	if s.expiryTimer != nil {
 		s.expiryTimer.Stop()
 		s.expiryTimer = nil
@@ -74,6 +141,8 @@ func (s *session) bind(c *conn, expiry time.Duration) {
 		s.willTimer = nil
 		s.will = nil
 	}
+	s.willDue = time.Time{}
+	s.offlineSince = time.Time{}
 	s.online.Store(true)
 	s.wake()
 }
@@ -89,9 +158,16 @@ func (s *session) unbind(c *conn) (expiry time.Duration, droppedQoS0 int, ok boo
 		return 0, 0, false
 	}
 	s.conn = nil
+	s.offlineSince = time.Now()
 	s.online.Store(false)
 	n := len(s.queue)
-	s.queue = slices.DeleteFunc(s.queue, func(d delivery) bool { return d.qos == 0 })
+	s.queue = slices.DeleteFunc(s.queue, func(d delivery) bool {
+		if d.qos == 0 {
+			s.settle(&d)
+			return true
+		}
+		return false
+	})
 	return s.expiry, n - len(s.queue), true
 }
 
@@ -109,23 +185,38 @@ func (s *session) setExpiryTimer(d time.Duration, f func()) {
 	}
 }
 
-// setWillTimer arms a delayed will.
-func (s *session) setWillTimer(w *pubsub.Message, d time.Duration, publish func(*pubsub.Message)) {
+// stopTimers stops the expiry and will timers (Server.Stop; a stored
+// session's expiry and will are re-armed by the next Start).
+func (s *session) stopTimers() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.expiryTimer != nil {
+		s.expiryTimer.Stop()
+	}
+	if s.willTimer != nil {
+		s.willTimer.Stop()
+	}
+}
+
+// setWillTimer arms a delayed will and reports whether it did.
+func (s *session) setWillTimer(w *pubsub.Message, d time.Duration, publish func(*pubsub.Message)) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended || s.conn != nil {
-		return
+		return false
 	}
 	s.will = w
+	s.willDue = time.Now().Add(d)
 	s.willTimer = time.AfterFunc(d, func() {
 		s.mu.Lock()
 		w := s.will
-		s.will, s.willTimer = nil, nil
+		s.will, s.willTimer, s.willDue = nil, nil, time.Time{}
 		s.mu.Unlock()
 		if w != nil {
 			publish(w)
 		}
 	})
+	return true
 }
 
 // end marks the session ended and returns its filters, how many queued or
@@ -139,7 +230,7 @@ func (s *session) end() (filters []string, dropped int, will *pubsub.Message) {
 		filters = append(filters, f)
 	}
 	dropped = len(s.queue) + len(s.inflight)
-	s.queue, s.inflight, s.subs = nil, nil, nil
+	s.queue, s.inflight, s.subs, s.owed = nil, nil, nil, nil
 	if s.expiryTimer != nil {
 		s.expiryTimer.Stop()
 	}
@@ -173,6 +264,7 @@ func (s *session) enqueue(d delivery, maxQueued int) string {
 		s.mu.Unlock()
 		return dropQueueFull
 	}
+	s.owe(&d)
 	s.queue = append(s.queue, d)
 	online := s.conn != nil
 	s.mu.Unlock()
@@ -195,6 +287,7 @@ func (s *session) take(c *conn, inflightMax, max int, now time.Time, dst []*deli
 	for n < len(s.queue) && len(dst) < max {
 		d := s.queue[n]
 		if d.msg.Expired(now) {
+			s.settle(&d)
 			n++
 			expired++
 			continue
@@ -210,6 +303,7 @@ func (s *session) take(c *conn, inflightMax, max int, now time.Time, dst []*deli
 			s.inflight[d.id] = p
 			dst = append(dst, p)
 		} else {
+			s.settle(&d)
 			dst = append(dst, &d)
 		}
 		n++
@@ -249,27 +343,31 @@ func (s *session) resend() []*delivery {
 }
 
 // acked removes an inflight delivery (PUBACK, PUBCOMP, or a failed PUBREC)
-// and reports whether it was there.
-func (s *session) acked(id uint16, wantReleased bool) bool {
+// and returns it, nil if it was not there (or not in the wanted state).
+func (s *session) acked(id uint16, wantReleased bool) *delivery {
 	s.mu.Lock()
 	d, ok := s.inflight[id]
 	if ok && d.released == wantReleased {
 		delete(s.inflight, id)
+		s.settle(d)
+	} else {
+		d = nil
 	}
 	s.mu.Unlock()
 	if ok {
 		s.wake()
 	}
-	return ok
+	return d
 }
 
-// received marks a QoS 2 delivery released (PUBREC received).
-func (s *session) received(id uint16) bool {
+// received marks a QoS 2 delivery released (PUBREC received) and returns
+// it, nil if it is not inflight.
+func (s *session) received(id uint16) *delivery {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d, ok := s.inflight[id]
-	if ok {
+	d := s.inflight[id]
+	if d != nil {
 		d.released = true
 	}
-	return ok
+	return d
 }

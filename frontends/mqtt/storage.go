@@ -8,16 +8,48 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/quiremq/quire/frontends/mqtt/store"
 	"github.com/quiremq/quire/frontends/pubsub"
 	"github.com/quiremq/quire/shard"
 )
 
 // Storage persists published messages. Append returns once the message is
-// as durable as its engine promises; the broker acknowledges a QoS 1 or 2
+// as durable as its engine promises, with the message's position (a zero
+// Position if the storage has none); the broker acknowledges a QoS 1 or 2
 // PUBLISH only after that. Implementations are safe for concurrent use.
 type Storage interface {
-	Append(ctx context.Context, m *pubsub.Message) error
+	Append(ctx context.Context, m *pubsub.Message) (Position, error)
+}
+
+// Position is where a message is stored: shard name and offset.
+type Position = store.Position
+
+// Stored is a message read back from storage, with its position.
+type Stored struct {
+	Pos Position
+	Msg *pubsub.Message
+}
+
+// ReplayStorage is a Storage whose messages can be read back, which
+// persistent sessions need (Options.Store): offline queues are rebuilt
+// from it after a restart. ShardStorage implements it.
+type ReplayStorage interface {
+	Storage
+	// Done tells the storage that the message at pos was handed to every
+	// matching session (or its publish failed after the append).
+	Done(pos Position)
+	// Frontiers returns, for every open shard, the offset below which
+	// every message is Done.
+	Frontiers() map[string]uint64
+	// OpenAll opens every existing shard of the storage, so that
+	// Frontiers covers them.
+	OpenAll(ctx context.Context) error
+	// Watermarks returns an open shard's low and high watermarks.
+	Watermarks(shard string) (low, high uint64, ok bool)
+	// Read returns up to max messages of shard from offset from on.
+	Read(ctx context.Context, shard string, from uint64, max int) ([]Stored, error)
 }
 
 // Record headers written for each message. User properties are stored as
@@ -48,15 +80,30 @@ const DefaultShardsPerEngine = 16
 // topic name, its value the payload, its timestamp the time the broker
 // accepted it; its headers carry the rest (Header* constants). Shards are
 // created on first use and kept open until Close.
+//
+// ShardStorage also tracks, per shard, a frontier: the offset below which
+// every appended message is Done (handed to the sessions). Offsets are
+// dense, so the frontier advances over the contiguous Done offsets; an
+// append that failed after the engine assigned an offset holds it back,
+// which costs redelivery after a restart, never a loss.
 type ShardStorage struct {
 	router *shard.Router
 	n      int
 
-	mu     sync.Mutex
-	shards map[string]shard.Shard
+	mu     sync.RWMutex
+	shards map[string]*openShard
+	closed bool
 }
 
-var _ Storage = (*ShardStorage)(nil)
+type openShard struct {
+	sh shard.Shard
+
+	mu       sync.Mutex
+	frontier uint64
+	done     map[uint64]struct{} // Done offsets at or above frontier
+}
+
+var _ ReplayStorage = (*ShardStorage)(nil)
 
 // NewShardStorage returns a ShardStorage over router with shardsPerEngine
 // shards per engine (0: DefaultShardsPerEngine). Changing shardsPerEngine
@@ -66,7 +113,7 @@ func NewShardStorage(router *shard.Router, shardsPerEngine int) *ShardStorage {
 	if shardsPerEngine <= 0 {
 		shardsPerEngine = DefaultShardsPerEngine
 	}
-	return &ShardStorage{router: router, n: shardsPerEngine, shards: map[string]shard.Shard{}}
+	return &ShardStorage{router: router, n: shardsPerEngine, shards: map[string]*openShard{}}
 }
 
 // ShardName is the shard topic is stored in on engine, with n shards per
@@ -78,23 +125,138 @@ func ShardName(engine, topic string, n int) string {
 }
 
 // Append implements Storage.
-func (st *ShardStorage) Append(ctx context.Context, m *pubsub.Message) error {
+func (st *ShardStorage) Append(ctx context.Context, m *pubsub.Message) (Position, error) {
 	engine := st.router.EngineName(m.Topic)
-	sh, err := st.shard(ctx, engine, ShardName(engine, m.Topic, st.n))
+	name := ShardName(engine, m.Topic, st.n)
+	os, err := st.shard(ctx, engine, name, true)
 	if err != nil {
-		return err
+		return Position{}, err
 	}
-	_, err = sh.Append(ctx, []shard.Record{EncodeRecord(m)})
-	return err
+	off, err := os.sh.Append(ctx, []shard.Record{EncodeRecord(m)})
+	if err != nil {
+		return Position{}, err
+	}
+	return Position{Shard: name, Offset: off}, nil
 }
 
-func (st *ShardStorage) shard(ctx context.Context, engine, name string) (shard.Shard, error) {
+// Done implements ReplayStorage.
+func (st *ShardStorage) Done(pos Position) {
+	st.mu.RLock()
+	os := st.shards[pos.Shard]
+	st.mu.RUnlock()
+	if os == nil {
+		return
+	}
+	os.mu.Lock()
+	defer os.mu.Unlock()
+	if pos.Offset < os.frontier {
+		return
+	}
+	if pos.Offset > os.frontier {
+		if os.done == nil {
+			os.done = map[uint64]struct{}{}
+		}
+		os.done[pos.Offset] = struct{}{}
+		return
+	}
+	os.frontier++
+	for {
+		if _, ok := os.done[os.frontier]; !ok {
+			return
+		}
+		delete(os.done, os.frontier)
+		os.frontier++
+	}
+}
+
+// Frontiers implements ReplayStorage.
+func (st *ShardStorage) Frontiers() map[string]uint64 {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	f := make(map[string]uint64, len(st.shards))
+	for name, os := range st.shards {
+		os.mu.Lock()
+		f[name] = os.frontier
+		os.mu.Unlock()
+	}
+	return f
+}
+
+// OpenAll implements ReplayStorage: it opens every "mqtt/<engine>/…"
+// shard of every engine.
+func (st *ShardStorage) OpenAll(ctx context.Context) error {
+	for engine, e := range st.router.Engines() {
+		names, err := e.List(ctx)
+		if err != nil {
+			return fmt.Errorf("mqtt: list shards of %s: %w", engine, err)
+		}
+		prefix := "mqtt/" + engine + "/"
+		for _, name := range names {
+			if strings.HasPrefix(name, prefix) {
+				if _, err := st.shard(ctx, engine, name, false); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Watermarks implements ReplayStorage.
+func (st *ShardStorage) Watermarks(name string) (low, high uint64, ok bool) {
+	st.mu.RLock()
+	os := st.shards[name]
+	st.mu.RUnlock()
+	if os == nil {
+		return 0, 0, false
+	}
+	low, high = os.sh.Watermarks()
+	return low, high, true
+}
+
+// Read implements ReplayStorage.
+func (st *ShardStorage) Read(ctx context.Context, name string, from uint64, max int) ([]Stored, error) {
+	st.mu.RLock()
+	os := st.shards[name]
+	st.mu.RUnlock()
+	if os == nil {
+		return nil, fmt.Errorf("mqtt: shard %s is not open: %w", name, shard.ErrNotFound)
+	}
+	recs, err := os.sh.Read(ctx, from, shard.Limits{MaxRecords: max, MaxBytes: 4 << 20})
+	if err != nil {
+		return nil, fmt.Errorf("mqtt: read shard %s at %d: %w", name, from, err)
+	}
+	out := make([]Stored, 0, len(recs))
+	for i := range recs {
+		m, err := DecodeRecord(&recs[i])
+		if err != nil {
+			return nil, fmt.Errorf("mqtt: shard %s offset %d: %w", name, recs[i].Offset, err)
+		}
+		out = append(out, Stored{Pos: Position{Shard: name, Offset: recs[i].Offset}, Msg: m})
+	}
+	return out, nil
+}
+
+// shard returns the open shard name of engine, opening it (and, with
+// create, creating it) on first use. A shard's frontier starts at its high
+// watermark when opened: nothing below was appended through this storage.
+func (st *ShardStorage) shard(ctx context.Context, engine, name string, create bool) (*openShard, error) {
+	st.mu.RLock()
+	os := st.shards[name]
+	closed := st.closed
+	st.mu.RUnlock()
+	if os != nil {
+		return os, nil
+	}
+	if closed {
+		return nil, shard.ErrClosed
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if sh := st.shards[name]; sh != nil {
-		return sh, nil
+	if os := st.shards[name]; os != nil {
+		return os, nil
 	}
-	if st.shards == nil {
+	if st.closed {
 		return nil, shard.ErrClosed
 	}
 	e, ok := st.router.Lookup(engine)
@@ -102,7 +264,7 @@ func (st *ShardStorage) shard(ctx context.Context, engine, name string) (shard.S
 		return nil, fmt.Errorf("mqtt: engine %q not available", engine)
 	}
 	sh, err := e.Open(ctx, name)
-	if errors.Is(err, shard.ErrNotFound) {
+	if create && errors.Is(err, shard.ErrNotFound) {
 		sh, err = e.Create(ctx, name)
 		if errors.Is(err, shard.ErrExists) {
 			sh, err = e.Open(ctx, name)
@@ -111,15 +273,18 @@ func (st *ShardStorage) shard(ctx context.Context, engine, name string) (shard.S
 	if err != nil {
 		return nil, fmt.Errorf("mqtt: open shard %s: %w", name, err)
 	}
-	st.shards[name] = sh
-	return sh, nil
+	_, high := sh.Watermarks()
+	os = &openShard{sh: sh, frontier: high}
+	st.shards[name] = os
+	return os, nil
 }
 
 // Close forgets the open shards (the engines own and close them); later
 // Appends fail with shard.ErrClosed.
 func (st *ShardStorage) Close() error {
 	st.mu.Lock()
-	st.shards = nil
+	st.shards = map[string]*openShard{}
+	st.closed = true
 	st.mu.Unlock()
 	return nil
 }
@@ -158,4 +323,57 @@ func EncodeRecord(m *pubsub.Message) shard.Record {
 		add(k, h.Value)
 	}
 	return r
+}
+
+// ErrBadRecord is returned by DecodeRecord for a record this package did
+// not write.
+var ErrBadRecord = errors.New("mqtt: not an MQTT record")
+
+// DecodeRecord is the message of a record written by EncodeRecord.
+func DecodeRecord(r *shard.Record) (*pubsub.Message, error) {
+	m := &pubsub.Message{Topic: string(r.Key), Payload: r.Value, Time: time.UnixMilli(r.Timestamp)}
+	qos := -1
+	for _, h := range r.Headers {
+		v := string(h.Value)
+		switch h.Key {
+		case HeaderQoS:
+			if len(v) == 1 && v[0] >= '0' && v[0] <= '2' {
+				qos = int(v[0] - '0')
+			}
+		case HeaderRetain:
+			m.Retain = v == "1"
+		case HeaderPublisher:
+			m.Publisher = v
+		case HeaderPayloadFormat:
+			if v == "1" {
+				m.PayloadFormat = 1
+			}
+		case HeaderContentType:
+			m.ContentType = v
+		case HeaderResponseTopic:
+			m.ResponseTopic = v
+		case HeaderCorrelationData:
+			m.CorrelationData = h.Value
+		case HeaderExpiry:
+			ms, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%w: bad %s %q", ErrBadRecord, HeaderExpiry, v)
+			}
+			m.Expiry = time.UnixMilli(ms)
+		default:
+			k := h.Key
+			if strings.HasPrefix(k, "mqtt.") {
+				var ok bool
+				if k, ok = strings.CutPrefix(k, userPrefix); !ok {
+					continue // a header of a later version
+				}
+			}
+			m.Headers = append(m.Headers, pubsub.Header{Key: k, Value: v})
+		}
+	}
+	if qos < 0 {
+		return nil, fmt.Errorf("%w: no valid %s header", ErrBadRecord, HeaderQoS)
+	}
+	m.QoS = byte(qos)
+	return m, nil
 }

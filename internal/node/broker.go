@@ -13,6 +13,7 @@ import (
 
 	"github.com/quiremq/quire/frontends/listen"
 	"github.com/quiremq/quire/frontends/mqtt"
+	"github.com/quiremq/quire/frontends/mqtt/store"
 	"github.com/quiremq/quire/internal/config"
 	"github.com/quiremq/quire/internal/metrics"
 	"github.com/quiremq/quire/internal/node/topics"
@@ -45,6 +46,7 @@ type broker struct {
 	engines  map[string]shard.Engine
 	registry atomic.Pointer[topics.Registry] // set while running
 	mqtt     *mqtt.Server                    // nil when no MQTT listener is served
+	mqttDB   *store.Store                    // the MQTT sessions and retained messages, under data_dir/mqtt
 	stopSync context.CancelFunc
 	syncDone chan struct{}
 }
@@ -118,6 +120,10 @@ func (b *broker) Start(ctx context.Context) error {
 	return nil
 }
 
+// mqttStoreDir holds the MQTT broker's local store (sessions, cursors,
+// retained messages) under data_dir.
+const mqttStoreDir = "mqtt"
+
 // maxConnections bounds the protocol connections of a node, under the
 // process's 20,000 open files (shards, segments and peers need the rest).
 const maxConnections = 15000
@@ -153,13 +159,24 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 	if err != nil || len(ls) == 0 {
 		return err
 	}
-	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0), Registerer: b.reg, Logger: b.log.With("component", "mqtt")})
+	log := b.log.With("component", "mqtt")
+	db, err := store.Open(store.Options{FS: b.fs, Dir: b.fs.PathJoin(b.dataDir, mqttStoreDir), Logger: log})
 	if err != nil {
 		return err
 	}
-	if err := srv.Start(ctx); err != nil {
-		return err
+	retained, err := store.NewRetained(db)
+	if err != nil {
+		return errors.Join(err, db.Close())
 	}
+	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0), Store: db, Retained: retained,
+		Registerer: b.reg, Logger: log})
+	if err != nil {
+		return errors.Join(err, db.Close())
+	}
+	if err := srv.Start(ctx); err != nil {
+		return errors.Join(err, srv.Stop(ctx), db.Close())
+	}
+	b.mqttDB = db
 	b.mqtt = srv
 	for _, l := range ls {
 		b.log.Info("MQTT listener serving", "listener", "mqtt."+l.Name, "addr", srv.Addr(l.Name))
@@ -263,6 +280,10 @@ func (b *broker) Stop(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("stop mqtt: %w", err))
 		}
 		b.mqtt = nil
+		if err := b.mqttDB.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close mqtt store: %w", err))
+		}
+		b.mqttDB = nil
 	}
 	return errors.Join(append(errs, b.stopStorage())...)
 }

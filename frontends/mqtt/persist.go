@@ -1,0 +1,362 @@
+package mqtt
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/quiremq/quire/frontends/mqtt/store"
+	"github.com/quiremq/quire/frontends/pubsub"
+)
+
+// This file keeps persistent sessions in Options.Store (package doc, "What
+// survives a restart"): session records, cursors, QoS 2 packet-id state,
+// and the restore at Start that rebuilds offline queues from the shards.
+
+// persistent reports whether sessions are stored.
+func (s *Server) persistent() bool { return s.opts.Store != nil }
+
+// record is sess as stored. sess.mu is not held.
+func (sess *session) record() *store.Session {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	r := &store.Session{ClientID: sess.id, Version: sess.version, ExpirySeconds: uint32(sess.expiry / time.Second)}
+	if !sess.offlineSince.IsZero() {
+		r.DisconnectedAt = sess.offlineSince.UnixMilli()
+	}
+	for _, f := range slices.Sorted(maps.Keys(sess.subs)) {
+		ps := sess.subs[f]
+		r.Subs = append(r.Subs, store.Sub{Filter: f, QoS: ps.QoS, NoLocal: ps.NoLocal,
+			RetainAsPublished: ps.RetainAsPublished, RetainHandling: ps.RetainHandling, ID: ps.ID})
+	}
+	if sess.will != nil {
+		r.Will = sess.will
+		r.WillDue = sess.willDue.UnixMilli()
+	}
+	return r
+}
+
+// saveSession writes sess's record if it is stored; with explicit, also
+// its cursors for every shard (a new subscription must not see older
+// messages after a restart).
+func (s *Server) saveSession(sess *session, explicit, sync bool) error {
+	if !s.persistent() {
+		return nil
+	}
+	sess.mu.Lock()
+	ended := sess.ended
+	sess.mu.Unlock()
+	if !sess.stored.Load() || ended {
+		return nil
+	}
+	var cursors map[string]uint64
+	if explicit {
+		cursors = sess.cursors(s.rs.Frontiers(), true)
+	}
+	if err := s.opts.Store.PutSession(sess.record(), cursors, sync); err != nil {
+		s.m.storageErrors.Inc()
+		s.log.Warn("mqtt session not stored", "client_id", sess.id, "err", err)
+		return err
+	}
+	return nil
+}
+
+// startStoring marks a session persistent (Session Expiry > 0) and writes
+// its record with explicit cursors, durably.
+func (s *Server) startStoring(sess *session) error {
+	fresh := !sess.stored.Swap(true)
+	return s.saveSession(sess, fresh, true)
+}
+
+// deleteStored removes a stored session's records. s.mu is held.
+func (s *Server) deleteStored(sess *session) {
+	if !s.persistent() || !sess.stored.Load() {
+		return
+	}
+	if err := s.opts.Store.DeleteSession(sess.id); err != nil {
+		s.m.storageErrors.Inc()
+		s.log.Warn("mqtt ended session not deleted from the store", "client_id", sess.id, "err", err)
+	}
+}
+
+// flushLoop writes cursors every Options.CursorInterval until stop closes.
+func (s *Server) flushLoop(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(s.opts.CursorInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			s.flushCursors()
+		}
+	}
+}
+
+// flushCursors writes, in one batch without fsync, the cursors of every
+// stored session whose owed positions changed, and the global cursors
+// (the frontiers, read first: a message below a frontier was handed to its
+// sessions before, so it is owed in what is read next).
+func (s *Server) flushCursors() {
+	f := s.rs.Frontiers()
+	s.mu.Lock()
+	var dirty []*session
+	for _, sess := range s.sessions {
+		if sess.stored.Load() && sess.dirty.Swap(false) {
+			dirty = append(dirty, sess)
+		}
+	}
+	s.mu.Unlock()
+	c := &store.Cursors{Clients: make(map[string]map[string]uint64, len(dirty)), Known: slices.Collect(maps.Keys(f)), Global: f}
+	for _, sess := range dirty {
+		c.Clients[sess.id] = sess.cursors(f, false)
+	}
+	if err := s.opts.Store.PutCursors(c); err != nil {
+		s.m.storageErrors.Inc()
+		s.log.Warn("mqtt cursors not stored", "err", err)
+		for _, sess := range dirty {
+			sess.dirty.Store(true)
+		}
+	}
+}
+
+// restored is a session read back at Start.
+type restored struct {
+	sess    *session
+	rec     *store.Session
+	cursors map[string]uint64
+	skip    map[Position]bool // QoS 2 inflight or completed: not replayed
+}
+
+// restore loads the stored sessions and rebuilds what they are owed: QoS
+// 2 inflight messages by packet identifier, then the offline queues by
+// reading every shard from the lowest cursor up to its high watermark and
+// matching each message against the sessions whose cursor it is at or
+// above. Retained messages are replayed from the global cursors on (their
+// store writes are not synced). Then expired sessions end and pending wills
+// are armed.
+func (s *Server) restore(ctx context.Context) error {
+	st := s.opts.Store
+	if err := s.rs.OpenAll(ctx); err != nil {
+		return err
+	}
+	global, err := st.GlobalCursors()
+	if err != nil {
+		return err
+	}
+	var recs []*store.Session
+	if err := st.Sessions(func(r *store.Session) error { recs = append(recs, r); return nil }); err != nil {
+		return err
+	}
+	byID := map[*session]*restored{}
+	var all []*restored
+	for _, rec := range recs {
+		r, err := s.restoreSession(ctx, rec)
+		if err != nil {
+			return fmt.Errorf("mqtt: restoring session %q: %w", rec.ClientID, err)
+		}
+		byID[r.sess] = r
+		all = append(all, r)
+	}
+
+	// Replay the shards.
+	frontiers := s.rs.Frontiers()
+	replayed := 0
+	for _, sh := range slices.Sorted(maps.Keys(frontiers)) {
+		low, high, _ := s.rs.Watermarks(sh)
+		clamp := func(off uint64) uint64 { return min(max(off, low), high) }
+		g, ok := global[sh]
+		if !ok {
+			g = low // the shard is newer than the last flush
+		}
+		g = clamp(g)
+		from := g
+		cur := map[*session]uint64{}
+		for _, r := range all {
+			c, ok := r.cursors[sh]
+			if !ok {
+				c = g
+			}
+			c = clamp(c)
+			cur[r.sess] = c
+			from = min(from, c)
+		}
+		for off := from; off < high; {
+			batch, err := s.rs.Read(ctx, sh, off, 512)
+			if err != nil {
+				return err
+			}
+			if len(batch) == 0 {
+				break
+			}
+			for _, m := range batch {
+				off = m.Pos.Offset + 1
+				if m.Msg.Retain && m.Pos.Offset >= g {
+					if err := s.opts.Retained.Set(ctx, m.Msg); err != nil {
+						return err
+					}
+				}
+				replayed += s.deliver(m.Msg, m.Pos, s.tree.Match(m.Msg.Topic, nil, func(pubsub.Subscription) bool { return false }),
+					func(sub pubsub.Subscription) bool {
+						r := byID[sub.Owner.(*session)]
+						return r != nil && sub.Group == "" && m.Pos.Offset >= cur[r.sess] && !r.skip[m.Pos]
+					})
+			}
+		}
+	}
+	s.flushCursors() // clamped cursors; global cursors of new shards
+
+	now := time.Now()
+	ended := 0
+	for _, r := range all {
+		sess, rec := r.sess, r.rec
+		since := now
+		if rec.DisconnectedAt != 0 {
+			since = time.UnixMilli(rec.DisconnectedAt)
+		}
+		sess.mu.Lock()
+		sess.offlineSince = since
+		sess.mu.Unlock()
+		left := since.Add(time.Duration(rec.ExpirySeconds) * time.Second).Sub(now)
+		if left <= 0 {
+			s.mu.Lock()
+			s.endSessionLocked(sess)
+			s.mu.Unlock()
+			if rec.Will != nil {
+				// The session ended before its will delay did: publish
+				// now (MQTT 5.0 §3.1.3.2.2).
+				go s.publishWill(rec.Will)
+			}
+			ended++
+			continue
+		}
+		s.armExpiry(sess, left)
+		if rec.Will != nil {
+			sess.setWillTimer(rec.Will, max(0, time.UnixMilli(rec.WillDue).Sub(now)), s.publishWill)
+		}
+		if rec.DisconnectedAt == 0 {
+			s.saveSession(sess, false, false)
+		}
+	}
+	if len(all) > 0 || replayed > 0 {
+		s.log.Info("mqtt sessions restored", "sessions", len(all)-ended, "expired", ended, "queued", replayed)
+	}
+	return nil
+}
+
+// restoreSession builds one stored session, offline, with its
+// subscriptions in the tree and its QoS 2 state.
+func (s *Server) restoreSession(ctx context.Context, rec *store.Session) (*restored, error) {
+	st := s.opts.Store
+	sess := newSession(rec.ClientID)
+	sess.stored.Store(true)
+	sess.version = rec.Version
+	sess.expiry = time.Duration(rec.ExpirySeconds) * time.Second
+	r := &restored{sess: sess, rec: rec, skip: map[Position]bool{}}
+	for _, sub := range rec.Subs {
+		group, filter, ok := pubsub.ParseShared(sub.Filter)
+		if !ok {
+			return nil, fmt.Errorf("%w: bad filter %q", store.ErrCorrupt, sub.Filter)
+		}
+		ps := pubsub.Subscription{Client: rec.ClientID, Filter: filter, Group: group, QoS: sub.QoS, NoLocal: sub.NoLocal,
+			RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID, Owner: sess}
+		s.tree.Subscribe(ps)
+		sess.subs[sub.Filter] = ps
+	}
+	ids, err := st.Inbounds(rec.ClientID)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		sess.inQoS2[id] = struct{}{}
+	}
+	outs, err := st.Outbounds(rec.ClientID)
+	if err != nil {
+		return nil, err
+	}
+	var ds []*delivery
+	for id, o := range outs {
+		got, err := s.rs.Read(ctx, o.Pos.Shard, o.Pos.Offset, 1)
+		if err != nil || len(got) == 0 || got[0].Pos != o.Pos {
+			// Gone with an engine that keeps nothing across restarts.
+			s.log.Warn("mqtt inflight QoS 2 message not found", "client_id", rec.ClientID, "shard", o.Pos.Shard,
+				"offset", o.Pos.Offset, "err", err)
+			continue
+		}
+		ds = append(ds, &delivery{msg: got[0].Msg, qos: o.QoS, retain: o.Retain, subIDs: o.SubIDs, pos: o.Pos,
+			id: id, released: o.Released, seq: o.Seq})
+		r.skip[o.Pos] = true
+	}
+	slices.SortFunc(ds, func(a, b *delivery) int { return cmp.Compare(a.seq, b.seq) })
+	for _, d := range ds {
+		sess.seq = max(sess.seq, d.seq)
+		sess.inflight[d.id] = d
+		sess.owe(d)
+	}
+	done, err := st.Done(rec.ClientID)
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(r.skip, done)
+	if r.cursors, err = st.ClientCursors(rec.ClientID); err != nil {
+		return nil, err
+	}
+	// Done markers below the cursors are spent.
+	var spent []Position
+	for p := range done {
+		if c, ok := r.cursors[p.Shard]; ok && p.Offset < c {
+			spent = append(spent, p)
+		}
+	}
+	if len(spent) > 0 {
+		if err := st.DeleteDone(rec.ClientID, spent); err != nil {
+			return nil, err
+		}
+	}
+	sess.dirty.Store(true)
+	s.mu.Lock()
+	s.sessions[rec.ClientID] = sess
+	s.mu.Unlock()
+	return r, nil
+}
+
+// persistOutbound stores the packet-id state of the QoS 2 deliveries of
+// batch that have a position, before they are sent.
+func (c *conn) persistOutbound(batch []*delivery) error {
+	if !c.s.persistent() || !c.sess.stored.Load() {
+		return nil
+	}
+	var os map[uint16]*store.Outbound
+	for _, d := range batch {
+		if d.qos == 2 && d.pos.Shard != "" {
+			if os == nil {
+				os = map[uint16]*store.Outbound{}
+			}
+			os[d.id] = &store.Outbound{Pos: d.pos, Released: d.released, Seq: d.seq, QoS: d.qos, Retain: d.retain, SubIDs: d.subIDs}
+		}
+	}
+	if os == nil {
+		return nil
+	}
+	if err := c.s.opts.Store.PutOutbound(c.clientID, os); err != nil {
+		c.s.m.storageErrors.Inc()
+		return fmt.Errorf("mqtt: storing QoS 2 state: %w", err)
+	}
+	return nil
+}
+
+// completed forgets the stored packet-id state of a QoS 2 delivery that
+// left the inflight window (nil: nothing left it).
+func (c *conn) completed(d *delivery) {
+	if d == nil || d.qos != 2 || d.pos.Shard == "" || !c.s.persistent() || !c.sess.stored.Load() {
+		return
+	}
+	if err := c.s.opts.Store.CompleteOutbound(c.clientID, d.id, d.pos); err != nil {
+		c.s.m.storageErrors.Inc()
+		c.s.log.Warn("mqtt QoS 2 completion not stored", "client_id", c.clientID, "err", err)
+	}
+}

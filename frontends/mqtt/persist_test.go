@@ -1,0 +1,407 @@
+package mqtt
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quiremq/quire/engines/file"
+	"github.com/quiremq/quire/engines/memory"
+	"github.com/quiremq/quire/frontends/listen"
+	"github.com/quiremq/quire/frontends/mqtt/packet"
+	"github.com/quiremq/quire/frontends/mqtt/store"
+	"github.com/quiremq/quire/internal/vfs"
+	"github.com/quiremq/quire/shard"
+)
+
+// node is what survives a broker restart in these tests: a file system
+// holding the store (and, for the file engine, the shards) and an engine.
+type node struct {
+	fs  vfs.FS
+	eng shard.Engine
+}
+
+// persistentBroker is a running Server with a Store.
+type persistentBroker struct {
+	*Server
+	st      *store.Store
+	storage *ShardStorage
+	tcp     string
+	stopped bool
+}
+
+// start runs a Server over n's engine and a store in n's file system;
+// serve false opens no listener (synctest bubbles cannot block on real
+// sockets).
+func (n *node) start(t *testing.T, serve bool, tweak func(*Options)) *persistentBroker {
+	t.Helper()
+	st, err := store.Open(store.Options{FS: n.fs, Dir: "mqtt", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ret, err := store.NewRetained(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := shard.NewRouter(n.eng.Name(), nil, map[string]shard.Engine{n.eng.Name(): n.eng})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storage := NewShardStorage(router, 4)
+	opts := Options{Storage: storage, Store: st, Retained: ret, Registerer: prometheus.NewRegistry(),
+		Logger: slog.New(slog.DiscardHandler), CursorInterval: 10 * time.Millisecond}
+	if serve {
+		opts.Listeners = []listen.Config{{Name: "tcp", Addr: "127.0.0.1:0"}}
+	}
+	s := newStarted(t, opts, tweak)
+	b := &persistentBroker{Server: s, st: st, storage: storage}
+	if serve {
+		b.tcp = s.Addr("tcp").String()
+	}
+	t.Cleanup(func() { b.stop(t) })
+	return b
+}
+
+// stop stops the server gracefully and closes its store.
+func (b *persistentBroker) stop(t *testing.T) {
+	t.Helper()
+	if b.stopped {
+		return
+	}
+	b.stopped = true
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Stop(ctx); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	if err := b.st.Close(); err != nil {
+		t.Errorf("close store: %v", err)
+	}
+}
+
+func memNode() *node {
+	return &node{fs: vfs.NewMem(), eng: memory.New(memory.Options{})}
+}
+
+// fileNode returns a node with the file engine on fs.
+func fileNode(t *testing.T, fs vfs.FS) *node {
+	t.Helper()
+	eng, err := file.Open(file.Options{FS: fs, Dir: "file", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { eng.Close() })
+	return &node{fs: fs, eng: eng}
+}
+
+// persistent5 connects a v5 client with Clean Start 0 and a session
+// expiry of an hour.
+func persistent5(t *testing.T, addr, id string) *v5client {
+	t.Helper()
+	return connect5(t, addr, &paho.Connect{ClientID: id, CleanStart: false,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}})
+}
+
+func subscribe5(t *testing.T, c *v5client, filter string, qos byte) {
+	t.Helper()
+	if _, err := c.Subscribe(ctx5(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: qos}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func publish5(t *testing.T, c *v5client, topic string, qos byte, retain bool, payload string) {
+	t.Helper()
+	if _, err := c.Publish(ctx5(t), &paho.Publish{Topic: topic, QoS: qos, Retain: retain, Payload: []byte(payload)}); err != nil {
+		t.Fatalf("publish %s: %v", payload, err)
+	}
+}
+
+// collect5 reads messages until every payload of want arrived (duplicates
+// allowed) and returns the payloads in arrival order.
+func collect5(t *testing.T, c *v5client, want []string) []string {
+	t.Helper()
+	missing := map[string]bool{}
+	for _, w := range want {
+		missing[w] = true
+	}
+	var got []string
+	for len(missing) > 0 {
+		select {
+		case m := <-c.msgs:
+			got = append(got, string(m.Payload))
+			delete(missing, string(m.Payload))
+		case <-time.After(10 * time.Second):
+			t.Fatalf("missing %d of %d messages after restart; got %q", len(missing), len(want), got)
+		}
+	}
+	return got
+}
+
+func payloads(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%03d", prefix, i)
+	}
+	return out
+}
+
+// A v5 persistent session (Clean Start 0, Session Expiry 1 h) that is
+// offline while QoS 1 messages are acknowledged to a publisher survives a
+// graceful restart: Session Present 1, subscription kept, every message
+// delivered once and in order.
+func TestPersistentSessionSurvivesRestart(t *testing.T) {
+	n := memNode()
+	b := n.start(t, true, nil)
+	sub := persistent5(t, b.tcp, "sub")
+	subscribe5(t, sub, "orders/#", 1)
+	sub.Disconnect(&paho.Disconnect{})
+	pub := connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+	want := payloads("m", 30)
+	for _, p := range want {
+		publish5(t, pub, "orders/eu", 1, false, p)
+	}
+	pub.Disconnect(&paho.Disconnect{})
+	b.stop(t)
+
+	b = n.start(t, true, nil)
+	sub = persistent5(t, b.tcp, "sub")
+	if !sub.ack.SessionPresent {
+		t.Fatal("Session Present 0 after restart")
+	}
+	got := collect5(t, sub, want)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after a graceful restart got %q, want %q once each in order", got, want)
+	}
+	// The subscription itself survived: a new message arrives live.
+	pub = connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+	publish5(t, pub, "orders/us", 1, false, "live")
+	if m := sub.next(t); string(m.Payload) != "live" {
+		t.Fatalf("live message %q", m.Payload)
+	}
+}
+
+// The same with eclipse/paho.mqtt.golang (3.1.1, Clean Session 0).
+func TestPersistentSessionSurvivesRestart311(t *testing.T) {
+	n := memNode()
+	b := n.start(t, true, nil)
+	var r received
+	opts := func(o *paho3.ClientOptions) { o.SetCleanSession(false) }
+	sub := paho3Client(t, "tcp://"+b.tcp, "sub311", opts)
+	ok(t, sub.Subscribe("a/+", 1, r.handler))
+	sub.Disconnect(50)
+	pub := paho3Client(t, "tcp://"+b.tcp, "pub311", nil)
+	want := payloads("v3", 20)
+	for _, p := range want {
+		ok(t, pub.Publish("a/b", 1, false, p))
+	}
+	pub.Disconnect(50)
+	b.stop(t)
+
+	b = n.start(t, true, nil)
+	var r2 received
+	opts2 := func(o *paho3.ClientOptions) {
+		o.SetCleanSession(false)
+		o.SetDefaultPublishHandler(r2.handler)
+	}
+	paho3Client(t, "tcp://"+b.tcp, "sub311", opts2)
+	got := r2.wait(t, len(want))
+	for i, m := range got {
+		if string(m.Payload()) != want[i] {
+			t.Fatalf("message %d after restart: %q, want %q", i, m.Payload(), want[i])
+		}
+	}
+}
+
+// rawClient speaks v5 with the packet codec, so a test can stop a QoS 2
+// flow half way.
+type rawClient struct {
+	t  *testing.T
+	nc net.Conn
+	r  *packet.Reader
+	w  *packet.Writer
+}
+
+func rawConnect(t *testing.T, addr, id string, cleanStart bool) (*rawClient, *packet.Connack) {
+	t.Helper()
+	nc := dial(t, addr)
+	c := &rawClient{t: t, nc: nc, r: packet.NewReader(nc, 1<<20), w: packet.NewWriter(nc, packet.V5)}
+	c.r.SetVersion(packet.V5)
+	c.send(&packet.Connect{Version: packet.V5, ClientID: id, CleanStart: cleanStart,
+		Properties: packet.Properties{SessionExpiryInterval: 3600}})
+	ack, ok := c.read().(*packet.Connack)
+	if !ok || ack.ReasonCode != packet.Success {
+		t.Fatalf("connect %s: %+v", id, ack)
+	}
+	return c, ack
+}
+
+func (c *rawClient) send(p packet.Packet) {
+	c.t.Helper()
+	if err := c.w.WritePacket(p); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.w.Flush(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *rawClient) read() packet.Packet {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	p, err := c.r.ReadPacket()
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	return p
+}
+
+// QoS 2 exactly once across a graceful restart (MQTT 5.0 §4.3.3, §4.4):
+// an outbound message whose PUBREC the broker received is followed by
+// PUBREL, not by the PUBLISH again; one not yet PUBREC'd is resent with
+// DUP and its packet identifier; an inbound PUBLISH resent after the
+// restart is acknowledged and not stored twice.
+func TestQoS2ExactlyOnceAcrossRestart(t *testing.T) {
+	n := memNode()
+	b := n.start(t, true, nil)
+	sub, _ := rawConnect(t, b.tcp, "q2sub", false)
+	sub.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: "q2/#", QoS: packet.QoS2}}})
+	if _, ok := sub.read().(*packet.Suback); !ok {
+		t.Fatal("no SUBACK")
+	}
+	pub, _ := rawConnect(t, b.tcp, "q2pub", false)
+	pub.send(&packet.Publish{Topic: "q2/a", QoS: packet.QoS2, PacketID: 7, Payload: []byte("first")})
+	if rec, ok := pub.read().(*packet.Pubrec); !ok || rec.PacketID != 7 {
+		t.Fatalf("publisher got %+v, want PUBREC 7", rec)
+	}
+	p1, ok := sub.read().(*packet.Publish)
+	if !ok || string(p1.Payload) != "first" {
+		t.Fatalf("subscriber got %+v", p1)
+	}
+	p1 = p1.Clone() // the reader reuses its packets
+	sub.send(&packet.Pubrec{PacketID: p1.PacketID})
+	if rel, ok := sub.read().(*packet.Pubrel); !ok || rel.PacketID != p1.PacketID {
+		t.Fatalf("subscriber got %+v, want PUBREL", rel)
+	}
+	// A second message reaches the subscriber, which does not answer it.
+	pub.send(&packet.Pubrel{PacketID: 7})
+	if comp, ok := pub.read().(*packet.Pubcomp); !ok || comp.ReasonCode != packet.Success {
+		t.Fatalf("publisher got %+v, want PUBCOMP", comp)
+	}
+	pub.send(&packet.Publish{Topic: "q2/b", QoS: packet.QoS2, PacketID: 8, Payload: []byte("second")})
+	if rec, ok := pub.read().(*packet.Pubrec); !ok || rec.PacketID != 8 {
+		t.Fatalf("publisher got %+v, want PUBREC 8", rec)
+	}
+	p2, ok := sub.read().(*packet.Publish)
+	if !ok || string(p2.Payload) != "second" {
+		t.Fatalf("subscriber got %+v", p2)
+	}
+	p2 = p2.Clone()
+	sub.nc.Close()
+	pub.nc.Close()
+	waitFor(t, "both sessions offline", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, s := range b.sessions {
+			if s.owner() != nil {
+				return false
+			}
+		}
+		return true
+	})
+	b.stop(t)
+
+	b = n.start(t, true, nil)
+	// The publisher resends PUBLISH 8 (it got PUBREC, but say it lost it)
+	// with DUP: PUBREC again, not stored twice.
+	pub, ack := rawConnect(t, b.tcp, "q2pub", false)
+	if !ack.SessionPresent {
+		t.Fatal("publisher: Session Present 0 after restart")
+	}
+	pub.send(&packet.Publish{Topic: "q2/b", QoS: packet.QoS2, PacketID: 8, Dup: true, Payload: []byte("second")})
+	if rec, ok := pub.read().(*packet.Pubrec); !ok || rec.PacketID != 8 {
+		t.Fatalf("publisher got %+v, want PUBREC 8", rec)
+	}
+	pub.send(&packet.Pubrel{PacketID: 8})
+	if comp, ok := pub.read().(*packet.Pubcomp); !ok || comp.ReasonCode != packet.Success {
+		t.Fatalf("publisher got %+v, want PUBCOMP 8 success (packet id state lost?)", comp)
+	}
+	sub, ack = rawConnect(t, b.tcp, "q2sub", false)
+	if !ack.SessionPresent {
+		t.Fatal("subscriber: Session Present 0 after restart")
+	}
+	// In send order: PUBREL for the first, the second again with DUP.
+	if rel, ok := sub.read().(*packet.Pubrel); !ok || rel.PacketID != p1.PacketID {
+		t.Fatalf("subscriber got %+v, want PUBREL %d", rel, p1.PacketID)
+	}
+	again, ok := sub.read().(*packet.Publish)
+	if !ok || !again.Dup || again.PacketID != p2.PacketID || string(again.Payload) != "second" {
+		t.Fatalf("subscriber got %+v, want PUBLISH DUP %d second", again, p2.PacketID)
+	}
+	sub.send(&packet.Pubcomp{PacketID: p1.PacketID})
+	sub.send(&packet.Pubrec{PacketID: p2.PacketID})
+	if rel, ok := sub.read().(*packet.Pubrel); !ok || rel.PacketID != p2.PacketID {
+		t.Fatalf("subscriber got %+v, want PUBREL %d", rel, p2.PacketID)
+	}
+	sub.send(&packet.Pubcomp{PacketID: p2.PacketID})
+	// Nothing else: no third copy.
+	sub.send(&packet.Pingreq{})
+	if p, ok := sub.read().(*packet.Pingresp); !ok {
+		t.Fatalf("subscriber got %+v, want only PINGRESP", p)
+	}
+	if got := storedPayloads(t, n.eng, "q2/b"); len(got) != 1 {
+		t.Fatalf("q2/b stored %d times: %q", len(got), got)
+	}
+	// A restart after the flows completed redelivers nothing.
+	sub.send(&packet.Disconnect{})
+	waitFor(t, "subscriber offline", func() bool { return b.sessionOwner("q2sub") == nil })
+	b.stop(t)
+	b = n.start(t, true, nil)
+	sub, _ = rawConnect(t, b.tcp, "q2sub", false)
+	sub.send(&packet.Pingreq{})
+	if p, ok := sub.read().(*packet.Pingresp); !ok {
+		t.Fatalf("subscriber got %+v after a second restart, want only PINGRESP", p)
+	}
+}
+
+func (s *Server) sessionOwner(id string) *conn {
+	s.mu.Lock()
+	sess := s.sessions[id]
+	s.mu.Unlock()
+	if sess == nil {
+		return nil
+	}
+	return sess.owner()
+}
+
+// storedPayloads returns the payloads stored under topic in any
+// "mqtt/<engine>/N" shard of eng.
+func storedPayloads(t *testing.T, eng shard.Engine, topic string) []string {
+	t.Helper()
+	ctx := context.Background()
+	sh, err := eng.Open(ctx, ShardName(eng.Name(), topic, 4))
+	if err != nil {
+		return nil
+	}
+	low, high := sh.Watermarks()
+	if high == low {
+		return nil
+	}
+	recs, err := sh.Read(ctx, low, shard.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range recs {
+		if string(r.Key) == topic {
+			out = append(out, string(r.Value))
+		}
+	}
+	return out
+}

@@ -1,0 +1,410 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/quiremq/quire/frontends/pubsub"
+	"github.com/quiremq/quire/internal/vfs"
+)
+
+// Key prefixes: part of the on-disk format.
+const (
+	prefixSession  = 's' // s<client>                      → Session (JSON)
+	prefixCursor   = 'c' // c<client>\x00<shard>           → u64 BE offset
+	prefixGlobal   = 'g' // g<shard>                       → u64 BE offset
+	prefixOutbound = 'o' // o<client>\x00<pid u16 BE>      → Outbound (JSON)
+	prefixDone     = 'd' // d<client>\x00<shard>\x00<u64>  → empty
+	prefixInbound  = 'i' // i<client>\x00<pid u16 BE>      → empty
+	prefixRetained = 'r' // r<topic>                       → pubsub.Message (JSON)
+)
+
+// Errors.
+var (
+	// ErrCorrupt is returned when a stored value cannot be decoded.
+	ErrCorrupt = errors.New("mqtt store: corrupt value")
+)
+
+// Options configure a Store.
+type Options struct {
+	// FS is the file system; default vfs.Default.
+	FS vfs.FS
+	// Dir holds the Pebble files. Required.
+	Dir string
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Sub is one persisted subscription.
+type Sub struct {
+	Filter            string `json:"f"` // as subscribed, "$share/…" included
+	QoS               byte   `json:"q,omitempty"`
+	NoLocal           bool   `json:"nl,omitempty"`
+	RetainAsPublished bool   `json:"rap,omitempty"`
+	RetainHandling    byte   `json:"rh,omitempty"`
+	ID                uint32 `json:"id,omitempty"`
+}
+
+// Session is the low-rate state of one persistent session.
+type Session struct {
+	ClientID string `json:"client"`
+	Version  byte   `json:"v"`
+	// ExpirySeconds is the session expiry in force.
+	ExpirySeconds uint32 `json:"exp"`
+	// DisconnectedAt is when the session went offline (Unix ms); 0 while
+	// a connection held it.
+	DisconnectedAt int64 `json:"disc,omitempty"`
+	Subs           []Sub `json:"subs,omitempty"`
+	// Will is a pending will (its connection closed abnormally), due at
+	// WillDue (Unix ms).
+	Will    *pubsub.Message `json:"will,omitempty"`
+	WillDue int64           `json:"will_due,omitempty"`
+}
+
+// Position is a message's place in the shards.
+type Position struct {
+	Shard  string `json:"s"`
+	Offset uint64 `json:"o"`
+}
+
+// Outbound is an outbound QoS 2 message awaiting PUBREC (Released false)
+// or PUBCOMP (Released true), under its packet identifier.
+type Outbound struct {
+	Pos      Position `json:"p"`
+	Released bool     `json:"r,omitempty"`
+	// Seq orders a session's inflight messages as they were sent.
+	Seq uint64 `json:"n"`
+	// QoS, Retain and SubIDs are those of the delivery.
+	QoS    byte     `json:"q"`
+	Retain bool     `json:"rt,omitempty"`
+	SubIDs []uint32 `json:"sid,omitempty"`
+}
+
+// Store is the broker's local Pebble store of sessions, positions and
+// retained messages. Safe for concurrent use.
+type Store struct {
+	db  *pebble.DB
+	log *slog.Logger
+}
+
+// Open opens (creating if needed) the store in o.Dir.
+func Open(o Options) (*Store, error) {
+	if o.Dir == "" {
+		return nil, errors.New("mqtt store: Options.Dir is required")
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if err := o.FS.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("mqtt store: %w", err)
+	}
+	db, err := pebble.Open(o.Dir, &pebble.Options{FS: o.FS, Logger: pebbleLogger{o.Logger}})
+	if err != nil {
+		return nil, fmt.Errorf("mqtt store: open %s: %w", o.Dir, err)
+	}
+	return &Store{db: db, log: o.Logger}, nil
+}
+
+// Close flushes and closes the store.
+func (s *Store) Close() error { return s.db.Close() }
+
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Debug("mqtt store: " + fmt.Sprintf(format, args...))
+}
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error("mqtt store: " + fmt.Sprintf(format, args...))
+}
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf("mqtt store: "+format, args...))
+}
+
+func key(prefix byte, parts ...string) []byte {
+	b := []byte{prefix}
+	for i, p := range parts {
+		if i > 0 {
+			b = append(b, 0)
+		}
+		b = append(b, p...)
+	}
+	return b
+}
+
+func clientPrefix(prefix byte, client string) []byte {
+	return append(key(prefix, client), 0)
+}
+
+func pidKey(prefix byte, client string, pid uint16) []byte {
+	return binary.BigEndian.AppendUint16(clientPrefix(prefix, client), pid)
+}
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+// upper returns the smallest key above every key starting with p.
+func upper(p []byte) []byte {
+	u := bytes.Clone(p)
+	for i := len(u) - 1; i >= 0; i-- {
+		if u[i] < 0xff {
+			u[i]++
+			return u[:i+1]
+		}
+	}
+	return nil
+}
+
+func opts(sync bool) *pebble.WriteOptions {
+	if sync {
+		return pebble.Sync
+	}
+	return pebble.NoSync
+}
+
+// scan calls fn for each key with prefix p, in order.
+func (s *Store) scan(p []byte, fn func(k, v []byte) error) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: upper(p)})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		if err := fn(it.Key(), it.Value()); err != nil {
+			it.Close()
+			return err
+		}
+	}
+	return errors.Join(it.Error(), it.Close())
+}
+
+// PutSession stores sess and, in the same batch, the given cursors of the
+// client (shard → offset); with sync, durably before returning.
+func (s *Store) PutSession(sess *Session, cursors map[string]uint64, sync bool) error {
+	v, err := json.Marshal(sess)
+	if err != nil {
+		return err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	b.Set(key(prefixSession, sess.ClientID), v, nil)
+	for sh, off := range cursors {
+		b.Set(key(prefixCursor, sess.ClientID, sh), u64(off), nil)
+	}
+	return b.Commit(opts(sync))
+}
+
+// Sessions calls fn for each stored session.
+func (s *Store) Sessions(fn func(*Session) error) error {
+	return s.scan([]byte{prefixSession}, func(k, v []byte) error {
+		var sess Session
+		if err := json.Unmarshal(v, &sess); err != nil {
+			return fmt.Errorf("%w: session %q: %v", ErrCorrupt, k[1:], err)
+		}
+		return fn(&sess)
+	})
+}
+
+// DeleteSession removes every record of client (session, cursors,
+// packet-id state, done markers), durably.
+func (s *Store) DeleteSession(client string) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	b.Delete(key(prefixSession, client), nil)
+	for _, p := range []byte{prefixCursor, prefixOutbound, prefixDone, prefixInbound} {
+		cp := clientPrefix(p, client)
+		b.DeleteRange(cp, upper(cp), nil)
+	}
+	return b.Commit(pebble.Sync)
+}
+
+// Cursors is a batch of positions: per client, per shard, the offset
+// below which nothing is owed to it (absent: the global cursor); and the
+// global cursor per shard.
+type Cursors struct {
+	// Clients maps client → shard → offset; a client listed with a shard
+	// missing from its map has that cursor deleted (it falls back to the
+	// global one) if the shard is in Known.
+	Clients map[string]map[string]uint64
+	// Known lists the shards whose client cursors are rewritten.
+	Known []string
+	// Global maps shard → global cursor.
+	Global map[string]uint64
+}
+
+// PutCursors writes c in one batch without fsync: a crash may lose it,
+// and the broker then redelivers from older positions (at least once).
+func (s *Store) PutCursors(c *Cursors) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for client, m := range c.Clients {
+		for _, sh := range c.Known {
+			k := key(prefixCursor, client, sh)
+			if off, ok := m[sh]; ok {
+				b.Set(k, u64(off), nil)
+			} else {
+				b.Delete(k, nil)
+			}
+		}
+	}
+	for sh, off := range c.Global {
+		b.Set(key(prefixGlobal, sh), u64(off), nil)
+	}
+	return b.Commit(pebble.NoSync)
+}
+
+// ClientCursors returns client's stored cursors.
+func (s *Store) ClientCursors(client string) (map[string]uint64, error) {
+	m := map[string]uint64{}
+	p := clientPrefix(prefixCursor, client)
+	err := s.scan(p, func(k, v []byte) error {
+		if len(v) != 8 {
+			return fmt.Errorf("%w: cursor %q", ErrCorrupt, k)
+		}
+		m[string(k[len(p):])] = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	return m, err
+}
+
+// GlobalCursors returns the global cursor of each shard.
+func (s *Store) GlobalCursors() (map[string]uint64, error) {
+	m := map[string]uint64{}
+	err := s.scan([]byte{prefixGlobal}, func(k, v []byte) error {
+		if len(v) != 8 {
+			return fmt.Errorf("%w: global cursor %q", ErrCorrupt, k)
+		}
+		m[string(k[1:])] = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	return m, err
+}
+
+// PutOutbound stores outbound QoS 2 messages' state (by packet
+// identifier) durably, in one batch: it is written before the PUBLISH (or
+// PUBREL) it describes is sent.
+func (s *Store) PutOutbound(client string, os map[uint16]*Outbound) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for pid, o := range os {
+		v, err := json.Marshal(o)
+		if err != nil {
+			return err
+		}
+		b.Set(pidKey(prefixOutbound, client, pid), v, nil)
+	}
+	return b.Commit(pebble.Sync)
+}
+
+// CompleteOutbound removes pid's state and marks its position done (so a
+// replay from an older cursor skips it), in one batch without fsync: if a
+// crash loses it, the PUBREL is sent again, which the client answers.
+func (s *Store) CompleteOutbound(client string, pid uint16, pos Position) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	b.Delete(pidKey(prefixOutbound, client, pid), nil)
+	b.Set(binary.BigEndian.AppendUint64(append(key(prefixDone, client, pos.Shard), 0), pos.Offset), nil, nil)
+	return b.Commit(pebble.NoSync)
+}
+
+// Outbounds returns client's outbound QoS 2 state by packet identifier.
+func (s *Store) Outbounds(client string) (map[uint16]*Outbound, error) {
+	m := map[uint16]*Outbound{}
+	p := clientPrefix(prefixOutbound, client)
+	err := s.scan(p, func(k, v []byte) error {
+		var o Outbound
+		if len(k) != len(p)+2 || json.Unmarshal(v, &o) != nil {
+			return fmt.Errorf("%w: outbound %q", ErrCorrupt, k)
+		}
+		m[binary.BigEndian.Uint16(k[len(p):])] = &o
+		return nil
+	})
+	return m, err
+}
+
+// Done returns client's done markers (completed QoS 2 positions).
+func (s *Store) Done(client string) (map[Position]bool, error) {
+	m := map[Position]bool{}
+	p := clientPrefix(prefixDone, client)
+	err := s.scan(p, func(k, _ []byte) error {
+		rest := k[len(p):]
+		i := len(rest) - 9 // <shard>\x00<offset u64>
+		if i < 0 || rest[i] != 0 {
+			return fmt.Errorf("%w: done marker %q", ErrCorrupt, k)
+		}
+		m[Position{Shard: string(rest[:i]), Offset: binary.BigEndian.Uint64(rest[i+1:])}] = true
+		return nil
+	})
+	return m, err
+}
+
+// DeleteDone removes client's done markers (after a restart replayed
+// past them).
+func (s *Store) DeleteDone(client string, pos []Position) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, p := range pos {
+		b.Delete(binary.BigEndian.AppendUint64(append(key(prefixDone, client, p.Shard), 0), p.Offset), nil)
+	}
+	return b.Commit(pebble.NoSync)
+}
+
+// PutInbound records that an inbound QoS 2 PUBLISH with pid was stored,
+// durably, before its PUBREC is sent: a resent PUBLISH with the same pid is
+// then not stored again, even after a restart.
+func (s *Store) PutInbound(client string, pid uint16) error {
+	return s.db.Set(pidKey(prefixInbound, client, pid), nil, pebble.Sync)
+}
+
+// DeleteInbound forgets pid (PUBREL received), durably before the PUBCOMP
+// is sent: once the client has its PUBCOMP it may reuse pid for a new
+// message, which a forgotten delete would make look like a resend.
+func (s *Store) DeleteInbound(client string, pid uint16) error {
+	return s.db.Delete(pidKey(prefixInbound, client, pid), pebble.Sync)
+}
+
+// Inbounds returns client's inbound QoS 2 packet identifiers.
+func (s *Store) Inbounds(client string) ([]uint16, error) {
+	var ids []uint16
+	p := clientPrefix(prefixInbound, client)
+	err := s.scan(p, func(k, _ []byte) error {
+		if len(k) != len(p)+2 {
+			return fmt.Errorf("%w: inbound %q", ErrCorrupt, k)
+		}
+		ids = append(ids, binary.BigEndian.Uint16(k[len(p):]))
+		return nil
+	})
+	return ids, err
+}
+
+// SetRetained stores (or, with an empty payload, deletes) topic's
+// retained message without fsync: the broker replays retained messages
+// from the shards past the global cursors after a crash.
+func (s *Store) SetRetained(m *pubsub.Message) error {
+	k := key(prefixRetained, m.Topic)
+	if len(m.Payload) == 0 {
+		return s.db.Delete(k, pebble.NoSync)
+	}
+	v, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return s.db.Set(k, v, pebble.NoSync)
+}
+
+// Retained calls fn for each stored retained message.
+func (s *Store) Retained(fn func(*pubsub.Message) error) error {
+	return s.scan([]byte{prefixRetained}, func(k, v []byte) error {
+		var m pubsub.Message
+		if err := json.Unmarshal(v, &m); err != nil {
+			return fmt.Errorf("%w: retained %q: %v", ErrCorrupt, k[1:], err)
+		}
+		return fn(&m)
+	})
+}
