@@ -47,12 +47,8 @@ func Open(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	fs := opts.FS
-	if err := fs.MkdirAll(opts.Dir, 0o755); err != nil {
+	if err := vfs.MkdirAll(fs, opts.Dir); err != nil {
 		return nil, fmt.Errorf("file: create %s: %w", opts.Dir, err)
-	}
-	// Make Dir's own directory entry durable (MkdirAll may have created it).
-	if err := vfs.SyncDir(fs, fs.PathDir(opts.Dir)); err != nil {
-		opts.Logger.Warn("file: sync parent of engine directory", "dir", opts.Dir, "err", err)
 	}
 	lock, err := fs.Lock(fs.PathJoin(opts.Dir, lockFile))
 	if err != nil {

@@ -318,7 +318,7 @@ func (n *Node) logNotBuilt() {
 
 // lockDataDir creates and locks the data directory.
 func (n *Node) lockDataDir() error {
-	if err := n.fs.MkdirAll(n.dataDir, 0o755); err != nil {
+	if err := vfs.MkdirAll(n.fs, n.dataDir); err != nil {
 		return fmt.Errorf("create data_dir %s: %w", n.dataDir, err)
 	}
 	lockPath := n.fs.PathJoin(n.dataDir, "LOCK")

@@ -131,5 +131,39 @@ func SyncDir(fs FS, dir string) error {
 	return errors.Join(serr, d.Close())
 }
 
+// MkdirAll creates dir and any missing parents, durably: it syncs the
+// parent of every directory it created, so that a crash cannot lose a
+// directory whose files were synced. An existing dir is left alone.
+func MkdirAll(fs FS, dir string) error {
+	var created []string
+	for d := dir; ; {
+		if _, err := fs.Stat(d); err == nil {
+			break
+		} else if !IsNotExist(err) {
+			return err
+		}
+		created = append(created, d)
+		parent := fs.PathDir(d)
+		if parent == d || parent == "" || parent == "." {
+			break
+		}
+		d = parent
+	}
+	if len(created) == 0 {
+		return nil
+	}
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, d := range created { // deepest first
+		if parent := fs.PathDir(d); parent != d && parent != "" {
+			if err := SyncDir(fs, parent); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // IsNotExist reports whether err says a file does not exist.
 func IsNotExist(err error) bool { return isNotExist(err) }

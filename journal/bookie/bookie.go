@@ -135,7 +135,7 @@ func Open(o Options) (*Bookie, error) {
 func (b *Bookie) open() error {
 	o, fs := &b.opts, b.fs
 	for _, d := range []string{o.Dir, o.JournalDir} {
-		if err := mkdir(fs, d); err != nil {
+		if err := vfs.MkdirAll(fs, d); err != nil {
 			return fmt.Errorf("bookie: creating %s: %w", d, err)
 		}
 	}
@@ -148,7 +148,7 @@ func (b *Bookie) open() error {
 	if err != nil {
 		return err
 	}
-	if err := mkdir(fs, b.logDir); err != nil {
+	if err := vfs.MkdirAll(fs, b.logDir); err != nil {
 		return err
 	}
 	b.db, err = pebble.Open(fs.PathJoin(o.Dir, indexDir), indexOptions(fs, o.Logf))

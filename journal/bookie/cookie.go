@@ -112,7 +112,7 @@ func (s *FileCookieStore) WriteCookie(c Cookie) error {
 	if err != nil {
 		return err
 	}
-	if err := s.fs.MkdirAll(s.fs.PathDir(s.path), 0o755); err != nil {
+	if err := vfs.MkdirAll(s.fs, s.fs.PathDir(s.path)); err != nil {
 		return err
 	}
 	return vfs.WriteFileAtomic(s.fs, s.path, data)

@@ -280,31 +280,6 @@ func (r *logReaders) closeAll() {
 	}
 }
 
-// syncDirs makes dir's entry in its parents durable, up to the root.
-func syncDirs(fs vfs.FS, dir string) error {
-	for {
-		if err := vfs.SyncDir(fs, dir); err != nil {
-			return err
-		}
-		parent := fs.PathDir(dir)
-		if parent == dir || parent == "" || parent == "." {
-			return nil
-		}
-		dir = parent
-	}
-}
-
-// mkdir creates dir (and parents) durably if it does not exist.
-func mkdir(fs vfs.FS, dir string) error {
-	if _, err := fs.Stat(dir); err == nil {
-		return nil
-	}
-	if err := fs.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	return syncDirs(fs, dir)
-}
-
 func beUint64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
 func leUint64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }
 func leBytes(v uint64) []byte  { return binary.LittleEndian.AppendUint64(nil, v) }
