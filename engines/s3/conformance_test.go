@@ -12,7 +12,7 @@ import (
 
 func TestConformanceMem(t *testing.T) {
 	shardtest.Run(t, shardtest.Config{
-		New: func(t *testing.T) shardtest.Opener { return opener(objstore.NewMem(), newMeta(t), nil) },
+		New:     func(t *testing.T) shardtest.Opener { return opener(objstore.NewMem(), newMeta(t), nil) },
 		Durable: true,
 	})
 }
