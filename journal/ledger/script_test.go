@@ -3,11 +3,12 @@ package ledger
 import (
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/quiremq/quire/internal/scripttest"
 )
 
 var rewrite = flag.Bool("rewrite", false, "rewrite testdata/*.txt with the actual output")
@@ -34,12 +35,11 @@ var rewrite = flag.Bool("rewrite", false, "rewrite testdata/*.txt with the actua
 //	wb-resp B e=N [ok|timeout]        Recovery.AddResult (write-back)
 //	state                             print the machines' state and the stored metadata
 func TestScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) { runScript(t, f) })
+	for _, f := range scripttest.Files(t, "testdata/*.txt") {
+		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
+			env := &scriptEnv{cas: map[string]CASMetadata{}}
+			scripttest.Run(t, f, *rewrite, env.run)
+		})
 	}
 }
 
@@ -48,43 +48,6 @@ type scriptEnv struct {
 	w      *Writer
 	rec    *Recovery
 	cas    map[string]CASMetadata // in flight, by owner ("writer", "recovery")
-}
-
-func runScript(t *testing.T, path string) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
-	env := &scriptEnv{cas: map[string]CASMetadata{}}
-	var out strings.Builder
-	for i := 0; i < len(lines); i++ {
-		l := lines[i]
-		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "#") {
-			out.WriteString(l + "\n")
-			continue
-		}
-		cmd := l
-		if i+1 >= len(lines) || lines[i+1] != "----" {
-			t.Fatalf("%s:%d: command without ---- line", path, i+1)
-		}
-		i += 2
-		var want []string
-		for ; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
-			want = append(want, lines[i])
-		}
-		i-- // the blank line is copied by the loop
-		got := env.run(cmd)
-		if !*rewrite && strings.Join(got, "\n") != strings.Join(want, "\n") {
-			t.Errorf("%s: %s\n got:\n%s\nwant:\n%s", path, cmd, strings.Join(got, "\n"), strings.Join(want, "\n"))
-		}
-		out.WriteString(cmd + "\n----\n" + strings.Join(got, "\n") + "\n")
-	}
-	if *rewrite {
-		if err := os.WriteFile(path, []byte(out.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 func parseArgs(fields []string) (pos []string, kv map[string]string) {
