@@ -1,6 +1,7 @@
 package bookierpc
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -37,10 +38,16 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 //
 //	add ledger= entry= [lac=] [data=] [size=N] [recovery] [badcrc]
 //	                               one add on the open stream; its status
-//	adds ledger= from= to= [recovery]
+//	adds ledger= from= to= [recovery] [size=N]
 //	                               pipelined adds of entries from..to on the
-//	                               open stream; the count of each status
+//	                               open stream (data "L/E", padded with x to
+//	                               N bytes); the count of each status
 //	read ledger= entry= [fence]    data=... or the status
+//	readrange ledger= from= to= [stride=]
+//	                               ReadEntries: the entries and their data
+//	                               (summarized for more than 8: count, first,
+//	                               last, whether each holds "L/E"), then its
+//	                               outcome (at which entry, for NO_SUCH_ENTRY)
 //	lac ledger= [fence]            lac=N or the status
 //	writelac ledger= lac=          the status
 //	fence ledger=                  lac=N or the status
@@ -238,7 +245,11 @@ func (r *rig) run(cmd string, ad **adder) []string {
 		l := num("ledger")
 		var chs []chan error
 		for e := num("from"); e <= num("to"); e++ {
-			ch, err := stream().send(Add{Ledger: l, Entry: e, LAC: -1, Payload: []byte(fmt.Sprintf("%d/%d", l, e)), Recovery: has("recovery")}, false)
+			data := []byte(fmt.Sprintf("%d/%d", l, e))
+			if has("size") {
+				data = append(data, bytes.Repeat([]byte("x"), int(num("size"))-len(data))...)
+			}
+			ch, err := stream().send(Add{Ledger: l, Entry: e, LAC: -1, Payload: data, Recovery: has("recovery")}, false)
 			if err != nil {
 				return []string{"send: " + statusName(err)}
 			}
@@ -260,6 +271,8 @@ func (r *rig) run(cmd string, ad **adder) []string {
 			return []string{statusName(err)}
 		}
 		return []string{"data=" + string(data)}
+	case "readrange":
+		return r.readRange(ctx, num("ledger"), num("from"), num("to"), args["stride"])
 	case "lac":
 		lac, err := r.client.ReadLAC(ctx, num("ledger"), has("fence"))
 		if err != nil {
@@ -312,4 +325,43 @@ func (r *rig) endStream(ad **adder) []string {
 		return []string{"stream: " + statusName(err)}
 	}
 	return []string{"stream: ok"}
+}
+
+// readRange runs ReadEntries and describes what it returned.
+func (r *rig) readRange(ctx context.Context, l, from, to uint64, strideArg string) []string {
+	stride := uint64(1)
+	if strideArg != "" {
+		stride, _ = strconv.ParseUint(strideArg, 10, 64)
+	}
+	var es []uint64
+	var data []string
+	err := r.client.ReadEntries(ctx, l, from, to, stride, func(e uint64, p []byte) error {
+		es = append(es, e)
+		data = append(data, string(p))
+		return nil
+	})
+	var out []string
+	if len(es) <= 8 {
+		for i, e := range es {
+			out = append(out, fmt.Sprintf("%d: %s", e, data[i]))
+		}
+	} else {
+		ok := true
+		for i, e := range es {
+			ok = ok && strings.HasPrefix(data[i], fmt.Sprintf("%d/%d", l, e)) && (len(data[i]) == len(fmt.Sprintf("%d/%d", l, e)) || data[i][len(fmt.Sprintf("%d/%d", l, e))] == 'x')
+		}
+		out = append(out, fmt.Sprintf("%d entries %d..%d, each its own data: %v", len(es), es[0], es[len(es)-1], ok))
+	}
+	end := "end: " + statusName(err)
+	if err == nil {
+		end = "end: OK"
+	}
+	if StatusOf(err) == journalv1.Status_STATUS_NO_SUCH_ENTRY {
+		at := from
+		if len(es) > 0 {
+			at = es[len(es)-1] + stride
+		}
+		end += fmt.Sprintf(" at entry %d", at)
+	}
+	return append(out, end)
 }

@@ -405,6 +405,220 @@ func (x *ReadEntryResponse) GetCrc32C() uint32 {
 	return 0
 }
 
+type ReadEntriesRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Ledger     uint64                 `protobuf:"varint,1,opt,name=ledger,proto3" json:"ledger,omitempty"`
+	FirstEntry uint64                 `protobuf:"varint,2,opt,name=first_entry,json=firstEntry,proto3" json:"first_entry,omitempty"`
+	// Inclusive. A range with first_entry > last_entry is empty.
+	LastEntry uint64 `protobuf:"varint,3,opt,name=last_entry,json=lastEntry,proto3" json:"last_entry,omitempty"`
+	// The step between entries; 0 means 1. A reader of a ledger striped over
+	// E bookies asks each for every E-th entry.
+	Stride        uint64 `protobuf:"varint,4,opt,name=stride,proto3" json:"stride,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadEntriesRequest) Reset() {
+	*x = ReadEntriesRequest{}
+	mi := &file_journal_v1_bookie_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadEntriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadEntriesRequest) ProtoMessage() {}
+
+func (x *ReadEntriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_journal_v1_bookie_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadEntriesRequest.ProtoReflect.Descriptor instead.
+func (*ReadEntriesRequest) Descriptor() ([]byte, []int) {
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ReadEntriesRequest) GetLedger() uint64 {
+	if x != nil {
+		return x.Ledger
+	}
+	return 0
+}
+
+func (x *ReadEntriesRequest) GetFirstEntry() uint64 {
+	if x != nil {
+		return x.FirstEntry
+	}
+	return 0
+}
+
+func (x *ReadEntriesRequest) GetLastEntry() uint64 {
+	if x != nil {
+		return x.LastEntry
+	}
+	return 0
+}
+
+func (x *ReadEntriesRequest) GetStride() uint64 {
+	if x != nil {
+		return x.Stride
+	}
+	return 0
+}
+
+// Entry is one entry of a ReadEntries stream.
+type Entry struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entry   uint64                 `protobuf:"varint,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	Payload []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	// CRC-32C of payload, for an end-to-end check by the client.
+	Crc32C        uint32 `protobuf:"fixed32,3,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Entry) Reset() {
+	*x = Entry{}
+	mi := &file_journal_v1_bookie_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Entry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Entry) ProtoMessage() {}
+
+func (x *Entry) ProtoReflect() protoreflect.Message {
+	mi := &file_journal_v1_bookie_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Entry.ProtoReflect.Descriptor instead.
+func (*Entry) Descriptor() ([]byte, []int) {
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Entry) GetEntry() uint64 {
+	if x != nil {
+		return x.Entry
+	}
+	return 0
+}
+
+func (x *Entry) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *Entry) GetCrc32C() uint32 {
+	if x != nil {
+		return x.Crc32C
+	}
+	return 0
+}
+
+type ReadEntriesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// OK, except on the last message, where it is the read's outcome.
+	Status  Status `protobuf:"varint,1,opt,name=status,proto3,enum=journal.v1.Status" json:"status,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// In entry order.
+	Entries []*Entry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	// Set on the last message of the stream.
+	End bool `protobuf:"varint,4,opt,name=end,proto3" json:"end,omitempty"`
+	// With STATUS_NO_SUCH_ENTRY: the entry the read stopped at, the first of
+	// the range the bookie does not hold.
+	MissingEntry  uint64 `protobuf:"varint,5,opt,name=missing_entry,json=missingEntry,proto3" json:"missing_entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadEntriesResponse) Reset() {
+	*x = ReadEntriesResponse{}
+	mi := &file_journal_v1_bookie_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadEntriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadEntriesResponse) ProtoMessage() {}
+
+func (x *ReadEntriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_journal_v1_bookie_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadEntriesResponse.ProtoReflect.Descriptor instead.
+func (*ReadEntriesResponse) Descriptor() ([]byte, []int) {
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReadEntriesResponse) GetStatus() Status {
+	if x != nil {
+		return x.Status
+	}
+	return Status_STATUS_UNSPECIFIED
+}
+
+func (x *ReadEntriesResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *ReadEntriesResponse) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ReadEntriesResponse) GetEnd() bool {
+	if x != nil {
+		return x.End
+	}
+	return false
+}
+
+func (x *ReadEntriesResponse) GetMissingEntry() uint64 {
+	if x != nil {
+		return x.MissingEntry
+	}
+	return 0
+}
+
 type ReadLACRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ledger        uint64                 `protobuf:"varint,1,opt,name=ledger,proto3" json:"ledger,omitempty"`
@@ -415,7 +629,7 @@ type ReadLACRequest struct {
 
 func (x *ReadLACRequest) Reset() {
 	*x = ReadLACRequest{}
-	mi := &file_journal_v1_bookie_proto_msgTypes[4]
+	mi := &file_journal_v1_bookie_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +641,7 @@ func (x *ReadLACRequest) String() string {
 func (*ReadLACRequest) ProtoMessage() {}
 
 func (x *ReadLACRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_journal_v1_bookie_proto_msgTypes[4]
+	mi := &file_journal_v1_bookie_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +654,7 @@ func (x *ReadLACRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadLACRequest.ProtoReflect.Descriptor instead.
 func (*ReadLACRequest) Descriptor() ([]byte, []int) {
-	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{4}
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReadLACRequest) GetLedger() uint64 {
@@ -469,7 +683,7 @@ type ReadLACResponse struct {
 
 func (x *ReadLACResponse) Reset() {
 	*x = ReadLACResponse{}
-	mi := &file_journal_v1_bookie_proto_msgTypes[5]
+	mi := &file_journal_v1_bookie_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +695,7 @@ func (x *ReadLACResponse) String() string {
 func (*ReadLACResponse) ProtoMessage() {}
 
 func (x *ReadLACResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_journal_v1_bookie_proto_msgTypes[5]
+	mi := &file_journal_v1_bookie_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +708,7 @@ func (x *ReadLACResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadLACResponse.ProtoReflect.Descriptor instead.
 func (*ReadLACResponse) Descriptor() ([]byte, []int) {
-	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{5}
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReadLACResponse) GetStatus() Status {
@@ -528,7 +742,7 @@ type WriteLACRequest struct {
 
 func (x *WriteLACRequest) Reset() {
 	*x = WriteLACRequest{}
-	mi := &file_journal_v1_bookie_proto_msgTypes[6]
+	mi := &file_journal_v1_bookie_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -540,7 +754,7 @@ func (x *WriteLACRequest) String() string {
 func (*WriteLACRequest) ProtoMessage() {}
 
 func (x *WriteLACRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_journal_v1_bookie_proto_msgTypes[6]
+	mi := &file_journal_v1_bookie_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -553,7 +767,7 @@ func (x *WriteLACRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteLACRequest.ProtoReflect.Descriptor instead.
 func (*WriteLACRequest) Descriptor() ([]byte, []int) {
-	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{6}
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WriteLACRequest) GetLedger() uint64 {
@@ -580,7 +794,7 @@ type WriteLACResponse struct {
 
 func (x *WriteLACResponse) Reset() {
 	*x = WriteLACResponse{}
-	mi := &file_journal_v1_bookie_proto_msgTypes[7]
+	mi := &file_journal_v1_bookie_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +806,7 @@ func (x *WriteLACResponse) String() string {
 func (*WriteLACResponse) ProtoMessage() {}
 
 func (x *WriteLACResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_journal_v1_bookie_proto_msgTypes[7]
+	mi := &file_journal_v1_bookie_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +819,7 @@ func (x *WriteLACResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteLACResponse.ProtoReflect.Descriptor instead.
 func (*WriteLACResponse) Descriptor() ([]byte, []int) {
-	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{7}
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WriteLACResponse) GetStatus() Status {
@@ -631,7 +845,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_journal_v1_bookie_proto_msgTypes[8]
+	mi := &file_journal_v1_bookie_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +857,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_journal_v1_bookie_proto_msgTypes[8]
+	mi := &file_journal_v1_bookie_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +870,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{8}
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FenceRequest) GetLedger() uint64 {
@@ -678,7 +892,7 @@ type FenceResponse struct {
 
 func (x *FenceResponse) Reset() {
 	*x = FenceResponse{}
-	mi := &file_journal_v1_bookie_proto_msgTypes[9]
+	mi := &file_journal_v1_bookie_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +904,7 @@ func (x *FenceResponse) String() string {
 func (*FenceResponse) ProtoMessage() {}
 
 func (x *FenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_journal_v1_bookie_proto_msgTypes[9]
+	mi := &file_journal_v1_bookie_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +917,7 @@ func (x *FenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceResponse.ProtoReflect.Descriptor instead.
 func (*FenceResponse) Descriptor() ([]byte, []int) {
-	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{9}
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FenceResponse) GetStatus() Status {
@@ -736,7 +950,7 @@ type DeleteLedgerRequest struct {
 
 func (x *DeleteLedgerRequest) Reset() {
 	*x = DeleteLedgerRequest{}
-	mi := &file_journal_v1_bookie_proto_msgTypes[10]
+	mi := &file_journal_v1_bookie_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +962,7 @@ func (x *DeleteLedgerRequest) String() string {
 func (*DeleteLedgerRequest) ProtoMessage() {}
 
 func (x *DeleteLedgerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_journal_v1_bookie_proto_msgTypes[10]
+	mi := &file_journal_v1_bookie_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +975,7 @@ func (x *DeleteLedgerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteLedgerRequest.ProtoReflect.Descriptor instead.
 func (*DeleteLedgerRequest) Descriptor() ([]byte, []int) {
-	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{10}
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteLedgerRequest) GetLedger() uint64 {
@@ -781,7 +995,7 @@ type DeleteLedgerResponse struct {
 
 func (x *DeleteLedgerResponse) Reset() {
 	*x = DeleteLedgerResponse{}
-	mi := &file_journal_v1_bookie_proto_msgTypes[11]
+	mi := &file_journal_v1_bookie_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +1007,7 @@ func (x *DeleteLedgerResponse) String() string {
 func (*DeleteLedgerResponse) ProtoMessage() {}
 
 func (x *DeleteLedgerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_journal_v1_bookie_proto_msgTypes[11]
+	mi := &file_journal_v1_bookie_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +1020,7 @@ func (x *DeleteLedgerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteLedgerResponse.ProtoReflect.Descriptor instead.
 func (*DeleteLedgerResponse) Descriptor() ([]byte, []int) {
-	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{11}
+	return file_journal_v1_bookie_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteLedgerResponse) GetStatus() Status {
@@ -850,7 +1064,24 @@ const file_journal_v1_bookie_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\x0e2\x12.journal.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x18\n" +
 	"\apayload\x18\x03 \x01(\fR\apayload\x12\x16\n" +
-	"\x06crc32c\x18\x04 \x01(\aR\x06crc32c\">\n" +
+	"\x06crc32c\x18\x04 \x01(\aR\x06crc32c\"\x84\x01\n" +
+	"\x12ReadEntriesRequest\x12\x16\n" +
+	"\x06ledger\x18\x01 \x01(\x04R\x06ledger\x12\x1f\n" +
+	"\vfirst_entry\x18\x02 \x01(\x04R\n" +
+	"firstEntry\x12\x1d\n" +
+	"\n" +
+	"last_entry\x18\x03 \x01(\x04R\tlastEntry\x12\x16\n" +
+	"\x06stride\x18\x04 \x01(\x04R\x06stride\"O\n" +
+	"\x05Entry\x12\x14\n" +
+	"\x05entry\x18\x01 \x01(\x04R\x05entry\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\x12\x16\n" +
+	"\x06crc32c\x18\x03 \x01(\aR\x06crc32c\"\xbf\x01\n" +
+	"\x13ReadEntriesResponse\x12*\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x12.journal.v1.StatusR\x06status\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12+\n" +
+	"\aentries\x18\x03 \x03(\v2\x11.journal.v1.EntryR\aentries\x12\x10\n" +
+	"\x03end\x18\x04 \x01(\bR\x03end\x12#\n" +
+	"\rmissing_entry\x18\x05 \x01(\x04R\fmissingEntry\">\n" +
 	"\x0eReadLACRequest\x12\x16\n" +
 	"\x06ledger\x18\x01 \x01(\x04R\x06ledger\x12\x14\n" +
 	"\x05fence\x18\x02 \x01(\bR\x05fence\"i\n" +
@@ -887,11 +1118,12 @@ const file_journal_v1_bookie_proto_rawDesc = "" +
 	"\rSTATUS_CLOSED\x10\b\x12\x12\n" +
 	"\x0eSTATUS_CORRUPT\x10\t\x12\x10\n" +
 	"\fSTATUS_ERROR\x10\n" +
-	"2\xb1\x03\n" +
+	"2\x83\x04\n" +
 	"\x06Bookie\x12A\n" +
 	"\n" +
 	"AddEntries\x12\x16.journal.v1.AddRequest\x1a\x17.journal.v1.AddResponse(\x010\x01\x12H\n" +
-	"\tReadEntry\x12\x1c.journal.v1.ReadEntryRequest\x1a\x1d.journal.v1.ReadEntryResponse\x12B\n" +
+	"\tReadEntry\x12\x1c.journal.v1.ReadEntryRequest\x1a\x1d.journal.v1.ReadEntryResponse\x12P\n" +
+	"\vReadEntries\x12\x1e.journal.v1.ReadEntriesRequest\x1a\x1f.journal.v1.ReadEntriesResponse0\x01\x12B\n" +
 	"\aReadLAC\x12\x1a.journal.v1.ReadLACRequest\x1a\x1b.journal.v1.ReadLACResponse\x12E\n" +
 	"\bWriteLAC\x12\x1b.journal.v1.WriteLACRequest\x1a\x1c.journal.v1.WriteLACResponse\x12<\n" +
 	"\x05Fence\x12\x18.journal.v1.FenceRequest\x1a\x19.journal.v1.FenceResponse\x12Q\n" +
@@ -910,46 +1142,53 @@ func file_journal_v1_bookie_proto_rawDescGZIP() []byte {
 }
 
 var file_journal_v1_bookie_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_journal_v1_bookie_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_journal_v1_bookie_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_journal_v1_bookie_proto_goTypes = []any{
 	(Status)(0),                  // 0: journal.v1.Status
 	(*AddRequest)(nil),           // 1: journal.v1.AddRequest
 	(*AddResponse)(nil),          // 2: journal.v1.AddResponse
 	(*ReadEntryRequest)(nil),     // 3: journal.v1.ReadEntryRequest
 	(*ReadEntryResponse)(nil),    // 4: journal.v1.ReadEntryResponse
-	(*ReadLACRequest)(nil),       // 5: journal.v1.ReadLACRequest
-	(*ReadLACResponse)(nil),      // 6: journal.v1.ReadLACResponse
-	(*WriteLACRequest)(nil),      // 7: journal.v1.WriteLACRequest
-	(*WriteLACResponse)(nil),     // 8: journal.v1.WriteLACResponse
-	(*FenceRequest)(nil),         // 9: journal.v1.FenceRequest
-	(*FenceResponse)(nil),        // 10: journal.v1.FenceResponse
-	(*DeleteLedgerRequest)(nil),  // 11: journal.v1.DeleteLedgerRequest
-	(*DeleteLedgerResponse)(nil), // 12: journal.v1.DeleteLedgerResponse
+	(*ReadEntriesRequest)(nil),   // 5: journal.v1.ReadEntriesRequest
+	(*Entry)(nil),                // 6: journal.v1.Entry
+	(*ReadEntriesResponse)(nil),  // 7: journal.v1.ReadEntriesResponse
+	(*ReadLACRequest)(nil),       // 8: journal.v1.ReadLACRequest
+	(*ReadLACResponse)(nil),      // 9: journal.v1.ReadLACResponse
+	(*WriteLACRequest)(nil),      // 10: journal.v1.WriteLACRequest
+	(*WriteLACResponse)(nil),     // 11: journal.v1.WriteLACResponse
+	(*FenceRequest)(nil),         // 12: journal.v1.FenceRequest
+	(*FenceResponse)(nil),        // 13: journal.v1.FenceResponse
+	(*DeleteLedgerRequest)(nil),  // 14: journal.v1.DeleteLedgerRequest
+	(*DeleteLedgerResponse)(nil), // 15: journal.v1.DeleteLedgerResponse
 }
 var file_journal_v1_bookie_proto_depIdxs = []int32{
 	0,  // 0: journal.v1.AddResponse.status:type_name -> journal.v1.Status
 	0,  // 1: journal.v1.ReadEntryResponse.status:type_name -> journal.v1.Status
-	0,  // 2: journal.v1.ReadLACResponse.status:type_name -> journal.v1.Status
-	0,  // 3: journal.v1.WriteLACResponse.status:type_name -> journal.v1.Status
-	0,  // 4: journal.v1.FenceResponse.status:type_name -> journal.v1.Status
-	0,  // 5: journal.v1.DeleteLedgerResponse.status:type_name -> journal.v1.Status
-	1,  // 6: journal.v1.Bookie.AddEntries:input_type -> journal.v1.AddRequest
-	3,  // 7: journal.v1.Bookie.ReadEntry:input_type -> journal.v1.ReadEntryRequest
-	5,  // 8: journal.v1.Bookie.ReadLAC:input_type -> journal.v1.ReadLACRequest
-	7,  // 9: journal.v1.Bookie.WriteLAC:input_type -> journal.v1.WriteLACRequest
-	9,  // 10: journal.v1.Bookie.Fence:input_type -> journal.v1.FenceRequest
-	11, // 11: journal.v1.Bookie.DeleteLedger:input_type -> journal.v1.DeleteLedgerRequest
-	2,  // 12: journal.v1.Bookie.AddEntries:output_type -> journal.v1.AddResponse
-	4,  // 13: journal.v1.Bookie.ReadEntry:output_type -> journal.v1.ReadEntryResponse
-	6,  // 14: journal.v1.Bookie.ReadLAC:output_type -> journal.v1.ReadLACResponse
-	8,  // 15: journal.v1.Bookie.WriteLAC:output_type -> journal.v1.WriteLACResponse
-	10, // 16: journal.v1.Bookie.Fence:output_type -> journal.v1.FenceResponse
-	12, // 17: journal.v1.Bookie.DeleteLedger:output_type -> journal.v1.DeleteLedgerResponse
-	12, // [12:18] is the sub-list for method output_type
-	6,  // [6:12] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	0,  // 2: journal.v1.ReadEntriesResponse.status:type_name -> journal.v1.Status
+	6,  // 3: journal.v1.ReadEntriesResponse.entries:type_name -> journal.v1.Entry
+	0,  // 4: journal.v1.ReadLACResponse.status:type_name -> journal.v1.Status
+	0,  // 5: journal.v1.WriteLACResponse.status:type_name -> journal.v1.Status
+	0,  // 6: journal.v1.FenceResponse.status:type_name -> journal.v1.Status
+	0,  // 7: journal.v1.DeleteLedgerResponse.status:type_name -> journal.v1.Status
+	1,  // 8: journal.v1.Bookie.AddEntries:input_type -> journal.v1.AddRequest
+	3,  // 9: journal.v1.Bookie.ReadEntry:input_type -> journal.v1.ReadEntryRequest
+	5,  // 10: journal.v1.Bookie.ReadEntries:input_type -> journal.v1.ReadEntriesRequest
+	8,  // 11: journal.v1.Bookie.ReadLAC:input_type -> journal.v1.ReadLACRequest
+	10, // 12: journal.v1.Bookie.WriteLAC:input_type -> journal.v1.WriteLACRequest
+	12, // 13: journal.v1.Bookie.Fence:input_type -> journal.v1.FenceRequest
+	14, // 14: journal.v1.Bookie.DeleteLedger:input_type -> journal.v1.DeleteLedgerRequest
+	2,  // 15: journal.v1.Bookie.AddEntries:output_type -> journal.v1.AddResponse
+	4,  // 16: journal.v1.Bookie.ReadEntry:output_type -> journal.v1.ReadEntryResponse
+	7,  // 17: journal.v1.Bookie.ReadEntries:output_type -> journal.v1.ReadEntriesResponse
+	9,  // 18: journal.v1.Bookie.ReadLAC:output_type -> journal.v1.ReadLACResponse
+	11, // 19: journal.v1.Bookie.WriteLAC:output_type -> journal.v1.WriteLACResponse
+	13, // 20: journal.v1.Bookie.Fence:output_type -> journal.v1.FenceResponse
+	15, // 21: journal.v1.Bookie.DeleteLedger:output_type -> journal.v1.DeleteLedgerResponse
+	15, // [15:22] is the sub-list for method output_type
+	8,  // [8:15] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_journal_v1_bookie_proto_init() }
@@ -963,7 +1202,7 @@ func file_journal_v1_bookie_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_journal_v1_bookie_proto_rawDesc), len(file_journal_v1_bookie_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

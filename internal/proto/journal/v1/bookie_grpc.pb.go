@@ -32,6 +32,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Bookie_AddEntries_FullMethodName   = "/journal.v1.Bookie/AddEntries"
 	Bookie_ReadEntry_FullMethodName    = "/journal.v1.Bookie/ReadEntry"
+	Bookie_ReadEntries_FullMethodName  = "/journal.v1.Bookie/ReadEntries"
 	Bookie_ReadLAC_FullMethodName      = "/journal.v1.Bookie/ReadLAC"
 	Bookie_WriteLAC_FullMethodName     = "/journal.v1.Bookie/WriteLAC"
 	Bookie_Fence_FullMethodName        = "/journal.v1.Bookie/Fence"
@@ -54,6 +55,22 @@ type BookieClient interface {
 	// ReadEntry reads one entry; with fence it fences the ledger first (a
 	// recovery read). NO_SUCH_ENTRY / NO_SUCH_LEDGER when absent.
 	ReadEntry(ctx context.Context, in *ReadEntryRequest, opts ...grpc.CallOption) (*ReadEntryResponse, error)
+	// ReadEntries streams the entries first_entry, first_entry + stride, ...
+	// up to last_entry of a ledger, in entry order and without fencing: the
+	// catch-up read of entries a reader knows are there (up to the LAC, or a
+	// closed ledger's last entry). The bookie reads them from its entry logs
+	// in batches, sequentially where they were written sequentially.
+	//
+	// Every message but the last carries entries and STATUS_OK. The last
+	// message (end = true, possibly with entries too) says how the read
+	// ended: OK when every entry of the range was sent; NO_SUCH_ENTRY with
+	// missing_entry when the bookie stopped at the first entry of the range
+	// it does not hold (every entry before it was sent); NO_SUCH_LEDGER,
+	// before any entry, when it knows nothing of the ledger; or another
+	// status (an error, which says nothing about the entries not sent). A
+	// stream that ends without its last message — a gRPC error — is no
+	// answer either: treat it like a timeout, never as a negative.
+	ReadEntries(ctx context.Context, in *ReadEntriesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadEntriesResponse], error)
 	// ReadLAC returns the ledger's last add confirmed (the highest LAC
 	// piggybacked on adds or written explicitly); with fence it fences first.
 	ReadLAC(ctx context.Context, in *ReadLACRequest, opts ...grpc.CallOption) (*ReadLACResponse, error)
@@ -97,6 +114,25 @@ func (c *bookieClient) ReadEntry(ctx context.Context, in *ReadEntryRequest, opts
 	}
 	return out, nil
 }
+
+func (c *bookieClient) ReadEntries(ctx context.Context, in *ReadEntriesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadEntriesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Bookie_ServiceDesc.Streams[1], Bookie_ReadEntries_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReadEntriesRequest, ReadEntriesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Bookie_ReadEntriesClient = grpc.ServerStreamingClient[ReadEntriesResponse]
 
 func (c *bookieClient) ReadLAC(ctx context.Context, in *ReadLACRequest, opts ...grpc.CallOption) (*ReadLACResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -154,6 +190,22 @@ type BookieServer interface {
 	// ReadEntry reads one entry; with fence it fences the ledger first (a
 	// recovery read). NO_SUCH_ENTRY / NO_SUCH_LEDGER when absent.
 	ReadEntry(context.Context, *ReadEntryRequest) (*ReadEntryResponse, error)
+	// ReadEntries streams the entries first_entry, first_entry + stride, ...
+	// up to last_entry of a ledger, in entry order and without fencing: the
+	// catch-up read of entries a reader knows are there (up to the LAC, or a
+	// closed ledger's last entry). The bookie reads them from its entry logs
+	// in batches, sequentially where they were written sequentially.
+	//
+	// Every message but the last carries entries and STATUS_OK. The last
+	// message (end = true, possibly with entries too) says how the read
+	// ended: OK when every entry of the range was sent; NO_SUCH_ENTRY with
+	// missing_entry when the bookie stopped at the first entry of the range
+	// it does not hold (every entry before it was sent); NO_SUCH_LEDGER,
+	// before any entry, when it knows nothing of the ledger; or another
+	// status (an error, which says nothing about the entries not sent). A
+	// stream that ends without its last message — a gRPC error — is no
+	// answer either: treat it like a timeout, never as a negative.
+	ReadEntries(*ReadEntriesRequest, grpc.ServerStreamingServer[ReadEntriesResponse]) error
 	// ReadLAC returns the ledger's last add confirmed (the highest LAC
 	// piggybacked on adds or written explicitly); with fence it fences first.
 	ReadLAC(context.Context, *ReadLACRequest) (*ReadLACResponse, error)
@@ -180,6 +232,9 @@ func (UnimplementedBookieServer) AddEntries(grpc.BidiStreamingServer[AddRequest,
 }
 func (UnimplementedBookieServer) ReadEntry(context.Context, *ReadEntryRequest) (*ReadEntryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReadEntry not implemented")
+}
+func (UnimplementedBookieServer) ReadEntries(*ReadEntriesRequest, grpc.ServerStreamingServer[ReadEntriesResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReadEntries not implemented")
 }
 func (UnimplementedBookieServer) ReadLAC(context.Context, *ReadLACRequest) (*ReadLACResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReadLAC not implemented")
@@ -238,6 +293,17 @@ func _Bookie_ReadEntry_Handler(srv interface{}, ctx context.Context, dec func(in
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Bookie_ReadEntries_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReadEntriesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BookieServer).ReadEntries(m, &grpc.GenericServerStream[ReadEntriesRequest, ReadEntriesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Bookie_ReadEntriesServer = grpc.ServerStreamingServer[ReadEntriesResponse]
 
 func _Bookie_ReadLAC_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ReadLACRequest)
@@ -345,6 +411,11 @@ var Bookie_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Bookie_AddEntries_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "ReadEntries",
+			Handler:       _Bookie_ReadEntries_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "journal/v1/bookie.proto",

@@ -1,0 +1,139 @@
+package bookierpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+
+	journalv1 "github.com/quiremq/quire/internal/proto/journal/v1"
+	"github.com/quiremq/quire/journal/bookie"
+)
+
+// A ReadEntries stream carries entries in messages of about
+// readMessageBytes of payload (fewer per message means more per-message
+// overhead; more means more memory per stream), at most readMessageEntries
+// entries each.
+const (
+	readMessageBytes   = 512 << 10
+	readMessageEntries = 2048
+	entryOverhead      = 24 // an Entry's fields besides the payload, roughly
+)
+
+// sendError marks a failed Send inside ReadRange's callback.
+type sendError struct{ err error }
+
+func (e sendError) Error() string { return e.err.Error() }
+
+// ReadEntries implements journalv1.BookieServer: bookie.ReadRange, its
+// entries batched into messages, its outcome in the last one.
+func (s *Server) ReadEntries(req *journalv1.ReadEntriesRequest, stream grpc.ServerStreamingServer[journalv1.ReadEntriesResponse]) error {
+	b, _, err := s.bookie()
+	if err != nil {
+		return err
+	}
+	resp := &journalv1.ReadEntriesResponse{Status: journalv1.Status_STATUS_OK}
+	size := 0
+	err = b.ReadRange(req.Ledger, req.FirstEntry, req.LastEntry, req.Stride, func(e uint64, p []byte) error {
+		resp.Entries = append(resp.Entries, &journalv1.Entry{Entry: e, Payload: p, Crc32C: CRC32C(p)})
+		size += len(p) + entryOverhead
+		if size < readMessageBytes && len(resp.Entries) < readMessageEntries {
+			return nil
+		}
+		if err := stream.Send(resp); err != nil {
+			return sendError{err}
+		}
+		resp = &journalv1.ReadEntriesResponse{Status: journalv1.Status_STATUS_OK}
+		size = 0
+		return nil
+	})
+	var se sendError
+	if errors.As(err, &se) {
+		return se.err
+	}
+	resp.End = true
+	resp.Status, resp.Message = statusOf(err), message(err)
+	var me *bookie.MissingEntryError
+	if errors.As(err, &me) {
+		resp.MissingEntry = me.Entry
+	}
+	return stream.Send(resp)
+}
+
+// errNoEnd is a ReadEntries stream that ended without its last message.
+var errNoEnd = errors.New("bookierpc: read entries: the stream ended without its outcome")
+
+// ReadEntries reads the entries first, first+stride, ... up to last of a
+// ledger (stride 0 means 1) in one stream, calling fn with each in entry
+// order, its payload checked against the crc32c the bookie sent. It
+// returns:
+//
+//   - nil once fn has seen every entry of the range;
+//   - a *StatusError matching bookie.ErrNoSuchEntry when the bookie
+//     stopped at the first entry of the range it does not hold — the one
+//     after the last fn saw (first, if none) — or bookie.ErrNoSuchLedger:
+//     explicit negatives;
+//   - another *StatusError (the bookie failed to read), fn's error, or a
+//     gRPC or protocol error (ErrBadCRC, entries out of order, a stream
+//     cut short): no answer about the entries fn has not seen, to be
+//     treated like a timeout.
+//
+// fn must not modify or keep the payload beyond the call unless it owns
+// it: each payload is the caller's, but they may share memory.
+func (c *Client) ReadEntries(ctx context.Context, ledger, first, last, stride uint64, fn func(entry uint64, payload []byte) error) error {
+	if stride == 0 {
+		stride = 1
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := c.rpc.ReadEntries(ctx, &journalv1.ReadEntriesRequest{Ledger: ledger, FirstEntry: first, LastEntry: last, Stride: stride})
+	if err != nil {
+		return err
+	}
+	next, done := first, first > last // done: every entry of the range was seen
+	for {
+		r, err := st.Recv()
+		if err == io.EOF {
+			return errNoEnd
+		}
+		if err != nil {
+			return err
+		}
+		for _, e := range r.Entries {
+			if done || e.Entry != next {
+				return fmt.Errorf("bookierpc: read entries of ledger %d: entry %d where %s was due", ledger, e.Entry, due(next, done))
+			}
+			if CRC32C(e.Payload) != e.Crc32C {
+				return fmt.Errorf("%w: ledger %d entry %d read back", ErrBadCRC, ledger, e.Entry)
+			}
+			if err := fn(e.Entry, e.Payload); err != nil {
+				return err
+			}
+			if last-next < stride {
+				done = true
+			} else {
+				next += stride
+			}
+		}
+		if !r.End {
+			continue
+		}
+		err = errorOf(r.Status, r.Message)
+		switch {
+		case err == nil && !done:
+			return fmt.Errorf("bookierpc: read entries of ledger %d: the bookie ended the read at entry %d of [%d, %d] without saying why", ledger, next, first, last)
+		case r.Status == journalv1.Status_STATUS_NO_SUCH_ENTRY && (done || r.MissingEntry != next):
+			return fmt.Errorf("bookierpc: read entries of ledger %d: the bookie says entry %d is missing where %s was due", ledger, r.MissingEntry, due(next, done))
+		}
+		return err
+	}
+}
+
+func due(next uint64, done bool) string {
+	if done {
+		return "the end"
+	}
+	return fmt.Sprintf("entry %d", next)
+}

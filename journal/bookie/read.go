@@ -1,0 +1,264 @@
+package bookie
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/quiremq/quire/internal/vfs"
+)
+
+// MissingEntryError is returned by ReadRange when it stops at an entry
+// this bookie does not hold: an explicit negative, like ErrNoSuchEntry
+// (which errors.Is matches), naming the entry.
+type MissingEntryError struct {
+	Ledger, Entry uint64
+}
+
+func (e *MissingEntryError) Error() string {
+	return fmt.Sprintf("bookie: no such entry: ledger %d entry %d (the range read stopped there)", e.Ledger, e.Entry)
+}
+
+// Is makes errors.Is(err, ErrNoSuchEntry) true.
+func (e *MissingEntryError) Is(target error) bool { return target == ErrNoSuchEntry }
+
+// Range reads work in batches: the index is walked for up to
+// rangeBatchEntries entries or rangeBatchBytes of payload, then the
+// batch's records are read from the entry logs, coalescing records of one
+// log at most rangeMaxGap apart into one read of at most rangeMaxSpan, so
+// a ledger written sequentially is read with large sequential reads.
+const (
+	rangeBatchEntries = 4096
+	rangeBatchBytes   = 2 << 20
+	rangeMaxGap       = 64 << 10
+	rangeMaxSpan      = 4 << 20
+)
+
+// ReadRange reads the entries first, first+stride, first+2·stride, ... up
+// to last of ledger, in entry order, calling fn with each; stride 0 means
+// 1 (a reader of a ledger striped over E bookies asks each for every E-th
+// entry). It reads without fencing, and sees what ReadEntry sees: durable
+// (synced) entries only.
+//
+// It returns nil once every entry of the range was passed to fn; a
+// *MissingEntryError (which matches ErrNoSuchEntry) when it stopped at the
+// first entry of the range this bookie does not hold, every entry before
+// it having been passed to fn; an error matching ErrNoSuchLedger (also a
+// negative) before calling fn at all if it knows nothing of the ledger;
+// fn's error if fn fails; or any other error (ErrClosed, ErrCorrupt, I/O)
+// — which says nothing about the entries not passed to fn. A range with
+// first > last is empty: nil, fn never called.
+//
+// Payloads passed to fn belong to the caller but may share memory with
+// each other; fn must not modify them.
+func (b *Bookie) ReadRange(ledger, first, last, stride uint64, fn func(entry uint64, payload []byte) error) error {
+	if stride == 0 {
+		stride = 1
+	}
+	if first > last {
+		return nil
+	}
+	b.mu.Lock()
+	closed, known := b.closed, b.ledgers[ledger] != nil
+	b.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if !known {
+		return fmt.Errorf("%w: ledger %d", ErrNoSuchLedger, ledger)
+	}
+	for next := first; next <= last; {
+		items, missing, err := b.rangeLocate(ledger, next, last, stride)
+		if err != nil {
+			return err
+		}
+		n, err := b.rangeLoad(ledger, items)
+		if err != nil {
+			return err
+		}
+		for _, it := range items[:n] {
+			if err := fn(it.entry, it.payload); err != nil {
+				return err
+			}
+		}
+		switch {
+		case n < len(items): // gone while the batch was read (deleted)
+			return &MissingEntryError{Ledger: ledger, Entry: items[n].entry}
+		case missing:
+			return &MissingEntryError{Ledger: ledger, Entry: rangeNext(items, next, stride)}
+		}
+		e := items[len(items)-1].entry
+		if last-e < stride {
+			return nil
+		}
+		next = e + stride
+	}
+	return nil
+}
+
+func rangeNext(items []rangeItem, next, stride uint64) uint64 {
+	if len(items) == 0 {
+		return next
+	}
+	return items[len(items)-1].entry + stride
+}
+
+// rangeItem is one entry of a batch: where it is stored, or (pending, not
+// yet applied) its payload; rangeLoad sets payload.
+type rangeItem struct {
+	entry   uint64
+	loc     location
+	stored  bool
+	payload []byte
+}
+
+// rangeLocate finds a batch of entries from next on: their locations from
+// the index, or their payloads from the entries synced but not yet
+// applied. missing is true when the batch ends because the entry after
+// its last is not held.
+func (b *Bookie) rangeLocate(ledger, next, last, stride uint64) (items []rangeItem, missing bool, err error) {
+	lo, hi := indexKey(ledger, next), append(indexKey(ledger, last), 0)
+	it, err := b.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, false, err
+	}
+	defer it.Close()
+	key := indexKey(ledger, next)
+	var size int
+	for e := next; ; e += stride {
+		key = indexKeyInto(key, ledger, e)
+		item := rangeItem{entry: e}
+		switch {
+		case it.SeekGE(key) && bytes.Equal(it.Key(), key):
+			if item.loc, err = decodeLocation(it.Value()); err != nil {
+				return nil, false, err
+			}
+			item.stored = true
+		default:
+			// Not in the iterator's view of the index: still pending, or
+			// applied (and dropped from pending) since the iterator was
+			// made — the index is written before pending is cleared, so
+			// a fresh lookup after the pending one finds it.
+			var ok bool
+			if item.payload, ok = b.pendingPayload(ledger, e); !ok {
+				if item.loc, ok, err = b.lookup(ledger, e); err != nil {
+					return nil, false, err
+				}
+				if !ok {
+					return items, true, nil
+				}
+				item.stored = true
+			}
+		}
+		items = append(items, item)
+		size += int(item.loc.length) + len(item.payload)
+		if last-e < stride || len(items) >= rangeBatchEntries || size >= rangeBatchBytes {
+			return items, false, it.Error()
+		}
+	}
+}
+
+// indexKeyInto writes the index key of (ledger, entry) into k (17 bytes).
+func indexKeyInto(k []byte, ledger, entry uint64) []byte {
+	k = append(k[:0], prefixEntry)
+	k = append(k, byte(ledger>>56), byte(ledger>>48), byte(ledger>>40), byte(ledger>>32), byte(ledger>>24), byte(ledger>>16), byte(ledger>>8), byte(ledger))
+	return append(k, byte(entry>>56), byte(entry>>48), byte(entry>>40), byte(entry>>32), byte(entry>>24), byte(entry>>16), byte(entry>>8), byte(entry))
+}
+
+func (b *Bookie) pendingPayload(ledger, entry uint64) ([]byte, bool) {
+	b.readMu.RLock()
+	defer b.readMu.RUnlock()
+	p, ok := b.pending[ledger][entry]
+	if !ok {
+		return nil, false
+	}
+	return append([]byte(nil), p.payload...), true
+}
+
+// lookup returns the index location of an entry.
+func (b *Bookie) lookup(ledger, entry uint64) (location, bool, error) {
+	v, closer, err := b.db.Get(indexKey(ledger, entry))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return location{}, false, nil
+	}
+	if err != nil {
+		return location{}, false, err
+	}
+	defer closer.Close()
+	loc, err := decodeLocation(v)
+	return loc, err == nil, err
+}
+
+// rangeLoad reads the payloads of the batch's stored items, coalescing
+// nearby records of one entry log into one read. It returns how many
+// items (from the first) have their payload: fewer than all when an entry
+// was deleted meanwhile.
+func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem) (int, error) {
+	for i := 0; i < len(items); {
+		if !items[i].stored {
+			i++
+			continue
+		}
+		// items[i:j] is one run of records read at once.
+		start := items[i].loc.offset
+		end := start + logHeaderSize + int64(items[i].loc.length)
+		j := i + 1
+		for ; j < len(items); j++ {
+			l := items[j].loc
+			if !items[j].stored || l.log != items[i].loc.log || l.offset < end || l.offset-end > rangeMaxGap ||
+				l.offset+logHeaderSize+int64(l.length)-start > rangeMaxSpan {
+				break
+			}
+			end = l.offset + logHeaderSize + int64(l.length)
+		}
+		err := b.readRun(ledger, items[i:j], start, end)
+		if err != nil && vfs.IsNotExist(err) {
+			// Compaction moved these entries and removed their log: read
+			// them one by one through the fresh index (ReadEntry retries).
+			for k := i; k < j; k++ {
+				p, err := b.ReadEntry(ledger, items[k].entry, false)
+				if errors.Is(err, ErrNoSuchEntry) {
+					return k, nil
+				}
+				if err != nil {
+					return k, err
+				}
+				items[k].payload = p
+			}
+			err = nil
+		}
+		if err != nil {
+			return i, err
+		}
+		i = j
+	}
+	return len(items), nil
+}
+
+// readRun reads the records of run, which lie in [start, end) of one entry
+// log, with one read, and checks each.
+func (b *Bookie) readRun(ledger uint64, run []rangeItem, start, end int64) error {
+	id := run[0].loc.log
+	lr, err := b.readers.acquire(id)
+	if err != nil {
+		return err
+	}
+	defer b.readers.release(lr)
+	buf := make([]byte, end-start)
+	if n, err := lr.f.ReadAt(buf, start); err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
+		return fmt.Errorf("bookie: reading entry log %d: %w", id, err)
+	}
+	for k := range run {
+		it := &run[k]
+		off := it.loc.offset - start
+		l, e, payload, _, ok := decodeLogRecord(buf[off : off+logHeaderSize+int64(it.loc.length)])
+		if !ok || l != ledger || e != it.entry {
+			return fmt.Errorf("%w: ledger %d entry %d at entry log %d offset %d", ErrCorrupt, ledger, it.entry, id, it.loc.offset)
+		}
+		it.payload = payload[:len(payload):len(payload)]
+	}
+	return nil
+}
