@@ -99,6 +99,18 @@ type Tailer interface {
 	Wait(offset uint64) <-chan struct{}
 }
 
+// Settings are per-shard engine settings by name, as a topic's rule or
+// record carries them (the journal engine's "ensemble", "write_quorum",
+// "ack_quorum"). An engine ignores names it does not know.
+type Settings map[string]string
+
+// SettingsCreator is implemented by engines whose shards take settings at
+// creation. The engine persists them with the shard, so that Open uses
+// them again; Create uses the engine's defaults.
+type SettingsCreator interface {
+	CreateWith(ctx context.Context, name string, s Settings) (Shard, error)
+}
+
 // Errors returned by engines. Test with errors.Is: engines wrap them with
 // detail.
 var (

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -75,6 +76,7 @@ func (c *Client) OpenLogWriter(ctx context.Context, shard string, o LogOptions) 
 	if err != nil {
 		return nil, err
 	}
+	base += rec.Value.Trimmed
 	lw := &LogWriter{c: c, shard: shard, o: o, logVer: rec.Version, log: rec.Value}
 	if err := lw.startLedger(ctx, base); err != nil {
 		return nil, err
@@ -120,9 +122,16 @@ func (lw *LogWriter) startLedger(ctx context.Context, base int64) error {
 
 // LogFuture is the outcome of one LogWriter.AppendAsync.
 type LogFuture struct {
-	f    *Future
-	base int64
+	f      *Future
+	base   int64
+	ledger uint64
 }
+
+// Ledger returns the id of the ledger the record was appended to.
+func (f LogFuture) Ledger() uint64 { return f.ledger }
+
+// Entry waits and returns the record's entry id in its ledger.
+func (f LogFuture) Entry() (int64, error) { return f.f.Result() }
 
 // Result waits and returns the record's offset in the log.
 func (f LogFuture) Result() (int64, error) {
@@ -162,7 +171,7 @@ func (lw *LogWriter) AppendAsync(ctx context.Context, data []byte) (LogFuture, e
 	}
 	lw.n++
 	lw.bytes += int64(len(data))
-	return LogFuture{f: f, base: lw.base}, nil
+	return LogFuture{f: f, base: lw.base, ledger: lw.cur.ID()}, nil
 }
 
 func (lw *LogWriter) due() bool {
@@ -212,14 +221,159 @@ func (lw *LogWriter) Abandon() {
 	lw.cur.Abandon()
 }
 
+// DropFirst removes the first n ledgers from the log (retention): it
+// CAS-writes the shorter list, adding their entries to Log.Trimmed so that
+// offsets stay put, and then deletes each ledger (DeleteLedger). Only
+// closed ledgers before the one being written may go; ErrLogConflict if
+// another writer changed the log.
+func (lw *LogWriter) DropFirst(ctx context.Context, n int) error {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	if lw.err != nil {
+		return lw.err
+	}
+	if n >= len(lw.log.Ledgers) {
+		return fmt.Errorf("journal/client: log %s: cannot drop %d of %d ledgers (the last is being written)", lw.shard, n, len(lw.log.Ledgers))
+	}
+	v, nl, err := lw.c.dropFirst(ctx, lw.shard, lw.logVer, lw.log, n)
+	if err != nil {
+		return err
+	}
+	lw.logVer, lw.log = v, nl
+	return nil
+}
+
+// DropLogLedgers is DropFirst for a log no writer of this client holds:
+// it drops ids, which must be the first ledgers of the log and closed
+// (ErrLogConflict if the log no longer starts with them).
+func (c *Client) DropLogLedgers(ctx context.Context, shard string, ids []uint64) error {
+	rec, err := c.store.Log(ctx, shard)
+	if err != nil {
+		return err
+	}
+	if len(ids) > len(rec.Value.Ledgers) || !slices.Equal(rec.Value.Ledgers[:len(ids)], ids) {
+		return fmt.Errorf("%w: %s no longer starts with ledgers %v", ErrLogConflict, shard, ids)
+	}
+	_, _, err = c.dropFirst(ctx, shard, rec.Version, rec.Value, len(ids))
+	return err
+}
+
+func (c *Client) dropFirst(ctx context.Context, shard string, ver uint64, log schema.Log, n int) (uint64, schema.Log, error) {
+	if n <= 0 {
+		return ver, log, nil
+	}
+	if n > len(log.Ledgers) {
+		return 0, log, fmt.Errorf("journal/client: log %s: cannot drop %d of %d ledgers", shard, n, len(log.Ledgers))
+	}
+	drop := log.Ledgers[:n]
+	entries, err := c.logEnd(ctx, drop) // fails unless every one is CLOSED
+	if err != nil {
+		return 0, log, err
+	}
+	nl := schema.Log{Shard: shard, Ledgers: append([]uint64(nil), log.Ledgers[n:]...), Trimmed: log.Trimmed + entries}
+	v, err := schema.CAS(ctx, c.store.KV, schema.LogKey(shard), ver, nl)
+	if errors.Is(err, meta.ErrVersionMismatch) {
+		return 0, log, fmt.Errorf("%w: %s", ErrLogConflict, shard)
+	}
+	if err != nil {
+		return 0, log, err
+	}
+	for _, id := range drop {
+		if err := c.DeleteLedger(ctx, id); err != nil {
+			// Out of the log already: what is left is garbage, not data.
+			c.log.Warn("journal/client: deleting a ledger dropped from its log", "shard", shard, "ledger", id, "err", err)
+		}
+	}
+	return v, nl, nil
+}
+
+// DeleteLog deletes every ledger of shard's log and then the log. No
+// writer may hold the log.
+func (c *Client) DeleteLog(ctx context.Context, shard string) error {
+	rec, err := c.store.Log(ctx, shard)
+	if errors.Is(err, meta.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := c.store.KV.Delete(ctx, schema.LogKey(shard), meta.IfVersion(rec.Version)); err != nil {
+		if errors.Is(err, meta.ErrVersionMismatch) {
+			err = fmt.Errorf("%w: %s", ErrLogConflict, shard)
+		}
+		return err
+	}
+	var errs []error
+	for _, id := range rec.Value.Ledgers {
+		errs = append(errs, c.DeleteLedger(ctx, id))
+	}
+	return errors.Join(errs...)
+}
+
+// DeleteLedger deletes ledger id's entries from every bookie that ever
+// held a fragment of it, then its metadata. A ledger already gone is not
+// an error. The caller makes sure no one reads or writes it any more.
+func (c *Client) DeleteLedger(ctx context.Context, id uint64) error {
+	md, err := c.Metadata(ctx, id)
+	if errors.Is(err, ErrNoSuchLedger) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, f := range md.Fragments {
+		for _, b := range f.Bookies {
+			if seen[b] {
+				continue
+			}
+			seen[b] = true
+			cc, err := c.bookie(b)
+			if err == nil {
+				rctx, cancel := context.WithTimeout(ctx, c.opts.RequestTimeout)
+				err = cc.DeleteLedger(rctx, id)
+				cancel()
+			}
+			if err != nil && statusOf(err) != ledger.StatusNoSuchEntry {
+				// A bookie that is down keeps the entries until it is
+				// compacted; the metadata goes anyway.
+				c.log.Warn("journal/client: deleting ledger on bookie", "ledger", id, "bookie", b, "err", err)
+			}
+		}
+	}
+	if _, err := c.store.KV.Delete(ctx, schema.LedgerKey(id)); err != nil && !errors.Is(err, meta.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// ReadLedgerEntry reads one entry of the ledger md describes from the
+// first bookie of its write set that has it. Unlike ReadEntry it takes
+// the metadata from the caller (who bounds entry by what was
+// acknowledged), so a reader of many entries reads meta once.
+func (c *Client) ReadLedgerEntry(ctx context.Context, md *ledger.Metadata, entry int64) ([]byte, error) {
+	var errs []error
+	for _, b := range ledger.ReadOrder(md, entry, nil) {
+		data, err := c.readEntry(ctx, b, md.ID, entry, false)
+		if err == nil {
+			return data, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", b, err))
+	}
+	return nil, fmt.Errorf("journal/client: ledger %d entry %d: %w", md.ID, entry, errors.Join(errs...))
+}
+
+// ErrTrimmed is returned by a LogReader asked for an offset retention
+// removed.
+var ErrTrimmed = errors.New("journal/client: offset removed by retention")
+
 // LogReader reads a shard's log from an offset on, across ledger
 // boundaries, tailing the last ledger and waiting for the log to grow.
 // Not safe for concurrent use.
 type LogReader struct {
 	c     *Client
 	shard string
-	idx   int   // index in the log of the ledger being read
-	base  int64 // offset of its entry 0
+	base  int64 // offset of the current ledger's entry 0
 	from  int64 // next offset to return
 	r     *LedgerReader
 }
@@ -254,15 +408,14 @@ func (lr *LogReader) Next(ctx context.Context) (int64, []byte, error) {
 		if !errors.Is(err, io.EOF) {
 			return -1, nil, err
 		}
-		md := lr.r.Metadata()
 		lr.r.Close()
 		lr.r = nil
-		lr.base += md.LastEntry + 1
-		lr.idx++
 	}
 }
 
-// open opens the ledger holding lr.from, waiting for the log to grow.
+// open opens the ledger holding lr.from, waiting for the log to grow. It
+// walks the log from its start each time (retention may have shortened
+// it; Log.Trimmed keeps the offsets).
 func (lr *LogReader) open(ctx context.Context) error {
 	tick := time.NewTicker(10 * lr.c.opts.TickInterval)
 	defer tick.Stop()
@@ -271,22 +424,24 @@ func (lr *LogReader) open(ctx context.Context) error {
 		if err != nil && !errors.Is(err, meta.ErrNotFound) {
 			return err
 		}
-		ids := rec.Value.Ledgers
-		for lr.idx < len(ids) {
-			md, err := lr.c.Metadata(ctx, ids[lr.idx])
+		if lr.from < rec.Value.Trimmed {
+			return fmt.Errorf("%w: log %s offset %d (retention removed up to %d)", ErrTrimmed, lr.shard, lr.from, rec.Value.Trimmed)
+		}
+		base := rec.Value.Trimmed
+		for _, id := range rec.Value.Ledgers {
+			md, err := lr.c.Metadata(ctx, id)
 			if err != nil {
 				return err
 			}
-			if md.State == ledger.StateClosed && lr.base+md.LastEntry < lr.from {
-				lr.base += md.LastEntry + 1 // wholly before from
-				lr.idx++
+			if md.State == ledger.StateClosed && base+md.LastEntry < lr.from {
+				base += md.LastEntry + 1 // wholly before from
 				continue
 			}
-			r, err := lr.c.OpenForRead(ctx, ids[lr.idx], lr.from-lr.base)
+			r, err := lr.c.OpenForRead(ctx, id, lr.from-base)
 			if err != nil {
 				return err
 			}
-			lr.r = r
+			lr.r, lr.base = r, base
 			return nil
 		}
 		select {

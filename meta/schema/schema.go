@@ -186,6 +186,10 @@ func (l *Ledger) Validate() error {
 type Log struct {
 	Shard   string   `json:"shard"`
 	Ledgers []uint64 `json:"ledgers"`
+	// Trimmed counts the entries of the ledgers retention removed from
+	// the front of the list: the first ledger's entry 0 is at log offset
+	// Trimmed, so offsets stay stable as old ledgers go.
+	Trimmed int64 `json:"trimmed,omitempty"`
 }
 
 // Group is a consumer group.

@@ -1,0 +1,57 @@
+// Package journal is the journal shard engine: every shard is a log of
+// ledgers replicated over bookies (journal/client logs; DESIGN.md,
+// "Journal"), so an acknowledged record survives Qa−1 bookie losses and
+// any node can take a shard over.
+//
+// # Usage
+//
+//	e, _ := journal.Open(journal.Options{Client: cl, Meta: kv, Quorum: journal.Quorum{3, 2, 2}})
+//	s, _ := e.CreateWith(ctx, "orders/0", shard.Settings{"ensemble": "5", "write_quorum": "3", "ack_quorum": "2"})
+//	first, err := s.Append(ctx, recs) // one ledger entry, acked by Qa bookies
+//
+// # What is where
+//
+// In meta: the shard record /engines/journal/shards/<prefix><name>
+// (shardRecord: E/Qw/Qa, low watermark, seal — the settings a shard was
+// created with are used by every later writer), and the shard's log
+// /logs/<prefix><name> (schema.Log: its ledger ids in order). On the
+// bookies: the ledgers. Nothing is kept on the node's disk.
+//
+// One Append batch is one ledger entry (format.go draws it): the entry
+// carries the shard offset of its first record, so record offsets are
+// dense across ledgers no matter how ledgers roll, recover or are dropped,
+// and the running maximum timestamp, which OffsetForTime binary-searches.
+//
+// # Writers
+//
+// A shard's writer is the node that last took its log over
+// (client.OpenLogWriter: fence and recover the last two ledgers, create a
+// ledger and CAS-append it). Open takes over at once only when the log
+// ends in a ledger that is not closed (a crashed or live writer
+// elsewhere), so that the watermarks are final; otherwise the first Append
+// does. Appends are pipelined (client.LogWriter.AppendAsync) and return
+// once the ack quorum has the entry and every earlier one; the high
+// watermark moves in entry order. A failed append is ambiguous, as a
+// fenced ledger write is: its records are not acknowledged, but the
+// recovery done by the next takeover (the next Append) may keep them.
+// Rollover (Options.RollBytes, RollEntries, RollAge) is the log's.
+//
+// # Reads
+//
+// A read locates the ledger by the ledgers' first offsets, then the entry
+// by binary search over entry headers (or, for the ledger this shard
+// writes, an in-memory index), and reads entries in turn from the first
+// bookie of each entry's write set that has it (re-reading the metadata
+// after an ensemble change). Decoded entries, including every entry just
+// appended, stay in a per-shard cache (Options.CacheBytes) for tailing
+// readers.
+//
+// # Trim, seal, delete
+//
+// Trim stores the low watermark in the shard record, then drops the
+// ledgers that hold only records below it from the front of the log and
+// deletes them from their bookies (retention in whole ledgers). Seal
+// closes the ledger being written and stores the seal. Delete removes the
+// shard record (the commit point), then the log and its ledgers; a Create
+// of the same name removes a log an interrupted delete left.
+package journal

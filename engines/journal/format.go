@@ -1,0 +1,182 @@
+package journal
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"math"
+
+	"github.com/quiremq/quire/shard"
+)
+
+// Entry format (one Append batch = one ledger entry). Part of the stored
+// format: changing it needs a new formatVersion.
+//
+//	+---------+--------------+-----------+-------------+-----------+
+//	| version | first offset | count     | max ts      | crc32c    |
+//	| 1 byte  | 8 bytes BE   | 4 bytes BE| 8 bytes BE  | 4 bytes BE|
+//	+---------+--------------+-----------+-------------+-----------+
+//	| count records:                                              |
+//	|   varint timestamp | uvarint len, key | uvarint len, value   |
+//	|   uvarint headers  | per header: uvarint len, key,           |
+//	|                      uvarint len, value                      |
+//	+--------------------------------------------------------------+
+//
+// first offset is the shard offset of the entry's first record (offsets
+// are dense, so record i is at first+i); max ts is the largest record
+// timestamp of the shard up to and including this entry (a running
+// maximum, so it never decreases along the shard and OffsetForTime can
+// binary-search it); crc32c (Castagnoli) covers the records.
+const (
+	formatVersion = 1
+	headerSize    = 1 + 8 + 4 + 8 + 4
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// entryHeader is the decoded header of an entry.
+type entryHeader struct {
+	first uint64
+	count uint32
+	maxTS int64
+}
+
+// end is the offset after the entry's last record.
+func (h entryHeader) end() uint64 { return h.first + uint64(h.count) }
+
+// encodeEntry encodes recs (timestamps already set) as the entry whose
+// first record gets offset first.
+func encodeEntry(first uint64, maxTS int64, recs []shard.Record) []byte {
+	n := headerSize
+	for i := range recs {
+		n += 3*binary.MaxVarintLen64 + recs[i].Size() + len(recs[i].Headers)*2*binary.MaxVarintLen64
+	}
+	b := make([]byte, headerSize, n)
+	b[0] = formatVersion
+	binary.BigEndian.PutUint64(b[1:], first)
+	binary.BigEndian.PutUint32(b[9:], uint32(len(recs)))
+	binary.BigEndian.PutUint64(b[13:], uint64(maxTS))
+	for i := range recs {
+		r := &recs[i]
+		b = binary.AppendVarint(b, r.Timestamp)
+		b = appendBytes(b, r.Key)
+		b = appendBytes(b, r.Value)
+		b = binary.AppendUvarint(b, uint64(len(r.Headers)))
+		for _, h := range r.Headers {
+			b = appendBytes(b, []byte(h.Key))
+			b = appendBytes(b, h.Value)
+		}
+	}
+	binary.BigEndian.PutUint32(b[21:], crc32.Checksum(b[headerSize:], castagnoli))
+	return b
+}
+
+func appendBytes(b, p []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(p)))
+	return append(b, p...)
+}
+
+// decodeHeader checks and decodes an entry's header.
+func decodeHeader(b []byte) (entryHeader, error) {
+	if len(b) < headerSize {
+		return entryHeader{}, fmt.Errorf("entry of %d bytes is shorter than its header", len(b))
+	}
+	if b[0] != formatVersion {
+		return entryHeader{}, fmt.Errorf("entry format version %d, want %d", b[0], formatVersion)
+	}
+	h := entryHeader{first: binary.BigEndian.Uint64(b[1:]), count: binary.BigEndian.Uint32(b[9:]), maxTS: int64(binary.BigEndian.Uint64(b[13:]))}
+	if h.count == 0 || h.first > math.MaxUint64-uint64(h.count) {
+		return entryHeader{}, fmt.Errorf("entry header: %d records from offset %d", h.count, h.first)
+	}
+	return h, nil
+}
+
+// decodeEntry decodes an entry. The records share memory with b.
+func decodeEntry(b []byte) (entryHeader, []shard.Record, error) {
+	h, err := decodeHeader(b)
+	if err != nil {
+		return h, nil, err
+	}
+	if got, want := crc32.Checksum(b[headerSize:], castagnoli), binary.BigEndian.Uint32(b[21:]); got != want {
+		return h, nil, fmt.Errorf("entry checksum %08x, want %08x", got, want)
+	}
+	// Each record takes at least 4 bytes: no count can make us allocate
+	// more than the entry could hold.
+	if uint64(h.count) > uint64(len(b)-headerSize)/4 {
+		return h, nil, fmt.Errorf("entry claims %d records in %d bytes", h.count, len(b)-headerSize)
+	}
+	d := decoder{b: b[headerSize:]}
+	recs := make([]shard.Record, h.count)
+	for i := range recs {
+		r := &recs[i]
+		r.Offset = h.first + uint64(i)
+		r.Timestamp = d.varint()
+		r.Key = d.bytes()
+		r.Value = d.bytes()
+		nh := d.uvarint()
+		if nh > uint64(len(d.b))/2 {
+			d.fail()
+		}
+		if nh > 0 && d.err == nil {
+			r.Headers = make([]shard.Header, nh)
+			for j := range r.Headers {
+				r.Headers[j] = shard.Header{Key: string(d.bytes()), Value: d.bytes()}
+			}
+		}
+		if d.err != nil {
+			return h, nil, fmt.Errorf("entry record %d: %w", i, d.err)
+		}
+	}
+	if len(d.b) != 0 {
+		return h, nil, fmt.Errorf("entry has %d bytes after its %d records", len(d.b), h.count)
+	}
+	return h, recs, nil
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+var errTruncated = fmt.Errorf("truncated or malformed")
+
+func (d *decoder) fail() {
+	if d.err == nil {
+		d.err = errTruncated
+	}
+	d.b = nil
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		d.fail()
+		return nil
+	}
+	if n == 0 {
+		return nil
+	}
+	p := d.b[:n:n]
+	d.b = d.b[n:]
+	return p
+}

@@ -1,0 +1,125 @@
+package journal
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+
+	journalv1 "github.com/quiremq/quire/internal/proto/journal/v1"
+	"github.com/quiremq/quire/internal/vfs"
+	"github.com/quiremq/quire/journal/bookie"
+	"github.com/quiremq/quire/journal/bookie/bookierpc"
+	"github.com/quiremq/quire/journal/client"
+	"github.com/quiremq/quire/meta"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// env is an in-process meta and real bookies, each served over gRPC on
+// loopback and each its own node, on in-memory file systems.
+type env struct {
+	t       testing.TB
+	kv      meta.KV
+	dir     *client.StaticDirectory
+	mu      sync.Mutex
+	bookies []*grpc.Server
+}
+
+func newEnv(t testing.TB, bookies int) *env {
+	t.Helper()
+	fnet := meta.NewFaultNetwork()
+	addr := "127.0.0.1:1"
+	s, err := meta.Open(meta.Options{
+		ID: 1, Voters: []meta.Voter{{ID: 1, Addr: addr}}, Dir: "/m", FS: vfs.NewMem(),
+		Snapshots: raft.NewInmemSnapshotStore(), Transport: fnet.Transport(addr),
+		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond,
+		LeaderLeaseTimeout: 50 * time.Millisecond, LeaseCheckInterval: 10 * time.Millisecond,
+		MinLeaseTTL: 10 * time.Millisecond, Logger: quiet, RaftLogLevel: "error",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop(context.Background()) })
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := s.WaitLeader(wctx); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, kv: s, dir: client.NewStaticDirectory()}
+	infos := make([]client.BookieInfo, bookies)
+	var wg sync.WaitGroup
+	for i := range bookies {
+		wg.Go(func() { infos[i] = e.startBookie(fmt.Sprintf("n%d", i)) }) // Open takes ~1s: in parallel
+	}
+	wg.Wait()
+	e.dir.Set(infos...)
+	return e
+}
+
+func (e *env) startBookie(node string) client.BookieInfo {
+	e.t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	b, err := bookie.Open(bookie.Options{FS: vfs.NewMem(), Dir: "/b", BookieID: addr, Cookies: &bookie.MemCookieStore{},
+		JournalFileSize: 2 << 20, EntryLogSize: 16 << 20, CheckpointInterval: time.Hour})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	srv := bookierpc.NewServer(bookierpc.ServerOptions{})
+	srv.Attach(b)
+	gs := grpc.NewServer(grpc.MaxRecvMsgSize(bookierpc.MaxMessageSize))
+	journalv1.RegisterBookieServer(gs, srv)
+	go gs.Serve(lis)
+	e.mu.Lock()
+	e.bookies = append(e.bookies, gs)
+	e.mu.Unlock()
+	e.t.Cleanup(func() {
+		gs.Stop()
+		srv.Detach()
+		b.Close()
+	})
+	return client.BookieInfo{ID: addr, Addr: addr, Node: node}
+}
+
+// client returns a new ledger client over the env (closed at cleanup).
+func (e *env) client() *client.Client {
+	e.t.Helper()
+	cl, err := client.New(client.Options{Meta: e.kv, Directory: e.dir, Logger: quiet,
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, MaxDelay: 100 * time.Millisecond}, MinConnectTimeout: time.Second})}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// engine opens an engine over the env with its own client.
+func (e *env) engine(o Options) *Engine {
+	e.t.Helper()
+	o.Client, o.Meta = e.client(), e.kv
+	if o.Logger == nil {
+		o.Logger = quiet
+	}
+	en, err := Open(o)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return en
+}
