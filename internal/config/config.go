@@ -174,16 +174,95 @@ type Storage struct {
 	DefaultEngine string `toml:"default_engine"`
 	// Rules route topics to engines by MQTT topic filter; the first rule
 	// whose filter matches the topic name wins.
-	Rules  []Rule        `toml:"rules"`
-	Memory MemoryStorage `toml:"memory"`
-	File   FileStorage   `toml:"file"`
+	Rules   []Rule         `toml:"rules"`
+	Memory  MemoryStorage  `toml:"memory"`
+	File    FileStorage    `toml:"file"`
+	Journal JournalStorage `toml:"journal"`
 }
 
 // Rule routes the topics matching Match (an MQTT topic filter: '+' one
-// level, '#' any number of trailing levels) to Engine.
+// level, '#' any number of trailing levels) to Engine. A rule for the
+// journal engine may set the replication of its topics' shards; 0 keeps
+// [storage.journal]'s.
 type Rule struct {
-	Match  string `toml:"match"`
-	Engine string `toml:"engine"`
+	Match       string `toml:"match"`
+	Engine      string `toml:"engine"`
+	Ensemble    int    `toml:"ensemble"`
+	WriteQuorum int    `toml:"write_quorum"`
+	AckQuorum   int    `toml:"ack_quorum"`
+}
+
+// JournalStorage configures engines/journal: the replication of each
+// shard's ledgers and when a shard rolls over to a new ledger.
+type JournalStorage struct {
+	// Ensemble (E), WriteQuorum (Qw) and AckQuorum (Qa): each entry goes
+	// to Qw of E bookies and is acknowledged once Qa have it; E >= Qw >=
+	// Qa >= 1. 0 means automatic: 3/2/2 when meta_addrs lists several
+	// nodes, 1/1/1 when it lists one (a single node has one bookie).
+	Ensemble    int `toml:"ensemble"`
+	WriteQuorum int `toml:"write_quorum"`
+	AckQuorum   int `toml:"ack_quorum"`
+	// LedgerBytes, LedgerEntries and LedgerAge roll a shard over to a new
+	// ledger at this many payload bytes, entries or this age (0 = no
+	// limit). Trim and retention delete whole ledgers.
+	LedgerBytes   int64    `toml:"ledger_bytes"`
+	LedgerEntries int64    `toml:"ledger_entries"`
+	LedgerAge     Duration `toml:"ledger_age"`
+}
+
+// Quorum is a journal replication: E, Qw, Qa.
+type Quorum struct{ Ensemble, WriteQuorum, AckQuorum int }
+
+// JournalQuorum is [storage.journal]'s replication with its automatic
+// (0) fields resolved: 3/2/2 for a cluster of several meta voters, 1/1/1
+// for a single node.
+func (c *Config) JournalQuorum() Quorum {
+	auto := Quorum{3, 2, 2}
+	if len(c.MetaAddrs) <= 1 {
+		auto = Quorum{1, 1, 1}
+	}
+	j := c.Storage.Journal
+	pick := func(v, d int) int {
+		if v == 0 {
+			return d
+		}
+		return v
+	}
+	return Quorum{pick(j.Ensemble, auto.Ensemble), pick(j.WriteQuorum, auto.WriteQuorum), pick(j.AckQuorum, auto.AckQuorum)}
+}
+
+// Quorum is the replication of the journal topics r matches: its own
+// fields over base (JournalQuorum()).
+func (r *Rule) Quorum(base Quorum) Quorum {
+	if r.Ensemble != 0 {
+		base.Ensemble = r.Ensemble
+	}
+	if r.WriteQuorum != 0 {
+		base.WriteQuorum = r.WriteQuorum
+	}
+	if r.AckQuorum != 0 {
+		base.AckQuorum = r.AckQuorum
+	}
+	return base
+}
+
+// SetsQuorum reports whether r sets any replication field.
+func (r *Rule) SetsQuorum() bool { return r.Ensemble != 0 || r.WriteQuorum != 0 || r.AckQuorum != 0 }
+
+// checkQuorum reports why q is not E >= Qw >= Qa >= 1, and the key (of
+// ensemble, write_quorum, ack_quorum) to blame, "" when it is fine.
+func checkQuorum(q Quorum) (field, msg string) {
+	switch {
+	case q.AckQuorum < 1:
+		field = "ack_quorum"
+	case q.WriteQuorum < q.AckQuorum:
+		field = "write_quorum"
+	case q.Ensemble < q.WriteQuorum:
+		field = "ensemble"
+	default:
+		return "", ""
+	}
+	return field, fmt.Sprintf("need ensemble >= write_quorum >= ack_quorum >= 1, have %d/%d/%d", q.Ensemble, q.WriteQuorum, q.AckQuorum)
 }
 
 // MemoryStorage configures engines/memory.
@@ -217,7 +296,7 @@ type FileStorage struct {
 const MinSegmentBytes = 1024
 
 // Engines are the storage engines this build of Quire has.
-var Engines = []string{"file", "memory"}
+var Engines = []string{"file", "journal", "memory"}
 
 // Sync policies of the file engine.
 var SyncPolicies = []string{"batch", "interval", "none"}
@@ -261,6 +340,7 @@ func Default() *Config {
 				RetentionBytes: 0,
 				RetentionAge:   Duration(168 * time.Hour),
 			},
+			Journal: JournalStorage{LedgerBytes: 256 << 20},
 		},
 	}
 }
@@ -489,6 +569,35 @@ func (c *Config) validate() []*Error {
 		if !slices.Contains(Engines, r.Engine) {
 			bad(fmt.Sprintf("storage.rules[%d].engine", i), "unknown engine %q (this build has %s)", r.Engine, engines)
 		}
+		if !r.SetsQuorum() {
+			continue
+		}
+		if r.Engine != "journal" {
+			bad(fmt.Sprintf("storage.rules[%d].engine", i), "ensemble, write_quorum and ack_quorum apply to engine \"journal\" only, not %q", r.Engine)
+		} else if field, msg := checkQuorum(r.Quorum(c.JournalQuorum())); field != "" {
+			bad(fmt.Sprintf("storage.rules[%d].%s", i, ruleQuorumKey(&r, field)), "%s (with [storage.journal]'s for the fields the rule leaves 0)", msg)
+		}
+	}
+	j := c.Storage.Journal
+	for _, f := range []struct {
+		key string
+		v   int
+	}{{"ensemble", j.Ensemble}, {"write_quorum", j.WriteQuorum}, {"ack_quorum", j.AckQuorum}} {
+		if f.v < 0 {
+			bad("storage.journal."+f.key, "must be >= 0 (0 = automatic), got %d", f.v)
+		}
+	}
+	if field, msg := checkQuorum(c.JournalQuorum()); field != "" && j.Ensemble >= 0 && j.WriteQuorum >= 0 && j.AckQuorum >= 0 {
+		bad("storage.journal."+field, "%s (0 = automatic: 3/2/2, or 1/1/1 with one meta voter)", msg)
+	}
+	if j.LedgerBytes < 0 {
+		bad("storage.journal.ledger_bytes", "must be >= 0 (0 = no limit), got %d", j.LedgerBytes)
+	}
+	if j.LedgerEntries < 0 {
+		bad("storage.journal.ledger_entries", "must be >= 0 (0 = no limit), got %d", j.LedgerEntries)
+	}
+	if j.LedgerAge < 0 {
+		bad("storage.journal.ledger_age", "must be >= 0 (0 = never by age), got %s", j.LedgerAge)
 	}
 	if c.Storage.Memory.ShardBudgetBytes <= 0 {
 		bad("storage.memory.shard_budget_bytes", "must be > 0, got %d", c.Storage.Memory.ShardBudgetBytes)
@@ -513,6 +622,21 @@ func (c *Config) validate() []*Error {
 		bad("storage.file.retention_age", "must be >= 0 (0 = keep forever), got %s", f.RetentionAge)
 	}
 	return es
+}
+
+// ruleQuorumKey is the key of a rule to blame for a bad quorum: field if
+// the rule sets it, else one the rule does set.
+func ruleQuorumKey(r *Rule, field string) string {
+	set := map[string]bool{"ensemble": r.Ensemble != 0, "write_quorum": r.WriteQuorum != 0, "ack_quorum": r.AckQuorum != 0}
+	if set[field] {
+		return field
+	}
+	for _, k := range []string{"ensemble", "write_quorum", "ack_quorum"} {
+		if set[k] {
+			return k
+		}
+	}
+	return field
 }
 
 // checkAddr checks a HOST:PORT listen (or, with needHost, dial) address.

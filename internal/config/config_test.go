@@ -80,7 +80,7 @@ func TestExampleMentionsEveryField(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example with its commented rule block: %v", err)
 	}
-	if want := []Rule{{Match: "sensors/#", Engine: "memory"}}; !reflect.DeepEqual(c.Storage.Rules, want) {
+	if want := []Rule{{Match: "sensors/#", Engine: "memory"}, {Match: "orders/#", Engine: "journal", Ensemble: 3, WriteQuorum: 3, AckQuorum: 2}}; !reflect.DeepEqual(c.Storage.Rules, want) {
 		t.Errorf("rules = %+v, want %+v", c.Storage.Rules, want)
 	}
 	if len(Fields()) < 25 {
@@ -164,7 +164,7 @@ engine = "file"
 	want.Storage.File.Sync = "interval"
 	want.Storage.File.SyncInterval = Duration(250 * time.Millisecond)
 	want.Storage.File.RetentionAge = 0
-	want.Storage.Rules = []Rule{{"sensors/+/temp", "memory"}, {"#", "file"}}
+	want.Storage.Rules = []Rule{{Match: "sensors/+/temp", Engine: "memory"}, {Match: "#", Engine: "file"}}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)
 	}
@@ -243,9 +243,15 @@ func TestErrorsNameFileKeyLine(t *testing.T) {
 		{"duration as integer", "[storage.file]\nsegment_age = 100\n", "storage.file.segment_age", 2, "a duration must be a string"},
 		{"negative duration", "[storage.file]\nretention_age = \"-1h\"\n", "storage.file.retention_age", 2, "must be >= 0"},
 		{"bad filter", "[[storage.rules]]\nmatch = \"a/#/b\"\nengine = \"memory\"\n", "storage.rules[0].match", 2, "'#' must be the last level"},
-		{"unknown rule engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"memory\"\n\n[[storage.rules]]\nmatch = \"b\"\nengine = \"s3\"\n", "storage.rules[1].engine", 7, `unknown engine "s3" (this build has file, memory)`},
+		{"unknown rule engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"memory\"\n\n[[storage.rules]]\nmatch = \"b\"\nengine = \"s3\"\n", "storage.rules[1].engine", 7, `unknown engine "s3" (this build has file, journal, memory)`},
 		{"unknown inline rule engine", "[storage]\nrules = [\n  { match = \"x/#\", engine = \"nope\" },\n]\n", "storage.rules[0].engine", 3, `unknown engine "nope"`},
-		{"unknown default engine", "[storage]\ndefault_engine = \"journal\"\n", "storage.default_engine", 2, `unknown engine "journal"`},
+		{"unknown default engine", "[storage]\ndefault_engine = \"hdfs\"\n", "storage.default_engine", 2, `unknown engine "hdfs"`},
+		{"rule quorum on another engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"file\"\nensemble = 3\n", "storage.rules[0].engine", 3, `apply to engine "journal" only`},
+		{"rule ack above write quorum", "[[storage.rules]]\nmatch = \"a\"\nengine = \"journal\"\nensemble = 3\nwrite_quorum = 2\nack_quorum = 3\n", "storage.rules[0].write_quorum", 5, "need ensemble >= write_quorum >= ack_quorum >= 1, have 3/2/3"},
+		{"rule ensemble below inherited quorum", "[storage.journal]\nensemble = 3\nwrite_quorum = 3\nack_quorum = 2\n\n[[storage.rules]]\nmatch = \"a\"\nengine = \"journal\"\nensemble = 2\n", "storage.rules[0].ensemble", 9, "have 2/3/2"},
+		{"journal write quorum above ensemble", "[storage.journal]\nensemble = 2\nwrite_quorum = 3\n", "storage.journal.ensemble", 2, "need ensemble >= write_quorum >= ack_quorum >= 1, have 2/3/1"},
+		{"negative ack quorum", "[storage.journal]\nack_quorum = -1\n", "storage.journal.ack_quorum", 2, "must be >= 0 (0 = automatic)"},
+		{"negative ledger bytes", "[storage.journal]\nledger_bytes = -1\n", "storage.journal.ledger_bytes", 2, "must be >= 0"},
 		{"negative segment size", "[storage.file]\nsegment_bytes = -1\n", "storage.file.segment_bytes", 2, "must be >= 1024"},
 		{"negative retention size", "[storage.file]\nretention_bytes = -5\n", "storage.file.retention_bytes", 2, "must be >= 0"},
 		{"zero group wait", "[bookie]\nmax_group_wait = \"0s\"\n", "bookie.max_group_wait", 2, "must be > 0"},
@@ -325,5 +331,30 @@ func TestDuration(t *testing.T) {
 	}
 	if b, _ := d.MarshalText(); string(b) != "1m30s" {
 		t.Errorf("MarshalText = %q", b)
+	}
+}
+
+// [storage.journal]'s automatic replication is 1/1/1 for one meta voter
+// and 3/2/2 for several; set fields win, and a rule's fields win over
+// [storage.journal]'s.
+func TestJournalQuorum(t *testing.T) {
+	c := Default()
+	if q := c.JournalQuorum(); q != (Quorum{1, 1, 1}) {
+		t.Errorf("single node: %+v, want 1/1/1", q)
+	}
+	c.MetaAddrs = []string{"1@a:1228", "2@b:1228", "3@c:1228"}
+	if q := c.JournalQuorum(); q != (Quorum{3, 2, 2}) {
+		t.Errorf("three nodes: %+v, want 3/2/2", q)
+	}
+	c.Storage.Journal.Ensemble = 5
+	if q := c.JournalQuorum(); q != (Quorum{5, 2, 2}) {
+		t.Errorf("ensemble 5: %+v, want 5/2/2", q)
+	}
+	r := Rule{Match: "a", Engine: "journal", WriteQuorum: 3}
+	if q := r.Quorum(c.JournalQuorum()); q != (Quorum{5, 3, 2}) {
+		t.Errorf("rule write_quorum 3: %+v, want 5/3/2", q)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }
