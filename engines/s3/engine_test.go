@@ -1,0 +1,475 @@
+package s3_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quiremq/quire/engines/objstore"
+	"github.com/quiremq/quire/engines/s3"
+	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/shard"
+)
+
+// faultyStore fails Puts and Deletes on demand.
+type faultyStore struct {
+	objstore.Store
+	failPut, failDelete atomic.Bool
+}
+
+var errInjected = errors.New("injected failure")
+
+func (f *faultyStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if f.failPut.Load() {
+		return errInjected
+	}
+	return f.Store.Put(ctx, key, r, size)
+}
+
+func (f *faultyStore) Delete(ctx context.Context, key string) error {
+	if f.failDelete.Load() {
+		return errInjected
+	}
+	return f.Store.Delete(ctx, key)
+}
+
+// faultyKV fails or delays the Puts of index entries.
+type faultyKV struct {
+	meta.KV
+	mode atomic.Int32 // one of the kv* constants
+	gate chan struct{}
+}
+
+const (
+	kvOK        = iota
+	kvFail      // not applied, plain error
+	kvAmbApply  // applied, then ErrAmbiguous
+	kvAmbLost   // not applied, ErrAmbiguous
+	kvBlock     // wait for gate
+	kvAmbNoRead // ErrAmbiguous, and reads fail too
+)
+
+func isIndexKey(key string) bool { return strings.Contains(key, "/objects/") }
+
+func (f *faultyKV) Put(ctx context.Context, key string, value []byte, opts ...meta.WriteOption) (meta.KeyValue, error) {
+	if !isIndexKey(key) {
+		return f.KV.Put(ctx, key, value, opts...)
+	}
+	switch f.mode.Load() {
+	case kvFail:
+		return meta.KeyValue{}, meta.ErrNotLeader
+	case kvAmbApply:
+		if _, err := f.KV.Put(ctx, key, value, opts...); err != nil {
+			return meta.KeyValue{}, err
+		}
+		return meta.KeyValue{}, meta.ErrAmbiguous
+	case kvAmbLost, kvAmbNoRead:
+		return meta.KeyValue{}, meta.ErrAmbiguous
+	case kvBlock:
+		<-f.gate
+	}
+	return f.KV.Put(ctx, key, value, opts...)
+}
+
+func (f *faultyKV) Get(ctx context.Context, key string, opts ...meta.ReadOption) (meta.KeyValue, error) {
+	if isIndexKey(key) && f.mode.Load() == kvAmbNoRead {
+		return meta.KeyValue{}, meta.ErrNotLeader
+	}
+	return f.KV.Get(ctx, key, opts...)
+}
+
+type env struct {
+	t     *testing.T
+	store *faultyStore
+	kv    *faultyKV
+	tweak func(*s3.Options)
+}
+
+func newEnv(t *testing.T, tweak func(*s3.Options)) *env {
+	return &env{t: t, store: &faultyStore{Store: objstore.NewMem()}, kv: &faultyKV{KV: newMeta(t), gate: make(chan struct{})}, tweak: tweak}
+}
+
+func (v *env) open() *s3.Engine {
+	v.t.Helper()
+	opts := s3.Options{Store: v.store, Meta: v.kv, FlushInterval: -1, Logger: quiet}
+	if v.tweak != nil {
+		v.tweak(&opts)
+	}
+	e, err := s3.Open(context.Background(), opts)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	v.t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func (v *env) objects() []string {
+	v.t.Helper()
+	infos, err := v.store.List(context.Background(), "")
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	var keys []string
+	for _, o := range infos {
+		keys = append(keys, o.Key)
+	}
+	return keys
+}
+
+func (v *env) indexEntries() int {
+	v.t.Helper()
+	res, err := v.kv.List(context.Background(), s3.DefaultMetaPrefix+"objects/", meta.ListOptions{})
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	return len(res.KVs)
+}
+
+func recs(n, size int, tag string) []shard.Record {
+	out := make([]shard.Record, n)
+	for i := range out {
+		out[i] = shard.Record{Timestamp: 1000 + int64(i), Key: []byte(tag), Value: bytes.Repeat([]byte{byte(i)}, size)}
+	}
+	return out
+}
+
+func mustAppend(t *testing.T, s shard.Shard, rs []shard.Record) uint64 {
+	t.Helper()
+	first, err := s.Append(context.Background(), rs)
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	return first
+}
+
+func readKeys(t *testing.T, s shard.Shard) []string {
+	t.Helper()
+	low, high := s.Watermarks()
+	var out []string
+	for from := low; from < high; {
+		got, err := s.Read(context.Background(), from, shard.Limits{})
+		if err != nil {
+			t.Fatalf("Read(%d): %v", from, err)
+		}
+		for _, r := range got {
+			out = append(out, string(r.Key))
+		}
+		from += uint64(len(got))
+	}
+	return out
+}
+
+// TestFailedAppendsInvisible: an append whose PUT or index commit fails
+// returns an error, none of its records become visible, its object does not
+// stay behind, and the next append takes the same offsets.
+func TestFailedAppendsInvisible(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	e := v.open()
+	s, err := e.Create(ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s, recs(2, 10, "ok1"))
+
+	v.store.failPut.Store(true)
+	if _, err := s.Append(ctx, recs(3, 10, "lost-put")); !errors.Is(err, errInjected) {
+		t.Fatalf("Append with a failing PUT = %v, want the injected error", err)
+	}
+	v.store.failPut.Store(false)
+
+	v.kv.mode.Store(kvFail)
+	if _, err := s.Append(ctx, recs(3, 10, "lost-commit")); !errors.Is(err, meta.ErrNotLeader) {
+		t.Fatalf("Append with a failing commit = %v, want ErrNotLeader", err)
+	}
+	v.kv.mode.Store(kvAmbLost)
+	if _, err := s.Append(ctx, recs(3, 10, "lost-ambiguous")); !errors.Is(err, meta.ErrAmbiguous) {
+		t.Fatalf("Append with a lost ambiguous commit = %v, want ErrAmbiguous", err)
+	}
+	if _, h := s.Watermarks(); h != 2 {
+		t.Fatalf("high = %d after failed appends, want 2", h)
+	}
+	if n := len(v.objects()); n != 1 {
+		t.Fatalf("%d objects after failed appends, want 1 (failed appends' objects deleted): %q", n, v.objects())
+	}
+	v.kv.mode.Store(kvAmbApply)
+	if first := mustAppend(t, s, recs(2, 10, "ok2")); first != 2 {
+		t.Fatalf("append after failures at %d, want 2", first)
+	}
+	v.kv.mode.Store(kvOK)
+	mustAppend(t, s, recs(1, 10, "ok3"))
+	want := []string{"ok1", "ok1", "ok2", "ok2", "ok3"}
+	if got := readKeys(t, s); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("records = %q, want %q", got, want)
+	}
+	// After reopening the same.
+	e.Close()
+	s2, err := v.open().Open(ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readKeys(t, s2); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("records after reopen = %q, want %q", got, want)
+	}
+}
+
+// TestUnknownCommitFailsShard: when a commit's outcome cannot be learned the
+// shard refuses appends until reopened, and reopening shows the truth.
+func TestUnknownCommitFailsShard(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	e := v.open()
+	s, _ := e.Create(ctx, "u")
+	mustAppend(t, s, recs(1, 10, "a"))
+	v.kv.mode.Store(kvAmbNoRead)
+	if _, err := s.Append(ctx, recs(1, 10, "b")); err == nil {
+		t.Fatal("append with an unknown outcome succeeded")
+	}
+	v.kv.mode.Store(kvOK)
+	if _, err := s.Append(ctx, recs(1, 10, "c")); !errors.Is(err, shard.ErrFailed) {
+		t.Fatalf("append on a failed shard = %v, want ErrFailed", err)
+	}
+	if got, err := s.Read(ctx, 0, shard.Limits{}); err != nil || len(got) != 1 {
+		t.Fatalf("failed shard still reads: %d records, %v", len(got), err)
+	}
+	e.Close()
+	s2, err := v.open().Open(ctx, "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s2, recs(1, 10, "d"))
+	if got := readKeys(t, s2); strings.Join(got, ",") != "a,d" {
+		t.Fatalf("after reopen = %q, want a,d", got)
+	}
+}
+
+// TestAckAfterIndexCommit: while the index commit is held, the object is in
+// the store but the append has not returned and no reader sees its records.
+func TestAckAfterIndexCommit(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	s, _ := v.open().Create(ctx, "ack")
+	v.kv.mode.Store(kvBlock)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Append(ctx, recs(4, 10, "x"))
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(v.objects()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("object never written")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("append returned (%v) before its index entry was committed", err)
+	default:
+	}
+	if _, h := s.Watermarks(); h != 0 {
+		t.Fatalf("high = %d before the commit, want 0", h)
+	}
+	if got, err := s.Read(ctx, 0, shard.Limits{}); err != nil || len(got) != 0 {
+		t.Fatalf("Read before the commit = %d records, %v", len(got), err)
+	}
+	close(v.kv.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if v.indexEntries() != 1 {
+		t.Fatalf("index entries = %d, want 1", v.indexEntries())
+	}
+	if _, h := s.Watermarks(); h != 4 {
+		t.Fatalf("high = %d after the commit, want 4", h)
+	}
+}
+
+// TestOrphansRemovedAtOpen: an object whose commit failed and whose delete
+// failed too is removed when the shard is next opened.
+func TestOrphansRemovedAtOpen(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	e := v.open()
+	s, _ := e.Create(ctx, "o")
+	mustAppend(t, s, recs(1, 10, "kept"))
+	v.kv.mode.Store(kvFail)
+	v.store.failDelete.Store(true)
+	if _, err := s.Append(ctx, recs(1, 10, "orphan")); err == nil {
+		t.Fatal("append succeeded")
+	}
+	v.kv.mode.Store(kvOK)
+	v.store.failDelete.Store(false)
+	if n := len(v.objects()); n != 2 {
+		t.Fatalf("%d objects, want 2 (one orphan)", n)
+	}
+	e.Close()
+	if _, err := v.open().Open(ctx, "o"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(v.objects()); n != 1 {
+		t.Fatalf("%d objects after reopen, want 1: %q", n, v.objects())
+	}
+}
+
+// TestBatching: concurrent appends share objects, objects stay within
+// FlushBytes (unless one append alone is larger), and each append's records
+// are contiguous.
+func TestBatching(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, func(o *s3.Options) { o.FlushInterval, o.FlushBytes = 200*time.Millisecond, 1000 })
+	s, _ := v.open().Create(ctx, "b")
+	const appenders = 24
+	var wg sync.WaitGroup
+	firsts := make([]uint64, appenders)
+	for i := range appenders {
+		wg.Go(func() { firsts[i] = mustAppend(t, s, recs(3, 100, fmt.Sprint(i))) }) // 303 bytes
+	}
+	wg.Wait()
+	big := mustAppend(t, s, recs(30, 100, "big")) // 3030 bytes: one object of its own
+	objs := v.objects()
+	if len(objs) >= appenders || len(objs) < appenders/3+1 {
+		t.Fatalf("%d objects for %d concurrent appends of 303 bytes with FlushBytes 1000, want %d..%d", len(objs), appenders, appenders/3+1, appenders-1)
+	}
+	got, err := s.Read(ctx, 0, shard.Limits{MaxRecords: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range firsts {
+		for j := range 3 {
+			if k := string(got[f+uint64(j)].Key); k != fmt.Sprint(i) {
+				t.Fatalf("offset %d: key %q, want %d (append not contiguous)", f+uint64(j), k, i)
+			}
+		}
+	}
+	if big != appenders*3 || len(got) != appenders*3+30 {
+		t.Fatalf("big append at %d, %d records; want %d, %d", big, len(got), appenders*3, appenders*3+30)
+	}
+}
+
+// TestTrimDeletesObjects: Trim and retention delete whole objects and their
+// index entries, never an object holding records at or above low.
+func TestTrimDeletesObjects(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	s, _ := v.open().Create(ctx, "t")
+	for range 10 {
+		mustAppend(t, s, recs(10, 10, "r")) // one object per append: offsets 10i..10i+9
+	}
+	if err := s.Trim(ctx, 35); err != nil {
+		t.Fatal(err)
+	}
+	if n, m := len(v.objects()), v.indexEntries(); n != 7 || m != 7 {
+		t.Fatalf("after Trim(35): %d objects, %d index entries; want 7, 7", n, m)
+	}
+	if got, err := s.Read(ctx, 35, shard.Limits{MaxRecords: 1}); err != nil || got[0].Offset != 35 {
+		t.Fatalf("Read(35) after Trim = %v, %v", got, err)
+	}
+}
+
+func TestRetention(t *testing.T) {
+	ctx := context.Background()
+	var now atomic.Int64
+	now.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli())
+	clock := func() time.Time { return time.UnixMilli(now.Load()) }
+
+	t.Run("Bytes", func(t *testing.T) {
+		v := newEnv(t, func(o *s3.Options) { o.RetentionBytes = 3000; o.Now = clock })
+		s, _ := v.open().Create(ctx, "rb")
+		for range 10 {
+			mustAppend(t, s, recs(10, 100, "r")) // 1010 payload bytes per object
+		}
+		// Keeps the newest objects that still hold >= 3000 bytes: 3 of them.
+		if low, high := s.Watermarks(); low != 70 || high != 100 {
+			t.Fatalf("watermarks after retention = %d, %d; want 70, 100", low, high)
+		}
+		if n, m := len(v.objects()), v.indexEntries(); n != 3 || m != 3 {
+			t.Fatalf("%d objects, %d index entries; want 3, 3", n, m)
+		}
+	})
+	t.Run("Age", func(t *testing.T) {
+		v := newEnv(t, func(o *s3.Options) { o.RetentionAge = time.Hour; o.Now = clock })
+		s, _ := v.open().Create(ctx, "ra")
+		for i := range 5 {
+			rs := recs(2, 10, "r")
+			for j := range rs {
+				rs[j].Timestamp = now.Load() + int64(i)*int64(time.Minute/time.Millisecond)
+			}
+			mustAppend(t, s, rs)
+		}
+		now.Add(int64(time.Hour/time.Millisecond) + 3*int64(time.Minute/time.Millisecond)) // objects 0..2 are older than an hour
+		mustAppend(t, s, []shard.Record{{Value: []byte("new")}})
+		if low, _ := s.Watermarks(); low != 6 {
+			t.Fatalf("low after age retention = %d, want 6", low)
+		}
+		if n := len(v.objects()); n != 3 {
+			t.Fatalf("%d objects, want 3", n)
+		}
+	})
+}
+
+func TestCorruptObject(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	e := v.open()
+	s, _ := e.Create(ctx, "c")
+	mustAppend(t, s, recs(3, 10, "x"))
+	e.Close()
+	key := v.objects()[0]
+	b, _ := v.store.Get(ctx, key, 0, -1)
+	b[len(b)-1] ^= 1
+	if err := v.store.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := v.open().Open(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *shard.CorruptError
+	if _, err := s2.Read(ctx, 0, shard.Limits{}); !errors.Is(err, shard.ErrCorrupt) || !errors.As(err, &ce) || ce.File != key {
+		t.Fatalf("Read of a corrupt object = %v, want a CorruptError naming %s", err, key)
+	}
+}
+
+func TestDeleteRemovesEverything(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	e := v.open()
+	s, _ := e.Create(ctx, "d")
+	keep, _ := e.Create(ctx, "keep")
+	for range 3 {
+		mustAppend(t, s, recs(2, 10, "x"))
+	}
+	mustAppend(t, keep, recs(1, 10, "k"))
+	if err := e.Delete(ctx, "d"); err != nil {
+		t.Fatal(err)
+	}
+	if n, m := len(v.objects()), v.indexEntries(); n != 1 || m != 1 {
+		t.Fatalf("after Delete: %d objects, %d index entries; want 1, 1 (the other shard's)", n, m)
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	for _, c := range []struct {
+		opts s3.Options
+		want string
+	}{
+		{s3.Options{Store: objstore.NewMem()}, "Meta is required"},
+		{s3.Options{Meta: &faultyKV{}}, "Endpoint is required"},
+		{s3.Options{Meta: &faultyKV{}, Store: objstore.NewMem(), MetaPrefix: "x"}, "MetaPrefix"},
+		{s3.Options{Meta: &faultyKV{}, Store: objstore.NewMem(), Prefix: "/bad"}, "Prefix"},
+		{s3.Options{Meta: &faultyKV{}, Store: objstore.NewMem(), FlushBytes: -1}, "FlushBytes"},
+		{s3.Options{Meta: &faultyKV{}, Store: objstore.NewMem(), RetentionAge: -1}, "Retention"},
+	} {
+		if _, err := s3.Open(context.Background(), c.opts); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Open(%+v) = %v, want an error containing %q", c.opts, err, c.want)
+		}
+	}
+}
