@@ -1,0 +1,235 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/quiremq/quire/frontends/pubsub"
+	"github.com/quiremq/quire/internal/vfs"
+)
+
+func open(t *testing.T, fs vfs.FS) *Store {
+	t.Helper()
+	s, err := Open(Options{FS: fs, Dir: "mqtt", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func sessionIDs(t *testing.T, s *Store) []string {
+	t.Helper()
+	var ids []string
+	if err := s.Sessions(func(r *Session) error { ids = append(ids, r.ClientID); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// Everything the broker writes with sync (sessions, QoS 2 packet-id
+// state) is there after a crash that drops every unsynced write; cursors
+// and retained messages, written without sync, may be gone.
+func TestSyncedStateSurvivesCrash(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	s := open(t, fs)
+	will := &pubsub.Message{Topic: "status/a", Payload: []byte("gone"), QoS: 1, Retain: true}
+	sess := &Session{ClientID: "a", Version: 5, ExpirySeconds: 60, DisconnectedAt: 1234,
+		Subs: []Sub{{Filter: "x/#", QoS: 1, ID: 7}, {Filter: "$share/g/y", QoS: 2, NoLocal: false, RetainHandling: 2}},
+		Will: will, WillDue: 5678}
+	if err := s.PutSession(sess, map[string]uint64{"mqtt/file/0": 42}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutInbound("a", 9); err != nil {
+		t.Fatal(err)
+	}
+	out := &Outbound{Pos: Position{Shard: "mqtt/file/1", Offset: 3}, Released: true, Seq: 4, QoS: 2, SubIDs: []uint32{7}}
+	if err := s.PutOutbound("a", map[uint16]*Outbound{11: out}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutCursors(&Cursors{Global: map[string]uint64{"mqtt/file/0": 99}}); err != nil {
+		t.Fatal(err)
+	}
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	s.Close()
+
+	s = open(t, crashed)
+	defer s.Close()
+	var got []*Session
+	if err := s.Sessions(func(r *Session) error { got = append(got, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || fmt.Sprint(got[0].Subs) != fmt.Sprint(sess.Subs) || got[0].ExpirySeconds != 60 ||
+		got[0].DisconnectedAt != 1234 || got[0].WillDue != 5678 || got[0].Will == nil || string(got[0].Will.Payload) != "gone" {
+		t.Fatalf("session after crash: %+v", got)
+	}
+	if c, err := s.ClientCursors("a"); err != nil || c["mqtt/file/0"] != 42 {
+		t.Fatalf("cursors written with the synced session: %v %v", c, err)
+	}
+	if ids, err := s.Inbounds("a"); err != nil || !slices.Equal(ids, []uint16{9}) {
+		t.Fatalf("inbound ids after crash: %v %v", ids, err)
+	}
+	outs, err := s.Outbounds("a")
+	if err != nil || len(outs) != 1 || fmt.Sprint(*outs[11]) != fmt.Sprint(*out) {
+		t.Fatalf("outbound after crash: %v %v", outs, err)
+	}
+}
+
+// DeleteSession removes one client's records and nothing of a client
+// whose identifier it prefixes.
+func TestDeleteSessionIsExact(t *testing.T) {
+	s := open(t, vfs.NewMem())
+	defer s.Close()
+	for _, id := range []string{"a", "ab"} {
+		if err := s.PutSession(&Session{ClientID: id, ExpirySeconds: 1}, map[string]uint64{"sh": 1}, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutInbound(id, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutOutbound(id, map[uint16]*Outbound{2: {Pos: Position{Shard: "sh", Offset: 5}, QoS: 2}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.CompleteOutbound(id, 3, Position{Shard: "sh", Offset: 6}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.DeleteSession("a"); err != nil {
+		t.Fatal(err)
+	}
+	if ids := sessionIDs(t, s); !slices.Equal(ids, []string{"ab"}) {
+		t.Fatalf("sessions after deleting a: %q", ids)
+	}
+	for _, id := range []string{"a", "ab"} {
+		c, _ := s.ClientCursors(id)
+		in, _ := s.Inbounds(id)
+		out, _ := s.Outbounds(id)
+		done, _ := s.Done(id)
+		n := len(c) + len(in) + len(out) + len(done)
+		if want := map[string]int{"a": 0, "ab": 4}[id]; n != want {
+			t.Errorf("client %s: %d records left (cursors %v inbound %v outbound %v done %v), want %d", id, n, c, in, out, done, want)
+		}
+	}
+}
+
+// PutCursors sets the listed clients' cursors of the known shards and
+// deletes those left out (they fall back to the global cursor).
+func TestCursors(t *testing.T) {
+	s := open(t, vfs.NewMem())
+	defer s.Close()
+	err := s.PutCursors(&Cursors{Clients: map[string]map[string]uint64{"a": {"s1": 5, "s2": 7}},
+		Known: []string{"s1", "s2"}, Global: map[string]uint64{"s1": 10, "s2": 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.PutCursors(&Cursors{Clients: map[string]map[string]uint64{"a": {"s2": 8}},
+		Known: []string{"s1", "s2"}, Global: map[string]uint64{"s1": 12, "s2": 12, "s3": 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.ClientCursors("a")
+	if err != nil || len(c) != 1 || c["s2"] != 8 {
+		t.Fatalf("client cursors %v %v, want s2=8 only", c, err)
+	}
+	g, err := s.GlobalCursors()
+	if err != nil || g["s1"] != 12 || g["s2"] != 12 || g["s3"] != 1 {
+		t.Fatalf("global cursors %v %v", g, err)
+	}
+}
+
+// CompleteOutbound turns the packet-id state into a done marker; offsets
+// with zero bytes in them read back (the marker key ends in the offset).
+func TestCompleteOutbound(t *testing.T) {
+	s := open(t, vfs.NewMem())
+	defer s.Close()
+	pos := []Position{{Shard: "mqtt/file/0", Offset: 0}, {Shard: "mqtt/file/0", Offset: 1 << 40}, {Shard: "a\x00b", Offset: 256}}
+	for i, p := range pos {
+		if err := s.PutOutbound("c", map[uint16]*Outbound{uint16(i + 1): {Pos: p, QoS: 2}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.CompleteOutbound("c", uint16(i+1), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if outs, err := s.Outbounds("c"); err != nil || len(outs) != 0 {
+		t.Fatalf("outbound after completion: %v %v", outs, err)
+	}
+	done, err := s.Done("c")
+	if err != nil || len(done) != len(pos) {
+		t.Fatalf("done markers %v %v", done, err)
+	}
+	for _, p := range pos {
+		if !done[p] {
+			t.Errorf("no done marker for %+v in %v", p, done)
+		}
+	}
+	if err := s.DeleteDone("c", pos[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if done, _ := s.Done("c"); len(done) != 1 || !done[pos[2]] {
+		t.Fatalf("done markers after DeleteDone: %v", done)
+	}
+}
+
+// Retained keeps retained messages across a reopen: set, replace, delete
+// by an empty payload, and expired ones dropped at load.
+func TestRetainedReopen(t *testing.T) {
+	fs := vfs.NewMem()
+	s := open(t, fs)
+	r, err := NewRetained(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	set := func(topic, payload string, expiry time.Time) {
+		t.Helper()
+		if err := r.Set(ctx, &pubsub.Message{Topic: topic, Payload: []byte(payload), QoS: 1, Retain: true, Expiry: expiry,
+			ContentType: "text/plain", Headers: []pubsub.Header{{Key: "k", Value: "v"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("a/1", "one", time.Time{})
+	set("a/1", "uno", time.Time{})
+	set("a/2", "two", time.Time{})
+	set("a/2", "", time.Time{})
+	set("a/3", "expired", time.Now().Add(-time.Second))
+	set("b", "bee", time.Now().Add(time.Hour))
+	if r.Len() != 3 {
+		t.Fatalf("Len %d, want 3", r.Len())
+	}
+	s.Close()
+
+	s = open(t, fs)
+	defer s.Close()
+	if r, err = NewRetained(s); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*pubsub.Message{}
+	r.Match(ctx, "#", func(m *pubsub.Message) bool { got[m.Topic] = m; return true })
+	if len(got) != 2 || string(got["a/1"].Payload) != "uno" || string(got["b"].Payload) != "bee" ||
+		got["a/1"].ContentType != "text/plain" || fmt.Sprint(got["a/1"].Headers) != "[{k v}]" {
+		t.Fatalf("retained after reopen: %v", got)
+	}
+	n := 0
+	s.Retained(func(*pubsub.Message) error { n++; return nil })
+	if n != 2 {
+		t.Fatalf("%d retained records in the store, want 2 (the expired one deleted at load)", n)
+	}
+}
+
+// A value that does not decode is reported as corrupt, not skipped.
+func TestCorruptSession(t *testing.T) {
+	s := open(t, vfs.NewMem())
+	defer s.Close()
+	if err := s.db.Set(key(prefixSession, "x"), []byte("{not json"), nil); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Sessions(func(*Session) error { return nil })
+	if err == nil || !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Sessions over a corrupt record: %v, want ErrCorrupt", err)
+	}
+}
