@@ -5,15 +5,20 @@
 // # Use
 //
 //	st := mqtt.NewShardStorage(router, 0) // router: *shard.Router
+//	db, err := store.Open(store.Options{FS: fs, Dir: dataDir + "/mqtt"})
+//	ret, err := store.NewRetained(db)
 //	srv, err := mqtt.NewServer(mqtt.Options{
 //		Listeners:  []listen.Config{{Name: "tcp", Addr: ":1883"}},
 //		Storage:    st,
+//		Store:      db,  // nil: sessions in memory only
+//		Retained:   ret, // nil: retained messages in memory only
 //		Registerer: reg,
 //		Logger:     log,
 //	})
-//	err = srv.Start(ctx)
+//	err = srv.Start(ctx) // restores stored sessions first
 //	…
-//	err = srv.Stop(ctx) // before the engines close
+//	err = srv.Stop(ctx) // before the engines and db close
+//	db.Close()
 //
 // # Storage
 //
@@ -32,8 +37,9 @@
 //
 // # Delivery
 //
-// Delivery is from memory in this slice: a published message is matched on
-// the topic tree and queued in each matching session. Each session has a
+// Delivery is from memory while the node runs: a published message is
+// matched on the topic tree and queued in each matching session (after a
+// restart, queues are rebuilt from the shards: see below). Each session has a
 // queue of at most Options.MaxQueued messages, online or offline. Drop policy:
 // when the queue is full, the new message is dropped for that session (tail
 // drop, as Mosquitto's max_queued_messages); QoS 0 messages are not queued
@@ -51,13 +57,67 @@
 //
 // # What survives a restart
 //
-// Published messages survive as far as their engine promises: they are in
-// the shards. Nothing else does yet: sessions, subscriptions, offline queues,
-// inflight and QoS 2 packet-id state, and retained messages (the default
-// pubsub.MemoryRetained) live in memory and are lost on restart; a client
-// reconnecting with Clean Start 0 then gets Session Present 0 and must
-// resubscribe. Replaying offline queues from the shards and keeping session
-// state in a local store is the next step of the issue "MQTT".
+// With Options.Store (the node puts it in data_dir/mqtt; package
+// frontends/mqtt/store), persistent sessions survive a restart, graceful or
+// kill -9. A session is persistent while its expiry is above 0 (v5 Session
+// Expiry Interval, v3 Clean Session 0); a clean session with expiry 0
+// never touches the store, so the common publish path costs nothing more.
+// What is kept, and how:
+//
+//   - The session record: client id, protocol version, expiry, when it went
+//     offline, its subscriptions with their options and identifiers, and a
+//     pending will with the time it is due. Written and synced before
+//     CONNACK, SUBACK and UNSUBACK and when a will becomes pending; these
+//     are low-rate events.
+//   - No message copies. The offline queue is positions: for each session
+//     and shard a cursor, the offset below which nothing is owed to it (the
+//     lowest offset it has queued or inflight, capped by the shard's
+//     frontier, the offset below which every message has been handed to
+//     the sessions). A session with nothing owed in a shard has no cursor
+//     there and uses the shard's global cursor. Every CursorInterval
+//     (100 ms) one unsynced batch writes the global cursors (the
+//     frontiers) and the cursors of the sessions whose owed set changed.
+//     A QoS 1 PUBLISH therefore waits for the engine's fsync only; no
+//     per-message store write, no Raft round trip.
+//   - At Start every stored session is rebuilt offline: subscriptions go
+//     back into the tree, then each shard is read once from the lowest
+//     cursor to its high watermark and each message is queued for every
+//     session whose cursor it is at or above and whose non-shared
+//     subscriptions match (QoS 0 is not queued for offline sessions, as
+//     ever). Per-topic order holds (a topic lives in one shard). A crash
+//     that lost the last cursor batch means replaying from older cursors:
+//     QoS 1 messages already acknowledged by the subscriber come again
+//     (at least once, the contract), none acknowledged to a publisher is
+//     lost on an engine that made it durable before the PUBACK.
+//   - QoS 2 packet-id state, synced: an inbound PUBLISH's id before PUBREC
+//     (a resend after the restart is acknowledged, not stored again) and
+//     its removal before PUBCOMP; an outbound message's id, position and
+//     send order before its PUBLISH, its released state before PUBREL. A
+//     completed outbound message leaves a done marker (unsynced, in the
+//     same batch as the id's removal) so that a replay from an older
+//     cursor skips it. A resumed session gets its QoS 2 messages back in
+//     send order with their packet ids: PUBLISH with DUP, or PUBREL.
+//   - Retained messages: store.Retained keeps them in the same store,
+//     unsynced, and the restore replays retained PUBLISHes from the global
+//     cursors on, so a retained message acknowledged before a crash is
+//     retained after it. They are local to the node in this slice (the
+//     issue's cluster design keeps a pointer in meta).
+//   - Expiry and wills: a session's expiry counts from when it went
+//     offline (from the restart if it was online at a crash); one that
+//     expired while the node was down ends at Start, publishing its pending
+//     will. A pending will is published when its delay ends, counted from
+//     the disconnect across the restart. Wills of connections alive at a
+//     crash or a Stop are not published (the clients did nothing wrong).
+//
+// Known gaps: a message for a shared subscription ("$share/…") that was
+// queued for an offline member is not replayed after a restart (which
+// member it went to is not stored); an inbound QoS 2 PUBLISH stored by the
+// engine but whose id was not yet synced when the node crashed is stored
+// again when the client resends it (the window is one store fsync);
+// retained messages queued for an offline session are not replayed (they
+// are sent again on the next subscribe); cursors of sessions that a crash
+// left with a message in an engine that keeps nothing (memory) are
+// clamped to the shard's new range.
 //
 // # Sessions
 //
@@ -90,8 +150,8 @@
 //
 // Enhanced authentication (AUTH; CONNECT with an Authentication Method gets
 // 0x8C), username/password and ACLs, outbound topic aliases, $SYS topics,
-// delayed publish, redelivery of a shared subscription's inflight messages to
-// another member, and persistence of sessions and retained messages.
+// delayed publish, and redelivery of a shared subscription's inflight
+// messages to another member.
 //
 // # Metrics
 //
@@ -115,6 +175,7 @@
 //	server.go    Server: Start/Stop, accept, publish and fan-out, attach/detach
 //	session.go   session state: queue, inflight, QoS 2 ids, expiry and will timers
 //	conn.go      one connection: CONNECT handshake, read loop, write loop
-//	storage.go   Storage, ShardStorage, record encoding
+//	storage.go   Storage, ReplayStorage, ShardStorage (frontiers), record encoding and decoding
+//	persist.go   stored sessions: records, cursor flushes, QoS 2 state, restore at Start
 //	metrics.go   quire_mqtt_* metrics
 package mqtt

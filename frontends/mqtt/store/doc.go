@@ -1,0 +1,43 @@
+// Package store is the MQTT broker's local state on one node: persistent
+// sessions, their positions in the shards, QoS 2 packet-id state and
+// retained messages, in a Pebble database (by default data_dir/mqtt). It
+// holds no message bodies except retained ones: queued messages stay in the
+// shards and are found again by position (frontends/mqtt, "What survives a
+// restart").
+//
+// # Use
+//
+//	st, err := store.Open(store.Options{FS: fs, Dir: "/var/lib/quire/mqtt"})
+//	ret, err := store.NewRetained(st) // a pubsub.RetainedStore
+//	srv, err := mqtt.NewServer(mqtt.Options{Store: st, Retained: ret, …})
+//	…
+//	srv.Stop(ctx)
+//	st.Close()
+//
+// # Keys
+//
+// One byte of prefix, then the client identifier (MQTT forbids U+0000 in
+// it [MQTT-1.5.4-2], so 0x00 ends it), then the rest. Integers are
+// big-endian, so a client's keys sort by shard and offset.
+//
+//	's' client                              → Session, JSON
+//	'c' client 0x00 shard                   → u64 cursor: nothing below is owed to client
+//	'g' shard                               → u64 global cursor (clients without a 'c' key)
+//	'o' client 0x00 pid u16                 → Outbound, JSON: outbound QoS 2 awaiting PUBREC/PUBCOMP
+//	'd' client 0x00 shard 0x00 offset u64   → empty: QoS 2 delivery completed (skip on replay)
+//	'i' client 0x00 pid u16                 → empty: inbound QoS 2 stored, awaiting PUBREL
+//	'r' topic                               → pubsub.Message, JSON: retained message
+//
+// The prefixes and encodings are part of the on-disk format.
+//
+// # Durability
+//
+// Writes that a client acts on are synced before the packet that tells it:
+// a session and its subscriptions (before CONNACK and SUBACK), 'o' (before
+// the PUBLISH or PUBREL it describes), 'i' (before PUBREC) and its delete
+// (before PUBCOMP), a pending will. Cursors, done markers and retained
+// messages are written without fsync, in batches: a crash may lose them,
+// and the broker then replays from the shards, which only redelivers (QoS
+// 1 is at least once). Pebble's write-ahead log keeps writes in commit
+// order, so a surviving write implies every earlier one survived.
+package store
