@@ -307,4 +307,32 @@ type conn struct {
 
 func (c *conn) Listener() string { return c.name }
 
+// NetConn returns the wrapped connection (as tls.Conn.NetConn does).
+func (c *conn) NetConn() net.Conn { return c.Conn }
+
+// NetConn returns the wrapped connection.
+func (c *slotConn) NetConn() net.Conn { return c.Conn }
+
+// PeerCertificate returns the verified client certificate of a TLS
+// connection (unwrapping through NetConn methods), or nil when there is
+// none: not TLS, no certificate asked for or sent, or the handshake has not
+// completed.
+func PeerCertificate(c net.Conn) *x509.Certificate {
+	for c != nil {
+		if tc, ok := c.(*tls.Conn); ok {
+			st := tc.ConnectionState()
+			if !st.HandshakeComplete || len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+				return nil
+			}
+			return st.PeerCertificates[0]
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
+		c = u.NetConn()
+	}
+	return nil
+}
+
 var _ Conn = (*conn)(nil)

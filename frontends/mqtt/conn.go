@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/quiremq/quire/frontends/auth"
 	"github.com/quiremq/quire/frontends/listen"
 	"github.com/quiremq/quire/frontends/mqtt/packet"
 	"github.com/quiremq/quire/frontends/pubsub"
@@ -51,7 +52,8 @@ type conn struct {
 	aliases     map[uint16]string
 	will        *pubsub.Message
 	willDelay   time.Duration
-	connExpiry  uint32 // Session Expiry Interval of CONNECT (v5), seconds
+	connExpiry  uint32       // Session Expiry Interval of CONNECT (v5), seconds
+	who         *auth.Client // for ACL checks (authz.go); no password
 
 	closing    chan struct{}
 	closeOnce  sync.Once
@@ -264,6 +266,12 @@ func (c *conn) handshake() (present bool, err error) {
 		return false, c.refuse(packet.BadAuthenticationMethod, "enhanced authentication is not supported")
 	}
 	c.clientID = id
+	actx, acancel := context.WithTimeout(c.s.ctx, opts.ConnectTimeout)
+	err = c.authenticate(actx, cp)
+	acancel()
+	if err != nil {
+		return false, err
+	}
 
 	var expiry time.Duration
 	var ack packet.Connack
@@ -460,6 +468,9 @@ func (c *conn) onPublish(p *packet.Publish) error {
 			c.aliases[a] = topic
 		}
 	}
+	if !c.allowed(auth.Publish, topic) {
+		return c.refusePublish(p)
+	}
 	if p.QoS == packet.QoS2 {
 		c.sess.mu.Lock()
 		_, dup := c.sess.inQoS2[p.PacketID]
@@ -531,6 +542,13 @@ func (c *conn) onSubscribe(p *packet.Subscribe) error {
 		group, filter, ok := pubsub.ParseShared(sub.Filter)
 		if !ok || !packet.ValidTopicFilter(sub.Filter) {
 			codes[i] = packet.TopicFilterInvalid
+			if !v5 {
+				codes[i] = packet.UnspecifiedError // v3 SUBACK failure 0x80
+			}
+			continue
+		}
+		if !c.allowed(auth.Subscribe, sub.Filter) {
+			codes[i] = packet.NotAuthorized
 			if !v5 {
 				codes[i] = packet.UnspecifiedError // v3 SUBACK failure 0x80
 			}

@@ -15,6 +15,7 @@ const (
 	dropTooLarge       = "packet_too_large" // over the client's Maximum Packet Size
 	dropSessionEnded   = "session_ended"    // queued or inflight when the session ended
 	dropStorageFailure = "storage_error"    // the shard append failed
+	dropNotAuthorized  = "not_authorized"   // a PUBLISH the ACL refused
 )
 
 type serverMetrics struct {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/quiremq/quire/frontends/auth"
 	"github.com/quiremq/quire/frontends/listen"
 	"github.com/quiremq/quire/frontends/mqtt/packet"
 	"github.com/quiremq/quire/frontends/mqtt/store"
@@ -24,6 +25,11 @@ type Options struct {
 	// Storage receives every published message before it is acknowledged
 	// (see NewShardStorage). Required.
 	Storage Storage
+	// Auth authenticates CONNECT (nil: every client may connect); ACL
+	// governs the will, every PUBLISH and every SUBSCRIBE (nil: all
+	// allowed). See frontends/auth and authz.go.
+	Auth *auth.Chain
+	ACL  *auth.ACL
 	// Retained stores retained messages; default an in-memory store
 	// (store.NewRetained keeps them in Store).
 	Retained pubsub.RetainedStore
