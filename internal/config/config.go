@@ -28,10 +28,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/quiremq/quire/shard"
 )
@@ -99,6 +102,37 @@ type MQTT struct {
 	// TLSClientCAFile, when set, makes the TLS and WSS listeners require a
 	// client certificate signed by one of its CAs.
 	TLSClientCAFile string `toml:"tls_client_ca_file"`
+
+	// AllowAnonymous lets clients without a user name connect when no
+	// user table entry or hook decides for them.
+	AllowAnonymous bool `toml:"allow_anonymous"`
+	// Users are the user names and bcrypt password hashes clients
+	// authenticate with.
+	Users []MQTTUser `toml:"users"`
+	// AuthHookURL, when set, is asked (HTTP POST, JSON) about clients the
+	// user table does not know; AuthHookTimeout bounds each request.
+	AuthHookURL     string   `toml:"auth_hook_url"`
+	AuthHookTimeout Duration `toml:"auth_hook_timeout"`
+	// ACLDefault ("allow" or "deny") decides a publish or subscribe no ACL
+	// rule matches.
+	ACLDefault string `toml:"acl_default"`
+	// ACL rules, tried in order; the first that matches decides.
+	ACL []ACLRule `toml:"acl"`
+}
+
+// MQTTUser is one [[mqtt.users]] entry.
+type MQTTUser struct {
+	Name         string `toml:"name"`
+	PasswordHash string `toml:"password_hash"`
+}
+
+// ACLRule is one [[mqtt.acl]] entry.
+type ACLRule struct {
+	Permission string   `toml:"permission"` // allow or deny
+	Action     string   `toml:"action"`     // publish, subscribe or all
+	Username   string   `toml:"username"`   // "" = any
+	ClientID   string   `toml:"clientid"`   // "" = any
+	Topics     []string `toml:"topics"`     // filters; %u = user name, %c = client id
 }
 
 // TLSConfigured reports whether the MQTT TLS and WSS listeners have a
@@ -320,7 +354,8 @@ func Default() *Config {
 		Log:   Log{Level: "info", Format: "text"},
 		GRPC:  GRPC{Addr: "0.0.0.0:1228"},
 		Admin: Admin{Addr: ":58080"},
-		MQTT:  MQTT{TCP: ":1883", TLS: ":8883", WS: ":8083", WSS: ":8084", QUIC: ":14567"},
+		MQTT: MQTT{TCP: ":1883", TLS: ":8883", WS: ":8083", WSS: ":8084", QUIC: ":14567",
+			AllowAnonymous: true, AuthHookTimeout: Duration(5 * time.Second), ACLDefault: "allow"},
 		Kafka: Kafka{Addr: ":9092"},
 		AMQP:  AMQP{Addr: ":5672"},
 		Bookie: Bookie{
@@ -555,6 +590,43 @@ func (c *Config) validate() []*Error {
 	}
 	if c.Bookie.MaxEntrySize <= 0 || c.Bookie.MaxEntrySize > MaxBookieEntrySize {
 		bad("bookie.max_entry_size", "must be from 1 to %d, got %d", MaxBookieEntrySize, c.Bookie.MaxEntrySize)
+	}
+
+	// MQTT authentication and ACLs.
+	for i, u := range c.MQTT.Users {
+		if u.Name == "" {
+			bad(fmt.Sprintf("mqtt.users[%d].name", i), "must not be empty")
+		}
+		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
+			bad(fmt.Sprintf("mqtt.users[%d].password_hash", i), "not a bcrypt hash ($2a$/$2b$/$2y$…; `quirectl passwd` makes one): %v", err)
+		}
+	}
+	if c.MQTT.AuthHookURL != "" {
+		if u, err := url.Parse(c.MQTT.AuthHookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("mqtt.auth_hook_url", "must be an http:// or https:// URL, got %q", c.MQTT.AuthHookURL)
+		}
+	}
+	if c.MQTT.AuthHookTimeout <= 0 {
+		bad("mqtt.auth_hook_timeout", "must be > 0")
+	}
+	if c.MQTT.ACLDefault != "allow" && c.MQTT.ACLDefault != "deny" {
+		bad("mqtt.acl_default", "must be \"allow\" or \"deny\", got %q", c.MQTT.ACLDefault)
+	}
+	for i, r := range c.MQTT.ACL {
+		if r.Permission != "allow" && r.Permission != "deny" {
+			bad(fmt.Sprintf("mqtt.acl[%d].permission", i), "must be \"allow\" or \"deny\", got %q", r.Permission)
+		}
+		if r.Action != "publish" && r.Action != "subscribe" && r.Action != "all" {
+			bad(fmt.Sprintf("mqtt.acl[%d].action", i), "must be \"publish\", \"subscribe\" or \"all\", got %q", r.Action)
+		}
+		if len(r.Topics) == 0 {
+			bad(fmt.Sprintf("mqtt.acl[%d].topics", i), "must list at least one topic filter")
+		}
+		for _, f := range r.Topics {
+			if err := shard.ValidateFilter(strings.NewReplacer("%u", "u", "%c", "c").Replace(f)); err != nil {
+				bad(fmt.Sprintf("mqtt.acl[%d].topics", i), "%q: %v", f, err)
+			}
+		}
 	}
 
 	// Storage.
