@@ -192,7 +192,7 @@ func (e *Engine) List(ctx context.Context) ([]string, error) {
 }
 
 // Close closes every open shard (closing their ledgers, so that the next
-// open needs no recovery). The Client stays open: it is the caller's.
+// open needs no recovery), then the Client if Options.OwnsClient.
 func (e *Engine) Close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -207,6 +207,9 @@ func (e *Engine) Close() error {
 		errs = append(errs, s.shutdown(ctx))
 		delete(e.shards, name)
 		e.m.openShards.Dec()
+	}
+	if e.o.OwnsClient {
+		errs = append(errs, e.c.Close())
 	}
 	return errors.Join(errs...)
 }

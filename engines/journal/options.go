@@ -72,6 +72,8 @@ var ErrInvalidSettings = errors.New("journal engine: invalid settings")
 type Options struct {
 	// Client writes, reads and recovers the ledgers. Required.
 	Client *client.Client
+	// OwnsClient makes Close close Client too.
+	OwnsClient bool
 	// Meta holds the engine's shard records (and is the Client's meta).
 	// Required.
 	Meta meta.KV

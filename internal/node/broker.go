@@ -82,7 +82,7 @@ func newBroker(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.Reg
 func (b *broker) Name() string { return "broker" }
 
 func (b *broker) Start(ctx context.Context) error {
-	engines, err := openEngines(b.cfg, b.fs, b.dataDir, b.reg, b.log)
+	engines, err := openEngines(b.cfg, b.fs, b.dataDir, b.reg, b.log, b.metaKV())
 	if err != nil {
 		return err
 	}
@@ -103,7 +103,7 @@ func (b *broker) Start(ctx context.Context) error {
 	if b.meta != nil {
 		nodeID = b.cfg.NodeID
 	}
-	reg := topics.NewRegistry(topics.Options{Store: store, Router: router, Ephemeral: ephemeralEngines, Logger: b.log, NodeID: nodeID})
+	reg := topics.NewRegistry(topics.Options{Store: store, Router: router, Ephemeral: ephemeralEngines, Foreign: frontEndShard, Logger: b.log, NodeID: nodeID})
 	if err := reg.Open(ctx); err != nil {
 		return errors.Join(err, b.closeEngines())
 	}
@@ -168,8 +168,12 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}
+	authn, acl, err := mqttAuth(&b.cfg.MQTT, b.reg)
+	if err != nil {
+		return errors.Join(err, db.Close())
+	}
 	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0), Store: db, Retained: retained,
-		Registerer: b.reg, Logger: log})
+		Auth: authn, ACL: acl, Registerer: b.reg, Logger: log})
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}

@@ -3,19 +3,27 @@ package node
 import (
 	"fmt"
 	"log/slog"
+	"regexp"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quiremq/quire/engines/file"
+	"github.com/quiremq/quire/engines/journal"
 	"github.com/quiremq/quire/engines/memory"
 	"github.com/quiremq/quire/internal/config"
 	"github.com/quiremq/quire/internal/vfs"
+	"github.com/quiremq/quire/journal/client"
+	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
 	"github.com/quiremq/quire/shard"
 )
 
 // This file is the only place that knows the concrete engines. Adding an
 // engine means opening it here, listing it in config.Engines, and (if its
-// shards do not survive a restart) in ephemeralEngines.
+// shards do not survive a restart) in ephemeralEngines. The journal engine
+// runs whenever the node runs meta; its shards live on the bookies that
+// meta lists as live (a single node: its own).
 
 // ephemeralEngines are the engines whose shards are gone after a restart.
 var ephemeralEngines = map[string]bool{"memory": true}
@@ -24,8 +32,9 @@ var ephemeralEngines = map[string]bool{"memory": true}
 const fileEngineDir = "file"
 
 // openEngines opens every engine this build has, configured from cfg, with
-// their data under dataDir on fs.
-func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.Registerer, log *slog.Logger) (map[string]shard.Engine, error) {
+// their data under dataDir on fs; the journal engine's shards are in meta
+// (kv) and on the cluster's bookies (nil kv: no journal engine).
+func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.Registerer, log *slog.Logger, kv meta.KV) (map[string]shard.Engine, error) {
 	mem := memory.New(memory.Options{
 		ShardBudgetBytes: cfg.Storage.Memory.ShardBudgetBytes,
 		Registerer:       reg,
@@ -51,5 +60,86 @@ func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.R
 		mem.Close()
 		return nil, fmt.Errorf("open file engine in %s: %w", fs.PathJoin(dataDir, fileEngineDir), err)
 	}
-	return map[string]shard.Engine{mem.Name(): mem, fe.Name(): fe}, nil
+	engines := map[string]shard.Engine{mem.Name(): mem, fe.Name(): fe}
+	if kv == nil {
+		return engines, nil
+	}
+	je, err := openJournalEngine(cfg, kv, reg, log.With("engine", "journal"))
+	if err != nil {
+		mem.Close()
+		fe.Close()
+		return nil, err
+	}
+	engines[je.Name()] = je
+	return engines, nil
 }
+
+// openJournalEngine opens the journal engine: a ledger client over meta's
+// live bookie nodes (this node's own bookie among them when it has the
+// bookie role), shards replicated as [storage.journal] and the topic's
+// [[storage.rules]] say.
+func openJournalEngine(cfg *config.Config, kv meta.KV, reg prometheus.Registerer, log *slog.Logger) (*journal.Engine, error) {
+	cl, err := client.New(client.Options{Meta: kv, Directory: client.MetaDirectory{Store: schema.Store{KV: kv}}, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	jc := cfg.Storage.Journal
+	base := cfg.JournalQuorum()
+	e, err := journal.Open(journal.Options{
+		Client:      cl,
+		OwnsClient:  true,
+		Meta:        kv,
+		Quorum:      journal.Quorum(base),
+		Settings:    func(name string) shard.Settings { return journalSettings(cfg, name) },
+		RollBytes:   jc.LedgerBytes,
+		RollEntries: jc.LedgerEntries,
+		RollAge:     jc.LedgerAge.Std(),
+		Registerer:  reg,
+		Logger:      log,
+	})
+	if err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("open journal engine: %w", err)
+	}
+	log.Info("journal engine open", "quorum", journal.Quorum(base).String(), "rules", len(cfg.Storage.Rules))
+	return e, nil
+}
+
+// partitionSuffix is the "/<partition>" of a shard name ("<topic>/<p>",
+// topics.ShardName; MQTT's hashed shards are "mqtt/<engine>/<n>").
+var partitionSuffix = regexp.MustCompile(`/[0-9]+$`)
+
+// journalSettings is the replication of a new journal shard: the first
+// [[storage.rules]] entry matching its topic (the shard name without its
+// partition) routes it; if that rule is a journal rule, its
+// ensemble/write_quorum/ack_quorum apply over [storage.journal]'s. The
+// engine records them with the shard, so later config changes do not move
+// an existing shard.
+func journalSettings(cfg *config.Config, name string) shard.Settings {
+	q := cfg.JournalQuorum()
+	topic := partitionSuffix.ReplaceAllString(name, "")
+	for i := range cfg.Storage.Rules {
+		r := &cfg.Storage.Rules[i]
+		if shard.MatchFilter(r.Match, topic) {
+			if r.Engine == journal.Name {
+				q = r.Quorum(q)
+			}
+			break
+		}
+	}
+	return journal.Quorum(q).Settings()
+}
+
+// metaKV is the meta store the broker's engines use: nil when the node
+// runs no meta (then there is no journal engine).
+func (b *broker) metaKV() meta.KV {
+	if b.meta == nil {
+		return nil
+	}
+	return b.meta.kv()
+}
+
+// frontEndShard reports whether a shard belongs to a front-end rather than
+// to a topic of the registry: MQTT hashes its topics onto "mqtt/<engine>/<n>"
+// shards (frontends/mqtt.ShardName), which must survive a restart.
+func frontEndShard(name string) bool { return strings.HasPrefix(name, "mqtt/") }

@@ -299,10 +299,10 @@ func (n *Node) setPhase(p string) {
 // logNotBuilt says which configured parts this build does not run.
 func (n *Node) logNotBuilt() {
 	if n.bookie != nil {
-		n.log.Info("the journal's ledger client is not built yet: this node runs a bookie (journal.v1.Bookie on the inner gRPC server), and topics use the memory and file engines, their shards local to the node a topic was created through",
+		n.log.Info("this node runs a bookie (journal.v1.Bookie on the inner gRPC server); journal topics are replicated over the live bookies meta lists, memory and file topics are local to the node a topic was created through",
 			"cookie_store", n.bookieCookieStore())
 	} else {
-		n.log.Info("journal (replicated ledgers) is not built yet, and [bookie] enabled = false: topics use the memory and file engines, their shards local to the node a topic was created through")
+		n.log.Info("[bookie] enabled = false: journal topics use the other nodes' bookies; memory and file topics are local to the node a topic was created through")
 	}
 	var ls []string
 	for _, l := range n.cfg.Listeners() {

@@ -25,6 +25,7 @@ import (
 	"github.com/quiremq/quire/internal/metrics"
 	"github.com/quiremq/quire/internal/node/adminapi"
 	"github.com/quiremq/quire/internal/vfs"
+	"github.com/quiremq/quire/meta"
 	"github.com/quiremq/quire/shard"
 )
 
@@ -365,7 +366,9 @@ func TestNodeRunCanceledWhileStarting(t *testing.T) {
 // config.Engines must list exactly the engines the node opens.
 func TestEnginesMatchConfig(t *testing.T) {
 	cfg := testConfig(t.TempDir())
-	es, err := openEngines(cfg, vfs.Default, cfg.DataDir, metrics.NewRegistry(), slog.New(slog.DiscardHandler))
+	// The journal engine does no I/O until a shard is used: a meta.KV that
+	// is never called will do.
+	es, err := openEngines(cfg, vfs.Default, cfg.DataDir, metrics.NewRegistry(), slog.New(slog.DiscardHandler), struct{ meta.KV }{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,6 +36,10 @@ type Options struct {
 	// NodeID is this node: a topic whose Node is another node has its
 	// shards there (none here); 0 for a registry of a single node.
 	NodeID uint64
+	// Foreign, when set, names the shards a front-end owns rather than a
+	// topic (MQTT's hashed "mqtt/<engine>/<n>" shards): Open never deletes
+	// them as orphans.
+	Foreign func(shard string) bool
 	// Logger receives warnings about missing and orphaned shards.
 	Logger *slog.Logger
 	// Now is the clock for CreatedAt; default time.Now.
@@ -127,7 +131,7 @@ func (r *Registry) Open(ctx context.Context) error {
 		}
 		var orphans []string
 		for _, n := range names {
-			if !want[n] {
+			if !want[n] && (r.opts.Foreign == nil || !r.opts.Foreign(n)) {
 				orphans = append(orphans, n)
 			}
 		}
