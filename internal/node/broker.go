@@ -168,8 +168,12 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}
+	authn, acl, err := mqttAuth(&b.cfg.MQTT, b.reg)
+	if err != nil {
+		return errors.Join(err, db.Close())
+	}
 	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0), Store: db, Retained: retained,
-		Registerer: b.reg, Logger: log})
+		Auth: authn, ACL: acl, Registerer: b.reg, Logger: log})
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}
