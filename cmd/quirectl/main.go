@@ -2,12 +2,14 @@
 //
 //	quirectl [--server HOST:PORT] [--json] cluster status
 //	quirectl topic list | describe NAME | create NAME [--engine E] [--partitions N] | delete NAME
+//	quirectl passwd NAME < password
 //
 // This package is flags and output formatting only; the API client is
 // internal/node/adminapi.
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +21,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/quiremq/quire/frontends/auth"
 	"github.com/quiremq/quire/internal/node/adminapi"
 	"github.com/quiremq/quire/internal/version"
 )
@@ -46,6 +49,9 @@ Commands:
                                   create a topic; without --engine the node's storage
                                   rules pick it (default_engine, [[storage.rules]])
   topic delete NAME               delete a topic and all of its data
+  passwd NAME                     read a password from stdin and print the [[mqtt.users]]
+                                  entry (bcrypt hash) for NAME to paste into the config;
+                                  works offline, no server needed
   version                         print quirectl's version
 
 Global flags (accepted before or after the command):
@@ -65,6 +71,7 @@ Examples:
   quirectl topic create sensors/temp --engine memory
   quirectl topic list --json
   quirectl --server 10.0.0.5:58080 topic delete orders
+  echo 'wonderland' | quirectl passwd alice >> quire.toml
 `
 
 // globals are accepted by every command.
@@ -89,6 +96,9 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.BoolVar(&g.json, "json", g.json, "print the server's JSON answer instead of a table")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "give up on the server after `DURATION`")
 }
+
+// stdin is where passwd reads the password (a variable for tests).
+var stdin io.Reader = os.Stdin
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -131,6 +141,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return c.topicDelete(rest[2:])
 	}
 	switch rest[0] {
+	case "passwd":
+		return c.passwd(rest[1:], stdin)
 	case "version":
 		fmt.Fprintf(stdout, "quirectl %s\n", version.Get())
 		return exitOK
@@ -141,6 +153,31 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return c.fail(usageError{fmt.Sprintf("%s: missing or unknown subcommand %q", rest[0], strings.Join(rest[1:], " "))}, help)
 	}
 	return c.fail(usageError{fmt.Sprintf("unknown command %q", rest[0])}, help)
+}
+
+// passwd prints a [[mqtt.users]] entry for the user named in args, with
+// the bcrypt hash of the first line read from in.
+func (c *cli) passwd(args []string, in io.Reader) int {
+	help := func(w io.Writer) { fmt.Fprint(w, "Usage: quirectl passwd NAME  (the password is read from stdin)\n") }
+	if len(args) != 1 || args[0] == "" || strings.HasPrefix(args[0], "-") {
+		return c.fail(usageError{"passwd: want exactly one user NAME"}, help)
+	}
+	line, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		fmt.Fprintf(c.stderr, "quirectl passwd: reading the password: %v\n", err)
+		return exitFailed
+	}
+	pw := strings.TrimRight(line, "\r\n")
+	if pw == "" {
+		return c.fail(usageError{"passwd: empty password on stdin"}, help)
+	}
+	h, err := auth.HashPassword([]byte(pw))
+	if err != nil {
+		fmt.Fprintf(c.stderr, "quirectl passwd: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(c.stdout, "[[mqtt.users]]\nname = %q\npassword_hash = %q\n", args[0], h)
+	return exitOK
 }
 
 func firstN(s []string, n int) []string {
