@@ -17,6 +17,7 @@ import (
 )
 
 func TestConformanceMem(t *testing.T) {
+	t.Parallel()
 	shardtest.Run(t, shardtest.Config{
 		New:     func(t *testing.T) shardtest.Opener { return opener(objstore.NewMem(), newMeta(t), nil) },
 		Durable: true,
@@ -26,6 +27,7 @@ func TestConformanceMem(t *testing.T) {
 // TestConformanceBatched waits for appends to share objects (the default
 // policy), with small objects so that reads cross many of them.
 func TestConformanceBatched(t *testing.T) {
+	t.Parallel()
 	shardtest.Run(t, shardtest.Config{
 		New: func(t *testing.T) shardtest.Opener {
 			return opener(objstore.NewMem(), newMeta(t), func(o *s3.Options) {
@@ -37,6 +39,7 @@ func TestConformanceBatched(t *testing.T) {
 }
 
 func TestConformanceDir(t *testing.T) {
+	t.Parallel()
 	shardtest.Run(t, shardtest.Config{
 		New: func(t *testing.T) shardtest.Opener {
 			st, err := objstore.OpenDir(objstore.DirOptions{Dir: t.TempDir()})
@@ -50,6 +53,7 @@ func TestConformanceDir(t *testing.T) {
 }
 
 func TestMinIO(t *testing.T) {
+	t.Parallel()
 	srv := s3test.StartMinIO(t)
 	t.Run("Conformance", func(t *testing.T) {
 		shardtest.Run(t, shardtest.Config{
@@ -113,6 +117,7 @@ func testEndpoint(t *testing.T, srv *s3test.Server) {
 }
 
 func TestVersityGW(t *testing.T) {
+	t.Parallel()
 	srv := s3test.StartVersityGW(t)
 	t.Run("Conformance", func(t *testing.T) {
 		shardtest.Run(t, shardtest.Config{

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -188,15 +189,29 @@ func (e *Engine) load(ctx context.Context, name string) (*Shard, error) {
 		objs = append(objs, o)
 	}
 	s := e.newShard(rec, kv.Version, objs)
-	for _, o := range stale {
-		s.deleteObject(ctx, o, "trim")
-	}
-	e.removeOrphans(ctx, s, append(objs, stale...))
+	// Cleanup runs in the background, holding the shard's write lock: no
+	// object is being written meanwhile, so every object the index does
+	// not name is garbage. Readers need not wait for it.
+	// The lock is taken here so that the first append waits for it.
+	s.writeMu.Lock()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer s.writeMu.Unlock()
+		for _, o := range stale {
+			s.deleteObject(e.ctx, o, "trim")
+		}
+		s.mu.Lock()
+		known := append(slices.Clone(s.objs), stale...)
+		s.mu.Unlock()
+		e.removeOrphans(e.ctx, s, known)
+	}()
 	return s, nil
 }
 
 // removeOrphans deletes the shard's objects that no index entry names: the
-// object of an append whose index commit failed, or was never made.
+// object of an append whose index commit failed, or was never made (a crash
+// between the PUT and the commit). The caller holds s.writeMu.
 func (e *Engine) removeOrphans(ctx context.Context, s *Shard, known []objectRecord) {
 	octx, cancel := e.opCtx(ctx)
 	defer cancel()
