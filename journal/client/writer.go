@@ -174,7 +174,12 @@ func (w *LedgerWriter) Close(ctx context.Context) error {
 	case err := <-reply:
 		return err
 	case <-w.exited:
-		return w.exitErr()
+		select {
+		case err := <-reply: // answered, then the loop ended: select may pick either
+			return err
+		default:
+			return w.exitErr()
+		}
 	case <-ctx.Done():
 		return ctx.Err()
 	}
