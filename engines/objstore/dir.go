@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,13 +38,7 @@ type Dir struct {
 
 var _ Store = (*Dir)(nil)
 
-const (
-	tmpDirName = ".tmp"
-	dirSuffix  = ".d"
-	objSuffix  = ".o"
-	// maxPartLen bounds one escaped key part with its suffix (a file name).
-	maxPartLen = 250
-)
+const tmpDirName = ".tmp"
 
 // OpenDir opens (creating if needed) a directory store and removes the
 // temporary files of puts that a crash interrupted.
@@ -80,59 +73,15 @@ func OpenDir(opts DirOptions) (*Dir, error) {
 	return d, vfs.SyncDir(fs, opts.Dir)
 }
 
-// escapePart escapes one "/"-separated part of a key.
-func escapePart(p string) string {
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' {
-			b.WriteByte(c)
-		} else {
-			fmt.Fprintf(&b, "%%%02X", c)
-		}
-	}
-	return b.String()
-}
-
-// unescapePart reverses escapePart; ok is false for a name escapePart
-// cannot produce.
-func unescapePart(s string) (string, bool) {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '%' {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", false
-		}
-		var c byte
-		if _, err := fmt.Sscanf(s[i+1:i+3], "%02X", &c); err != nil {
-			return "", false
-		}
-		b.WriteByte(c)
-		i += 2
-	}
-	return b.String(), true
-}
-
 // path returns the directories (outermost first) and the file of key.
 func (d *Dir) path(key string) (dirs []string, file string, err error) {
-	if err := ValidateKey(key); err != nil {
+	parts, err := KeyPath(key)
+	if err != nil {
 		return nil, "", err
 	}
-	parts := strings.Split(key, "/")
 	cur := d.root
 	for i, p := range parts {
-		suffix := dirSuffix
-		if i == len(parts)-1 {
-			suffix = objSuffix
-		}
-		name := escapePart(p) + suffix
-		if len(name) > maxPartLen {
-			return nil, "", fmt.Errorf("%w: part %q of %q is too long for a file name once escaped", ErrInvalidKey, p, key)
-		}
-		cur = d.fs.PathJoin(cur, name)
+		cur = d.fs.PathJoin(cur, p)
 		if i < len(parts)-1 {
 			dirs = append(dirs, cur)
 		}
@@ -241,7 +190,7 @@ func (d *Dir) Get(ctx context.Context, key string, off, n int64) ([]byte, error)
 	if err != nil {
 		return nil, fmt.Errorf("objstore: get %q: %w", key, err)
 	}
-	end, err := checkRange(key, off, n, st.Size())
+	end, err := CheckRange(key, off, n, st.Size())
 	if err != nil {
 		return nil, err
 	}
@@ -254,66 +203,33 @@ func (d *Dir) Get(ctx context.Context, key string, off, n int64) ([]byte, error)
 
 // List walks the directories that can hold keys under prefix.
 func (d *Dir) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	dir, keyDir, partial := d.root, "", prefix
-	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
-		for _, p := range strings.Split(prefix[:i], "/") {
-			dir = d.fs.PathJoin(dir, escapePart(p)+dirSuffix)
+	out, err := ListTree(ctx, prefix, d.root, d.fs.PathJoin, func(dir string) ([]TreeEntry, error) {
+		names, err := d.fs.List(dir)
+		if vfs.IsNotExist(err) {
+			return nil, nil
+		} else if err != nil {
+			return nil, err
 		}
-		keyDir, partial = prefix[:i+1], prefix[i+1:]
-	}
-	var out []ObjectInfo
-	if err := d.walk(ctx, dir, keyDir, partial, &out); err != nil {
+		entries := make([]TreeEntry, 0, len(names))
+		for _, n := range names {
+			e := TreeEntry{Name: n}
+			if strings.HasSuffix(n, objSuffix) {
+				st, err := d.fs.Stat(d.fs.PathJoin(dir, n))
+				if vfs.IsNotExist(err) {
+					continue // deleted while listing
+				} else if err != nil {
+					return nil, err
+				}
+				e.Size, e.ModTime = st.Size(), st.ModTime()
+			}
+			entries = append(entries, e)
+		}
+		return entries, nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("objstore: list %q: %w", prefix, err)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out, nil
-}
-
-// walk adds the objects of dir (whose keys start with keyDir) whose next
-// key part starts with partial, recursively.
-func (d *Dir) walk(ctx context.Context, dir, keyDir, partial string, out *[]ObjectInfo) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	names, err := d.fs.List(dir)
-	if vfs.IsNotExist(err) {
-		return nil
-	} else if err != nil {
-		return err
-	}
-	for _, n := range names {
-		var suffix string
-		switch {
-		case strings.HasSuffix(n, objSuffix):
-			suffix = objSuffix
-		case strings.HasSuffix(n, dirSuffix):
-			suffix = dirSuffix
-		default:
-			continue // .tmp and foreign files
-		}
-		part, ok := unescapePart(strings.TrimSuffix(n, suffix))
-		if !ok || !strings.HasPrefix(part, partial) {
-			continue
-		}
-		full := d.fs.PathJoin(dir, n)
-		if suffix == dirSuffix {
-			if err := d.walk(ctx, full, keyDir+part+"/", "", out); err != nil {
-				return err
-			}
-			continue
-		}
-		st, err := d.fs.Stat(full)
-		if vfs.IsNotExist(err) {
-			continue // deleted while listing
-		} else if err != nil {
-			return err
-		}
-		*out = append(*out, ObjectInfo{Key: keyDir + part, Size: st.Size(), ModTime: st.ModTime()})
-	}
-	return nil
 }
 
 // Delete removes the object and the directories it leaves empty.

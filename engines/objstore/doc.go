@@ -24,7 +24,8 @@
 // called and not deleted since are in it (S3 and MinIO list with
 // read-after-write consistency).
 //
-// The directory implementation maps key "a/b" to <Dir>/a.d/b.o: every "/"
+// The directory implementation (and engines/hdfs, through KeyPath and
+// ListTree) maps key "a/b" to <Dir>/a.d/b.o: every "/"
 // separated part but the last is a directory with suffix ".d", the last a
 // file with suffix ".o", and every byte outside [A-Za-z0-9_-] is escaped as
 // %XX, so no key can name a directory, escape Dir, or collide with the

@@ -59,7 +59,7 @@ func (m *Mem) Get(ctx context.Context, key string, off, n int64) ([]byte, error)
 	if !ok {
 		return nil, &NotFoundError{Key: key}
 	}
-	end, err := checkRange(key, off, n, int64(len(o.data)))
+	end, err := CheckRange(key, off, n, int64(len(o.data)))
 	if err != nil {
 		return nil, err
 	}

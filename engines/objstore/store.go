@@ -77,9 +77,10 @@ func (e *NotFoundError) Error() string { return fmt.Sprintf("objstore: object %q
 // Unwrap makes errors.Is(err, ErrNotFound) true.
 func (e *NotFoundError) Unwrap() error { return ErrNotFound }
 
-// checkRange validates a Get range against an object of the given size and
-// returns the end (exclusive) of the bytes to return.
-func checkRange(key string, off, n, size int64) (end int64, err error) {
+// CheckRange validates a Get range against an object of the given size and
+// returns the end (exclusive) of the bytes to return, for implementations
+// that read a range of a file.
+func CheckRange(key string, off, n, size int64) (end int64, err error) {
 	if off < 0 || off > size || (off == size && !(off == 0 && n < 0)) {
 		if n == 0 && off >= 0 && off <= size {
 			return off, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"sort"
@@ -66,8 +67,8 @@ func Open(ctx context.Context, opts Options) (*Engine, error) {
 	return e, nil
 }
 
-// Name returns "s3".
-func (e *Engine) Name() string { return "s3" }
+// Name returns Options.Name ("s3" unless set).
+func (e *Engine) Name() string { return e.opts.Name }
 
 // lockName serialises create, open and delete of one name.
 func (e *Engine) lockName(name string) (func(), error) {
@@ -348,6 +349,9 @@ func (e *Engine) Close() error {
 	e.m.openShards.Sub(float64(len(shards)))
 	e.cancel()
 	e.wg.Wait()
+	if c, ok := e.store.(io.Closer); ok && e.opts.CloseStore {
+		return c.Close()
+	}
 	return nil
 }
 

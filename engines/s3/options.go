@@ -29,9 +29,15 @@ const (
 // Quire's configuration, one to one: endpoint, bucket, region, access_key,
 // secret_key, path_style, tls, prefix, flush_interval, flush_bytes.
 type Options struct {
+	// Name is the engine's name in configuration; default "s3" (engines/hdfs
+	// runs this engine as "hdfs").
+	Name string
 	// Store holds the objects. When nil, the engine connects to S3 with the
 	// fields below (tests and other backends pass a store).
 	Store objstore.Store
+	// CloseStore makes Close also close Store when it is an io.Closer (for
+	// callers that hand the store over, as engines/hdfs does).
+	CloseStore bool
 
 	// Endpoint ("host:port" or "http(s)://host:port"), Bucket, Region,
 	// AccessKey, SecretKey, PathStyle and TLS are passed to s3store.Options
@@ -91,6 +97,9 @@ type Options struct {
 
 // EnsureDefaults fills zero fields with their defaults.
 func (o *Options) EnsureDefaults() {
+	if o.Name == "" {
+		o.Name = "s3"
+	}
 	if o.MetaPrefix == "" {
 		o.MetaPrefix = DefaultMetaPrefix
 	}
