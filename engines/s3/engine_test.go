@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/quiremq/quire/engines/objstore"
 	"github.com/quiremq/quire/engines/s3"
 	"github.com/quiremq/quire/meta"
@@ -43,8 +45,16 @@ func (f *faultyStore) Delete(ctx context.Context, key string) error {
 // faultyKV fails or delays the Puts of index entries.
 type faultyKV struct {
 	meta.KV
-	mode atomic.Int32 // one of the kv* constants
-	gate chan struct{}
+	mode        atomic.Int32 // one of the kv* constants
+	gate        chan struct{}
+	failDeletes atomic.Bool // of index entries
+}
+
+func (f *faultyKV) Delete(ctx context.Context, key string, opts ...meta.WriteOption) (uint64, error) {
+	if isIndexKey(key) && f.failDeletes.Load() {
+		return 0, meta.ErrNotLeader
+	}
+	return f.KV.Delete(ctx, key, opts...)
 }
 
 const (
@@ -475,4 +485,84 @@ func TestOptionsValidate(t *testing.T) {
 			t.Errorf("Open(%+v) = %v, want an error containing %q", c.opts, err, c.want)
 		}
 	}
+}
+
+// TestInterruptedTrim: a trim whose index-entry deletes failed (as if the
+// node had crashed after moving low) leaves entries and objects below low;
+// reopening deletes them and the records at and above low stay readable.
+func TestInterruptedTrim(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	e := v.open()
+	s, _ := e.Create(ctx, "it")
+	for range 5 {
+		mustAppend(t, s, recs(10, 10, "r"))
+	}
+	v.kv.failDeletes.Store(true)
+	if err := s.Trim(ctx, 25); err != nil {
+		t.Fatal(err)
+	}
+	v.kv.failDeletes.Store(false)
+	if n, m := len(v.objects()), v.indexEntries(); n != 5 || m != 5 {
+		t.Fatalf("after a trim whose deletes failed: %d objects, %d entries; want 5, 5", n, m)
+	}
+	e.Close()
+	s2, err := v.open().Open(ctx, "it")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if low, high := s2.Watermarks(); low != 25 || high != 50 {
+		t.Fatalf("watermarks after reopen = %d, %d; want 25, 50", low, high)
+	}
+	mustAppend(t, s2, recs(1, 10, "after")) // waits for the cleanup
+	if n, m := len(v.objects()), v.indexEntries(); n != 4 || m != 4 {
+		t.Fatalf("after reopen: %d objects, %d entries; want 4, 4", n, m)
+	}
+	if got := readKeys(t, s2); len(got) != 26 {
+		t.Fatalf("read %d records from low, want 26", len(got))
+	}
+}
+
+// TestMetrics: the engine counts appends, objects and deletions.
+func TestMetrics(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	v := newEnv(t, func(o *s3.Options) { o.Registerer = reg })
+	s, _ := v.open().Create(ctx, "m")
+	for range 3 {
+		mustAppend(t, s, recs(2, 10, "x"))
+	}
+	if err := s.Trim(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]float64{
+		"quire_s3_appends_total": 3, "quire_s3_appended_records_total": 6, "quire_s3_appended_bytes_total": 66,
+		"quire_s3_objects_written_total": 3, "quire_s3_open_shards": 1,
+	} {
+		if got := gather(t, reg, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if got := gather(t, reg, "quire_s3_objects_deleted_total"); got != 1 {
+		t.Errorf("quire_s3_objects_deleted_total = %v, want 1", got)
+	}
+}
+
+// gather sums the samples of a counter or gauge family.
+func gather(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
 }
