@@ -75,17 +75,20 @@
 //     frontier, the offset below which every message has been handed to
 //     the sessions). A session with nothing owed in a shard has no cursor
 //     there and uses the shard's global cursor. Every CursorInterval
-//     (100 ms) one unsynced batch writes the global cursors (the
-//     frontiers) and the cursors of the sessions whose owed set changed.
-//     A QoS 1 PUBLISH therefore waits for the engine's fsync only; no
-//     per-message store write, no Raft round trip.
+//     (100 ms), if anything changed, a background loop writes one batch
+//     with the global cursors (the frontiers) and the cursors of the
+//     sessions whose owed set changed, and syncs it (one fsync per
+//     interval at most: Pebble buffers unsynced log records in the
+//     process, where kill -9 would lose them). A QoS 1 PUBLISH therefore
+//     waits for the engine's fsync only; no per-message store write, no
+//     Raft round trip.
 //   - At Start every stored session is rebuilt offline: subscriptions go
 //     back into the tree, then each shard is read once from the lowest
 //     cursor to its high watermark and each message is queued for every
 //     session whose cursor it is at or above and whose non-shared
 //     subscriptions match (QoS 0 is not queued for offline sessions, as
 //     ever). Per-topic order holds (a topic lives in one shard). A crash
-//     that lost the last cursor batch means replaying from older cursors:
+//     before the last cursor batch means replaying from older cursors:
 //     QoS 1 messages already acknowledged by the subscriber come again
 //     (at least once, the contract), none acknowledged to a publisher is
 //     lost on an engine that made it durable before the PUBACK.
@@ -98,7 +101,7 @@
 //     cursor skips it. A resumed session gets its QoS 2 messages back in
 //     send order with their packet ids: PUBLISH with DUP, or PUBREL.
 //   - Retained messages: store.Retained keeps them in the same store,
-//     unsynced, and the restore replays retained PUBLISHes from the global
+//     unsynced (the next cursor batch syncs them), and the restore replays retained PUBLISHes from the global
 //     cursors on, so a retained message acknowledged before a crash is
 //     retained after it. They are local to the node in this slice (the
 //     issue's cluster design keeps a pointer in meta).

@@ -40,7 +40,8 @@ type Options struct {
 	// The caller opens and closes it (after Stop).
 	Store *store.Store
 	// CursorInterval is how often the positions owed to stored sessions
-	// are written (without fsync). Default 100 ms.
+	// are written, in one batch synced by a background loop (not on the
+	// publish path), when they changed. Default 100 ms.
 	CursorInterval time.Duration
 	// Registerer receives the quire_mqtt_* metrics; nil registers nothing.
 	Registerer prometheus.Registerer

@@ -162,7 +162,11 @@ func TestPaho311Will(t *testing.T) {
 	}
 	time.Sleep(100 * time.Millisecond)
 	if got.count() != 1 {
-		t.Fatalf("%d messages: the polite client's will was published", got.count())
+		var ms []string
+		for _, m := range got.wait(t, 0) {
+			ms = append(ms, m.Topic()+"="+string(m.Payload()))
+		}
+		t.Fatalf("%d messages %q: the polite client's will was published", got.count(), ms)
 	}
 }
 

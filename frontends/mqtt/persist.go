@@ -97,10 +97,11 @@ func (s *Server) flushLoop(stop <-chan struct{}, done chan<- struct{}) {
 	}
 }
 
-// flushCursors writes, in one batch without fsync, the cursors of every
-// stored session whose owed positions changed, and the global cursors
-// (the frontiers, read first: a message below a frontier was handed to its
-// sessions before, so it is owed in what is read next).
+// flushCursors writes, in one batch, the cursors of every stored session
+// whose owed positions changed, and the global cursors (the frontiers,
+// read first: a message below a frontier was handed to its sessions
+// before, so it is owed in what is read next). Nothing is written when
+// nothing changed.
 func (s *Server) flushCursors() {
 	f := s.rs.Frontiers()
 	s.mu.Lock()
@@ -111,6 +112,9 @@ func (s *Server) flushCursors() {
 		}
 	}
 	s.mu.Unlock()
+	if len(dirty) == 0 && maps.Equal(f, s.flushed) {
+		return
+	}
 	c := &store.Cursors{Clients: make(map[string]map[string]uint64, len(dirty)), Known: slices.Collect(maps.Keys(f)), Global: f}
 	for _, sess := range dirty {
 		c.Clients[sess.id] = sess.cursors(f, false)
@@ -121,7 +125,9 @@ func (s *Server) flushCursors() {
 		for _, sess := range dirty {
 			sess.dirty.Store(true)
 		}
+		return
 	}
+	s.flushed = f
 }
 
 // restored is a session read back at Start.

@@ -36,6 +36,7 @@ type Server struct {
 	rs        ReplayStorage // Options.Storage, when sessions are stored
 	stopFlush chan struct{}
 	flushDone chan struct{}
+	flushed   map[string]uint64 // global cursors last written (flushCursors' goroutine)
 }
 
 // NewServer checks opts and returns a stopped Server.

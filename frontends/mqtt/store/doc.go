@@ -35,9 +35,13 @@
 // Writes that a client acts on are synced before the packet that tells it:
 // a session and its subscriptions (before CONNACK and SUBACK), 'o' (before
 // the PUBLISH or PUBREL it describes), 'i' (before PUBREC) and its delete
-// (before PUBCOMP), a pending will. Cursors, done markers and retained
-// messages are written without fsync, in batches: a crash may lose them,
-// and the broker then replays from the shards, which only redelivers (QoS
-// 1 is at least once). Pebble's write-ahead log keeps writes in commit
-// order, so a surviving write implies every earlier one survived.
+// (before PUBCOMP), a pending will. Done markers and retained messages are
+// written without fsync; cursors in one batch per interval from a
+// background loop, synced there (Pebble keeps unsynced log records in a
+// buffer of the process until a 32 KiB block fills, so unsynced writes do
+// not survive even kill -9). A crash may lose what came after the last
+// sync, and the broker then replays from the shards, which only
+// redelivers (QoS 1 is at least once). Pebble's write-ahead log keeps
+// writes in commit order, so a surviving write implies every earlier one
+// survived.
 package store
