@@ -1,0 +1,250 @@
+package faulttest
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// faultKind is one kind of fault the schedule injects.
+type faultKind int
+
+const (
+	faultKill9     faultKind = iota // kill -9 a bookie; restart it on the same data dir
+	faultStop                       // SIGSTOP a bookie (hung); SIGCONT
+	faultBlackhole                  // drop everything between the writer and a bookie; heal
+	faultReset                      // refuse/reset the writer's connections to a bookie; heal
+	faultWriter                     // kill -9 the writer; a new writer takes the log over
+	numFaultKinds
+)
+
+func (k faultKind) String() string {
+	return [...]string{"kill -9 bookie", "SIGSTOP bookie", "blackhole writer↔bookie", "reset writer↔bookie", "kill -9 writer"}[k]
+}
+
+// fault is one planned fault: at at (from the start of the run) on
+// bookie (not for faultWriter), lasting dur.
+type fault struct {
+	at     time.Duration
+	kind   faultKind
+	bookie int
+	dur    time.Duration
+}
+
+func (f fault) String() string {
+	if f.kind == faultWriter {
+		return fmt.Sprintf("+%v %v", f.at.Round(time.Millisecond), f.kind)
+	}
+	return fmt.Sprintf("+%v %v b%d for %v", f.at.Round(time.Millisecond), f.kind, f.bookie, f.dur.Round(time.Millisecond))
+}
+
+// plan draws a fault schedule from seed for length: one fault every
+// 0.4–1.2 s, each bookie fault lasting 0.5–2.5 s, at most maxDown bookies
+// faulty at once (a restarted bookie counts 2 s longer: it takes time to
+// start). The first numFaultKinds faults are every kind once, in a random
+// order. The schedule depends on the seed only.
+func plan(seed uint64, nBookies, maxDown int, length time.Duration) []fault {
+	rng := rand.New(rand.NewPCG(seed, 0x5EED))
+	kinds := rng.Perm(int(numFaultKinds))
+	busyUntil := make([]time.Duration, nBookies)
+	var out []fault
+	at := time.Second
+	for i := 0; at < length; i++ {
+		kind := faultKind(rng.IntN(int(numFaultKinds)))
+		if i < len(kinds) {
+			kind = faultKind(kinds[i])
+		}
+		f := fault{at: at, kind: kind, bookie: -1}
+		if kind != faultWriter {
+			var free []int
+			down := 0
+			for b, until := range busyUntil {
+				if until > at {
+					down++
+				} else {
+					free = append(free, b)
+				}
+			}
+			if down >= maxDown || len(free) == 0 {
+				f.kind = faultWriter
+			} else {
+				f.bookie = free[rng.IntN(len(free))]
+				f.dur = time.Duration(500+rng.IntN(2000)) * time.Millisecond
+				busyUntil[f.bookie] = at + f.dur
+				if kind == faultKill9 {
+					busyUntil[f.bookie] += 2 * time.Second
+				}
+			}
+		}
+		out = append(out, f)
+		at += time.Duration(400+rng.IntN(800)) * time.Millisecond
+	}
+	return out
+}
+
+// runSchedule injects the faults of sched into r as it runs, each heal at
+// its time (restarts in the background: a restarted bookie is only
+// faulted again once it serves), and heals everything at the end.
+func (r *rig) runSchedule(sched []fault) {
+	t := r.t
+	start := time.Now()
+	type heal struct {
+		at time.Duration
+		fn func()
+	}
+	var heals []heal
+	var restarts sync.WaitGroup
+	restarting := make([]chan struct{}, len(r.bookies))
+	runHeals := func(upTo time.Duration) {
+		slices.SortStableFunc(heals, func(a, b heal) int { return int(a.at - b.at) })
+		for len(heals) > 0 && heals[0].at <= upTo {
+			heals[0].fn()
+			heals = heals[1:]
+		}
+	}
+	sleepUntil := func(at time.Duration) {
+		for {
+			runHeals(time.Since(start))
+			d := at - time.Since(start)
+			if d <= 0 {
+				return
+			}
+			time.Sleep(min(d, 20*time.Millisecond))
+		}
+	}
+	for _, f := range sched {
+		sleepUntil(f.at)
+		t.Logf("fault %v (late by %v)", f, (time.Since(start) - f.at).Round(time.Millisecond))
+		if f.kind == faultWriter {
+			r.writer.kill9()
+			r.startWriter()
+			continue
+		}
+		b := r.bookies[f.bookie]
+		if ch := restarting[f.bookie]; ch != nil {
+			<-ch
+		}
+		end := f.at + f.dur
+		switch f.kind {
+		case faultKill9:
+			b.kill9()
+			ch := make(chan struct{})
+			restarting[f.bookie] = ch
+			heals = append(heals, heal{end, func() {
+				restarts.Go(func() {
+					defer close(ch)
+					b.restart()
+				})
+			}})
+		case faultStop:
+			b.stop()
+			heals = append(heals, heal{end, b.cont})
+		case faultBlackhole, faultReset:
+			m := proxyBlackhole
+			if f.kind == faultReset {
+				m = proxyReset
+			}
+			b.proxy.set(m)
+			heals = append(heals, heal{end, func() { b.proxy.set(proxyPass) }})
+		}
+	}
+	runHeals(1 << 62)
+	restarts.Wait()
+}
+
+// The fault tests of DESIGN.md, "Journal": 5 `quire bookie` processes
+// and a writer process appending to a log (E=3 Qw=2 Qa=2, rollover every
+// 300 entries) while a seeded schedule kills -9, SIGSTOPs and partitions
+// (blackhole and reset, through a proxy per bookie) random bookies and
+// kills -9 the writer, whose successor takes the log over (fence and
+// recover the last ledgers, append a new one). After the schedule, with
+// every fault healed, writes must go on; then the history is checked
+// against the log read back (checker.check: nothing acknowledged lost or
+// changed, closed last entry ≥ every acknowledgement, read order = write
+// order, one value per offset, every non-empty ledger in the log).
+func TestFaults(t *testing.T) {
+	length := 8 * time.Second
+	if on, d := soak(t); on {
+		length = d
+	}
+	s := seed(t)
+	sched := plan(s, 5, 2, length)
+	r := newRig(t, 5, writerConfig{Shard: "faults/0", E: 3, Qw: 2, Qa: 2, RollEntries: 300,
+		Rate: 500, Inflight: 256, AddTimeout: 1500 * time.Millisecond, ReqTimeout: 1500 * time.Millisecond})
+	r.startWriter()
+	r.waitAcks(100, 60*time.Second)
+	r.phase("writing; faults start")
+	r.runSchedule(sched)
+	r.phase("every fault healed")
+	// Everything healed: writes go on.
+	r.waitAcks(200, 60*time.Second)
+	r.finish()
+	_, acked, _ := r.h.counts()
+	if acked < 500 {
+		t.Errorf("only %d appends acknowledged", acked)
+	}
+}
+
+// The target of issue 5: four bookies, E=3 Qw=2 Qa=2, kill -9 one of the
+// ledger's ensemble mid-run: writes continue after an ensemble change
+// and nothing acknowledged is lost. The stall is the time from the kill
+// to the first acknowledgement of an append invoked after it (every such
+// append waits for the entries sent to the dead bookie, which need the
+// ensemble change); the longest gap between acknowledgements around the
+// kill is logged too. The bound is generous (the race detector, a busy
+// machine); the real numbers are in the log.
+func TestKillOneOfFour(t *testing.T) {
+	rounds := 1
+	if on, _ := soak(t); on {
+		rounds = 10
+	}
+	s := seed(t)
+	rng := rand.New(rand.NewPCG(s, 4))
+	r := newRig(t, 4, writerConfig{Shard: "kill/0", E: 3, Qw: 2, Qa: 2,
+		Rate: 500, Inflight: 256, AddTimeout: 2 * time.Second, ReqTimeout: 2 * time.Second})
+	r.startWriter()
+	for round := range rounds {
+		r.waitAcks(300, 60*time.Second)
+		_, last := r.h.lastAck()
+		md, err := r.cl.Metadata(context.Background(), last.ledger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ens := md.Fragments[len(md.Fragments)-1].Bookies
+		victim := string(ens[rng.IntN(len(ens))])
+		var b *bookieProc
+		for _, x := range r.bookies {
+			if x.addr == victim {
+				b = x
+			}
+		}
+		at := time.Now()
+		b.kill9()
+		r.waitAcks(300, 30*time.Second)
+		first, gap := r.h.stall(at, 2*time.Second)
+		t.Logf("round %d: killed %s of ledger %d's ensemble %v: first ack of an append invoked after the kill %v later; longest gap between acks %v",
+			round, b.name, md.ID, ens, first.Round(time.Millisecond), gap.Round(time.Millisecond))
+		if first < 0 || first > 5*time.Second || gap > 5*time.Second {
+			t.Errorf("write stall after the kill: first ack %v, gap %v; want < 5s", first, gap)
+		}
+		md, err = r.cl.Metadata(context.Background(), last.ledger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := md.Fragments[len(md.Fragments)-1].Bookies
+		if slices.Contains(now, ens[0]) && slices.Contains(now, ens[1]) && slices.Contains(now, ens[2]) {
+			t.Errorf("ledger %d: no ensemble change after killing %s: %v", md.ID, b.name, md)
+		}
+		if round < rounds-1 {
+			b.restart() // it rejoins as a replacement candidate
+		}
+	}
+	r.finish()
+	// The checker would have caught a violation.
+	r.mutants(t)
+	r.phase("checker mutants caught")
+}
