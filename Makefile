@@ -6,6 +6,8 @@
 #   make bench   run every benchmark (BENCHTIME, default 1s)
 #   make lint    gofmt, go vet, staticcheck
 #   make generate  regenerate protobuf code (Debian protoc + pinned go tool plugins)
+#   make images  Docker images quire:local and quire-minio:local, FROM scratch
+#   make test-compose  MinIO + a three-node cluster in docker-compose, end to end
 
 GO        ?= go
 BIN       := bin
@@ -19,7 +21,7 @@ BENCHTIME ?= 1s
 STATICCHECK_VERSION := v0.8.2
 
 
-.PHONY: all deps build run test race fuzz bench lint clean generate check-generate
+.PHONY: all deps build run test race fuzz bench lint clean generate check-generate images test-compose s3-servers
 
 all: build
 
@@ -32,12 +34,12 @@ build: deps
 run: build
 	./$(BIN)/quire start
 
-test: deps check-generate
+test: deps check-generate s3-servers
 	tools/install-deb.sh mosquitto_pub mosquitto-clients
 	$(GO) vet ./...
 	$(GO) test -race -timeout 20m $(TESTFLAGS) ./...
 
-race: deps
+race: deps s3-servers
 	tools/install-deb.sh mosquitto_pub mosquitto-clients
 	$(GO) test -race -timeout 30m $(TESTFLAGS) ./...
 
@@ -60,6 +62,21 @@ generate: deps
 
 check-generate: deps
 	tools/genproto.sh --check
+
+s3-servers:
+	tools/install-s3-servers.sh
+
+# Quire's image from static binaries built here; MinIO's from the binary
+# tools/install-s3-servers.sh builds (no registry can be reached).
+images: s3-servers
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(CACHE)/image/ ./cmd/quire ./cmd/quirectl
+	docker build -q -t quire:local -f deploy/Dockerfile $(CACHE)/image
+	mkdir -p $(CACHE)/minio-image && cp $(CACHE)/bin/minio $(CACHE)/minio-image/
+	docker build -q -t quire-minio:local -f deploy/Dockerfile.minio $(CACHE)/minio-image
+
+# The same test also runs in `make test`.
+test-compose: deps s3-servers
+	$(GO) test -count=1 -run TestCompose -v -timeout 15m ./deploy/
 
 clean:
 	rm -rf $(BIN) $(CACHE)
