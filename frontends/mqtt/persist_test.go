@@ -631,3 +631,79 @@ func TestCursorsSurviveProcessCrash(t *testing.T) {
 		t.Fatalf("after the crash the subscriber got %s %+v, want nothing redelivered (global cursors %v)", p.Type(), p, g)
 	}
 }
+
+// Retained messages survive a graceful restart in store.Retained, with
+// MQTT 5 retain handling intact (MQTT 5.0 §3.3.1.3, §3.8.3.1): a cleared
+// topic stays cleared, Retain Handling 0 sends the retained message on
+// every subscribe, 1 only when the subscription is new (a stored
+// subscription restored at Start is not new), 2 never; Retain As
+// Published keeps the flag on live forwarding.
+func TestRetainedSurvivesRestart(t *testing.T) {
+	n := memNode()
+	b := n.start(t, true, nil)
+	pub := connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+	publish5(t, pub, "cfg/a", 1, true, "A")
+	publish5(t, pub, "cfg/b", 1, true, "B")
+	publish5(t, pub, "cfg/b", 1, true, "") // clears cfg/b
+	publish5(t, pub, "cfg/c", 0, true, "C0")
+	keeper := persistent5(t, b.tcp, "keeper")
+	if _, err := keeper.Subscribe(ctx5(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
+		{Topic: "cfg/a", QoS: 1, RetainHandling: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m := keeper.next(t); string(m.Payload) != "A" {
+		t.Fatalf("first subscribe got %q", m.Payload)
+	}
+	keeper.Disconnect(&paho.Disconnect{})
+	pub.Disconnect(&paho.Disconnect{})
+	b.stop(t)
+
+	b = n.start(t, true, nil)
+	if got := b.opts.Retained.Len(); got != 2 {
+		t.Fatalf("%d retained messages after restart, want 2 (cfg/a, cfg/c)", got)
+	}
+	c := connect5(t, b.tcp, &paho.Connect{ClientID: "c", CleanStart: true})
+	if _, err := c.Subscribe(ctx5(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "cfg/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for range 2 {
+		m := c.next(t)
+		if !m.Retain {
+			t.Fatalf("retained message %s without RETAIN", m.Topic)
+		}
+		got[m.Topic+"="+string(m.Payload)] = true
+	}
+	if !got["cfg/a=A"] || !got["cfg/c=C0"] {
+		t.Fatalf("retained after restart: %v", got)
+	}
+	// Retain Handling 2: nothing; Retain Handling 1 on the subscription
+	// restored from the store: not new, nothing.
+	if _, err := c.Subscribe(ctx5(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
+		{Topic: "cfg/a", QoS: 1, RetainHandling: 2, RetainAsPublished: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	keeper = persistent5(t, b.tcp, "keeper")
+	if !keeper.ack.SessionPresent {
+		t.Fatal("keeper: Session Present 0")
+	}
+	if _, err := keeper.Subscribe(ctx5(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
+		{Topic: "cfg/a", QoS: 1, RetainHandling: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	pub = connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+	publish5(t, pub, "cfg/a", 1, true, "A2")
+	if m := keeper.next(t); string(m.Payload) != "A2" || m.Retain {
+		t.Fatalf("keeper got %q retain=%v, want the live A2 without RETAIN (no retained resend for an existing subscription)", m.Payload, m.Retain)
+	}
+	if m := c.next(t); string(m.Payload) != "A2" || !m.Retain {
+		t.Fatalf("c got %q retain=%v, want live A2 with RETAIN (Retain As Published)", m.Payload, m.Retain)
+	}
+	select {
+	case m := <-c.msgs:
+		t.Fatalf("c got a second copy %q", m.Payload)
+	case m := <-keeper.msgs:
+		t.Fatalf("keeper got a second copy %q", m.Payload)
+	default:
+	}
+}
