@@ -64,8 +64,9 @@ func TestDetectsLossAndDuplicates(t *testing.T) {
 	addr := proxy.start(t)
 	cfg := smoke(addr, load.PointToPoint, 0, 2)
 	// The dropped ones never come: a window as large as the run keeps the
-	// publishers going, and the drain is short.
-	cfg.Window, cfg.Duration, cfg.Drain = 1000, 2*time.Second, 300*time.Millisecond
+	// publishers going, and the drain (which then always runs to its end)
+	// leaves time for every PUBLISH to pass the proxy.
+	cfg.Window, cfg.Duration, cfg.Drain = 1000, 2*time.Second, 2*time.Second
 	res, err := load.Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

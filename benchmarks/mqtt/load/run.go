@@ -29,7 +29,8 @@ type publisher struct {
 
 // outstanding is the number of deliveries still due.
 func (p *publisher) outstanding() uint64 {
-	return p.sent.Load()*p.fan - p.delivered.Load()
+	d := p.delivered.Load() // first: it never passes a later sent×fan
+	return p.sent.Load()*p.fan - d
 }
 
 // subscriber is one subscribing client; every field but unique is touched
