@@ -18,8 +18,9 @@
 // HTTP 400, never served a stream it did not ask for. Text messages close the
 // connection (MQTT 5.0 §6: "MUST be closed").
 //
-// QUIC (on quic-go) will be one more Kind: a QUIC stream is a net.Conn too,
-// so it fits Conn without changing a front-end.
+// QUIC (quic-go; quic.go) is one more Kind: the client opens one
+// bidirectional stream on its QUIC connection, and that stream is the Conn,
+// so front-ends serve it like TCP. QUIC always runs TLS 1.3 (ALPN "mqtt").
 //
 // # Limits and clean close
 //
@@ -56,8 +57,9 @@ type Kind string
 
 // Transports.
 const (
-	TCP       Kind = "tcp" // raw TCP, or TLS when Config.TLS is set
-	WebSocket Kind = "ws"  // WebSocket, or WSS when Config.TLS is set
+	TCP       Kind = "tcp"  // raw TCP, or TLS when Config.TLS is set
+	WebSocket Kind = "ws"   // WebSocket, or WSS when Config.TLS is set
+	QUIC      Kind = "quic" // QUIC (TLS 1.3 always), one stream per connection
 )
 
 // Conn is one accepted client connection: a byte stream.
@@ -129,7 +131,7 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.Name == "" {
 		c.Name = string(c.Kind)
-		if c.TLS != nil {
+		if c.TLS != nil && c.Kind != QUIC {
 			c.Name += "s"
 		}
 		if c.Name == "tcps" {
@@ -156,9 +158,9 @@ func (c *Config) EnsureDefaults() {
 // Validate reports a config that cannot work.
 func (c *Config) Validate() error {
 	switch c.Kind {
-	case TCP, WebSocket:
+	case TCP, WebSocket, QUIC:
 	default:
-		return fmt.Errorf("listen %s: unknown kind %q (want tcp or ws)", c.Name, c.Kind)
+		return fmt.Errorf("listen %s: unknown kind %q (want tcp, ws or quic)", c.Name, c.Kind)
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("listen %s: address %q: %w", c.Name, c.Addr, err)
@@ -171,6 +173,9 @@ func Listen(cfg Config) (Listener, error) {
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Kind == QUIC {
+		return listenQUIC(cfg)
 	}
 	nl, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -319,8 +324,14 @@ func (c *slotConn) NetConn() net.Conn { return c.Conn }
 // completed.
 func PeerCertificate(c net.Conn) *x509.Certificate {
 	for c != nil {
-		if tc, ok := c.(*tls.Conn); ok {
-			st := tc.ConnectionState()
+		var st tls.ConnectionState
+		switch tc := c.(type) {
+		case *tls.Conn:
+			st = tc.ConnectionState()
+		case interface{ TLSConnectionState() tls.ConnectionState }:
+			st = tc.TLSConnectionState()
+		}
+		if st.Version != 0 {
 			if !st.HandshakeComplete || len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
 				return nil
 			}

@@ -129,8 +129,7 @@ const mqttStoreDir = "mqtt"
 const maxConnections = 15000
 
 // mqttListeners returns the MQTT listeners this node serves: tcp and ws when
-// configured, tls and wss when configured with a certificate (QUIC is not
-// built yet).
+// configured, tls, wss and quic when configured with a certificate.
 func mqttListeners(c *config.MQTT, lim *listen.Limiter) ([]listen.Config, error) {
 	var ls []listen.Config
 	if c.TCP != "" {
@@ -139,7 +138,7 @@ func mqttListeners(c *config.MQTT, lim *listen.Limiter) ([]listen.Config, error)
 	if c.WS != "" {
 		ls = append(ls, listen.Config{Name: "ws", Kind: listen.WebSocket, Addr: c.WS, Limiter: lim})
 	}
-	if c.TLSConfigured() && (c.TLS != "" || c.WSS != "") {
+	if c.TLSConfigured() && (c.TLS != "" || c.WSS != "" || c.QUIC != "") {
 		tc, err := listen.LoadTLS(c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("mqtt: tls_cert_file / tls_key_file: %w", err)
@@ -149,6 +148,9 @@ func mqttListeners(c *config.MQTT, lim *listen.Limiter) ([]listen.Config, error)
 		}
 		if c.WSS != "" {
 			ls = append(ls, listen.Config{Name: "wss", Kind: listen.WebSocket, Addr: c.WSS, TLS: tc, Limiter: lim})
+		}
+		if c.QUIC != "" {
+			ls = append(ls, listen.Config{Name: "quic", Kind: listen.QUIC, Addr: c.QUIC, TLS: tc, Limiter: lim})
 		}
 	}
 	return ls, nil

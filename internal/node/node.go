@@ -557,7 +557,7 @@ func servedListener(cfg *config.Config, key string) bool {
 	switch key {
 	case "mqtt.tcp", "mqtt.ws":
 		return true
-	case "mqtt.tls", "mqtt.wss":
+	case "mqtt.tls", "mqtt.wss", "mqtt.quic":
 		return cfg.MQTT.TLSConfigured()
 	}
 	return false
