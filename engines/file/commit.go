@@ -304,6 +304,9 @@ func (c *committer) roll() error {
 	c.wpos = segHeaderSize
 	c.ib = newIndexBuilder(s.e.opts.IndexIntervalBytes)
 	s.e.m.rolled.Inc()
+	if s.e.off != nil {
+		s.e.off.poke()
+	}
 	return nil
 }
 

@@ -1,10 +1,14 @@
 package file
 
 import (
+	"context"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/quiremq/quire/engines/objstore"
 	"github.com/quiremq/quire/internal/vfs"
 	"github.com/quiremq/quire/shard"
 	"github.com/quiremq/quire/shard/shardtest"
@@ -42,6 +46,55 @@ func TestConformance(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestConformanceOffload runs the suite with every sealed segment offloaded
+// at once (tiny segments, zero delete lag, a pass every millisecond), so
+// that reads really go to the object store.
+func TestConformanceOffload(t *testing.T) {
+	var gets, puts atomic.Int64
+	runOffloadConformance(t, func(*testing.T) objstore.Store {
+		return &countingStore{Store: objstore.NewMem(), gets: &gets, puts: &puts}
+	})
+	// The suite really went through the store.
+	if puts.Load() == 0 || gets.Load() == 0 {
+		t.Fatalf("the suite made %d Puts and %d Gets: nothing was offloaded or read back", puts.Load(), gets.Load())
+	}
+}
+
+// countingStore counts Puts and Gets.
+type countingStore struct {
+	objstore.Store
+	gets, puts *atomic.Int64
+}
+
+func (c *countingStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	c.puts.Add(1)
+	return c.Store.Put(ctx, key, r, size)
+}
+
+func (c *countingStore) Get(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	c.gets.Add(1)
+	return c.Store.Get(ctx, key, off, n)
+}
+
+// runOffloadConformance runs the shard conformance suite on an engine that
+// offloads to the store newStore returns (one per engine directory).
+func runOffloadConformance(t *testing.T, newStore func(t *testing.T) objstore.Store) {
+	shardtest.Run(t, shardtest.Config{
+		New: func(t *testing.T) shardtest.Opener {
+			fs, dir := memFS(t)
+			st := newStore(t)
+			return func() (shard.Engine, error) {
+				return Open(Options{
+					FS: fs, Dir: dir, Logger: quietLogger,
+					SegmentBytes: 4096, IndexIntervalBytes: 256, MaxOpenSegments: 8,
+					Offload: &OffloadOptions{Store: st, Interval: time.Millisecond, RetryMin: time.Millisecond, RetryMax: 10 * time.Millisecond, BlockBytes: 4096, CacheBytes: 64 << 10},
+				})
+			}
+		},
+		Durable: true,
+	})
 }
 
 func memFS(*testing.T) (vfs.FS, string) { return vfs.NewMem(), "/data" }

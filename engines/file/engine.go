@@ -23,6 +23,7 @@ type Engine struct {
 	m     *engineMetrics
 	cache *readerCache
 	lock  io.Closer
+	off   *offloader // nil without Options.Offload
 
 	// syncs and syncedBytes count segment fdatasyncs and the bytes they
 	// covered (benchmarks compute the group commit size from them).
@@ -59,7 +60,7 @@ func Open(opts Options) (*Engine, error) {
 		fs:      fs,
 		log:     opts.Logger,
 		m:       newMetrics(opts.Registerer),
-		cache:   &readerCache{fs: fs, capacity: opts.MaxOpenSegments},
+		cache:   &readerCache{capacity: opts.MaxOpenSegments},
 		lock:    lock,
 		names:   map[string]string{},
 		open:    map[string]*Shard{},
@@ -69,6 +70,12 @@ func Open(opts Options) (*Engine, error) {
 	if err := e.loadNames(); err != nil {
 		lock.Close()
 		return nil, err
+	}
+	if opts.Offload != nil {
+		e.off = newOffloader(e, opts.Offload)
+		if !opts.offloadManual {
+			e.off.start()
+		}
 	}
 	return e, nil
 }
@@ -169,6 +176,11 @@ func (e *Engine) Create(_ context.Context, name string) (shard.Shard, error) {
 		return nil, fmt.Errorf("file: %q: %w", name, shard.ErrExists)
 	}
 	d := dirName(name)
+	// Offloaded segments of an earlier shard of this name whose delete a
+	// crash interrupted.
+	if err := e.purgeRemote(context.Background(), name); err != nil {
+		return nil, fmt.Errorf("file: create %q: delete offloaded segments of an earlier shard: %w", name, err)
+	}
 	if err := e.createDir(name, d); err != nil {
 		return nil, fmt.Errorf("file: create %q: %w", name, err)
 	}
@@ -302,6 +314,9 @@ func (e *Engine) Delete(_ context.Context, name string) error {
 		s.close()
 		e.forget(s)
 	}
+	if err := e.purgeRemote(context.Background(), name); err != nil {
+		return fmt.Errorf("file: delete %q: offloaded segments: %w", name, err)
+	}
 	fs := e.fs
 	dir := fs.PathJoin(e.opts.Dir, d)
 	// Removing NAME first makes the delete atomic: a directory without it
@@ -361,6 +376,11 @@ func (e *Engine) Close() error {
 		<-ch
 		e.mu.Lock()
 	}
+	e.mu.Unlock()
+	if e.off != nil {
+		e.off.stop()
+	}
+	e.mu.Lock()
 	open := e.open
 	e.open = map[string]*Shard{}
 	e.mu.Unlock()

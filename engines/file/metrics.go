@@ -25,6 +25,11 @@ type engineMetrics struct {
 	corruptShards  prometheus.Gauge
 	failedShards   prometheus.Counter
 	openShards     prometheus.Gauge
+
+	offloadBytes    prometheus.Counter
+	offloadSegments prometheus.Counter
+	offloadLag      prometheus.Gauge
+	offloadFailures prometheus.Counter
 }
 
 func newMetrics(r prometheus.Registerer) *engineMetrics {
@@ -58,5 +63,14 @@ func newMetrics(r prometheus.Registerer) *engineMetrics {
 		corruptShards:  gauge("corrupt_shards", "Shards that failed to open because of corrupt data."),
 		failedShards:   counter("failed_shards_total", "Shards that stopped accepting writes after an I/O error."),
 		openShards:     gauge("open_shards", "Shards currently open."),
+
+		offloadBytes: metrics.Reuse(r, prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "offload", Name: "bytes_total",
+			Help: "Bytes of sealed segments offloaded to the object store (verified and recorded)."})),
+		offloadSegments: metrics.Reuse(r, prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "offload", Name: "segments_total",
+			Help: "Sealed segments offloaded to the object store."})),
+		offloadLag: metrics.Reuse(r, prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: "offload", Name: "lag_seconds",
+			Help: "Age of the oldest sealed segment not offloaded yet (since the offloader first saw it sealed)."})),
+		offloadFailures: metrics.Reuse(r, prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "offload", Name: "failures_total",
+			Help: "Segment offloads that failed (each is retried with backoff)."})),
 	}
 }

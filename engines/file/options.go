@@ -97,6 +97,16 @@ type Options struct {
 	// Now is the clock for default timestamps, segment age and retention
 	// age; default time.Now. Tests inject a fake clock.
 	Now func() time.Time
+	// Offload moves sealed segments to an object store and reads them from
+	// there once their local copy is deleted; nil keeps everything local.
+	Offload *OffloadOptions
+
+	// offloadHook, set by tests, runs after each step of a segment's
+	// offload.
+	offloadHook func(step offloadStep, shard string, base uint64)
+	// offloadManual, set by tests, runs no background passes: the test
+	// calls Engine.off.pass.
+	offloadManual bool
 }
 
 // EnsureDefaults fills zero fields with their defaults.
@@ -127,6 +137,11 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Offload != nil {
+		oo := *o.Offload
+		oo.ensureDefaults(o.FS, o.Dir)
+		o.Offload = &oo
 	}
 }
 
@@ -161,6 +176,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxOpenSegments <= 0 {
 		errs = append(errs, fmt.Errorf("file: MaxOpenSegments must be positive, got %d", o.MaxOpenSegments))
+	}
+	if o.Offload != nil {
+		errs = append(errs, o.Offload.validate())
 	}
 	return errors.Join(errs...)
 }

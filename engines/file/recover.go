@@ -1,6 +1,7 @@
 package file
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -68,22 +69,50 @@ func (e *Engine) openShard(name, dir string) (*Shard, error) {
 		}
 	}
 	slices.Sort(bases)
-	// Segments wholly below the trim point: a trim or retention pass that a
-	// crash interrupted after persisting TRIM.
+	// Index files of no local sealed segment (the active one's index is
+	// rebuilt by scanning and rewritten when it is sealed; an offloaded
+	// segment's is in the object store).
 	removed := false
-	for len(bases) > 1 && bases[1] <= s.trimLow {
-		s.removeSegmentFiles(bases[0])
-		delete(idxFiles, bases[0])
-		bases = bases[1:]
-		removed = true
-	}
-	// Index files of no sealed segment (the active one's index is rebuilt
-	// by scanning and rewritten when it is sealed).
 	for base := range idxFiles {
 		if i, ok := slices.BinarySearch(bases, base); !ok || i == len(bases)-1 {
 			fs.Remove(fs.PathJoin(dir, idxFileName(base)))
+			delete(idxFiles, base)
 			removed = true
 		}
+	}
+	// Offloaded segments whose local copy is gone are read from the object
+	// store. Those below the first local segment's successor may have been
+	// trimmed; the trim-point check below drops them.
+	remote := map[uint64]*RemoteSegment{}
+	s.locs = map[uint64]RemoteSegment{}
+	if e.off != nil {
+		locs, err := e.off.o.Manifest.Load(context.Background(), name)
+		if err != nil {
+			return nil, fmt.Errorf("file: %q: load offload manifest: %w", name, err)
+		}
+		for i := range locs {
+			rs := locs[i]
+			s.locs[rs.Base] = rs
+			if _, ok := slices.BinarySearch(bases, rs.Base); !ok {
+				remote[rs.Base] = &rs
+				bases = append(bases, rs.Base)
+			}
+		}
+		slices.Sort(bases)
+	}
+	// Segments wholly below the trim point: a trim or retention pass that a
+	// crash interrupted after persisting TRIM.
+	// Their objects are deleted by the offloader (collectGarbage).
+	for len(bases) > 1 && bases[1] <= s.trimLow {
+		if remote[bases[0]] == nil {
+			s.removeSegmentFiles(bases[0])
+			removed = true
+		}
+		bases = bases[1:]
+	}
+	if len(bases) > 0 && remote[bases[len(bases)-1]] != nil {
+		// The active segment is never offloaded: its local file is missing.
+		return nil, s.corrupt(segFileName(bases[len(bases)-1]), 0, "the last segment is missing (only an offloaded copy of it exists)")
 	}
 	if removed {
 		if err := vfs.SyncDir(fs, dir); err != nil {
@@ -93,6 +122,17 @@ func (e *Engine) openShard(name, dir string) (*Shard, error) {
 
 	var segs []*segment
 	for i, base := range bases[:max(len(bases)-1, 0)] {
+		if rs := remote[base]; rs != nil {
+			if rs.End != bases[i+1] {
+				return nil, s.corrupt(segFileName(base), 0, fmt.Sprintf("offloaded segment ends at offset %d but the next segment starts at %d", rs.End, bases[i+1]))
+			}
+			seg := s.newSegment(base)
+			seg.end, seg.size, seg.maxTs = rs.End, rs.Size, rs.MaxTs
+			seg.remote.Store(rs)
+			seg.sealed.Store(true)
+			segs = append(segs, seg)
+			continue
+		}
 		seg, err := s.openSealed(base, bases[i+1])
 		if err != nil {
 			return nil, err
@@ -231,8 +271,16 @@ func readIndexSummary(fs vfs.FS, path string) (segSummary, error) {
 
 // loadIndex returns the index entries of sealed segment seg from its index
 // file, or by scanning f if the file is missing or damaged.
-func (s *Shard) loadIndex(seg *segment, f vfs.File) ([]indexEntry, error) {
-	b, err := vfs.ReadFile(s.e.fs, seg.idxPath)
+func (s *Shard) loadIndex(seg *segment, f segFile) ([]indexEntry, error) {
+	var b []byte
+	var err error
+	rs := seg.remote.Load()
+	if _, remote := f.(*remoteFile); !remote {
+		b, err = vfs.ReadFile(s.e.fs, seg.idxPath)
+	}
+	if rs != nil && rs.IndexKey != "" && (b == nil || vfs.IsNotExist(err)) {
+		b, err = s.e.off.o.Store.Get(context.Background(), rs.IndexKey, 0, -1)
+	}
 	if err == nil {
 		sum, entries, derr := decodeIndex(b)
 		if derr == nil && sum.base == seg.base && sum.end == seg.end && sum.size == seg.size {

@@ -28,6 +28,9 @@ type segment struct {
 	index []indexEntry // active segment only; a sealed segment's index lives in its reader
 
 	sealed atomic.Bool // not the active segment: its reader lives in the LRU
+	// remote is set once the segment is read from the object store (its
+	// local copy is deleted or being deleted).
+	remote atomic.Pointer[RemoteSegment]
 
 	rmu     sync.Mutex
 	reader  *segReader // open handle, nil if none
@@ -38,7 +41,7 @@ type segment struct {
 // segReader is an open segment file plus (for sealed segments) its index.
 type segReader struct {
 	seg     *segment
-	f       vfs.File
+	f       segFile
 	idx     []indexEntry
 	refs    int  // guarded by seg.rmu
 	dropped bool // guarded by seg.rmu: close when refs reaches 0
@@ -50,7 +53,6 @@ var errSegmentGone = errors.New("file: segment deleted")
 // engine (LRU). Active segments' files are owned by their shard and are not
 // counted.
 type readerCache struct {
-	fs       vfs.FS
 	capacity int
 
 	mu  sync.Mutex
@@ -58,8 +60,9 @@ type readerCache struct {
 }
 
 // acquire returns an open reader of seg with a reference the caller must
-// release. load builds a sealed segment's index when the reader is opened.
-func (c *readerCache) acquire(seg *segment, load func(vfs.File) ([]indexEntry, error)) (*segReader, error) {
+// release. open opens the segment's file (local or remote); load builds a
+// sealed segment's index when the reader is opened.
+func (c *readerCache) acquire(seg *segment, open func() (segFile, error), load func(segFile) ([]indexEntry, error)) (*segReader, error) {
 	seg.rmu.Lock()
 	r := seg.reader
 	opened := false
@@ -68,7 +71,7 @@ func (c *readerCache) acquire(seg *segment, load func(vfs.File) ([]indexEntry, e
 			seg.rmu.Unlock()
 			return nil, errSegmentGone
 		}
-		f, err := c.fs.Open(seg.path)
+		f, err := open()
 		if err != nil {
 			seg.rmu.Unlock()
 			if vfs.IsNotExist(err) {

@@ -41,7 +41,8 @@ type Shard struct {
 
 	// ctlMu serialises trims and retention (TRIM file and segment deletion).
 	ctlMu   sync.Mutex
-	trimLow uint64 // persisted in TRIM
+	trimLow uint64                   // persisted in TRIM
+	locs    map[uint64]RemoteSegment // offloaded segments, as in the manifest
 
 	// qmu guards the queue of appends and seals waiting for the committer.
 	qmu   sync.Mutex
@@ -199,9 +200,24 @@ func (s *Shard) outOfRange(off uint64) error {
 	return &shard.OutOfRangeError{Offset: off, Low: low, High: high}
 }
 
-// acquire opens (or reuses) a reader of seg.
+// acquire opens (or reuses) a reader of seg: its local file, or its object
+// once offloaded and deleted locally.
 func (s *Shard) acquire(seg *segment) (*segReader, error) {
-	return s.e.cache.acquire(seg, func(f vfs.File) ([]indexEntry, error) { return s.loadIndex(seg, f) })
+	return s.e.cache.acquire(seg, func() (segFile, error) { return s.openSegFile(seg) },
+		func(f segFile) ([]indexEntry, error) { return s.loadIndex(seg, f) })
+}
+
+func (s *Shard) openSegFile(seg *segment) (segFile, error) {
+	if rs := seg.remote.Load(); rs != nil {
+		return s.e.remoteFile(rs), nil
+	}
+	f, err := s.e.fs.Open(seg.path)
+	if err != nil && vfs.IsNotExist(err) {
+		if rs := seg.remote.Load(); rs != nil { // deleted locally meanwhile
+			return s.e.remoteFile(rs), nil
+		}
+	}
+	return f, err
 }
 
 // Read returns records from offset from.
@@ -432,6 +448,11 @@ func (s *Shard) advanceLow(low uint64, reason string) error {
 	}
 	for _, seg := range victims {
 		s.e.cache.remove(seg)
+		if s.e.off != nil {
+			if err := s.dropRemote(context.Background(), seg.base); err != nil {
+				s.log.Warn("file: delete offloaded segment", "shard", s.name, "base", seg.base, "err", err)
+			}
+		}
 		if err := s.e.fs.Remove(seg.path); err != nil && !vfs.IsNotExist(err) {
 			s.log.Warn("file: delete segment", "shard", s.name, "file", seg.path, "err", err)
 		}
