@@ -27,6 +27,10 @@ type ClientOptions struct {
 	DialOptions []grpc.DialOption
 	// Timeout bounds a call whose context has no deadline. Default 10s.
 	Timeout time.Duration
+	// BatchWindow is how many batches of Get/Put/Delete requests may await
+	// their results on one node's stream; requests made meanwhile queue and
+	// leave together. Default 4.
+	BatchWindow int
 	// MinBackoff and MaxBackoff bound the pause between retries. Defaults
 	// 5ms and 250ms.
 	MinBackoff, MaxBackoff time.Duration
@@ -35,15 +39,21 @@ type ClientOptions struct {
 // Client is a KV over gRPC. It sends every request to the node it believes
 // is the leader, follows NOT_LEADER hints, and retries on another node when
 // one is unreachable. Reads are retried freely; a write is retried only when
-// the server says it was not applied, and otherwise fails with ErrAmbiguous
-// (read back before retrying a CAS).
+// it was not applied (the server said so, or it never left the client), and
+// otherwise fails with ErrAmbiguous (read back before retrying a CAS).
+//
+// Get, Put and Delete travel over one Batch stream per node: the requests
+// of concurrent callers leave together in one message and the leader
+// commits their writes together, so many goroutines sharing a Client cost
+// few messages and few Raft entries. The other calls are unary RPCs.
 type Client struct {
 	opts ClientOptions
 
-	mu    sync.Mutex
-	addrs []string
-	conns map[string]*grpc.ClientConn
-	cur   int // index into addrs of the node to try first
+	mu      sync.Mutex
+	addrs   []string
+	conns   map[string]*grpc.ClientConn
+	streams map[string]*batchStream
+	cur     int // index into addrs of the node to try first
 }
 
 var _ KV = (*Client)(nil)
@@ -57,13 +67,17 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Second
 	}
+	if opts.BatchWindow <= 0 {
+		opts.BatchWindow = defaultBatchWindow
+	}
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff = 5 * time.Millisecond
 	}
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 250 * time.Millisecond
 	}
-	return &Client{opts: opts, addrs: slices.Clone(opts.Addrs), conns: map[string]*grpc.ClientConn{}}, nil
+	return &Client{opts: opts, addrs: slices.Clone(opts.Addrs), conns: map[string]*grpc.ClientConn{},
+		streams: map[string]*batchStream{}}, nil
 }
 
 // Close closes the connections.
@@ -71,11 +85,27 @@ func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var errs []error
+	for _, bs := range c.streams {
+		bs.close()
+	}
+	c.streams = map[string]*batchStream{}
 	for _, cc := range c.conns {
 		errs = append(errs, cc.Close())
 	}
 	c.conns = map[string]*grpc.ClientConn{}
 	return errors.Join(errs...)
+}
+
+// stream returns the Batch stream of the node at addr.
+func (c *Client) stream(addr string, cc *grpc.ClientConn) *batchStream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	bs := c.streams[addr]
+	if bs == nil {
+		bs = newBatchStream(cc, c.opts.BatchWindow)
+		c.streams[addr] = bs
+	}
+	return bs
 }
 
 // pick returns the node to try and its connection.
@@ -102,6 +132,9 @@ const connectTimeout = time.Second
 // connection, so that an unreachable node costs a retry elsewhere instead
 // of an ambiguous write.
 func connected(ctx context.Context, cc *grpc.ClientConn) error {
+	if cc.GetState() == connectivity.Ready {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	for {
@@ -151,8 +184,35 @@ func isConnErr(err error) bool {
 	return st.Code() == codes.Unavailable || st.Code() == codes.Unknown || st.Code() == codes.Internal && len(st.Details()) == 0
 }
 
-// do runs call until it succeeds, fails for good, or ctx ends.
+// do runs a unary call until it succeeds, fails for good, or ctx ends.
 func (c *Client) do(ctx context.Context, write bool, call func(context.Context, metav1.MetaClient) error) error {
+	return c.retry(ctx, write, func(ctx context.Context, _ string, cc *grpc.ClientConn) error {
+		return call(forwardCtx(ctx), metav1.NewMetaClient(cc))
+	})
+}
+
+// doOp runs one op over the node's Batch stream, retrying like do.
+func (c *Client) doOp(ctx context.Context, op *metav1.BatchOp) (*metav1.BatchResult, error) {
+	var res *metav1.BatchResult
+	err := c.retry(ctx, isWrite(op), func(ctx context.Context, addr string, cc *grpc.ClientConn) error {
+		rs, serr := c.stream(addr, cc).call(ctx, []*metav1.BatchOp{op})
+		if serr != nil {
+			return serr
+		}
+		if e := rs[0].GetError(); e != nil {
+			return opErrorStatus(e)
+		}
+		if rs[0].GetResult() == nil {
+			return fmt.Errorf("%w: empty result from %s", ErrInvalid, addr)
+		}
+		res = rs[0]
+		return nil
+	})
+	return res, err
+}
+
+// retry runs call until it succeeds, fails for good, or ctx ends.
+func (c *Client) retry(ctx context.Context, write bool, call func(ctx context.Context, addr string, cc *grpc.ClientConn) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
@@ -168,13 +228,22 @@ func (c *Client) do(ctx context.Context, write bool, call func(context.Context, 
 			}
 		}
 		if err == nil {
-			raw := call(forwardCtx(ctx), metav1.NewMetaClient(cc))
+			raw := call(ctx, addr, cc)
 			if raw == nil {
 				return nil
 			}
 			err = fromStatus(raw)
 			var nl *NotLeaderError
+			var se *streamError
 			switch {
+			case errors.As(raw, &se):
+				if ctx.Err() != nil {
+					return fmt.Errorf("%w (%v)", ctx.Err(), se)
+				}
+				c.moveTo(addr, "")
+				if se.sent && write {
+					return se.classify(write)
+				}
 			case errors.As(err, &nl):
 				c.moveTo(addr, nl.LeaderAddr)
 			case errors.Is(err, ErrStopped):
@@ -203,18 +272,14 @@ func (c *Client) do(ctx context.Context, write bool, call func(context.Context, 
 // Get implements KV.
 func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (KeyValue, error) {
 	o := readOptions(opts)
-	var resp *metav1.GetResponse
-	err := c.do(ctx, false, func(ctx context.Context, mc metav1.MetaClient) (err error) {
-		resp, err = mc.Get(ctx, &metav1.GetRequest{Key: key, Stale: o.stale})
-		return err
-	})
+	r, err := c.doOp(ctx, &metav1.BatchOp{Op: &metav1.BatchOp_Get{Get: &metav1.GetRequest{Key: key, Stale: o.stale}}})
 	if err != nil {
 		return KeyValue{}, err
 	}
-	if !resp.Found {
+	if !r.GetGet().GetFound() {
 		return KeyValue{}, fmt.Errorf("%w: %q", ErrNotFound, key)
 	}
-	return kvFromProto(resp.Kv), nil
+	return kvFromProto(r.GetGet().Kv), nil
 }
 
 // List implements KV.
@@ -234,29 +299,22 @@ func (c *Client) List(ctx context.Context, prefix string, o ListOptions) (ListRe
 func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...WriteOption) (KeyValue, error) {
 	o := writeOptions(opts)
 	req := &metav1.PutRequest{Key: key, Value: value, Lease: uint64(o.lease), CheckVersion: o.check, ExpectVersion: o.version}
-	var resp *metav1.PutResponse
-	err := c.do(ctx, true, func(ctx context.Context, mc metav1.MetaClient) (err error) {
-		resp, err = mc.Put(ctx, req)
-		return err
-	})
+	r, err := c.doOp(ctx, &metav1.BatchOp{Op: &metav1.BatchOp_Put{Put: req}})
 	if err != nil {
 		return KeyValue{}, err
 	}
-	return kvFromProto(resp.Kv), nil
+	return kvFromProto(r.GetPut().GetKv()), nil
 }
 
 // Delete implements KV.
 func (c *Client) Delete(ctx context.Context, key string, opts ...WriteOption) (uint64, error) {
 	o := writeOptions(opts)
-	var resp *metav1.DeleteResponse
-	err := c.do(ctx, true, func(ctx context.Context, mc metav1.MetaClient) (err error) {
-		resp, err = mc.Delete(ctx, &metav1.DeleteRequest{Key: key, CheckVersion: o.check, ExpectVersion: o.version})
-		return err
-	})
+	req := &metav1.DeleteRequest{Key: key, CheckVersion: o.check, ExpectVersion: o.version}
+	r, err := c.doOp(ctx, &metav1.BatchOp{Op: &metav1.BatchOp_Delete{Delete: req}})
 	if err != nil {
 		return 0, err
 	}
-	return resp.Revision, nil
+	return r.GetDelete().GetRevision(), nil
 }
 
 // Grant implements KV.

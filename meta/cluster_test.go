@@ -147,6 +147,22 @@ func (c *testCluster) stop(i int) {
 	nd.srv, nd.gs = nil, nil
 }
 
+// kill cuts node i off abruptly: its gRPC server closes every connection
+// first (streams break with requests in flight), then the node stops.
+func (c *testCluster) kill(i int) {
+	nd := c.nodes[i]
+	if nd.srv == nil {
+		return
+	}
+	nd.gs.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := nd.srv.Stop(ctx); err != nil {
+		c.t.Errorf("stopping node %d: %v", nd.id, err)
+	}
+	nd.srv, nd.gs = nil, nil
+}
+
 // leader waits for a ready leader that every running node agrees on and
 // returns its index.
 func (c *testCluster) leader() int {

@@ -65,6 +65,41 @@
 // lease a full TTL from its promotion, so leadership changes never expire
 // a lease early (they may extend it by up to one TTL).
 //
+// # Batching
+//
+// Concurrent requests are coalesced at both ends, so throughput grows with
+// concurrency instead of paying one RPC and one Raft entry per request:
+//
+//   - Client sends Get, Put and Delete over one bidirectional Batch stream
+//     per node (batchstream.go). Callers queue their op; a sender goroutine
+//     sends everything queued as one BatchRequest while fewer than
+//     ClientOptions.BatchWindow requests await results, so under load each
+//     message carries the ops of many goroutines and a lone op still leaves
+//     at once. The KV API is unchanged. The other calls stay unary.
+//   - The leader's write batcher (batch.go) gathers the puts and deletes of
+//     every source — Batch streams, unary calls, in-process calls, batches
+//     forwarded by followers — into one Raft entry (a CommandBatch) while
+//     Options.WriteBatchInflight entries are in flight. The FSM applies the
+//     ops of an entry in order, each with its own result and revision: a
+//     failed CAS fails only itself, and watchers see one event per change
+//     exactly as if the writes had come one by one. Raft then stores and
+//     replicates entries in batches too (BatchApplyCh, MaxAppendEntries).
+//     Lease grants and revokes are not batched (a grant's id is its entry's
+//     index).
+//   - Linearizable reads (and keep-alives) share leadership checks
+//     (readBarrier): each VerifyLeader round serves every read that arrived
+//     before it started. Stale reads in a batch are answered inline.
+//   - A follower forwards the leader-only ops of a batch to the leader over
+//     its own Batch stream, as one batch.
+//
+// Exactly-once: a write's outcome is known when the server answered it, or
+// when it never left the client (still queued when its stream broke: the
+// Client retries it on another node). A write sent on a stream that then
+// broke may have been applied; it is never retried and fails with
+// ErrAmbiguous, as a unary write whose connection broke does — the caller
+// reads back (for a CAS: the version tells) before trying again. Reads are
+// retried freely.
+//
 // Errors cross gRPC as statuses carrying a google.rpc.ErrorInfo (domain
 // meta.quire) with the reasons in errors.go's code table; both Server and
 // Client return the same sentinels. ErrNotLeader means "not applied, retry";
@@ -107,7 +142,10 @@
 //	transport.go  Raft over gRPC streams            grpc.go    meta.v1.Meta service
 //	client.go     Client, KeepLeaseAlive            faultnet.go FaultNetwork (tests)
 //	errors.go     sentinels and the gRPC code table kv.go      KV interface and types
+//	batch.go      write batcher, read barrier, serving batches
+//	batchstream.go the calling side of a Batch stream (Client, forwarding)
 //
-// Lock order: fsm.mu → history.mu; fsm.mu → lessor.mu. Server.leadMu is
+// Lock order: fsm.mu → history.mu; fsm.mu → lessor.mu. Server.leadMu,
+// writeBatcher.mu, readBarrier.mu, batchStream.mu and liveStream.mu are
 // taken alone.
 package meta

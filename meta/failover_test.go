@@ -46,10 +46,12 @@ type ackLog struct {
 	maybe     map[string]bool   // items with an unknown outcome
 	byVersion map[uint64]string // acknowledged version -> value
 	errs      []error
+	failures  map[string]int // errors by class
+	otherErrs []string
 }
 
 func newAckLog() *ackLog {
-	return &ackLog{acked: map[string]bool{}, maybe: map[string]bool{}, byVersion: map[uint64]string{}}
+	return &ackLog{acked: map[string]bool{}, maybe: map[string]bool{}, byVersion: map[uint64]string{}, failures: map[string]int{}}
 }
 
 // run appends items from clients until stop is closed.
@@ -75,8 +77,24 @@ func (a *ackLog) run(ctx context.Context, kv KV, key, client string, stop <-chan
 			a.byVersion[v] = val
 		default:
 			a.maybe[item] = true
+			class := "other"
+			switch {
+			case errors.Is(err, ErrAmbiguous):
+				class = "ambiguous"
+			case errors.Is(err, ErrNotLeader):
+				class = "not-leader"
+			case errors.Is(err, context.DeadlineExceeded):
+				class = "timeout"
+			}
+			a.failures[class]++
+			if class == "other" && a.failures[class] < 3 {
+				a.otherErrs = append(a.otherErrs, err.Error())
+			}
 		}
 		a.mu.Unlock()
+		if err != nil {
+			time.Sleep(5 * time.Millisecond) // an election is on: do not spin
+		}
 	}
 }
 
@@ -111,6 +129,31 @@ func (a *ackLog) check(t *testing.T, final string) {
 	}
 	if len(a.acked) == 0 {
 		t.Error("nothing was acknowledged")
+	}
+}
+
+// checkLists checks list0, list1, ... on every running node against logs:
+// the survivors agree, and each list holds its acknowledged items.
+func checkLists(ctx context.Context, t *testing.T, c *testCluster, logs []*ackLog) {
+	t.Helper()
+	for li, l := range logs {
+		key := fmt.Sprintf("list%d", li)
+		var final []byte
+		for i, nd := range c.nodes {
+			if nd.srv == nil {
+				continue
+			}
+			e, err := nd.srv.Get(ctx, key, Stale())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if final != nil && string(final) != string(e.Value) {
+				t.Fatalf("survivors disagree on %s (node %d)", key, i+1)
+			}
+			final = e.Value
+		}
+		l.check(t, string(final))
+		t.Logf("%s: %d acknowledged, %d unknown %v %q", key, len(l.acked), len(l.maybe), l.failures, l.otherErrs)
 	}
 }
 
@@ -153,25 +196,7 @@ func TestFailover(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	c.converge()
-	for li, l := range logs {
-		key := fmt.Sprintf("list%d", li)
-		var final []byte
-		for i, nd := range c.nodes {
-			if nd.srv == nil {
-				continue
-			}
-			e, err := nd.srv.Get(ctx, key, Stale())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if final != nil && string(final) != string(e.Value) {
-				t.Fatalf("survivors disagree on %s (node %d)", key, i+1)
-			}
-			final = e.Value
-		}
-		l.check(t, string(final))
-		t.Logf("%s: %d acknowledged, %d unknown", key, len(l.acked), len(l.maybe))
-	}
+	checkLists(ctx, t, c, logs)
 	// The old leader rejoins with its data and catches up.
 	c.start(old, nil)
 	c.converge()

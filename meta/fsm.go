@@ -54,6 +54,7 @@ type applyResult struct {
 	rev   uint64           // revision after the command
 	lease uint64           // lease grant: the id
 	err   error            // ErrNotFound, *VersionMismatchError, ErrLeaseNotFound, ErrInvalid
+	batch []*applyResult   // a CommandBatch: one result per op, in order
 }
 
 var (
@@ -109,6 +110,22 @@ func (f *fsm) applyCommand(l *raft.Log, evs []*metav1.Event) (*applyResult, []*m
 		return &applyResult{rev: f.rev, lease: l.Index}, evs
 	case *metav1.Command_LeaseRevoke:
 		return f.revoke(op.LeaseRevoke.Id, evs)
+	case *metav1.Command_Batch:
+		// The ops of one entry are applied in order, each with its own
+		// result: a failed CAS fails only itself.
+		r := &applyResult{batch: make([]*applyResult, len(op.Batch.Ops))}
+		for i, c := range op.Batch.Ops {
+			switch x := c.Op.(type) {
+			case *metav1.Command_Put:
+				r.batch[i], evs = f.put(x.Put, evs)
+			case *metav1.Command_Delete:
+				r.batch[i], evs = f.delete(x.Delete, evs)
+			default:
+				r.batch[i] = &applyResult{rev: f.rev, err: fmt.Errorf("%w: op %d of the batch at index %d is not a put or delete", ErrInvalid, i, l.Index)}
+			}
+		}
+		r.rev = f.rev
+		return r, evs
 	default:
 		return &applyResult{rev: f.rev, err: fmt.Errorf("%w: unknown command at index %d", ErrInvalid, l.Index)}, evs
 	}

@@ -56,6 +56,22 @@ func randomCommands(rng *rand.Rand, n int) []*raft.Log {
 			c = &metav1.Command{Op: &metav1.Command_Delete{Delete: &metav1.DeleteRequest{Key: key, CheckVersion: rng.IntN(2) == 0, ExpectVersion: uint64(rng.IntN(int(idx)))}}}
 		case 3:
 			c = &metav1.Command{Op: &metav1.Command_Put{Put: &metav1.PutRequest{Key: key, Value: []byte{byte(i)}, CheckVersion: true, ExpectVersion: uint64(rng.IntN(int(idx)))}}}
+		case 4:
+			// Several writes in one entry (the leader's write batcher): CAS
+			// puts that may build on one another, deletes, plain puts.
+			var ops []*metav1.Command
+			for j := range 1 + rng.IntN(6) {
+				k := fmt.Sprintf("k/%d", rng.IntN(8))
+				switch rng.IntN(3) {
+				case 0:
+					ops = append(ops, &metav1.Command{Op: &metav1.Command_Delete{Delete: &metav1.DeleteRequest{Key: k, CheckVersion: rng.IntN(2) == 0, ExpectVersion: uint64(rng.IntN(int(idx)))}}})
+				case 1:
+					ops = append(ops, &metav1.Command{Op: &metav1.Command_Put{Put: &metav1.PutRequest{Key: k, Value: []byte{byte(i), byte(j)}, CheckVersion: true, ExpectVersion: uint64(rng.IntN(int(idx)))}}})
+				default:
+					ops = append(ops, &metav1.Command{Op: &metav1.Command_Put{Put: &metav1.PutRequest{Key: k, Value: []byte{byte(i), byte(j)}}}})
+				}
+			}
+			c = &metav1.Command{Op: &metav1.Command_Batch{Batch: &metav1.CommandBatch{Ops: ops}}}
 		}
 		if c == nil {
 			var lease uint64
@@ -76,9 +92,22 @@ type model struct {
 	rev    uint64
 }
 
-func (m *model) apply(l *raft.Log) error {
+// apply applies one entry and returns its errors: one, or one per op of a
+// batch.
+func (m *model) apply(l *raft.Log) []error {
 	var c metav1.Command
 	proto.Unmarshal(l.Data, &c)
+	if b := c.GetBatch(); b != nil {
+		errs := make([]error, len(b.Ops))
+		for i, op := range b.Ops {
+			errs[i] = m.applyCmd(l, op)
+		}
+		return errs
+	}
+	return []error{m.applyCmd(l, &c)}
+}
+
+func (m *model) applyCmd(l *raft.Log, c *metav1.Command) error {
 	switch op := c.Op.(type) {
 	case *metav1.Command_Put:
 		p := op.Put
@@ -172,10 +201,20 @@ func TestFSMModel(t *testing.T) {
 			batch := logs[i:min(i+n, len(logs))]
 			res := f.ApplyBatch(batch)
 			for j, l := range batch {
-				want := m.apply(l)
-				got := res[j].(*applyResult).err
-				if (want == nil) != (got == nil) || want != nil && !errors.Is(got, want) {
-					t.Fatalf("seed %d entry %d: fsm error %v, model %v", seed, l.Index, got, want)
+				wants := m.apply(l)
+				r := res[j].(*applyResult)
+				gots := []*applyResult{r}
+				if r.batch != nil {
+					gots = r.batch
+				}
+				if len(gots) != len(wants) {
+					t.Fatalf("seed %d entry %d: %d results, model %d", seed, l.Index, len(gots), len(wants))
+				}
+				for k, want := range wants {
+					got := gots[k].err
+					if (want == nil) != (got == nil) || want != nil && !errors.Is(got, want) {
+						t.Fatalf("seed %d entry %d op %d: fsm error %v, model %v", seed, l.Index, k, got, want)
+					}
 				}
 			}
 			if i <= snapAt && snapAt < i+n {

@@ -2,6 +2,9 @@ package meta
 
 import (
 	"context"
+	"errors"
+	"io"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -85,4 +88,83 @@ func (g *grpcService) Watch(req *metav1.WatchRequest, st grpc.ServerStreamingSer
 		err = ErrStopped
 	}
 	return toStatus(err)
+}
+
+// maxResponseBytes bounds the results in one BatchResponse (about; a
+// larger result goes alone); the rest follow in more responses.
+const maxResponseBytes = 1 << 20
+
+// Batch serves a Batch stream. A request of stale reads only is answered
+// inline; any other request is served in a goroutine of its own, so that
+// requests on one stream proceed together (their writes meet in the
+// leader's next Raft entry).
+func (g *grpcService) Batch(st grpc.BidiStreamingServer[metav1.BatchRequest, metav1.BatchResponse]) error {
+	ctx := st.Context()
+	forward := mayForward(ctx)
+	var sendMu sync.Mutex
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	serve := func(req *metav1.BatchRequest) {
+		res, errs := g.s.serveOps(ctx, req.Ops, forward)
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		sendResults(st, req.Id, res, errs)
+	}
+	for {
+		req, err := st.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if staleOnly(req.Ops) {
+			serve(req)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			serve(req)
+		}()
+	}
+}
+
+func staleOnly(ops []*metav1.BatchOp) bool {
+	for _, op := range ops {
+		if g := op.GetGet(); g == nil || !g.Stale {
+			return false
+		}
+	}
+	return true
+}
+
+// sendResults sends the results of request id in responses of about
+// maxResponseBytes. A failed send is not reported: the stream is broken and
+// its Recv fails too.
+func sendResults(st grpc.BidiStreamingServer[metav1.BatchRequest, metav1.BatchResponse], id uint64, res []*metav1.BatchResult, errs []error) {
+	for i, err := range errs {
+		if err != nil {
+			res[i] = &metav1.BatchResult{Result: &metav1.BatchResult_Error{Error: opError(err)}}
+		}
+	}
+	for off := 0; off < len(res); {
+		n, size := 0, 0
+		for off+n < len(res) && (n == 0 || size+resultSize(res[off+n]) <= maxResponseBytes) {
+			size += resultSize(res[off+n])
+			n++
+		}
+		if st.Send(&metav1.BatchResponse{Id: id, Offset: uint32(off), Results: res[off : off+n]}) != nil {
+			return
+		}
+		off += n
+	}
+}
+
+func resultSize(r *metav1.BatchResult) int {
+	kv := r.GetGet().GetKv()
+	if kv == nil {
+		kv = r.GetPut().GetKv()
+	}
+	return len(kv.GetKey()) + len(kv.GetValue()) + len(r.GetError().GetMessage()) + 32
 }

@@ -9,6 +9,7 @@ import (
 type serverMetrics struct {
 	isLeader     prometheus.Gauge
 	apply        prometheus.Histogram
+	batchOps     prometheus.Histogram
 	forwarded    prometheus.Counter
 	leaseExpired prometheus.Counter
 }
@@ -20,14 +21,16 @@ func newServerMetrics(s *Server) *serverMetrics {
 			Help: "1 while this node is the meta (Raft) leader."}),
 		apply: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "apply_seconds",
 			Help: "Time from proposing a write on the leader to its being applied.", Buckets: metrics.LatencyBuckets}),
+		batchOps: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "write_batch_ops",
+			Help: "Writes committed together in one Raft entry by this leader.", Buckets: prometheus.ExponentialBuckets(1, 4, 7)}),
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "forwarded_total",
-			Help: "Requests forwarded by this follower to the leader."}),
+			Help: "Requests (ops of a batch count one each) forwarded by this follower to the leader."}),
 		leaseExpired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "leases_expired_total",
 			Help: "Leases this node expired as leader."}),
 	}
 	rev := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "revision",
 		Help: "The store's revision on this node."}, func() float64 { return float64(s.fsm.revision()) })
-	metrics.Register(s.opts.Registerer, m.isLeader, m.apply, m.forwarded, m.leaseExpired, rev)
+	metrics.Register(s.opts.Registerer, m.isLeader, m.apply, m.batchOps, m.forwarded, m.leaseExpired, rev)
 	return m
 }
 

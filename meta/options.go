@@ -89,6 +89,13 @@ type Options struct {
 	// SnapshotRetain is how many snapshots are kept. Default 2.
 	SnapshotRetain int
 
+	// WriteBatchOps and WriteBatchBytes bound the writes the leader commits
+	// together in one Raft entry (about: a write larger than WriteBatchBytes
+	// goes alone). WriteBatchInflight is how many such entries may be in
+	// flight at once; writes arriving meanwhile wait and form the next one.
+	// Defaults 1024 ops, 1 MiB, 4 entries.
+	WriteBatchOps, WriteBatchBytes, WriteBatchInflight int
+
 	// WatchHistory is how many changes are kept in memory for watchers that
 	// start in the past or fall behind. Default 16384.
 	WatchHistory int
@@ -149,6 +156,15 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.WatchHistory == 0 {
 		o.WatchHistory = 16384
+	}
+	if o.WriteBatchOps == 0 {
+		o.WriteBatchOps = 1024
+	}
+	if o.WriteBatchBytes == 0 {
+		o.WriteBatchBytes = 1 << 20
+	}
+	if o.WriteBatchInflight == 0 {
+		o.WriteBatchInflight = 4
 	}
 	def(&o.ApplyTimeout, 10*time.Second)
 	def(&o.LeaseCheckInterval, 100*time.Millisecond)
@@ -211,6 +227,9 @@ func (o *Options) Validate() error {
 	}
 	if o.WatchHistory < 1 || o.MaxAppendEntries < 1 || o.ListLimit < 1 {
 		return bad("WatchHistory, MaxAppendEntries and ListLimit must be positive")
+	}
+	if o.WriteBatchOps < 1 || o.WriteBatchBytes < 1 || o.WriteBatchInflight < 1 {
+		return bad("WriteBatchOps, WriteBatchBytes and WriteBatchInflight must be positive")
 	}
 	switch o.RaftLogLevel {
 	case "debug", "info", "warn", "error":

@@ -49,8 +49,12 @@ type Server struct {
 	leadEpoch uint64
 	ready     atomic.Bool // leader whose FSM has applied every earlier term
 
-	peerMu sync.Mutex
-	peers  map[string]*grpc.ClientConn
+	batcher *writeBatcher
+	reads   *readBarrier
+
+	peerMu      sync.Mutex
+	peers       map[string]*grpc.ClientConn
+	peerStreams map[string]*batchStream // Batch streams to the leader, by address
 }
 
 var _ KV = (*Server)(nil)
@@ -64,7 +68,9 @@ func Open(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, log: opts.Logger.With("component", "meta"), stopCh: make(chan struct{}),
-		notifyCh: make(chan bool, 16), peers: map[string]*grpc.ClientConn{}}
+		notifyCh: make(chan bool, 16), peers: map[string]*grpc.ClientConn{}, peerStreams: map[string]*batchStream{}}
+	s.batcher = newWriteBatcher(s)
+	s.reads = &readBarrier{verify: s.linearize}
 	s.lessor = newLessor(opts.Now)
 	s.fsm = newFSM(opts.WatchHistory, s.lessor)
 	var err error
@@ -130,9 +136,10 @@ func (s *Server) Start(ctx context.Context) error {
 		s.checkConfiguration()
 	}
 	s.started.Store(true)
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.leadershipLoop()
 	go s.leaseLoop()
+	go s.batcher.loop()
 	return nil
 }
 
@@ -200,6 +207,10 @@ func (s *Server) Stop(ctx context.Context) error {
 		errs = append(errs, c.Close())
 	}
 	s.peerMu.Lock()
+	for _, bs := range s.peerStreams {
+		bs.close()
+	}
+	s.peerStreams = nil
 	for _, cc := range s.peers {
 		cc.Close()
 	}
@@ -459,13 +470,7 @@ func (s *Server) apply(ctx context.Context, cmd *metav1.Command) (*applyResult, 
 	start := time.Now()
 	f := s.raft.Apply(data, timeout)
 	if err := f.Error(); err != nil {
-		switch {
-		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
-			return nil, s.notLeader()
-		default: // leadership lost or shutdown after proposing: it may commit
-
-			return nil, fmt.Errorf("%w: %v", ErrAmbiguous, err)
-		}
+		return nil, s.applyErr(err)
 	}
 	s.metrics.apply.Observe(time.Since(start).Seconds())
 	r := f.Response().(*applyResult)
@@ -473,26 +478,11 @@ func (s *Server) apply(ctx context.Context, cmd *metav1.Command) (*applyResult, 
 }
 
 func (s *Server) doGet(ctx context.Context, req *metav1.GetRequest, forward bool) (*metav1.GetResponse, error) {
-	if err := s.checkKey(req.Key); err != nil {
+	r, err := s.serveOne(ctx, &metav1.BatchOp{Op: &metav1.BatchOp_Get{Get: req}}, forward)
+	if err != nil {
 		return nil, err
 	}
-	if !req.Stale {
-		c, err := s.route(forward)
-		if err != nil {
-			return nil, err
-		}
-		if c != nil {
-			resp, err := c.Get(forwardCtx(ctx), req)
-			return resp, forwardErr(err, false)
-		}
-		if err := s.linearize(); err != nil {
-			return nil, err
-		}
-	} else if !s.started.Load() || s.stopped.Load() {
-		return nil, ErrStopped
-	}
-	kv, rev := s.fsm.read(req.Key)
-	return &metav1.GetResponse{Found: kv != nil, Kv: kv, Revision: rev}, nil
+	return r.GetGet(), nil
 }
 
 func (s *Server) doList(ctx context.Context, req *metav1.ListRequest, forward bool) (*metav1.ListResponse, error) {
@@ -520,44 +510,19 @@ func (s *Server) doList(ctx context.Context, req *metav1.ListRequest, forward bo
 }
 
 func (s *Server) doPut(ctx context.Context, req *metav1.PutRequest, forward bool) (*metav1.PutResponse, error) {
-	if err := s.checkKey(req.Key); err != nil {
-		return nil, err
-	}
-	if len(req.Value) > s.opts.MaxValueSize {
-		return nil, fmt.Errorf("%w: value of %d bytes exceeds %d", ErrInvalid, len(req.Value), s.opts.MaxValueSize)
-	}
-	c, err := s.route(forward)
+	r, err := s.serveOne(ctx, &metav1.BatchOp{Op: &metav1.BatchOp_Put{Put: req}}, forward)
 	if err != nil {
 		return nil, err
 	}
-	if c != nil {
-		resp, err := c.Put(forwardCtx(ctx), req)
-		return resp, forwardErr(err, true)
-	}
-	r, err := s.apply(ctx, &metav1.Command{Op: &metav1.Command_Put{Put: req}})
-	if err != nil {
-		return nil, err
-	}
-	return &metav1.PutResponse{Kv: r.kv}, nil
+	return r.GetPut(), nil
 }
 
 func (s *Server) doDelete(ctx context.Context, req *metav1.DeleteRequest, forward bool) (*metav1.DeleteResponse, error) {
-	if err := s.checkKey(req.Key); err != nil {
-		return nil, err
-	}
-	c, err := s.route(forward)
+	r, err := s.serveOne(ctx, &metav1.BatchOp{Op: &metav1.BatchOp_Delete{Delete: req}}, forward)
 	if err != nil {
 		return nil, err
 	}
-	if c != nil {
-		resp, err := c.Delete(forwardCtx(ctx), req)
-		return resp, forwardErr(err, true)
-	}
-	r, err := s.apply(ctx, &metav1.Command{Op: &metav1.Command_Delete{Delete: req}})
-	if err != nil {
-		return nil, err
-	}
-	return &metav1.DeleteResponse{Deleted: true, Revision: r.rev}, nil
+	return r.GetDelete(), nil
 }
 
 func (s *Server) doLeaseGrant(ctx context.Context, req *metav1.LeaseGrantRequest, forward bool) (*metav1.LeaseGrantResponse, error) {
@@ -598,7 +563,7 @@ func (s *Server) doLeaseKeepAlive(ctx context.Context, req *metav1.LeaseKeepAliv
 	}
 	// Acknowledge only while a quorum follows this leader: a deposed leader
 	// must not extend a lease the new leader does not know was renewed.
-	if err := s.linearize(); err != nil {
+	if err := s.reads.wait(ctx); err != nil {
 		return nil, err
 	}
 	return &metav1.LeaseKeepAliveResponse{TtlMs: ttl.Milliseconds()}, nil

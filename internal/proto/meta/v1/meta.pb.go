@@ -1124,6 +1124,406 @@ func (x *LeaseRevokeResponse) GetRevision() uint64 {
 	return 0
 }
 
+type BatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the request; its response carries the same id.
+	Id            uint64     `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Ops           []*BatchOp `protobuf:"bytes,2,rep,name=ops,proto3" json:"ops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRequest) Reset() {
+	*x = BatchRequest{}
+	mi := &file_meta_v1_meta_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRequest) ProtoMessage() {}
+
+func (x *BatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meta_v1_meta_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
+func (*BatchRequest) Descriptor() ([]byte, []int) {
+	return file_meta_v1_meta_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *BatchRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *BatchRequest) GetOps() []*BatchOp {
+	if x != nil {
+		return x.Ops
+	}
+	return nil
+}
+
+type BatchOp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*BatchOp_Get
+	//	*BatchOp_Put
+	//	*BatchOp_Delete
+	Op            isBatchOp_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchOp) Reset() {
+	*x = BatchOp{}
+	mi := &file_meta_v1_meta_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchOp) ProtoMessage() {}
+
+func (x *BatchOp) ProtoReflect() protoreflect.Message {
+	mi := &file_meta_v1_meta_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchOp.ProtoReflect.Descriptor instead.
+func (*BatchOp) Descriptor() ([]byte, []int) {
+	return file_meta_v1_meta_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *BatchOp) GetOp() isBatchOp_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *BatchOp) GetGet() *GetRequest {
+	if x != nil {
+		if x, ok := x.Op.(*BatchOp_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *BatchOp) GetPut() *PutRequest {
+	if x != nil {
+		if x, ok := x.Op.(*BatchOp_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *BatchOp) GetDelete() *DeleteRequest {
+	if x != nil {
+		if x, ok := x.Op.(*BatchOp_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+type isBatchOp_Op interface {
+	isBatchOp_Op()
+}
+
+type BatchOp_Get struct {
+	Get *GetRequest `protobuf:"bytes,1,opt,name=get,proto3,oneof"`
+}
+
+type BatchOp_Put struct {
+	Put *PutRequest `protobuf:"bytes,2,opt,name=put,proto3,oneof"`
+}
+
+type BatchOp_Delete struct {
+	Delete *DeleteRequest `protobuf:"bytes,3,opt,name=delete,proto3,oneof"`
+}
+
+func (*BatchOp_Get) isBatchOp_Op() {}
+
+func (*BatchOp_Put) isBatchOp_Op() {}
+
+func (*BatchOp_Delete) isBatchOp_Op() {}
+
+type BatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// results holds the results of the request's ops offset, offset+1, ...
+	// in order. The results of a large request may come in several
+	// responses (each message stays small); together they cover every op once.
+	Results       []*BatchResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	Offset        uint32         `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResponse) Reset() {
+	*x = BatchResponse{}
+	mi := &file_meta_v1_meta_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResponse) ProtoMessage() {}
+
+func (x *BatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meta_v1_meta_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
+func (*BatchResponse) Descriptor() ([]byte, []int) {
+	return file_meta_v1_meta_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *BatchResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *BatchResponse) GetResults() []*BatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *BatchResponse) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+type BatchResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*BatchResult_Get
+	//	*BatchResult_Put
+	//	*BatchResult_Delete
+	//	*BatchResult_Error
+	Result        isBatchResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResult) Reset() {
+	*x = BatchResult{}
+	mi := &file_meta_v1_meta_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResult) ProtoMessage() {}
+
+func (x *BatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_meta_v1_meta_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
+func (*BatchResult) Descriptor() ([]byte, []int) {
+	return file_meta_v1_meta_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *BatchResult) GetResult() isBatchResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *BatchResult) GetGet() *GetResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetPut() *PutResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetDelete() *DeleteResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetError() *OpError {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isBatchResult_Result interface {
+	isBatchResult_Result()
+}
+
+type BatchResult_Get struct {
+	Get *GetResponse `protobuf:"bytes,1,opt,name=get,proto3,oneof"`
+}
+
+type BatchResult_Put struct {
+	Put *PutResponse `protobuf:"bytes,2,opt,name=put,proto3,oneof"`
+}
+
+type BatchResult_Delete struct {
+	Delete *DeleteResponse `protobuf:"bytes,3,opt,name=delete,proto3,oneof"`
+}
+
+type BatchResult_Error struct {
+	Error *OpError `protobuf:"bytes,4,opt,name=error,proto3,oneof"`
+}
+
+func (*BatchResult_Get) isBatchResult_Result() {}
+
+func (*BatchResult_Put) isBatchResult_Result() {}
+
+func (*BatchResult_Delete) isBatchResult_Result() {}
+
+func (*BatchResult_Error) isBatchResult_Result() {}
+
+// OpError is the error of one op of a batch: what a unary call would have
+// returned as a gRPC status with a google.rpc.ErrorInfo.
+type OpError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// code is the gRPC status code.
+	Code    uint32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// reason is the ErrorInfo reason (meta/errors.go), empty when none.
+	Reason        string            `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpError) Reset() {
+	*x = OpError{}
+	mi := &file_meta_v1_meta_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpError) ProtoMessage() {}
+
+func (x *OpError) ProtoReflect() protoreflect.Message {
+	mi := &file_meta_v1_meta_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpError.ProtoReflect.Descriptor instead.
+func (*OpError) Descriptor() ([]byte, []int) {
+	return file_meta_v1_meta_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *OpError) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *OpError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *OpError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *OpError) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1132,7 +1532,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meta_v1_meta_proto_msgTypes[19]
+	mi := &file_meta_v1_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1544,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meta_v1_meta_proto_msgTypes[19]
+	mi := &file_meta_v1_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1557,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meta_v1_meta_proto_rawDescGZIP(), []int{19}
+	return file_meta_v1_meta_proto_rawDescGZIP(), []int{24}
 }
 
 type Member struct {
@@ -1172,7 +1572,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_meta_v1_meta_proto_msgTypes[20]
+	mi := &file_meta_v1_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1584,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_meta_v1_meta_proto_msgTypes[20]
+	mi := &file_meta_v1_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1597,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_meta_v1_meta_proto_rawDescGZIP(), []int{20}
+	return file_meta_v1_meta_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Member) GetId() uint64 {
@@ -1239,7 +1639,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meta_v1_meta_proto_msgTypes[21]
+	mi := &file_meta_v1_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1651,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meta_v1_meta_proto_msgTypes[21]
+	mi := &file_meta_v1_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1664,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meta_v1_meta_proto_rawDescGZIP(), []int{21}
+	return file_meta_v1_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatusResponse) GetId() uint64 {
@@ -1403,7 +1803,33 @@ const file_meta_v1_meta_proto_rawDesc = "" +
 	"\x12LeaseRevokeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\"1\n" +
 	"\x13LeaseRevokeResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"\x0f\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"B\n" +
+	"\fBatchRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\"\n" +
+	"\x03ops\x18\x02 \x03(\v2\x10.meta.v1.BatchOpR\x03ops\"\x93\x01\n" +
+	"\aBatchOp\x12'\n" +
+	"\x03get\x18\x01 \x01(\v2\x13.meta.v1.GetRequestH\x00R\x03get\x12'\n" +
+	"\x03put\x18\x02 \x01(\v2\x13.meta.v1.PutRequestH\x00R\x03put\x120\n" +
+	"\x06delete\x18\x03 \x01(\v2\x16.meta.v1.DeleteRequestH\x00R\x06deleteB\x04\n" +
+	"\x02op\"g\n" +
+	"\rBatchResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
+	"\aresults\x18\x02 \x03(\v2\x14.meta.v1.BatchResultR\aresults\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\rR\x06offset\"\xc8\x01\n" +
+	"\vBatchResult\x12(\n" +
+	"\x03get\x18\x01 \x01(\v2\x14.meta.v1.GetResponseH\x00R\x03get\x12(\n" +
+	"\x03put\x18\x02 \x01(\v2\x14.meta.v1.PutResponseH\x00R\x03put\x121\n" +
+	"\x06delete\x18\x03 \x01(\v2\x17.meta.v1.DeleteResponseH\x00R\x06delete\x12(\n" +
+	"\x05error\x18\x04 \x01(\v2\x10.meta.v1.OpErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"\xc8\x01\n" +
+	"\aOpError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12:\n" +
+	"\bmetadata\x18\x04 \x03(\v2\x1e.meta.v1.OpError.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x0f\n" +
 	"\rStatusRequest\"H\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
@@ -1419,7 +1845,7 @@ const file_meta_v1_meta_proto_rawDesc = "" +
 	"\x04term\x18\x06 \x01(\x04R\x04term\x12#\n" +
 	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x04R\brevision\x12)\n" +
-	"\amembers\x18\t \x03(\v2\x0f.meta.v1.MemberR\amembers2\xb3\x04\n" +
+	"\amembers\x18\t \x03(\v2\x0f.meta.v1.MemberR\amembers2\xef\x04\n" +
 	"\x04Meta\x120\n" +
 	"\x03Get\x12\x13.meta.v1.GetRequest\x1a\x14.meta.v1.GetResponse\x123\n" +
 	"\x04List\x12\x14.meta.v1.ListRequest\x1a\x15.meta.v1.ListResponse\x120\n" +
@@ -1430,7 +1856,8 @@ const file_meta_v1_meta_proto_rawDesc = "" +
 	"LeaseGrant\x12\x1a.meta.v1.LeaseGrantRequest\x1a\x1b.meta.v1.LeaseGrantResponse\x12Q\n" +
 	"\x0eLeaseKeepAlive\x12\x1e.meta.v1.LeaseKeepAliveRequest\x1a\x1f.meta.v1.LeaseKeepAliveResponse\x12H\n" +
 	"\vLeaseRevoke\x12\x1b.meta.v1.LeaseRevokeRequest\x1a\x1c.meta.v1.LeaseRevokeResponse\x129\n" +
-	"\x06Status\x12\x16.meta.v1.StatusRequest\x1a\x17.meta.v1.StatusResponse2E\n" +
+	"\x06Status\x12\x16.meta.v1.StatusRequest\x1a\x17.meta.v1.StatusResponse\x12:\n" +
+	"\x05Batch\x12\x15.meta.v1.BatchRequest\x1a\x16.meta.v1.BatchResponse(\x010\x012E\n" +
 	"\rRaftTransport\x124\n" +
 	"\x06Stream\x12\x12.meta.v1.RaftFrame\x1a\x12.meta.v1.RaftFrame(\x010\x01B8Z6github.com/quiremq/quire/internal/proto/meta/v1;metav1b\x06proto3"
 
@@ -1447,7 +1874,7 @@ func file_meta_v1_meta_proto_rawDescGZIP() []byte {
 }
 
 var file_meta_v1_meta_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_meta_v1_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_meta_v1_meta_proto_goTypes = []any{
 	(Event_Type)(0),                // 0: meta.v1.Event.Type
 	(*RaftFrame)(nil),              // 1: meta.v1.RaftFrame
@@ -1469,9 +1896,15 @@ var file_meta_v1_meta_proto_goTypes = []any{
 	(*LeaseKeepAliveResponse)(nil), // 17: meta.v1.LeaseKeepAliveResponse
 	(*LeaseRevokeRequest)(nil),     // 18: meta.v1.LeaseRevokeRequest
 	(*LeaseRevokeResponse)(nil),    // 19: meta.v1.LeaseRevokeResponse
-	(*StatusRequest)(nil),          // 20: meta.v1.StatusRequest
-	(*Member)(nil),                 // 21: meta.v1.Member
-	(*StatusResponse)(nil),         // 22: meta.v1.StatusResponse
+	(*BatchRequest)(nil),           // 20: meta.v1.BatchRequest
+	(*BatchOp)(nil),                // 21: meta.v1.BatchOp
+	(*BatchResponse)(nil),          // 22: meta.v1.BatchResponse
+	(*BatchResult)(nil),            // 23: meta.v1.BatchResult
+	(*OpError)(nil),                // 24: meta.v1.OpError
+	(*StatusRequest)(nil),          // 25: meta.v1.StatusRequest
+	(*Member)(nil),                 // 26: meta.v1.Member
+	(*StatusResponse)(nil),         // 27: meta.v1.StatusResponse
+	nil,                            // 28: meta.v1.OpError.MetadataEntry
 }
 var file_meta_v1_meta_proto_depIdxs = []int32{
 	2,  // 0: meta.v1.GetResponse.kv:type_name -> meta.v1.KeyValue
@@ -1480,32 +1913,44 @@ var file_meta_v1_meta_proto_depIdxs = []int32{
 	0,  // 3: meta.v1.Event.type:type_name -> meta.v1.Event.Type
 	2,  // 4: meta.v1.Event.kv:type_name -> meta.v1.KeyValue
 	12, // 5: meta.v1.WatchResponse.events:type_name -> meta.v1.Event
-	21, // 6: meta.v1.StatusResponse.members:type_name -> meta.v1.Member
-	3,  // 7: meta.v1.Meta.Get:input_type -> meta.v1.GetRequest
-	5,  // 8: meta.v1.Meta.List:input_type -> meta.v1.ListRequest
-	7,  // 9: meta.v1.Meta.Put:input_type -> meta.v1.PutRequest
-	9,  // 10: meta.v1.Meta.Delete:input_type -> meta.v1.DeleteRequest
-	11, // 11: meta.v1.Meta.Watch:input_type -> meta.v1.WatchRequest
-	14, // 12: meta.v1.Meta.LeaseGrant:input_type -> meta.v1.LeaseGrantRequest
-	16, // 13: meta.v1.Meta.LeaseKeepAlive:input_type -> meta.v1.LeaseKeepAliveRequest
-	18, // 14: meta.v1.Meta.LeaseRevoke:input_type -> meta.v1.LeaseRevokeRequest
-	20, // 15: meta.v1.Meta.Status:input_type -> meta.v1.StatusRequest
-	1,  // 16: meta.v1.RaftTransport.Stream:input_type -> meta.v1.RaftFrame
-	4,  // 17: meta.v1.Meta.Get:output_type -> meta.v1.GetResponse
-	6,  // 18: meta.v1.Meta.List:output_type -> meta.v1.ListResponse
-	8,  // 19: meta.v1.Meta.Put:output_type -> meta.v1.PutResponse
-	10, // 20: meta.v1.Meta.Delete:output_type -> meta.v1.DeleteResponse
-	13, // 21: meta.v1.Meta.Watch:output_type -> meta.v1.WatchResponse
-	15, // 22: meta.v1.Meta.LeaseGrant:output_type -> meta.v1.LeaseGrantResponse
-	17, // 23: meta.v1.Meta.LeaseKeepAlive:output_type -> meta.v1.LeaseKeepAliveResponse
-	19, // 24: meta.v1.Meta.LeaseRevoke:output_type -> meta.v1.LeaseRevokeResponse
-	22, // 25: meta.v1.Meta.Status:output_type -> meta.v1.StatusResponse
-	1,  // 26: meta.v1.RaftTransport.Stream:output_type -> meta.v1.RaftFrame
-	17, // [17:27] is the sub-list for method output_type
-	7,  // [7:17] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	21, // 6: meta.v1.BatchRequest.ops:type_name -> meta.v1.BatchOp
+	3,  // 7: meta.v1.BatchOp.get:type_name -> meta.v1.GetRequest
+	7,  // 8: meta.v1.BatchOp.put:type_name -> meta.v1.PutRequest
+	9,  // 9: meta.v1.BatchOp.delete:type_name -> meta.v1.DeleteRequest
+	23, // 10: meta.v1.BatchResponse.results:type_name -> meta.v1.BatchResult
+	4,  // 11: meta.v1.BatchResult.get:type_name -> meta.v1.GetResponse
+	8,  // 12: meta.v1.BatchResult.put:type_name -> meta.v1.PutResponse
+	10, // 13: meta.v1.BatchResult.delete:type_name -> meta.v1.DeleteResponse
+	24, // 14: meta.v1.BatchResult.error:type_name -> meta.v1.OpError
+	28, // 15: meta.v1.OpError.metadata:type_name -> meta.v1.OpError.MetadataEntry
+	26, // 16: meta.v1.StatusResponse.members:type_name -> meta.v1.Member
+	3,  // 17: meta.v1.Meta.Get:input_type -> meta.v1.GetRequest
+	5,  // 18: meta.v1.Meta.List:input_type -> meta.v1.ListRequest
+	7,  // 19: meta.v1.Meta.Put:input_type -> meta.v1.PutRequest
+	9,  // 20: meta.v1.Meta.Delete:input_type -> meta.v1.DeleteRequest
+	11, // 21: meta.v1.Meta.Watch:input_type -> meta.v1.WatchRequest
+	14, // 22: meta.v1.Meta.LeaseGrant:input_type -> meta.v1.LeaseGrantRequest
+	16, // 23: meta.v1.Meta.LeaseKeepAlive:input_type -> meta.v1.LeaseKeepAliveRequest
+	18, // 24: meta.v1.Meta.LeaseRevoke:input_type -> meta.v1.LeaseRevokeRequest
+	25, // 25: meta.v1.Meta.Status:input_type -> meta.v1.StatusRequest
+	20, // 26: meta.v1.Meta.Batch:input_type -> meta.v1.BatchRequest
+	1,  // 27: meta.v1.RaftTransport.Stream:input_type -> meta.v1.RaftFrame
+	4,  // 28: meta.v1.Meta.Get:output_type -> meta.v1.GetResponse
+	6,  // 29: meta.v1.Meta.List:output_type -> meta.v1.ListResponse
+	8,  // 30: meta.v1.Meta.Put:output_type -> meta.v1.PutResponse
+	10, // 31: meta.v1.Meta.Delete:output_type -> meta.v1.DeleteResponse
+	13, // 32: meta.v1.Meta.Watch:output_type -> meta.v1.WatchResponse
+	15, // 33: meta.v1.Meta.LeaseGrant:output_type -> meta.v1.LeaseGrantResponse
+	17, // 34: meta.v1.Meta.LeaseKeepAlive:output_type -> meta.v1.LeaseKeepAliveResponse
+	19, // 35: meta.v1.Meta.LeaseRevoke:output_type -> meta.v1.LeaseRevokeResponse
+	27, // 36: meta.v1.Meta.Status:output_type -> meta.v1.StatusResponse
+	22, // 37: meta.v1.Meta.Batch:output_type -> meta.v1.BatchResponse
+	1,  // 38: meta.v1.RaftTransport.Stream:output_type -> meta.v1.RaftFrame
+	28, // [28:39] is the sub-list for method output_type
+	17, // [17:28] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_meta_v1_meta_proto_init() }
@@ -1513,13 +1958,24 @@ func file_meta_v1_meta_proto_init() {
 	if File_meta_v1_meta_proto != nil {
 		return
 	}
+	file_meta_v1_meta_proto_msgTypes[20].OneofWrappers = []any{
+		(*BatchOp_Get)(nil),
+		(*BatchOp_Put)(nil),
+		(*BatchOp_Delete)(nil),
+	}
+	file_meta_v1_meta_proto_msgTypes[22].OneofWrappers = []any{
+		(*BatchResult_Get)(nil),
+		(*BatchResult_Put)(nil),
+		(*BatchResult_Delete)(nil),
+		(*BatchResult_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meta_v1_meta_proto_rawDesc), len(file_meta_v1_meta_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

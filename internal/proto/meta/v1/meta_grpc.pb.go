@@ -37,6 +37,7 @@ const (
 	Meta_LeaseKeepAlive_FullMethodName = "/meta.v1.Meta/LeaseKeepAlive"
 	Meta_LeaseRevoke_FullMethodName    = "/meta.v1.Meta/LeaseRevoke"
 	Meta_Status_FullMethodName         = "/meta.v1.Meta/Status"
+	Meta_Batch_FullMethodName          = "/meta.v1.Meta/Batch"
 )
 
 // MetaClient is the client API for Meta service.
@@ -63,6 +64,16 @@ type MetaClient interface {
 	LeaseRevoke(ctx context.Context, in *LeaseRevokeRequest, opts ...grpc.CallOption) (*LeaseRevokeResponse, error)
 	// Status describes this node's view of the Raft cluster.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Batch carries many Get, Put and Delete requests over one stream: the
+	// client sends the requests of its concurrent callers together, the server
+	// answers each BatchRequest with its results (in one or more
+	// BatchResponses with the request's id; requests are answered in any
+	// order). Every op has its own result: a failed CAS fails only that op.
+	// The leader commits the writes of concurrent batches together in one Raft
+	// entry, applied in order. A follower forwards the leader-only ops of a
+	// batch to the leader, unless the stream carries the no-forward metadata
+	// (then those ops fail with NOT_LEADER).
+	Batch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchRequest, BatchResponse], error)
 }
 
 type metaClient struct {
@@ -172,6 +183,19 @@ func (c *metaClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc
 	return out, nil
 }
 
+func (c *metaClient) Batch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchRequest, BatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Meta_ServiceDesc.Streams[1], Meta_Batch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BatchRequest, BatchResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Meta_BatchClient = grpc.BidiStreamingClient[BatchRequest, BatchResponse]
+
 // MetaServer is the server API for Meta service.
 // All implementations must embed UnimplementedMetaServer
 // for forward compatibility.
@@ -196,6 +220,16 @@ type MetaServer interface {
 	LeaseRevoke(context.Context, *LeaseRevokeRequest) (*LeaseRevokeResponse, error)
 	// Status describes this node's view of the Raft cluster.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Batch carries many Get, Put and Delete requests over one stream: the
+	// client sends the requests of its concurrent callers together, the server
+	// answers each BatchRequest with its results (in one or more
+	// BatchResponses with the request's id; requests are answered in any
+	// order). Every op has its own result: a failed CAS fails only that op.
+	// The leader commits the writes of concurrent batches together in one Raft
+	// entry, applied in order. A follower forwards the leader-only ops of a
+	// batch to the leader, unless the stream carries the no-forward metadata
+	// (then those ops fail with NOT_LEADER).
+	Batch(grpc.BidiStreamingServer[BatchRequest, BatchResponse]) error
 	mustEmbedUnimplementedMetaServer()
 }
 
@@ -232,6 +266,9 @@ func (UnimplementedMetaServer) LeaseRevoke(context.Context, *LeaseRevokeRequest)
 }
 func (UnimplementedMetaServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedMetaServer) Batch(grpc.BidiStreamingServer[BatchRequest, BatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method Batch not implemented")
 }
 func (UnimplementedMetaServer) mustEmbedUnimplementedMetaServer() {}
 func (UnimplementedMetaServer) testEmbeddedByValue()              {}
@@ -409,6 +446,13 @@ func _Meta_Status_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Meta_Batch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(MetaServer).Batch(&grpc.GenericServerStream[BatchRequest, BatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Meta_BatchServer = grpc.BidiStreamingServer[BatchRequest, BatchResponse]
+
 // Meta_ServiceDesc is the grpc.ServiceDesc for Meta service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -454,6 +498,12 @@ var Meta_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Watch",
 			Handler:       _Meta_Watch_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Batch",
+			Handler:       _Meta_Batch_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "meta/v1/meta.proto",

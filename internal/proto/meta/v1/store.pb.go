@@ -35,6 +35,7 @@ type Command struct {
 	//	*Command_Delete
 	//	*Command_LeaseGrant
 	//	*Command_LeaseRevoke
+	//	*Command_Batch
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -113,6 +114,15 @@ func (x *Command) GetLeaseRevoke() *LeaseRevokeOp {
 	return nil
 }
 
+func (x *Command) GetBatch() *CommandBatch {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -133,6 +143,10 @@ type Command_LeaseRevoke struct {
 	LeaseRevoke *LeaseRevokeOp `protobuf:"bytes,4,opt,name=lease_revoke,json=leaseRevoke,proto3,oneof"`
 }
 
+type Command_Batch struct {
+	Batch *CommandBatch `protobuf:"bytes,5,opt,name=batch,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -140,6 +154,55 @@ func (*Command_Delete) isCommand_Op() {}
 func (*Command_LeaseGrant) isCommand_Op() {}
 
 func (*Command_LeaseRevoke) isCommand_Op() {}
+
+func (*Command_Batch) isCommand_Op() {}
+
+// CommandBatch is the writes of concurrent requests committed as one log
+// entry. They are applied in order, each with its own result (and revision
+// when it changes something). Only put and delete may appear in a batch.
+type CommandBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ops           []*Command             `protobuf:"bytes,1,rep,name=ops,proto3" json:"ops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandBatch) Reset() {
+	*x = CommandBatch{}
+	mi := &file_meta_v1_store_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandBatch) ProtoMessage() {}
+
+func (x *CommandBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_meta_v1_store_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandBatch.ProtoReflect.Descriptor instead.
+func (*CommandBatch) Descriptor() ([]byte, []int) {
+	return file_meta_v1_store_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CommandBatch) GetOps() []*Command {
+	if x != nil {
+		return x.Ops
+	}
+	return nil
+}
 
 // LeaseGrantOp creates a lease; its id is the index of the log entry.
 type LeaseGrantOp struct {
@@ -151,7 +214,7 @@ type LeaseGrantOp struct {
 
 func (x *LeaseGrantOp) Reset() {
 	*x = LeaseGrantOp{}
-	mi := &file_meta_v1_store_proto_msgTypes[1]
+	mi := &file_meta_v1_store_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -163,7 +226,7 @@ func (x *LeaseGrantOp) String() string {
 func (*LeaseGrantOp) ProtoMessage() {}
 
 func (x *LeaseGrantOp) ProtoReflect() protoreflect.Message {
-	mi := &file_meta_v1_store_proto_msgTypes[1]
+	mi := &file_meta_v1_store_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -176,7 +239,7 @@ func (x *LeaseGrantOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantOp.ProtoReflect.Descriptor instead.
 func (*LeaseGrantOp) Descriptor() ([]byte, []int) {
-	return file_meta_v1_store_proto_rawDescGZIP(), []int{1}
+	return file_meta_v1_store_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *LeaseGrantOp) GetTtlMs() int64 {
@@ -198,7 +261,7 @@ type LeaseRevokeOp struct {
 
 func (x *LeaseRevokeOp) Reset() {
 	*x = LeaseRevokeOp{}
-	mi := &file_meta_v1_store_proto_msgTypes[2]
+	mi := &file_meta_v1_store_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +273,7 @@ func (x *LeaseRevokeOp) String() string {
 func (*LeaseRevokeOp) ProtoMessage() {}
 
 func (x *LeaseRevokeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_meta_v1_store_proto_msgTypes[2]
+	mi := &file_meta_v1_store_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +286,7 @@ func (x *LeaseRevokeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeOp.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeOp) Descriptor() ([]byte, []int) {
-	return file_meta_v1_store_proto_rawDescGZIP(), []int{2}
+	return file_meta_v1_store_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LeaseRevokeOp) GetId() uint64 {
@@ -257,7 +320,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meta_v1_store_proto_msgTypes[3]
+	mi := &file_meta_v1_store_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -269,7 +332,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meta_v1_store_proto_msgTypes[3]
+	mi := &file_meta_v1_store_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -282,7 +345,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meta_v1_store_proto_rawDescGZIP(), []int{3}
+	return file_meta_v1_store_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SnapshotRecord) GetRec() isSnapshotRecord_Rec {
@@ -368,7 +431,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meta_v1_store_proto_msgTypes[4]
+	mi := &file_meta_v1_store_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -380,7 +443,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meta_v1_store_proto_msgTypes[4]
+	mi := &file_meta_v1_store_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -393,7 +456,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meta_v1_store_proto_rawDescGZIP(), []int{4}
+	return file_meta_v1_store_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -427,7 +490,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_meta_v1_store_proto_msgTypes[5]
+	mi := &file_meta_v1_store_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +502,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_meta_v1_store_proto_msgTypes[5]
+	mi := &file_meta_v1_store_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +515,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_meta_v1_store_proto_rawDescGZIP(), []int{5}
+	return file_meta_v1_store_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Lease) GetId() uint64 {
@@ -479,7 +542,7 @@ type SnapshotTrailer struct {
 
 func (x *SnapshotTrailer) Reset() {
 	*x = SnapshotTrailer{}
-	mi := &file_meta_v1_store_proto_msgTypes[6]
+	mi := &file_meta_v1_store_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +554,7 @@ func (x *SnapshotTrailer) String() string {
 func (*SnapshotTrailer) ProtoMessage() {}
 
 func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_meta_v1_store_proto_msgTypes[6]
+	mi := &file_meta_v1_store_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +567,7 @@ func (x *SnapshotTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotTrailer.ProtoReflect.Descriptor instead.
 func (*SnapshotTrailer) Descriptor() ([]byte, []int) {
-	return file_meta_v1_store_proto_rawDescGZIP(), []int{6}
+	return file_meta_v1_store_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SnapshotTrailer) GetLeases() uint64 {
@@ -525,14 +588,17 @@ var File_meta_v1_store_proto protoreflect.FileDescriptor
 
 const file_meta_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x13meta/v1/store.proto\x12\ameta.v1\x1a\x12meta/v1/meta.proto\"\xe1\x01\n" +
+	"\x13meta/v1/store.proto\x12\ameta.v1\x1a\x12meta/v1/meta.proto\"\x90\x02\n" +
 	"\aCommand\x12'\n" +
 	"\x03put\x18\x01 \x01(\v2\x13.meta.v1.PutRequestH\x00R\x03put\x120\n" +
 	"\x06delete\x18\x02 \x01(\v2\x16.meta.v1.DeleteRequestH\x00R\x06delete\x128\n" +
 	"\vlease_grant\x18\x03 \x01(\v2\x15.meta.v1.LeaseGrantOpH\x00R\n" +
 	"leaseGrant\x12;\n" +
-	"\flease_revoke\x18\x04 \x01(\v2\x16.meta.v1.LeaseRevokeOpH\x00R\vleaseRevokeB\x04\n" +
-	"\x02op\"%\n" +
+	"\flease_revoke\x18\x04 \x01(\v2\x16.meta.v1.LeaseRevokeOpH\x00R\vleaseRevoke\x12-\n" +
+	"\x05batch\x18\x05 \x01(\v2\x15.meta.v1.CommandBatchH\x00R\x05batchB\x04\n" +
+	"\x02op\"2\n" +
+	"\fCommandBatch\x12\"\n" +
+	"\x03ops\x18\x01 \x03(\v2\x10.meta.v1.CommandR\x03ops\"%\n" +
 	"\fLeaseGrantOp\x12\x15\n" +
 	"\x06ttl_ms\x18\x01 \x01(\x03R\x05ttlMs\"9\n" +
 	"\rLeaseRevokeOp\x12\x0e\n" +
@@ -567,33 +633,36 @@ func file_meta_v1_store_proto_rawDescGZIP() []byte {
 	return file_meta_v1_store_proto_rawDescData
 }
 
-var file_meta_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_meta_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_meta_v1_store_proto_goTypes = []any{
 	(*Command)(nil),         // 0: meta.v1.Command
-	(*LeaseGrantOp)(nil),    // 1: meta.v1.LeaseGrantOp
-	(*LeaseRevokeOp)(nil),   // 2: meta.v1.LeaseRevokeOp
-	(*SnapshotRecord)(nil),  // 3: meta.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),  // 4: meta.v1.SnapshotHeader
-	(*Lease)(nil),           // 5: meta.v1.Lease
-	(*SnapshotTrailer)(nil), // 6: meta.v1.SnapshotTrailer
-	(*PutRequest)(nil),      // 7: meta.v1.PutRequest
-	(*DeleteRequest)(nil),   // 8: meta.v1.DeleteRequest
-	(*KeyValue)(nil),        // 9: meta.v1.KeyValue
+	(*CommandBatch)(nil),    // 1: meta.v1.CommandBatch
+	(*LeaseGrantOp)(nil),    // 2: meta.v1.LeaseGrantOp
+	(*LeaseRevokeOp)(nil),   // 3: meta.v1.LeaseRevokeOp
+	(*SnapshotRecord)(nil),  // 4: meta.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),  // 5: meta.v1.SnapshotHeader
+	(*Lease)(nil),           // 6: meta.v1.Lease
+	(*SnapshotTrailer)(nil), // 7: meta.v1.SnapshotTrailer
+	(*PutRequest)(nil),      // 8: meta.v1.PutRequest
+	(*DeleteRequest)(nil),   // 9: meta.v1.DeleteRequest
+	(*KeyValue)(nil),        // 10: meta.v1.KeyValue
 }
 var file_meta_v1_store_proto_depIdxs = []int32{
-	7, // 0: meta.v1.Command.put:type_name -> meta.v1.PutRequest
-	8, // 1: meta.v1.Command.delete:type_name -> meta.v1.DeleteRequest
-	1, // 2: meta.v1.Command.lease_grant:type_name -> meta.v1.LeaseGrantOp
-	2, // 3: meta.v1.Command.lease_revoke:type_name -> meta.v1.LeaseRevokeOp
-	4, // 4: meta.v1.SnapshotRecord.header:type_name -> meta.v1.SnapshotHeader
-	5, // 5: meta.v1.SnapshotRecord.lease:type_name -> meta.v1.Lease
-	9, // 6: meta.v1.SnapshotRecord.kv:type_name -> meta.v1.KeyValue
-	6, // 7: meta.v1.SnapshotRecord.trailer:type_name -> meta.v1.SnapshotTrailer
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	8,  // 0: meta.v1.Command.put:type_name -> meta.v1.PutRequest
+	9,  // 1: meta.v1.Command.delete:type_name -> meta.v1.DeleteRequest
+	2,  // 2: meta.v1.Command.lease_grant:type_name -> meta.v1.LeaseGrantOp
+	3,  // 3: meta.v1.Command.lease_revoke:type_name -> meta.v1.LeaseRevokeOp
+	1,  // 4: meta.v1.Command.batch:type_name -> meta.v1.CommandBatch
+	0,  // 5: meta.v1.CommandBatch.ops:type_name -> meta.v1.Command
+	5,  // 6: meta.v1.SnapshotRecord.header:type_name -> meta.v1.SnapshotHeader
+	6,  // 7: meta.v1.SnapshotRecord.lease:type_name -> meta.v1.Lease
+	10, // 8: meta.v1.SnapshotRecord.kv:type_name -> meta.v1.KeyValue
+	7,  // 9: meta.v1.SnapshotRecord.trailer:type_name -> meta.v1.SnapshotTrailer
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_meta_v1_store_proto_init() }
@@ -607,8 +676,9 @@ func file_meta_v1_store_proto_init() {
 		(*Command_Delete)(nil),
 		(*Command_LeaseGrant)(nil),
 		(*Command_LeaseRevoke)(nil),
+		(*Command_Batch)(nil),
 	}
-	file_meta_v1_store_proto_msgTypes[3].OneofWrappers = []any{
+	file_meta_v1_store_proto_msgTypes[4].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Lease)(nil),
 		(*SnapshotRecord_Kv)(nil),
@@ -620,7 +690,7 @@ func file_meta_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meta_v1_store_proto_rawDesc), len(file_meta_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
