@@ -88,8 +88,9 @@ func plan(seed uint64, nBookies, maxDown int, length time.Duration) []fault {
 
 // runSchedule injects the faults of sched into r as it runs, each heal at
 // its time (restarts in the background: a restarted bookie is only
-// faulted again once it serves), and heals everything at the end.
-func (r *rig) runSchedule(sched []fault) {
+// faulted again once it serves), and heals everything at the end. It
+// returns when each fault was injected.
+func (r *rig) runSchedule(sched []fault) []time.Time {
 	t := r.t
 	start := time.Now()
 	type heal struct {
@@ -116,9 +117,11 @@ func (r *rig) runSchedule(sched []fault) {
 			time.Sleep(min(d, 20*time.Millisecond))
 		}
 	}
+	var times []time.Time
 	for _, f := range sched {
 		sleepUntil(f.at)
 		t.Logf("fault %v (late by %v)", f, (time.Since(start) - f.at).Round(time.Millisecond))
+		times = append(times, time.Now())
 		if f.kind == faultWriter {
 			r.writer.kill9()
 			r.startWriter()
@@ -137,7 +140,9 @@ func (r *rig) runSchedule(sched []fault) {
 			heals = append(heals, heal{end, func() {
 				restarts.Go(func() {
 					defer close(ch)
-					b.restart()
+					if err := b.restart(); err != nil {
+						t.Errorf("restarting %s: %v", b.name, err)
+					}
 				})
 			}})
 		case faultStop:
@@ -154,6 +159,7 @@ func (r *rig) runSchedule(sched []fault) {
 	}
 	runHeals(1 << 62)
 	restarts.Wait()
+	return times
 }
 
 // The fault tests of DESIGN.md, "Journal": 5 `quire bookie` processes
@@ -167,22 +173,27 @@ func (r *rig) runSchedule(sched []fault) {
 // changed, closed last entry ≥ every acknowledgement, read order = write
 // order, one value per offset, every non-empty ledger in the log).
 func TestFaults(t *testing.T) {
-	length := 8 * time.Second
+	length, roll := 8*time.Second, int64(300)
 	if on, d := soak(t); on {
-		length = d
+		length, roll = d, 3000 // fewer ledgers: LogReader walks the list per ledger
 	}
 	s := seed(t)
 	sched := plan(s, 5, 2, length)
-	r := newRig(t, 5, writerConfig{Shard: "faults/0", E: 3, Qw: 2, Qa: 2, RollEntries: 300,
+	r := newRig(t, 5, writerConfig{Shard: "faults/0", E: 3, Qw: 2, Qa: 2, RollEntries: roll,
 		Rate: 500, Inflight: 256, AddTimeout: 1500 * time.Millisecond, ReqTimeout: 1500 * time.Millisecond})
 	r.startWriter()
 	r.waitAcks(100, 60*time.Second)
 	r.phase("writing; faults start")
-	r.runSchedule(sched)
+	times := r.runSchedule(sched)
 	r.phase("every fault healed")
 	// Everything healed: writes go on.
 	r.waitAcks(200, 60*time.Second)
 	r.finish()
+	for i, f := range sched {
+		first, gap := r.h.stall(times[i], time.Second)
+		t.Logf("stall after %v: first ack of a later append %v after, longest gap between acks within 1s %v",
+			f, first.Round(time.Millisecond), gap.Round(time.Millisecond))
+	}
 	_, acked, _ := r.h.counts()
 	if acked < 500 {
 		t.Errorf("only %d appends acknowledged", acked)
@@ -240,7 +251,9 @@ func TestKillOneOfFour(t *testing.T) {
 			t.Errorf("ledger %d: no ensemble change after killing %s: %v", md.ID, b.name, md)
 		}
 		if round < rounds-1 {
-			b.restart() // it rejoins as a replacement candidate
+			if err := b.restart(); err != nil { // it rejoins as a replacement candidate
+				t.Fatal(err)
+			}
 		}
 	}
 	r.finish()

@@ -52,7 +52,7 @@ func quireBinary(t testing.TB) string {
 	return filepath.Join(binDir, "quire")
 }
 
-// syncBuffer collects a process's output, keeping the last 64 KiB.
+// syncBuffer collects a process's output, keeping the last 1 MiB.
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
@@ -61,8 +61,8 @@ type syncBuffer struct {
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.b.Len() > 64<<10 {
-		s.b.Next(s.b.Len() - 32<<10)
+	if s.b.Len() > 1<<20 {
+		s.b.Next(s.b.Len() - 512<<10)
 	}
 	return s.b.Write(p)
 }
@@ -93,19 +93,19 @@ type proc struct {
 	err    error
 }
 
-func startProc(t testing.TB, cmd *exec.Cmd) *proc {
-	t.Helper()
+// startProc starts cmd and kills it when the test ends.
+func startProc(t testing.TB, cmd *exec.Cmd) (*proc, error) {
 	p := &proc{cmd: cmd, output: &syncBuffer{}, done: make(chan struct{})}
 	if cmd.Stdout == nil {
 		cmd.Stdout = p.output
 	}
 	cmd.Stderr = p.output
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}
 	go func() { p.err = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() { p.kill() })
-	return p
+	return p, nil
 }
 
 func (p *proc) exited() bool {
@@ -154,10 +154,14 @@ func startBookies(t testing.TB, n int) []*bookieProc {
 		b := &bookieProc{t: t, name: fmt.Sprintf("b%d", i), dataDir: filepath.Join(dir, fmt.Sprintf("b%d", i)), addr: freeAddr(t)}
 		b.proxy = startProxy(t, b.addr)
 		bs[i] = b
-		b.start(bin)
+		if err := b.start(bin); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, b := range bs {
-		b.waitServing()
+		if err := b.waitServing(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return bs
 }
@@ -170,15 +174,18 @@ func freeAddr(t testing.TB) string {
 	return a
 }
 
-func (b *bookieProc) start(bin string) {
-	b.t.Helper()
+func (b *bookieProc) start(bin string) error {
 	cmd := exec.Command(bin, "bookie", "--data-dir", b.dataDir, "--addr", b.addr,
 		"--cookie-store", b.dataDir+".cookies.json", "--max-group-wait", "1ms", "--log-level", "warn")
 	cmd.Env = childEnv()
-	p := startProc(b.t, cmd)
+	p, err := startProc(b.t, cmd)
+	if err != nil {
+		return err
+	}
 	b.mu.Lock()
 	b.p, b.stopped = p, false
 	b.mu.Unlock()
+	return nil
 }
 
 // up reports whether the process runs (stopped or not).
@@ -189,12 +196,11 @@ func (b *bookieProc) up() bool {
 }
 
 // waitServing waits until the bookie answers a request.
-func (b *bookieProc) waitServing() {
-	b.t.Helper()
+func (b *bookieProc) waitServing() error {
 	c, err := bookierpc.Dial(b.addr, grpc.WithConnectParams(grpc.ConnectParams{
 		Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.5, MaxDelay: 200 * time.Millisecond}}))
 	if err != nil {
-		b.t.Fatal(err)
+		return err
 	}
 	defer c.Close()
 	deadline := time.Now().Add(60 * time.Second)
@@ -203,16 +209,16 @@ func (b *bookieProc) waitServing() {
 		p := b.p
 		b.mu.Unlock()
 		if p.exited() {
-			b.t.Fatalf("bookie %s exited (%v):\n%s", b.name, p.err, p.output)
+			return fmt.Errorf("bookie %s exited (%v):\n%s", b.name, p.err, p.output)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := c.ReadLAC(ctx, 1<<60, false)
 		cancel()
 		if err == nil || bookierpc.StatusOf(err) != 0 {
-			return // an answer (NO_SUCH_LEDGER): serving
+			return nil // an answer (NO_SUCH_LEDGER): serving
 		}
 		if time.Now().After(deadline) {
-			b.t.Fatalf("bookie %s not serving after 60s:\n%s", b.name, p.output)
+			return fmt.Errorf("bookie %s not serving after 60s:\n%s", b.name, p.output)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -227,9 +233,11 @@ func (b *bookieProc) kill9() {
 	p.kill()
 }
 
-func (b *bookieProc) restart() {
-	b.start(quireBinary(b.t))
-	b.waitServing()
+func (b *bookieProc) restart() error {
+	if err := b.start(quireBinary(b.t)); err != nil {
+		return err
+	}
+	return b.waitServing()
 }
 
 // stop and cont send SIGSTOP and SIGCONT: a hung bookie, whose

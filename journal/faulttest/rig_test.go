@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -144,8 +145,9 @@ func (r *rig) finish() int64 {
 	return end
 }
 
-// waitAcks waits until n more appends are acknowledged, failing with the
-// writer's and the bookies' output after d.
+// waitAcks waits until n more appends are acknowledged. After d it fails
+// with the bookies' output and the writer's, with its goroutines (it is
+// sent SIGQUIT).
 func (r *rig) waitAcks(n int, d time.Duration) {
 	r.t.Helper()
 	if got, ok := r.h.waitAcks(n, d); !ok {
@@ -154,6 +156,14 @@ func (r *rig) waitAcks(n int, d time.Duration) {
 			r.t.Logf("bookie %s (up %v, stopped %v, proxy %v):\n%s", b.name, !b.p.exited(), b.stopped, b.proxy.getMode(), b.p.output)
 			b.mu.Unlock()
 		}
-		r.t.Fatalf("only %d of %d acknowledgements within %v; writer %d (exited %v):\n%s", got, n, d, r.writer.gen, r.writer.p.exited(), r.writer.p.output)
+		w := r.writer
+		if !w.p.exited() {
+			w.p.signal(syscall.SIGQUIT)
+			select {
+			case <-w.p.done:
+			case <-time.After(10 * time.Second):
+			}
+		}
+		r.t.Fatalf("only %d of %d acknowledgements within %v; writer %d:\n%s", got, n, d, w.gen, w.p.output)
 	}
 }

@@ -243,7 +243,9 @@ func startWriter(t testing.TB, cfg writerConfig, h *history) *writerProc {
 	cmd.Env = childEnv(writerEnv + "=" + string(js))
 	cmd.Stdin, cmd.Stdout = inR, outW
 	w := &writerProc{gen: cfg.Gen, stdin: inW, eof: make(chan struct{})}
-	w.p = startProc(t, cmd)
+	if w.p, err = startProc(t, cmd); err != nil {
+		t.Fatal(err)
+	}
 	inR.Close()
 	outW.Close()
 	go func() {
