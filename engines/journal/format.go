@@ -26,7 +26,9 @@ import (
 // are dense, so record i is at first+i); max ts is the largest record
 // timestamp of the shard up to and including this entry (a running
 // maximum, so it never decreases along the shard and OffsetForTime can
-// binary-search it); crc32c (Castagnoli) covers the records.
+// binary-search it); crc32c (Castagnoli) covers the header fields before
+// it and the records, so any damage is ErrCorrupt rather than a wrong
+// record (the bookie stores and returns entries as opaque bytes).
 const (
 	formatVersion = 1
 	headerSize    = 1 + 8 + 4 + 8 + 4
@@ -67,8 +69,14 @@ func encodeEntry(first uint64, maxTS int64, recs []shard.Record) []byte {
 			b = appendBytes(b, h.Value)
 		}
 	}
-	binary.BigEndian.PutUint32(b[21:], crc32.Checksum(b[headerSize:], castagnoli))
+	binary.BigEndian.PutUint32(b[21:], checksum(b))
 	return b
+}
+
+// checksum is the CRC of an entry: its header up to the CRC, then its
+// records.
+func checksum(b []byte) uint32 {
+	return crc32.Update(crc32.Checksum(b[:21], castagnoli), castagnoli, b[headerSize:])
 }
 
 func appendBytes(b, p []byte) []byte {
@@ -97,7 +105,7 @@ func decodeEntry(b []byte) (entryHeader, []shard.Record, error) {
 	if err != nil {
 		return h, nil, err
 	}
-	if got, want := crc32.Checksum(b[headerSize:], castagnoli), binary.BigEndian.Uint32(b[21:]); got != want {
+	if got, want := checksum(b), binary.BigEndian.Uint32(b[21:]); got != want {
 		return h, nil, fmt.Errorf("entry checksum %08x, want %08x", got, want)
 	}
 	// Each record takes at least 4 bytes: no count can make us allocate

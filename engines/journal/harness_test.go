@@ -30,8 +30,8 @@ type env struct {
 	t       testing.TB
 	kv      meta.KV
 	dir     *client.StaticDirectory
-	mu      sync.Mutex
-	bookies []*grpc.Server
+	mu    sync.Mutex
+	kills map[string]func() // bookie id → stop it as a crash would
 }
 
 func newEnv(t testing.TB, bookies int) *env {
@@ -58,7 +58,7 @@ func newEnv(t testing.TB, bookies int) *env {
 	if _, err := s.WaitLeader(wctx); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, kv: s, dir: client.NewStaticDirectory()}
+	e := &env{t: t, kv: s, dir: client.NewStaticDirectory(), kills: map[string]func(){}}
 	infos := make([]client.BookieInfo, bookies)
 	var wg sync.WaitGroup
 	for i := range bookies {
@@ -86,14 +86,18 @@ func (e *env) startBookie(node string) client.BookieInfo {
 	gs := grpc.NewServer(grpc.MaxRecvMsgSize(bookierpc.MaxMessageSize))
 	journalv1.RegisterBookieServer(gs, srv)
 	go gs.Serve(lis)
+	var once sync.Once
+	kill := func() {
+		once.Do(func() {
+			gs.Stop()
+			srv.Detach()
+			b.Close()
+		})
+	}
 	e.mu.Lock()
-	e.bookies = append(e.bookies, gs)
+	e.kills[addr] = kill
 	e.mu.Unlock()
-	e.t.Cleanup(func() {
-		gs.Stop()
-		srv.Detach()
-		b.Close()
-	})
+	e.t.Cleanup(kill)
 	return client.BookieInfo{ID: addr, Addr: addr, Node: node}
 }
 
@@ -122,4 +126,22 @@ func (e *env) engine(o Options) *Engine {
 		e.t.Fatal(err)
 	}
 	return en
+}
+
+// kill stops bookie id as a crash of its process would look to clients,
+// and takes it out of the directory.
+func (e *env) kill(id string) {
+	e.t.Helper()
+	e.mu.Lock()
+	k := e.kills[id]
+	e.mu.Unlock()
+	k()
+	bs, _ := e.dir.Bookies(context.Background())
+	var live []client.BookieInfo
+	for _, b := range bs {
+		if b.ID != id {
+			live = append(live, b)
+		}
+	}
+	e.dir.Set(live...)
 }

@@ -106,7 +106,7 @@ func (lw *LogWriter) startLedger(ctx context.Context, base int64) error {
 	if err != nil {
 		return err
 	}
-	nl := schema.Log{Shard: lw.shard, Ledgers: append(append([]uint64(nil), lw.log.Ledgers...), w.ID())}
+	nl := schema.Log{Shard: lw.shard, Ledgers: append(append([]uint64(nil), lw.log.Ledgers...), w.ID()), Trimmed: lw.log.Trimmed}
 	v, err := schema.CAS(ctx, lw.c.store.KV, schema.LogKey(lw.shard), lw.logVer, nl)
 	if err != nil {
 		w.Close(ctx) // empty and in no log: harmless

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/quiremq/quire/journal/ledger"
 )
 
 // A log rolls over by entry count and offsets stay dense across ledgers;
@@ -154,4 +156,109 @@ func TestLogRolloverTakeover(t *testing.T) {
 		t.Fatalf("read past the end: %v", err)
 	}
 	t.Logf("log %v, %d records, %d acknowledged", rec.Value.Ledgers, end, len(acked))
+}
+
+// Retention drops whole ledgers from the front of a log: they leave the
+// log (Log.Trimmed counts their entries, so offsets stay put) and are
+// deleted from meta and their bookies; reads below the trim point fail
+// with ErrTrimmed, reads above it and a new writer's offsets are
+// unchanged; the ledger being written cannot be dropped.
+func TestLogRetention(t *testing.T) {
+	c := newCluster(t, 3, "")
+	cl := c.client(Options{})
+	ctx := testCtx(t)
+	const shard = "retained/0"
+	opts := LogOptions{Ensemble: 3, WriteQuorum: 2, AckQuorum: 2, RollEntries: 10}
+	lw, err := cl.OpenLogWriter(ctx, shard, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 55 {
+		if off, err := lw.Append(ctx, payload(i, 32)); err != nil || off != int64(i) {
+			t.Fatalf("append %d: offset %d, %v", i, off, err)
+		}
+	}
+	rec, err := cl.store.Log(ctx, shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := rec.Value.Ledgers
+	if len(all) != 6 {
+		t.Fatalf("log %v, want 6 ledgers of 10 entries", all)
+	}
+	if err := lw.DropFirst(ctx, len(all)); err == nil {
+		t.Fatal("DropFirst dropped the ledger being written")
+	}
+	if err := lw.DropFirst(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	rec, err = cl.store.Log(ctx, shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Value.Trimmed != 20 || len(rec.Value.Ledgers) != 4 || rec.Value.Ledgers[0] != all[2] {
+		t.Fatalf("log after dropping 2: %+v", rec.Value)
+	}
+	for _, id := range all[:2] {
+		if _, err := cl.Metadata(ctx, id); !errors.Is(err, ErrNoSuchLedger) {
+			t.Fatalf("dropped ledger %d: %v, want ErrNoSuchLedger", id, err)
+		}
+		for _, b := range c.bookies {
+			if _, err := cl.readEntry(ctx, b.info.ID, id, 0, false); statusOf(err) != ledger.StatusNoSuchEntry {
+				t.Fatalf("bookie %s still answers for dropped ledger %d: %v", b.info.ID, id, err)
+			}
+		}
+	}
+	r, err := cl.OpenLogReader(ctx, shard, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.Next(ctx); !errors.Is(err, ErrTrimmed) {
+		t.Fatalf("read below the trim point: %v, want ErrTrimmed", err)
+	}
+	r.Close()
+	// The writer goes on at its offsets; a new writer continues after them.
+	if off, err := lw.Append(ctx, payload(55, 32)); err != nil || off != 55 {
+		t.Fatalf("append after retention: %d, %v", off, err)
+	}
+	lw.Abandon()
+	lw2, err := cl.OpenLogWriter(ctx, shard, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off, err := lw2.Append(ctx, payload(56, 32)); err != nil || off != 56 {
+		t.Fatalf("new writer after retention: offset %d, %v; want 56", off, err)
+	}
+	r, err = cl.OpenLogReader(ctx, shard, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for want := int64(20); want <= 56; want++ {
+		off, data, err := r.Next(ctx)
+		if err != nil || off != want || !bytes.Equal(data, payload(int(want), 32)) {
+			t.Fatalf("read at %d: offset %d %.10q, %v", want, off, data, err)
+		}
+	}
+	if err := lw2.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Without a writer: the ids must still head the log.
+	if err := cl.DropLogLedgers(ctx, shard, all[:1]); !errors.Is(err, ErrLogConflict) {
+		t.Fatalf("DropLogLedgers of ledgers no longer in the log: %v, want ErrLogConflict", err)
+	}
+	if err := cl.DropLogLedgers(ctx, shard, all[2:3]); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err = cl.store.Log(ctx, shard); err != nil || rec.Value.Trimmed != 30 {
+		t.Fatalf("log after dropping a third ledger: %+v, %v", rec.Value, err)
+	}
+	if err := cl.DeleteLog(ctx, shard); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range rec.Value.Ledgers {
+		if _, err := cl.Metadata(ctx, id); !errors.Is(err, ErrNoSuchLedger) {
+			t.Fatalf("ledger %d of a deleted log: %v", id, err)
+		}
+	}
 }

@@ -1,0 +1,386 @@
+package journal
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/quiremq/quire/internal/metrics"
+	"github.com/quiremq/quire/journal/client"
+	"github.com/quiremq/quire/meta/schema"
+	"github.com/quiremq/quire/shard"
+)
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func recsOf(tag string, n int) []shard.Record {
+	out := make([]shard.Record, n)
+	for i := range out {
+		out[i] = shard.Record{Timestamp: int64(1000 + i), Key: []byte(tag), Value: fmt.Appendf(nil, "%s-%d", tag, i)}
+	}
+	return out
+}
+
+func readAll(t *testing.T, s shard.Shard) []shard.Record {
+	t.Helper()
+	low, high := s.Watermarks()
+	var out []shard.Record
+	for from := low; from < high; {
+		recs, err := s.Read(context.Background(), from, shard.Limits{MaxRecords: 7})
+		if err != nil {
+			t.Fatalf("Read(%d): %v", from, err)
+		}
+		if len(recs) == 0 {
+			t.Fatalf("Read(%d) is empty below high %d", from, high)
+		}
+		for _, r := range recs {
+			if r.Offset != from {
+				t.Fatalf("read offset %d, want %d", r.Offset, from)
+			}
+			from++
+		}
+		out = append(out, recs...)
+	}
+	return out
+}
+
+// checkLog checks that the shard's log holds only closed ledgers but the
+// last, every ledger the store has and the log does not is empty.
+func checkLedgersInLog(t *testing.T, e *env, cl *client.Client, log string) []uint64 {
+	t.Helper()
+	ctx := testCtx(t)
+	rec, err := schema.Store{KV: e.kv}.Log(ctx, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := map[uint64]bool{}
+	for _, id := range rec.Value.Ledgers {
+		in[id] = true
+	}
+	ids, _, err := schema.List[schema.Ledger](ctx, e.kv, schema.PrefixLedgers, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ids {
+		if in[l.Value.ID] {
+			continue
+		}
+		last := l.Value.LastEntry
+		if l.Value.State != schema.LedgerClosed {
+			if last, err = cl.Recover(ctx, l.Value.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if last >= 0 {
+			t.Fatalf("non-empty ledger %d (last entry %d) is not in the log %v", l.Value.ID, last, rec.Value.Ledgers)
+		}
+	}
+	return rec.Value.Ledgers
+}
+
+// A second engine (another node) opening a shard whose writer is alive
+// takes the log over: it fences and recovers the writer's ledger, sees
+// every acknowledged record, and continues at the next offset; the old
+// writer's appends fail from then on.
+func TestTakeoverFencesOldWriter(t *testing.T) {
+	e := newEnv(t, 3)
+	ctx := testCtx(t)
+	a := e.engine(Options{Quorum: Quorum{3, 2, 2}, RollEntries: 8})
+	defer a.Close()
+	sa, err := a.Create(ctx, "orders/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []shard.Record
+	for i := range 20 {
+		b := recsOf(fmt.Sprintf("a%d", i), 3)
+		first, err := sa.Append(ctx, b)
+		if err != nil || first != uint64(len(want)) {
+			t.Fatalf("append %d: %d, %v; want offset %d", i, first, err, len(want))
+		}
+		want = append(want, b...)
+	}
+	b := e.engine(Options{Quorum: Quorum{3, 2, 2}, RollEntries: 8})
+	defer b.Close()
+	sb, err := b.Open(ctx, "orders/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if low, high := sb.Watermarks(); low != 0 || high != 60 {
+		t.Fatalf("new writer's watermarks (%d, %d), want (0, 60)", low, high)
+	}
+	if _, err := sa.Append(ctx, recsOf("late", 1)); err == nil {
+		t.Fatal("the old writer still appends after a takeover")
+	}
+	more := recsOf("b", 5)
+	if first, err := sb.Append(ctx, more); err != nil || first != 60 {
+		t.Fatalf("append after takeover: %d, %v; want 60", first, err)
+	}
+	want = append(want, more...)
+	got := readAll(t, sb)
+	if len(got) != len(want) {
+		t.Fatalf("read %d records, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i].Value, want[i].Value) {
+			t.Fatalf("offset %d: %q, want %q", i, got[i].Value, want[i].Value)
+		}
+	}
+	checkLedgersInLog(t, e, e.client(), "orders/0")
+}
+
+// A writer that crashes with appends in flight loses none of the
+// acknowledged ones: the next writer recovers them at their offsets,
+// offsets stay dense, and unacknowledged batches are either wholly there
+// or wholly absent.
+func TestCrashedWriterRecovered(t *testing.T) {
+	e := newEnv(t, 3)
+	ctx := testCtx(t)
+	a := e.engine(Options{Quorum: Quorum{3, 2, 2}, RollEntries: 32})
+	sa, err := a.Create(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	acked := map[uint64]string{} // first offset → batch tag
+	enough := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				tag := fmt.Sprintf("w%d-%d", w, i)
+				first, err := sa.Append(ctx, recsOf(tag, 1+i%3))
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				acked[first] = tag
+				if len(acked) == 40 {
+					close(enough)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	<-enough // then crash with appends of all four in flight
+	s := sa.(*Shard)
+	s.mu.Lock()
+	s.w.Abandon() // a crash: the ledger stays open, appends in flight fail
+	s.mu.Unlock()
+	wg.Wait()
+
+	b := e.engine(Options{Quorum: Quorum{3, 2, 2}, RollEntries: 32})
+	defer b.Close()
+	sb, err := b.Open(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, sb)
+	byOffset := map[uint64]shard.Record{}
+	for _, r := range got {
+		byOffset[r.Offset] = r
+	}
+	for first, tag := range acked {
+		r, ok := byOffset[first]
+		if !ok || string(r.Key) != tag || string(r.Value) != tag+"-0" {
+			t.Fatalf("acknowledged batch %s at offset %d lost or changed: %q=%q", tag, first, r.Key, r.Value)
+		}
+	}
+	// Batches are whole: record i of a batch follows record i-1.
+	for i := 1; i < len(got); i++ {
+		if bytes.HasSuffix(got[i].Value, []byte("-0")) {
+			continue
+		}
+		if !bytes.Equal(got[i].Key, got[i-1].Key) {
+			t.Fatalf("offset %d: a batch %q is torn", i, got[i].Key)
+		}
+	}
+	if _, err := sb.Append(ctx, recsOf("after", 2)); err != nil {
+		t.Fatal(err)
+	}
+	checkLedgersInLog(t, e, e.client(), "s")
+}
+
+// The replication a shard was created with is in its record: an engine
+// with other defaults opens it with the same settings, and its new ledgers
+// use them.
+func TestSettingsPersisted(t *testing.T) {
+	e := newEnv(t, 3)
+	ctx := testCtx(t)
+	a := e.engine(Options{})
+	s, err := a.CreateWith(ctx, "q", shard.Settings{SettingEnsemble: "3", SettingWriteQuorum: "3", SettingAckQuorum: "2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := s.(*Shard).Quorum(); q != (Quorum{3, 3, 2}) {
+		t.Fatalf("quorum %v, want 3/3/2", q)
+	}
+	if _, err := s.Append(ctx, recsOf("x", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := e.engine(Options{Quorum: Quorum{1, 1, 1}, Settings: func(string) shard.Settings { return shard.Settings{SettingEnsemble: "2"} }})
+	defer b.Close()
+	s, err = b.Open(ctx, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := s.(*Shard).Quorum(); q != (Quorum{3, 3, 2}) {
+		t.Fatalf("reopened with quorum %v, want 3/3/2", q)
+	}
+	if _, err := s.Append(ctx, recsOf("y", 1)); err != nil {
+		t.Fatal(err)
+	}
+	cl := e.client()
+	for _, id := range checkLedgersInLog(t, e, cl, "q") {
+		md, err := cl.Metadata(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if md.Ensemble != 3 || md.WriteQuorum != 3 || md.AckQuorum != 2 {
+			t.Fatalf("ledger %d is %d/%d/%d, want 3/3/2", id, md.Ensemble, md.WriteQuorum, md.AckQuorum)
+		}
+	}
+	// Create uses Options.Settings.
+	s2, err := b.Create(ctx, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := s2.(*Shard).Quorum(); q != (Quorum{2, 1, 1}) {
+		t.Fatalf("Create with Settings ensemble=2 over 1/1/1: %v", q)
+	}
+	for _, bad := range []shard.Settings{{SettingEnsemble: "2", SettingWriteQuorum: "3"}, {SettingAckQuorum: "0"}, {SettingEnsemble: "three"}} {
+		if _, err := b.CreateWith(ctx, "bad", bad); !errors.Is(err, ErrInvalidSettings) {
+			t.Errorf("CreateWith(%v) = %v, want ErrInvalidSettings", bad, err)
+		}
+	}
+}
+
+// Trim drops and deletes the ledgers wholly below the trim point; the
+// trim point and the remaining records survive a reopen.
+func TestTrimDropsLedgers(t *testing.T) {
+	e := newEnv(t, 2)
+	ctx := testCtx(t)
+	reg := metrics.NewRegistry()
+	a := e.engine(Options{Quorum: Quorum{2, 2, 1}, RollEntries: 4, Registerer: reg})
+	s, err := a.Create(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if _, err := s.Append(ctx, recsOf(fmt.Sprint(i), 2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl := e.client()
+	before := checkLedgersInLog(t, e, cl, "t")
+	if err := s.Trim(ctx, 50); err != nil {
+		t.Fatal(err)
+	}
+	after := checkLedgersInLog(t, e, cl, "t")
+	// 4 entries of 2 records per ledger: records 0..47 are in the first 6.
+	if len(before)-len(after) != 6 {
+		t.Fatalf("log %v after Trim(50), was %v: want the first 6 ledgers dropped", after, before)
+	}
+	for _, id := range before[:6] {
+		if _, err := cl.Metadata(ctx, id); !errors.Is(err, client.ErrNoSuchLedger) {
+			t.Fatalf("dropped ledger %d: %v, want ErrNoSuchLedger", id, err)
+		}
+	}
+	if got := testutil.ToFloat64(a.m.deleted); got != 6 {
+		t.Errorf("ledgers_deleted_total %v, want 6", got)
+	}
+	if got := testutil.ToFloat64(a.m.appends); got != 40 {
+		t.Errorf("appends_total %v, want 40", got)
+	}
+	if got := testutil.ToFloat64(a.m.rolled); got != 9 {
+		t.Errorf("ledgers_rolled_total %v, want 9", got)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := e.engine(Options{Quorum: Quorum{2, 2, 1}, RollEntries: 4})
+	defer b.Close()
+	s, err = b.Open(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if low, high := s.Watermarks(); low != 50 || high != 80 {
+		t.Fatalf("watermarks after reopen (%d, %d), want (50, 80)", low, high)
+	}
+	got := readAll(t, s)
+	if string(got[0].Value) != "25-0" || string(got[len(got)-1].Value) != "39-1" {
+		t.Fatalf("records %q .. %q after trim, want 25-0 .. 39-1", got[0].Value, got[len(got)-1].Value)
+	}
+	if off, err := s.OffsetForTime(ctx, 0); err != nil || off != 50 {
+		t.Fatalf("OffsetForTime(0) = %d, %v; want 50", off, err)
+	}
+	if first, err := s.Append(ctx, recsOf("new", 1)); err != nil || first != 80 {
+		t.Fatalf("append after reopen: %d, %v; want 80", first, err)
+	}
+}
+
+// A bookie of the ensemble dies mid-stream: appends go on (the ledger's
+// ensemble changes) and everything reads back, also through a new engine.
+func TestBookieFailure(t *testing.T) {
+	e := newEnv(t, 4)
+	ctx := testCtx(t)
+	a := e.engine(Options{Quorum: Quorum{3, 2, 2}})
+	s, err := a.Create(ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []shard.Record
+	for i := range 60 {
+		if i == 20 {
+			js := s.(*Shard)
+			js.mu.Lock()
+			id := js.ledgers[len(js.ledgers)-1].id
+			js.mu.Unlock()
+			md, err := e.client().Metadata(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.kill(md.Fragments[0].Bookies[1])
+		}
+		b := recsOf(fmt.Sprint(i), 2)
+		if _, err := s.Append(ctx, b); err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+		want = append(want, b...)
+	}
+	check := func(s shard.Shard) {
+		got := readAll(t, s)
+		if len(got) != len(want) {
+			t.Fatalf("read %d records, want %d", len(got), len(want))
+		}
+		for i := range want {
+			if !bytes.Equal(got[i].Value, want[i].Value) {
+				t.Fatalf("offset %d: %q, want %q", i, got[i].Value, want[i].Value)
+			}
+		}
+	}
+	check(s)
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := e.engine(Options{Quorum: Quorum{3, 2, 2}})
+	defer b.Close()
+	s, err = b.Open(ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(s)
+}
