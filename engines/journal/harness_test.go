@@ -27,9 +27,9 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // env is an in-process meta and real bookies, each served over gRPC on
 // loopback and each its own node, on in-memory file systems.
 type env struct {
-	t       testing.TB
-	kv      meta.KV
-	dir     *client.StaticDirectory
+	t     testing.TB
+	kv    meta.KV
+	dir   *client.StaticDirectory
 	mu    sync.Mutex
 	kills map[string]func() // bookie id → stop it as a crash would
 }
