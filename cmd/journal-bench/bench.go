@@ -26,7 +26,8 @@ type result struct {
 	Writers     int     `json:"writers"`
 	Inflight    int     `json:"inflight"`
 	Ledgers     int     `json:"ledgers"`
-	DurationS   float64 `json:"duration_s"` // of the write phase, to the last acknowledgement
+	Rate        float64 `json:"rate,omitempty"` // --rate: appends/s asked for
+	DurationS   float64 `json:"duration_s"`     // of the write phase, to the last acknowledgement
 
 	Entries       int64   `json:"entries"` // acknowledged appends
 	EntriesPerSec float64 `json:"entries_per_sec"`
@@ -132,7 +133,7 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 	}
 	defer jc.Close()
 	res := &result{Mode: c.mode, Bookies: len(cl.infos), Ensemble: c.ensemble, WriteQuorum: c.writeQuorum,
-		AckQuorum: c.ackQuorum, EntrySize: c.entrySize, Writers: c.writers, Inflight: c.inflight, Ledgers: c.ledgers}
+		AckQuorum: c.ackQuorum, EntrySize: c.entrySize, Writers: c.writers, Inflight: c.inflight, Ledgers: c.ledgers, Rate: c.rate}
 
 	lws := make([]*client.LedgerWriter, c.ledgers)
 	for i := range lws {
@@ -173,7 +174,11 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 	var wg sync.WaitGroup
 	for w := range c.writers {
 		wg.Go(func() {
-			acked[w], errs[w] = write(ctx, lws[w%c.ledgers], uint32(w), uint32(w%c.ledgers), c.entrySize, c.inflight, fill, deadline, &st)
+			var interval time.Duration // between one writer's appends under --rate
+			if c.rate > 0 {
+				interval = time.Duration(float64(time.Second) * float64(c.writers) / c.rate)
+			}
+			acked[w], errs[w] = write(ctx, lws[w%c.ledgers], uint32(w), uint32(w%c.ledgers), c.entrySize, c.inflight, fill, start, interval, deadline, &st)
 		})
 	}
 	wg.Wait()
@@ -283,8 +288,10 @@ func progress(c *config, out io.Writer, st *addStats, rs *readStats, done chan s
 }
 
 // write appends to lw until deadline, keeping up to inflight appends in
-// flight, and returns how many were acknowledged.
-func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, size, inflight int, fill []byte, deadline time.Time, st *addStats) (uint64, error) {
+// flight, and returns how many were acknowledged. With interval > 0 the
+// appends are paced: append i is due at start + i·interval, and its
+// latency counts from then.
+func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, size, inflight int, fill []byte, start time.Time, interval time.Duration, deadline time.Time, st *addStats) (uint64, error) {
 	type sent struct {
 		f  *client.Future
 		at time.Time
@@ -312,6 +319,13 @@ func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, 
 			break
 		}
 		at := time.Now()
+		if interval > 0 {
+			at = start.Add(time.Duration(seq) * interval)
+			if !at.Before(deadline) {
+				break
+			}
+			time.Sleep(time.Until(at))
+		}
 		var f *client.Future
 		if f, err = lw.AppendAsync(ctx, makePayload(header{writer: writer, ledger: ledger, seq: seq, at: at.UnixNano()}, size, fill)); err != nil {
 			err = fmt.Errorf("writer %d: append: %w", writer, err)

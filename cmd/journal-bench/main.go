@@ -82,6 +82,7 @@ Exit status: 0 after a clean run; 1 if the run failed (an append or read
 failed, or data read back differs); 2 for a usage error.
 
 Examples:
+  journal-bench --rate 20000 --json    # the add latency at a given load (e.g. half the maximum)
   journal-bench --bookies 3 --ensemble 3 --write-quorum 2 --ack-quorum 2 --entry-size 1024 --raw-disk --json
   journal-bench --mode catchup --writers 4 --ledgers 4 --duration 5s --json
   journal-bench --bookie-addrs 127.0.0.1:3181,127.0.0.1:3182,127.0.0.1:3183 \
@@ -105,7 +106,8 @@ type config struct {
 	json          bool
 	rawDisk       bool
 	mode          string
-	quiet         bool // no progress lines (tests)
+	rate          float64 // entries/s over all writers; 0: as fast as they can
+	quiet         bool    // no progress lines (tests)
 }
 
 func main() {
@@ -134,6 +136,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, int) {
 	fs.BoolVar(&c.json, "json", false, "print the summary as one JSON object on the last line")
 	fs.BoolVar(&c.rawDisk, "raw-disk", false, "measure the data directory's write+fdatasync ceiling at the bookies' bytes per sync; report disk_efficiency")
 	fs.StringVar(&c.mode, "mode", "write", "`MODE`: write, catchup (read closed ledgers back) or tail (read while writing)")
+	fs.Float64Var(&c.rate, "rate", 0, "pace the writers to `N` appends/s in all (0: as fast as they can); latency is then measured from each append's scheduled time, so falling behind shows")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines")
 	usage := func(w io.Writer) {
 		fmt.Fprint(w, help)
@@ -200,6 +203,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("--ledgers %d is more than --writers %d (a ledger without a writer)", c.ledgers, c.writers)
 	case c.duration <= 0:
 		return fmt.Errorf("--duration %v: must be positive", c.duration)
+	case c.rate < 0:
+		return fmt.Errorf("--rate %v: must not be negative", c.rate)
 	case c.rawDisk && len(c.bookieAddrs) > 0 && len(c.bookieMetrics) == 0:
 		return errors.New("--raw-disk with --bookie-addrs needs --bookie-metrics (the bookies' bytes per sync)")
 	}

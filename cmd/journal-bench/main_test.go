@@ -98,6 +98,15 @@ func TestCatchUp(t *testing.T) {
 	}
 }
 
+// --rate paces the writers: about rate x duration appends, no more.
+func TestRate(t *testing.T) {
+	res, _ := runJSON(t, "--duration", "1s", "--rate", "400", "--writers", "2", "--ledgers", "1", "--ensemble", "1", "--write-quorum", "1", "--ack-quorum", "1", "--bookies", "1")
+	checkWrite(t, res, 1, 1, 1, 1024)
+	if n := num(t, res, "entries"); n < 300 || n > 400 {
+		t.Errorf("%v appends at --rate 400 for 1s, want about 400 and never more", n)
+	}
+}
+
 // Tail mode reads while writing and ends with every acknowledged entry read.
 func TestTail(t *testing.T) {
 	res, _ := runJSON(t, "--mode", "tail", "--duration", "1s", "--writers", "2", "--ledgers", "1", "--inflight", "16", "--ensemble", "2", "--write-quorum", "2", "--bookies", "2")
@@ -133,6 +142,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"--ledgers", "5", "--writers", "4"}, "a ledger without a writer"},
 		{[]string{"--bookie-addrs", "a:1,b:2,c:3", "--raw-disk"}, "needs --bookie-metrics"},
 		{[]string{"--duration", "0s"}, "must be positive"},
+		{[]string{"--rate", "-1"}, "must not be negative"},
 		{[]string{"extra"}, "unexpected argument"},
 		{[]string{"--nope"}, "flag provided but not defined"},
 	} {
