@@ -1,7 +1,6 @@
 package s3store
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -251,19 +250,21 @@ func (s *Store) Get(ctx context.Context, key string, off, n int64) ([]byte, erro
 	default:
 		_ = opts.SetRange(off, off+n-1)
 	}
-	obj, err := s.c.GetObject(ctx, s.bucket, key, opts)
+	// Core's GetObject is one request whose answer carries the length, so
+	// the body is read into one buffer of that size.
+	body, info, _, err := minio.Core{Client: s.c}.GetObject(ctx, s.bucket, key, opts)
 	if err != nil {
 		return nil, s.mapErr("get", key, err)
 	}
-	defer obj.Close()
-	var buf bytes.Buffer
-	if n > 0 {
-		buf.Grow(int(min(n, 64<<20)))
+	defer body.Close()
+	if info.Size < 0 || (n > 0 && info.Size > n) {
+		return nil, fmt.Errorf("s3store: get %q: the server answered %d bytes for a range of %d", key, info.Size, n)
 	}
-	if _, err := buf.ReadFrom(obj); err != nil {
+	b := make([]byte, info.Size)
+	if _, err := io.ReadFull(body, b); err != nil {
 		return nil, s.mapErr("get", key, err)
 	}
-	return buf.Bytes(), nil
+	return b, nil
 }
 
 // List lists every object under prefix.
