@@ -212,6 +212,7 @@ type Storage struct {
 	Memory  MemoryStorage  `toml:"memory"`
 	File    FileStorage    `toml:"file"`
 	Journal JournalStorage `toml:"journal"`
+	S3      S3Storage      `toml:"s3"`
 }
 
 // Rule routes the topics matching Match (an MQTT topic filter: '+' one
@@ -224,6 +225,71 @@ type Rule struct {
 	Ensemble    int    `toml:"ensemble"`
 	WriteQuorum int    `toml:"write_quorum"`
 	AckQuorum   int    `toml:"ack_quorum"`
+	// Offload and OffloadDeleteLag override [storage.file]'s for the file
+	// shards of the rule's topics: "" inherits, "none" keeps them local,
+	// "s3" offloads; a lag of 0 inherits.
+	Offload          string   `toml:"offload"`
+	OffloadDeleteLag Duration `toml:"offload_delete_lag"`
+}
+
+// OffloadTargets are the values of offload (besides "" and "none").
+var OffloadTargets = []string{"s3"}
+
+// FileOffload returns whether the file shards of topic offload and the
+// delete lag of their local copies: the first rule matching the topic
+// decides, over [storage.file]'s.
+func (c *Config) FileOffload(topic string) (target string, deleteLag time.Duration) {
+	target, deleteLag = c.Storage.File.Offload, c.Storage.File.OffloadDeleteLag.Std()
+	for i := range c.Storage.Rules {
+		r := &c.Storage.Rules[i]
+		if shard.MatchFilter(r.Match, topic) {
+			if r.Offload != "" {
+				target = r.Offload
+			}
+			if r.OffloadDeleteLag != 0 {
+				deleteLag = r.OffloadDeleteLag.Std()
+			}
+			break
+		}
+	}
+	if target == "none" {
+		target = ""
+	}
+	return target, deleteLag
+}
+
+// UsesOffload reports whether any topic may offload to target.
+func (c *Config) UsesOffload(target string) bool {
+	if c.Storage.File.Offload == target {
+		return true
+	}
+	for _, r := range c.Storage.Rules {
+		if r.Offload == target {
+			return true
+		}
+	}
+	return false
+}
+
+// S3Storage is the S3 (or MinIO, or compatible) bucket that offload
+// writes to.
+type S3Storage struct {
+	// Endpoint is "host:port" or an http(s):// URL.
+	Endpoint string `toml:"endpoint"`
+	Bucket   string `toml:"bucket"`
+	// Region; "" = us-east-1.
+	Region string `toml:"region"`
+	// AccessKey and SecretKey; both "" = the environment
+	// (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, MINIO_ROOT_USER/...,
+	// ~/.aws/credentials).
+	AccessKey string `toml:"access_key"`
+	SecretKey string `toml:"secret_key"`
+	// PathStyle addresses the bucket as endpoint/bucket (MinIO).
+	PathStyle bool `toml:"path_style"`
+	TLS       bool `toml:"tls"`
+	// Prefix starts every object key this node writes (its node id
+	// follows, so nodes can share a bucket).
+	Prefix string `toml:"prefix"`
 }
 
 // JournalStorage configures engines/journal: the replication of each
@@ -324,6 +390,12 @@ type FileStorage struct {
 	// RetentionAge deletes sealed segments whose newest record is older;
 	// 0 = keep forever.
 	RetentionAge Duration `toml:"retention_age"`
+	// Offload copies sealed segments to an object store ("s3": the bucket
+	// of [storage.s3]); "" or "none" keeps them local. Rules may override.
+	Offload string `toml:"offload"`
+	// OffloadDeleteLag is how long a segment's local copy is kept after
+	// its offload; "0s" deletes it at once.
+	OffloadDeleteLag Duration `toml:"offload_delete_lag"`
 }
 
 // MinSegmentBytes is the smallest storage.file.segment_bytes.
@@ -374,6 +446,8 @@ func Default() *Config {
 				SegmentAge:     Duration(168 * time.Hour),
 				RetentionBytes: 0,
 				RetentionAge:   Duration(168 * time.Hour),
+
+				OffloadDeleteLag: Duration(time.Hour),
 			},
 			Journal: JournalStorage{LedgerBytes: 256 << 20},
 		},
@@ -641,6 +715,15 @@ func (c *Config) validate() []*Error {
 		if !slices.Contains(Engines, r.Engine) {
 			bad(fmt.Sprintf("storage.rules[%d].engine", i), "unknown engine %q (this build has %s)", r.Engine, engines)
 		}
+		if r.Offload != "" && r.Offload != "none" && !slices.Contains(OffloadTargets, r.Offload) {
+			bad(fmt.Sprintf("storage.rules[%d].offload", i), "%q is not \"none\" or one of %s", r.Offload, strings.Join(OffloadTargets, ", "))
+		}
+		if r.Offload != "" && r.Engine != "file" {
+			bad(fmt.Sprintf("storage.rules[%d].offload", i), "offload applies to engine \"file\" only, not %q", r.Engine)
+		}
+		if r.OffloadDeleteLag < 0 {
+			bad(fmt.Sprintf("storage.rules[%d].offload_delete_lag", i), "must be >= 0 (0 = [storage.file]'s), got %s", r.OffloadDeleteLag)
+		}
 		if !r.SetsQuorum() {
 			continue
 		}
@@ -692,6 +775,20 @@ func (c *Config) validate() []*Error {
 	}
 	if f.RetentionAge < 0 {
 		bad("storage.file.retention_age", "must be >= 0 (0 = keep forever), got %s", f.RetentionAge)
+	}
+	if f.Offload != "" && f.Offload != "none" && !slices.Contains(OffloadTargets, f.Offload) {
+		bad("storage.file.offload", "%q is not \"\", \"none\" or one of %s", f.Offload, strings.Join(OffloadTargets, ", "))
+	}
+	if f.OffloadDeleteLag < 0 {
+		bad("storage.file.offload_delete_lag", "must be >= 0 (0 = delete at once), got %s", f.OffloadDeleteLag)
+	}
+	if c.UsesOffload("s3") {
+		if c.Storage.S3.Endpoint == "" {
+			bad("storage.s3.endpoint", "is required: offload = \"s3\" is configured")
+		}
+		if c.Storage.S3.Bucket == "" {
+			bad("storage.s3.bucket", "is required: offload = \"s3\" is configured")
+		}
 	}
 	return es
 }

@@ -80,7 +80,8 @@ func TestExampleMentionsEveryField(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example with its commented rule block: %v", err)
 	}
-	if want := []Rule{{Match: "sensors/#", Engine: "memory"}, {Match: "orders/#", Engine: "journal", Ensemble: 3, WriteQuorum: 3, AckQuorum: 2}}; !reflect.DeepEqual(c.Storage.Rules, want) {
+	if want := []Rule{{Match: "sensors/#", Engine: "memory"}, {Match: "orders/#", Engine: "journal", Ensemble: 3, WriteQuorum: 3, AckQuorum: 2},
+		{Match: "scratch/#", Engine: "file", Offload: "none", OffloadDeleteLag: Duration(10 * time.Minute)}}; !reflect.DeepEqual(c.Storage.Rules, want) {
 		t.Errorf("rules = %+v, want %+v", c.Storage.Rules, want)
 	}
 	if len(Fields()) < 25 {
@@ -246,6 +247,10 @@ func TestErrorsNameFileKeyLine(t *testing.T) {
 		{"unknown rule engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"memory\"\n\n[[storage.rules]]\nmatch = \"b\"\nengine = \"s3\"\n", "storage.rules[1].engine", 7, `unknown engine "s3" (this build has file, journal, memory)`},
 		{"unknown inline rule engine", "[storage]\nrules = [\n  { match = \"x/#\", engine = \"nope\" },\n]\n", "storage.rules[0].engine", 3, `unknown engine "nope"`},
 		{"unknown default engine", "[storage]\ndefault_engine = \"hdfs\"\n", "storage.default_engine", 2, `unknown engine "hdfs"`},
+		{"unknown offload", "[storage.file]\noffload = \"ftp\"\n", "storage.file.offload", 2, `"ftp" is not "", "none" or one of s3`},
+		{"negative offload lag", "[storage.file]\noffload_delete_lag = \"-1s\"\n", "storage.file.offload_delete_lag", 2, "must be >= 0"},
+		{"offload without s3 bucket", "[storage.file]\noffload = \"s3\"\n[storage.s3]\nendpoint = \"127.0.0.1:9000\"\n", "storage.s3.bucket", 3, "is required"},
+		{"rule offload on another engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"memory\"\noffload = \"s3\"\n[storage.s3]\nendpoint = \"e\"\nbucket = \"b\"\n", "storage.rules[0].offload", 4, `applies to engine "file" only`},
 		{"rule quorum on another engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"file\"\nensemble = 3\n", "storage.rules[0].engine", 3, `apply to engine "journal" only`},
 		{"rule ack above write quorum", "[[storage.rules]]\nmatch = \"a\"\nengine = \"journal\"\nensemble = 3\nwrite_quorum = 2\nack_quorum = 3\n", "storage.rules[0].write_quorum", 5, "need ensemble >= write_quorum >= ack_quorum >= 1, have 3/2/3"},
 		{"rule ensemble below inherited quorum", "[storage.journal]\nensemble = 3\nwrite_quorum = 3\nack_quorum = 2\n\n[[storage.rules]]\nmatch = \"a\"\nengine = \"journal\"\nensemble = 2\n", "storage.rules[0].ensemble", 9, "have 2/3/2"},
@@ -361,5 +366,38 @@ func TestJournalQuorum(t *testing.T) {
 	}
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestFileOffload(t *testing.T) {
+	p := writeFile(t, `[storage.file]
+offload = "s3"
+offload_delete_lag = "2h"
+[storage.s3]
+endpoint = "127.0.0.1:9000"
+bucket = "quire"
+[[storage.rules]]
+match = "local/#"
+engine = "file"
+offload = "none"
+[[storage.rules]]
+match = "fast/#"
+engine = "file"
+offload_delete_lag = "1m"
+`)
+	c, err := Load(p, Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		topic, target string
+		lag           time.Duration
+	}{{"other", "s3", 2 * time.Hour}, {"local/a", "", 2 * time.Hour}, {"fast/x", "s3", time.Minute}} {
+		if target, lag := c.FileOffload(tc.topic); target != tc.target || lag != tc.lag {
+			t.Errorf("FileOffload(%q) = %q, %v; want %q, %v", tc.topic, target, lag, tc.target, tc.lag)
+		}
+	}
+	if !c.UsesOffload("s3") || Default().UsesOffload("s3") {
+		t.Error("UsesOffload is wrong")
 	}
 }
