@@ -27,7 +27,7 @@ type testBroker struct {
 
 // startBroker runs a Server on 127.0.0.1:0 (TCP and WebSocket) over a
 // ShardStorage on the memory engine; wrap, if set, wraps the storage.
-func startBroker(t *testing.T, wrap func(Storage) Storage, tweak func(*Options)) *testBroker {
+func startBroker(t testing.TB, wrap func(Storage) Storage, tweak func(*Options)) *testBroker {
 	t.Helper()
 	eng := memory.New(memory.Options{})
 	router, err := shard.NewRouter("memory", nil, map[string]shard.Engine{"memory": eng})
@@ -65,7 +65,7 @@ func startBroker(t *testing.T, wrap func(Storage) Storage, tweak func(*Options))
 }
 
 // newStarted creates and starts a Server with opts, changed by tweak.
-func newStarted(t *testing.T, opts Options, tweak func(*Options)) *Server {
+func newStarted(t testing.TB, opts Options, tweak func(*Options)) *Server {
 	t.Helper()
 	if tweak != nil {
 		tweak(&opts)

@@ -44,7 +44,7 @@ type persistentBroker struct {
 // start runs a Server over n's engine and a store in n's file system;
 // serve false opens no listener (synctest bubbles cannot block on real
 // sockets).
-func (n *node) start(t *testing.T, serve bool, tweak func(*Options)) *persistentBroker {
+func (n *node) start(t testing.TB, serve bool, tweak func(*Options)) *persistentBroker {
 	t.Helper()
 	st, err := store.Open(store.Options{FS: n.fs, Dir: "mqtt", Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -74,7 +74,7 @@ func (n *node) start(t *testing.T, serve bool, tweak func(*Options)) *persistent
 }
 
 // stop stops the server gracefully and closes its store.
-func (b *persistentBroker) stop(t *testing.T) {
+func (b *persistentBroker) stop(t testing.TB) {
 	t.Helper()
 	if b.stopped {
 		return
@@ -226,7 +226,7 @@ func TestPersistentSessionSurvivesRestart311(t *testing.T) {
 // rawClient speaks v5 with the packet codec, so a test can stop a QoS 2
 // flow half way.
 type rawClient struct {
-	t  *testing.T
+	t  testing.TB
 	nc net.Conn
 	r  *packet.Reader
 	w  *packet.Writer
