@@ -29,6 +29,13 @@
 // reports those adds as failed with the stream's error — ambiguous, like a
 // timeout).
 //
+// ReadEntries is one server stream per range read (Bookie.ReadRange):
+// entries in order, batched into messages of about 512 KiB, each with its
+// crc32c, and a last message (end=true) carrying the outcome — OK,
+// NO_SUCH_ENTRY with the entry where the bookie stopped, NO_SUCH_LEDGER,
+// or an error status. The stream holds no more than one message of
+// entries besides what gRPC flow control lets through.
+//
 // # Client
 //
 //	c, err := bookierpc.Dial("10.0.0.1:1228")
@@ -36,6 +43,12 @@
 //	err = s.Add(bookierpc.Add{Ledger: 1, Entry: 0, LAC: -1, Payload: p})
 //	err = s.Close() // waits for every result
 //	data, err := c.ReadEntry(ctx, 1, 0, false) // errors.Is(err, bookie.ErrNoSuchEntry) when absent
+//	err = c.ReadEntries(ctx, 1, 0, 999, 3, func(e uint64, p []byte) error { ... }) // entries 0, 3, 6, ...
+//
+// ReadEntries checks the stream against the range it asked for (order,
+// crc32c, an outcome that fits); a stream cut short or out of order is an
+// error that is not a *StatusError — no answer about the entries not
+// seen.
 //
 // Client methods return nil, a *StatusError (an answer from the bookie;
 // errors.Is matches the journal/bookie sentinel of its status, StatusOf
