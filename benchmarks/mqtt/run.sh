@@ -32,7 +32,10 @@
 # mosquitto-memory mosquitto-durable mochi-memory mochi-durable); IDLE_CONNS
 # (15000, 0 skips the idle test), IDLE_PROCS (4 client processes: one
 # process may hold at most 20,000 files), IDLE_BROKERS ("quire mosquitto
-# mochi"); MQTT (4: every client speaks 3.1.1; 5: MQTT 5.0); OUT (a new directory under /tmp), where results.jsonl,
+# mochi"); MQTT (4: every client speaks 3.1.1; 5: MQTT 5.0); ROUNDS (1: the
+# whole broker sequence is run that many times, and the table shows each
+# broker's median run: on a shared machine, load from elsewhere then hits
+# every broker alike); OUT (a new directory under /tmp), where results.jsonl,
 # table.md and each broker's log are kept.
 set -euo pipefail
 
@@ -50,6 +53,7 @@ IDLE_CONNS=${IDLE_CONNS:-15000}
 IDLE_PROCS=${IDLE_PROCS:-4}
 IDLE_BROKERS=${IDLE_BROKERS:-"quire mosquitto mochi"}
 MQTT=${MQTT:-4}
+ROUNDS=${ROUNDS:-1}
 OUT=${OUT:-$(mktemp -d /tmp/quire-bench-mqtt.XXXXXX)}
 mkdir -p "$OUT"
 results=$OUT/results.jsonl
@@ -187,6 +191,8 @@ stop_broker() {
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # --- throughput --------------------------------------------------------------
+for round in $(seq "$ROUNDS"); do
+[[ $ROUNDS -gt 1 ]] && log "round $round of $ROUNDS"
 for b in $BROKERS; do
 	broker=${b%-*} setup=${b#*-}
 	start_broker "$broker" "$setup"
@@ -211,6 +217,7 @@ for b in $BROKERS; do
 		done
 	done
 	stop_broker
+done
 done
 
 # --- idle connections --------------------------------------------------------

@@ -2,6 +2,7 @@ package load
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -96,11 +97,13 @@ type rowKey struct {
 
 // WriteTable writes a Markdown table of results: one row per setup,
 // scenario, QoS, payload size and client count; for each broker msgs/s,
-// p50 and p99 (µs); and Quire's msgs/s over each peer's. A result that is
-// not OK shows as LOSS (lost/duplicated/unacknowledged counts) and gets no
+// p50 and p99 (µs); and Quire's msgs/s over each peer's. When a broker has
+// several results for a row (run.sh ROUNDS > 1), the one with the median
+// msgs/s stands for it. A broker with any result that is not OK shows as
+// LOSS (lost/duplicated/unacknowledged counts of the worst one) and gets no
 // ratio. Idle results get a table of their own.
 func WriteTable(w io.Writer, results []Result) error {
-	rows := map[rowKey]map[string]Result{}
+	runs := map[rowKey]map[string][]Result{}
 	var keys []rowKey
 	var idle []Result
 	for _, r := range results {
@@ -109,11 +112,18 @@ func WriteTable(w io.Writer, results []Result) error {
 			continue
 		}
 		k := rowKey{r.Setup, r.Scenario, r.QoS, r.Size, r.Clients}
-		if rows[k] == nil {
-			rows[k] = map[string]Result{}
+		if runs[k] == nil {
+			runs[k] = map[string][]Result{}
 			keys = append(keys, k)
 		}
-		rows[k][r.Broker] = r
+		runs[k][r.Broker] = append(runs[k][r.Broker], r)
+	}
+	rows := map[rowKey]map[string]Result{}
+	for k, byBroker := range runs {
+		rows[k] = map[string]Result{}
+		for broker, rs := range byBroker {
+			rows[k][broker] = representative(rs)
+		}
 	}
 	var b strings.Builder
 	if len(keys) > 0 {
@@ -160,4 +170,22 @@ func WriteTable(w io.Writer, results []Result) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// representative is the worst result that is not OK, if any, else the one
+// with the median msgs/s (the lower median for an even count).
+func representative(rs []Result) Result {
+	var bad *Result
+	for i := range rs {
+		r := &rs[i]
+		if !r.OK && (bad == nil || r.Lost+r.Duplicates+r.Unacked > bad.Lost+bad.Duplicates+bad.Unacked) {
+			bad = r
+		}
+	}
+	if bad != nil {
+		return *bad
+	}
+	sorted := slices.Clone(rs)
+	slices.SortFunc(sorted, func(a, b Result) int { return cmp.Compare(a.MsgsPerSec, b.MsgsPerSec) })
+	return sorted[(len(sorted)-1)/2]
 }
