@@ -134,3 +134,32 @@ func readShard(t *testing.T, s shard.Shard) []shard.Record {
 	}
 	return out
 }
+
+// A journal shard's replication comes from the first rule matching its
+// topic (journal rules only), over [storage.journal]'s; MQTT's hashed
+// shards take [storage.journal]'s.
+func TestJournalSettings(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.MetaAddrs = []string{"1@a:1228", "2@b:1228", "3@c:1228"}
+	cfg.Storage.Rules = []config.Rule{
+		{Match: "orders/#", Engine: "journal", Ensemble: 5, WriteQuorum: 3},
+		{Match: "orders/eu", Engine: "journal", Ensemble: 4}, // shadowed by the first
+		{Match: "logs/#", Engine: "file"},
+		{Match: "#", Engine: "journal", AckQuorum: 1},
+	}
+	for _, tc := range []struct {
+		shard string
+		want  journal.Quorum
+	}{
+		{"orders/eu/0", journal.Quorum{Ensemble: 5, WriteQuorum: 3, AckQuorum: 2}},
+		{"orders/12", journal.Quorum{Ensemble: 5, WriteQuorum: 3, AckQuorum: 2}},
+		{"logs/x/3", journal.Quorum{Ensemble: 3, WriteQuorum: 2, AckQuorum: 2}},
+		{"other/7", journal.Quorum{Ensemble: 3, WriteQuorum: 2, AckQuorum: 1}},
+		{"mqtt/journal/7", journal.Quorum{Ensemble: 3, WriteQuorum: 2, AckQuorum: 2}},
+	} {
+		got, err := journal.Quorum{Ensemble: 1, WriteQuorum: 1, AckQuorum: 1}.Apply(journalSettings(cfg, tc.shard))
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %v, %v; want %v", tc.shard, got, err, tc.want)
+		}
+	}
+}
