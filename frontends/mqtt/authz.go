@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/quiremq/quire/frontends/auth"
 	"github.com/quiremq/quire/frontends/listen"
@@ -62,11 +63,16 @@ func (c *conn) authenticate(ctx context.Context, cp *packet.Connect) error {
 // allowed asks the ACL whether this client may publish to a topic or
 // subscribe to a filter (the inner filter of a shared subscription).
 func (c *conn) allowed(act auth.Action, topic string) bool {
+	if act == auth.Publish && strings.HasPrefix(topic, sysPrefix) {
+		return false // $SYS topics are the server's (sys.go)
+	}
 	if c.s.opts.ACL == nil {
 		return true
 	}
 	if act == auth.Subscribe {
 		topic = auth.InnerFilter(topic)
+	} else {
+		topic = aclTopic(topic) // a delayed publish is judged by its real topic
 	}
 	who := c.who
 	if who == nil {

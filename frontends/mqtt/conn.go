@@ -491,21 +491,26 @@ func (c *conn) onPublish(p *packet.Publish) error {
 	if c.version == packet.V5 {
 		setMessageProps(m, &p.Properties, now)
 	}
-	if err := c.s.publish(c.s.ctx, m); err != nil {
+	if err := c.s.publishOrDelay(c.s.ctx, m); err != nil {
 		c.s.log.Warn("mqtt publish not stored", "client_id", c.clientID, "topic", topic, "err", err)
+		code := packet.UnspecifiedError
+		var re *reasonError
+		if errors.As(err, &re) {
+			code = re.code // a refused delayed publish (delayed.go)
+		}
 		switch {
 		case p.QoS == packet.QoS0:
 			c.s.m.dropped.WithLabelValues(dropStorageFailure).Inc()
 			return nil
 		case c.version == packet.V5:
 			if p.QoS == packet.QoS1 {
-				return c.send(&packet.Puback{PacketID: p.PacketID, ReasonCode: packet.UnspecifiedError})
+				return c.send(&packet.Puback{PacketID: p.PacketID, ReasonCode: code})
 			}
-			return c.send(&packet.Pubrec{PacketID: p.PacketID, ReasonCode: packet.UnspecifiedError})
+			return c.send(&packet.Pubrec{PacketID: p.PacketID, ReasonCode: code})
 		default:
 			// v3 cannot refuse a PUBLISH: close, so the client resends it
 			// on its next connection.
-			return &closeError{code: packet.UnspecifiedError, msg: "storage append failed: " + err.Error()}
+			return &closeError{code: code, msg: "publish not stored: " + err.Error()}
 		}
 	}
 	switch p.QoS {
@@ -579,7 +584,7 @@ func (c *conn) onSubscribe(p *packet.Subscribe) error {
 	}
 	// Retained messages follow the SUBACK [MQTT-3.3.1-9].
 	for _, sub := range retained {
-		c.s.opts.Retained.Match(c.s.ctx, sub.Filter, func(m *pubsub.Message) bool {
+		c.s.matchRetained(sub.Filter, func(m *pubsub.Message) bool {
 			d := delivery{msg: m, qos: min(m.QoS, sub.QoS), retain: true}
 			if sub.ID != 0 {
 				d.subIDs = []uint32{sub.ID}

@@ -82,6 +82,15 @@ type Options struct {
 	// session 0, v5 Session Expiry Interval > 0) outlives its connection.
 	// Default 24 h.
 	MaxSessionExpiry time.Duration
+
+	// SysInterval is how often the $SYS/broker/ statistics are published
+	// (sys.go). Default 10 s; negative turns them off.
+	SysInterval time.Duration
+	// Version is published as $SYS/broker/version. Default "quire".
+	Version string
+	// MaxDelayed bounds the delayed publishes ($delayed/<seconds>/<topic>,
+	// delayed.go) waiting at once. Default 100,000.
+	MaxDelayed int
 }
 
 // Defaults.
@@ -95,6 +104,8 @@ const (
 	DefaultTopicAliasMaximum = 64
 	DefaultMaxSessionExpiry  = 24 * time.Hour
 	DefaultCursorInterval    = 100 * time.Millisecond
+	DefaultSysInterval       = 10 * time.Second
+	DefaultMaxDelayed        = 100_000
 )
 
 // EnsureDefaults fills zero fields with defaults.
@@ -131,6 +142,15 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.MaxSessionExpiry <= 0 {
 		o.MaxSessionExpiry = DefaultMaxSessionExpiry
+	}
+	if o.SysInterval == 0 {
+		o.SysInterval = DefaultSysInterval
+	}
+	if o.Version == "" {
+		o.Version = "quire"
+	}
+	if o.MaxDelayed <= 0 {
+		o.MaxDelayed = DefaultMaxDelayed
 	}
 	for i := range o.Listeners {
 		o.Listeners[i].EnsureDefaults()

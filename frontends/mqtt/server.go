@@ -37,6 +37,10 @@ type Server struct {
 	stopFlush chan struct{}
 	flushDone chan struct{}
 	flushed   map[string]uint64 // global cursors last written (flushCursors' goroutine)
+
+	delayed     *delayer               // $delayed/ publishes (delayed.go); set by Start
+	sysDone     chan struct{}          // closed when the $SYS loop (sys.go) ends
+	sysRetained *pubsub.MemoryRetained // the latest $SYS values
 }
 
 // NewServer checks opts and returns a stopped Server.
@@ -46,7 +50,7 @@ func NewServer(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, log: opts.Logger.With("component", "mqtt"), tree: pubsub.NewTree(),
-		sessions: map[string]*session{}, conns: map[*conn]struct{}{}}
+		sessions: map[string]*session{}, conns: map[*conn]struct{}{}, sysRetained: pubsub.NewMemoryRetained(nil)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = newMetrics(opts.Registerer, s)
 	if opts.Store != nil {
@@ -72,6 +76,15 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		s.stopFlush, s.flushDone = make(chan struct{}), make(chan struct{})
 		go s.flushLoop(s.stopFlush, s.flushDone)
+	}
+	s.delayed = newDelayer(s)
+	if err := s.delayed.restore(); err != nil {
+		return fmt.Errorf("mqtt: restoring delayed publishes: %w", err)
+	}
+	go s.delayed.run(s.ctx)
+	if s.opts.SysInterval > 0 {
+		s.sysDone = make(chan struct{})
+		go s.sysLoop(s.ctx, s.sysDone)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -134,6 +147,12 @@ func (s *Server) Stop(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	s.cancel()
+	if s.delayed != nil {
+		<-s.delayed.done
+	}
+	if s.sysDone != nil {
+		<-s.sysDone
+	}
 	for _, c := range conns {
 		c.kick(packet.ServerShuttingDown)
 	}
