@@ -17,6 +17,7 @@ import (
 	"github.com/quiremq/quire/internal/config"
 	"github.com/quiremq/quire/internal/metrics"
 	"github.com/quiremq/quire/internal/node/topics"
+	"github.com/quiremq/quire/internal/version"
 	"github.com/quiremq/quire/internal/vfs"
 	"github.com/quiremq/quire/meta"
 	"github.com/quiremq/quire/meta/schema"
@@ -175,7 +176,7 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 		return errors.Join(err, db.Close())
 	}
 	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0), Store: db, Retained: retained,
-		Auth: authn, ACL: acl, Registerer: b.reg, Logger: log})
+		Auth: authn, ACL: acl, Version: "quire " + version.Get().String(), Registerer: b.reg, Logger: log})
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}
