@@ -282,10 +282,7 @@ func (c *Client) readLAC(ctx context.Context, bookie string, id uint64, fence bo
 const (
 	rangeChunkBytes = 2 << 20
 	rangeAhead      = 3
-	// rangeFirstChunk is the entries of the first chunk, before the entry
-	// size is known.
-	rangeFirstChunk = 256
-	rangeMaxChunk   = 16384
+	rangeMaxChunk   = 16384 // entries
 )
 
 type rangeFetch struct {
@@ -365,7 +362,9 @@ func (f *rangeFetch) next(ctx context.Context) (e int64, data []byte, ok bool, e
 func (f *rangeFetch) produce() {
 	defer close(f.chunks)
 	for start := f.first; start <= f.last; {
-		n := int64(rangeFirstChunk)
+		// Until a chunk has been read the entry size is unknown (up to
+		// 64 MiB): one entry per bookie.
+		n := int64(f.md.Ensemble)
 		if be, en := f.readBytes.Load(), f.readEntries.Load(); en > 0 && be > 0 {
 			n = min(max(rangeChunkBytes*en/be, int64(f.md.Ensemble)), rangeMaxChunk)
 		}

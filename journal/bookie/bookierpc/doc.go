@@ -33,8 +33,9 @@
 // entries in order, batched into messages of about 512 KiB, each with its
 // crc32c, and a last message (end=true) carrying the outcome — OK,
 // NO_SUCH_ENTRY with the entry where the bookie stopped, NO_SUCH_LEDGER,
-// or an error status. The stream holds no more than one message of
-// entries besides what gRPC flow control lets through.
+// or an error status. A stream holds at most one read batch of the
+// bookie's (2 MiB) and the message being filled; gRPC flow control paces
+// it to the reader.
 //
 // # Client
 //
