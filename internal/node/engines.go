@@ -1,16 +1,19 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quiremq/quire/engines/file"
 	"github.com/quiremq/quire/engines/journal"
 	"github.com/quiremq/quire/engines/memory"
+	"github.com/quiremq/quire/engines/objstore/s3store"
 	"github.com/quiremq/quire/internal/config"
 	"github.com/quiremq/quire/internal/vfs"
 	"github.com/quiremq/quire/journal/client"
@@ -44,6 +47,11 @@ func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.R
 	if segmentAge == 0 {
 		segmentAge = -1 // config: 0 = never roll by age; file engine: negative
 	}
+	offload, err := fileOffload(cfg, kv, log)
+	if err != nil {
+		mem.Close()
+		return nil, err
+	}
 	fe, err := file.Open(file.Options{
 		FS:             fs,
 		Dir:            fs.PathJoin(dataDir, fileEngineDir),
@@ -53,6 +61,7 @@ func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.R
 		SegmentAge:     segmentAge,
 		RetentionBytes: fc.RetentionBytes,
 		RetentionAge:   fc.RetentionAge.Std(),
+		Offload:        offload,
 		Registerer:     reg,
 		Logger:         log.With("engine", "file"),
 	})
@@ -72,6 +81,70 @@ func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.R
 	}
 	engines[je.Name()] = je
 	return engines, nil
+}
+
+// fileOffload configures the file engine's tiered offload when
+// [storage.file] or a rule sets offload = "s3": segments go to the bucket of
+// [storage.s3] under <prefix>/node-<id>/file/, their locations to meta
+// (under /offload/file/<node id>/) when the node runs meta, else to each
+// shard's OFFLOAD file.
+func fileOffload(cfg *config.Config, kv meta.KV, log *slog.Logger) (*file.OffloadOptions, error) {
+	if !cfg.UsesOffload("s3") {
+		return nil, nil
+	}
+	s3 := cfg.Storage.S3
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := s3store.Open(ctx, s3store.Options{
+		Endpoint: s3.Endpoint, Bucket: s3.Bucket, Region: s3.Region,
+		AccessKey: s3.AccessKey, SecretKey: s3.SecretKey, PathStyle: s3.PathStyle, TLS: s3.TLS,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open [storage.s3] bucket %q at %s for offload: %w", s3.Bucket, s3.Endpoint, err)
+	}
+	prefix := s3.Prefix
+	if prefix == "" {
+		prefix = "quire"
+	}
+	o := &file.OffloadOptions{
+		Store:     st,
+		Prefix:    fmt.Sprintf("%s/node-%d/file", prefix, cfg.NodeID),
+		DeleteLag: cfg.Storage.File.OffloadDeleteLag.Std(),
+		Policy:    func(name string) (bool, time.Duration) { return offloadPolicy(cfg, name) },
+	}
+	if kv != nil {
+		o.Manifest = file.MetaManifest{KV: kv, Prefix: fmt.Sprintf("/offload/file/%d/", cfg.NodeID)}
+	}
+	log.Info("file engine offloads sealed segments", "endpoint", s3.Endpoint, "bucket", s3.Bucket, "prefix", o.Prefix)
+	return o, nil
+}
+
+// offloadPolicy decides whether file shard name offloads: by the rule of
+// its topic (the name without its partition). An MQTT shard
+// ("mqtt/file/<n>") holds topics of every file rule, hashed together: it
+// offloads when [storage.file] or any file rule does, with the shortest
+// of their delete lags.
+func offloadPolicy(cfg *config.Config, name string) (bool, time.Duration) {
+	if !frontEndShard(name) {
+		target, lag := cfg.FileOffload(partitionSuffix.ReplaceAllString(name, ""))
+		return target == "s3", lag
+	}
+	lag := cfg.Storage.File.OffloadDeleteLag.Std()
+	on := cfg.Storage.File.Offload == "s3"
+	for _, r := range cfg.Storage.Rules {
+		if r.Engine != "file" || r.Offload != "s3" {
+			continue
+		}
+		l := cfg.Storage.File.OffloadDeleteLag.Std()
+		if r.OffloadDeleteLag != 0 {
+			l = r.OffloadDeleteLag.Std()
+		}
+		if !on || l < lag {
+			lag = l
+		}
+		on = true
+	}
+	return on, lag
 }
 
 // openJournalEngine opens the journal engine: a ledger client over meta's

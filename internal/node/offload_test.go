@@ -1,0 +1,137 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/quiremq/quire/engines/objstore/s3store"
+	"github.com/quiremq/quire/engines/objstore/s3test"
+	"github.com/quiremq/quire/internal/config"
+)
+
+// TestNodeOffloadToMinIO: a rule with offload = "s3" against a test MinIO;
+// messages published over MQTT land in file shards whose sealed segments
+// are offloaded (objects in the bucket, locations in meta) and deleted
+// locally; every message reads back from offset 0, also after a restart.
+func TestNodeOffloadToMinIO(t *testing.T) {
+	srv := s3test.StartMinIO(t)
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	cfg.Storage.File.SegmentBytes = config.MinSegmentBytes
+	cfg.Storage.File.OffloadDeleteLag = 0
+	cfg.Storage.Rules = append(cfg.Storage.Rules, config.Rule{Match: "orders/#", Engine: "file", Offload: "s3"})
+	cfg.Storage.S3 = config.S3Storage{Endpoint: srv.Endpoint, Bucket: "quire-offload", Region: srv.Region,
+		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, Prefix: "t"}
+	n := startNode(t, cfg, nil)
+
+	c := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + n.MQTTAddr("tcp").String()).SetClientID("pub").
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	const count = 80
+	want := map[string]bool{}
+	for i := range count {
+		payload := fmt.Sprintf("order-%03d-%s", i, strings.Repeat("x", 100))
+		want[payload] = true
+		if tok := c.Publish("orders/eu", 1, false, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+	}
+	c.Disconnect(50)
+
+	st, err := s3store.Open(t.Context(), srv.Options("quire-offload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the file shards keep only their active segment locally.
+	fileDir := filepath.Join(n.DataDir(), "file")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		logs, shards := countLocalSegments(t, fileDir)
+		objs, err := st.List(t.Context(), "t/node-1/file/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if shards > 0 && logs == shards && len(objs) > 0 {
+			t.Logf("%d file shards, %d objects offloaded", shards, len(objs))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("offload did not finish: %d local segments in %d shards, %d objects", logs, shards, len(objs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, body := get(t, "http://"+n.AdminAddr().String()+"/metrics"); !strings.Contains(body, "quire_offload_segments_total") {
+		t.Fatal("/metrics has no quire_offload_segments_total")
+	}
+	checkOrders(t, n, want)
+
+	// After a restart the offloaded segments are found through meta.
+	if err := n.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n = startNode(t, cfg, nil)
+	checkOrders(t, n, want)
+}
+
+// countLocalSegments counts segment files and shard directories of the
+// file engine's directory.
+func countLocalSegments(t *testing.T, dir string) (logs, shards int) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ents {
+		if !d.IsDir() {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(dir, d.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		shards++
+		for _, f := range files {
+			if strings.HasSuffix(f.Name(), ".log") {
+				logs++
+			}
+		}
+	}
+	return logs, shards
+}
+
+// checkOrders reads every file shard from offset 0 and checks that each
+// published payload is there exactly once.
+func checkOrders(t *testing.T, n *Node, want map[string]bool) {
+	t.Helper()
+	e := n.broker.engines["file"]
+	names, err := e.List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, name := range names {
+		s, err := e.Open(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range readShard(t, s) {
+			if want[string(r.Value)] {
+				seen[string(r.Value)]++
+			}
+		}
+	}
+	for p := range want {
+		if seen[p] != 1 {
+			t.Fatalf("payload %.12s... read %d times, want once", p, seen[p])
+		}
+	}
+}
