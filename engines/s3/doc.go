@@ -46,6 +46,9 @@
 // object holding it. Read fetches whole objects (one GET each) and keeps them
 // decoded in an LRU cache of ReadCacheBytes shared by all shards; objects
 // just written are put there too, so tailing readers do not fetch them back.
+// A Read also starts fetching the following object in the background (read
+// ahead for catch-up readers), and concurrent readers of one object share
+// one GET.
 // OffsetForTime uses each entry's largest timestamp: every object before the
 // first whose largest timestamp is >= ts holds only older records, so only
 // that object is scanned.

@@ -24,6 +24,12 @@ import (
 type faultyStore struct {
 	objstore.Store
 	failPut, failDelete atomic.Bool
+	gets                atomic.Int64
+}
+
+func (f *faultyStore) Get(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	f.gets.Add(1)
+	return f.Store.Get(ctx, key, off, n)
 }
 
 var errInjected = errors.New("injected failure")
@@ -565,4 +571,39 @@ func gather(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// TestReadFetchesOnce: readers catching up together (with read-ahead) fetch
+// every object once.
+func TestReadFetchesOnce(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	e := v.open()
+	s, _ := e.Create(ctx, "once")
+	for range 10 {
+		mustAppend(t, s, recs(50, 100, "r"))
+	}
+	e.Close()
+	s2, err := v.open().Open(ctx, "once") // empty cache
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.store.gets.Store(0)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for from := uint64(0); from < 500; {
+				got, err := s2.Read(ctx, from, shard.Limits{MaxRecords: 7})
+				if err != nil || len(got) == 0 {
+					t.Errorf("Read(%d) = %d records, %v", from, len(got), err)
+					return
+				}
+				from += uint64(len(got))
+			}
+		})
+	}
+	wg.Wait()
+	if n := v.store.gets.Load(); n != 10 {
+		t.Fatalf("%d GETs for 10 objects read by 4 readers, want 10", n)
+	}
 }

@@ -348,7 +348,15 @@ func (s *Shard) Read(ctx context.Context, from uint64, lim shard.Limits) ([]shar
 		}
 		i := sort.Search(len(s.objs), func(i int) bool { return s.objs[i].end() > from })
 		o := s.objs[i]
+		var next objectRecord
+		if i+1 < len(s.objs) {
+			next = s.objs[i+1]
+		}
 		s.mu.Unlock()
+		if next.Key != "" {
+			// Catch-up readers read on: fetch the next object meanwhile.
+			s.prefetch(next)
+		}
 		recs, err := s.loadObject(ctx, o)
 		if errors.Is(err, objstore.ErrNotFound) {
 			// Trimmed while we read: the range check above decides.
@@ -381,13 +389,48 @@ func (s *Shard) Read(ctx context.Context, from uint64, lim shard.Limits) ([]shar
 	}
 }
 
-// loadObject returns an object's records from the cache or the store.
+// loadObject returns an object's records from the cache or the store; one
+// goroutine fetches an object while others wait for it.
 func (s *Shard) loadObject(ctx context.Context, o objectRecord) ([]shard.Record, error) {
 	e := s.e
-	if recs, ok := e.cache.get(o.Key); ok {
-		e.m.cacheHits.Inc()
-		return recs, nil
+	for {
+		recs, ok, wait := e.cache.getOrClaim(o.Key)
+		if ok {
+			e.m.cacheHits.Inc()
+			return recs, nil
+		}
+		if wait == nil {
+			recs, err := s.fetch(ctx, o)
+			e.cache.done(o.Key, recs, o.Size)
+			return recs, err
+		}
+		select {
+		case <-wait: // cached now, unless it failed or was too large: try again
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
+}
+
+// prefetch fetches the object into the cache in the background unless it
+// is there, being fetched, or too large to stay long enough to be read.
+func (s *Shard) prefetch(o objectRecord) {
+	e := s.e
+	if o.Size*2 > e.opts.ReadCacheBytes {
+		return
+	}
+	if _, ok, wait := e.cache.getOrClaim(o.Key); ok || wait != nil {
+		return
+	}
+	go func() {
+		recs, _ := s.fetch(e.ctx, o)
+		e.cache.done(o.Key, recs, o.Size)
+	}()
+}
+
+// fetch reads and checks one object from the store.
+func (s *Shard) fetch(ctx context.Context, o objectRecord) ([]shard.Record, error) {
+	e := s.e
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
 	b, err := e.store.Get(ctx, o.Key, 0, -1)
@@ -404,7 +447,6 @@ func (s *Shard) loadObject(ctx context.Context, o objectRecord) ([]shard.Record,
 		e.m.corruptObjects.Inc()
 		return nil, &shard.CorruptError{Shard: s.name, File: o.Key, Reason: err.Error()}
 	}
-	e.cache.put(o.Key, recs, o.Size)
 	return recs, nil
 }
 
