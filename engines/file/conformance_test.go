@@ -2,6 +2,7 @@ package file
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync/atomic"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/quiremq/quire/engines/objstore"
+	"github.com/quiremq/quire/engines/objstore/s3store"
+	"github.com/quiremq/quire/engines/objstore/s3test"
 	"github.com/quiremq/quire/internal/vfs"
 	"github.com/quiremq/quire/shard"
 	"github.com/quiremq/quire/shard/shardtest"
@@ -62,6 +65,20 @@ func TestConformanceOffload(t *testing.T) {
 	}
 }
 
+// TestConformanceOffloadMinIO runs the suite offloading to a real MinIO.
+func TestConformanceOffloadMinIO(t *testing.T) {
+	srv := s3test.StartMinIO(t)
+	st, err := s3store.Open(t.Context(), srv.Options("file-offload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gets, puts atomic.Int64
+	runOffloadConformance(t, func(*testing.T) objstore.Store { return &countingStore{Store: st, gets: &gets, puts: &puts} })
+	if puts.Load() == 0 || gets.Load() == 0 {
+		t.Fatalf("the suite made %d Puts and %d Gets: nothing was offloaded or read back", puts.Load(), gets.Load())
+	}
+}
+
 // countingStore counts Puts and Gets.
 type countingStore struct {
 	objstore.Store
@@ -81,15 +98,17 @@ func (c *countingStore) Get(ctx context.Context, key string, off, n int64) ([]by
 // runOffloadConformance runs the shard conformance suite on an engine that
 // offloads to the store newStore returns (one per engine directory).
 func runOffloadConformance(t *testing.T, newStore func(t *testing.T) objstore.Store) {
+	var engines atomic.Int64
 	shardtest.Run(t, shardtest.Config{
 		New: func(t *testing.T) shardtest.Opener {
 			fs, dir := memFS(t)
 			st := newStore(t)
+			prefix := fmt.Sprintf("conformance-%d", engines.Add(1)) // engines may share a bucket
 			return func() (shard.Engine, error) {
 				return Open(Options{
 					FS: fs, Dir: dir, Logger: quietLogger,
 					SegmentBytes: 4096, IndexIntervalBytes: 256, MaxOpenSegments: 8,
-					Offload: &OffloadOptions{Store: st, Interval: time.Millisecond, RetryMin: time.Millisecond, RetryMax: 10 * time.Millisecond, BlockBytes: 4096, CacheBytes: 64 << 10},
+					Offload: &OffloadOptions{Store: st, Prefix: prefix, Interval: time.Millisecond, RetryMin: time.Millisecond, RetryMax: 10 * time.Millisecond, BlockBytes: 4096, CacheBytes: 64 << 10},
 				})
 			}
 		},
