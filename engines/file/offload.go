@@ -225,11 +225,11 @@ func (f *offloader) pass(ctx context.Context) {
 	pending := map[segKey]time.Time{}
 	f.mu.Lock()
 	for _, s := range shards {
+		s.collectGarbage(ctx)
 		on, lag := f.o.policy(s.name)
 		if !on {
 			continue
 		}
-		s.collectGarbage(ctx)
 		s.mu.RLock()
 		segs, closed := s.segs, s.closed
 		s.mu.RUnlock()
@@ -457,42 +457,35 @@ func (s *Shard) deleteObjects(ctx context.Context, rs RemoteSegment) error {
 	return errors.Join(errs...)
 }
 
-// dropRemote deletes the objects and the location of offloaded segment
-// base (trimmed). ctlMu must be held. A failure leaves the location for the
-// next pass's collectGarbage.
-func (s *Shard) dropRemote(ctx context.Context, base uint64) error {
-	rs, ok := s.locs[base]
-	if !ok {
-		return nil
-	}
-	if err := s.deleteObjects(ctx, rs); err != nil {
-		return fmt.Errorf("delete objects of segment %d: %w", base, err)
-	}
-	if err := s.e.off.o.Manifest.CAS(ctx, s.name, base, &rs, nil); err != nil {
-		return fmt.Errorf("delete location of segment %d: %w", base, err)
-	}
-	delete(s.locs, base)
-	return nil
-}
-
-// collectGarbage drops the locations (and objects) of segments below the
-// shard's first segment: trimmed by a trim or retention whose object
-// deletion failed or that a crash interrupted.
+// collectGarbage deletes the objects and then the locations of offloaded
+// segments below the shard's first segment: trimmed by a trim or retention
+// (which leave this to the offloader), also before a crash. The store is
+// called without ctlMu held; nothing else changes those locations (passes
+// are serialised). A failure leaves the location for the next pass.
 func (s *Shard) collectGarbage(ctx context.Context) {
 	s.ctlMu.Lock()
-	defer s.ctlMu.Unlock()
 	s.mu.RLock()
 	first, closed := s.segs[0].base, s.closed
 	s.mu.RUnlock()
-	if closed {
-		return
-	}
-	for base := range s.locs {
-		if base < first {
-			if err := s.dropRemote(ctx, base); err != nil {
-				s.log.Warn("file: delete trimmed offloaded segment", "shard", s.name, "base", base, "err", err)
-			}
+	var garbage []RemoteSegment
+	for base, rs := range s.locs {
+		if base < first && !closed {
+			garbage = append(garbage, rs)
 		}
+	}
+	s.ctlMu.Unlock()
+	for _, rs := range garbage {
+		err := s.deleteObjects(ctx, rs)
+		if err == nil {
+			err = s.e.off.o.Manifest.CAS(ctx, s.name, rs.Base, &rs, nil)
+		}
+		if err != nil {
+			s.log.Warn("file: delete trimmed offloaded segment", "shard", s.name, "base", rs.Base, "err", err)
+			continue
+		}
+		s.ctlMu.Lock()
+		delete(s.locs, rs.Base)
+		s.ctlMu.Unlock()
 	}
 }
 

@@ -131,6 +131,7 @@ func TestOffloadReadsThroughAndTrims(t *testing.T) {
 	if err := s.Trim(bg, cut); err != nil {
 		t.Fatal(err)
 	}
+	e.off.pass(bg) // deletes the trimmed segments' objects
 	if after := len(objectKeys(t, st)); after != before-6 {
 		t.Fatalf("%d objects after trimming 3 offloaded segments, want %d", after, before-6)
 	}
@@ -368,5 +369,37 @@ func TestOffloadOptionsValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "Offload") {
 			t.Errorf("Open with %+v: %v, want an Offload error", o, err)
 		}
+	}
+}
+
+// Retention deletes offloaded segments too: their objects and locations go
+// with the next pass.
+func TestOffloadRetention(t *testing.T) {
+	st := objstore.NewMem()
+	o := offloadOpts(st, 0)
+	o.RetentionBytes = 6000
+	e := openEngine(t, vfs.NewMem(), "/d", o)
+	defer e.Close()
+	s := mustCreate(t, e, "a")
+	appendN(t, s, 0, 40, 200)
+	e.off.pass(bg)
+	appendN(t, s, 40, 60, 200) // rolls run retention over offloaded segments
+	e.off.pass(bg)
+	low, _ := s.Watermarks()
+	if low == 0 {
+		t.Fatal("retention deleted nothing")
+	}
+	locs, err := e.off.o.Manifest.Load(bg, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(locs) == 0 || locs[0].Base != s.segs[0].base {
+		t.Fatalf("first location %+v, want the first remaining segment %d", locs, s.segs[0].base)
+	}
+	if n := len(objectKeys(t, st)); n != 2*len(locs) {
+		t.Fatalf("%d objects for %d remaining offloaded segments", n, len(locs))
+	}
+	if got := readAll(t, s); len(got) == 0 || got[0].Offset != low {
+		t.Fatalf("read from low %d: %d records", low, len(got))
 	}
 }

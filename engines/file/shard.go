@@ -446,13 +446,14 @@ func (s *Shard) advanceLow(low uint64, reason string) error {
 	if len(victims) == 0 {
 		return nil
 	}
+	if s.e.off != nil {
+		// The offloader deletes the objects of offloaded victims (their
+		// locations are now below the first segment): not here, where the
+		// committer (retention) or a Trim would wait for the store.
+		s.e.off.poke()
+	}
 	for _, seg := range victims {
 		s.e.cache.remove(seg)
-		if s.e.off != nil {
-			if err := s.dropRemote(context.Background(), seg.base); err != nil {
-				s.log.Warn("file: delete offloaded segment", "shard", s.name, "base", seg.base, "err", err)
-			}
-		}
 		if err := s.e.fs.Remove(seg.path); err != nil && !vfs.IsNotExist(err) {
 			s.log.Warn("file: delete segment", "shard", s.name, "file", seg.path, "err", err)
 		}
