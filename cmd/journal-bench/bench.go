@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quiremq/quire/journal/client"
@@ -37,6 +38,12 @@ type result struct {
 	P999Ms        float64 `json:"p999_ms"`
 	MaxMs         float64 `json:"max_ms"`
 
+	// CPU (user+system) of this process — writers, readers and any
+	// in-process bookies and meta — per acknowledged append and per entry
+	// read: on a shared machine a steadier figure than the rates.
+	CPUUsPerEntry     float64 `json:"cpu_us_per_entry"`
+	ReadCPUUsPerEntry float64 `json:"read_cpu_us_per_entry,omitempty"`
+
 	BytesPerSync        float64  `json:"bytes_per_sync"` // the bookies' journal bytes per fdatasync
 	DiskCeilingMBPerSec *float64 `json:"disk_ceiling_mb_per_sec"`
 	DiskEfficiency      *float64 `json:"disk_efficiency"`
@@ -55,15 +62,15 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func (r *result) print(w io.Writer, asJSON bool) error {
 	fmt.Fprintf(w, "summary: mode=%s E=%d Qw=%d Qa=%d entry=%dB writers=%d inflight=%d ledgers=%d bookies=%d\n",
 		r.Mode, r.Ensemble, r.WriteQuorum, r.AckQuorum, r.EntrySize, r.Writers, r.Inflight, r.Ledgers, r.Bookies)
-	fmt.Fprintf(w, "  write: %d entries in %.2fs: %.0f entries/s, %.1f MB/s; add latency p50 %.2f ms, p99 %.2f ms, p999 %.2f ms, max %.2f ms\n",
-		r.Entries, r.DurationS, r.EntriesPerSec, r.MBPerSec, r.P50Ms, r.P99Ms, r.P999Ms, r.MaxMs)
+	fmt.Fprintf(w, "  write: %d entries in %.2fs: %.0f entries/s, %.1f MB/s; add latency p50 %.2f ms, p99 %.2f ms, p999 %.2f ms, max %.2f ms; %.1f CPU-µs/entry\n",
+		r.Entries, r.DurationS, r.EntriesPerSec, r.MBPerSec, r.P50Ms, r.P99Ms, r.P999Ms, r.MaxMs, r.CPUUsPerEntry)
 	if r.DiskCeilingMBPerSec != nil {
 		fmt.Fprintf(w, "  disk: %.0f journal bytes per fdatasync; raw write+fdatasync ceiling %.1f MB/s; efficiency %.2f (acked MB/s x Qw / ceiling)\n",
 			r.BytesPerSync, *r.DiskCeilingMBPerSec, *r.DiskEfficiency)
 	}
 	if r.ReadMatchesWrites != nil {
-		fmt.Fprintf(w, "  read: %d entries in %.2fs: %.0f entries/s, %.1f MB/s; every entry read back as written: %v\n",
-			r.ReadEntries, r.ReadDurationS, r.ReadEntriesPerSec, r.ReadMBPerSec, *r.ReadMatchesWrites)
+		fmt.Fprintf(w, "  read: %d entries in %.2fs: %.0f entries/s, %.1f MB/s; %.1f CPU-µs/entry; every entry read back as written: %v\n",
+			r.ReadEntries, r.ReadDurationS, r.ReadEntriesPerSec, r.ReadMBPerSec, r.ReadCPUUsPerEntry, *r.ReadMatchesWrites)
 	}
 	if r.TailP50Ms != nil {
 		fmt.Fprintf(w, "  tail: append to read p50 %.2f ms, p99 %.2f ms\n", *r.TailP50Ms, *r.TailP99Ms)
@@ -169,7 +176,7 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 	stopProgress := progress(c, out, &st, rs, progressDone)
 	acked := make([]uint64, c.writers)
 	errs := make([]error, c.writers)
-	start := time.Now()
+	start, cpu := time.Now(), processCPU()
 	deadline := start.Add(c.duration)
 	var wg sync.WaitGroup
 	for w := range c.writers {
@@ -182,7 +189,7 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	elapsed, writeCPU := time.Since(start), processCPU()-cpu
 	if err := errors.Join(errs...); err != nil {
 		stopProgress()
 		return nil, err
@@ -207,14 +214,18 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 	res.MBPerSec = float64(st.entries) * float64(c.entrySize) / elapsed.Seconds() / 1e6
 	res.P50Ms, res.P99Ms, res.P999Ms = ms(st.total.Quantile(0.5)), ms(st.total.Quantile(0.99)), ms(st.total.Quantile(0.999))
 	res.MaxMs = ms(st.total.Quantile(1))
+	if st.entries > 0 {
+		res.CPUUsPerEntry = float64(writeCPU.Microseconds()) / float64(st.entries)
+	}
 	res.BytesPerSync = syncsAfter.sub(syncsBefore).bytesPerSync()
 
 	if c.mode == "catchup" {
+		cpu = processCPU()
 		startReaders()
 	}
 	if c.mode != "write" {
 		readWG.Wait()
-		readEl := time.Since(readStart)
+		readEl, readCPU := time.Since(readStart), processCPU()-cpu
 		if c.mode == "tail" {
 			readEl = max(readEl, elapsed) // the readers started with the writers
 		}
@@ -229,6 +240,9 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 		res.ReadDurationS = readEl.Seconds()
 		res.ReadEntriesPerSec = float64(res.ReadEntries) / readEl.Seconds()
 		res.ReadMBPerSec = float64(res.ReadEntries) * float64(c.entrySize) / readEl.Seconds() / 1e6
+		if res.ReadEntries > 0 {
+			res.ReadCPUUsPerEntry = float64(readCPU.Microseconds()) / float64(res.ReadEntries) // tail mode: writes included
+		}
 		if c.mode == "tail" {
 			p50, p99 := ms(rs.tail.Quantile(0.5)), ms(rs.tail.Quantile(0.99))
 			res.TailP50Ms, res.TailP99Ms = &p50, &p99
@@ -285,6 +299,15 @@ func progress(c *config, out io.Writer, st *addStats, rs *readStats, done chan s
 	return func() {
 		once.Do(func() { close(stop); <-done })
 	}
+}
+
+// processCPU is the user+system CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // write appends to lw until deadline, keeping up to inflight appends in
