@@ -54,6 +54,7 @@ type conn struct {
 	willDelay   time.Duration
 	connExpiry  uint32       // Session Expiry Interval of CONNECT (v5), seconds
 	who         *auth.Client // for ACL checks (authz.go); no password
+	bucket      *tokenBucket // the publish rate limit (ratelimit.go); nil: none
 
 	closing    chan struct{}
 	closeOnce  sync.Once
@@ -68,6 +69,9 @@ func newConn(s *Server, nc listen.Conn) *conn {
 	// A small first buffer keeps idle connections cheap; it grows for
 	// large packets and shrinks back after them.
 	c.r = packet.NewReaderSize(cc, s.opts.MaxPacketSize, 512)
+	if s.opts.MaxPublishRate > 0 {
+		c.bucket = newTokenBucket(s.opts.MaxPublishRate, s.opts.PublishBurst)
+	}
 	c.w = packet.NewWriter(cc, 0)
 	return c
 }
@@ -169,6 +173,7 @@ func (c *conn) serve() {
 	case err == nil:
 		normal = true
 	case errors.As(err, &ce):
+		c.s.m.closedBy.WithLabelValues(ce.code.String()).Inc()
 		log.Debug("mqtt connection closed by the server", "reason", ce.code.String(), "err", ce.msg)
 		if c.version == packet.V5 {
 			c.nc.SetWriteDeadline(time.Now().Add(time.Second))
@@ -178,6 +183,7 @@ func (c *conn) serve() {
 	default:
 		var pe *packet.Error
 		if errors.As(err, &pe) {
+			c.s.m.closedBy.WithLabelValues(pe.Code.String()).Inc()
 			log.Debug("mqtt bad packet", "err", err)
 			if c.version == packet.V5 {
 				c.nc.SetWriteDeadline(time.Now().Add(time.Second))
@@ -398,6 +404,13 @@ func (c *conn) readLoop() error {
 		c.s.m.packetsIn[p.Type()].Inc()
 		switch p := p.(type) {
 		case *packet.Publish:
+			if c.bucket != nil {
+				waited, ok := c.bucket.take(c.closing)
+				c.s.m.throttled.Add(waited.Seconds())
+				if !ok {
+					return net.ErrClosed
+				}
+			}
 			err = c.onPublish(p)
 		case *packet.Puback:
 			c.sess.acked(p.PacketID, false)

@@ -31,6 +31,8 @@ type serverMetrics struct {
 	dropped       *prometheus.CounterVec // reason
 	storageErrors prometheus.Counter
 	takeovers     prometheus.Counter
+	closedBy      *prometheus.CounterVec // reason: connections the server closed, by reason code
+	throttled     prometheus.Counter     // seconds publishers waited for the rate limit
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
@@ -54,6 +56,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Help: "Shard appends that failed (the publish was not acknowledged)."}),
 		takeovers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "session_takeovers_total",
 			Help: "Connections closed because a new CONNECT used their client identifier."}),
+		closedBy: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "server_disconnects_total",
+			Help: "Connections the server closed for a protocol or limit violation, by reason code (packet too large, receive maximum exceeded, keep alive timeout, malformed packet, ...)."}, []string{"reason"}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "publish_throttled_seconds_total",
+			Help: "Seconds connections spent waiting for the publish rate limit (reads paused)."}),
 	}
 	in := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "packets_received_total",
 		Help: "MQTT control packets received, by type."}, []string{"type"})
@@ -72,7 +78,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
 	metrics.Register(reg, m.connections, m.connects, m.refused, in, out, m.bytesIn, m.bytesOut, pub, m.delivered,
-		m.dropped, m.storageErrors, m.takeovers,
+		m.dropped, m.storageErrors, m.takeovers, m.closedBy, m.throttled,
 		gauge("sessions", "MQTT sessions, online and offline.", func() float64 { return float64(s.sessionCount()) }),
 		gauge("subscriptions", "Subscriptions in the topic tree, shared ones included.", func() float64 { return float64(s.tree.Len()) }),
 		gauge("retained_messages", "Retained messages.", func() float64 { return float64(s.opts.Retained.Len()) }),

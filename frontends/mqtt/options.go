@@ -91,6 +91,11 @@ type Options struct {
 	// MaxDelayed bounds the delayed publishes ($delayed/<seconds>/<topic>,
 	// delayed.go) waiting at once. Default 100,000.
 	MaxDelayed int
+	// MaxPublishRate, when > 0, limits each connection to that many
+	// PUBLISH packets per second, in bursts of up to PublishBurst (default
+	// the rate), by slowing its reads (ratelimit.go).
+	MaxPublishRate float64
+	PublishBurst   int
 }
 
 // Defaults.
@@ -151,6 +156,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.MaxDelayed <= 0 {
 		o.MaxDelayed = DefaultMaxDelayed
+	}
+	if o.MaxPublishRate > 0 && o.PublishBurst <= 0 {
+		o.PublishBurst = max(1, int(o.MaxPublishRate))
 	}
 	for i := range o.Listeners {
 		o.Listeners[i].EnsureDefaults()

@@ -118,6 +118,12 @@ type MQTT struct {
 	ACLDefault string `toml:"acl_default"`
 	// ACL rules, tried in order; the first that matches decides.
 	ACL []ACLRule `toml:"acl"`
+
+	// Per-client limits.
+	MaxInflight    int     `toml:"max_inflight"`     // unacknowledged outbound QoS 1/2 messages per session
+	MaxQueued      int     `toml:"max_queued"`       // messages waiting per session; more are dropped (counted)
+	MaxPacketSize  int     `toml:"max_packet_size"`  // bytes; a larger packet closes the connection (0x95)
+	MaxPublishRate float64 `toml:"max_publish_rate"` // PUBLISH/s per connection, 0 = no limit; excess is slowed
 }
 
 // MQTTUser is one [[mqtt.users]] entry.
@@ -427,7 +433,8 @@ func Default() *Config {
 		GRPC:  GRPC{Addr: "0.0.0.0:1228"},
 		Admin: Admin{Addr: ":58080"},
 		MQTT: MQTT{TCP: ":1883", TLS: ":8883", WS: ":8083", WSS: ":8084", QUIC: ":14567",
-			AllowAnonymous: true, AuthHookTimeout: Duration(5 * time.Second), ACLDefault: "allow"},
+			AllowAnonymous: true, AuthHookTimeout: Duration(5 * time.Second), ACLDefault: "allow",
+			MaxInflight: 64, MaxQueued: 1000, MaxPacketSize: 16 << 20},
 		Kafka: Kafka{Addr: ":9092"},
 		AMQP:  AMQP{Addr: ":5672"},
 		Bookie: Bookie{
@@ -679,6 +686,18 @@ func (c *Config) validate() []*Error {
 		if u, err := url.Parse(c.MQTT.AuthHookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("mqtt.auth_hook_url", "must be an http:// or https:// URL, got %q", c.MQTT.AuthHookURL)
 		}
+	}
+	if c.MQTT.MaxInflight < 1 || c.MQTT.MaxInflight > 65535 {
+		bad("mqtt.max_inflight", "must be from 1 to 65535, got %d", c.MQTT.MaxInflight)
+	}
+	if c.MQTT.MaxQueued < 1 {
+		bad("mqtt.max_queued", "must be >= 1, got %d", c.MQTT.MaxQueued)
+	}
+	if c.MQTT.MaxPacketSize < 64 || c.MQTT.MaxPacketSize > 268435460 {
+		bad("mqtt.max_packet_size", "must be from 64 to 268435460 (MQTT's largest packet), got %d", c.MQTT.MaxPacketSize)
+	}
+	if c.MQTT.MaxPublishRate < 0 {
+		bad("mqtt.max_publish_rate", "must be >= 0 (0 = no limit), got %v", c.MQTT.MaxPublishRate)
 	}
 	if c.MQTT.AuthHookTimeout <= 0 {
 		bad("mqtt.auth_hook_timeout", "must be > 0")

@@ -176,7 +176,9 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 		return errors.Join(err, db.Close())
 	}
 	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0), Store: db, Retained: retained,
-		Auth: authn, ACL: acl, Version: "quire " + version.Get().String(), Registerer: b.reg, Logger: log})
+		Auth: authn, ACL: acl, Version: "quire " + version.Get().String(),
+		MaxInflight: b.cfg.MQTT.MaxInflight, MaxQueued: b.cfg.MQTT.MaxQueued, MaxPacketSize: b.cfg.MQTT.MaxPacketSize,
+		MaxPublishRate: b.cfg.MQTT.MaxPublishRate, Registerer: b.reg, Logger: log})
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}

@@ -1,0 +1,58 @@
+package mqtt
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/quiremq/quire/frontends/mqtt/packet"
+)
+
+// TestPublishRateLimit: a connection over MaxPublishRate is slowed, not
+// refused: every message arrives, no sooner than the rate allows, and the
+// wait is counted.
+func TestPublishRateLimit(t *testing.T) {
+	b := startBroker(t, nil, func(o *Options) { o.MaxPublishRate = 20; o.PublishBurst = 1 })
+	sub := connect5(t, b.tcp, &paho.Connect{ClientID: "sub", CleanStart: true})
+	subscribe5(t, sub, "rate/#", 1)
+	pub := connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+	start := time.Now()
+	const n = 11
+	for i := range n {
+		publish5(t, pub, "rate/x", 1, false, string(rune('a'+i)))
+	}
+	for range n {
+		sub.next(t)
+	}
+	// 11 messages at 20/s with a burst of 1: at least 10 × 50 ms.
+	if d := time.Since(start); d < 450*time.Millisecond {
+		t.Fatalf("%d publishes took %v, faster than the limit allows", n, d)
+	}
+	if w := b.metric(t, "quire_mqtt_publish_throttled_seconds_total", nil); w < 0.3 {
+		t.Fatalf("throttled seconds = %v", w)
+	}
+}
+
+// TestPacketTooLarge: a packet over MaxPacketSize closes that connection
+// with 0x95 (counted by reason), and only that one.
+func TestPacketTooLarge(t *testing.T) {
+	b := startBroker(t, nil, func(o *Options) { o.MaxPacketSize = 1024 })
+	other := connect5(t, b.tcp, &paho.Connect{ClientID: "other", CleanStart: true})
+	c := rawOn(t, dial(t, b.tcp))
+	c.connect(&packet.Connect{Version: packet.V5, ClientID: "big", CleanStart: true, KeepAlive: 60})
+	c.send(&packet.Publish{Topic: "big", Payload: []byte(strings.Repeat("x", 2000))})
+	d, ok := c.read().(*packet.Disconnect)
+	if !ok || d.ReasonCode != packet.PacketTooLarge {
+		t.Fatalf("got %+v, want DISCONNECT 0x95", d)
+	}
+	if n := b.metric(t, "quire_mqtt_server_disconnects_total", map[string]string{"reason": packet.PacketTooLarge.String()}); n != 1 {
+		t.Fatalf("server_disconnects_total{Packet too large} = %v", n)
+	}
+	subscribe5(t, other, "fine", 0) // the other client is unaffected
+	publish5(t, other, "fine", 0, false, "ok")
+	if m := other.next(t); string(m.Payload) != "ok" {
+		t.Fatalf("got %q", m.Payload)
+	}
+}
