@@ -34,7 +34,11 @@ type env struct {
 	kills map[string]func() // bookie id → stop it as a crash would
 }
 
-func newEnv(t testing.TB, bookies int) *env {
+func newEnv(t testing.TB, bookies int) *env { return newEnvOn(t, bookies, "") }
+
+// newEnvOn is newEnv with the bookies under dataDir on disk ("" = in
+// memory).
+func newEnvOn(t testing.TB, bookies int, dataDir string) *env {
 	t.Helper()
 	fnet := meta.NewFaultNetwork()
 	addr := "127.0.0.1:1"
@@ -62,21 +66,25 @@ func newEnv(t testing.TB, bookies int) *env {
 	infos := make([]client.BookieInfo, bookies)
 	var wg sync.WaitGroup
 	for i := range bookies {
-		wg.Go(func() { infos[i] = e.startBookie(fmt.Sprintf("n%d", i)) }) // Open takes ~1s: in parallel
+		fs, dir := vfs.FS(vfs.NewMem()), "/b"
+		if dataDir != "" {
+			fs, dir = vfs.Default, fmt.Sprintf("%s/b%d", dataDir, i)
+		}
+		wg.Go(func() { infos[i] = e.startBookie(fs, dir, fmt.Sprintf("n%d", i)) }) // Open takes ~1s: in parallel
 	}
 	wg.Wait()
 	e.dir.Set(infos...)
 	return e
 }
 
-func (e *env) startBookie(node string) client.BookieInfo {
+func (e *env) startBookie(fs vfs.FS, dir, node string) client.BookieInfo {
 	e.t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	addr := lis.Addr().String()
-	b, err := bookie.Open(bookie.Options{FS: vfs.NewMem(), Dir: "/b", BookieID: addr, Cookies: &bookie.MemCookieStore{},
+	b, err := bookie.Open(bookie.Options{FS: fs, Dir: dir, BookieID: addr, Cookies: &bookie.MemCookieStore{},
 		JournalFileSize: 2 << 20, EntryLogSize: 16 << 20, CheckpointInterval: time.Hour})
 	if err != nil {
 		e.t.Fatal(err)
