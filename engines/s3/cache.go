@@ -57,17 +57,6 @@ func (c *objectCache) done(key string, recs []shard.Record, size int64) {
 	close(ch)
 }
 
-func (c *objectCache) get(key string) ([]shard.Record, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	el, ok := c.byKey[key]
-	if !ok {
-		return nil, false
-	}
-	c.lru.MoveToFront(el)
-	return el.Value.(*cached).recs, true
-}
-
 func (c *objectCache) put(key string, recs []shard.Record, size int64) {
 	if size > c.capacity {
 		return
