@@ -343,17 +343,21 @@ func (s *Shard) offloadSegment(ctx context.Context, f *offloader, seg *segment, 
 		return err
 	}
 	idx := encodeIndex(segSummary{base: seg.base, end: seg.end, size: seg.size, maxTs: seg.maxTs}, r.idx)
-	h := crc32.New(castagnoli)
 	rs := RemoteSegment{
 		Base: seg.base, End: seg.end, Size: seg.size, MaxTs: seg.maxTs,
 		Key: s.e.objectKey(s.name, seg.base, segExt), IndexKey: s.e.objectKey(s.name, seg.base, idxExt),
 	}
-	err = st.Put(ctx, rs.Key, io.TeeReader(io.NewSectionReader(r.f, 0, seg.size), h), seg.size)
+	// The CRC comes from a local read first: a section reader (io.ReaderAt
+	// and io.Seeker) lets the S3 client upload large segments in parallel
+	// parts, which a hashing io.TeeReader would not.
+	rs.CRC, err = readerCRC(r.f, seg.size)
+	if err == nil {
+		err = st.Put(ctx, rs.Key, io.NewSectionReader(r.f, 0, seg.size), seg.size)
+	}
 	s.e.cache.release(r)
 	if err != nil {
 		return fmt.Errorf("upload %s: %w", rs.Key, err)
 	}
-	rs.CRC = h.Sum32()
 	if err := st.Put(ctx, rs.IndexKey, bytes.NewReader(idx), int64(len(idx))); err != nil {
 		return fmt.Errorf("upload %s: %w", rs.IndexKey, err)
 	}
@@ -385,6 +389,21 @@ func (s *Shard) offloadSegment(ctx context.Context, f *offloader, seg *segment, 
 		return s.deleteLocal(seg, rs)
 	}
 	return nil
+}
+
+// readerCRC returns the CRC-32C of the first size bytes of r.
+func readerCRC(r io.ReaderAt, size int64) (uint32, error) {
+	buf := make([]byte, min(size, 1<<20))
+	var c uint32
+	for off := int64(0); off < size; {
+		b := buf[:min(int64(len(buf)), size-off)]
+		if n, err := r.ReadAt(b, off); n < len(b) {
+			return 0, fmt.Errorf("read local segment at byte %d: %w", off, err)
+		}
+		c = crc32.Update(c, castagnoli, b)
+		off += int64(len(b))
+	}
+	return c, nil
 }
 
 // verifyObject reads an object back and checks its size and CRC-32C.
