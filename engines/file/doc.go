@@ -27,6 +27,7 @@
 //	    NAME                         the shard's real name; its presence means the shard exists
 //	    TRIM                         the low watermark set by Trim or retention (absent: 0)
 //	    SEALED                       present once the shard is sealed
+//	    OFFLOAD                      locations of offloaded segments (FileManifest)
 //	    00000000000000000000.log     segment files, named by their base offset (20 digits)
 //	    00000000000000000000.idx     sparse index of a sealed segment (written at roll)
 //	    00000000000000004711.log     the last segment is the active one
@@ -151,6 +152,53 @@
 // zeroed 4 KiB page, is indistinguishable from a crash and is truncated (and
 // logged, and counted in quire_file_recovery_truncations_total).
 //
+// # Offload (tiered storage)
+//
+// With Options.Offload, a background offloader per engine copies every
+// sealed segment of the open shards (OffloadOptions.Policy picks shards) to
+// an objstore.Store and serves it from there once the local copy is gone.
+// A pass runs every Interval and after each roll; it uploads at most
+// Concurrency segments at once. For each segment:
+//
+//  1. upload: the segment file to <Prefix>/<shard directory>/<base>.log
+//     (a section reader of known size: S3 uploads large segments as
+//     parallel multipart) and its index to .../<base>.idx; the segment's
+//     CRC-32C is computed from the local file;
+//  2. verify: Stat sizes, read both objects back and compare CRCs;
+//  3. record: Manifest.CAS (absent -> RemoteSegment{end, size, max
+//     timestamp, CRC, keys, time}) under the shard's ctlMu, only if the
+//     segment is still the shard's (not trimmed meanwhile: then the objects
+//     are deleted);
+//  4. delete: once DeleteLag has passed since the record, the segment is
+//     switched to its object (reads opened later range-GET it; open readers
+//     finish on the local file) and the .log and .idx files are removed.
+//
+// A failure counts in quire_offload_failures_total and the segment is
+// retried after an exponential backoff (RetryMin..RetryMax). Every step is
+// idempotent and keys are deterministic, so a crash anywhere is resumed by
+// the next pass: before the record the local copy is authoritative and the
+// upload is redone (overwriting); after it, recovery takes a segment whose
+// local file is missing from the manifest (end, size, timestamps) and a
+// local file, while it exists, over its object. Recovery deletes local
+// index files of offloaded segments and never offloads the active segment.
+//
+// Reads of offloaded segments go through the reader cache like local ones:
+// ReadAt calls of at least BlockBytes are one ranged GET each (catch-up
+// reads ask for megabytes); smaller ones (index-guided lookups, time
+// lookups) go through an engine-wide LRU of BlockBytes blocks
+// (CacheBytes). The sparse index is fetched on demand from its object.
+//
+// Trim and retention leave offloaded segments below the new low watermark
+// to the offloader, which deletes their objects, then their records (also
+// those a crash left behind). Engine.Delete deletes a shard's objects and
+// records before its directory; Create deletes any an interrupted delete
+// left. The Manifest is a narrow seam with a conformance suite
+// (engines/file/manifesttest): FileManifest keeps an OFFLOAD file (JSON
+// with a CRC, replaced atomically) in the shard's directory; MetaManifest
+// keeps one meta key per segment, changed by version CAS (the node uses it
+// when it runs meta). Objects uploaded before a crash whose segment was
+// then trimmed before the next pass are not tracked and stay in the bucket.
+//
 // # Resources
 //
 // An open shard holds one file descriptor (its active segment, also used to
@@ -169,7 +217,10 @@
 //	commit.go    the committer goroutine: group commit, roll, seal, failure state
 //	recover.go   opening a shard: cleanup, sealed segment summaries, torn-tail recovery
 //	segment.go   segments, the engine-wide reader cache, the record iterator
-//	metrics.go   quire_file_* collectors
+//	offload.go   OffloadOptions, the offloader, trimmed objects' collection
+//	manifest.go  Manifest, RemoteSegment, FileManifest; metamanifest.go MetaManifest
+//	remote.go    reading offloaded segments: ranged GETs, the block cache
+//	metrics.go   quire_file_* and quire_offload_* collectors
 //
 // Locks are taken in this order: Shard.ctlMu (trim and retention), Shard.mu
 // (published state), Shard.qmu (queue), segment.rmu (a segment's reader),
@@ -183,4 +234,8 @@
 // _segments_deleted_total{reason="retention"|"trim"},
 // _recovery_truncations_total, _recovery_truncated_bytes_total,
 // _corrupt_shards, _failed_shards_total, _open_shards.
+//
+// quire_offload_bytes_total and _segments_total (offloaded, verified and
+// recorded), _failures_total (failed attempts), _lag_seconds (age of the
+// oldest sealed segment not offloaded yet, since a pass first saw it).
 package file
