@@ -419,7 +419,11 @@ func (s *Server) forwardOps(ctx context.Context, leader *batchStream, ops []*met
 	for j, i := range lead {
 		sub[j] = ops[i]
 	}
-	rs, serr := leader.call(ctx, sub)
+	var deadline time.Time
+	if _, ok := ctx.Deadline(); !ok {
+		deadline = time.Now().Add(s.opts.ApplyTimeout)
+	}
+	rs, serr := leader.call(ctx, sub, deadline)
 	for j, i := range lead {
 		switch {
 		case serr != nil:

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -26,6 +28,7 @@ type batchStream struct {
 	ctx    context.Context // ends with close
 	cancel context.CancelFunc
 	kick   chan struct{}
+	tick   atomic.Pointer[chan struct{}] // closed every tickInterval
 
 	mu      sync.Mutex
 	queue   []*batchCall
@@ -75,13 +78,17 @@ const defaultBatchWindow = 4
 
 func newBatchStream(cc *grpc.ClientConn, window int) *batchStream {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &batchStream{cc: cc, window: window, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1)}
+	b := &batchStream{cc: cc, window: window, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1)}
+	tick := make(chan struct{})
+	b.tick.Store(&tick)
+	return b
 }
 
 // call sends ops as part of the next batch and returns one result per op,
-// or the stream's failure. When ctx ends first it returns ctx's error (the
-// ops may still be sent).
-func (b *batchStream) call(ctx context.Context, ops []*metav1.BatchOp) ([]*metav1.BatchResult, *streamError) {
+// or the stream's failure. When ctx ends or the deadline (if not zero)
+// passes first, it returns that as a failure after sending (the ops may
+// still be sent).
+func (b *batchStream) call(ctx context.Context, ops []*metav1.BatchOp, deadline time.Time) ([]*metav1.BatchResult, *streamError) {
 	c := &batchCall{ops: ops, res: make([]*metav1.BatchResult, len(ops)), done: make(chan struct{})}
 	for _, op := range ops {
 		c.size += opSize(op)
@@ -95,17 +102,48 @@ func (b *batchStream) call(ctx context.Context, ops []*metav1.BatchOp) ([]*metav
 	if !b.running {
 		b.running = true
 		go b.send()
+		go b.ticker()
 	}
 	b.mu.Unlock()
 	select {
 	case b.kick <- struct{}{}:
 	default:
 	}
-	select {
-	case <-c.done:
-		return c.res, c.err
-	case <-ctx.Done():
-		return nil, &streamError{sent: true, err: ctx.Err()}
+	for {
+		var tick <-chan struct{}
+		if !deadline.IsZero() {
+			tick = *b.tick.Load()
+		}
+		select {
+		case <-c.done:
+			return c.res, c.err
+		case <-ctx.Done():
+			return nil, &streamError{sent: true, err: ctx.Err()}
+		case <-tick:
+			if !time.Now().Before(deadline) {
+				return nil, &streamError{sent: true, err: context.DeadlineExceeded}
+			}
+		}
+	}
+}
+
+// tickInterval is the resolution of call's deadline.
+const tickInterval = 100 * time.Millisecond
+
+// ticker closes and replaces b.tick every tickInterval: callers with a
+// deadline but no context deadline check it then, which costs less than
+// a timer per call.
+func (b *batchStream) ticker() {
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+			next := make(chan struct{})
+			close(*b.tick.Swap(&next))
+		}
 	}
 }
 

@@ -186,7 +186,12 @@ func isConnErr(err error) bool {
 
 // do runs a unary call until it succeeds, fails for good, or ctx ends.
 func (c *Client) do(ctx context.Context, write bool, call func(context.Context, metav1.MetaClient) error) error {
-	return c.retry(ctx, write, func(ctx context.Context, _ string, cc *grpc.ClientConn) error {
+	return c.retry(ctx, write, func(ctx context.Context, deadline time.Time, _ string, cc *grpc.ClientConn) error {
+		if !deadline.IsZero() {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, deadline)
+			defer cancel()
+		}
 		return call(forwardCtx(ctx), metav1.NewMetaClient(cc))
 	})
 }
@@ -194,8 +199,8 @@ func (c *Client) do(ctx context.Context, write bool, call func(context.Context, 
 // doOp runs one op over the node's Batch stream, retrying like do.
 func (c *Client) doOp(ctx context.Context, op *metav1.BatchOp) (*metav1.BatchResult, error) {
 	var res *metav1.BatchResult
-	err := c.retry(ctx, isWrite(op), func(ctx context.Context, addr string, cc *grpc.ClientConn) error {
-		rs, serr := c.stream(addr, cc).call(ctx, []*metav1.BatchOp{op})
+	err := c.retry(ctx, isWrite(op), func(ctx context.Context, deadline time.Time, addr string, cc *grpc.ClientConn) error {
+		rs, serr := c.stream(addr, cc).call(ctx, []*metav1.BatchOp{op}, deadline)
 		if serr != nil {
 			return serr
 		}
@@ -211,12 +216,23 @@ func (c *Client) doOp(ctx context.Context, op *metav1.BatchOp) (*metav1.BatchRes
 	return res, err
 }
 
-// retry runs call until it succeeds, fails for good, or ctx ends.
-func (c *Client) retry(ctx context.Context, write bool, call func(ctx context.Context, addr string, cc *grpc.ClientConn) error) error {
+// retry runs call until it succeeds, fails for good, or ctx ends. When ctx
+// has no deadline, ClientOptions.Timeout bounds the whole: call gets that
+// deadline (a batched op checks it without a timer of its own; see
+// batchStream.call).
+func (c *Client) retry(ctx context.Context, write bool, call func(ctx context.Context, deadline time.Time, addr string, cc *grpc.ClientConn) error) error {
+	var deadline time.Time
 	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
-		defer cancel()
+		deadline = time.Now().Add(c.opts.Timeout)
+	}
+	expired := func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			return context.DeadlineExceeded
+		}
+		return nil
 	}
 	backoff := c.opts.MinBackoff
 	for {
@@ -228,7 +244,7 @@ func (c *Client) retry(ctx context.Context, write bool, call func(ctx context.Co
 			}
 		}
 		if err == nil {
-			raw := call(ctx, addr, cc)
+			raw := call(ctx, deadline, addr, cc)
 			if raw == nil {
 				return nil
 			}
@@ -237,8 +253,8 @@ func (c *Client) retry(ctx context.Context, write bool, call func(ctx context.Co
 			var se *streamError
 			switch {
 			case errors.As(raw, &se):
-				if ctx.Err() != nil {
-					return fmt.Errorf("%w (%v)", ctx.Err(), se)
+				if e := expired(); e != nil {
+					return fmt.Errorf("%w (%v)", e, se)
 				}
 				c.moveTo(addr, "")
 				if se.sent && write {
@@ -260,10 +276,16 @@ func (c *Client) retry(ctx context.Context, write bool, call func(ctx context.Co
 				return err
 			}
 		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		if !deadline.IsZero() {
+			wait = max(min(wait, time.Until(deadline)), 0)
+		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		case <-time.After(wait):
+		}
+		if e := expired(); e != nil {
+			return fmt.Errorf("%w (last error: %v)", e, err)
 		}
 		backoff = min(backoff*2, c.opts.MaxBackoff)
 	}
@@ -279,7 +301,7 @@ func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (KeyVa
 	if !r.GetGet().GetFound() {
 		return KeyValue{}, fmt.Errorf("%w: %q", ErrNotFound, key)
 	}
-	return kvFromProto(r.GetGet().Kv), nil
+	return ownedKV(r.GetGet().Kv), nil
 }
 
 // List implements KV.
@@ -303,7 +325,7 @@ func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...Writ
 	if err != nil {
 		return KeyValue{}, err
 	}
-	return kvFromProto(r.GetPut().GetKv()), nil
+	return ownedKV(r.GetPut().GetKv()), nil
 }
 
 // Delete implements KV.

@@ -147,11 +147,18 @@ func writeOptions(opts []WriteOption) writeOpts {
 }
 
 func kvFromProto(p *metav1.KeyValue) KeyValue {
+	kv := ownedKV(p)
+	kv.Value = append([]byte(nil), kv.Value...)
+	return kv
+}
+
+// ownedKV converts a KeyValue the caller owns (just decoded) without
+// copying its value.
+func ownedKV(p *metav1.KeyValue) KeyValue {
 	if p == nil {
 		return KeyValue{}
 	}
-	return KeyValue{Key: p.Key, Value: append([]byte(nil), p.Value...), Version: p.Version,
-		CreateRevision: p.CreateRevision, Lease: LeaseID(p.Lease)}
+	return KeyValue{Key: p.Key, Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, Lease: LeaseID(p.Lease)}
 }
 
 func eventFromProto(e *metav1.Event) Event {
