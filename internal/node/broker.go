@@ -54,30 +54,32 @@ type broker struct {
 
 func newBroker(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.Registerer, log *slog.Logger, m *metaComponent) *broker {
 	b := &broker{cfg: cfg, fs: fs, dataDir: dataDir, reg: reg, log: log, meta: m}
-	count := func(partitions bool) func() float64 {
-		return func() float64 {
-			r := b.registry.Load()
-			if r == nil {
-				return 0
-			}
-			// Topics are in meta: bound the read, so that a scrape does
-			// not hang while meta has no leader (it then reports 0).
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			t, p := r.Count(ctx)
-			if partitions {
-				return float64(p)
-			}
-			return float64(t)
-		}
-	}
-	metrics.Register(reg,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: "broker", Name: "topics",
-			Help: "Topics registered on this node."}, count(false)),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: "broker", Name: "partitions",
-			Help: "Partitions (shards) of the topics registered on this node."}, count(true)),
-	)
+	metrics.Register(reg, &topicCollector{b: b})
 	return b
+}
+
+// topicCollector reports quire_broker_topics and quire_broker_partitions
+// from one count of the registry per scrape (the topics are in meta).
+type topicCollector struct{ b *broker }
+
+var (
+	topicsDesc = prometheus.NewDesc(metrics.Namespace+"_broker_topics", "Topics registered on this node.", nil, nil)
+	partsDesc  = prometheus.NewDesc(metrics.Namespace+"_broker_partitions", "Partitions (shards) of the topics registered on this node.", nil, nil)
+)
+
+func (c *topicCollector) Describe(ch chan<- *prometheus.Desc) { ch <- topicsDesc; ch <- partsDesc }
+
+func (c *topicCollector) Collect(ch chan<- prometheus.Metric) {
+	var t, p int
+	if r := c.b.registry.Load(); r != nil {
+		// Bound the read, so that a scrape does not hang while meta has no
+		// leader (it then reports 0).
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		t, p = r.Count(ctx)
+		cancel()
+	}
+	ch <- prometheus.MustNewConstMetric(topicsDesc, prometheus.GaugeValue, float64(t))
+	ch <- prometheus.MustNewConstMetric(partsDesc, prometheus.GaugeValue, float64(p))
 }
 
 func (b *broker) Name() string { return "broker" }
