@@ -46,7 +46,7 @@ race: deps s3-servers
 fuzz: deps
 	FUZZTIME=$(FUZZTIME) ./fuzz/run.sh
 
-bench: deps
+bench: deps s3-servers
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./...
 
 $(CACHE)/bin/staticcheck:
