@@ -223,9 +223,11 @@ func (f *offloader) pass(ctx context.Context) {
 	}
 	var dels []del
 	pending := map[segKey]time.Time{}
-	f.mu.Lock()
 	for _, s := range shards {
 		s.collectGarbage(ctx)
+	}
+	f.mu.Lock()
+	for _, s := range shards {
 		on, lag := f.o.policy(s.name)
 		if !on {
 			continue

@@ -403,3 +403,21 @@ func TestOffloadRetention(t *testing.T) {
 		t.Fatalf("read from low %d: %d records", low, len(got))
 	}
 }
+
+// A shard with offloaded segments refuses to open without Offload instead
+// of serving a log with holes.
+func TestOffloadedShardNeedsOffload(t *testing.T) {
+	fs := vfs.NewMem()
+	e := openEngine(t, fs, "/d", offloadOpts(objstore.NewMem(), 0))
+	s := mustCreate(t, e, "a")
+	appendN(t, s, 0, 30, 200)
+	e.off.pass(bg)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e = openEngine(t, fs, "/d", Options{})
+	defer e.Close()
+	if _, err := e.Open(bg, "a"); err == nil || !strings.Contains(err.Error(), "Options.Offload") {
+		t.Fatalf("Open without Offload: %v", err)
+	}
+}

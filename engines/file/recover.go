@@ -99,6 +99,8 @@ func (e *Engine) openShard(name, dir string) (*Shard, error) {
 			}
 		}
 		slices.Sort(bases)
+	} else if _, err := fs.Stat(fs.PathJoin(dir, manifestFile)); err == nil {
+		return nil, fmt.Errorf("file: %q has offloaded segments (%s): open the engine with Options.Offload to read them", name, manifestFile)
 	}
 	// Segments wholly below the trim point: a trim or retention pass that a
 	// crash interrupted after persisting TRIM.
