@@ -504,8 +504,15 @@ func (c *conn) onPublish(p *packet.Publish) error {
 	if c.version == packet.V5 {
 		setMessageProps(m, &p.Properties, now)
 	}
+	recorded, err := c.recordInbound(p, m)
+	if err != nil {
+		return err
+	}
 	if err := c.s.publishOrDelay(c.s.ctx, m); err != nil {
 		c.s.log.Warn("mqtt publish not stored", "client_id", c.clientID, "topic", topic, "err", err)
+		if recorded {
+			c.forgetInbound(p.PacketID)
+		}
 		code := packet.UnspecifiedError
 		var re *reasonError
 		if errors.As(err, &re) {
@@ -535,10 +542,10 @@ func (c *conn) onPublish(p *packet.Publish) error {
 			c.sess.inQoS2[p.PacketID] = struct{}{}
 		}
 		c.sess.mu.Unlock()
-		if c.s.persistent() && c.sess.stored.Load() {
-			// Durable before PUBREC: a resend after a restart is
-			// recognised and not stored twice.
-			if err := c.s.opts.Store.PutInbound(c.clientID, p.PacketID); err != nil {
+		if !recorded && c.s.persistent() && c.sess.stored.Load() {
+			// A delayed publish (not in a shard yet): its id is recorded
+			// after it was stored, durably before PUBREC.
+			if err := c.s.opts.Store.PutInbound(c.clientID, p.PacketID, Position{}); err != nil {
 				c.s.m.storageErrors.Inc()
 				return &closeError{code: packet.UnspecifiedError, msg: "storing QoS 2 state: " + err.Error()}
 			}

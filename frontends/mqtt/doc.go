@@ -92,9 +92,12 @@
 //     QoS 1 messages already acknowledged by the subscriber come again
 //     (at least once, the contract), none acknowledged to a publisher is
 //     lost on an engine that made it durable before the PUBACK.
-//   - QoS 2 packet-id state, synced: an inbound PUBLISH's id before PUBREC
-//     (a resend after the restart is acknowledged, not stored again) and
-//     its removal before PUBCOMP; an outbound message's id, position and
+//   - QoS 2 packet-id state, synced: an inbound PUBLISH's id before the
+//     message is appended, with the shard and offset it will be at or
+//     after (the record carries the id, HeaderQoS2ID): at Start an id
+//     whose message is not in the shard is dropped, so the client's resend
+//     is stored, and one whose message is there makes the resend get
+//     PUBREC without being stored again; its removal before PUBCOMP; an outbound message's id, position and
 //     send order before its PUBLISH, its released state before PUBREL. A
 //     completed outbound message leaves a done marker (unsynced, in the
 //     same batch as the id's removal) so that a replay from an older
@@ -114,10 +117,9 @@
 //
 // Known gaps: a message for a shared subscription ("$share/…") that was
 // queued for an offline member is not replayed after a restart (which
-// member it went to is not stored); an inbound QoS 2 PUBLISH stored by the
-// engine but whose id was not yet synced when the node crashed is stored
-// again when the client resends it (the window is one store fsync);
-// retained messages queued for an offline session are not replayed (they
+// member it went to is not stored); a delayed QoS 2 PUBLISH
+// ($delayed/…) records its id after it was stored, so a crash in between
+// stores the client's resend again; retained messages queued for an offline session are not replayed (they
 // are sent again on the next subscribe); cursors of sessions that a crash
 // left with a message in an engine that keeps nothing (memory) are
 // clamped to the shard's new range.

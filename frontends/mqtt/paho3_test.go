@@ -166,7 +166,9 @@ func TestPaho311Will(t *testing.T) {
 		for _, m := range got.wait(t, 0) {
 			ms = append(ms, m.Topic()+"="+string(m.Payload()))
 		}
-		t.Fatalf("%d messages %q: the polite client's will was published", got.count(), ms)
+		t.Fatalf("%d messages %q (published %v, delivered %v): the polite client's will was published", got.count(), ms,
+			b.metric(t, "quire_mqtt_messages_published_total", map[string]string{"qos": "1"}),
+			b.metric(t, "quire_mqtt_messages_delivered_total", nil))
 	}
 }
 

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/quiremq/quire/frontends/mqtt/packet"
 	"github.com/quiremq/quire/frontends/mqtt/store"
 	"github.com/quiremq/quire/frontends/pubsub"
 )
@@ -277,7 +279,19 @@ func (s *Server) restoreSession(ctx context.Context, rec *store.Session) (*resto
 	if err != nil {
 		return nil, err
 	}
-	for _, id := range ids {
+	for id, from := range ids {
+		stored, err := s.storedInbound(ctx, rec.ClientID, id, from)
+		if err != nil {
+			return nil, err
+		}
+		if !stored {
+			// Recorded, but the node stopped before the append: the
+			// client's resend must be stored.
+			if err := st.DeleteInbound(rec.ClientID, id); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		sess.inQoS2[id] = struct{}{}
 	}
 	outs, err := st.Outbounds(rec.ClientID)
@@ -365,4 +379,61 @@ func (c *conn) completed(d *delivery) {
 		c.s.m.storageErrors.Inc()
 		c.s.log.Warn("mqtt QoS 2 completion not stored", "client_id", c.clientID, "err", err)
 	}
+}
+
+// recordInbound records the packet identifier of an inbound QoS 2 PUBLISH
+// of a stored session durably before the message is stored, with the
+// position the message will be at or after, and stamps the message with
+// it: whether a crash came before or after the append is then decided at
+// restart by looking for the message (restoreSession), so that the
+// client's resend is stored exactly once either way. Delayed publishes
+// ($delayed/…) are not in a shard yet: they are recorded after storing.
+func (c *conn) recordInbound(p *packet.Publish, m *pubsub.Message) (bool, error) {
+	if p.QoS != packet.QoS2 || !c.s.persistent() || !c.sess.stored.Load() || strings.HasPrefix(m.Topic, DelayedPrefix) {
+		return false, nil
+	}
+	pos, err := c.s.rs.Next(c.s.ctx, m.Topic)
+	if err == nil {
+		err = c.s.opts.Store.PutInbound(c.clientID, p.PacketID, pos)
+	}
+	if err != nil {
+		c.s.m.storageErrors.Inc()
+		return false, &closeError{code: packet.UnspecifiedError, msg: "storing QoS 2 state: " + err.Error()}
+	}
+	m.PacketID = p.PacketID
+	return true, nil
+}
+
+// forgetInbound removes a recorded inbound packet identifier whose
+// PUBLISH was not stored, so that the client's resend is.
+func (c *conn) forgetInbound(pid uint16) {
+	if err := c.s.opts.Store.DeleteInbound(c.clientID, pid); err != nil {
+		c.s.m.storageErrors.Inc()
+		c.s.log.Warn("mqtt QoS 2 state not removed", "client_id", c.clientID, "err", err)
+	}
+}
+
+// storedInbound reports whether the QoS 2 PUBLISH of client with pid,
+// recorded before it was stored at or after from, is in its shard.
+func (s *Server) storedInbound(ctx context.Context, client string, pid uint16, from Position) (bool, error) {
+	if from.Shard == "" {
+		return true, nil // recorded after it was stored
+	}
+	_, high, ok := s.rs.Watermarks(from.Shard)
+	if !ok {
+		return false, nil
+	}
+	for off := from.Offset; off < high; {
+		batch, err := s.rs.Read(ctx, from.Shard, off, 512)
+		if err != nil || len(batch) == 0 {
+			return false, err
+		}
+		for _, m := range batch {
+			if m.Msg.Publisher == client && m.Msg.PacketID == pid {
+				return true, nil
+			}
+			off = m.Pos.Offset + 1
+		}
+	}
+	return false, nil
 }

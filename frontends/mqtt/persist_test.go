@@ -707,3 +707,87 @@ func TestRetainedSurvivesRestart(t *testing.T) {
 	default:
 	}
 }
+
+// crashingStorage takes a crash image of the file system just before or
+// just after one append to topic, as kill -9 at that moment would leave
+// it (every write that reached the file system survives).
+type crashingStorage struct {
+	*ShardStorage
+	fs     *vfs.MemFS
+	topic  string
+	before bool
+	image  chan *vfs.MemFS
+}
+
+func (c *crashingStorage) Append(ctx context.Context, m *pubsub.Message) (Position, error) {
+	crash := func() {
+		c.image <- c.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 100, RNG: rand.New(rand.NewPCG(3, 4))})
+	}
+	if m.Topic == c.topic && c.before {
+		crash()
+	}
+	pos, err := c.ShardStorage.Append(ctx, m)
+	if m.Topic == c.topic && !c.before {
+		crash()
+	}
+	return pos, err
+}
+
+// An inbound QoS 2 PUBLISH is stored exactly once when the node is killed
+// between recording its packet identifier and the append, or between the
+// append and the PUBREC: the publisher resends it after the restart, gets
+// PUBREC and PUBCOMP, the shard holds it once and an offline persistent
+// subscriber gets it once (MQTT 5.0 §4.3.3, §4.4).
+func TestQoS2InboundCrash(t *testing.T) {
+	for _, before := range []bool{true, false} {
+		name := map[bool]string{true: "before-append", false: "after-append"}[before]
+		t.Run(name, func(t *testing.T) {
+			fs := vfs.NewCrashableMem()
+			n := fileNode(t, fs)
+			cs := &crashingStorage{fs: fs, topic: "q2/crash", before: before, image: make(chan *vfs.MemFS, 1)}
+			b := n.start(t, true, func(o *Options) {
+				cs.ShardStorage = o.Storage.(*ShardStorage)
+				o.Storage = cs
+			})
+			sub, _ := rawConnect(t, b.tcp, "q2sub", false)
+			sub.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: "q2/#", QoS: packet.QoS2}}})
+			sub.read()
+			sub.send(&packet.Disconnect{})
+			waitFor(t, "subscriber offline", func() bool { return b.sessionOwner("q2sub") == nil })
+			pub, _ := rawConnect(t, b.tcp, "q2pub", false)
+			pub.send(&packet.Publish{Topic: "q2/crash", QoS: packet.QoS2, PacketID: 5, Payload: []byte("once")})
+			image := <-cs.image
+			pub.read() // the PUBREC of the killed node: the publisher never acts on it
+			b.stop(t)
+
+			n2 := fileNode(t, image)
+			b2 := n2.start(t, true, nil)
+			pub, _ = rawConnect(t, b2.tcp, "q2pub", false)
+			pub.send(&packet.Publish{Topic: "q2/crash", QoS: packet.QoS2, PacketID: 5, Dup: true, Payload: []byte("once")})
+			if rec, ok := pub.read().(*packet.Pubrec); !ok || rec.PacketID != 5 || rec.ReasonCode != packet.Success {
+				t.Fatalf("resend after the crash: got %+v, want PUBREC 5", rec)
+			}
+			pub.send(&packet.Pubrel{PacketID: 5})
+			if comp, ok := pub.read().(*packet.Pubcomp); !ok || comp.ReasonCode != packet.Success {
+				t.Fatalf("got %+v, want PUBCOMP success", comp)
+			}
+			if got := storedPayloads(t, n2.eng, "q2/crash"); len(got) != 1 {
+				t.Fatalf("stored %d times after the crash and resend: %q", len(got), got)
+			}
+			sub, _ = rawConnect(t, b2.tcp, "q2sub", false)
+			m, ok := sub.read().(*packet.Publish)
+			if !ok || string(m.Payload) != "once" {
+				t.Fatalf("subscriber got %+v", m)
+			}
+			sub.send(&packet.Pubrec{PacketID: m.PacketID})
+			if _, ok := sub.read().(*packet.Pubrel); !ok {
+				t.Fatal("no PUBREL")
+			}
+			sub.send(&packet.Pubcomp{PacketID: m.PacketID})
+			sub.send(&packet.Pingreq{})
+			if p := sub.read(); p.Type() != packet.PINGRESP {
+				t.Fatalf("subscriber got %s %+v, want no second copy", p.Type(), p)
+			}
+		})
+	}
+}

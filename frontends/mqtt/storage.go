@@ -46,6 +46,10 @@ type ReplayStorage interface {
 	// OpenAll opens every existing shard of the storage, so that
 	// Frontiers covers them.
 	OpenAll(ctx context.Context) error
+	// Next returns the shard topic is stored in and its high watermark:
+	// the next message on topic will be at or above it. It opens (or
+	// creates) the shard.
+	Next(ctx context.Context, topic string) (Position, error)
 	// Watermarks returns an open shard's low and high watermarks.
 	Watermarks(shard string) (low, high uint64, ok bool)
 	// Read returns up to max messages of shard from offset from on.
@@ -65,6 +69,7 @@ const (
 	HeaderResponseTopic   = "mqtt.response-topic"   // v5 Response Topic
 	HeaderCorrelationData = "mqtt.correlation-data" // v5 Correlation Data
 	HeaderExpiry          = "mqtt.expiry"           // Unix ms when the message expires
+	HeaderQoS2ID          = "mqtt.qos2-id"          // a QoS 2 PUBLISH's packet identifier, decimal
 	userPrefix            = "mqtt.user."
 )
 
@@ -137,6 +142,18 @@ func (st *ShardStorage) Append(ctx context.Context, m *pubsub.Message) (Position
 		return Position{}, err
 	}
 	return Position{Shard: name, Offset: off}, nil
+}
+
+// Next implements ReplayStorage.
+func (st *ShardStorage) Next(ctx context.Context, topic string) (Position, error) {
+	engine := st.router.EngineName(topic)
+	name := ShardName(engine, topic, st.n)
+	os, err := st.shard(ctx, engine, name, true)
+	if err != nil {
+		return Position{}, err
+	}
+	_, high := os.sh.Watermarks()
+	return Position{Shard: name, Offset: high}, nil
 }
 
 // Done implements ReplayStorage.
@@ -315,6 +332,9 @@ func EncodeRecord(m *pubsub.Message) shard.Record {
 	if !m.Expiry.IsZero() {
 		add(HeaderExpiry, strconv.FormatInt(m.Expiry.UnixMilli(), 10))
 	}
+	if m.PacketID != 0 {
+		add(HeaderQoS2ID, strconv.Itoa(int(m.PacketID)))
+	}
 	for _, h := range m.Headers {
 		k := h.Key
 		if strings.HasPrefix(k, "mqtt.") {
@@ -360,6 +380,12 @@ func DecodeRecord(r *shard.Record) (*pubsub.Message, error) {
 				return nil, fmt.Errorf("%w: bad %s %q", ErrBadRecord, HeaderExpiry, v)
 			}
 			m.Expiry = time.UnixMilli(ms)
+		case HeaderQoS2ID:
+			id, err := strconv.ParseUint(v, 10, 16)
+			if err != nil {
+				return nil, fmt.Errorf("%w: bad %s %q", ErrBadRecord, HeaderQoS2ID, v)
+			}
+			m.PacketID = uint16(id)
 		default:
 			k := h.Key
 			if strings.HasPrefix(k, "mqtt.") {

@@ -32,6 +32,10 @@ type Message struct {
 
 	// Publisher is the publishing session's identifier ("" for the broker).
 	Publisher string
+	// PacketID is the publisher's packet identifier of a QoS 2 PUBLISH
+	// (0 otherwise), stored with the message so that a restart can tell
+	// whether a PUBLISH the publisher may resend was stored already.
+	PacketID uint16
 	// Time is when the broker accepted the message.
 	Time time.Time
 }

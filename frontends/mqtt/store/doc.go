@@ -25,7 +25,7 @@
 //	'g' shard                               → u64 global cursor (clients without a 'c' key)
 //	'o' client 0x00 pid u16                 → Outbound, JSON: outbound QoS 2 awaiting PUBREC/PUBCOMP
 //	'd' client 0x00 shard 0x00 offset u64   → empty: QoS 2 delivery completed (skip on replay)
-//	'i' client 0x00 pid u16                 → empty: inbound QoS 2 stored, awaiting PUBREL
+//	'i' client 0x00 pid u16                 → Position, JSON: inbound QoS 2 stored at or after it, awaiting PUBREL
 //	'r' topic                               → pubsub.Message, JSON: retained message
 //
 // The prefixes and encodings are part of the on-disk format.
@@ -34,7 +34,7 @@
 //
 // Writes that a client acts on are synced before the packet that tells it:
 // a session and its subscriptions (before CONNACK and SUBACK), 'o' (before
-// the PUBLISH or PUBREL it describes), 'i' (before PUBREC) and its delete
+// the PUBLISH or PUBREL it describes), 'i' (before the PUBLISH is stored) and its delete
 // (before PUBCOMP), a pending will. Done markers and retained messages are
 // written without fsync; cursors in one batch per interval from a
 // background loop, synced there (Pebble keeps unsynced log records in a

@@ -21,7 +21,7 @@ const (
 	prefixGlobal   = 'g' // g<shard>                       → u64 BE offset
 	prefixOutbound = 'o' // o<client>\x00<pid u16 BE>      → Outbound (JSON)
 	prefixDone     = 'd' // d<client>\x00<shard>\x00<u64>  → empty
-	prefixInbound  = 'i' // i<client>\x00<pid u16 BE>      → empty
+	prefixInbound  = 'i' // i<client>\x00<pid u16 BE>      → Position (JSON)
 	prefixRetained = 'r' // r<topic>                       → pubsub.Message (JSON)
 )
 
@@ -359,11 +359,18 @@ func (s *Store) DeleteDone(client string, pos []Position) error {
 	return b.Commit(pebble.NoSync)
 }
 
-// PutInbound records that an inbound QoS 2 PUBLISH with pid was stored,
-// durably, before its PUBREC is sent: a resent PUBLISH with the same pid is
-// then not stored again, even after a restart.
-func (s *Store) PutInbound(client string, pid uint16) error {
-	return s.db.Set(pidKey(prefixInbound, client, pid), nil, pebble.Sync)
+// PutInbound records an inbound QoS 2 PUBLISH with pid, durably, before
+// it is stored in the shards at or after from: a PUBLISH resent with pid
+// is then not stored twice, even after a restart. Whether the first one
+// was stored when the node crashed is found at restart by looking for it
+// (publisher and packet identifier) in the shard from from on
+// (frontends/mqtt restore).
+func (s *Store) PutInbound(client string, pid uint16, from Position) error {
+	v, err := json.Marshal(from)
+	if err != nil {
+		return err
+	}
+	return s.db.Set(pidKey(prefixInbound, client, pid), v, pebble.Sync)
 }
 
 // DeleteInbound forgets pid (PUBREL received), durably before the PUBCOMP
@@ -373,15 +380,17 @@ func (s *Store) DeleteInbound(client string, pid uint16) error {
 	return s.db.Delete(pidKey(prefixInbound, client, pid), pebble.Sync)
 }
 
-// Inbounds returns client's inbound QoS 2 packet identifiers.
-func (s *Store) Inbounds(client string) ([]uint16, error) {
-	var ids []uint16
+// Inbounds returns client's inbound QoS 2 packet identifiers with the
+// position their message was stored at or after.
+func (s *Store) Inbounds(client string) (map[uint16]Position, error) {
+	ids := map[uint16]Position{}
 	p := clientPrefix(prefixInbound, client)
-	err := s.scan(p, func(k, _ []byte) error {
-		if len(k) != len(p)+2 {
+	err := s.scan(p, func(k, v []byte) error {
+		var pos Position
+		if len(k) != len(p)+2 || json.Unmarshal(v, &pos) != nil {
 			return fmt.Errorf("%w: inbound %q", ErrCorrupt, k)
 		}
-		ids = append(ids, binary.BigEndian.Uint16(k[len(p):]))
+		ids[binary.BigEndian.Uint16(k[len(p):])] = pos
 		return nil
 	})
 	return ids, err

@@ -44,7 +44,7 @@ func TestSyncedStateSurvivesCrash(t *testing.T) {
 	if err := s.PutSession(sess, map[string]uint64{"mqtt/file/0": 42}, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutInbound("a", 9); err != nil {
+	if err := s.PutInbound("a", 9, Position{Shard: "mqtt/file/2", Offset: 17}); err != nil {
 		t.Fatal(err)
 	}
 	out := &Outbound{Pos: Position{Shard: "mqtt/file/1", Offset: 3}, Released: true, Seq: 4, QoS: 2, SubIDs: []uint32{7}}
@@ -70,7 +70,7 @@ func TestSyncedStateSurvivesCrash(t *testing.T) {
 	if c, err := s.ClientCursors("a"); err != nil || c["mqtt/file/0"] != 42 {
 		t.Fatalf("cursors written with the synced session: %v %v", c, err)
 	}
-	if ids, err := s.Inbounds("a"); err != nil || !slices.Equal(ids, []uint16{9}) {
+	if ids, err := s.Inbounds("a"); err != nil || len(ids) != 1 || ids[9] != (Position{Shard: "mqtt/file/2", Offset: 17}) {
 		t.Fatalf("inbound ids after crash: %v %v", ids, err)
 	}
 	outs, err := s.Outbounds("a")
@@ -88,7 +88,7 @@ func TestDeleteSessionIsExact(t *testing.T) {
 		if err := s.PutSession(&Session{ClientID: id, ExpirySeconds: 1}, map[string]uint64{"sh": 1}, false); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.PutInbound(id, 1); err != nil {
+		if err := s.PutInbound(id, 1, Position{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.PutOutbound(id, map[uint16]*Outbound{2: {Pos: Position{Shard: "sh", Offset: 5}, QoS: 2}}); err != nil {
