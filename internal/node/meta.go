@@ -55,9 +55,13 @@ type metaComponent struct {
 
 func newMetaComponent(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.Registerer, g *grpcServer,
 	log *slog.Logger, self func() schema.Node) (*metaComponent, error) {
-	voters, err := meta.ParseVoters(cfg.MetaAddrs)
+	cvs, err := cfg.Voters() // validated with the rest of the config
 	if err != nil {
 		return nil, fmt.Errorf("meta_addrs: %w", err)
+	}
+	voters := make([]meta.Voter, len(cvs))
+	for i, v := range cvs {
+		voters[i] = meta.Voter{ID: v.ID, Addr: v.Addr}
 	}
 	m := cfg.Meta
 	c := &metaComponent{
