@@ -18,16 +18,82 @@ type segFile interface {
 }
 
 // remoteFile reads an offloaded segment with range GETs. Reads of at least
-// a block go straight to the store (catch-up reads ask for megabytes);
-// smaller ones go through the engine's block cache.
+// a block go straight to the store (catch-up reads ask for megabytes), and
+// each starts a GET of the same length that follows it (read-ahead), so a
+// sequential reader overlaps its decoding with the next GET; smaller reads
+// go through the engine's block cache.
 type remoteFile struct {
 	st    objstore.Store
 	key   string
 	size  int64
 	cache *blockCache
+
+	mu    sync.Mutex
+	ahead *readAhead // the GET following the last large read, if any
 }
 
-func (f *remoteFile) Close() error { return nil }
+// readAhead is one GET in flight or done.
+type readAhead struct {
+	off, n int64
+	done   chan struct{}
+	data   []byte
+	err    error
+}
+
+func (f *remoteFile) Close() error {
+	f.mu.Lock()
+	ra := f.ahead
+	f.ahead = nil
+	f.mu.Unlock()
+	if ra != nil {
+		go func() { <-ra.done; f.cache.releaseAhead(ra.n) }()
+	}
+	return nil
+}
+
+// large serves a read of want >= one block at off: from the read-ahead if
+// it covers it, else with its own GET; then starts the next read-ahead.
+func (f *remoteFile) large(p []byte, off, want int64) (int, error) {
+	f.mu.Lock()
+	ra := f.ahead
+	if ra != nil && ra.off == off && ra.n >= want {
+		f.ahead = nil
+	} else {
+		ra = nil
+	}
+	f.mu.Unlock()
+	var b []byte
+	var err error
+	if ra != nil {
+		<-ra.done
+		f.cache.releaseAhead(ra.n)
+		b, err = ra.data, ra.err
+	}
+	if ra == nil || err != nil {
+		b, err = f.st.Get(context.Background(), f.key, off, want)
+	}
+	n := copy(p, b)
+	if err == nil && off+want < f.size {
+		f.startAhead(off+want, min(want, f.size-off-want))
+	}
+	return f.result(n, len(p), err)
+}
+
+// startAhead starts a read-ahead GET when the engine's read-ahead budget
+// allows and none is pending.
+func (f *remoteFile) startAhead(off, n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ahead != nil || !f.cache.takeAhead(n) {
+		return
+	}
+	ra := &readAhead{off: off, n: n, done: make(chan struct{})}
+	f.ahead = ra
+	go func() {
+		ra.data, ra.err = f.st.Get(context.Background(), f.key, off, n)
+		close(ra.done)
+	}()
+}
 
 // ReadAt implements io.ReaderAt.
 func (f *remoteFile) ReadAt(p []byte, off int64) (int, error) {
@@ -38,9 +104,7 @@ func (f *remoteFile) ReadAt(p []byte, off int64) (int, error) {
 	ctx := context.Background()
 	bs := f.cache.blockSize
 	if want >= bs {
-		b, err := f.st.Get(ctx, f.key, off, want)
-		n := copy(p, b)
-		return f.result(n, len(p), err)
+		return f.large(p, off, want)
 	}
 	n := 0
 	for int64(n) < want {
@@ -75,6 +139,10 @@ type blockCache struct {
 	blockSize int64
 	capacity  int // blocks
 
+	aheadMu     sync.Mutex
+	aheadBytes  int64 // read-ahead buffers held or in flight
+	aheadBudget int64
+
 	mu     sync.Mutex
 	lru    list.List // of *cachedBlock, most recent first
 	blocks map[blockID]*list.Element
@@ -91,7 +159,25 @@ type cachedBlock struct {
 }
 
 func newBlockCache(blockSize int64, capacityBytes int64) *blockCache {
-	return &blockCache{blockSize: blockSize, capacity: int(max(capacityBytes/blockSize, 1)), blocks: map[blockID]*list.Element{}}
+	return &blockCache{blockSize: blockSize, capacity: int(max(capacityBytes/blockSize, 1)), aheadBudget: capacityBytes, blocks: map[blockID]*list.Element{}}
+}
+
+// takeAhead reserves n bytes of the read-ahead budget (as large as the
+// block cache's).
+func (c *blockCache) takeAhead(n int64) bool {
+	c.aheadMu.Lock()
+	defer c.aheadMu.Unlock()
+	if c.aheadBytes+n > c.aheadBudget {
+		return false
+	}
+	c.aheadBytes += n
+	return true
+}
+
+func (c *blockCache) releaseAhead(n int64) {
+	c.aheadMu.Lock()
+	c.aheadBytes -= n
+	c.aheadMu.Unlock()
 }
 
 // get returns block n of f (shorter at the object's end).
