@@ -58,11 +58,16 @@
 //
 // # Reader and recovery
 //
-// A LedgerReader runs ledger.Reader inside Next: reads go out as unary
-// calls (one goroutine each, up to ReaderWindow entries ahead, falling back
-// along each entry's write set), the LAC of the last fragment's bookies is
-// polled every tick while the ledger is open, and the metadata is re-read
-// every ten ticks so that a close ends the tail at the last entry.
+// A LedgerReader reads a backlog (a closed ledger, or RangeMinEntries or
+// more up to an open ledger's LAC) with range reads: ReadEntries streams,
+// one per residue class e mod E, fetched in chunks ahead of Next, falling
+// back to single reads along the write set where a stream stops (see
+// reader.go). Past the backlog it runs ledger.Reader inside Next: reads go
+// out as unary calls (one goroutine each, up to ReaderWindow entries
+// ahead, falling back along each entry's write set), the LAC of the last
+// fragment's bookies is polled every tick while the ledger is open, and
+// the metadata is re-read every ten ticks so that a close ends the tail at
+// the last entry.
 //
 // Recover runs ledger.Recovery to completion in the caller's goroutine:
 // fencing LAC reads and fencing entry reads as unary calls with
