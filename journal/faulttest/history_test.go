@@ -54,7 +54,7 @@ func newHistory() *history {
 }
 
 // read applies a writer's event lines until EOF.
-func (h *history) read(t testing.TB, r io.Reader) {
+func (h *history) read(r io.Reader) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {

@@ -143,6 +143,7 @@ type bookieProc struct {
 	mu      sync.Mutex
 	p       *proc
 	stopped bool // SIGSTOPped
+	killed  bool // by kill9, not restarted since
 }
 
 func startBookies(t testing.TB, n int) []*bookieProc {
@@ -183,7 +184,7 @@ func (b *bookieProc) start(bin string) error {
 		return err
 	}
 	b.mu.Lock()
-	b.p, b.stopped = p, false
+	b.p, b.stopped, b.killed = p, false, false
 	b.mu.Unlock()
 	return nil
 }
@@ -229,6 +230,7 @@ func (b *bookieProc) waitServing() error {
 func (b *bookieProc) kill9() {
 	b.mu.Lock()
 	p := b.p
+	b.killed = true
 	b.mu.Unlock()
 	p.kill()
 }
@@ -265,7 +267,7 @@ func (b *bookieProc) checkAlive() {
 	b.t.Helper()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.p.exited() {
+	if b.p.exited() && !b.killed {
 		b.t.Errorf("bookie %s exited by itself (%v):\n%s", b.name, b.p.err, b.p.output)
 	}
 }

@@ -135,6 +135,15 @@ func (r *rig) finish() int64 {
 	r.phase("writer %d closed the log", r.writer.gen)
 	for _, b := range r.bookies {
 		b.checkAlive()
+		b.mu.Lock()
+		killed := b.killed
+		b.mu.Unlock()
+		if killed { // the check reads every copy
+			if err := b.restart(); err != nil {
+				r.t.Fatal(err)
+			}
+			r.phase("restarted %s", b.name)
+		}
 	}
 	c := &checker{t: r.t, cl: r.cl, kv: r.kv, shard: r.cfg.Shard, bookies: r.direct}
 	end := c.check(r.h)

@@ -251,7 +251,7 @@ func startWriter(t testing.TB, cfg writerConfig, h *history) *writerProc {
 	go func() {
 		defer close(w.eof)
 		defer outR.Close()
-		h.read(t, outR)
+		h.read(outR)
 	}()
 	t.Cleanup(func() { inW.Close() })
 	return w
