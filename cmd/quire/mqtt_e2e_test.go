@@ -33,6 +33,7 @@ func newMQTTNode(t *testing.T) *mqttNode {
 	n.cfg = writeConfig(t, dir, "quire.toml", fmt.Sprintf(`
 cluster_name = "mqtt-e2e"
 data_dir = %q
+meta_addrs = ["1@%s"]
 [grpc]
 addr = %q
 [admin]
@@ -47,7 +48,7 @@ tls = ""
 ws = ""
 wss = ""
 quic = ""
-`, filepath.Join(dir, "data"), addrs[0], n.admin, n.tcp))
+`, filepath.Join(dir, "data"), addrs[0], addrs[0], n.admin, n.tcp))
 	return n
 }
 
@@ -189,7 +190,7 @@ func TestMQTTKill9PersistentSessions(t *testing.T) {
 	for round := range 2 {
 		pub, _ := v5(t, n.tcp, "pub", false, nil)
 		var want []string
-		for i := range 300 {
+		for i := range 100 {
 			p := fmt.Sprintf("r%d-m%04d", round, i)
 			if _, err := pub.Publish(v5ctx(t), &paho.Publish{Topic: fmt.Sprintf("plant/line%d/temp", i%13), QoS: 1, Payload: []byte(p)}); err != nil {
 				t.Fatalf("publish %s: %v", p, err)
@@ -248,7 +249,7 @@ func TestMQTTQoS2GracefulRestart(t *testing.T) {
 	s.Disconnect(&paho.Disconnect{})
 	pub, _ := v5(t, n.tcp, "q2-pub", false, nil)
 	var want []string
-	for i := range 100 {
+	for i := range 40 {
 		p := fmt.Sprintf("payment-%03d", i)
 		if _, err := pub.Publish(v5ctx(t), &paho.Publish{Topic: fmt.Sprintf("pay/%d", i%5), QoS: 2, Payload: []byte(p)}); err != nil {
 			t.Fatal(err)
