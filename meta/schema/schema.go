@@ -377,21 +377,22 @@ func (s Store) Topics(ctx context.Context) ([]Record[Topic], error) {
 	return ts, err
 }
 
-// DeleteTopic removes the topic (the commit point), then its shard records.
-func (s Store) DeleteTopic(ctx context.Context, name string) error {
+// DeleteTopic removes the topic (the commit point), then its shard
+// records, and returns the topic as it was when deleted.
+func (s Store) DeleteTopic(ctx context.Context, name string) (Topic, error) {
 	t, err := s.Topic(ctx, name)
 	if err != nil {
-		return err
+		return Topic{}, err
 	}
 	if _, err := s.KV.Delete(ctx, TopicKey(name), meta.IfVersion(t.Version)); err != nil {
-		return err
+		return Topic{}, err
 	}
 	for p := range t.Value.Partitions {
 		if _, err := s.KV.Delete(ctx, ShardKey(fmt.Sprintf("%s/%d", name, p))); err != nil && !errors.Is(err, meta.ErrNotFound) {
-			return err
+			return t.Value, err
 		}
 	}
-	return nil
+	return t.Value, nil
 }
 
 // CreateLedger allocates a ledger id and records the ledger (state OPEN).

@@ -62,8 +62,8 @@ func TestTopics(t *testing.T) {
 	if err != nil || sh.Value.Topic != "orders" || sh.Value.Partition != 2 {
 		t.Fatalf("shard: %+v, %v", sh, err)
 	}
-	if err := st.DeleteTopic(ctx, "orders"); err != nil {
-		t.Fatal(err)
+	if got, err := st.DeleteTopic(ctx, "orders"); err != nil || got.Name != "orders" || got.Partitions != 3 {
+		t.Fatalf("DeleteTopic = %+v, %v", got, err)
 	}
 	if ts, err := st.Topics(ctx); err != nil || len(ts) != 0 {
 		t.Fatalf("topics after delete: %v, %v", ts, err)

@@ -98,15 +98,24 @@ func (s *MetaStore) Create(ctx context.Context, t Topic) error {
 }
 
 // Delete implements Store.
-func (s *MetaStore) Delete(ctx context.Context, name string) error {
-	err := retry(ctx, func() error { return s.s.DeleteTopic(ctx, name) })
+func (s *MetaStore) Delete(ctx context.Context, name string) (Topic, error) {
+	var t schema.Topic
+	err := retry(ctx, func() error {
+		var err error
+		t, err = s.s.DeleteTopic(ctx, name)
+		return err
+	})
 	switch {
 	case errors.Is(err, meta.ErrNotFound), errors.Is(err, meta.ErrVersionMismatch):
-		return fmt.Errorf("topic %q: %w", name, ErrNotFound)
+		return Topic{}, fmt.Errorf("topic %q: %w", name, ErrNotFound)
+	case err != nil && t.Name == "":
+		return Topic{}, fmt.Errorf("topics: deleting topic %q in meta: %w", name, err)
 	case err != nil:
-		return fmt.Errorf("topics: deleting topic %q in meta: %w", name, err)
+		// The topic is deleted (the commit point); a shard record was
+		// left behind: report it, and let the caller drop the shards.
+		return fromSchema(t), fmt.Errorf("topics: topic %q deleted, but not all of its shard records: %w", name, err)
 	}
-	return nil
+	return fromSchema(t), nil
 }
 
 // Existed implements Store.

@@ -257,17 +257,19 @@ func (r *Registry) Delete(ctx context.Context, name string) error {
 	if r.closed {
 		return shard.ErrClosed
 	}
-	t, err := r.opts.Store.Get(ctx, name)
-	if err != nil {
-		return err
-	}
-	if err := r.opts.Store.Delete(ctx, name); err != nil {
+	// Delete returns the topic it deleted: reading it first would race with
+	// another node deleting and re-creating it in between.
+	t, err := r.opts.Store.Delete(ctx, name)
+	if err != nil && t.Name == "" {
 		return err
 	}
 	if !r.local(t) {
-		return nil // node t.Node deletes the shards (Sync, or at its next start)
+		return err // node t.Node deletes the shards (Sync, or at its next start)
 	}
-	return r.dropShards(ctx, t)
+	if derr := r.dropShards(ctx, t); derr != nil {
+		return errors.Join(err, derr)
+	}
+	return err
 }
 
 // local reports whether this node hosts t's shards.

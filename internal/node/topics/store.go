@@ -74,8 +74,9 @@ type Store interface {
 	Get(ctx context.Context, name string) (Topic, error)
 	// Create records t, or fails with ErrExists.
 	Create(ctx context.Context, t Topic) error
-	// Delete forgets the topic called name, or fails with ErrNotFound.
-	Delete(ctx context.Context, name string) error
+	// Delete forgets the topic called name and returns it as it was, or
+	// fails with ErrNotFound.
+	Delete(ctx context.Context, name string) (Topic, error)
 	// Existed reports whether the store held state before this process opened
 	// it (false for a brand-new store).
 	Existed() bool
@@ -154,14 +155,15 @@ func (s *MemStore) Create(_ context.Context, t Topic) error {
 }
 
 // Delete implements Store.
-func (s *MemStore) Delete(_ context.Context, name string) error {
+func (s *MemStore) Delete(_ context.Context, name string) (Topic, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.topics[name]; !ok {
-		return fmt.Errorf("topic %q: %w", name, ErrNotFound)
+	t, ok := s.topics[name]
+	if !ok {
+		return Topic{}, fmt.Errorf("topic %q: %w", name, ErrNotFound)
 	}
 	delete(s.topics, name)
-	return nil
+	return t, nil
 }
 
 // Existed implements Store.
@@ -271,19 +273,20 @@ func (s *FileStore) Create(_ context.Context, t Topic) error {
 }
 
 // Delete implements Store.
-func (s *FileStore) Delete(_ context.Context, name string) error {
+func (s *FileStore) Delete(_ context.Context, name string) (Topic, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.topics[name]; !ok {
-		return fmt.Errorf("topic %q: %w", name, ErrNotFound)
+	t, ok := s.topics[name]
+	if !ok {
+		return Topic{}, fmt.Errorf("topic %q: %w", name, ErrNotFound)
 	}
 	next := maps.Clone(s.topics)
 	delete(next, name)
 	if err := s.write(next); err != nil {
-		return err
+		return Topic{}, err
 	}
 	s.topics = next
-	return nil
+	return t, nil
 }
 
 // Existed implements Store.

@@ -37,10 +37,10 @@ func testStore(t *testing.T, s Store) {
 	if _, err := s.Get(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get(nope) = %v, want ErrNotFound", err)
 	}
-	if err := s.Delete(ctx, "b"); err != nil {
-		t.Fatal(err)
+	if got, err := s.Delete(ctx, "b"); err != nil || got.Name != "b" || got.Engine != b.Engine {
+		t.Fatalf("Delete = %+v, %v; want topic b as it was", got, err)
 	}
-	if err := s.Delete(ctx, "b"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Delete(ctx, "b"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second Delete = %v, want ErrNotFound", err)
 	}
 	if ts, _ := s.List(ctx); !reflect.DeepEqual(ts, []Topic{a}) {
