@@ -54,9 +54,27 @@ func readAll(t *testing.T, s shard.Shard) []shard.Record {
 	return out
 }
 
-// checkLog checks that the shard's log holds only closed ledgers but the
-// last, every ledger the store has and the log does not is empty.
-func checkLedgersInLog(t *testing.T, e *env, cl *client.Client, log string) []uint64 {
+// TestEngine runs the engine's scenarios on one meta and three bookies
+// (each its own node), one after the other.
+func TestEngine(t *testing.T) {
+	e := newEnv(t, 3)
+	for _, tc := range []struct {
+		name string
+		fn   func(*testing.T, *env)
+	}{
+		{"TakeoverFencesOldWriter", testTakeoverFencesOldWriter},
+		{"CrashedWriterRecovered", testCrashedWriterRecovered},
+		{"SettingsPersisted", testSettingsPersisted},
+		{"TrimDropsLedgers", testTrimDropsLedgers},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
+	}
+}
+
+// checkLedgersInLog checks that every ledger created after ledger since
+// (by this test: the scenarios run one at a time) is in the shard's log or
+// empty, and returns the log.
+func checkLedgersInLog(t *testing.T, e *env, cl *client.Client, since uint64, log string) []uint64 {
 	t.Helper()
 	ctx := testCtx(t)
 	rec, err := schema.Store{KV: e.kv}.Log(ctx, log)
@@ -72,7 +90,7 @@ func checkLedgersInLog(t *testing.T, e *env, cl *client.Client, log string) []ui
 		t.Fatal(err)
 	}
 	for _, l := range ids {
-		if in[l.Value.ID] {
+		if in[l.Value.ID] || l.Value.ID <= since {
 			continue
 		}
 		last := l.Value.LastEntry
@@ -92,8 +110,8 @@ func checkLedgersInLog(t *testing.T, e *env, cl *client.Client, log string) []ui
 // takes the log over: it fences and recovers the writer's ledger, sees
 // every acknowledged record, and continues at the next offset; the old
 // writer's appends fail from then on.
-func TestTakeoverFencesOldWriter(t *testing.T) {
-	e := newEnv(t, 3)
+func testTakeoverFencesOldWriter(t *testing.T, e *env) {
+	since := e.lastLedger(t)
 	ctx := testCtx(t)
 	a := e.engine(Options{Quorum: Quorum{3, 2, 2}, RollEntries: 8})
 	defer a.Close()
@@ -136,15 +154,15 @@ func TestTakeoverFencesOldWriter(t *testing.T) {
 			t.Fatalf("offset %d: %q, want %q", i, got[i].Value, want[i].Value)
 		}
 	}
-	checkLedgersInLog(t, e, e.client(), "orders/0")
+	checkLedgersInLog(t, e, e.client(), since, "orders/0")
 }
 
 // A writer that crashes with appends in flight loses none of the
 // acknowledged ones: the next writer recovers them at their offsets,
 // offsets stay dense, and unacknowledged batches are either wholly there
 // or wholly absent.
-func TestCrashedWriterRecovered(t *testing.T) {
-	e := newEnv(t, 3)
+func testCrashedWriterRecovered(t *testing.T, e *env) {
+	since := e.lastLedger(t)
 	ctx := testCtx(t)
 	a := e.engine(Options{Quorum: Quorum{3, 2, 2}, RollEntries: 32})
 	sa, err := a.Create(ctx, "s")
@@ -175,7 +193,8 @@ func TestCrashedWriterRecovered(t *testing.T) {
 	<-enough // then crash with appends of all four in flight
 	s := sa.(*Shard)
 	s.mu.Lock()
-	s.w.Abandon() // a crash: the ledger stays open, appends in flight fail
+	s.w.Abandon()   // a crash: the ledger stays open, appends in flight fail,
+	s.closed = true // and this process appends no more (no takeover of its own)
 	s.mu.Unlock()
 	wg.Wait()
 
@@ -208,14 +227,14 @@ func TestCrashedWriterRecovered(t *testing.T) {
 	if _, err := sb.Append(ctx, recsOf("after", 2)); err != nil {
 		t.Fatal(err)
 	}
-	checkLedgersInLog(t, e, e.client(), "s")
+	checkLedgersInLog(t, e, e.client(), since, "s")
 }
 
 // The replication a shard was created with is in its record: an engine
 // with other defaults opens it with the same settings, and its new ledgers
 // use them.
-func TestSettingsPersisted(t *testing.T) {
-	e := newEnv(t, 3)
+func testSettingsPersisted(t *testing.T, e *env) {
+	since := e.lastLedger(t)
 	ctx := testCtx(t)
 	a := e.engine(Options{})
 	s, err := a.CreateWith(ctx, "q", shard.Settings{SettingEnsemble: "3", SettingWriteQuorum: "3", SettingAckQuorum: "2"})
@@ -244,7 +263,7 @@ func TestSettingsPersisted(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl := e.client()
-	for _, id := range checkLedgersInLog(t, e, cl, "q") {
+	for _, id := range checkLedgersInLog(t, e, cl, since, "q") {
 		md, err := cl.Metadata(ctx, id)
 		if err != nil {
 			t.Fatal(err)
@@ -270,8 +289,8 @@ func TestSettingsPersisted(t *testing.T) {
 
 // Trim drops and deletes the ledgers wholly below the trim point; the
 // trim point and the remaining records survive a reopen.
-func TestTrimDropsLedgers(t *testing.T) {
-	e := newEnv(t, 2)
+func testTrimDropsLedgers(t *testing.T, e *env) {
+	since := e.lastLedger(t)
 	ctx := testCtx(t)
 	reg := metrics.NewRegistry()
 	a := e.engine(Options{Quorum: Quorum{2, 2, 1}, RollEntries: 4, Registerer: reg})
@@ -285,11 +304,11 @@ func TestTrimDropsLedgers(t *testing.T) {
 		}
 	}
 	cl := e.client()
-	before := checkLedgersInLog(t, e, cl, "t")
+	before := checkLedgersInLog(t, e, cl, since, "t")
 	if err := s.Trim(ctx, 50); err != nil {
 		t.Fatal(err)
 	}
-	after := checkLedgersInLog(t, e, cl, "t")
+	after := checkLedgersInLog(t, e, cl, since, "t")
 	// 4 entries of 2 records per ledger: records 0..47 are in the first 6.
 	if len(before)-len(after) != 6 {
 		t.Fatalf("log %v after Trim(50), was %v: want the first 6 ledgers dropped", after, before)

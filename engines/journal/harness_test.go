@@ -2,6 +2,7 @@ package journal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
 	"github.com/quiremq/quire/journal/client"
 	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -152,4 +154,17 @@ func (e *env) kill(id string) {
 		}
 	}
 	e.dir.Set(live...)
+}
+
+// lastLedger is the last ledger id handed out so far.
+func (e *env) lastLedger(t testing.TB) uint64 {
+	t.Helper()
+	c, err := schema.Get[schema.Counter](context.Background(), e.kv, schema.KeyLedgerIDs)
+	if errors.Is(err, meta.ErrNotFound) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Value.Last
 }
