@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -225,6 +226,9 @@ func (f *offloader) pass(ctx context.Context) {
 	pending := map[segKey]time.Time{}
 	for _, s := range shards {
 		s.collectGarbage(ctx)
+		if !s.orphansSwept {
+			s.orphansSwept = s.sweepOrphans(ctx) == nil
+		}
 	}
 	f.mu.Lock()
 	for _, s := range shards {
@@ -314,10 +318,15 @@ func (f *offloader) updateLag() {
 	f.e.m.offloadLag.Set(lag)
 }
 
+// shardPrefix is the prefix of every object of shard name.
+func (e *Engine) shardPrefix(name string) string {
+	return e.off.o.Prefix + "/" + dirName(name) + "/"
+}
+
 // objectKey is the key of a segment's (ext ".log") or index's (".idx")
 // object.
 func (e *Engine) objectKey(shard string, base uint64, ext string) string {
-	return fmt.Sprintf("%s/%s/%020d%s", e.off.o.Prefix, dirName(shard), base, ext)
+	return fmt.Sprintf("%s%020d%s", e.shardPrefix(shard), base, ext)
 }
 
 func (e *Engine) remoteFile(rs *RemoteSegment) *remoteFile {
@@ -510,6 +519,43 @@ func (s *Shard) collectGarbage(ctx context.Context) {
 	}
 }
 
+// sweepOrphans deletes the objects of the shard that no location records
+// and that lie below its first segment: uploaded before a crash that came
+// before their record, then trimmed. It runs in the first pass after the
+// shard is opened (passes are serialised, so no upload is in flight).
+func (s *Shard) sweepOrphans(ctx context.Context) error {
+	objs, err := s.e.off.o.Store.List(ctx, s.e.shardPrefix(s.name))
+	if err != nil {
+		s.log.Warn("file: list offloaded objects", "shard", s.name, "err", err)
+		return err
+	}
+	s.ctlMu.Lock()
+	s.mu.RLock()
+	first := s.segs[0].base
+	s.mu.RUnlock()
+	var orphans []string
+	for _, o := range objs {
+		name := o.Key[strings.LastIndexByte(o.Key, '/')+1:]
+		base, ok := parseBaseName(name, segExt)
+		if !ok {
+			base, ok = parseBaseName(name, idxExt)
+		}
+		if _, recorded := s.locs[base]; ok && base < first && !recorded {
+			orphans = append(orphans, o.Key)
+		}
+	}
+	s.ctlMu.Unlock()
+	for _, k := range orphans {
+		if err := s.e.off.o.Store.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	if len(orphans) > 0 {
+		s.log.Info("file: deleted unrecorded offloaded objects of trimmed segments", "shard", s.name, "objects", len(orphans))
+	}
+	return nil
+}
+
 // purgeRemote deletes every offloaded segment of shard name (Delete and
 // Create of a shard).
 func (e *Engine) purgeRemote(ctx context.Context, name string) error {
@@ -527,6 +573,16 @@ func (e *Engine) purgeRemote(ctx context.Context, name string) error {
 			return err
 		}
 		if err := m.CAS(ctx, name, segs[i].Base, &segs[i], nil); err != nil {
+			return err
+		}
+	}
+	// Objects uploaded but never recorded (a crash between the two).
+	objs, err := e.off.o.Store.List(ctx, e.shardPrefix(name))
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		if err := e.off.o.Store.Delete(ctx, o.Key); err != nil {
 			return err
 		}
 	}

@@ -44,6 +44,8 @@ type Shard struct {
 	trimLow uint64                   // persisted in TRIM
 	locs    map[uint64]RemoteSegment // offloaded segments, as in the manifest
 
+	orphansSwept bool // owned by the offloader's passes
+
 	// qmu guards the queue of appends and seals waiting for the committer.
 	qmu   sync.Mutex
 	queue []*request
