@@ -196,8 +196,9 @@
 // (engines/file/manifesttest): FileManifest keeps an OFFLOAD file (JSON
 // with a CRC, replaced atomically) in the shard's directory; MetaManifest
 // keeps one meta key per segment, changed by version CAS (the node uses it
-// when it runs meta). Objects uploaded before a crash whose segment was
-// then trimmed before the next pass are not tracked and stay in the bucket.
+// when it runs meta). Objects uploaded but never recorded (a crash between
+// the two, then a trim) are found by listing the shard's prefix in the
+// first pass after the shard opens, and by Engine.Delete.
 //
 // # Resources
 //
