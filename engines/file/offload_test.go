@@ -430,3 +430,71 @@ func TestOffloadedShardNeedsOffload(t *testing.T) {
 		t.Fatalf("Open without Offload: %v", err)
 	}
 }
+
+// Readers running while segments are offloaded and their local copies
+// deleted under them (background passes every millisecond) read every
+// record exactly once, in order.
+func TestOffloadConcurrentReaders(t *testing.T) {
+	st := objstore.NewMem()
+	o := offloadOpts(st, 0)
+	o.offloadManual = false
+	o.Offload.Interval = time.Millisecond
+	fs := vfs.NewMem()
+	e := openEngine(t, fs, "/d", o)
+	defer e.Close()
+	s := mustCreate(t, e, "a")
+	var want []shard.Record
+	var mu sync.Mutex
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				mu.Lock()
+				n := len(want)
+				w := want[:n:n]
+				mu.Unlock()
+				for next := uint64(0); next < uint64(n); {
+					recs, err := s.Read(bg, next, shard.Limits{MaxRecords: 7})
+					if err != nil {
+						t.Errorf("Read(%d): %v", next, err)
+						return
+					}
+					for _, r := range recs {
+						if next >= uint64(n) {
+							break
+						}
+						if r.Offset != next || !bytes.Equal(r.Value, w[next].Value) {
+							t.Errorf("Read(%d): got offset %d", next, r.Offset)
+							return
+						}
+						next++
+					}
+				}
+			}
+		}()
+	}
+	for i := range 150 {
+		r := appendN(t, s, i, 1, 200)
+		mu.Lock()
+		want = append(want, r...)
+		mu.Unlock()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for logs, _ := localSegments(t, fs, s); logs > 1; logs, _ = localSegments(t, fs, s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d local segments left", logs)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(done)
+	wg.Wait()
+	checkSame(t, readAll(t, s), want)
+}
