@@ -93,6 +93,16 @@
 // in turn (tailing the last one, waiting for an open ledger in the middle
 // to be closed by recovery) and polls the log for new ledgers.
 //
+// Retention drops whole closed ledgers from the front of a log
+// (LogWriter.DropFirst for the log's writer, DropLogLedgers otherwise):
+// CAS the shorter list with Log.Trimmed raised by their entries — offsets
+// stay where they were — then delete each ledger from its bookies and its
+// metadata from meta (DeleteLedger; a crash in between leaves garbage, not
+// data: the ledger is no longer in any log). A LogReader asked for an
+// offset below Log.Trimmed fails with ErrTrimmed. DeleteLog removes a
+// whole log. ReadLedgerEntry reads one entry with metadata the caller
+// holds (the journal shard engine reads entries at random this way).
+//
 // # Tests
 //
 // The tests run a single-node meta in process (in-memory FS) and 2–5 real
