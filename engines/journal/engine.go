@@ -45,6 +45,9 @@ type Engine struct {
 	mu     sync.Mutex
 	shards map[string]*Shard
 	closed bool
+
+	stopRetention chan struct{} // closed by Close
+	retentionDone chan struct{}
 }
 
 var (
@@ -61,7 +64,48 @@ func Open(o Options) (*Engine, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	return &Engine{o: o, c: o.Client, kv: o.Meta, m: newMetrics(o.Registerer), log: o.Logger, shards: map[string]*Shard{}}, nil
+	e := &Engine{o: o, c: o.Client, kv: o.Meta, m: newMetrics(o.Registerer), log: o.Logger, shards: map[string]*Shard{},
+		stopRetention: make(chan struct{}), retentionDone: make(chan struct{})}
+	if o.RetentionAge > 0 {
+		go e.retentionLoop()
+	} else {
+		close(e.retentionDone)
+	}
+	return e, nil
+}
+
+// retentionLoop applies Options.RetentionAge to the open shards every
+// RetentionInterval until Close.
+func (e *Engine) retentionLoop() {
+	defer close(e.retentionDone)
+	t := time.NewTicker(e.o.RetentionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stopRetention:
+			return
+		case now := <-t.C:
+			e.retain(now)
+		}
+	}
+}
+
+// retain trims every open shard to what RetentionAge keeps at now.
+func (e *Engine) retain(now time.Time) {
+	e.mu.Lock()
+	shards := make([]*Shard, 0, len(e.shards))
+	for _, s := range e.shards {
+		shards = append(shards, s)
+	}
+	e.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)
+	defer cancel()
+	cutoff := now.Add(-e.o.RetentionAge).UnixMilli()
+	for _, s := range shards {
+		if err := s.retain(ctx, cutoff); err != nil && !errors.Is(err, shard.ErrClosed) {
+			e.log.Warn("journal shard retention", "shard", s.name, "err", err)
+		}
+	}
 }
 
 // Name implements shard.Engine.
@@ -195,11 +239,16 @@ func (e *Engine) List(ctx context.Context) ([]string, error) {
 // open needs no recovery), then the Client if Options.OwnsClient.
 func (e *Engine) Close() error {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if e.closed {
+		e.mu.Unlock()
 		return nil
 	}
 	e.closed = true
+	e.mu.Unlock()
+	close(e.stopRetention)
+	<-e.retentionDone
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)
 	defer cancel()
 	var errs []error

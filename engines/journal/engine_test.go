@@ -66,6 +66,7 @@ func TestEngine(t *testing.T) {
 		{"CrashedWriterRecovered", testCrashedWriterRecovered},
 		{"SettingsPersisted", testSettingsPersisted},
 		{"TrimDropsLedgers", testTrimDropsLedgers},
+		{"Retention", testRetention},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
 	}
@@ -402,4 +403,41 @@ func TestBookieFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(s)
+}
+
+// Retention trims the ledgers whose records are all older than
+// RetentionAge, whole, and never a ledger holding a newer record.
+func testRetention(t *testing.T, e *env) {
+	since := e.lastLedger(t)
+	ctx := testCtx(t)
+	en := e.engine(Options{Quorum: Quorum{3, 2, 2}, RollEntries: 4, RetentionAge: time.Hour, RetentionInterval: time.Hour})
+	defer en.Close()
+	s, err := en.Create(ctx, "retained")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	old, recent := now.Add(-2*time.Hour).UnixMilli(), now.Add(-time.Minute).UnixMilli()
+	// Ledgers of 4 entries: 0-3 old, 4-7 old, 8-11 old but for entry 10,
+	// 12-15 and 16-17 recent.
+	for i := range 18 {
+		ts := old
+		if i >= 12 || i == 10 {
+			ts = recent
+		}
+		if _, err := s.Append(ctx, []shard.Record{{Timestamp: ts, Value: fmt.Appendf(nil, "%d", i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	en.retain(now)
+	if low, high := s.Watermarks(); low != 8 || high != 18 {
+		t.Fatalf("watermarks after retention (%d, %d), want (8, 18): two old ledgers dropped", low, high)
+	}
+	if got := checkLedgersInLog(t, e, e.client(), since, "retained"); len(got) != 3 {
+		t.Fatalf("log %v after retention, want 3 ledgers", got)
+	}
+	en.retain(now.Add(2 * time.Hour)) // everything is old now, but the ledger being written stays
+	if low, _ := s.Watermarks(); low != 16 {
+		t.Fatalf("low %d after everything aged, want 16 (the ledger being written stays)", low)
+	}
 }

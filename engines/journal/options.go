@@ -95,6 +95,11 @@ type Options struct {
 	RollBytes   int64
 	RollEntries int64
 	RollAge     time.Duration
+	// RetentionAge trims whole ledgers whose records are all older than
+	// this (by record timestamp), checked every RetentionInterval on the
+	// open shards (0: keep forever). Default RetentionInterval 1m.
+	RetentionAge      time.Duration
+	RetentionInterval time.Duration
 	// CacheBytes bounds the decoded entries each open shard keeps for
 	// readers (recent appends and reads). Default 4 MiB.
 	CacheBytes int
@@ -115,6 +120,9 @@ func (o *Options) EnsureDefaults() *Options {
 	if o.RollBytes == 0 && o.RollEntries == 0 && o.RollAge == 0 {
 		o.RollBytes = 256 << 20
 	}
+	if o.RetentionInterval <= 0 {
+		o.RetentionInterval = time.Minute
+	}
 	if o.CacheBytes <= 0 {
 		o.CacheBytes = 4 << 20
 	}
@@ -132,8 +140,8 @@ func (o *Options) Validate() error {
 	if o.Client == nil || o.Meta == nil {
 		return errors.New("journal engine: Options.Client and Options.Meta are required")
 	}
-	if o.RollBytes < 0 || o.RollEntries < 0 || o.RollAge < 0 {
-		return errors.New("journal engine: roll limits must be >= 0")
+	if o.RollBytes < 0 || o.RollEntries < 0 || o.RollAge < 0 || o.RetentionAge < 0 {
+		return errors.New("journal engine: roll and retention limits must be >= 0")
 	}
 	return o.Quorum.Validate()
 }

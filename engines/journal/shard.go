@@ -614,6 +614,36 @@ func (s *Shard) Trim(ctx context.Context, before uint64) error {
 	return nil
 }
 
+// retain trims the shard up to the first ledger holding a record at or
+// after cutoff (ms since the epoch): the ledgers before it go whole. A
+// ledger's newest timestamp is bounded by its last entry's running
+// maximum, so no record at or after cutoff is trimmed. The ledger being
+// written always stays.
+func (s *Shard) retain(ctx context.Context, cutoff int64) error {
+	v, err := s.view()
+	if err != nil {
+		return err
+	}
+	before := v.low
+	for i := 0; i+1 < len(v.ledgers); i++ {
+		l := v.ledgers[i]
+		if last := l.lastBelow(v.high); last >= 0 {
+			h, err := s.header(ctx, l, last)
+			if err != nil {
+				return err
+			}
+			if h.maxTS >= cutoff {
+				break
+			}
+		}
+		before = max(before, v.ledgers[i+1].first)
+	}
+	if before <= v.low {
+		return nil
+	}
+	return s.Trim(ctx, before)
+}
+
 // updateRecord changes the shard record (CAS on its version). s.mu is held.
 func (s *Shard) updateRecord(ctx context.Context, fn func(*shardRecord)) error {
 	rec, err := schema.Update(ctx, s.e.kv, s.e.key(s.name), false, func(r *shardRecord) error { fn(r); return nil })
