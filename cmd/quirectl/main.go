@@ -50,7 +50,8 @@ Commands:
                                   rules pick it (default_engine, [[storage.rules]])
   topic delete NAME               delete a topic and all of its data
   passwd NAME                     read a password from stdin and print the [[mqtt.users]]
-                                  entry (bcrypt hash) for NAME to paste into the config;
+                                  entry (bcrypt hash, SCRAM-SHA-256 credentials) for NAME
+                                  to paste into the config;
                                   works offline, no server needed
   version                         print quirectl's version
 
@@ -176,7 +177,12 @@ func (c *cli) passwd(args []string, in io.Reader) int {
 		fmt.Fprintf(c.stderr, "quirectl passwd: %v\n", err)
 		return exitFailed
 	}
-	fmt.Fprintf(c.stdout, "[[mqtt.users]]\nname = %q\npassword_hash = %q\n", args[0], h)
+	sc, err := auth.NewSCRAMCredentials([]byte(pw), auth.DefaultSCRAMIterations)
+	if err != nil {
+		fmt.Fprintf(c.stderr, "quirectl passwd: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(c.stdout, "[[mqtt.users]]\nname = %q\npassword_hash = %q\nscram_sha256 = %q\n", args[0], h, sc.String())
 	return exitOK
 }
 

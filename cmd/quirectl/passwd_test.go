@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/quiremq/quire/frontends/auth"
 	"github.com/quiremq/quire/internal/config"
 )
 
@@ -32,6 +33,23 @@ func TestPasswd(t *testing.T) {
 	if len(cfg.MQTT.Users) != 1 || cfg.MQTT.Users[0].Name != "alice" ||
 		bcrypt.CompareHashAndPassword([]byte(cfg.MQTT.Users[0].PasswordHash), []byte("wonderland")) != nil {
 		t.Fatalf("entry %+v does not hash the password", cfg.MQTT.Users)
+	}
+	// The SCRAM credentials authenticate the same password.
+	sc, err := auth.NewSCRAM(map[string]string{"alice": cfg.MQTT.Users[0].SCRAMSHA256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &auth.SCRAMClient{User: "alice", Password: "wonderland"}
+	x, first, err := sc.Start(cl.First())
+	if err != nil {
+		t.Fatal(err)
+	}
+	final, err := cl.Final(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.Finish(final); err != nil {
+		t.Fatalf("SCRAM with the printed credentials: %v", err)
 	}
 	for _, args := range [][]string{{"passwd"}, {"passwd", "a", "b"}} {
 		stdin = strings.NewReader("pw\n")

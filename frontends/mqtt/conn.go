@@ -55,6 +55,7 @@ type conn struct {
 	connExpiry  uint32       // Session Expiry Interval of CONNECT (v5), seconds
 	who         *auth.Client // for ACL checks (authz.go); no password
 	bucket      *tokenBucket // the publish rate limit (ratelimit.go); nil: none
+	enhanced    *enhanced    // the result of MQTT 5 enhanced authentication (authz.go)
 
 	closing    chan struct{}
 	closeOnce  sync.Once
@@ -268,10 +269,12 @@ func (c *conn) handshake() (present bool, err error) {
 		}
 		id, assigned = newClientID(), true
 	}
-	if v5 && cp.Properties.AuthenticationMethod != "" {
-		return false, c.refuse(packet.BadAuthenticationMethod, "enhanced authentication is not supported")
-	}
 	c.clientID = id
+	if v5 && cp.Properties.AuthenticationMethod != "" {
+		if err := c.enhancedAuth(cp); err != nil {
+			return false, err
+		}
+	}
 	actx, acancel := context.WithTimeout(c.s.ctx, opts.ConnectTimeout)
 	err = c.authenticate(actx, cp)
 	acancel()
@@ -336,6 +339,10 @@ func (c *conn) handshake() (present bool, err error) {
 		ack.Properties.ReceiveMaximum = opts.ReceiveMaximum
 		ack.Properties.MaximumPacketSize = uint32(opts.MaxPacketSize)
 		ack.Properties.TopicAliasMaximum = opts.TopicAliasMaximum
+		if c.enhanced != nil {
+			ack.Properties.AuthenticationMethod = c.enhanced.method
+			ack.Properties.AuthenticationData = c.enhanced.data
+		}
 	}
 	if err := c.send(&ack); err != nil {
 		return false, err

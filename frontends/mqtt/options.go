@@ -30,6 +30,9 @@ type Options struct {
 	// allowed). See frontends/auth and authz.go.
 	Auth *auth.Chain
 	ACL  *auth.ACL
+	// SCRAM, if set, offers MQTT 5 enhanced authentication with
+	// SCRAM-SHA-256 (authz.go); nil: a CONNECT naming a method gets 0x8C.
+	SCRAM *auth.SCRAM
 	// Retained stores retained messages; default an in-memory store
 	// (store.NewRetained keeps them in Store).
 	Retained pubsub.RetainedStore

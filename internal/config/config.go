@@ -36,6 +36,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/quiremq/quire/frontends/auth"
 	"github.com/quiremq/quire/shard"
 )
 
@@ -126,10 +127,13 @@ type MQTT struct {
 	MaxPublishRate float64 `toml:"max_publish_rate"` // PUBLISH/s per connection, 0 = no limit; excess is slowed
 }
 
-// MQTTUser is one [[mqtt.users]] entry.
+// MQTTUser is one [[mqtt.users]] entry: a bcrypt hash for user name and
+// password in CONNECT, SCRAM-SHA-256 credentials for MQTT 5 enhanced
+// authentication, or both.
 type MQTTUser struct {
 	Name         string `toml:"name"`
 	PasswordHash string `toml:"password_hash"`
+	SCRAMSHA256  string `toml:"scram_sha256"`
 }
 
 // ACLRule is one [[mqtt.acl]] entry.
@@ -314,6 +318,9 @@ type JournalStorage struct {
 	LedgerBytes   int64    `toml:"ledger_bytes"`
 	LedgerEntries int64    `toml:"ledger_entries"`
 	LedgerAge     Duration `toml:"ledger_age"`
+	// RetentionAge deletes a shard's oldest ledgers, whole, once every
+	// record in them is older (by timestamp); 0 = keep forever.
+	RetentionAge Duration `toml:"retention_age"`
 }
 
 // Quorum is a journal replication: E, Qw, Qa.
@@ -456,7 +463,7 @@ func Default() *Config {
 
 				OffloadDeleteLag: Duration(time.Hour),
 			},
-			Journal: JournalStorage{LedgerBytes: 256 << 20},
+			Journal: JournalStorage{LedgerBytes: 256 << 20, RetentionAge: Duration(168 * time.Hour)},
 		},
 	}
 }
@@ -678,8 +685,14 @@ func (c *Config) validate() []*Error {
 		if u.Name == "" {
 			bad(fmt.Sprintf("mqtt.users[%d].name", i), "must not be empty")
 		}
-		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
+		if u.PasswordHash == "" && u.SCRAMSHA256 == "" {
+			bad(fmt.Sprintf("mqtt.users[%d].password_hash", i), "a user needs password_hash, scram_sha256 or both (`quirectl passwd` prints them)")
+		}
+		if _, err := bcrypt.Cost([]byte(u.PasswordHash)); u.PasswordHash != "" && err != nil {
 			bad(fmt.Sprintf("mqtt.users[%d].password_hash", i), "not a bcrypt hash ($2a$/$2b$/$2y$…; `quirectl passwd` makes one): %v", err)
+		}
+		if _, err := auth.ParseSCRAMCredentials(u.SCRAMSHA256); u.SCRAMSHA256 != "" && err != nil {
+			bad(fmt.Sprintf("mqtt.users[%d].scram_sha256", i), "%v", err)
 		}
 	}
 	if c.MQTT.AuthHookURL != "" {
@@ -772,6 +785,9 @@ func (c *Config) validate() []*Error {
 	}
 	if j.LedgerAge < 0 {
 		bad("storage.journal.ledger_age", "must be >= 0 (0 = never by age), got %s", j.LedgerAge)
+	}
+	if j.RetentionAge < 0 {
+		bad("storage.journal.retention_age", "must be >= 0 (0 = keep forever), got %s", j.RetentionAge)
 	}
 	if c.Storage.Memory.ShardBudgetBytes <= 0 {
 		bad("storage.memory.shard_budget_bytes", "must be > 0, got %d", c.Storage.Memory.ShardBudgetBytes)

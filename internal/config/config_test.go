@@ -58,7 +58,7 @@ func TestExampleMentionsEveryField(t *testing.T) {
 	// The commented example lines ("#   key = value") form a TOML snippet.
 	var snippet strings.Builder
 	for _, l := range strings.Split(string(data), "\n") {
-		if s, ok := strings.CutPrefix(l, "#   "); ok && regexp.MustCompile(`^(\[\[|[a-z_]+ = )`).MatchString(s) {
+		if s, ok := strings.CutPrefix(l, "#   "); ok && regexp.MustCompile(`^(\[\[|[a-z0-9_]+ = )`).MatchString(s) {
 			snippet.WriteString(s + "\n")
 		}
 	}

@@ -173,12 +173,12 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}
-	authn, acl, err := mqttAuth(&b.cfg.MQTT, b.reg)
+	authn, acl, scram, err := mqttAuth(&b.cfg.MQTT, b.reg)
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}
 	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0), Store: db, Retained: retained,
-		Auth: authn, ACL: acl, Version: "quire " + version.Get().String(),
+		Auth: authn, ACL: acl, SCRAM: scram, Version: "quire " + version.Get().String(),
 		MaxInflight: b.cfg.MQTT.MaxInflight, MaxQueued: b.cfg.MQTT.MaxQueued, MaxPacketSize: b.cfg.MQTT.MaxPacketSize,
 		MaxPublishRate: b.cfg.MQTT.MaxPublishRate, Registerer: b.reg, Logger: log})
 	if err != nil {

@@ -168,6 +168,8 @@ func openJournalEngine(cfg *config.Config, kv meta.KV, reg prometheus.Registerer
 		RollEntries: jc.LedgerEntries,
 		RollAge:     jc.LedgerAge.Std(),
 		Registerer:  reg,
+		// Retention of the shards this node has open (those it writes).
+		RetentionAge: jc.RetentionAge.Std(),
 		Logger:      log,
 	})
 	if err != nil {
