@@ -170,7 +170,7 @@ func openJournalEngine(cfg *config.Config, kv meta.KV, reg prometheus.Registerer
 		Registerer:  reg,
 		// Retention of the shards this node has open (those it writes).
 		RetentionAge: jc.RetentionAge.Std(),
-		Logger:      log,
+		Logger:       log,
 	})
 	if err != nil {
 		cl.Close()
