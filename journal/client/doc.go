@@ -51,7 +51,10 @@
 // error, a broken stream, FAILED, ...) is StatusUnknown: the link to that
 // bookie is cut and the machine replaces the bookie (ensemble change: new
 // fragment from LAC+1, CAS, resend). A link with adds unanswered for
-// Options.AddTimeout is failed the same way (BookieFailed). FENCED, or a
+// Options.AddTimeout is failed the same way (BookieFailed). A writer left
+// without a replacement (every other live bookie failed it before) stops
+// after AddTimeout: its appends fail with ledger.ErrStopped, ambiguous,
+// and its owner takes over with a new ledger. FENCED, or a
 // CAS that finds the ledger no longer OPEN, stops the writer: pending and
 // later appends fail with ErrFenced, which is ambiguous (the entry may or
 // may not survive the recovery), as is ErrAbandoned.

@@ -71,6 +71,7 @@ type LedgerWriter struct {
 	futs       []*Future // futures of entries lac+1 .., in entry order
 	base       int64     // entry of futs[0]
 	live       []BookieInfo
+	stalled    time.Time // since when the machine lacks a replacement
 	refreshing bool
 	ticks      int
 	stopErr    error
@@ -327,6 +328,18 @@ func (w *LedgerWriter) finish(err error) {
 
 func (w *LedgerWriter) tick(now time.Time) {
 	w.exec(w.m.Tick(), now)
+	// No replacement for a failed bookie (every other live one failed
+	// this writer before): give up after AddTimeout rather than stall
+	// forever; the owner takes over with a new ledger.
+	switch {
+	case !w.m.Stalled():
+		w.stalled = time.Time{}
+	case w.stalled.IsZero():
+		w.stalled = now
+	case now.Sub(w.stalled) > w.c.opts.AddTimeout:
+		w.c.log.Warn("journal/client: no bookie to replace a failed one, stopping the writer", "ledger", w.id, "waited", now.Sub(w.stalled))
+		w.exec(w.m.Stop(fmt.Errorf("%w: no bookie to replace a failed one within %v", ledger.ErrStopped, w.c.opts.AddTimeout)), now)
+	}
 	for id, l := range w.links {
 		if l.stuck(now, w.c.opts.AddTimeout) {
 			w.c.log.Warn("journal/client: add timed out, replacing bookie", "ledger", w.id, "bookie", id, "timeout", w.c.opts.AddTimeout)

@@ -203,6 +203,13 @@ func (w *Writer) SetAvailable(bookies []BookieID) []Effect {
 	return w.startChange(nil)
 }
 
+// Stalled reports whether the writer waits for a replacement bookie the
+// available list does not offer (startChange found none): it sends
+// nothing until SetAvailable offers one, or the driver gives up (Stop).
+func (w *Writer) Stalled() bool {
+	return w.phase < phaseClosed && w.proposed == nil && !w.canSend()
+}
+
 // startChange proposes a new last fragment from LAC+1 in which every
 // failed bookie of the ensemble is replaced. With no replacement available
 // the writer stalls (sends nothing) until SetAvailable.
