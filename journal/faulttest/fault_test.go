@@ -195,6 +195,12 @@ func TestFaults(t *testing.T) {
 	if acked < 500 {
 		t.Errorf("only %d appends acknowledged", acked)
 	}
+	r.h.mu.Lock()
+	n := len(r.h.opened)
+	r.h.mu.Unlock()
+	if n < 2 {
+		t.Errorf("%d takeovers of the log, want one after a writer was killed", n)
+	}
 }
 
 // The target of issue 5: four bookies, E=3 Qw=2 Qa=2, kill -9 one of the

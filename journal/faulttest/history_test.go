@@ -293,7 +293,11 @@ func (c *checker) check(h *history) int64 {
 	}
 	wcancel()
 
-	c.t.Logf("log read back: %d records in %d ledgers", end, len(rec.Value.Ledgers))
+	changes := 0
+	for _, sp := range spans {
+		changes += len(sp.md.Fragments) - 1
+	}
+	c.t.Logf("log read back: %d records in %d ledgers, %d ensemble changes", end, len(rec.Value.Ledgers), changes)
 	for _, id := range rec.Value.Ledgers {
 		if !c.skipCopies {
 			md, want := spans[id].md, map[int64]key{}

@@ -149,6 +149,8 @@ func (r *rig) finish() int64 {
 	end := c.check(r.h)
 	r.phase("history checked")
 	inv, acked, failed := r.h.counts()
+	r.h.mu.Lock()
+	defer r.h.mu.Unlock()
 	r.t.Logf("log of %d records; %d appends invoked by %d writer processes, %d acknowledged, %d failed (ambiguous), %d unknown; %d takeovers",
 		end, inv, r.cfg.Gen, acked, failed, inv-acked-failed, len(r.h.opened))
 	return end
