@@ -183,26 +183,24 @@ func (d *delayer) run(ctx context.Context) {
 	}
 }
 
-// publish publishes dm and forgets it; on a storage failure it retries a
-// second later (the message stays stored).
+// publish publishes dm (the earliest) and forgets it; on a storage failure
+// it retries a second later (the message stays stored).
 func (d *delayer) publish(ctx context.Context, dm *delayedMsg) {
+	d.mu.Lock()
+	heap.Pop(&d.h) // before publishing: the count must not include it once delivered
+	d.mu.Unlock()
 	m := *dm.m
 	m.Time = time.Now()
 	if err := d.s.publish(ctx, &m); err != nil {
-		if ctx.Err() != nil {
-			return
-		}
-		d.s.log.Warn("mqtt delayed publish failed; retrying", "topic", m.Topic, "err", err)
 		d.mu.Lock()
-		heap.Pop(&d.h)
-		dm.at = time.Now().Add(time.Second)
+		if ctx.Err() == nil {
+			d.s.log.Warn("mqtt delayed publish failed; retrying", "topic", m.Topic, "err", err)
+			dm.at = time.Now().Add(time.Second)
+		}
 		heap.Push(&d.h, dm)
 		d.mu.Unlock()
 		return
 	}
-	d.mu.Lock()
-	heap.Pop(&d.h)
-	d.mu.Unlock()
 	if st := d.s.opts.Store; st != nil {
 		if err := st.DeleteDelayed(dm.stored, dm.seq); err != nil {
 			d.s.log.Warn("mqtt: forgetting a published delayed message failed; it is published again after a restart", "err", err)
