@@ -223,6 +223,20 @@ type Storage struct {
 	File    FileStorage    `toml:"file"`
 	Journal JournalStorage `toml:"journal"`
 	S3      S3Storage      `toml:"s3"`
+	HDFS    HDFSStorage    `toml:"hdfs"`
+}
+
+// UsesEngine reports whether the default engine or a rule is engine.
+func (c *Config) UsesEngine(engine string) bool {
+	if c.Storage.DefaultEngine == engine {
+		return true
+	}
+	for _, r := range c.Storage.Rules {
+		if r.Engine == engine {
+			return true
+		}
+	}
+	return false
 }
 
 // Rule routes the topics matching Match (an MQTT topic filter: '+' one
@@ -281,8 +295,8 @@ func (c *Config) UsesOffload(target string) bool {
 	return false
 }
 
-// S3Storage is the S3 (or MinIO, or compatible) bucket that offload
-// writes to.
+// S3Storage is the S3 (or MinIO, or compatible) bucket that the s3 engine
+// and offload write to.
 type S3Storage struct {
 	// Endpoint is "host:port" or an http(s):// URL.
 	Endpoint string `toml:"endpoint"`
@@ -300,6 +314,20 @@ type S3Storage struct {
 	// Prefix starts every object key this node writes (its node id
 	// follows, so nodes can share a bucket).
 	Prefix string `toml:"prefix"`
+	// The s3 engine batches appends into objects: an object is written
+	// once FlushBytes wait or the first waited FlushInterval.
+	FlushInterval Duration `toml:"flush_interval"`
+	FlushBytes    int      `toml:"flush_bytes"`
+}
+
+// HDFSStorage is the HDFS cluster the hdfs engine stores topics in.
+type HDFSStorage struct {
+	// Namenode is "host:port" of the namenode.
+	Namenode string `toml:"namenode"`
+	// Path is the directory under which Quire keeps its files.
+	Path string `toml:"path"`
+	// User is the HDFS user ("" = the process's user).
+	User string `toml:"user"`
 }
 
 // JournalStorage configures engines/journal: the replication of each
@@ -415,7 +443,7 @@ type FileStorage struct {
 const MinSegmentBytes = 1024
 
 // Engines are the storage engines this build of Quire has.
-var Engines = []string{"file", "journal", "memory"}
+var Engines = []string{"file", "hdfs", "journal", "memory", "s3"}
 
 // Sync policies of the file engine.
 var SyncPolicies = []string{"batch", "interval", "none"}
@@ -464,6 +492,8 @@ func Default() *Config {
 				OffloadDeleteLag: Duration(time.Hour),
 			},
 			Journal: JournalStorage{LedgerBytes: 256 << 20, RetentionAge: Duration(168 * time.Hour)},
+			S3:      S3Storage{FlushInterval: Duration(50 * time.Millisecond), FlushBytes: 8 << 20},
+			HDFS:    HDFSStorage{Path: "/quire"},
 		},
 	}
 }
@@ -816,6 +846,23 @@ func (c *Config) validate() []*Error {
 	}
 	if f.OffloadDeleteLag < 0 {
 		bad("storage.file.offload_delete_lag", "must be >= 0 (0 = delete at once), got %s", f.OffloadDeleteLag)
+	}
+	if c.UsesEngine("s3") {
+		if c.Storage.S3.Endpoint == "" {
+			bad("storage.s3.endpoint", "is required: topics are routed to engine \"s3\"")
+		}
+		if c.Storage.S3.Bucket == "" {
+			bad("storage.s3.bucket", "is required: topics are routed to engine \"s3\"")
+		}
+	}
+	if c.Storage.S3.FlushInterval < 0 {
+		bad("storage.s3.flush_interval", "must be >= 0, got %s", c.Storage.S3.FlushInterval)
+	}
+	if c.Storage.S3.FlushBytes < 1 {
+		bad("storage.s3.flush_bytes", "must be >= 1, got %d", c.Storage.S3.FlushBytes)
+	}
+	if c.UsesEngine("hdfs") && c.Storage.HDFS.Namenode == "" {
+		bad("storage.hdfs.namenode", "is required: topics are routed to engine \"hdfs\"")
 	}
 	if c.UsesOffload("s3") {
 		if c.Storage.S3.Endpoint == "" {

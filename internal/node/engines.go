@@ -11,9 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quiremq/quire/engines/file"
+	"github.com/quiremq/quire/engines/hdfs"
 	"github.com/quiremq/quire/engines/journal"
 	"github.com/quiremq/quire/engines/memory"
 	"github.com/quiremq/quire/engines/objstore/s3store"
+	"github.com/quiremq/quire/engines/s3"
 	"github.com/quiremq/quire/internal/config"
 	"github.com/quiremq/quire/internal/vfs"
 	"github.com/quiremq/quire/journal/client"
@@ -80,7 +82,59 @@ func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.R
 		return nil, err
 	}
 	engines[je.Name()] = je
+	for _, name := range []string{"s3", "hdfs"} {
+		if !cfg.UsesEngine(name) {
+			continue
+		}
+		e, err := openObjectEngine(cfg, name, kv, reg, log.With("engine", name))
+		if err != nil {
+			for _, o := range engines {
+				o.Close()
+			}
+			return nil, err
+		}
+		engines[name] = e
+	}
 	return engines, nil
+}
+
+// openObjectEngine opens the s3 or hdfs engine (engines/s3, engines/hdfs)
+// when a topic rule or the default engine uses it. Each node keeps its
+// shards under its own object prefix and meta prefix, as the file engine
+// keeps them in its own data_dir.
+func openObjectEngine(cfg *config.Config, name string, kv meta.KV, reg prometheus.Registerer, log *slog.Logger) (shard.Engine, error) {
+	s3c := cfg.Storage.S3
+	prefix := s3c.Prefix
+	if prefix == "" {
+		prefix = "quire"
+	}
+	eo := s3.Options{
+		Endpoint: s3c.Endpoint, Bucket: s3c.Bucket, Region: s3c.Region,
+		AccessKey: s3c.AccessKey, SecretKey: s3c.SecretKey, PathStyle: s3c.PathStyle, TLS: s3c.TLS,
+		Prefix:        fmt.Sprintf("%s/node-%d/%s/", prefix, cfg.NodeID, name),
+		Meta:          kv,
+		MetaPrefix:    fmt.Sprintf("/engines/%s/%d/", name, cfg.NodeID),
+		FlushInterval: s3c.FlushInterval.Std(),
+		FlushBytes:    s3c.FlushBytes,
+		Registerer:    reg,
+		Logger:        log,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if name == "hdfs" {
+		h := cfg.Storage.HDFS
+		e, err := hdfs.Open(ctx, hdfs.Options{Namenode: h.Namenode, Path: h.Path, User: h.User, Engine: eo})
+		if err != nil {
+			return nil, fmt.Errorf("open the hdfs engine at %s%s: %w", h.Namenode, h.Path, err)
+		}
+		return e, nil
+	}
+	e, err := s3.Open(ctx, eo)
+	if err != nil {
+		return nil, fmt.Errorf("open the s3 engine on bucket %q at %s: %w", s3c.Bucket, s3c.Endpoint, err)
+	}
+	log.Info("s3 engine serving", "endpoint", s3c.Endpoint, "bucket", s3c.Bucket, "prefix", eo.Prefix)
+	return e, nil
 }
 
 // fileOffload configures the file engine's tiered offload when

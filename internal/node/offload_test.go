@@ -112,7 +112,14 @@ func countLocalSegments(t *testing.T, dir string) (logs, shards int) {
 // published payload is there exactly once.
 func checkOrders(t *testing.T, n *Node, want map[string]bool) {
 	t.Helper()
-	e := n.broker.engines["file"]
+	checkEngine(t, n, "file", want)
+}
+
+// checkEngine reads every shard of engine from offset 0 and checks that
+// each payload of want is there exactly once.
+func checkEngine(t *testing.T, n *Node, engine string, want map[string]bool) {
+	t.Helper()
+	e := n.broker.engines[engine]
 	names, err := e.List(t.Context())
 	if err != nil {
 		t.Fatal(err)
