@@ -54,10 +54,11 @@ func readAll(t *testing.T, s shard.Shard) []shard.Record {
 	return out
 }
 
-// TestEngine runs the engine's scenarios on one meta and three bookies
-// (each its own node), one after the other.
+// TestEngine runs the engine's scenarios on one meta and four bookies
+// (each its own node), one after the other; BookieFailure, which kills a
+// bookie, runs last.
 func TestEngine(t *testing.T) {
-	e := newEnv(t, 3)
+	e := newEnv(t, 4)
 	for _, tc := range []struct {
 		name string
 		fn   func(*testing.T, *env)
@@ -67,6 +68,7 @@ func TestEngine(t *testing.T) {
 		{"SettingsPersisted", testSettingsPersisted},
 		{"TrimDropsLedgers", testTrimDropsLedgers},
 		{"Retention", testRetention},
+		{"BookieFailure", testBookieFailure},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, e) })
 	}
@@ -354,8 +356,7 @@ func testTrimDropsLedgers(t *testing.T, e *env) {
 
 // A bookie of the ensemble dies mid-stream: appends go on (the ledger's
 // ensemble changes) and everything reads back, also through a new engine.
-func TestBookieFailure(t *testing.T) {
-	e := newEnv(t, 4)
+func testBookieFailure(t *testing.T, e *env) {
 	ctx := testCtx(t)
 	a := e.engine(Options{Quorum: Quorum{3, 2, 2}})
 	s, err := a.Create(ctx, "f")
