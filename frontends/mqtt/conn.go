@@ -41,6 +41,7 @@ type conn struct {
 
 	wmu    sync.Mutex
 	w      *packet.Writer
+	wdl    time.Time // the write deadline last armed by flushLocked; under wmu
 	kicked atomic.Bool
 
 	// Set by the handshake, then owned by serve.
@@ -48,6 +49,7 @@ type conn struct {
 	clientID    string
 	sess        *session
 	readTimeout time.Duration
+	rdl         time.Time // the read deadline last armed by readLoop
 	inflightMax int
 	aliases     map[uint16]string
 	will        *pubsub.Message
@@ -112,7 +114,7 @@ func (c *conn) close() {
 // read is cut off by a short write deadline.
 func (c *conn) kick(code packet.ReasonCode) {
 	c.kicked.Store(true)
-	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.shortDeadline()
 	c.wmu.Lock()
 	if c.version == packet.V5 {
 		c.writeLocked(&packet.Disconnect{ReasonCode: code})
@@ -134,8 +136,42 @@ func (c *conn) flushLocked() error {
 	if c.kicked.Load() {
 		return net.ErrClosed
 	}
-	c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+	if c.w.Buffered() == 0 {
+		return nil
+	}
+	if t, ok := rearm(c.wdl, c.s.opts.WriteTimeout); ok {
+		c.wdl = t
+		c.nc.SetWriteDeadline(t)
+	}
 	return c.w.Flush()
+}
+
+// rearm returns the deadline to arm for timeout from now, and whether the
+// armed one should be replaced. Re-arming costs a timer update per call,
+// so a deadline is moved only once it lags by more than min(1 s,
+// timeout/4), and is armed that much late: the effective timeout is
+// between timeout and timeout+min(1 s, timeout/4).
+func rearm(armed time.Time, timeout time.Duration) (time.Time, bool) {
+	slack := min(time.Second, timeout/4)
+	t := time.Now().Add(timeout + slack)
+	return t, t.Sub(armed) > slack
+}
+
+// shortDeadline gives the writes that follow one second, for a last
+// packet (DISCONNECT, refused CONNACK) to a client that may not read. It
+// is set before taking wmu, to cut off a write stuck on such a client.
+func (c *conn) shortDeadline() {
+	t := time.Now().Add(time.Second)
+	c.nc.SetWriteDeadline(t)
+	c.wmu.Lock()
+	c.wdl = t
+	c.wmu.Unlock()
+}
+
+// sendShort is send with a one-second write deadline.
+func (c *conn) sendShort(p packet.Packet) error {
+	c.shortDeadline()
+	return c.send(p)
 }
 
 // send writes p and flushes.
@@ -145,6 +181,25 @@ func (c *conn) send(p packet.Packet) error {
 	if err := c.writeLocked(p); err != nil {
 		return err
 	}
+	return c.flushLocked()
+}
+
+// reply writes p, an answer to a packet read, without flushing: readLoop
+// flushes once no whole packet is buffered, so the answers to a batch of
+// packets go out in one write (or earlier, with the writer's deliveries).
+func (c *conn) reply(p packet.Packet) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.kicked.Load() {
+		return net.ErrClosed
+	}
+	return c.writeLocked(p)
+}
+
+// flushReplies writes out buffered replies.
+func (c *conn) flushReplies() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	return c.flushLocked()
 }
 
@@ -177,8 +232,7 @@ func (c *conn) serve() {
 		c.s.m.closedBy.WithLabelValues(ce.code.String()).Inc()
 		log.Debug("mqtt connection closed by the server", "reason", ce.code.String(), "err", ce.msg)
 		if c.version == packet.V5 {
-			c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-			c.send(&packet.Disconnect{ReasonCode: ce.code})
+			c.sendShort(&packet.Disconnect{ReasonCode: ce.code})
 		}
 	case c.kicked.Load():
 	default:
@@ -187,8 +241,7 @@ func (c *conn) serve() {
 			c.s.m.closedBy.WithLabelValues(pe.Code.String()).Inc()
 			log.Debug("mqtt bad packet", "err", err)
 			if c.version == packet.V5 {
-				c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-				c.send(&packet.Disconnect{ReasonCode: pe.Code})
+				c.sendShort(&packet.Disconnect{ReasonCode: pe.Code})
 			}
 		} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 			log.Debug("mqtt connection lost", "err", err)
@@ -225,8 +278,7 @@ func (c *conn) refuse(code packet.ReasonCode, msg string) error {
 	if c.version != packet.V5 {
 		ack = &packet.Connack{ReturnCode: packet.ReturnCodeFor(code)}
 	}
-	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-	c.send(ack)
+	c.sendShort(ack)
 	return &closeError{code: code, msg: msg}
 }
 
@@ -397,8 +449,18 @@ func (c *conn) readLoop() error {
 		c.nc.SetReadDeadline(time.Time{})
 	}
 	for {
+		if !c.r.Ready() {
+			// The peer's next packet is not here yet: send the answers
+			// to those read before waiting for it.
+			if err := c.flushReplies(); err != nil {
+				return err
+			}
+		}
 		if c.readTimeout > 0 {
-			c.nc.SetReadDeadline(time.Now().Add(c.readTimeout))
+			if t, ok := rearm(c.rdl, c.readTimeout); ok {
+				c.rdl = t
+				c.nc.SetReadDeadline(t)
+			}
 		}
 		p, err := c.r.ReadPacket()
 		if err != nil {
@@ -412,6 +474,10 @@ func (c *conn) readLoop() error {
 		switch p := p.(type) {
 		case *packet.Publish:
 			if c.bucket != nil {
+				// The wait for a token must not hold back the answers.
+				if err := c.flushReplies(); err != nil {
+					return err
+				}
 				waited, ok := c.bucket.take(c.closing)
 				c.s.m.throttled.Add(waited.Seconds())
 				if !ok {
@@ -431,7 +497,7 @@ func (c *conn) readLoop() error {
 				} else if err = c.persistOutbound([]*delivery{d}); err != nil {
 					return err // no PUBREL before its state is stored
 				}
-				err = c.send(rel)
+				err = c.reply(rel)
 			}
 		case *packet.Pubrel:
 			comp := &packet.Pubcomp{PacketID: p.PacketID}
@@ -447,7 +513,7 @@ func (c *conn) readLoop() error {
 					return &closeError{code: packet.UnspecifiedError, msg: "storing QoS 2 state: " + err.Error()}
 				}
 			}
-			err = c.send(comp)
+			err = c.reply(comp)
 		case *packet.Pubcomp:
 			c.completed(c.sess.acked(p.PacketID, true))
 		case *packet.Subscribe:
@@ -455,8 +521,9 @@ func (c *conn) readLoop() error {
 		case *packet.Unsubscribe:
 			err = c.onUnsubscribe(p)
 		case *packet.Pingreq:
-			err = c.send(&packet.Pingresp{})
+			err = c.reply(&packet.Pingresp{})
 		case *packet.Disconnect:
+			c.flushReplies()
 			return c.onDisconnect(p)
 		default:
 			// AUTH without an authentication method, or a server-to-
@@ -499,7 +566,7 @@ func (c *conn) onPublish(p *packet.Publish) error {
 		if dup {
 			// Already stored: acknowledge again, do not publish twice
 			// (MQTT 5.0 §4.3.3).
-			return c.send(&packet.Pubrec{PacketID: p.PacketID})
+			return c.reply(&packet.Pubrec{PacketID: p.PacketID})
 		}
 		if n >= int(c.s.opts.ReceiveMaximum) {
 			return &closeError{code: packet.ReceiveMaximumExceeded, msg: "too many QoS 2 messages awaiting PUBREL"}
@@ -531,9 +598,9 @@ func (c *conn) onPublish(p *packet.Publish) error {
 			return nil
 		case c.version == packet.V5:
 			if p.QoS == packet.QoS1 {
-				return c.send(&packet.Puback{PacketID: p.PacketID, ReasonCode: code})
+				return c.reply(&packet.Puback{PacketID: p.PacketID, ReasonCode: code})
 			}
-			return c.send(&packet.Pubrec{PacketID: p.PacketID, ReasonCode: code})
+			return c.reply(&packet.Pubrec{PacketID: p.PacketID, ReasonCode: code})
 		default:
 			// v3 cannot refuse a PUBLISH: close, so the client resends it
 			// on its next connection.
@@ -542,7 +609,7 @@ func (c *conn) onPublish(p *packet.Publish) error {
 	}
 	switch p.QoS {
 	case packet.QoS1:
-		return c.send(&packet.Puback{PacketID: p.PacketID})
+		return c.reply(&packet.Puback{PacketID: p.PacketID})
 	case packet.QoS2:
 		c.sess.mu.Lock()
 		if c.sess.inQoS2 != nil {
@@ -557,7 +624,7 @@ func (c *conn) onPublish(p *packet.Publish) error {
 				return &closeError{code: packet.UnspecifiedError, msg: "storing QoS 2 state: " + err.Error()}
 			}
 		}
-		return c.send(&packet.Pubrec{PacketID: p.PacketID})
+		return c.reply(&packet.Pubrec{PacketID: p.PacketID})
 	}
 	return nil
 }

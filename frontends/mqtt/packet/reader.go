@@ -3,6 +3,7 @@ package packet
 import (
 	"errors"
 	"io"
+	"sync"
 )
 
 // DefaultBufferSize is the Reader's and Writer's initial buffer size.
@@ -83,6 +84,21 @@ func (r *Reader) ReadPacket() (Packet, error) {
 	}
 }
 
+// Ready reports whether the next ReadPacket returns without reading:
+// a whole packet (or bad input) is buffered. A server flushes its
+// answers when it is not, before ReadPacket waits for the peer.
+func (r *Reader) Ready() bool {
+	if r.err != nil {
+		return true
+	}
+	b := r.buf[r.start:r.end]
+	h, hn, err := ParseFixedHeader(b, r.dec.Version)
+	if err == ErrIncomplete {
+		return false
+	}
+	return err != nil || hn+h.RemainingLength <= len(b)
+}
+
 // compact moves unread bytes to the front of the buffer and drops a buffer
 // grown for one large packet once it is no longer needed.
 func (r *Reader) compact() {
@@ -131,13 +147,29 @@ func (r *Reader) fill() error {
 }
 
 // Writer encodes packets into a buffer and writes them to an io.Writer on
-// Flush (or when the buffer is full). It is not safe for concurrent use.
+// Flush, or when the buffer holds FlushSize bytes: a batch of packets
+// goes out in one write. The buffer comes from a pool on the first
+// WritePacket and goes back to it on Flush, so an idle Writer holds none.
+// It is not safe for concurrent use.
 type Writer struct {
 	w   io.Writer
-	buf []byte
+	buf *[]byte // nil when nothing is buffered
 	v   Version
 	max int // peer's Maximum Packet Size, 0 for none
 }
+
+// FlushSize is the number of buffered bytes at which WritePacket writes
+// the buffer out before encoding the next packet.
+const FlushSize = 64 << 10
+
+// writeBufs holds the Writers' buffers; one grown past maxPooled by a
+// large packet is not kept.
+var writeBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, DefaultBufferSize)
+	return &b
+}}
+
+const maxPooled = 2 * FlushSize
 
 // NewWriter returns a Writer that encodes for version v.
 func NewWriter(w io.Writer, v Version) *Writer {
@@ -158,39 +190,57 @@ func (w *Writer) SetMaxPacketSize(n int) { w.max = n }
 var ErrPeerPacketTooLarge = errors.New("mqtt: packet exceeds the peer's maximum packet size")
 
 // WritePacket encodes p into the buffer, writing the buffer out first if it
-// holds DefaultBufferSize bytes or more.
+// holds FlushSize bytes or more.
 func (w *Writer) WritePacket(p Packet) error {
-	if len(w.buf) >= DefaultBufferSize {
+	if w.Buffered() >= FlushSize {
 		if err := w.Flush(); err != nil {
 			return err
 		}
 	}
-	n := len(w.buf)
-	b, err := p.Append(w.buf, w.v)
+	if w.buf == nil {
+		w.buf = writeBufs.Get().(*[]byte)
+	}
+	n := len(*w.buf)
+	b, err := p.Append(*w.buf, w.v)
 	if err != nil {
+		w.release()
 		return err
 	}
 	if w.max > 0 && len(b)-n > w.max {
-		w.buf = b[:n]
+		*w.buf = b[:n]
+		w.release()
 		return ErrPeerPacketTooLarge
 	}
-	w.buf = b
+	*w.buf = b
 	return nil
 }
 
 // Buffered is the number of bytes waiting for Flush.
-func (w *Writer) Buffered() int { return len(w.buf) }
+func (w *Writer) Buffered() int {
+	if w.buf == nil {
+		return 0
+	}
+	return len(*w.buf)
+}
 
 // Flush writes the buffered packets.
 func (w *Writer) Flush() error {
-	if len(w.buf) == 0 {
+	if w.Buffered() == 0 {
 		return nil
 	}
-	_, err := w.w.Write(w.buf)
-	if cap(w.buf) > 16*DefaultBufferSize {
-		w.buf = nil
-	} else {
-		w.buf = w.buf[:0]
-	}
+	_, err := w.w.Write(*w.buf)
+	*w.buf = (*w.buf)[:0]
+	w.release()
 	return err
+}
+
+// release gives an empty buffer back to the pool.
+func (w *Writer) release() {
+	if w.buf == nil || len(*w.buf) > 0 {
+		return
+	}
+	if cap(*w.buf) <= maxPooled {
+		writeBufs.Put(w.buf)
+	}
+	w.buf = nil
 }
