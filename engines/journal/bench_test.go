@@ -3,7 +3,6 @@ package journal
 import (
 	"context"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,27 +12,13 @@ import (
 	"github.com/quiremq/quire/shard/shardtest"
 )
 
-// benchDir is where benchmark bookies keep their data: $QUIRE_BENCH_DIR if
-// set, else the benchmark's temporary directory.
-func benchDir(b *testing.B) string {
-	if d := os.Getenv("QUIRE_BENCH_DIR"); d != "" {
-		dir, err := os.MkdirTemp(d, "quire-journal-bench-")
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { os.RemoveAll(dir) })
-		return dir
-	}
-	return b.TempDir()
-}
-
 // BenchmarkSuite runs the shard benchmark suite on three bookies on disk,
 // E/Qw/Qa 3/2/2 (all on one disk, as on this machine).
 //
 //	go test -run XXX -bench Suite -benchtime 2s ./engines/journal
 func BenchmarkSuite(b *testing.B) {
 	shardtest.Bench(b, shardtest.BenchConfig{New: func(b *testing.B) shardtest.Opener {
-		e := newEnvOn(b, 3, benchDir(b))
+		e := newEnvOn(b, 3, shardtest.BenchDir(b, "quire-journal-bench-"))
 		return func() (shard.Engine, error) { return e.engine(Options{Quorum: Quorum{3, 2, 2}}), nil }
 	}})
 }
@@ -45,7 +30,7 @@ func BenchmarkSuite(b *testing.B) {
 //
 //	go test -run XXX -bench EngineVsLog -benchtime 20000x ./engines/journal
 func BenchmarkEngineVsLog(b *testing.B) {
-	e := newEnvOn(b, 3, benchDir(b))
+	e := newEnvOn(b, 3, shardtest.BenchDir(b, "quire-journal-bench-"))
 	value := make([]byte, 1024)
 	run := func(b *testing.B, appendOne func() error) {
 		b.SetBytes(int64(len(value)))
@@ -101,7 +86,7 @@ func BenchmarkEngineVsLog(b *testing.B) {
 //
 //	go test -run XXX -bench CatchUp -benchtime 10x ./engines/journal
 func BenchmarkCatchUp(b *testing.B) {
-	e := newEnvOn(b, 3, benchDir(b))
+	e := newEnvOn(b, 3, shardtest.BenchDir(b, "quire-journal-bench-"))
 	ctx := context.Background()
 	w := e.engine(Options{Quorum: Quorum{3, 2, 2}})
 	s, err := w.Create(ctx, "catchup")

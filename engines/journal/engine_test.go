@@ -15,6 +15,7 @@ import (
 	"github.com/quiremq/quire/journal/client"
 	"github.com/quiremq/quire/meta/schema"
 	"github.com/quiremq/quire/shard"
+	"github.com/quiremq/quire/shard/shardtest"
 )
 
 func testCtx(t *testing.T) context.Context {
@@ -33,25 +34,8 @@ func recsOf(tag string, n int) []shard.Record {
 
 func readAll(t *testing.T, s shard.Shard) []shard.Record {
 	t.Helper()
-	low, high := s.Watermarks()
-	var out []shard.Record
-	for from := low; from < high; {
-		recs, err := s.Read(context.Background(), from, shard.Limits{MaxRecords: 7})
-		if err != nil {
-			t.Fatalf("Read(%d): %v", from, err)
-		}
-		if len(recs) == 0 {
-			t.Fatalf("Read(%d) is empty below high %d", from, high)
-		}
-		for _, r := range recs {
-			if r.Offset != from {
-				t.Fatalf("read offset %d, want %d", r.Offset, from)
-			}
-			from++
-		}
-		out = append(out, recs...)
-	}
-	return out
+	low, _ := s.Watermarks()
+	return shardtest.ReadAll(t, s, low)
 }
 
 // TestEngine runs the engine's scenarios on one meta and four bookies

@@ -12,6 +12,7 @@ import (
 	"github.com/quiremq/quire/engines/journal"
 	"github.com/quiremq/quire/internal/config"
 	"github.com/quiremq/quire/shard"
+	"github.com/quiremq/quire/shard/shardtest"
 )
 
 // TestNodeJournalEngine: a single node (its own meta and bookie) serves
@@ -119,20 +120,8 @@ func TestNodeJournalEngine(t *testing.T) {
 
 func readShard(t *testing.T, s shard.Shard) []shard.Record {
 	t.Helper()
-	low, high := s.Watermarks()
-	var out []shard.Record
-	for from := low; from < high; {
-		recs, err := s.Read(context.Background(), from, shard.Limits{MaxRecords: 100})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(recs) == 0 {
-			t.Fatalf("%s: nothing at %d below high %d", s.Name(), from, high)
-		}
-		out = append(out, recs...)
-		from = recs[len(recs)-1].Offset + 1
-	}
-	return out
+	low, _ := s.Watermarks()
+	return shardtest.ReadAll(t, s, low)
 }
 
 // A journal shard's replication comes from the first rule matching its

@@ -3,12 +3,28 @@ package shardtest
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/quiremq/quire/shard"
 )
+
+// BenchDir returns a fresh directory on the disk under benchmark:
+// under $QUIRE_BENCH_DIR when set, else the benchmark's temporary
+// directory.
+func BenchDir(b *testing.B, pattern string) string {
+	if d := os.Getenv("QUIRE_BENCH_DIR"); d != "" {
+		dir, err := os.MkdirTemp(d, pattern)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.RemoveAll(dir) })
+		return dir
+	}
+	return b.TempDir()
+}
 
 // BenchConfig describes the engine under benchmark.
 type BenchConfig struct {

@@ -169,6 +169,13 @@ func withOffsets(recs []shard.Record, first uint64) []shard.Record {
 
 func readAll(t *testing.T, s shard.Shard, from uint64) []shard.Record {
 	t.Helper()
+	return ReadAll(t, s, from)
+}
+
+// ReadAll reads s from offset from up to its high watermark, failing t on
+// an error or on a read that returns nothing below it.
+func ReadAll(t testing.TB, s shard.Shard, from uint64) []shard.Record {
+	t.Helper()
 	var out []shard.Record
 	_, high := s.Watermarks()
 	for from < high {
