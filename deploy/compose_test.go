@@ -18,11 +18,14 @@ import (
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/quiremq/quire/engines/objstore/s3store"
 	"github.com/quiremq/quire/engines/objstore/s3test"
 )
 
 // TestCompose brings up docker-compose.yml with locally built images and
-// checks that the three nodes form one cluster and serve MQTT.
+// checks that the three nodes form one cluster and serve MQTT, that topics
+// offload to MinIO and topics on the s3 engine land there, and that a
+// restarted node replays offloaded messages to a persistent session.
 func TestCompose(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
@@ -111,6 +114,96 @@ func TestCompose(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatalf("node %d: %d of %d messages delivered", i+1, j, n)
 			}
+		}
+	}
+	checkOffload(t, dc, ports[0], ports[1], ports[4])
+}
+
+// checkOffload: a persistent session on node 1 is offline while 1.5 MiB
+// of QoS 1 messages go to node 1's file shards (1 MiB segments, offload to
+// MinIO, no delete lag) and to an archive/ topic on the s3 engine; the
+// sealed segments show up in MinIO, node 1 restarts, and the session gets
+// every message, replayed from shards whose older segments now live only
+// in MinIO.
+func checkOffload(t *testing.T, dc func(...string) (string, error), minioPort, mqttPort, adminPort string) {
+	url := "tcp://127.0.0.1:" + mqttPort
+	got := make(chan string, 1000)
+	opts := func(id string) *paho3.ClientOptions {
+		return paho3.NewClientOptions().AddBroker(url).SetClientID(id).SetProtocolVersion(4).SetCleanSession(false).
+			SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).
+			SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { got <- string(m.Payload()) })
+	}
+	sub := paho3.NewClient(opts("archiver"))
+	if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect archiver: %v", tok.Error())
+	}
+	if tok := sub.Subscribe("offload/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	sub.Disconnect(100)
+
+	pub := mqttClient(t, url, "offload-pub")
+	const n = 384 // × 4 KiB: one and a half 1 MiB segments
+	pad := strings.Repeat("p", 4096)
+	for i := range n {
+		if tok := pub.Publish("offload/x", 1, false, fmt.Sprintf("%04d%s", i, pad)); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+		if i < 10 {
+			if tok := pub.Publish("archive/x", 1, false, fmt.Sprintf("archived-%d", i)); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+				t.Fatalf("publish archive %d: %v", i, tok.Error())
+			}
+		}
+	}
+	st, err := s3store.Open(t.Context(), s3store.Options{Endpoint: "127.0.0.1:" + minioPort, Bucket: "quire",
+		AccessKey: "quire", SecretKey: "quire-secret", PathStyle: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		files, err1 := st.List(t.Context(), "quire/node-1/file/")
+		arch, err2 := st.List(t.Context(), "quire/node-1/s3/")
+		if err1 == nil && err2 == nil && len(files) > 0 && len(arch) > 0 {
+			t.Logf("MinIO holds %d offloaded file objects and %d s3-engine objects of node 1", len(files), len(arch))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing offloaded to MinIO: %d file objects (%v), %d s3 objects (%v)", len(files), err1, len(arch), err2)
+		}
+		time.Sleep(time.Second)
+	}
+	if out, err := dc("restart", "quire1"); err != nil {
+		t.Fatalf("restart quire1: %v\n%s", err, out)
+	}
+	deadline = time.Now().Add(2 * time.Minute)
+	for {
+		n, leader, err := clusterState(adminPort)
+		if err == nil && n == 3 && leader != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node 1 after restart: %d up, leader %d, %v", n, leader, err)
+		}
+		time.Sleep(time.Second)
+	}
+	var sub2 paho3.Client
+	for range 30 {
+		sub2 = paho3.NewClient(opts("archiver"))
+		tok := sub2.Connect()
+		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	defer sub2.Disconnect(100)
+	seen := map[string]bool{}
+	for len(seen) < n {
+		select {
+		case m := <-got:
+			seen[m[:4]] = true
+		case <-time.After(30 * time.Second):
+			t.Fatalf("after the restart the persistent session got %d of %d messages", len(seen), n)
 		}
 	}
 }

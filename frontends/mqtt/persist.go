@@ -56,7 +56,7 @@ func (s *Server) saveSession(sess *session, explicit, sync bool) error {
 	}
 	var cursors map[string]uint64
 	if explicit {
-		cursors = sess.cursors(s.rs.Frontiers(), true)
+		cursors, _ = sess.cursors(s.rs.Frontiers(), true)
 	}
 	if err := s.opts.Store.PutSession(sess.record(), cursors, sync); err != nil {
 		s.m.storageErrors.Inc()
@@ -117,9 +117,15 @@ func (s *Server) flushCursors() {
 	if len(dirty) == 0 && maps.Equal(f, s.flushed) {
 		return
 	}
-	c := &store.Cursors{Clients: make(map[string]map[string]uint64, len(dirty)), Known: slices.Collect(maps.Keys(f)), Global: f}
+	c := &store.Cursors{Clients: make(map[string]map[string]uint64, len(dirty)), Clear: map[string][]string{}, Global: f}
 	for _, sess := range dirty {
-		c.Clients[sess.id] = sess.cursors(f, false)
+		set, clear := sess.cursors(f, false)
+		if len(set) > 0 {
+			c.Clients[sess.id] = set
+		}
+		if len(clear) > 0 {
+			c.Clear[sess.id] = clear
+		}
 	}
 	if err := s.opts.Store.PutCursors(c); err != nil {
 		s.m.storageErrors.Inc()
@@ -324,6 +330,10 @@ func (s *Server) restoreSession(ctx context.Context, rec *store.Session) (*resto
 	maps.Copy(r.skip, done)
 	if r.cursors, err = st.ClientCursors(rec.ClientID); err != nil {
 		return nil, err
+	}
+	sess.kept = map[string]bool{}
+	for sh := range r.cursors {
+		sess.kept[sh] = true
 	}
 	// Done markers below the cursors are spent.
 	var spent []Position

@@ -54,6 +54,7 @@ type session struct {
 	offlineSince time.Time                    // zero while a connection holds the session
 	stored       atomic.Bool                  // the session has a record in the store
 	owed         map[string]map[uint64]uint16 // shard → offset → deliveries queued or inflight
+	kept         map[string]bool              // shards with a cursor of the session in the store
 	dirty        atomic.Bool                  // owed changed since the last cursor flush
 }
 
@@ -97,12 +98,13 @@ func (s *session) settle(d *delivery) {
 // cursors returns, for each shard of frontiers, the offset below which
 // nothing is owed: the lowest owed offset, capped by the frontier. A shard
 // with nothing owed is left out when explicit is false (its cursor is the
-// global one, which the same batch sets to the frontier), else set to the
-// frontier.
-func (s *session) cursors(frontiers map[string]uint64, explicit bool) map[string]uint64 {
+// global one, which the same batch sets to the frontier) and returned in
+// clear if the store has a cursor for it; with explicit it is set to the
+// frontier. The store is assumed to hold what is returned.
+func (s *session) cursors(frontiers map[string]uint64, explicit bool) (set map[string]uint64, clear []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := map[string]uint64{}
+	set = map[string]uint64{}
 	for sh, f := range frontiers {
 		low, owed := f, false
 		for off := range s.owed[sh] {
@@ -110,10 +112,22 @@ func (s *session) cursors(frontiers map[string]uint64, explicit bool) map[string
 			low = min(low, off)
 		}
 		if owed || explicit {
-			c[sh] = low
+			set[sh] = low
 		}
 	}
-	return c
+	for sh := range s.kept {
+		if _, ok := set[sh]; !ok && !explicit {
+			clear = append(clear, sh)
+			delete(s.kept, sh)
+		}
+	}
+	if s.kept == nil {
+		s.kept = map[string]bool{}
+	}
+	for sh := range set {
+		s.kept[sh] = true
+	}
+	return set, clear
 }
 
 func (s *session) owner() *conn {

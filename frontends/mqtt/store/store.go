@@ -228,12 +228,11 @@ func (s *Store) DeleteSession(client string) error {
 // below which nothing is owed to it (absent: the global cursor); and the
 // global cursor per shard.
 type Cursors struct {
-	// Clients maps client → shard → offset; a client listed with a shard
-	// missing from its map has that cursor deleted (it falls back to the
-	// global one) if the shard is in Known.
+	// Clients maps client → shard → offset to set.
 	Clients map[string]map[string]uint64
-	// Known lists the shards whose client cursors are rewritten.
-	Known []string
+	// Clear maps client → shards whose cursor is deleted (the client then
+	// uses the global one).
+	Clear map[string][]string
 	// Global maps shard → global cursor.
 	Global map[string]uint64
 }
@@ -248,13 +247,13 @@ func (s *Store) PutCursors(c *Cursors) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	for client, m := range c.Clients {
-		for _, sh := range c.Known {
-			k := key(prefixCursor, client, sh)
-			if off, ok := m[sh]; ok {
-				b.Set(k, u64(off), nil)
-			} else {
-				b.Delete(k, nil)
-			}
+		for sh, off := range m {
+			b.Set(key(prefixCursor, client, sh), u64(off), nil)
+		}
+	}
+	for client, shards := range c.Clear {
+		for _, sh := range shards {
+			b.Delete(key(prefixCursor, client, sh), nil)
 		}
 	}
 	for sh, off := range c.Global {

@@ -116,18 +116,18 @@ func TestDeleteSessionIsExact(t *testing.T) {
 	}
 }
 
-// PutCursors sets the listed clients' cursors of the known shards and
-// deletes those left out (they fall back to the global cursor).
+// PutCursors sets and clears clients' cursors (a cleared one falls back
+// to the global cursor) and sets the global ones.
 func TestCursors(t *testing.T) {
 	s := open(t, vfs.NewMem())
 	defer s.Close()
 	err := s.PutCursors(&Cursors{Clients: map[string]map[string]uint64{"a": {"s1": 5, "s2": 7}},
-		Known: []string{"s1", "s2"}, Global: map[string]uint64{"s1": 10, "s2": 10}})
+		Global: map[string]uint64{"s1": 10, "s2": 10}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = s.PutCursors(&Cursors{Clients: map[string]map[string]uint64{"a": {"s2": 8}},
-		Known: []string{"s1", "s2"}, Global: map[string]uint64{"s1": 12, "s2": 12, "s3": 1}})
+	err = s.PutCursors(&Cursors{Clients: map[string]map[string]uint64{"a": {"s2": 8}}, Clear: map[string][]string{"a": {"s1"}},
+		Global: map[string]uint64{"s1": 12, "s2": 12, "s3": 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
