@@ -670,6 +670,20 @@ func (c *conn) onSubscribe(p *packet.Subscribe) error {
 			retained = append(retained, ps)
 		}
 	}
+	// The retained messages are looked up before the SUBACK: once the
+	// client has it, a retained message published by someone else must
+	// reach it once (live), not also from a lookup that comes later.
+	var ds []delivery
+	for _, sub := range retained {
+		c.s.matchRetained(sub.Filter, func(m *pubsub.Message) bool {
+			d := delivery{msg: m, qos: min(m.QoS, sub.QoS), retain: true}
+			if sub.ID != 0 {
+				d.subIDs = []uint32{sub.ID}
+			}
+			ds = append(ds, d)
+			return true
+		})
+	}
 	if err := c.s.saveSession(c.sess, true, true); err != nil {
 		return &closeError{code: packet.UnspecifiedError, msg: "storing the session: " + err.Error()}
 	}
@@ -677,17 +691,10 @@ func (c *conn) onSubscribe(p *packet.Subscribe) error {
 		return err
 	}
 	// Retained messages follow the SUBACK [MQTT-3.3.1-9].
-	for _, sub := range retained {
-		c.s.matchRetained(sub.Filter, func(m *pubsub.Message) bool {
-			d := delivery{msg: m, qos: min(m.QoS, sub.QoS), retain: true}
-			if sub.ID != 0 {
-				d.subIDs = []uint32{sub.ID}
-			}
-			if reason := c.sess.enqueue(d, c.s.opts.MaxQueued); reason != "" {
-				c.s.m.dropped.WithLabelValues(reason).Inc()
-			}
-			return true
-		})
+	for _, d := range ds {
+		if reason := c.sess.enqueue(d, c.s.opts.MaxQueued); reason != "" {
+			c.s.m.dropped.WithLabelValues(reason).Inc()
+		}
 	}
 	return nil
 }
