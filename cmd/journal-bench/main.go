@@ -25,6 +25,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"time"
 )
@@ -110,6 +111,7 @@ type config struct {
 	mode          string
 	rate          float64 // entries/s over all writers; 0: as fast as they can
 	quiet         bool    // no progress lines (tests)
+	cpuProfile    string  // write a CPU profile of the run here
 }
 
 func main() {
@@ -140,6 +142,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, int) {
 	fs.StringVar(&c.mode, "mode", "write", "`MODE`: write, catchup (read closed ledgers back) or tail (read while writing)")
 	fs.Float64Var(&c.rate, "rate", 0, "pace the writers to `N` appends/s in all (0: as fast as they can); latency is then measured from each append's scheduled time, so falling behind shows")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the run (in-process bookies included) to `FILE`, for go tool pprof")
 	usage := func(w io.Writer) {
 		fmt.Fprint(w, help)
 		fs.SetOutput(w)
@@ -218,7 +221,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if c == nil {
 		return code
 	}
+	stopProfile, err := startCPUProfile(c.cpuProfile)
+	if err != nil {
+		fmt.Fprintf(stderr, "journal-bench: %v\n", err)
+		return exitFailed
+	}
 	res, err := bench(ctx, c, stdout)
+	if perr := stopProfile(); perr != nil && err == nil {
+		err = perr
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "journal-bench: %v\n", err)
 		return exitFailed
@@ -228,4 +239,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	return exitOK
+}
+
+// startCPUProfile starts a CPU profile into path (nothing when path is
+// empty) and returns the function that stops it and closes the file.
+func startCPUProfile(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		return nil
+	}, nil
 }

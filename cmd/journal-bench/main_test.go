@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -102,11 +104,16 @@ func TestCatchUp(t *testing.T) {
 }
 
 // --rate paces the writers: about rate x duration appends, no more.
+// --cpuprofile writes a (gzipped) pprof profile of the run.
 func TestRate(t *testing.T) {
-	res, _ := runJSON(t, "--duration", "1s", "--rate", "400", "--writers", "2", "--ledgers", "1", "--ensemble", "1", "--write-quorum", "1", "--ack-quorum", "1", "--bookies", "1")
+	prof := filepath.Join(t.TempDir(), "cpu.prof")
+	res, _ := runJSON(t, "--cpuprofile", prof, "--duration", "1s", "--rate", "400", "--writers", "2", "--ledgers", "1", "--ensemble", "1", "--write-quorum", "1", "--ack-quorum", "1", "--bookies", "1")
 	checkWrite(t, res, 1, 1, 1, 1024)
 	if n := num(t, res, "entries"); n < 300 || n > 400 {
 		t.Errorf("%v appends at --rate 400 for 1s, want about 400 and never more", n)
+	}
+	if b, err := os.ReadFile(prof); err != nil || len(b) < 100 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Errorf("--cpuprofile: %d bytes, err %v: want a gzipped pprof profile", len(b), err)
 	}
 }
 

@@ -40,7 +40,8 @@
 // a ticker (Options.TickInterval) drives Tick (explicit LAC of an idle
 // writer) and add timeouts. Effects: SendAdd goes to the bookie's link — one
 // goroutine and one bookierpc AddStream per bookie, which sends in queue
-// order and reports every answer, or the stream's error for each add it
+// order, whatever has queued since its last send in one AddBatch message
+// (up to bookierpc.MaxBatchBytes), and reports every answer, or the stream's error for each add it
 // could not deliver; WriteLAC is a best-effort unary call; CASMetadata runs
 // schema.Store.CASLedger in a goroutine (on a version mismatch it reads the
 // ledger back; if what is stored equals what it wrote — an earlier attempt

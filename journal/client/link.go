@@ -110,26 +110,48 @@ func (l *link) run() {
 			}
 			return
 		}
-		for i, a := range batch {
+		for rest := batch; len(rest) > 0; {
 			if s == nil {
 				var err error
 				if s, err = l.open(); err != nil {
-					for _, a := range batch[i:] {
+					for _, a := range rest {
 						l.report(l.bookie, int64(a.Entry), err)
 					}
 					break
 				}
 			}
-			if err := s.Add(a); err != nil {
-				l.report(l.bookie, int64(a.Entry), err)
+			n := chunk(rest)
+			if err := s.AddBatch(rest[:n]); err != nil {
+				for _, a := range rest[:n] {
+					l.report(l.bookie, int64(a.Entry), err)
+				}
 				s.Abort()
 				s = nil
 			}
+			rest = rest[n:]
 		}
+		clear(batch)
 		if closing {
 			return
 		}
 	}
+}
+
+// maxBatchAdds bounds the adds of one AddEntries message.
+const maxBatchAdds = 512
+
+// chunk returns how many of adds (at least one) go in the next message:
+// up to maxBatchAdds, within bookierpc.MaxBatchBytes.
+func chunk(adds []bookierpc.Add) int {
+	n, bytes := 0, 0
+	for n < len(adds) && n < maxBatchAdds {
+		bytes += len(adds[n].Payload) + bookierpc.BatchAddOverhead
+		if n > 0 && bytes > bookierpc.MaxBatchBytes {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 func (l *link) open() (*bookierpc.AddStream, error) {

@@ -200,13 +200,11 @@ func (s *Server) AddEntries(stream grpc.BidiStreamingServer[journalv1.AddRequest
 	defer st.releaseAll()
 	go st.recvLoop(ctx, stream)
 
+	var resps []*journalv1.AddResponse
 	for {
 		batch, finished, recvErr := st.take()
-		for _, a := range batch {
-			if err := stream.Send(a.resp); err != nil {
-				return err
-			}
-			st.release(a.cost)
+		if err := st.send(stream, batch, &resps); err != nil {
+			return err
 		}
 		if len(batch) > 0 {
 			continue
@@ -217,17 +215,47 @@ func (s *Server) AddEntries(stream grpc.BidiStreamingServer[journalv1.AddRequest
 		select {
 		case <-st.wake:
 		case <-detached:
-			for _, a := range st.drain() {
-				if err := stream.Send(a.resp); err != nil {
-					return err
-				}
-				st.release(a.cost)
+			if err := st.send(stream, st.drain(), &resps); err != nil {
+				return err
 			}
 			return status.Error(codes.Unavailable, "bookie: stopping")
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
+}
+
+// MaxAnswersPerMessage bounds how many answers one AddResponse carries.
+const MaxAnswersPerMessage = 1024
+
+// send sends the answers, several per message (AddResponse.batch), and
+// releases their bytes once sent. resps is scratch space kept between
+// calls.
+func (st *addStream) send(stream grpc.BidiStreamingServer[journalv1.AddRequest, journalv1.AddResponse], batch []answer, resps *[]*journalv1.AddResponse) error {
+	for len(batch) > 0 {
+		chunk := batch[:min(len(batch), MaxAnswersPerMessage)]
+		batch = batch[len(chunk):]
+		msg := chunk[0].resp
+		if len(chunk) > 1 {
+			rs := (*resps)[:0]
+			for _, a := range chunk {
+				rs = append(rs, a.resp)
+			}
+			msg = &journalv1.AddResponse{Batch: rs}
+			*resps = rs
+		}
+		err := stream.Send(msg)
+		clear(*resps)
+		if err != nil {
+			return err
+		}
+		var cost int64
+		for _, a := range chunk {
+			cost += a.cost
+		}
+		st.release(cost)
+	}
+	return nil
 }
 
 // answer is one AddResponse waiting to be sent and the bytes it holds.
@@ -363,25 +391,46 @@ func (st *addStream) recvLoop(ctx context.Context, stream grpc.BidiStreamingServ
 			st.end(err)
 			return
 		}
-		cost := int64(len(req.Payload)) + AddOverhead
-		if err := st.acquire(ctx, cost); err != nil {
-			st.end(status.FromContextError(err).Err())
-			return
-		}
-		ledger, entry := req.Ledger, req.Entry
-		if CRC32C(req.Payload) != req.Crc32C {
-			st.s.m.badCRC.Inc()
-			st.complete(answer{cost: cost, resp: &journalv1.AddResponse{Ledger: ledger, Entry: entry,
-				Status: journalv1.Status_STATUS_BAD_CRC, Message: "payload does not match its crc32c; nothing stored"}}, false)
+		if len(req.Batch) == 0 {
+			if err := st.add(ctx, req); err != nil {
+				st.end(err)
+				return
+			}
 			continue
 		}
-		st.mu.Lock()
-		st.pending++
-		st.mu.Unlock()
-		st.s.submitted.Add(1)
-		st.b.AddEntry(ledger, entry, req.Lac, req.Payload, req.Recovery, func(err error) {
-			st.complete(answer{cost: cost, resp: &journalv1.AddResponse{Ledger: ledger, Entry: entry,
-				Status: statusOf(err), Message: message(err)}}, true)
-		})
+		for _, a := range req.Batch {
+			if err := st.add(ctx, a); err != nil {
+				st.end(err)
+				return
+			}
+		}
 	}
+}
+
+// add checks one add and passes it to the bookie; an error ends the
+// stream.
+func (st *addStream) add(ctx context.Context, req *journalv1.AddRequest) error {
+	if len(req.Batch) > 0 {
+		return status.Error(codes.InvalidArgument, "bookierpc: a batched add carries a batch of its own")
+	}
+	cost := int64(len(req.Payload)) + AddOverhead
+	if err := st.acquire(ctx, cost); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	ledger, entry := req.Ledger, req.Entry
+	if CRC32C(req.Payload) != req.Crc32C {
+		st.s.m.badCRC.Inc()
+		st.complete(answer{cost: cost, resp: &journalv1.AddResponse{Ledger: ledger, Entry: entry,
+			Status: journalv1.Status_STATUS_BAD_CRC, Message: "payload does not match its crc32c; nothing stored"}}, false)
+		return nil
+	}
+	st.mu.Lock()
+	st.pending++
+	st.mu.Unlock()
+	st.s.submitted.Add(1)
+	st.b.AddEntry(ledger, entry, req.Lac, req.Payload, req.Recovery, func(err error) {
+		st.complete(answer{cost: cost, resp: &journalv1.AddResponse{Ledger: ledger, Entry: entry,
+			Status: statusOf(err), Message: message(err)}}, true)
+	})
+	return nil
 }

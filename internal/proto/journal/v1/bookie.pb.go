@@ -129,7 +129,11 @@ type AddRequest struct {
 	Crc32C uint32 `protobuf:"fixed32,5,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
 	// A recovery add (written back by ledger recovery): accepted on a fenced
 	// ledger.
-	Recovery      bool `protobuf:"varint,6,opt,name=recovery,proto3" json:"recovery,omitempty"`
+	Recovery bool `protobuf:"varint,6,opt,name=recovery,proto3" json:"recovery,omitempty"`
+	// Several adds in one message, handled in order exactly as if each had
+	// come in its own message. When batch is set the fields above are unused
+	// (a batched add never carries a batch of its own).
+	Batch         []*AddRequest `protobuf:"bytes,7,rep,name=batch,proto3" json:"batch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -206,13 +210,23 @@ func (x *AddRequest) GetRecovery() bool {
 	return false
 }
 
+func (x *AddRequest) GetBatch() []*AddRequest {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
+}
+
 type AddResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Ledger uint64                 `protobuf:"varint,1,opt,name=ledger,proto3" json:"ledger,omitempty"`
 	Entry  uint64                 `protobuf:"varint,2,opt,name=entry,proto3" json:"entry,omitempty"`
 	Status Status                 `protobuf:"varint,3,opt,name=status,proto3,enum=journal.v1.Status" json:"status,omitempty"`
 	// Details for a status other than OK.
-	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	// Several answers in one message, each as if sent alone. When batch is
+	// set the fields above are unused.
+	Batch         []*AddResponse `protobuf:"bytes,5,rep,name=batch,proto3" json:"batch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -273,6 +287,13 @@ func (x *AddResponse) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *AddResponse) GetBatch() []*AddResponse {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
 }
 
 type ReadEntryRequest struct {
@@ -1042,7 +1063,7 @@ var File_journal_v1_bookie_proto protoreflect.FileDescriptor
 const file_journal_v1_bookie_proto_rawDesc = "" +
 	"\n" +
 	"\x17journal/v1/bookie.proto\x12\n" +
-	"journal.v1\"\x9a\x01\n" +
+	"journal.v1\"\xc8\x01\n" +
 	"\n" +
 	"AddRequest\x12\x16\n" +
 	"\x06ledger\x18\x01 \x01(\x04R\x06ledger\x12\x14\n" +
@@ -1050,12 +1071,14 @@ const file_journal_v1_bookie_proto_rawDesc = "" +
 	"\x03lac\x18\x03 \x01(\x03R\x03lac\x12\x18\n" +
 	"\apayload\x18\x04 \x01(\fR\apayload\x12\x16\n" +
 	"\x06crc32c\x18\x05 \x01(\aR\x06crc32c\x12\x1a\n" +
-	"\brecovery\x18\x06 \x01(\bR\brecovery\"\x81\x01\n" +
+	"\brecovery\x18\x06 \x01(\bR\brecovery\x12,\n" +
+	"\x05batch\x18\a \x03(\v2\x16.journal.v1.AddRequestR\x05batch\"\xb0\x01\n" +
 	"\vAddResponse\x12\x16\n" +
 	"\x06ledger\x18\x01 \x01(\x04R\x06ledger\x12\x14\n" +
 	"\x05entry\x18\x02 \x01(\x04R\x05entry\x12*\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x12.journal.v1.StatusR\x06status\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"V\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x12-\n" +
+	"\x05batch\x18\x05 \x03(\v2\x17.journal.v1.AddResponseR\x05batch\"V\n" +
 	"\x10ReadEntryRequest\x12\x16\n" +
 	"\x06ledger\x18\x01 \x01(\x04R\x06ledger\x12\x14\n" +
 	"\x05entry\x18\x02 \x01(\x04R\x05entry\x12\x14\n" +
@@ -1162,33 +1185,35 @@ var file_journal_v1_bookie_proto_goTypes = []any{
 	(*DeleteLedgerResponse)(nil), // 15: journal.v1.DeleteLedgerResponse
 }
 var file_journal_v1_bookie_proto_depIdxs = []int32{
-	0,  // 0: journal.v1.AddResponse.status:type_name -> journal.v1.Status
-	0,  // 1: journal.v1.ReadEntryResponse.status:type_name -> journal.v1.Status
-	0,  // 2: journal.v1.ReadEntriesResponse.status:type_name -> journal.v1.Status
-	6,  // 3: journal.v1.ReadEntriesResponse.entries:type_name -> journal.v1.Entry
-	0,  // 4: journal.v1.ReadLACResponse.status:type_name -> journal.v1.Status
-	0,  // 5: journal.v1.WriteLACResponse.status:type_name -> journal.v1.Status
-	0,  // 6: journal.v1.FenceResponse.status:type_name -> journal.v1.Status
-	0,  // 7: journal.v1.DeleteLedgerResponse.status:type_name -> journal.v1.Status
-	1,  // 8: journal.v1.Bookie.AddEntries:input_type -> journal.v1.AddRequest
-	3,  // 9: journal.v1.Bookie.ReadEntry:input_type -> journal.v1.ReadEntryRequest
-	5,  // 10: journal.v1.Bookie.ReadEntries:input_type -> journal.v1.ReadEntriesRequest
-	8,  // 11: journal.v1.Bookie.ReadLAC:input_type -> journal.v1.ReadLACRequest
-	10, // 12: journal.v1.Bookie.WriteLAC:input_type -> journal.v1.WriteLACRequest
-	12, // 13: journal.v1.Bookie.Fence:input_type -> journal.v1.FenceRequest
-	14, // 14: journal.v1.Bookie.DeleteLedger:input_type -> journal.v1.DeleteLedgerRequest
-	2,  // 15: journal.v1.Bookie.AddEntries:output_type -> journal.v1.AddResponse
-	4,  // 16: journal.v1.Bookie.ReadEntry:output_type -> journal.v1.ReadEntryResponse
-	7,  // 17: journal.v1.Bookie.ReadEntries:output_type -> journal.v1.ReadEntriesResponse
-	9,  // 18: journal.v1.Bookie.ReadLAC:output_type -> journal.v1.ReadLACResponse
-	11, // 19: journal.v1.Bookie.WriteLAC:output_type -> journal.v1.WriteLACResponse
-	13, // 20: journal.v1.Bookie.Fence:output_type -> journal.v1.FenceResponse
-	15, // 21: journal.v1.Bookie.DeleteLedger:output_type -> journal.v1.DeleteLedgerResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	1,  // 0: journal.v1.AddRequest.batch:type_name -> journal.v1.AddRequest
+	0,  // 1: journal.v1.AddResponse.status:type_name -> journal.v1.Status
+	2,  // 2: journal.v1.AddResponse.batch:type_name -> journal.v1.AddResponse
+	0,  // 3: journal.v1.ReadEntryResponse.status:type_name -> journal.v1.Status
+	0,  // 4: journal.v1.ReadEntriesResponse.status:type_name -> journal.v1.Status
+	6,  // 5: journal.v1.ReadEntriesResponse.entries:type_name -> journal.v1.Entry
+	0,  // 6: journal.v1.ReadLACResponse.status:type_name -> journal.v1.Status
+	0,  // 7: journal.v1.WriteLACResponse.status:type_name -> journal.v1.Status
+	0,  // 8: journal.v1.FenceResponse.status:type_name -> journal.v1.Status
+	0,  // 9: journal.v1.DeleteLedgerResponse.status:type_name -> journal.v1.Status
+	1,  // 10: journal.v1.Bookie.AddEntries:input_type -> journal.v1.AddRequest
+	3,  // 11: journal.v1.Bookie.ReadEntry:input_type -> journal.v1.ReadEntryRequest
+	5,  // 12: journal.v1.Bookie.ReadEntries:input_type -> journal.v1.ReadEntriesRequest
+	8,  // 13: journal.v1.Bookie.ReadLAC:input_type -> journal.v1.ReadLACRequest
+	10, // 14: journal.v1.Bookie.WriteLAC:input_type -> journal.v1.WriteLACRequest
+	12, // 15: journal.v1.Bookie.Fence:input_type -> journal.v1.FenceRequest
+	14, // 16: journal.v1.Bookie.DeleteLedger:input_type -> journal.v1.DeleteLedgerRequest
+	2,  // 17: journal.v1.Bookie.AddEntries:output_type -> journal.v1.AddResponse
+	4,  // 18: journal.v1.Bookie.ReadEntry:output_type -> journal.v1.ReadEntryResponse
+	7,  // 19: journal.v1.Bookie.ReadEntries:output_type -> journal.v1.ReadEntriesResponse
+	9,  // 20: journal.v1.Bookie.ReadLAC:output_type -> journal.v1.ReadLACResponse
+	11, // 21: journal.v1.Bookie.WriteLAC:output_type -> journal.v1.WriteLACResponse
+	13, // 22: journal.v1.Bookie.Fence:output_type -> journal.v1.FenceResponse
+	15, // 23: journal.v1.Bookie.DeleteLedger:output_type -> journal.v1.DeleteLedgerResponse
+	17, // [17:24] is the sub-list for method output_type
+	10, // [10:17] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_journal_v1_bookie_proto_init() }

@@ -46,6 +46,11 @@ type BookieClient interface {
 	// AddEntries is the write path: the client streams adds, the server
 	// streams one AddResponse per add, in completion order (not request
 	// order), each sent only after the journal fdatasync that covers the add.
+	// A request may carry several adds (AddRequest.batch) and a response
+	// several answers (AddResponse.batch): one message per group of adds
+	// instead of one per add is what keeps the per-entry cost low. Each add
+	// still gets exactly one answer, in whatever messages the server groups
+	// them.
 	// Many adds are in flight per stream; the server stops reading the stream
 	// while the bytes it holds for it (adds not yet answered) reach its
 	// per-stream bound, so a fast writer is slowed by gRPC flow control
@@ -181,6 +186,11 @@ type BookieServer interface {
 	// AddEntries is the write path: the client streams adds, the server
 	// streams one AddResponse per add, in completion order (not request
 	// order), each sent only after the journal fdatasync that covers the add.
+	// A request may carry several adds (AddRequest.batch) and a response
+	// several answers (AddResponse.batch): one message per group of adds
+	// instead of one per add is what keeps the per-entry cost low. Each add
+	// still gets exactly one answer, in whatever messages the server groups
+	// them.
 	// Many adds are in flight per stream; the server stops reading the stream
 	// while the bytes it holds for it (adds not yet answered) reach its
 	// per-stream bound, so a fast writer is slowed by gRPC flow control
