@@ -6,6 +6,8 @@
 #   make bench   run every benchmark (BENCHTIME, default 1s)
 #   make lint    gofmt, go vet, staticcheck
 #   make generate  regenerate protobuf code (Debian protoc + pinned go tool plugins)
+#   make bench-journal  journal-bench at the journal issue's target settings
+#   make bench-mqtt     Quire vs Mosquitto vs mochi-mqtt, same run (benchmarks/mqtt)
 #   make images  Docker images quire:local and quire-minio:local, FROM scratch
 #   make test-compose  MinIO + a three-node cluster in docker-compose, end to end
 
@@ -21,7 +23,7 @@ BENCHTIME ?= 1s
 STATICCHECK_VERSION := v0.8.2
 
 
-.PHONY: all deps build run test race fuzz bench lint clean generate check-generate images test-compose s3-servers
+.PHONY: all deps build run test race fuzz bench lint clean generate check-generate images test-compose s3-servers bench-journal bench-mqtt
 
 all: build
 
@@ -65,6 +67,16 @@ check-generate: deps
 
 s3-servers:
 	tools/install-s3-servers.sh
+
+# journal-bench at the targets of the journal issues: E=3 Qw=2 Qa=2, 1 KiB
+# entries, with the raw disk ceiling; then catch-up reads. JSON lines last.
+bench-journal: build
+	./$(BIN)/journal-bench --bookies 3 --ensemble 3 --write-quorum 2 --ack-quorum 2 --entry-size 1024 \
+		--writers 4 --ledgers 4 --inflight 256 --duration 20s --raw-disk --json
+	./$(BIN)/journal-bench --mode catchup --duration 10s --json
+
+bench-mqtt: build
+	benchmarks/mqtt/run.sh
 
 # Quire's image from static binaries built here; MinIO's from the binary
 # tools/install-s3-servers.sh builds (no registry can be reached).
