@@ -307,7 +307,7 @@ func (c *checker) check(h *history) int64 {
 			c.checkCopies(ctx, md, want)
 		}
 	}
-	c.checkOrphans(ctx, rec.Value.Ledgers)
+	c.checkOrphans(ctx)
 	return end
 }
 
@@ -373,24 +373,34 @@ func (c *checker) checkCopies(ctx context.Context, md ledger.Metadata, want map[
 	}
 }
 
-// checkOrphans: every ledger in meta that is not in the log is empty once
+// checkOrphans: every ledger in meta that is in no log is empty once
 // recovered (a writer that died between creating a ledger and appending it
 // to the log leaves it OPEN and empty).
-func (c *checker) checkOrphans(ctx context.Context, inLog []uint64) {
+func (c *checker) checkOrphans(ctx context.Context) {
 	t := c.t
+	logs, _, err := schema.List[schema.Log](ctx, c.kv, schema.PrefixLogs, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inLog := map[uint64]bool{}
+	for _, l := range logs {
+		for _, id := range l.Value.Ledgers {
+			inLog[id] = true
+		}
+	}
 	all, _, err := schema.List[schema.Ledger](ctx, c.kv, schema.PrefixLedgers, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range all {
 		id := r.Value.ID
-		if slices.Contains(inLog, id) {
+		if inLog[id] {
 			continue
 		}
 		last := r.Value.LastEntry
 		if r.Value.State != schema.LedgerClosed {
 			if last, err = c.cl.Recover(ctx, id); err != nil {
-				t.Errorf("recovering ledger %d (not in the log): %v", id, err)
+				t.Errorf("recovering ledger %d (in no log): %v", id, err)
 				continue
 			}
 		}
