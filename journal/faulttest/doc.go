@@ -23,6 +23,11 @@
 // every copy on the bookies directly, and checks the history against it
 // (checker.check lists the invariants).
 //
+// Every fault heals within seconds: with Qw = Qa a ledger whose last
+// fragment's write set holds a dead bookie cannot be recovered until it
+// returns (recovery writes back to the write set only, with no ensemble
+// change), so a takeover waits for it.
+//
 // `go test ./journal/faulttest` runs a short schedule; -soak (or
 // QUIRE_SOAK=1, with QUIRE_SOAK_DURATION, default 5m) runs a long one.
 package faulttest
