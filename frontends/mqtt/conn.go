@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,7 +50,8 @@ type conn struct {
 	clientID    string
 	sess        *session
 	readTimeout time.Duration
-	rdl         time.Time // the read deadline last armed by readLoop
+	rdl         time.Time        // the read deadline last armed by readLoop
+	pending     []pendingPublish // QoS 0/1 PUBLISHes read, to append as one batch
 	inflightMax int
 	aliases     map[uint16]string
 	will        *pubsub.Message
@@ -443,6 +445,81 @@ func setMessageProps(m *pubsub.Message, p *packet.Properties, now time.Time) {
 	}
 }
 
+// pendingPublish is a PUBLISH waiting in conn.pending for its batch.
+type pendingPublish struct {
+	m   *pubsub.Message
+	qos packet.QoS
+	id  uint16
+}
+
+// maxBatch bounds the PUBLISHes appended as one batch.
+const maxBatch = 256
+
+// batchable reports whether a QoS 0/1 PUBLISH of topic may wait in
+// c.pending: the storage appends batches and the message is not delayed.
+func (c *conn) batchable(qos packet.QoS, topic string) bool {
+	_, ok := c.s.opts.Storage.(BatchStorage)
+	return ok && qos != packet.QoS2 && !strings.HasPrefix(topic, DelayedPrefix)
+}
+
+// commitBatch appends the pending PUBLISHes in one BatchStorage call (a
+// durable engine syncs the batch once), then hands each to the
+// subscribers and answers it, in the order they were read: a PUBACK only
+// once its message is stored.
+func (c *conn) commitBatch() error {
+	if len(c.pending) == 0 {
+		return nil
+	}
+	batch := c.pending
+	c.pending = nil
+	ms := make([]*pubsub.Message, len(batch))
+	for i := range batch {
+		ms[i] = batch[i].m
+	}
+	pos := make([]Position, len(batch))
+	errs := make([]error, len(batch))
+	c.s.opts.Storage.(BatchStorage).AppendBatch(c.s.ctx, ms, pos, errs)
+	var first error
+	for i, pp := range batch {
+		if errs[i] != nil {
+			c.s.m.storageErrors.Inc()
+			if err := c.publishFailed(pp.m, pp.qos, pp.id, errs[i]); err != nil && first == nil {
+				first = err
+			}
+			continue
+		}
+		c.s.stored(c.s.ctx, pp.m, pos[i])
+		if pp.qos == packet.QoS1 && first == nil {
+			first = c.reply(&packet.Puback{PacketID: pp.id})
+		}
+	}
+	return first
+}
+
+// publishFailed answers a PUBLISH whose message was not stored.
+func (c *conn) publishFailed(m *pubsub.Message, qos packet.QoS, id uint16, err error) error {
+	c.s.log.Warn("mqtt publish not stored", "client_id", c.clientID, "topic", m.Topic, "err", err)
+	code := packet.UnspecifiedError
+	var re *reasonError
+	if errors.As(err, &re) {
+		code = re.code // a refused delayed publish (delayed.go)
+	}
+	switch {
+	case qos == packet.QoS0:
+		c.s.m.dropped.WithLabelValues(dropStorageFailure).Inc()
+		return nil
+	case c.version == packet.V5:
+		if qos == packet.QoS1 {
+			return c.reply(&packet.Puback{PacketID: id, ReasonCode: code})
+		}
+		return c.reply(&packet.Pubrec{PacketID: id, ReasonCode: code})
+	default:
+		// v3 cannot refuse a PUBLISH: close, so the client resends it
+		// on its next connection.
+		return &closeError{code: code, msg: "publish not stored: " + err.Error()}
+	}
+}
+
 // readLoop handles packets until DISCONNECT (nil) or an error.
 func (c *conn) readLoop() error {
 	if c.readTimeout == 0 {
@@ -450,8 +527,11 @@ func (c *conn) readLoop() error {
 	}
 	for {
 		if !c.r.Ready() {
-			// The peer's next packet is not here yet: send the answers
-			// to those read before waiting for it.
+			// The peer's next packet is not here yet: store the
+			// PUBLISHes read and send the answers before waiting for it.
+			if err := c.commitBatch(); err != nil {
+				return err
+			}
 			if err := c.flushReplies(); err != nil {
 				return err
 			}
@@ -464,6 +544,7 @@ func (c *conn) readLoop() error {
 		}
 		p, err := c.r.ReadPacket()
 		if err != nil {
+			c.commitBatch() // those before bad input
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() && !c.kicked.Load() {
 				return &closeError{code: packet.KeepAliveTimeout, msg: "no packet within 1.5 times the keep alive"}
@@ -471,10 +552,19 @@ func (c *conn) readLoop() error {
 			return err
 		}
 		c.s.m.packetsIn[p.Type()].Inc()
+		if pp, ok := p.(*packet.Publish); !ok || pp.QoS == packet.QoS2 {
+			// Answers and effects keep the order of the packets.
+			if err := c.commitBatch(); err != nil {
+				return err
+			}
+		}
 		switch p := p.(type) {
 		case *packet.Publish:
 			if c.bucket != nil {
 				// The wait for a token must not hold back the answers.
+				if err := c.commitBatch(); err != nil {
+					return err
+				}
 				if err := c.flushReplies(); err != nil {
 					return err
 				}
@@ -555,7 +645,16 @@ func (c *conn) onPublish(p *packet.Publish) error {
 			c.aliases[a] = topic
 		}
 	}
+	batch := c.batchable(p.QoS, topic)
+	if !batch {
+		if err := c.commitBatch(); err != nil {
+			return err
+		}
+	}
 	if !c.allowed(auth.Publish, topic) {
+		if err := c.commitBatch(); err != nil {
+			return err
+		}
 		return c.refusePublish(p)
 	}
 	if p.QoS == packet.QoS2 {
@@ -578,34 +677,22 @@ func (c *conn) onPublish(p *packet.Publish) error {
 	if c.version == packet.V5 {
 		setMessageProps(m, &p.Properties, now)
 	}
+	if batch {
+		c.pending = append(c.pending, pendingPublish{m: m, qos: p.QoS, id: p.PacketID})
+		if len(c.pending) >= maxBatch {
+			return c.commitBatch()
+		}
+		return nil
+	}
 	recorded, err := c.recordInbound(p, m)
 	if err != nil {
 		return err
 	}
 	if err := c.s.publishOrDelay(c.s.ctx, m); err != nil {
-		c.s.log.Warn("mqtt publish not stored", "client_id", c.clientID, "topic", topic, "err", err)
 		if recorded {
 			c.forgetInbound(p.PacketID)
 		}
-		code := packet.UnspecifiedError
-		var re *reasonError
-		if errors.As(err, &re) {
-			code = re.code // a refused delayed publish (delayed.go)
-		}
-		switch {
-		case p.QoS == packet.QoS0:
-			c.s.m.dropped.WithLabelValues(dropStorageFailure).Inc()
-			return nil
-		case c.version == packet.V5:
-			if p.QoS == packet.QoS1 {
-				return c.reply(&packet.Puback{PacketID: p.PacketID, ReasonCode: code})
-			}
-			return c.reply(&packet.Pubrec{PacketID: p.PacketID, ReasonCode: code})
-		default:
-			// v3 cannot refuse a PUBLISH: close, so the client resends it
-			// on its next connection.
-			return &closeError{code: code, msg: "publish not stored: " + err.Error()}
-		}
+		return c.publishFailed(m, p.QoS, p.PacketID, err)
 	}
 	switch p.QoS {
 	case packet.QoS1:

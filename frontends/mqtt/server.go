@@ -222,6 +222,13 @@ func (s *Server) publish(ctx context.Context, m *pubsub.Message) error {
 		s.m.storageErrors.Inc()
 		return err
 	}
+	s.stored(ctx, m, pos)
+	return nil
+}
+
+// stored hands m, appended at pos, to the retained store and the matching
+// online sessions.
+func (s *Server) stored(ctx context.Context, m *pubsub.Message, pos Position) {
 	s.m.published[m.QoS].Inc()
 	if m.Retain {
 		if err := s.opts.Retained.Set(ctx, m); err != nil {
@@ -234,7 +241,6 @@ func (s *Server) publish(ctx context.Context, m *pubsub.Message) error {
 	if s.rs != nil && pos.Shard != "" {
 		s.rs.Done(pos)
 	}
-	return nil
 }
 
 // deliver queues m, stored at pos, for each of the matching subscriptions

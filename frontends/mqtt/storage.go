@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,18 @@ import (
 // PUBLISH only after that. Implementations are safe for concurrent use.
 type Storage interface {
 	Append(ctx context.Context, m *pubsub.Message) (Position, error)
+}
+
+// BatchStorage is a Storage that appends several messages in one call:
+// the messages of one shard go in one append, in order, so a batch costs
+// one write (one fsync on a durable engine) per shard. The broker batches
+// the QoS 0 and 1 PUBLISHes a client has sent before it waits for more.
+type BatchStorage interface {
+	Storage
+	// AppendBatch appends ms, keeping their order per topic, and sets
+	// pos[i] and errs[i] (both of len(ms)) for ms[i]: the message is
+	// stored at pos[i] if errs[i] is nil.
+	AppendBatch(ctx context.Context, ms []*pubsub.Message, pos []Position, errs []error)
 }
 
 // Position is where a message is stored: shard name and offset.
@@ -94,6 +105,7 @@ const DefaultShardsPerEngine = 16
 type ShardStorage struct {
 	router *shard.Router
 	n      int
+	names  sync.Map // engine → []string, the shard names by index
 
 	mu     sync.RWMutex
 	shards map[string]*openShard
@@ -108,7 +120,10 @@ type openShard struct {
 	done     map[uint64]struct{} // Done offsets at or above frontier
 }
 
-var _ ReplayStorage = (*ShardStorage)(nil)
+var (
+	_ ReplayStorage = (*ShardStorage)(nil)
+	_ BatchStorage  = (*ShardStorage)(nil)
+)
 
 // NewShardStorage returns a ShardStorage over router with shardsPerEngine
 // shards per engine (0: DefaultShardsPerEngine). Changing shardsPerEngine
@@ -124,15 +139,38 @@ func NewShardStorage(router *shard.Router, shardsPerEngine int) *ShardStorage {
 // ShardName is the shard topic is stored in on engine, with n shards per
 // engine.
 func ShardName(engine, topic string, n int) string {
-	h := fnv.New32a()
-	h.Write([]byte(topic))
-	return "mqtt/" + engine + "/" + strconv.Itoa(int(h.Sum32()%uint32(n)))
+	return "mqtt/" + engine + "/" + strconv.Itoa(shardIndex(topic, n))
+}
+
+// shardIndex is FNV-1a (32 bits) of topic modulo n.
+func shardIndex(topic string, n int) int {
+	const offset, prime = 2166136261, 16777619
+	h := uint32(offset)
+	for i := 0; i < len(topic); i++ {
+		h ^= uint32(topic[i])
+		h *= prime
+	}
+	return int(h % uint32(n))
+}
+
+// shardOf returns the engine and the shard name of topic; the names are
+// built once per engine.
+func (st *ShardStorage) shardOf(topic string) (engine, name string) {
+	engine = st.router.EngineName(topic)
+	v, ok := st.names.Load(engine)
+	if !ok {
+		names := make([]string, st.n)
+		for i := range names {
+			names[i] = "mqtt/" + engine + "/" + strconv.Itoa(i)
+		}
+		v, _ = st.names.LoadOrStore(engine, names)
+	}
+	return engine, v.([]string)[shardIndex(topic, st.n)]
 }
 
 // Append implements Storage.
 func (st *ShardStorage) Append(ctx context.Context, m *pubsub.Message) (Position, error) {
-	engine := st.router.EngineName(m.Topic)
-	name := ShardName(engine, m.Topic, st.n)
+	engine, name := st.shardOf(m.Topic)
 	os, err := st.shard(ctx, engine, name, true)
 	if err != nil {
 		return Position{}, err
@@ -144,10 +182,50 @@ func (st *ShardStorage) Append(ctx context.Context, m *pubsub.Message) (Position
 	return Position{Shard: name, Offset: off}, nil
 }
 
+// AppendBatch implements BatchStorage: one shard Append per shard, with
+// that shard's messages in batch order.
+func (st *ShardStorage) AppendBatch(ctx context.Context, ms []*pubsub.Message, pos []Position, errs []error) {
+	type group struct {
+		engine string
+		idx    []int
+	}
+	var groups map[string]*group // by shard name
+	var order []string
+	for i, m := range ms {
+		engine, name := st.shardOf(m.Topic)
+		pos[i] = Position{Shard: name}
+		if groups == nil {
+			groups = make(map[string]*group, 1)
+		}
+		g := groups[name]
+		if g == nil {
+			g = &group{engine: engine}
+			groups[name] = g
+			order = append(order, name)
+		}
+		g.idx = append(g.idx, i)
+	}
+	var recs []shard.Record
+	for _, name := range order {
+		g := groups[name]
+		os, err := st.shard(ctx, g.engine, name, true)
+		var off uint64
+		if err == nil {
+			recs = recs[:0]
+			for _, i := range g.idx {
+				recs = append(recs, EncodeRecord(ms[i]))
+			}
+			off, err = os.sh.Append(ctx, recs)
+		}
+		for k, i := range g.idx {
+			pos[i].Offset, errs[i] = off+uint64(k), err
+		}
+	}
+}
+
 // Next implements ReplayStorage.
 func (st *ShardStorage) Next(ctx context.Context, topic string) (Position, error) {
-	engine := st.router.EngineName(topic)
-	name := ShardName(engine, topic, st.n)
+	engine, name := st.shardOf(topic)
 	os, err := st.shard(ctx, engine, name, true)
 	if err != nil {
 		return Position{}, err

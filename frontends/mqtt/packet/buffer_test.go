@@ -2,6 +2,7 @@ package packet
 
 import (
 	"bytes"
+	"io"
 	"testing"
 )
 
@@ -90,5 +91,39 @@ func TestReaderReady(t *testing.T) {
 	rd2.SetVersion(V311)
 	if rd2.Ready() {
 		t.Fatal("ready before reading")
+	}
+}
+
+// TestReaderBurst: a burst of packets larger than the small buffer is
+// read into a pooled buffer, which is given back once consumed, leaving
+// the small one.
+func TestReaderBurst(t *testing.T) {
+	var in bytes.Buffer
+	payload := make([]byte, 1000)
+	const n = 20
+	for i := range n {
+		payload[0] = byte(i)
+		b, _ := (&Publish{Topic: "t", Payload: payload}).Append(nil, V311)
+		in.Write(b)
+	}
+	rd := NewReaderSize(&in, 0, 512)
+	rd.SetVersion(V311)
+	for i := range n {
+		p, err := rd.ReadPacket()
+		if err != nil {
+			t.Fatalf("packet %d: %v", i, err)
+		}
+		if pp := p.(*Publish); len(pp.Payload) != len(payload) || pp.Payload[0] != byte(i) {
+			t.Fatalf("packet %d: payload %d bytes, first %d", i, len(pp.Payload), pp.Payload[0])
+		}
+		if i == 1 && (!rd.pooled || !rd.Ready()) {
+			t.Fatalf("burst not in a pooled buffer: pooled %v", rd.pooled)
+		}
+	}
+	if _, err := rd.ReadPacket(); err != io.EOF {
+		t.Fatalf("end: %v", err)
+	}
+	if rd.pooled || cap(rd.buf) > 512 || cap(rd.small) != 512 {
+		t.Fatalf("after the burst: pooled %v, buffer %d", rd.pooled, cap(rd.buf))
 	}
 }

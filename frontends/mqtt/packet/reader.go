@@ -25,8 +25,22 @@ type Reader struct {
 	start, end  int // buf[start:end] is read but not yet decoded
 	dec         Decoder
 	initialSize int
-	err         error // sticky read error
+	small       []byte // the initial buffer, kept while buf is a pooled one
+	pooled      bool   // buf is from readBufs
+	err         error  // sticky read error
 }
+
+// readBufSize is the size of the pooled buffers a Reader reads a burst of
+// packets into: once a read fills its small buffer, the next ones get a
+// pooled one, given back when all of it is consumed, so that a server
+// sees a burst of small packets at once (and can batch the work for
+// them) while an idle connection holds only its small buffer.
+const readBufSize = 32 << 10
+
+var readBufs = sync.Pool{New: func() any {
+	b := make([]byte, readBufSize)
+	return &b
+}}
 
 // NewReader returns a Reader over r that expects CONNECT first (set the
 // version with SetVersion on a client) and accepts packets up to
@@ -36,8 +50,9 @@ func NewReader(r io.Reader, maxPacketSize int) *Reader {
 }
 
 // NewReaderSize is NewReader with an initial buffer of bufferSize bytes
-// (at least 16). The buffer grows to hold a larger packet; one grown past
-// four times bufferSize is dropped once that packet is consumed. It is
+// (at least 16). The buffer grows to hold a larger packet or, when a read
+// fills it, a burst of packets; one grown past four times bufferSize is
+// dropped (or given back to a pool) once its packets are consumed. It is
 // allocated on the first read, so a Reader that has read nothing holds none. A small buffer keeps idle
 // connections cheap; a large one saves read calls under load.
 func NewReaderSize(r io.Reader, maxPacketSize, bufferSize int) *Reader {
@@ -104,7 +119,11 @@ func (r *Reader) Ready() bool {
 func (r *Reader) compact() {
 	if r.start == r.end {
 		r.start, r.end = 0, 0
-		if cap(r.buf) > 4*r.initialSize {
+		if r.pooled {
+			b := r.buf[:readBufSize]
+			readBufs.Put(&b)
+			r.buf, r.pooled = nil, false
+		} else if cap(r.buf) > 4*r.initialSize {
 			r.buf = nil
 		}
 		return
@@ -118,7 +137,10 @@ func (r *Reader) compact() {
 // fill reads more bytes, growing the buffer to hold the packet being read.
 func (r *Reader) fill() error {
 	if r.buf == nil {
-		r.buf = make([]byte, r.initialSize)
+		if r.small == nil {
+			r.small = make([]byte, r.initialSize)
+		}
+		r.buf = r.small
 	}
 	if r.start > 0 {
 		r.end = copy(r.buf, r.buf[r.start:r.end])
@@ -129,9 +151,19 @@ func (r *Reader) fill() error {
 		if h, hn, err := ParseFixedHeader(r.buf[:r.end], r.dec.Version); err == nil && hn+h.RemainingLength > need {
 			need = hn + h.RemainingLength
 		}
-		nb := make([]byte, need)
+		var nb []byte
+		pooled := need <= readBufSize && len(r.buf) < readBufSize
+		if pooled {
+			nb = *readBufs.Get().(*[]byte)
+		} else {
+			nb = make([]byte, need)
+		}
 		copy(nb, r.buf[:r.end])
-		r.buf = nb
+		if r.pooled {
+			b := r.buf[:readBufSize]
+			readBufs.Put(&b)
+		}
+		r.buf, r.pooled = nb, pooled
 	}
 	for range 100 {
 		n, err := r.r.Read(r.buf[r.end:])
