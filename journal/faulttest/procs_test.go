@@ -189,13 +189,6 @@ func (b *bookieProc) start(bin string) error {
 	return nil
 }
 
-// up reports whether the process runs (stopped or not).
-func (b *bookieProc) up() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.p != nil && !b.p.exited()
-}
-
 // waitServing waits until the bookie answers a request.
 func (b *bookieProc) waitServing() error {
 	c, err := bookierpc.Dial(b.addr, grpc.WithConnectParams(grpc.ConnectParams{
