@@ -94,36 +94,40 @@ func TestReaderReady(t *testing.T) {
 	}
 }
 
-// TestReaderBurst: a burst of packets larger than the small buffer is
-// read into a pooled buffer, which is given back once consumed, leaving
-// the small one.
+// TestReaderBurst: a burst of packets larger than the small buffer, of
+// packets small or not, is read into a pooled buffer, which is given back
+// once consumed, leaving the small one.
 func TestReaderBurst(t *testing.T) {
-	var in bytes.Buffer
-	payload := make([]byte, 1000)
-	const n = 20
-	for i := range n {
-		payload[0] = byte(i)
-		b, _ := (&Publish{Topic: "t", Payload: payload}).Append(nil, V311)
-		in.Write(b)
-	}
-	rd := NewReaderSize(&in, 0, 512)
-	rd.SetVersion(V311)
-	for i := range n {
-		p, err := rd.ReadPacket()
-		if err != nil {
-			t.Fatalf("packet %d: %v", i, err)
+	for _, size := range []int{1000, 60} {
+		var in bytes.Buffer
+		payload := make([]byte, size)
+		const n = 40
+		for i := range n {
+			payload[0] = byte(i)
+			b, _ := (&Publish{Topic: "t", Payload: payload}).Append(nil, V311)
+			in.Write(b)
 		}
-		if pp := p.(*Publish); len(pp.Payload) != len(payload) || pp.Payload[0] != byte(i) {
-			t.Fatalf("packet %d: payload %d bytes, first %d", i, len(pp.Payload), pp.Payload[0])
+		rd := NewReaderSize(&in, 0, 512)
+		rd.SetVersion(V311)
+		sawPooled := false
+		for i := range n {
+			p, err := rd.ReadPacket()
+			if err != nil {
+				t.Fatalf("%d B, packet %d: %v", size, i, err)
+			}
+			if pp := p.(*Publish); len(pp.Payload) != len(payload) || pp.Payload[0] != byte(i) {
+				t.Fatalf("%d B, packet %d: payload %d bytes, first %d", size, i, len(pp.Payload), pp.Payload[0])
+			}
+			sawPooled = sawPooled || rd.pooled
 		}
-		if i == 1 && (!rd.pooled || !rd.Ready()) {
-			t.Fatalf("burst not in a pooled buffer: pooled %v", rd.pooled)
+		if !sawPooled {
+			t.Fatalf("%d B: the burst was not read into a pooled buffer", size)
 		}
-	}
-	if _, err := rd.ReadPacket(); err != io.EOF {
-		t.Fatalf("end: %v", err)
-	}
-	if rd.pooled || cap(rd.buf) > 512 || cap(rd.small) != 512 {
-		t.Fatalf("after the burst: pooled %v, buffer %d", rd.pooled, cap(rd.buf))
+		if _, err := rd.ReadPacket(); err != io.EOF {
+			t.Fatalf("end: %v", err)
+		}
+		if rd.pooled || cap(rd.buf) > 512 || cap(rd.small) != 512 {
+			t.Fatalf("%d B after the burst: pooled %v, buffer %d", size, rd.pooled, cap(rd.buf))
+		}
 	}
 }

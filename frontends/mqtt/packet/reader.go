@@ -27,6 +27,7 @@ type Reader struct {
 	initialSize int
 	small       []byte // the initial buffer, kept while buf is a pooled one
 	pooled      bool   // buf is from readBufs
+	burst       bool   // the last read filled buf
 	err         error  // sticky read error
 }
 
@@ -146,7 +147,9 @@ func (r *Reader) fill() error {
 		r.end = copy(r.buf, r.buf[r.start:r.end])
 		r.start = 0
 	}
-	if r.end == len(r.buf) {
+	// A read that filled the buffer means a burst: read the rest of it
+	// into a pooled buffer.
+	if r.end == len(r.buf) || r.burst && !r.pooled && len(r.buf) < readBufSize {
 		need := len(r.buf) * 2
 		if h, hn, err := ParseFixedHeader(r.buf[:r.end], r.dec.Version); err == nil && hn+h.RemainingLength > need {
 			need = hn + h.RemainingLength
@@ -168,6 +171,7 @@ func (r *Reader) fill() error {
 	for range 100 {
 		n, err := r.r.Read(r.buf[r.end:])
 		r.end += n
+		r.burst = r.end == len(r.buf)
 		if n > 0 {
 			return nil
 		}
