@@ -33,6 +33,10 @@ import (
 // ephemeralEngines are the engines whose shards are gone after a restart.
 var ephemeralEngines = map[string]bool{"memory": true}
 
+// onDemandEngines need an outside service ([storage.s3], [storage.hdfs])
+// and are opened only when the default engine or a rule uses them.
+var onDemandEngines = map[string]bool{"s3": true, "hdfs": true}
+
 // fileEngineDir is where the file engine keeps its shards, under data_dir.
 const fileEngineDir = "file"
 
@@ -82,7 +86,7 @@ func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.R
 		return nil, err
 	}
 	engines[je.Name()] = je
-	for _, name := range []string{"s3", "hdfs"} {
+	for _, name := range []string{"s3", "hdfs"} { // onDemandEngines
 		if !cfg.UsesEngine(name) {
 			continue
 		}
