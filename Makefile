@@ -6,6 +6,8 @@
 #   make bench   run every benchmark (BENCHTIME, default 1s)
 #   make lint    gofmt, go vet, staticcheck
 #   make generate  regenerate protobuf code (Debian protoc + pinned go tool plugins)
+#   make soak    the journal fault tests for SOAK_DURATION (default 30m): real bookie
+#                processes killed, stopped and cut off under load, history checked
 #   make bench-journal  journal-bench at the journal issue's target settings
 #   make bench-mqtt     Quire vs Mosquitto vs mochi-mqtt, same run (benchmarks/mqtt)
 #   make images  Docker images quire:local and quire-minio:local, FROM scratch
@@ -20,10 +22,11 @@ LDFLAGS   := -X github.com/quiremq/quire/internal/version.Version=$(VERSION) -X 
 TESTFLAGS ?=
 FUZZTIME  ?= 30s
 BENCHTIME ?= 1s
+SOAK_DURATION ?= 30m
 STATICCHECK_VERSION := v0.8.2
 
 
-.PHONY: all deps build run test race fuzz bench lint clean generate check-generate images test-compose s3-servers bench-journal bench-mqtt
+.PHONY: all deps build run test race fuzz bench lint clean generate check-generate images test-compose s3-servers bench-journal bench-mqtt soak
 
 all: build
 
@@ -74,6 +77,9 @@ bench-journal: build
 	./$(BIN)/journal-bench --bookies 3 --ensemble 3 --write-quorum 2 --ack-quorum 2 --entry-size 1024 \
 		--writers 4 --ledgers 4 --inflight 256 --duration 20s --raw-disk --json
 	./$(BIN)/journal-bench --mode catchup --duration 10s --json
+
+soak: deps
+	QUIRE_SOAK=1 QUIRE_SOAK_DURATION=$(SOAK_DURATION) $(GO) test -count=1 -timeout 0 -v -run 'TestFaults|TestKillOneOfFour' ./journal/faulttest/
 
 bench-mqtt: build
 	benchmarks/mqtt/run.sh
