@@ -53,7 +53,12 @@
 // A session holding several matching non-shared subscriptions gets one copy
 // with the highest QoS and every subscription identifier (MQTT 5.0 §3.3.4);
 // shared subscriptions ("$share/group/filter") get one copy per group, round
-// robin over the online members (pubsub package doc).
+// robin over the online members (pubsub package doc). When a member's
+// connection goes, the messages it got through the group and has not
+// acknowledged — queued ones, and QoS 1 ones in flight — go to the other
+// online members (MQTT 5.0 §4.8.2; counted in
+// quire_mqtt_shared_redelivered_total); QoS 2 ones already sent stay with
+// it, since their exchange has begun. With no other member online they stay.
 //
 // # What survives a restart
 //
@@ -149,14 +154,15 @@
 // (CONNACK while connecting) with the codec's reason code (packet.ReasonCodeOf
 // table), v3 a plain close (CONNACK 0x01 for an unknown protocol level).
 // Broker-level violations (topic alias out of range 0x94, too many QoS 2 in
-// flight 0x93, No Local on a shared subscription 0x82, AUTH 0x82) do the same.
+// flight 0x93, No Local on a shared subscription 0x82, AUTH 0x19 0x82) do the
+// same.
 //
 // # Not yet
 //
-// Enhanced authentication (AUTH; CONNECT with an Authentication Method gets
-// 0x8C), username/password and ACLs, outbound topic aliases, $SYS topics,
-// delayed publish, and redelivery of a shared subscription's inflight
-// messages to another member.
+// Outbound topic aliases, and re-authentication (AUTH 0x19 after CONNECT,
+// closed with 0x82). Authentication and ACLs are in authz.go (SCRAM-SHA-256
+// for enhanced authentication), delayed publish in delayed.go, $SYS in
+// sys.go, the publish rate limit in ratelimit.go.
 //
 // # Metrics
 //

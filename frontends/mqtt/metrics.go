@@ -33,6 +33,7 @@ type serverMetrics struct {
 	takeovers     prometheus.Counter
 	closedBy      *prometheus.CounterVec // reason: connections the server closed, by reason code
 	throttled     prometheus.Counter     // seconds publishers waited for the rate limit
+	redelivered   prometheus.Counter     // shared-subscription messages moved to another member
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
@@ -60,6 +61,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Help: "Connections the server closed for a protocol or limit violation, by reason code (packet too large, receive maximum exceeded, keep alive timeout, malformed packet, ...)."}, []string{"reason"}),
 		throttled: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "publish_throttled_seconds_total",
 			Help: "Seconds connections spent waiting for the publish rate limit (reads paused)."}),
+		redelivered: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "shared_redelivered_total",
+			Help: "Messages of a shared subscription handed to another member because theirs disconnected without acknowledging them."}),
 	}
 	in := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "packets_received_total",
 		Help: "MQTT control packets received, by type."}, []string{"type"})
@@ -78,7 +81,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
 	metrics.Register(reg, m.connections, m.connects, m.refused, in, out, m.bytesIn, m.bytesOut, pub, m.delivered,
-		m.dropped, m.storageErrors, m.takeovers, m.closedBy, m.throttled,
+		m.dropped, m.storageErrors, m.takeovers, m.closedBy, m.throttled, m.redelivered,
 		gauge("sessions", "MQTT sessions, online and offline.", func() float64 { return float64(s.sessionCount()) }),
 		gauge("subscriptions", "Subscriptions in the topic tree, shared ones included.", func() float64 { return float64(s.tree.Len()) }),
 		gauge("retained_messages", "Retained messages.", func() float64 { return float64(s.opts.Retained.Len()) }),

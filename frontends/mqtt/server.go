@@ -279,7 +279,10 @@ func (s *Server) deliver(m *pubsub.Message, pos Position, subs []pubsub.Subscrip
 			}
 			merged[sess] = len(ds)
 		}
-		d := delivery{msg: m, qos: qos, retain: m.Retain && sub.RetainAsPublished, pos: pos}
+		d := delivery{msg: m, qos: qos, retain: m.Retain && sub.RetainAsPublished, pos: pos, group: sub.Group}
+		if sub.Group != "" {
+			d.filter = sub.Filter
+		}
 		if sub.ID != 0 {
 			d.subIDs = []uint32{sub.ID}
 		}
@@ -356,6 +359,7 @@ func (s *Server) detach(c *conn, sess *session) {
 	if !ok {
 		return
 	}
+	s.redeliverShared(sess)
 	if dropped > 0 {
 		s.m.dropped.WithLabelValues(dropOfflineQoS0).Add(float64(dropped))
 	}
@@ -372,6 +376,41 @@ func (s *Server) detach(c *conn, sess *session) {
 	}
 	s.saveSession(sess, false, false) // offline since now
 	s.armExpiry(sess, expiry)
+}
+
+// redeliverShared hands the messages sess got through shared subscriptions
+// and has not acknowledged (queued, or QoS 1 inflight) to other online
+// members of the same groups, round robin, when its connection is gone
+// (MQTT 5.0 §4.8.2). Without another online member they stay with sess.
+// The new member gets each message once more, possibly after the old one
+// received it without acknowledging: at least once, as QoS 1 promises.
+func (s *Server) redeliverShared(sess *session) {
+	others := map[[2]string][]pubsub.Subscription{}
+	members := func(group, filter string) []pubsub.Subscription {
+		k := [2]string{group, filter}
+		if m, ok := others[k]; ok {
+			return m
+		}
+		var m []pubsub.Subscription
+		for _, sub := range s.tree.SharedMembers(group, filter) {
+			if o := sub.Owner.(*session); o != sess && o.online.Load() {
+				m = append(m, sub)
+			}
+		}
+		others[k] = m
+		return m
+	}
+	taken := sess.takeShared(func(group, filter string) bool { return len(members(group, filter)) > 0 })
+	for i, d := range taken {
+		ms := members(d.group, d.filter)
+		sub := ms[i%len(ms)]
+		d.qos = min(d.msg.QoS, sub.QoS)
+		if reason := sub.Owner.(*session).enqueue(d, s.opts.MaxQueued); reason != "" {
+			s.m.dropped.WithLabelValues(reason).Inc()
+			continue
+		}
+		s.m.redelivered.Inc()
+	}
 }
 
 // armExpiry ends sess after d unless a connection takes it first.

@@ -17,6 +17,8 @@ type delivery struct {
 	retain bool
 	subIDs []uint32
 	pos    Position // where msg is stored; Shard "" for an untracked message (retained)
+	group  string   // the shared subscription (share name, filter) it came through; "" if none
+	filter string
 
 	// Set once sent with QoS 1 or 2:
 	id       uint16
@@ -261,6 +263,39 @@ func (s *session) wake() {
 	case s.notify <- struct{}{}:
 	default:
 	}
+}
+
+// takeShared removes and returns the deliveries this session got through a
+// shared subscription that another member can take over (movable says so
+// for a group and filter): every queued one, and the inflight QoS 1 ones.
+// QoS 2 ones already sent stay: their exchange has begun (and may be
+// stored), and the session may still complete it when it reconnects.
+func (s *session) takeShared(movable func(group, filter string) bool) []delivery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []delivery
+	keep := s.queue[:0]
+	for _, d := range s.queue {
+		if d.group != "" && movable(d.group, d.filter) {
+			s.settle(&d)
+			out = append(out, d)
+			continue
+		}
+		keep = append(keep, d)
+	}
+	clear(s.queue[len(keep):])
+	s.queue = keep
+	for id, d := range s.inflight {
+		if d.group != "" && d.qos == 1 && movable(d.group, d.filter) {
+			delete(s.inflight, id)
+			s.settle(d)
+			c := *d
+			c.id, c.seq, c.released = 0, 0, false
+			out = append(out, c)
+		}
+	}
+	slices.SortFunc(out, func(a, b delivery) int { return cmp.Compare(a.seq, b.seq) })
+	return out
 }
 
 // enqueue queues d and returns "" or the reason it was dropped.

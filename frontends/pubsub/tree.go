@@ -181,6 +181,30 @@ func (t *Tree) Len() int {
 	return t.count
 }
 
+// SharedMembers returns the members of the shared subscription (group,
+// filter).
+func (t *Tree) SharedMembers(group, filter string) []Subscription {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	n := t.shared
+	for l := range strings.SplitSeq(filter, "/") {
+		if n == nil {
+			return nil
+		}
+		n = n.children[l]
+	}
+	if n == nil {
+		return nil
+	}
+	var out []Subscription
+	for _, k := range n.order {
+		if s := n.subs[k]; s.Group == group {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // Match appends to dst every non-shared subscription whose filter matches
 // topic, and one member of each shared (group, filter) that matches (see the
 // package doc for the dispatch policy; accept may be nil), and returns dst.
