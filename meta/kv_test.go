@@ -405,7 +405,7 @@ func testKVWatchCompacted(t *testing.T, c *testCluster, kvf func() KV) {
 // keys at once.
 func testKVLease(t *testing.T, c *testCluster, kvf func() KV) {
 	ctx, kv := ctxT(t), kvf()
-	const ttl = 400 * time.Millisecond
+	const ttl = time.Second // keep-alives every 250 ms: room for a loaded -race run
 	id, err := kv.Grant(ctx, ttl)
 	if err != nil {
 		t.Fatal(err)
