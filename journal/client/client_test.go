@@ -217,7 +217,9 @@ func TestConvert(t *testing.T) {
 // every acknowledged entry is readable with the dead bookie gone.
 func TestBookieFailureEnsembleChange(t *testing.T) {
 	c := newCluster(t, 4, "")
-	cl := c.client(Options{AddTimeout: 2 * time.Second})
+	// AddTimeout generous: a loaded -race run must not stop the writer
+	// before the kill this test is about.
+	cl := c.client(Options{AddTimeout: 10 * time.Second})
 	ctx := testCtx(t)
 	w, err := cl.CreateLedger(ctx, 3, 2, 2)
 	if err != nil {
@@ -232,7 +234,11 @@ func TestBookieFailureEnsembleChange(t *testing.T) {
 	for i := range n {
 		if i == n/3 {
 			// Kill while many adds are in flight.
+			deadline := time.Now().Add(time.Minute)
 			for w.LAC() < int64(n/4) {
+				if time.Now().After(deadline) {
+					t.Fatalf("LAC %d after a minute, want %d before the kill", w.LAC(), n/4)
+				}
 				time.Sleep(time.Millisecond)
 			}
 			victim.kill()
