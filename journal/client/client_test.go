@@ -234,13 +234,7 @@ func TestBookieFailureEnsembleChange(t *testing.T) {
 	for i := range n {
 		if i == n/3 {
 			// Kill while many adds are in flight.
-			deadline := time.Now().Add(time.Minute)
-			for w.LAC() < int64(n/4) {
-				if time.Now().After(deadline) {
-					t.Fatalf("LAC %d after a minute, want %d before the kill", w.LAC(), n/4)
-				}
-				time.Sleep(time.Millisecond)
-			}
+			waitLAC(t, w, int64(n/4))
 			victim.kill()
 		}
 		data := payload(i, 256)
@@ -286,9 +280,7 @@ func TestWriterCrashRecovery(t *testing.T) {
 			var wg sync.WaitGroup
 			for i := range 3000 {
 				if i == 2000 {
-					for w.LAC() < 1000 {
-						time.Sleep(time.Millisecond)
-					}
+					waitLAC(t, w, 1000)
 					w.Abandon()
 				}
 				data := payload(i, 200)
@@ -356,9 +348,7 @@ func TestFencingOldWriter(t *testing.T) {
 			}
 		}
 	}()
-	for w.LAC() < 500 {
-		time.Sleep(time.Millisecond)
-	}
+	waitLAC(t, w, 500)
 	cl2 := c.client(Options{})
 	last, err := cl2.Recover(ctx, w.ID())
 	if err != nil {
@@ -434,4 +424,17 @@ func TestRecoveryAbortRetry(t *testing.T) {
 		t.Fatalf("recovered last entry %d, want 199", last)
 	}
 	checkInvariants(t, cl2, w.ID(), h)
+}
+
+// waitLAC waits until w's LAC reaches lac, failing the test after a minute
+// (a writer that stopped never gets there).
+func waitLAC(t *testing.T, w *LedgerWriter, lac int64) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for w.LAC() < lac {
+		if time.Now().After(deadline) {
+			t.Fatalf("LAC %d after a minute, want %d", w.LAC(), lac)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
