@@ -132,7 +132,7 @@ type Decoder struct {
 
 	fresh  bool // allocate a new packet each time (package-level Decode)
 	d      decoder
-	topics topicCache
+	topics *topicCache // allocated on the first PUBLISH: idle connections have none
 	pkts   [16]Packet
 }
 
@@ -188,7 +188,10 @@ func (dc *Decoder) decodeBody(h FixedHeader, body []byte) (Packet, error) {
 			dc.pkts[h.Type] = newPacket(h.Type)
 		}
 		p = dc.pkts[h.Type]
-		dc.d.topics = &dc.topics
+		if dc.topics == nil && h.Type == PUBLISH {
+			dc.topics = new(topicCache)
+		}
+		dc.d.topics = dc.topics
 	}
 	d := &dc.d
 	d.reset(body, h.Type, dc.Version)
