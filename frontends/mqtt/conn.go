@@ -71,9 +71,10 @@ func newConn(s *Server, nc listen.Conn) *conn {
 	cc := &countingConn{Conn: nc, in: s.m.bytesIn.WithLabelValues(nc.Listener()), out: s.m.bytesOut.WithLabelValues(nc.Listener())}
 	c := &conn{s: s, nc: cc, listener: nc.Listener(), remote: nc.RemoteAddr().String(),
 		closing: make(chan struct{}), writerDone: make(chan struct{}), done: make(chan struct{})}
-	// A small first buffer keeps idle connections cheap; it grows for
-	// large packets and shrinks back after them.
-	c.r = packet.NewReaderSize(cc, s.opts.MaxPacketSize, 512)
+	// A small first buffer keeps idle connections cheap (they only
+	// ever read PINGREQ); a large packet or a burst moves to a larger
+	// buffer (a pooled one for bursts), dropped once consumed.
+	c.r = packet.NewReaderSize(cc, s.opts.MaxPacketSize, 128)
 	if s.opts.MaxPublishRate > 0 {
 		c.bucket = newTokenBucket(s.opts.MaxPublishRate, s.opts.PublishBurst)
 	}

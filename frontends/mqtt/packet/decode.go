@@ -181,7 +181,9 @@ func (dc *Decoder) decode(b []byte, connectAnyVersion bool) (Packet, int, error)
 // checkHeader.
 func (dc *Decoder) decodeBody(h FixedHeader, body []byte) (Packet, error) {
 	var p Packet
-	if dc.fresh {
+	if dc.fresh || h.Type == CONNECT {
+		// A connection has one CONNECT: keeping it for reuse would only
+		// hold its memory.
 		p = newPacket(h.Type)
 	} else {
 		if dc.pkts[h.Type] == nil {
