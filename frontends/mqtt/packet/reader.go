@@ -115,8 +115,8 @@ func (r *Reader) Ready() bool {
 	return err != nil || hn+h.RemainingLength <= len(b)
 }
 
-// compact moves unread bytes to the front of the buffer and drops a buffer
-// grown for one large packet once it is no longer needed.
+// compact resets an empty buffer and drops (or gives back) one grown for
+// a large packet or a burst once it is no longer needed.
 func (r *Reader) compact() {
 	if r.start == r.end {
 		r.start, r.end = 0, 0
@@ -129,10 +129,8 @@ func (r *Reader) compact() {
 		}
 		return
 	}
-	if r.start > 0 {
-		r.end = copy(r.buf, r.buf[r.start:r.end])
-		r.start = 0
-	}
+	// Unread bytes are moved by fill, only when more must be read: moving
+	// them on every packet would copy a large buffer once per packet.
 }
 
 // fill reads more bytes, growing the buffer to hold the packet being read.
