@@ -858,8 +858,8 @@ func (c *Config) validate() []*Error {
 	if c.Storage.S3.FlushInterval < 0 {
 		bad("storage.s3.flush_interval", "must be >= 0, got %s", c.Storage.S3.FlushInterval)
 	}
-	if c.Storage.S3.FlushBytes < 1 {
-		bad("storage.s3.flush_bytes", "must be >= 1, got %d", c.Storage.S3.FlushBytes)
+	if c.Storage.S3.FlushBytes < 0 {
+		bad("storage.s3.flush_bytes", "must be >= 0 (0 = 8 MiB), got %d", c.Storage.S3.FlushBytes)
 	}
 	if c.UsesEngine("hdfs") && c.Storage.HDFS.Namenode == "" {
 		bad("storage.hdfs.namenode", "is required: topics are routed to engine \"hdfs\"")
