@@ -487,7 +487,7 @@ func TestBadConfigExit2(t *testing.T) {
 	}{
 		{"unknown key", "cluster_name = \"x\"\n\nnodeid = 3\n", []string{":3:", "nodeid", "unknown key", `did you mean "node_id"`}},
 		{"bad duration", "[storage.file]\nsync_interval = \"soon\"\n", []string{":2:", "storage.file.sync_interval", `invalid duration "soon"`}},
-		{"unknown engine", "[[storage.rules]]\nmatch = \"a/#\"\nengine = \"hdfs\"\n", []string{":3:", "storage.rules[0].engine", `unknown engine "hdfs"`}},
+		{"unknown engine", "[[storage.rules]]\nmatch = \"a/#\"\nengine = \"cassandra\"\n", []string{":3:", "storage.rules[0].engine", `unknown engine "cassandra"`}},
 		{"not a voter", "node_id = 3\nmeta_addrs = [\"1@a:1228\", \"2@b:1228\"]\n", []string{":2:", "meta_addrs", "this node (node_id = 3) is not one of the meta voters (node ids 1, 2)"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
