@@ -207,14 +207,3 @@ func intersect(a, b string) bool {
 		}
 	}
 }
-
-// InnerFilter returns the filter a subscription's ACL check uses: the part
-// after "$share/<group>/" for a shared subscription, else filter itself.
-func InnerFilter(filter string) string {
-	if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
-		if _, f, ok := strings.Cut(rest, "/"); ok {
-			return f
-		}
-	}
-	return filter
-}

@@ -39,5 +39,6 @@
 // subscribe, an allow rule must cover the requested filter (every topic the
 // subscription could receive matches the rule: "a/#" covers "a/+/b"), and a
 // deny rule applies as soon as the two filters share a topic. Shared
-// subscriptions are checked on their inner filter ("$share/g/a/b" → "a/b").
+// subscriptions are checked on their inner filter ("$share/g/a/b" → "a/b";
+// the front-end passes it).
 package auth

@@ -110,7 +110,8 @@ func (c *conn) authenticate(ctx context.Context, cp *packet.Connect) error {
 }
 
 // allowed asks the ACL whether this client may publish to a topic or
-// subscribe to a filter (the inner filter of a shared subscription).
+// subscribe to a filter (for a shared subscription, its inner filter, as
+// onSubscribe's pubsub.ParseShared returns it).
 func (c *conn) allowed(act auth.Action, topic string) bool {
 	if act == auth.Publish && strings.HasPrefix(topic, sysPrefix) {
 		return false // $SYS topics are the server's (sys.go)
@@ -118,9 +119,7 @@ func (c *conn) allowed(act auth.Action, topic string) bool {
 	if c.s.opts.ACL == nil {
 		return true
 	}
-	if act == auth.Subscribe {
-		topic = auth.InnerFilter(topic)
-	} else {
+	if act == auth.Publish {
 		topic = aclTopic(topic) // a delayed publish is judged by its real topic
 	}
 	who := c.who

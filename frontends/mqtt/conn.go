@@ -734,7 +734,7 @@ func (c *conn) onSubscribe(p *packet.Subscribe) error {
 			}
 			continue
 		}
-		if !c.allowed(auth.Subscribe, sub.Filter) {
+		if !c.allowed(auth.Subscribe, filter) {
 			codes[i] = packet.NotAuthorized
 			if !v5 {
 				codes[i] = packet.UnspecifiedError // v3 SUBACK failure 0x80
