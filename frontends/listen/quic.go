@@ -126,19 +126,14 @@ type quicConn struct {
 func (c *quicConn) LocalAddr() net.Addr  { return c.qc.LocalAddr() }
 func (c *quicConn) RemoteAddr() net.Addr { return c.qc.RemoteAddr() }
 
-// Close sends what is buffered (a final DISCONNECT or CONNACK) and closes
-// the connection.
+// Close closes the stream and the connection.
 func (c *quicConn) Close() error {
 	var err error
 	c.once.Do(func() {
 		err = c.Stream.Close()
 		c.Stream.CancelRead(0)
-		// Give the peer the stream's FIN before the connection closes:
-		// CloseWithError discards unsent stream data.
-		select {
-		case <-c.Stream.Context().Done():
-		case <-time.After(100 * time.Millisecond):
-		}
+		// CloseWithError may discard stream data not yet sent (a final
+		// DISCONNECT); quic-go offers no wait for the peer's ack of it.
 		c.qc.CloseWithError(0, "")
 		c.lim.Release()
 	})
