@@ -113,14 +113,14 @@ func (c *conn) authenticate(ctx context.Context, cp *packet.Connect) error {
 // subscribe to a filter (for a shared subscription, its inner filter, as
 // onSubscribe's pubsub.ParseShared returns it).
 func (c *conn) allowed(act auth.Action, topic string) bool {
-	if act == auth.Publish && strings.HasPrefix(topic, sysPrefix) {
-		return false // $SYS topics are the server's (sys.go)
+	if act == auth.Publish {
+		topic = aclTopic(topic) // a delayed publish is judged by its real topic
+		if strings.HasPrefix(topic, sysPrefix) {
+			return false // $SYS topics are the server's (sys.go)
+		}
 	}
 	if c.s.opts.ACL == nil {
 		return true
-	}
-	if act == auth.Publish {
-		topic = aclTopic(topic) // a delayed publish is judged by its real topic
 	}
 	who := c.who
 	if who == nil {

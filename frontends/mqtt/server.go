@@ -235,13 +235,15 @@ func (s *Server) stored(ctx context.Context, m *pubsub.Message, pos Position) {
 			s.log.Warn("mqtt retained store failed", "topic", m.Topic, "err", err)
 		}
 	}
-	s.deliver(m, pos, s.tree.Match(m.Topic, nil, func(sub pubsub.Subscription) bool {
-		return sub.Owner.(*session).online.Load()
-	}), nil)
+	s.deliver(m, pos, s.tree.Match(m.Topic, nil, onlineSub), nil)
 	if s.rs != nil && pos.Shard != "" {
 		s.rs.Done(pos)
 	}
 }
+
+// onlineSub accepts the subscriptions of sessions with a connection (for
+// Tree.Match's choice of a shared-subscription member).
+func onlineSub(sub pubsub.Subscription) bool { return sub.Owner.(*session).online.Load() }
 
 // deliver queues m, stored at pos, for each of the matching subscriptions
 // subs that keep accepts (nil: all): one delivery per session for its

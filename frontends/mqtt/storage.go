@@ -139,8 +139,11 @@ func NewShardStorage(router *shard.Router, shardsPerEngine int) *ShardStorage {
 // ShardName is the shard topic is stored in on engine, with n shards per
 // engine.
 func ShardName(engine, topic string, n int) string {
-	return "mqtt/" + engine + "/" + strconv.Itoa(shardIndex(topic, n))
+	return shardName(engine, shardIndex(topic, n))
 }
+
+// shardName is the name of shard i of engine.
+func shardName(engine string, i int) string { return "mqtt/" + engine + "/" + strconv.Itoa(i) }
 
 // shardIndex is FNV-1a (32 bits) of topic modulo n.
 func shardIndex(topic string, n int) int {
@@ -161,7 +164,7 @@ func (st *ShardStorage) shardOf(topic string) (engine, name string) {
 	if !ok {
 		names := make([]string, st.n)
 		for i := range names {
-			names[i] = "mqtt/" + engine + "/" + strconv.Itoa(i)
+			names[i] = shardName(engine, i)
 		}
 		v, _ = st.names.LoadOrStore(engine, names)
 	}

@@ -83,9 +83,7 @@ func (s *Server) publishSys(ctx context.Context, start time.Time) {
 		m := &pubsub.Message{Topic: sysPrefix + "broker/" + v.topic, Payload: []byte(v.value), Retain: true,
 			Publisher: "$SYS", Time: now}
 		s.sysRetained.Set(ctx, m)
-		s.deliver(m, Position{}, s.tree.Match(m.Topic, nil, func(sub pubsub.Subscription) bool {
-			return sub.Owner.(*session).online.Load()
-		}), nil)
+		s.deliver(m, Position{}, s.tree.Match(m.Topic, nil, onlineSub), nil)
 	}
 }
 
@@ -94,7 +92,8 @@ func (s *Server) publishSys(ctx context.Context, start time.Time) {
 // ones.
 func (s *Server) matchRetained(filter string, fn func(*pubsub.Message) bool) {
 	if strings.HasPrefix(filter, sysPrefix) {
-		s.sysRetained.Match(s.ctx, filter, fn)
+		s.sysRetained.Match(s.ctx, filter, fn) // clients may not publish to $SYS
+		return
 	}
 	s.opts.Retained.Match(s.ctx, filter, fn)
 }
