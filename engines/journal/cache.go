@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/quiremq/quire/shard"
@@ -71,6 +72,8 @@ func (c *entryCache) dropLedger(ledger uint64) {
 			delete(c.m, k)
 		}
 	}
+	// The eviction order must forget them too, or it grows with every Trim.
+	c.order = slices.DeleteFunc(c.order, func(k entryKey) bool { return k.ledger == ledger })
 }
 
 func (c *entryCache) clear() {

@@ -91,7 +91,7 @@ func (d *Dir) path(key string) (dirs []string, file string, err error) {
 
 // Put writes the object through a temporary file renamed into place.
 func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	dirs, file, err := d.path(key)
+	_, file, err := d.path(key)
 	if err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) erro
 		return fmt.Errorf("objstore: put %q: %w", key, err)
 	}
 	d.dirMu.Lock()
-	synced, err := d.mkdirs(dirs)
+	err = vfs.MkdirAll(d.fs, d.fs.PathDir(file)) // new directories durably, before the rename
 	if err == nil {
 		err = d.fs.Rename(tmp, file)
 	}
@@ -116,11 +116,6 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) erro
 	parent := d.fs.PathDir(file)
 	if err := vfs.SyncDir(d.fs, parent); err != nil {
 		return fmt.Errorf("objstore: put %q: sync %s: %w", key, parent, err)
-	}
-	for _, dir := range synced {
-		if err := vfs.SyncDir(d.fs, dir); err != nil {
-			return fmt.Errorf("objstore: put %q: sync %s: %w", key, dir, err)
-		}
 	}
 	return nil
 }
@@ -151,23 +146,6 @@ func (d *Dir) writeTemp(tmp string, r io.Reader, size int64) error {
 		return err
 	}
 	return f.Close()
-}
-
-// mkdirs creates the missing directories of dirs (outermost first) and
-// returns the directories whose entries must be synced to make them durable.
-func (d *Dir) mkdirs(dirs []string) (toSync []string, err error) {
-	for _, dir := range dirs {
-		if _, err := d.fs.Stat(dir); err == nil {
-			continue
-		} else if !vfs.IsNotExist(err) {
-			return nil, err
-		}
-		if err := d.fs.MkdirAll(dir, 0o755); err != nil {
-			return nil, err
-		}
-		toSync = append(toSync, d.fs.PathDir(dir))
-	}
-	return toSync, nil
 }
 
 // Get reads a byte range of the object.
