@@ -26,23 +26,6 @@ func (s *metaCookieStore) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), s.timeout)
 }
 
-// whileNoLeader retries fn while meta has no leader (an election under way,
-// as at a cluster's start or after a leader change), until ctx ends. Both
-// calls are safe to repeat: a read, and a put of the same cookie.
-func whileNoLeader(ctx context.Context, fn func() error) error {
-	for {
-		err := fn()
-		if !errors.Is(err, meta.ErrNotLeader) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
 // ReadCookie implements bookie.CookieStore (a linearizable read).
 func (s *metaCookieStore) ReadCookie(bookieID string) (bookie.Cookie, bool, error) {
 	kv := s.kv()
@@ -52,7 +35,7 @@ func (s *metaCookieStore) ReadCookie(bookieID string) (bookie.Cookie, bool, erro
 	ctx, cancel := s.ctx()
 	defer cancel()
 	var r schema.Record[bookie.Cookie]
-	err := whileNoLeader(ctx, func() error {
+	err := schema.RetryNotLeader(ctx, func() error {
 		var err error
 		r, err = schema.Get[bookie.Cookie](ctx, kv, schema.CookieKey(bookieID))
 		return err
@@ -74,7 +57,7 @@ func (s *metaCookieStore) WriteCookie(c bookie.Cookie) error {
 	}
 	ctx, cancel := s.ctx()
 	defer cancel()
-	if err := whileNoLeader(ctx, func() error {
+	if err := schema.RetryNotLeader(ctx, func() error {
 		_, err := schema.Put(ctx, kv, schema.CookieKey(c.BookieID), c)
 		return err
 	}); err != nil {

@@ -508,3 +508,20 @@ func (s Store) Nodes(ctx context.Context) ([]NodeState, error) {
 	}
 	return out, nil
 }
+
+// RetryNotLeader calls fn again every 50 ms while it fails with
+// meta.ErrNotLeader (an election under way), until ctx ends; it returns
+// fn's last error. fn must be safe to repeat.
+func RetryNotLeader(ctx context.Context, fn func() error) error {
+	for {
+		err := fn()
+		if !errors.Is(err, meta.ErrNotLeader) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -38,18 +38,9 @@ const leaderWait = 5 * time.Second
 // retry runs fn again while meta has no leader, up to leaderWait or ctx's
 // end.
 func retry(ctx context.Context, fn func() error) error {
-	deadline := time.Now().Add(leaderWait)
-	for {
-		err := fn()
-		if !errors.Is(err, meta.ErrNotLeader) || time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	wait, cancel := context.WithTimeout(ctx, leaderWait)
+	defer cancel()
+	return schema.RetryNotLeader(wait, fn)
 }
 
 func fromSchema(t schema.Topic) Topic {
