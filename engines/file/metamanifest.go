@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
 )
 
 // MetaManifest keeps the records in meta, one key per offloaded segment:
@@ -29,25 +30,15 @@ func (m MetaManifest) key(shard string, base uint64) string {
 
 // Load lists the shard's records.
 func (m MetaManifest) Load(ctx context.Context, shard string) ([]RemoteSegment, error) {
-	var out []RemoteSegment
-	opts := meta.ListOptions{}
-	for {
-		page, err := m.KV.List(ctx, m.shardPrefix(shard), opts)
-		if err != nil {
-			return nil, fmt.Errorf("file: load offload manifest of %q: %w", shard, err)
-		}
-		for _, kv := range page.KVs {
-			var rs RemoteSegment
-			if err := json.Unmarshal(kv.Value, &rs); err != nil {
-				return nil, fmt.Errorf("file: offload manifest key %s: %w", kv.Key, err)
-			}
-			out = append(out, rs)
-		}
-		if !page.More || len(page.KVs) == 0 {
-			return out, nil
-		}
-		opts.StartAfter = page.KVs[len(page.KVs)-1].Key
+	rs, _, err := schema.List[RemoteSegment](ctx, m.KV, m.shardPrefix(shard), false)
+	if err != nil {
+		return nil, fmt.Errorf("file: load offload manifest of %q: %w", shard, err)
 	}
+	out := make([]RemoteSegment, len(rs))
+	for i, r := range rs {
+		out[i] = r.Value
+	}
+	return out, nil
 }
 
 // CAS replaces one record; see Manifest.

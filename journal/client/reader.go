@@ -232,15 +232,7 @@ func (c *Client) ReadEntry(ctx context.Context, id uint64, entry int64) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	var errs []error
-	for _, b := range ledger.ReadOrder(&md, entry, nil) {
-		data, err := c.readEntry(ctx, b, id, entry, false)
-		if err == nil {
-			return data, nil
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", b, err))
-	}
-	return nil, errors.Join(errs...)
+	return c.ReadLedgerEntry(ctx, &md, entry)
 }
 
 func (c *Client) readEntry(ctx context.Context, bookie string, id uint64, entry int64, fence bool) ([]byte, error) {
