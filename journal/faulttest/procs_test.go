@@ -152,17 +152,24 @@ func startBookies(t testing.TB, n int) []*bookieProc {
 	dir := t.TempDir()
 	bs := make([]*bookieProc, n)
 	for i := range n {
-		b := &bookieProc{t: t, name: fmt.Sprintf("b%d", i), dataDir: filepath.Join(dir, fmt.Sprintf("b%d", i)), addr: freeAddr(t)}
+		b := &bookieProc{t: t, name: fmt.Sprintf("b%d", i), dataDir: filepath.Join(dir, fmt.Sprintf("b%d", i))}
+		// A free port can be taken by another process between freeAddr
+		// closing it and the bookie binding it: then try another.
+		for attempt := 0; ; attempt++ {
+			b.addr = freeAddr(t)
+			err := b.start(bin)
+			if err == nil {
+				err = b.waitServing()
+			}
+			if err == nil {
+				break
+			}
+			if attempt == 4 || !strings.Contains(err.Error(), "address already in use") {
+				t.Fatal(err)
+			}
+		}
 		b.proxy = startProxy(t, b.addr)
 		bs[i] = b
-		if err := b.start(bin); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, b := range bs {
-		if err := b.waitServing(); err != nil {
-			t.Fatal(err)
-		}
 	}
 	return bs
 }
