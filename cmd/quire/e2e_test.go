@@ -516,14 +516,24 @@ func TestBadConfigExit2(t *testing.T) {
 
 // `quire start` with no flags runs on the embedded default: data in ./data
 // of the working directory, admin on :58080, gRPC on :1228. It needs those
-// ports: if they are busy the test fails (it does not skip) and says so.
+// ports. Both lie in Linux's ephemeral range (32768–60999), so while the
+// other packages' tests run, a client socket or a ":0" listener may hold
+// one for a moment: the test waits up to two minutes for them to be free,
+// then fails (it does not skip) and says so.
 func TestDefaultConfig(t *testing.T) {
+	deadline := time.Now().Add(2 * time.Minute)
 	for _, addr := range []string{"0.0.0.0:58080", "0.0.0.0:1228"} {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Fatalf("the default port %s is busy (%v): this test runs `quire start` on the default configuration and needs it free", addr, err)
+		for {
+			l, err := net.Listen("tcp", addr)
+			if err == nil {
+				l.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the default port %s is busy (%v): this test runs `quire start` on the default configuration and needs it free", addr, err)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		l.Close()
 	}
 	cwd := t.TempDir()
 	p := startQuire(t, cwd, "start")
