@@ -53,7 +53,8 @@ type conn struct {
 	rdl         time.Time        // the read deadline last armed by readLoop
 	pending     []pendingPublish // QoS 0/1 PUBLISHes read, to append as one batch
 	inflightMax int
-	aliases     map[uint16]string
+	aliases     map[uint16]string // inbound topic aliases
+	outAliases  *aliasTable       // outbound topic aliases (aliases.go), under wmu; nil: none
 	will        *pubsub.Message
 	willDelay   time.Duration
 	connExpiry  uint32       // Session Expiry Interval of CONNECT (v5), seconds
@@ -368,6 +369,9 @@ func (c *conn) handshake() (present bool, err error) {
 		}
 		if mps := cp.Properties.MaximumPacketSize; mps > 0 {
 			c.w.SetMaxPacketSize(int(mps))
+		}
+		if n := min(int(cp.Properties.TopicAliasMaximum), opts.OutboundTopicAliases); n > 0 {
+			c.outAliases = newAliasTable(n)
 		}
 	}
 	if cp.Will != nil {
@@ -922,12 +926,24 @@ func (c *conn) writePublishLocked(d *delivery, dup bool) error {
 			}
 		}
 	}
+	var alias uint16
+	var known bool
+	if c.outAliases != nil {
+		alias, known = c.outAliases.lookup(m.Topic)
+		pk.Properties.TopicAlias = alias
+		if known {
+			pk.Topic = ""
+		}
+	}
 	err := c.writeLocked(&pk)
 	if errors.Is(err, packet.ErrPeerPacketTooLarge) {
-		c.drop(d, dropTooLarge)
+		c.drop(d, dropTooLarge) // nothing written: the alias is not the client's yet
 		return nil
 	}
 	if err == nil {
+		if alias != 0 && !known {
+			c.outAliases.assign(m.Topic, alias)
+		}
 		c.s.m.delivered.Inc()
 	}
 	return err

@@ -159,8 +159,8 @@
 //
 // # Not yet
 //
-// Outbound topic aliases, and re-authentication (AUTH 0x19 after CONNECT,
-// closed with 0x82). Authentication and ACLs are in authz.go (SCRAM-SHA-256
+// Re-authentication (AUTH 0x19 after CONNECT, closed with 0x82).
+// Outbound topic aliases are in aliases.go. Authentication and ACLs are in authz.go (SCRAM-SHA-256
 // for enhanced authentication), delayed publish in delayed.go, $SYS in
 // sys.go, the publish rate limit in ratelimit.go.
 //
@@ -186,6 +186,7 @@
 //	server.go    Server: Start/Stop, accept, publish and fan-out, attach/detach
 //	session.go   session state: queue, inflight, QoS 2 ids, expiry and will timers
 //	conn.go      one connection: CONNECT handshake, read loop, write loop
+//	aliases.go   outbound topic aliases
 //	storage.go   Storage, ReplayStorage, ShardStorage (frontiers), record encoding and decoding
 //	persist.go   stored sessions: records, cursor flushes, QoS 2 state, restore at Start
 //	metrics.go   quire_mqtt_* metrics

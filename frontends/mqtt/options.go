@@ -81,6 +81,10 @@ type Options struct {
 	// TopicAliasMaximum is the highest inbound topic alias a v5 client may
 	// use. Default 64; 0 keeps the default (aliases are cheap).
 	TopicAliasMaximum uint16
+	// OutboundTopicAliases bounds the topic aliases the server uses
+	// towards a v5 client (aliases.go), at most the client's own Topic
+	// Alias Maximum from CONNECT. Default 64; negative: none.
+	OutboundTopicAliases int
 	// MaxSessionExpiry caps how long a persistent session (v3 clean
 	// session 0, v5 Session Expiry Interval > 0) outlives its connection.
 	// Default 24 h.
@@ -110,6 +114,7 @@ const (
 	DefaultMaxQueued         = 1000
 	DefaultReceiveMaximum    = 256
 	DefaultTopicAliasMaximum = 64
+	DefaultOutboundAliases   = 64
 	DefaultMaxSessionExpiry  = 24 * time.Hour
 	DefaultCursorInterval    = 100 * time.Millisecond
 	DefaultSysInterval       = 10 * time.Second
@@ -144,6 +149,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.TopicAliasMaximum == 0 {
 		o.TopicAliasMaximum = DefaultTopicAliasMaximum
+	}
+	if o.OutboundTopicAliases == 0 {
+		o.OutboundTopicAliases = DefaultOutboundAliases
 	}
 	if o.CursorInterval <= 0 {
 		o.CursorInterval = DefaultCursorInterval
