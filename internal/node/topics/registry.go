@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -53,6 +54,7 @@ type Registry struct {
 
 	mu     sync.Mutex
 	shards map[string]shard.Shard // open shards by shard name
+	engine map[string]string      // open shard name -> its engine
 	errs   map[string]string      // shard name -> why it is not open
 	closed bool
 }
@@ -85,7 +87,7 @@ func NewRegistry(opts Options) *Registry {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Registry{opts: opts, shards: map[string]shard.Shard{}, errs: map[string]string{}}
+	return &Registry{opts: opts, shards: map[string]shard.Shard{}, engine: map[string]string{}, errs: map[string]string{}}
 }
 
 // Open opens the shards of every registered topic and deletes orphaned
@@ -122,6 +124,7 @@ func (r *Registry) Open(ctx context.Context) error {
 				continue
 			}
 			r.shards[name] = s
+			r.engine[name] = t.Engine
 		}
 	}
 	for en, e := range r.opts.Router.Engines() {
@@ -236,6 +239,7 @@ func (r *Registry) Create(ctx context.Context, name, engine string, partitions i
 	}
 	for _, s := range created {
 		r.shards[s.Name()] = s
+		r.engine[s.Name()] = engine
 		delete(r.errs, s.Name())
 	}
 	return r.info(t), nil
@@ -286,6 +290,7 @@ func (r *Registry) dropShards(ctx context.Context, t Topic) error {
 	for p := range t.Partitions {
 		sn := ShardName(name, p)
 		delete(r.shards, sn)
+		delete(r.engine, sn)
 		delete(r.errs, sn)
 		if !ok {
 			continue
@@ -320,25 +325,25 @@ func (r *Registry) Sync(ctx context.Context) error {
 			keep[ShardName(t.Name, p)] = true
 		}
 	}
+	// Only open shards can belong to a topic deleted since Open (which
+	// deals with the rest): no engine is listed, which for an object store
+	// would be a LIST per deleted topic.
 	var errs []error
-	for en, e := range r.opts.Router.Engines() {
-		names, err := e.List(ctx)
-		if err != nil {
-			return fmt.Errorf("topics: list shards of engine %q: %w", en, err)
+	for _, n := range slices.Sorted(maps.Keys(r.shards)) {
+		if keep[n] {
+			continue
 		}
-		for _, n := range names {
-			if keep[n] {
-				continue
-			}
-			if _, open := r.shards[n]; !open {
-				continue // not ours to judge here: Open deals with it at start
-			}
-			r.opts.Logger.Info("deleting the shard of a topic deleted through another node", "engine", en, "shard", n)
-			delete(r.shards, n)
-			delete(r.errs, n)
-			if err := e.Delete(ctx, n); err != nil && !errors.Is(err, shard.ErrNotFound) {
-				errs = append(errs, err)
-			}
+		en := r.engine[n]
+		r.opts.Logger.Info("deleting the shard of a topic deleted through another node", "engine", en, "shard", n)
+		delete(r.shards, n)
+		delete(r.engine, n)
+		delete(r.errs, n)
+		e, ok := r.opts.Router.Lookup(en)
+		if !ok {
+			continue
+		}
+		if err := e.Delete(ctx, n); err != nil && !errors.Is(err, shard.ErrNotFound) {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -424,5 +429,6 @@ func (r *Registry) Close() error {
 	defer r.mu.Unlock()
 	r.closed = true
 	r.shards = map[string]shard.Shard{}
+	r.engine = map[string]string{}
 	return nil
 }
