@@ -46,8 +46,7 @@ type enhanced struct {
 // carries client-first, the server answers AUTH 0x18 with server-first,
 // the client AUTH 0x18 with client-final, and CONNACK carries the server's
 // proof. Any other method gets CONNACK 0x8C; a failed exchange 0x86.
-// Re-authentication (AUTH 0x19 later on) is not supported: it closes the
-// connection with 0x82 (protocol error).
+// Re-authentication later on is onAuth's.
 func (c *conn) enhancedAuth(cp *packet.Connect) error {
 	method := cp.Properties.AuthenticationMethod
 	sc := c.s.opts.SCRAM
@@ -77,6 +76,54 @@ func (c *conn) enhancedAuth(cp *packet.Connect) error {
 	}
 	c.enhanced = &enhanced{method: method, data: final, user: x.User()}
 	return nil
+}
+
+// onAuth handles an AUTH packet after CONNACK: re-authentication (MQTT 5.0
+// §4.12.1). The client sends AUTH 0x19 with the method of its CONNECT and
+// client-first, the server answers AUTH 0x18 with server-first, the client
+// AUTH 0x18 with client-final, and the server AUTH 0x00 with its proof.
+// Other packets flow meanwhile under the previous authentication. The user
+// must stay the same: the connection's identity (ACL checks, %u) does not
+// change. Failures close the connection with a DISCONNECT (§4.13): 0x82
+// for AUTH on a connection that did not authenticate with a method (§4.12:
+// a protocol error), for an AUTH out of turn and for a reason code a
+// client may not send; 0x8C for another method [MQTT-4.12.1-1]; 0x87 (not
+// authorized; 0x86 is not a DISCONNECT code) for a failed exchange or
+// another user [MQTT-4.12.1-2].
+func (c *conn) onAuth(p *packet.Auth) error {
+	if c.enhanced == nil {
+		return &closeError{code: packet.ProtocolError, msg: "AUTH on a connection without enhanced authentication"}
+	}
+	method := p.Properties.AuthenticationMethod
+	if method != c.enhanced.method {
+		return &closeError{code: packet.BadAuthenticationMethod, msg: "re-authentication with method " + method + ", not " + c.enhanced.method}
+	}
+	answer := func(code packet.ReasonCode, data []byte) error {
+		return c.reply(&packet.Auth{ReasonCode: code, Properties: packet.Properties{AuthenticationMethod: method, AuthenticationData: data}})
+	}
+	switch {
+	case p.ReasonCode == packet.ReAuthenticate && c.reauth == nil:
+		x, first, err := c.s.opts.SCRAM.Start(p.Properties.AuthenticationData)
+		if err != nil {
+			return &closeError{code: packet.NotAuthorized, msg: "re-authentication: " + err.Error()}
+		}
+		c.reauth = x
+		return answer(packet.ContinueAuthentication, first)
+	case p.ReasonCode == packet.ContinueAuthentication && c.reauth != nil:
+		x := c.reauth
+		c.reauth = nil
+		final, err := x.Finish(p.Properties.AuthenticationData)
+		if err != nil {
+			return &closeError{code: packet.NotAuthorized, msg: "re-authentication: " + err.Error()}
+		}
+		if x.User() != c.enhanced.user {
+			return &closeError{code: packet.NotAuthorized, msg: "re-authentication as " + x.User() + ", not " + c.enhanced.user}
+		}
+		c.s.m.reauths.Inc()
+		return answer(packet.Success, final)
+	default:
+		return &closeError{code: packet.ProtocolError, msg: "AUTH " + p.ReasonCode.Name(packet.AUTH) + " out of turn"}
+	}
 }
 
 // authenticate checks CONNECT; on refusal it answers CONNACK with the

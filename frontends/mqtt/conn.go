@@ -57,10 +57,11 @@ type conn struct {
 	outAliases  *aliasTable       // outbound topic aliases (aliases.go), under wmu; nil: none
 	will        *pubsub.Message
 	willDelay   time.Duration
-	connExpiry  uint32       // Session Expiry Interval of CONNECT (v5), seconds
-	who         *auth.Client // for ACL checks (authz.go); no password
-	bucket      *tokenBucket // the publish rate limit (ratelimit.go); nil: none
-	enhanced    *enhanced    // the result of MQTT 5 enhanced authentication (authz.go)
+	connExpiry  uint32              // Session Expiry Interval of CONNECT (v5), seconds
+	who         *auth.Client        // for ACL checks (authz.go); no password
+	bucket      *tokenBucket        // the publish rate limit (ratelimit.go); nil: none
+	enhanced    *enhanced           // the result of MQTT 5 enhanced authentication (authz.go)
+	reauth      *auth.SCRAMExchange // a re-authentication under way (authz.go onAuth); nil: none
 
 	closing    chan struct{}
 	closeOnce  sync.Once
@@ -620,9 +621,10 @@ func (c *conn) readLoop() error {
 		case *packet.Disconnect:
 			c.flushReplies()
 			return c.onDisconnect(p)
+		case *packet.Auth:
+			err = c.onAuth(p)
 		default:
-			// AUTH without an authentication method, or a server-to-
-			// client packet (MQTT 5.0 §4.13.1).
+			// A server-to-client packet (MQTT 5.0 §4.13.1).
 			return &closeError{code: packet.ProtocolError, msg: "unexpected " + p.Type().String()}
 		}
 		if err != nil {

@@ -154,15 +154,16 @@
 // (CONNACK while connecting) with the codec's reason code (packet.ReasonCodeOf
 // table), v3 a plain close (CONNACK 0x01 for an unknown protocol level).
 // Broker-level violations (topic alias out of range 0x94, too many QoS 2 in
-// flight 0x93, No Local on a shared subscription 0x82, AUTH 0x19 0x82) do the
-// same.
+// flight 0x93, No Local on a shared subscription 0x82, a failed
+// re-authentication 0x87, 0x8C or 0x82) do the same.
 //
-// # Not yet
+// # Elsewhere
 //
-// Re-authentication (AUTH 0x19 after CONNECT, closed with 0x82).
-// Outbound topic aliases are in aliases.go. Authentication and ACLs are in authz.go (SCRAM-SHA-256
-// for enhanced authentication), delayed publish in delayed.go, $SYS in
-// sys.go, the publish rate limit in ratelimit.go.
+// Authentication and ACLs are in authz.go: SCRAM-SHA-256 for enhanced
+// authentication at CONNECT and for re-authentication (AUTH 0x19 on an
+// established connection, same method and user, MQTT 5.0 §4.12.1).
+// Outbound topic aliases are in aliases.go, delayed publish in delayed.go,
+// $SYS in sys.go, the publish rate limit in ratelimit.go.
 //
 // # Metrics
 //
@@ -171,7 +172,9 @@
 // packets_sent_total{type}, received_bytes_total{listener},
 // sent_bytes_total{listener}, messages_published_total{qos},
 // messages_delivered_total, messages_dropped_total{reason},
-// storage_errors_total, session_takeovers_total, sessions, subscriptions,
+// storage_errors_total, session_takeovers_total, shared_redelivered_total,
+// reauthentications_total, server_disconnects_total{reason},
+// publish_throttled_seconds_total, sessions, subscriptions,
 // retained_messages.
 //
 // # Locking

@@ -34,6 +34,7 @@ type serverMetrics struct {
 	closedBy      *prometheus.CounterVec // reason: connections the server closed, by reason code
 	throttled     prometheus.Counter     // seconds publishers waited for the rate limit
 	redelivered   prometheus.Counter     // shared-subscription messages moved to another member
+	reauths       prometheus.Counter     // completed MQTT 5 re-authentications
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
@@ -63,6 +64,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Help: "Seconds connections spent waiting for the publish rate limit (reads paused)."}),
 		redelivered: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "shared_redelivered_total",
 			Help: "Messages of a shared subscription handed to another member because theirs disconnected without acknowledging them."}),
+		reauths: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reauthentications_total",
+			Help: "MQTT 5 re-authentications (AUTH 0x19) that succeeded; failed ones close the connection (server_disconnects_total)."}),
 	}
 	in := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "packets_received_total",
 		Help: "MQTT control packets received, by type."}, []string{"type"})
@@ -81,7 +84,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
 	metrics.Register(reg, m.connections, m.connects, m.refused, in, out, m.bytesIn, m.bytesOut, pub, m.delivered,
-		m.dropped, m.storageErrors, m.takeovers, m.closedBy, m.throttled, m.redelivered,
+		m.dropped, m.storageErrors, m.takeovers, m.closedBy, m.throttled, m.redelivered, m.reauths,
 		gauge("sessions", "MQTT sessions, online and offline.", func() float64 { return float64(s.sessionCount()) }),
 		gauge("subscriptions", "Subscriptions in the topic tree, shared ones included.", func() float64 { return float64(s.tree.Len()) }),
 		gauge("retained_messages", "Retained messages.", func() float64 { return float64(s.opts.Retained.Len()) }),
