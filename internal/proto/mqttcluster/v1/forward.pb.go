@@ -113,7 +113,14 @@ type PullResponse struct {
 	// The puller's cursor on shard once the records are stored.
 	Next uint64 `protobuf:"varint,3,opt,name=next,proto3" json:"next,omitempty"`
 	// The matching records of [previous cursor, next), in offset order.
-	Records       []*Record `protobuf:"bytes,4,rep,name=records,proto3" json:"records,omitempty"`
+	Records []*Record `protobuf:"bytes,4,rep,name=records,proto3" json:"records,omitempty"`
+	// The hello: where the server starts on each of its shards (the puller's
+	// cursors as the server applied them), to be stored by the puller as its
+	// cursors on a fresh start.
+	Start map[string]uint64 `protobuf:"bytes,5,rep,name=start,proto3" json:"start,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// The shard's high watermark when the batch was read (the puller's lag is
+	// high - next).
+	High          uint64 `protobuf:"varint,6,opt,name=high,proto3" json:"high,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -174,6 +181,20 @@ func (x *PullResponse) GetRecords() []*Record {
 		return x.Records
 	}
 	return nil
+}
+
+func (x *PullResponse) GetStart() map[string]uint64 {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *PullResponse) GetHigh() uint64 {
+	if x != nil {
+		return x.High
+	}
+	return 0
 }
 
 // Record is a shard record as frontends/mqtt.EncodeRecord wrote it.
@@ -317,12 +338,18 @@ const file_mqttcluster_v1_forward_proto_rawDesc = "" +
 	"\afilters\x18\x04 \x03(\tR\afilters\x1a:\n" +
 	"\fCursorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x83\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x90\x02\n" +
 	"\fPullResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\tR\x05shard\x12\x12\n" +
 	"\x04next\x18\x03 \x01(\x04R\x04next\x120\n" +
-	"\arecords\x18\x04 \x03(\v2\x16.mqttcluster.v1.RecordR\arecords\"\x98\x01\n" +
+	"\arecords\x18\x04 \x03(\v2\x16.mqttcluster.v1.RecordR\arecords\x12=\n" +
+	"\x05start\x18\x05 \x03(\v2'.mqttcluster.v1.PullResponse.StartEntryR\x05start\x12\x12\n" +
+	"\x04high\x18\x06 \x01(\x04R\x04high\x1a8\n" +
+	"\n" +
+	"StartEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x98\x01\n" +
 	"\x06Record\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x1c\n" +
 	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\x12\x10\n" +
@@ -347,25 +374,27 @@ func file_mqttcluster_v1_forward_proto_rawDescGZIP() []byte {
 	return file_mqttcluster_v1_forward_proto_rawDescData
 }
 
-var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_mqttcluster_v1_forward_proto_goTypes = []any{
 	(*PullRequest)(nil),  // 0: mqttcluster.v1.PullRequest
 	(*PullResponse)(nil), // 1: mqttcluster.v1.PullResponse
 	(*Record)(nil),       // 2: mqttcluster.v1.Record
 	(*Header)(nil),       // 3: mqttcluster.v1.Header
 	nil,                  // 4: mqttcluster.v1.PullRequest.CursorsEntry
+	nil,                  // 5: mqttcluster.v1.PullResponse.StartEntry
 }
 var file_mqttcluster_v1_forward_proto_depIdxs = []int32{
 	4, // 0: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
 	2, // 1: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
-	3, // 2: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
-	0, // 3: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
-	1, // 4: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 2: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
+	3, // 3: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
+	0, // 4: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
+	1, // 5: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
+	5, // [5:6] is the sub-list for method output_type
+	4, // [4:5] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_mqttcluster_v1_forward_proto_init() }
@@ -379,7 +408,7 @@ func file_mqttcluster_v1_forward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mqttcluster_v1_forward_proto_rawDesc), len(file_mqttcluster_v1_forward_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,307 @@
+package mqtt
+
+// Cross-node routing: the MQTT side of a cluster of Quire nodes.
+//
+// Every node stores what its own clients publish in its own shards
+// ("mqtt/<engine>/<n>", storage.go) and delivers from them to its own
+// sessions. A cluster adds pull replication between the nodes (the node's
+// side, the gRPC service and the pullers, is internal/node/mqttcluster.go):
+//
+//   - Routes. Each node keeps the distinct filters of its sessions, online
+//     and offline persistent ones, shared subscriptions by their inner
+//     filter (RouteFilters), and records them in meta under
+//     /mqtt/routes/<node id> (a low-rate fact, rewritten only when the set
+//     changed, debounced). A stopped node's routes stay.
+//   - Pull. Node B opens one stream (mqttcluster.v1.Forwarder/Pull) to each
+//     peer A registered in meta, sending its filters (again whenever they
+//     change) and its cursor per shard of A. A scans its open MQTT shards
+//     from those cursors (ClusterSource.Scan) and streams the records that
+//     match B's filters and originated on A: a record B stored on behalf of
+//     a peer carries HeaderOrigin and is never forwarded again, so there
+//     are no loops and each message crosses one hop. A batch that matched
+//     nothing still moves B's cursor.
+//   - Inject. B stores each forwarded record in its own shard as its topic's
+//     rule says, with HeaderOrigin set (InjectForwarded: one append per
+//     shard, durable as the engine promises), sets or clears the retained
+//     message, and queues it for every matching session, exactly as a local
+//     publish. Only then does B advance, and later persist, its cursor on
+//     A's shard. A crash of B between the two means the batch comes again:
+//     duplicates, never a loss (at least once for QoS 1 and 2). A restart of
+//     A or B resumes from B's cursors; messages A took while B was down reach
+//     B's persistent sessions when B returns.
+//   - First contact. A peer B has no cursor of yet is read from its shards'
+//     high watermarks (new messages only), a shard that appears later from
+//     its low watermark; a cursor above a shard's high watermark (the shard
+//     was lost, as a memory engine's on restart) restarts at its low one.
+//
+// Order: a topic lives in one shard of A and one of B, and A streams a
+// shard in offset order, so the messages of one topic reach B's
+// subscribers in the order A stored them. A subscription made on B starts
+// receiving other nodes' messages once its filter reached them (the next
+// route poll, ~250 ms): like any subscription, it sees messages published
+// after it takes effect. Shared subscriptions are per node: each node's
+// group gets one copy. Retained messages reach B only with a matching
+// filter at the time (a later subscriber on B sees A's retained message
+// only if B stored it then).
+//
+// Sessions are node-local: a client that reconnects to another node starts
+// a new session there.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/quiremq/quire/frontends/pubsub"
+	"github.com/quiremq/quire/shard"
+)
+
+// HeaderOrigin marks a record stored by InjectForwarded: its value is the
+// id of the node the message was published on (decimal). Such records are
+// not forwarded again. DecodeRecord ignores it (an "mqtt." header it does
+// not know).
+const HeaderOrigin = "mqtt.origin"
+
+// RouteFilters returns the distinct filters of every session of the
+// server, online or offline ("$share/{group}/" removed), sorted.
+func (s *Server) RouteFilters() []string {
+	s.mu.Lock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	set := map[string]struct{}{}
+	for _, sess := range sessions {
+		sess.mu.Lock()
+		for f := range sess.subs {
+			if _, inner, ok := pubsub.ParseShared(f); ok {
+				set[inner] = struct{}{}
+			}
+		}
+		sess.mu.Unlock()
+	}
+	out := make([]string, 0, len(set))
+	for f := range set {
+		out = append(out, f)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// FilterSet matches topic names against a set of filters with MQTT's rules
+// (a wildcard first level does not match "$…" topics).
+type FilterSet struct{ tree *pubsub.Tree }
+
+// NewFilterSet returns the set of filters.
+func NewFilterSet(filters []string) *FilterSet {
+	t := pubsub.NewTree()
+	for _, f := range filters {
+		t.Subscribe(pubsub.Subscription{Client: "route", Filter: f})
+	}
+	return &FilterSet{tree: t}
+}
+
+// Match reports whether a filter of the set matches topic.
+func (f *FilterSet) Match(topic string) bool {
+	var buf [4]pubsub.Subscription
+	return len(f.tree.Match(topic, buf[:0], nil)) > 0
+}
+
+// ClusterSource reads a server's own MQTT shards for its peers.
+type ClusterSource struct{ st *ShardStorage }
+
+// ErrNoClusterStorage is returned when the server's storage is not a
+// ShardStorage, the only one whose shards can be forwarded.
+var ErrNoClusterStorage = errors.New("mqtt: cross-node routing needs a ShardStorage")
+
+// ClusterSource returns the reader of the server's shards for its peers.
+func (s *Server) ClusterSource() (*ClusterSource, error) {
+	st, ok := s.opts.Storage.(*ShardStorage)
+	if !ok {
+		return nil, ErrNoClusterStorage
+	}
+	return &ClusterSource{st: st}, nil
+}
+
+// ShardMark is an open shard and its watermarks.
+type ShardMark struct {
+	Name      string
+	Low, High uint64
+}
+
+// Shards returns the open MQTT shards (every existing one after Start
+// with a Store: OpenAll), sorted by name.
+func (c *ClusterSource) Shards() []ShardMark {
+	c.st.mu.RLock()
+	out := make([]ShardMark, 0, len(c.st.shards))
+	for name, os := range c.st.shards {
+		low, high := os.sh.Watermarks()
+		out = append(out, ShardMark{Name: name, Low: low, High: high})
+	}
+	c.st.mu.RUnlock()
+	slices.SortFunc(out, func(a, b ShardMark) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Scan reads shard name from offset from (at most maxRecords records or
+// about maxBytes) and returns the records that originated on this node
+// (no HeaderOrigin) and whose topic filters matches, and the offset that
+// follows the last record read. A from below the shard's low watermark
+// reads from the low one.
+func (c *ClusterSource) Scan(ctx context.Context, name string, from uint64, filters *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
+	c.st.mu.RLock()
+	os := c.st.shards[name]
+	c.st.mu.RUnlock()
+	if os == nil {
+		return nil, from, fmt.Errorf("mqtt: shard %s is not open: %w", name, shard.ErrNotFound)
+	}
+	low, high := os.sh.Watermarks()
+	from = max(from, low)
+	if from >= high {
+		return nil, from, nil
+	}
+	recs, err := os.sh.Read(ctx, from, shard.Limits{MaxRecords: maxRecords, MaxBytes: maxBytes})
+	if err != nil {
+		return nil, from, fmt.Errorf("mqtt: read shard %s at %d: %w", name, from, err)
+	}
+	next := from
+	out := recs[:0:0]
+	for i := range recs {
+		r := &recs[i]
+		next = r.Offset + 1
+		if forwarded(r) || !filters.Match(string(r.Key)) {
+			continue
+		}
+		out = append(out, *r)
+	}
+	return out, next, nil
+}
+
+func forwarded(r *shard.Record) bool {
+	for _, h := range r.Headers {
+		if h.Key == HeaderOrigin {
+			return true
+		}
+	}
+	return false
+}
+
+// Wait returns when a shard has records at or above its mark in marks, a
+// shard not in marks may exist, ctx ends, or after d.
+func (c *ClusterSource) Wait(ctx context.Context, marks map[string]uint64, d time.Duration) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	done := make(chan struct{})
+	defer close(done)
+	woke := make(chan struct{}, 1)
+	unknown := false
+	c.st.mu.RLock()
+	for name, os := range c.st.shards {
+		t, ok := os.sh.(shard.Tailer)
+		mark, known := marks[name]
+		unknown = unknown || !known
+		if !ok || !known {
+			continue
+		}
+		ch := t.Wait(mark)
+		go func() {
+			select {
+			case <-ch:
+				select {
+				case woke <- struct{}{}:
+				default:
+				}
+			case <-done:
+			}
+		}()
+	}
+	c.st.mu.RUnlock()
+	if unknown {
+		return
+	}
+	select {
+	case <-woke:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+}
+
+// InjectForwarded stores messages published on node origin and forwarded
+// here in this node's shards (each per its topic's rule, in order, with
+// HeaderOrigin so that they are never forwarded again) and hands each to
+// the retained store and the matching sessions, as a local publish. It
+// returns once every message is stored and queued: the caller may then
+// advance its cursor. On an error some messages may be stored already
+// (the caller retries the batch: at least once).
+func (s *Server) InjectForwarded(ctx context.Context, origin uint64, ms []*pubsub.Message) error {
+	st, ok := s.opts.Storage.(*ShardStorage)
+	if !ok {
+		return ErrNoClusterStorage
+	}
+	mark := shard.Header{Key: HeaderOrigin, Value: []byte(strconv.FormatUint(origin, 10))}
+	type group struct {
+		engine string
+		idx    []int
+	}
+	groups := map[string]*group{}
+	var order []string
+	for i, m := range ms {
+		m.PacketID = 0 // the publisher's id on origin means nothing here
+		engine, name := st.shardOf(m.Topic)
+		g := groups[name]
+		if g == nil {
+			g = &group{engine: engine}
+			groups[name] = g
+			order = append(order, name)
+		}
+		g.idx = append(g.idx, i)
+	}
+	pos := make([]Position, len(ms))
+	fail := func(err error) error {
+		// What was stored is not delivered now (the batch comes again):
+		// it must not hold the frontiers back.
+		s.m.storageErrors.Inc()
+		for _, p := range pos {
+			if p.Shard != "" && s.rs != nil {
+				s.rs.Done(p)
+			}
+		}
+		return err
+	}
+	for _, name := range order {
+		g := groups[name]
+		os, err := st.shard(ctx, g.engine, name, true)
+		if err != nil {
+			return fail(err)
+		}
+		recs := make([]shard.Record, len(g.idx))
+		for k, i := range g.idx {
+			recs[k] = EncodeRecord(ms[i])
+			recs[k].Headers = append(recs[k].Headers, mark)
+		}
+		off, err := os.sh.Append(ctx, recs)
+		if err != nil {
+			return fail(fmt.Errorf("mqtt: append forwarded messages to %s: %w", name, err))
+		}
+		for k, i := range g.idx {
+			pos[i] = Position{Shard: name, Offset: off + uint64(k)}
+		}
+	}
+	// Handed to the sessions in batch order once all are stored.
+	for i, m := range ms {
+		s.stored(ctx, m, pos[i])
+	}
+	return nil
+}

@@ -1,0 +1,667 @@
+package node
+
+// Cross-node MQTT routing, the node's side: the design is described at the
+// top of frontends/mqtt/cluster.go. Here: the routes in meta, the
+// mqttcluster.v1.Forwarder service that streams this node's records to its
+// peers, one puller per peer that stores the peer's records here, and the
+// pullers' cursors in <data_dir>/mqttcluster/cursors.json.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/quiremq/quire/frontends/mqtt"
+	"github.com/quiremq/quire/frontends/pubsub"
+	"github.com/quiremq/quire/internal/metrics"
+	mqttclusterv1 "github.com/quiremq/quire/internal/proto/mqttcluster/v1"
+	"github.com/quiremq/quire/internal/vfs"
+	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
+	"github.com/quiremq/quire/shard"
+)
+
+// PrefixMQTTRoutes holds one record per node: the distinct filters of its
+// MQTT sessions (mqttRoutes), kept after the node stops.
+const PrefixMQTTRoutes = "/mqtt/routes/"
+
+// MQTTRouteKey is the key of node id's routes.
+func MQTTRouteKey(id uint64) string { return fmt.Sprintf("%s%020d", PrefixMQTTRoutes, id) }
+
+// mqttRoutes is a node's record under PrefixMQTTRoutes.
+type mqttRoutes struct {
+	Node      uint64    `json:"node"`
+	Filters   []string  `json:"filters"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Directory and file of the pullers' cursors under data_dir.
+const (
+	mqttClusterDir     = "mqttcluster"
+	mqttClusterCursors = "cursors.json"
+)
+
+// Timing and sizes of the cluster loops.
+const (
+	routePoll       = 250 * time.Millisecond // filters recomputed, and written to meta when changed
+	peerPoll        = 2 * time.Second        // registered nodes listed
+	cursorFlush     = 100 * time.Millisecond // cursors written when changed
+	tailWait        = 200 * time.Millisecond // a serving stream's longest idle wait
+	pullBackoffMin  = 100 * time.Millisecond
+	pullBackoffMax  = 10 * time.Second
+	forwardRecords  = 512     // records per scan of a shard
+	forwardBytes    = 1 << 20 // bytes per scan of a shard
+	clusterOpTimout = 10 * time.Second
+)
+
+var forwarderService = mqttclusterv1.Forwarder_ServiceDesc.ServiceName
+
+type mqttClusterMetrics struct {
+	forwarded *prometheus.CounterVec // messages pulled from a peer and stored here
+	served    *prometheus.CounterVec // messages this node streamed to a peer
+	lag       *prometheus.GaugeVec   // records of a peer's shards behind this node's cursors
+	errors    *prometheus.CounterVec // failed pulls (connect, stream, store)
+	connected *prometheus.GaugeVec   // 1 while the pull stream of a peer is open
+}
+
+func newMQTTClusterMetrics(reg prometheus.Registerer) *mqttClusterMetrics {
+	ns := metrics.Namespace
+	m := &mqttClusterMetrics{
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "forwarded_messages_total",
+			Help: "MQTT messages published on a peer node, pulled by this node and stored here for its sessions."}, []string{"peer"}),
+		served: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "served_messages_total",
+			Help: "MQTT messages published on this node and streamed to a peer that subscribes to them."}, []string{"peer"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "lag_records",
+			Help: "Records of a peer's MQTT shards this node has not pulled yet (as of the peer's last batch)."}, []string{"peer"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "peer_errors_total",
+			Help: "Failed pulls from a peer (connect, stream or local store errors); each is retried with backoff."}, []string{"peer"}),
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "peer_connected",
+			Help: "1 while this node's pull stream from the peer is open."}, []string{"peer"}),
+	}
+	m.forwarded = metrics.Reuse(reg, m.forwarded)
+	m.served = metrics.Reuse(reg, m.served)
+	m.lag = metrics.Reuse(reg, m.lag)
+	m.errors = metrics.Reuse(reg, m.errors)
+	m.connected = metrics.Reuse(reg, m.connected)
+	return m
+}
+
+// mqttCluster routes MQTT messages between this node and its peers while
+// the broker's MQTT server runs.
+type mqttCluster struct {
+	mqttclusterv1.UnimplementedForwarderServer
+
+	self uint64
+	srv  *mqtt.Server
+	src  *mqtt.ClusterSource
+	kv   func() meta.KV
+	fs   vfs.FS
+	path string // the cursors file
+	log  *slog.Logger
+	m    *mqttClusterMetrics
+
+	smu    sync.Mutex // orders a stream's wg.Add before stop's Wait
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	fmu     sync.Mutex
+	filters []string
+	changed chan struct{} // closed and replaced when filters change
+
+	cmu     sync.Mutex
+	cursors map[uint64]map[string]uint64 // peer → its shard → next offset wanted; a peer here is not fresh
+	dirty   bool
+
+	pmu     sync.Mutex
+	pullers map[uint64]*puller
+}
+
+type puller struct {
+	addr   string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startMQTTCluster starts routing between srv and the other nodes of the
+// meta cluster. dir is data_dir.
+func startMQTTCluster(srv *mqtt.Server, self uint64, kv func() meta.KV, fs vfs.FS, dataDir string, m *mqttClusterMetrics, log *slog.Logger) (*mqttCluster, error) {
+	src, err := srv.ClusterSource()
+	if err != nil {
+		return nil, err
+	}
+	dir := fs.PathJoin(dataDir, mqttClusterDir)
+	if err := vfs.MkdirAll(fs, dir); err != nil {
+		return nil, err
+	}
+	c := &mqttCluster{self: self, srv: srv, src: src, kv: kv, fs: fs, path: fs.PathJoin(dir, mqttClusterCursors),
+		log: log.With("component", "mqtt-cluster"), m: m, changed: make(chan struct{}), pullers: map[uint64]*puller{},
+		cursors: map[uint64]map[string]uint64{}}
+	if err := c.loadCursors(); err != nil {
+		return nil, err
+	}
+	c.filters = srv.RouteFilters()
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.wg.Add(3)
+	go c.routesLoop()
+	go c.peersLoop()
+	go c.flushLoop()
+	return c, nil
+}
+
+// stop ends the pullers and the streams served to peers, and writes the
+// cursors.
+func (c *mqttCluster) stop() error {
+	c.smu.Lock()
+	c.cancel()
+	c.smu.Unlock()
+	c.wg.Wait()
+	return c.flushCursors()
+}
+
+// ---- routes ----
+
+// routesLoop recomputes the filters every routePoll; on a change it wakes
+// the pullers (they send the new set) and writes the set to meta, retrying
+// at the next poll if meta refuses.
+func (c *mqttCluster) routesLoop() {
+	defer c.wg.Done()
+	var written []string
+	wrote := false
+	t := time.NewTicker(routePoll)
+	defer t.Stop()
+	for {
+		fs := c.srv.RouteFilters()
+		c.fmu.Lock()
+		if !slices.Equal(fs, c.filters) {
+			c.filters = fs
+			close(c.changed)
+			c.changed = make(chan struct{})
+		}
+		c.fmu.Unlock()
+		if !wrote || !slices.Equal(fs, written) {
+			if err := c.writeRoutes(fs); err != nil {
+				if c.ctx.Err() == nil {
+					c.log.Warn("writing this node's MQTT routes to meta; retrying", "err", err)
+				}
+			} else {
+				written, wrote = fs, true
+			}
+		}
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *mqttCluster) writeRoutes(fs []string) error {
+	kv := c.kv()
+	if kv == nil {
+		return errors.New("meta is not running")
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, clusterOpTimout)
+	defer cancel()
+	return schema.RetryNotLeader(ctx, func() error {
+		_, err := schema.Put(ctx, kv, MQTTRouteKey(c.self), mqttRoutes{Node: c.self, Filters: fs, UpdatedAt: time.Now().UTC()})
+		return err
+	})
+}
+
+// currentFilters returns the filter set and a channel closed when it
+// changes.
+func (c *mqttCluster) currentFilters() ([]string, <-chan struct{}) {
+	c.fmu.Lock()
+	defer c.fmu.Unlock()
+	return c.filters, c.changed
+}
+
+// ---- peers ----
+
+// peersLoop keeps one puller per other registered node with an inner gRPC
+// address (registrations stay after a node stops: its puller retries with
+// backoff until it returns).
+func (c *mqttCluster) peersLoop() {
+	defer c.wg.Done()
+	defer func() {
+		c.pmu.Lock()
+		for id, p := range c.pullers {
+			p.cancel()
+			<-p.done
+			delete(c.pullers, id)
+		}
+		c.pmu.Unlock()
+	}()
+	t := time.NewTicker(peerPoll)
+	defer t.Stop()
+	for {
+		if kv := c.kv(); kv != nil {
+			ctx, cancel := context.WithTimeout(c.ctx, clusterOpTimout)
+			nodes, _, err := schema.List[schema.Node](ctx, kv, schema.PrefixNodes, true)
+			cancel()
+			if err != nil {
+				if c.ctx.Err() == nil {
+					c.log.Debug("listing the nodes in meta", "err", err)
+				}
+			} else {
+				c.syncPullers(nodes)
+			}
+		}
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *mqttCluster) syncPullers(nodes []schema.Record[schema.Node]) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	seen := map[uint64]bool{}
+	for _, r := range nodes {
+		n := r.Value
+		addr := n.GRPCAddr
+		if addr == "" {
+			addr = n.Addr
+		}
+		if n.ID == c.self || addr == "" {
+			continue
+		}
+		seen[n.ID] = true
+		if p := c.pullers[n.ID]; p != nil {
+			if p.addr == addr {
+				continue
+			}
+			p.cancel()
+			<-p.done
+		}
+		ctx, cancel := context.WithCancel(c.ctx)
+		p := &puller{addr: addr, cancel: cancel, done: make(chan struct{})}
+		c.pullers[n.ID] = p
+		go func() {
+			defer close(p.done)
+			c.pull(ctx, n.ID, addr)
+		}()
+	}
+	for id, p := range c.pullers {
+		if !seen[id] {
+			p.cancel()
+			<-p.done
+			delete(c.pullers, id)
+		}
+	}
+}
+
+// pull pulls from peer at addr until ctx ends, reconnecting with backoff.
+func (c *mqttCluster) pull(ctx context.Context, peer uint64, addr string) {
+	label := strconv.FormatUint(peer, 10)
+	log := c.log.With("peer", peer, "addr", addr)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		log.Error("MQTT routing: cannot build a client for the peer", "err", err)
+		c.m.errors.WithLabelValues(label).Inc()
+		return
+	}
+	defer cc.Close()
+	cl := mqttclusterv1.NewForwarderClient(cc)
+	backoff := pullBackoffMin
+	failures := 0
+	for ctx.Err() == nil {
+		got, err := c.pullOnce(ctx, cl, peer, label)
+		c.m.connected.WithLabelValues(label).Set(0)
+		if ctx.Err() != nil {
+			return
+		}
+		c.m.errors.WithLabelValues(label).Inc()
+		if got {
+			backoff, failures = pullBackoffMin, 0
+		}
+		failures++
+		// The first failures of a peer that is down are expected (it
+		// restarts); say so at Info, and at Warn once it persists.
+		if failures == 5 {
+			log.Warn("MQTT routing: the peer keeps failing; retrying with backoff", "err", err, "backoff", backoff)
+		} else {
+			log.Info("MQTT routing: pull from the peer failed; retrying", "err", err, "backoff", backoff)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		}
+		backoff = min(2*backoff, pullBackoffMax)
+	}
+}
+
+// pullOnce runs one Pull stream; got reports whether it received anything
+// (the peer was up).
+func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderClient, peer uint64, label string) (got bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := cl.Pull(ctx)
+	if err != nil {
+		return false, err
+	}
+	filters, changed := c.currentFilters()
+	c.cmu.Lock()
+	cur, known := c.cursors[peer]
+	first := &mqttclusterv1.PullRequest{NodeId: c.self, Fresh: !known, Filters: filters, Cursors: maps(cur)}
+	c.cmu.Unlock()
+	if err := stream.Send(first); err != nil {
+		return false, err
+	}
+	sendErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			}
+			filters, changed = c.currentFilters()
+			if err := stream.Send(&mqttclusterv1.PullRequest{Filters: filters}); err != nil {
+				sendErr <- err
+				cancel()
+				return
+			}
+		}
+	}()
+	hello, err := stream.Recv()
+	if err != nil {
+		return false, err
+	}
+	if hello.NodeId != peer {
+		return true, fmt.Errorf("the peer's address answers as node %d", hello.NodeId)
+	}
+	c.cmu.Lock()
+	if c.cursors[peer] == nil {
+		c.cursors[peer] = map[string]uint64{}
+	}
+	for name, off := range hello.Start {
+		c.cursors[peer][name] = off
+	}
+	c.dirty = true
+	c.cmu.Unlock()
+	c.m.connected.WithLabelValues(label).Set(1)
+	c.log.Info("MQTT routing: pulling from peer", "peer", peer, "filters", len(filters), "fresh", !known)
+	lag := map[string]uint64{}
+	var ms []*pubsub.Message
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			select {
+			case serr := <-sendErr:
+				return true, serr
+			default:
+			}
+			return true, err
+		}
+		ms = ms[:0]
+		for _, r := range resp.Records {
+			rec := shard.Record{Offset: r.Offset, Timestamp: r.Timestamp, Key: r.Key, Value: r.Value}
+			for _, h := range r.Headers {
+				rec.Headers = append(rec.Headers, shard.Header{Key: h.Key, Value: h.Value})
+			}
+			m, err := mqtt.DecodeRecord(&rec)
+			if err != nil {
+				c.log.Warn("MQTT routing: skipping a record that is not an MQTT message", "peer", peer, "shard", resp.Shard, "offset", r.Offset, "err", err)
+				continue
+			}
+			ms = append(ms, m)
+		}
+		if len(ms) > 0 {
+			if err := c.srv.InjectForwarded(ctx, peer, ms); err != nil {
+				return true, fmt.Errorf("storing messages forwarded from shard %s: %w", resp.Shard, err)
+			}
+			c.m.forwarded.WithLabelValues(label).Add(float64(len(ms)))
+		}
+		c.cmu.Lock()
+		c.cursors[peer][resp.Shard] = resp.Next
+		c.dirty = true
+		c.cmu.Unlock()
+		if resp.High >= resp.Next {
+			lag[resp.Shard] = resp.High - resp.Next
+		}
+		var sum uint64
+		for _, l := range lag {
+			sum += l
+		}
+		c.m.lag.WithLabelValues(label).Set(float64(sum))
+	}
+}
+
+func maps(m map[string]uint64) map[string]uint64 {
+	out := make(map[string]uint64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// ---- cursors ----
+
+type cursorFile struct {
+	Peers map[string]map[string]uint64 `json:"peers"` // peer id → shard → next offset
+}
+
+func (c *mqttCluster) loadCursors() error {
+	b, err := vfs.ReadFile(c.fs, c.path)
+	if vfs.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var f cursorFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("mqtt cluster cursors %s: %w", c.path, err)
+	}
+	for k, v := range f.Peers {
+		id, err := strconv.ParseUint(k, 10, 64)
+		if err != nil {
+			return fmt.Errorf("mqtt cluster cursors %s: peer %q: %w", c.path, k, err)
+		}
+		c.cursors[id] = v
+	}
+	return nil
+}
+
+// flushCursors writes the cursors if they changed. A cursor is set only
+// after the messages below it were stored here, so the file never claims
+// more than the shards hold; a crash before a flush means pulling a batch
+// again (duplicates, not a loss).
+func (c *mqttCluster) flushCursors() error {
+	c.cmu.Lock()
+	if !c.dirty {
+		c.cmu.Unlock()
+		return nil
+	}
+	f := cursorFile{Peers: map[string]map[string]uint64{}}
+	for id, m := range c.cursors {
+		f.Peers[strconv.FormatUint(id, 10)] = maps(m)
+	}
+	c.dirty = false
+	c.cmu.Unlock()
+	b, err := json.Marshal(f)
+	if err == nil {
+		err = vfs.WriteFileAtomic(c.fs, c.path, b)
+	}
+	if err != nil {
+		c.cmu.Lock()
+		c.dirty = true
+		c.cmu.Unlock()
+		return fmt.Errorf("writing the MQTT cluster cursors: %w", err)
+	}
+	return nil
+}
+
+func (c *mqttCluster) flushLoop() {
+	defer c.wg.Done()
+	t := time.NewTicker(cursorFlush)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := c.flushCursors(); err != nil {
+			c.log.Warn("MQTT routing", "err", err)
+		}
+	}
+}
+
+// ---- the service ----
+
+// Pull implements mqttclusterv1.ForwarderServer: it streams this node's
+// own records that match the puller's filters, shard by shard, from the
+// puller's cursors.
+func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
+	c.smu.Lock()
+	if c.ctx.Err() != nil {
+		c.smu.Unlock()
+		return status.Error(codes.Unavailable, "MQTT is stopping on this node")
+	}
+	c.wg.Add(1)
+	c.smu.Unlock()
+	defer c.wg.Done()
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	stop := context.AfterFunc(c.ctx, cancel)
+	defer stop()
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	peer := req.NodeId
+	label := strconv.FormatUint(peer, 10)
+	var filters atomic.Pointer[mqtt.FilterSet]
+	filters.Store(mqtt.NewFilterSet(req.Filters))
+	go func() {
+		defer cancel()
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			filters.Store(mqtt.NewFilterSet(r.Filters))
+		}
+	}()
+	pos := map[string]uint64{}
+	for _, sm := range c.src.Shards() {
+		pos[sm.Name] = startOffset(sm, req)
+	}
+	if err := stream.Send(&mqttclusterv1.PullResponse{NodeId: c.self, Start: pos}); err != nil {
+		return err
+	}
+	c.log.Info("MQTT routing: serving a peer", "peer", peer, "filters", len(req.Filters), "fresh", req.Fresh)
+	for ctx.Err() == nil {
+		progressed := false
+		for _, sm := range c.src.Shards() {
+			from, ok := pos[sm.Name]
+			if !ok {
+				from = sm.Low // a shard created since the stream began
+				pos[sm.Name] = from
+			}
+			if from >= sm.High {
+				continue
+			}
+			recs, next, err := c.src.Scan(ctx, sm.Name, from, filters.Load(), forwardRecords, forwardBytes)
+			if err != nil {
+				return err
+			}
+			resp := &mqttclusterv1.PullResponse{Shard: sm.Name, Next: next, High: sm.High, Records: make([]*mqttclusterv1.Record, len(recs))}
+			for i := range recs {
+				r := &recs[i]
+				pr := &mqttclusterv1.Record{Offset: r.Offset, Timestamp: r.Timestamp, Key: r.Key, Value: r.Value}
+				for _, h := range r.Headers {
+					pr.Headers = append(pr.Headers, &mqttclusterv1.Header{Key: h.Key, Value: h.Value})
+				}
+				resp.Records[i] = pr
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			c.m.served.WithLabelValues(label).Add(float64(len(recs)))
+			pos[sm.Name] = next
+			progressed = progressed || next > from
+		}
+		if !progressed {
+			c.src.Wait(ctx, pos, tailWait)
+		}
+	}
+	return nil
+}
+
+// startOffset is where a stream starts on shard sm for the puller's first
+// request: its cursor; with none, the high watermark for a fresh puller
+// (new messages only) and the low one for a shard created after the
+// puller first came (all of it); a cursor above the high watermark (the
+// shard lost its records, as a memory engine's on restart) restarts at the
+// low one.
+func startOffset(sm mqtt.ShardMark, req *mqttclusterv1.PullRequest) uint64 {
+	cur, ok := req.Cursors[sm.Name]
+	switch {
+	case !ok && req.Fresh:
+		return sm.High
+	case !ok || cur > sm.High:
+		return sm.Low
+	default:
+		return max(cur, sm.Low)
+	}
+}
+
+// ---- the broker's wiring ----
+
+// reserveMQTTCluster declares the Forwarder service on the inner gRPC
+// server (only before it starts): it answers UNAVAILABLE until MQTT runs.
+func (b *broker) reserveMQTTCluster() {
+	if b.meta != nil {
+		b.meta.grpc.reserve(forwarderService)
+	}
+}
+
+// startMQTTCluster starts cross-node routing for srv (nothing without
+// meta).
+func (b *broker) startMQTTCluster(srv *mqtt.Server) error {
+	if b.meta == nil {
+		return nil
+	}
+	c, err := startMQTTCluster(srv, b.cfg.NodeID, b.meta.kv, b.fs, b.dataDir, newMQTTClusterMetrics(b.reg), b.log)
+	if err != nil {
+		return fmt.Errorf("mqtt cluster routing: %w", err)
+	}
+	b.cluster = c
+	b.meta.grpc.late.RegisterService(&mqttclusterv1.Forwarder_ServiceDesc, c)
+	b.meta.grpc.setServing(forwarderService, true)
+	return nil
+}
+
+// stopMQTTCluster stops routing before the MQTT server stops.
+func (b *broker) stopMQTTCluster() error {
+	if b.cluster == nil {
+		return nil
+	}
+	b.meta.grpc.setServing(forwarderService, false)
+	b.meta.grpc.late.detach(forwarderService)
+	err := b.cluster.stop()
+	b.cluster = nil
+	return err
+}
