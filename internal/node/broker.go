@@ -48,12 +48,14 @@ type broker struct {
 	registry atomic.Pointer[topics.Registry] // set while running
 	mqtt     *mqtt.Server                    // nil when no MQTT listener is served
 	mqttDB   *store.Store                    // the MQTT sessions and retained messages, under data_dir/mqtt
+	cluster  *mqttCluster                    // cross-node MQTT routing (mqttcluster.go); nil without meta
 	stopSync context.CancelFunc
 	syncDone chan struct{}
 }
 
 func newBroker(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.Registerer, log *slog.Logger, m *metaComponent) *broker {
 	b := &broker{cfg: cfg, fs: fs, dataDir: dataDir, reg: reg, log: log, meta: m}
+	b.reserveMQTTCluster()
 	metrics.Register(reg, &topicCollector{b: b})
 	return b
 }
@@ -187,6 +189,9 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 	if err := srv.Start(ctx); err != nil {
 		return errors.Join(err, srv.Stop(ctx), db.Close())
 	}
+	if err := b.startMQTTCluster(srv); err != nil {
+		return errors.Join(err, srv.Stop(ctx), db.Close())
+	}
 	b.mqttDB = db
 	b.mqtt = srv
 	for _, l := range ls {
@@ -286,6 +291,9 @@ func (b *broker) topics() *topics.Registry { return b.registry.Load() }
 func (b *broker) Stop(ctx context.Context) error {
 	var errs []error
 	if b.mqtt != nil {
+		if err := b.stopMQTTCluster(); err != nil {
+			errs = append(errs, err)
+		}
 		// Front-ends first: no append may arrive once engines close.
 		if err := b.mqtt.Stop(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("stop mqtt: %w", err))
