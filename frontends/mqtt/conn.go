@@ -695,7 +695,11 @@ func (c *conn) onPublish(p *packet.Publish) error {
 	if err != nil {
 		return err
 	}
-	if err := c.s.publishOrDelay(c.s.ctx, m); err != nil {
+	var delayedPID uint16 // recorded with a delayed publish, in one batch
+	if p.QoS == packet.QoS2 && !recorded && c.s.persistent() && c.sess.stored.Load() {
+		delayedPID = p.PacketID
+	}
+	if err := c.s.publishOrDelay(c.s.ctx, m, delayedPID); err != nil {
 		if recorded {
 			c.forgetInbound(p.PacketID)
 		}
@@ -710,14 +714,6 @@ func (c *conn) onPublish(p *packet.Publish) error {
 			c.sess.inQoS2[p.PacketID] = struct{}{}
 		}
 		c.sess.mu.Unlock()
-		if !recorded && c.s.persistent() && c.sess.stored.Load() {
-			// A delayed publish (not in a shard yet): its id is recorded
-			// after it was stored, durably before PUBREC.
-			if err := c.s.opts.Store.PutInbound(c.clientID, p.PacketID, Position{}); err != nil {
-				c.s.m.storageErrors.Inc()
-				return &closeError{code: packet.UnspecifiedError, msg: "storing QoS 2 state: " + err.Error()}
-			}
-		}
 		return c.reply(&packet.Pubrec{PacketID: p.PacketID})
 	}
 	return nil

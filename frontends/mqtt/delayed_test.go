@@ -1,12 +1,20 @@
 package mqtt
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/quiremq/quire/frontends/mqtt/packet"
+	"github.com/quiremq/quire/frontends/mqtt/store"
+	"github.com/quiremq/quire/frontends/pubsub"
 	"github.com/quiremq/quire/internal/vfs"
 )
 
@@ -124,5 +132,115 @@ func TestSys(t *testing.T) {
 	pr, err := c.Publish(ctx5(t), &paho.Publish{Topic: "$SYS/broker/version", QoS: 1, Payload: []byte("forged")})
 	if pr == nil || pr.ReasonCode != 0x87 {
 		t.Fatalf("publish to $SYS: %+v %v", pr, err)
+	}
+}
+
+// syncImages records a crash image of fs (every synced write, nothing
+// else) before each sync of the file system it wraps, with the value of
+// phase at that moment.
+type syncImages struct {
+	fs        *vfs.MemFS
+	phase     *atomic.Int32
+	recording atomic.Bool
+	mu        sync.Mutex
+	images    []*vfs.MemFS
+	phases    []int32
+}
+
+func (s *syncImages) MaybeError(op errorfs.Op) error {
+	switch op.Kind {
+	case errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo:
+		if s.recording.Load() {
+			s.take()
+		}
+	}
+	return nil
+}
+
+func (s *syncImages) String() string { return "sync images" }
+
+func (s *syncImages) take() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.phases = append(s.phases, s.phase.Load())
+	s.images = append(s.images, s.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0, RNG: rand.New(rand.NewPCG(5, 6))}))
+}
+
+// TestDelayedQoS2ExactlyOnceAcrossCrash: a delayed QoS 2 PUBLISH
+// ($delayed/1/…) of a persistent session is released into its shard
+// exactly once whatever moment the node is killed at: the store's state
+// is imaged before each of its syncs (the store's write-ahead log keeps
+// its order, and a sync is where a crash shows) from the PUBLISH to after
+// the release, and a node restarted from each image, with the publisher
+// resuming its QoS 2 flow as MQTT 5.0 §4.3.3 and §4.4 let it (PUBLISH
+// again if it had no PUBREC, PUBREL if it had no PUBCOMP), ends with the
+// message stored once.
+func TestDelayedQoS2ExactlyOnceAcrossCrash(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	n := fileNode(t, fs)
+	var phase atomic.Int32 // 0: PUBLISH sent; 1: PUBREC received; 2: PUBCOMP received
+	imgs := &syncImages{fs: fs, phase: &phase}
+	n.fs = vfs.InjectFS(fs, imgs)
+	b := n.start(t, true, nil)
+	const topic = "later/q2"
+	pub, _ := rawConnect(t, b.tcp, "dpub", false)
+	publish := &packet.Publish{Topic: "$delayed/1/" + topic, QoS: packet.QoS2, PacketID: 9, Payload: []byte("once")}
+
+	imgs.recording.Store(true)
+	pub.send(publish)
+	if rec, ok := pub.read().(*packet.Pubrec); !ok || rec.PacketID != 9 || rec.ReasonCode != packet.Success {
+		t.Fatalf("got %+v, want PUBREC 9", rec)
+	}
+	phase.Store(1)
+	pub.send(&packet.Pubrel{PacketID: 9})
+	if comp, ok := pub.read().(*packet.Pubcomp); !ok || comp.ReasonCode != packet.Success {
+		t.Fatalf("got %+v, want PUBCOMP", comp)
+	}
+	phase.Store(2)
+	waitFor(t, "the delayed publish released and forgotten", func() bool {
+		left := 0
+		b.st.Delayed(func(store.DelayedID, *pubsub.Message, *store.Position) error { left++; return nil })
+		return left == 0 && len(storedPayloads(t, n.eng, topic)) == 1
+	})
+	// Let a cursor batch sync what the release left unsynced, then image
+	// the end state with a synced write of our own.
+	time.Sleep(50 * time.Millisecond)
+	if err := b.st.DeleteInbound("nobody", 0); err != nil {
+		t.Fatal(err)
+	}
+	imgs.recording.Store(false)
+	b.stop(t)
+	if len(imgs.images) < 4 {
+		t.Fatalf("only %d sync points recorded", len(imgs.images))
+	}
+
+	for i, image := range imgs.images {
+		t.Run(fmt.Sprintf("crash-%02d-phase-%d", i, imgs.phases[i]), func(t *testing.T) {
+			n2 := fileNode(t, image)
+			b2 := n2.start(t, true, nil)
+			pub, _ := rawConnect(t, b2.tcp, "dpub", false)
+			switch imgs.phases[i] {
+			case 0:
+				dup := *publish
+				dup.Dup = true
+				pub.send(&dup)
+				if rec, ok := pub.read().(*packet.Pubrec); !ok || rec.PacketID != 9 || rec.ReasonCode != packet.Success {
+					t.Fatalf("resent PUBLISH: got %+v, want PUBREC 9", rec)
+				}
+				fallthrough
+			case 1:
+				pub.send(&packet.Pubrel{PacketID: 9})
+				if comp, ok := pub.read().(*packet.Pubcomp); !ok || comp.ReasonCode != packet.Success {
+					t.Fatalf("resent PUBREL: got %+v, want PUBCOMP success", comp)
+				}
+			}
+			waitFor(t, "the delayed publish released", func() bool {
+				return b2.delayed.len() == 0 && len(storedPayloads(t, n2.eng, topic)) >= 1
+			})
+			b2.stop(t) // waits for a release under way
+			if got := storedPayloads(t, n2.eng, topic); len(got) != 1 {
+				t.Fatalf("released %d times: %q", len(got), got)
+			}
+		})
 	}
 }

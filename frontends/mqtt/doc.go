@@ -108,6 +108,10 @@
 //     same batch as the id's removal) so that a replay from an older
 //     cursor skips it. A resumed session gets its QoS 2 messages back in
 //     send order with their packet ids: PUBLISH with DUP, or PUBREL.
+//   - Delayed publishes ($delayed/…, delayed.go): stored synced before
+//     their acknowledgement, a QoS 2 one's packet id in the same batch;
+//     released exactly once (a synced release mark with the position, a
+//     stamp on the record, looked for at restart).
 //   - Retained messages: store.Retained keeps them in the same store,
 //     unsynced (the next cursor batch syncs them), and the restore replays retained PUBLISHes from the global
 //     cursors on, so a retained message acknowledged before a crash is
@@ -122,9 +126,7 @@
 //
 // Known gaps: a message for a shared subscription ("$share/…") that was
 // queued for an offline member is not replayed after a restart (which
-// member it went to is not stored); a delayed QoS 2 PUBLISH
-// ($delayed/…) records its id after it was stored, so a crash in between
-// stores the client's resend again; retained messages queued for an offline session are not replayed (they
+// member it went to is not stored); retained messages queued for an offline session are not replayed (they
 // are sent again on the next subscribe); cursors of sessions that a crash
 // left with a message in an engine that keeps nothing (memory) are
 // clamped to the shard's new range.

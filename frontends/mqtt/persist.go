@@ -397,7 +397,8 @@ func (c *conn) completed(d *delivery) {
 // it: whether a crash came before or after the append is then decided at
 // restart by looking for the message (restoreSession), so that the
 // client's resend is stored exactly once either way. Delayed publishes
-// ($delayed/…) are not in a shard yet: they are recorded after storing.
+// ($delayed/…) are not in a shard yet: their id is recorded with them
+// (store.PutDelayed, delayer.add).
 func (c *conn) recordInbound(p *packet.Publish, m *pubsub.Message) (bool, error) {
 	if p.QoS != packet.QoS2 || !c.s.persistent() || !c.sess.stored.Load() || strings.HasPrefix(m.Topic, DelayedPrefix) {
 		return false, nil
@@ -427,23 +428,30 @@ func (c *conn) forgetInbound(pid uint16) {
 // recorded before it was stored at or after from, is in its shard.
 func (s *Server) storedInbound(ctx context.Context, client string, pid uint16, from Position) (bool, error) {
 	if from.Shard == "" {
-		return true, nil // recorded after it was stored
+		return true, nil // recorded with (delayed publish) or after it was stored
 	}
+	found, err := s.findStored(ctx, from, func(m Stored) bool { return m.Msg.Publisher == client && m.Msg.PacketID == pid })
+	return found != nil, err
+}
+
+// findStored returns the first message of from's shard at or above its
+// offset that satisfies is, nil if none does.
+func (s *Server) findStored(ctx context.Context, from Position, is func(Stored) bool) (*Stored, error) {
 	_, high, ok := s.rs.Watermarks(from.Shard)
 	if !ok {
-		return false, nil
+		return nil, nil
 	}
 	for off := from.Offset; off < high; {
 		batch, err := s.rs.Read(ctx, from.Shard, off, 512)
 		if err != nil || len(batch) == 0 {
-			return false, err
+			return nil, err
 		}
-		for _, m := range batch {
-			if m.Msg.Publisher == client && m.Msg.PacketID == pid {
-				return true, nil
+		for i := range batch {
+			if is(batch[i]) {
+				return &batch[i], nil
 			}
-			off = m.Pos.Offset + 1
+			off = batch[i].Pos.Offset + 1
 		}
 	}
-	return false, nil
+	return nil, nil
 }

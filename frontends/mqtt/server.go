@@ -78,7 +78,7 @@ func (s *Server) Start(ctx context.Context) error {
 		go s.flushLoop(s.stopFlush, s.flushDone)
 	}
 	s.delayed = newDelayer(s)
-	if err := s.delayed.restore(); err != nil {
+	if err := s.delayed.restore(ctx); err != nil {
 		return fmt.Errorf("mqtt: restoring delayed publishes: %w", err)
 	}
 	go s.delayed.run(s.ctx)

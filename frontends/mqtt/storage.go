@@ -41,6 +41,9 @@ type Position = store.Position
 type Stored struct {
 	Pos Position
 	Msg *pubsub.Message
+	// Delayed is the stamp of a released delayed publish (delayed.go),
+	// "" for any other message.
+	Delayed string
 }
 
 // ReplayStorage is a Storage whose messages can be read back, which
@@ -81,6 +84,7 @@ const (
 	HeaderCorrelationData = "mqtt.correlation-data" // v5 Correlation Data
 	HeaderExpiry          = "mqtt.expiry"           // Unix ms when the message expires
 	HeaderQoS2ID          = "mqtt.qos2-id"          // a QoS 2 PUBLISH's packet identifier, decimal
+	HeaderDelayed         = "mqtt.delayed"          // a released delayed publish's stamp (delayed.go)
 	userPrefix            = "mqtt.user."
 )
 
@@ -326,11 +330,11 @@ func (st *ShardStorage) Read(ctx context.Context, name string, from uint64, max 
 	}
 	out := make([]Stored, 0, len(recs))
 	for i := range recs {
-		m, err := DecodeRecord(&recs[i])
+		m, stamp, err := decodeRecord(&recs[i])
 		if err != nil {
 			return nil, fmt.Errorf("mqtt: shard %s offset %d: %w", name, recs[i].Offset, err)
 		}
-		out = append(out, Stored{Pos: Position{Shard: name, Offset: recs[i].Offset}, Msg: m})
+		out = append(out, Stored{Pos: Position{Shard: name, Offset: recs[i].Offset}, Msg: m, Delayed: stamp})
 	}
 	return out, nil
 }
@@ -418,6 +422,10 @@ func EncodeRecord(m *pubsub.Message) shard.Record {
 	}
 	for _, h := range m.Headers {
 		k := h.Key
+		if k == delayedStampKey {
+			add(HeaderDelayed, h.Value)
+			continue
+		}
 		if strings.HasPrefix(k, "mqtt.") {
 			k = userPrefix + k
 		}
@@ -432,11 +440,20 @@ var ErrBadRecord = errors.New("mqtt: not an MQTT record")
 
 // DecodeRecord is the message of a record written by EncodeRecord.
 func DecodeRecord(r *shard.Record) (*pubsub.Message, error) {
-	m := &pubsub.Message{Topic: string(r.Key), Payload: r.Value, Time: time.UnixMilli(r.Timestamp)}
+	m, _, err := decodeRecord(r)
+	return m, err
+}
+
+// decodeRecord is DecodeRecord, also returning a delayed publish's stamp
+// (HeaderDelayed), which is not part of the message.
+func decodeRecord(r *shard.Record) (m *pubsub.Message, stamp string, err error) {
+	m = &pubsub.Message{Topic: string(r.Key), Payload: r.Value, Time: time.UnixMilli(r.Timestamp)}
 	qos := -1
 	for _, h := range r.Headers {
 		v := string(h.Value)
 		switch h.Key {
+		case HeaderDelayed:
+			stamp = v
 		case HeaderQoS:
 			if len(v) == 1 && v[0] >= '0' && v[0] <= '2' {
 				qos = int(v[0] - '0')
@@ -458,13 +475,13 @@ func DecodeRecord(r *shard.Record) (*pubsub.Message, error) {
 		case HeaderExpiry:
 			ms, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
-				return nil, fmt.Errorf("%w: bad %s %q", ErrBadRecord, HeaderExpiry, v)
+				return nil, "", fmt.Errorf("%w: bad %s %q", ErrBadRecord, HeaderExpiry, v)
 			}
 			m.Expiry = time.UnixMilli(ms)
 		case HeaderQoS2ID:
 			id, err := strconv.ParseUint(v, 10, 16)
 			if err != nil {
-				return nil, fmt.Errorf("%w: bad %s %q", ErrBadRecord, HeaderQoS2ID, v)
+				return nil, "", fmt.Errorf("%w: bad %s %q", ErrBadRecord, HeaderQoS2ID, v)
 			}
 			m.PacketID = uint16(id)
 		default:
@@ -479,8 +496,8 @@ func DecodeRecord(r *shard.Record) (*pubsub.Message, error) {
 		}
 	}
 	if qos < 0 {
-		return nil, fmt.Errorf("%w: no valid %s header", ErrBadRecord, HeaderQoS)
+		return nil, "", fmt.Errorf("%w: no valid %s header", ErrBadRecord, HeaderQoS)
 	}
 	m.QoS = byte(qos)
-	return m, nil
+	return m, stamp, nil
 }

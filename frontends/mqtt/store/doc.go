@@ -27,6 +27,8 @@
 //	'd' client 0x00 shard 0x00 offset u64   → empty: QoS 2 delivery completed (skip on replay)
 //	'i' client 0x00 pid u16                 → Position, JSON: inbound QoS 2 stored at or after it, awaiting PUBREL
 //	'r' topic                               → pubsub.Message, JSON: retained message
+//	'D' at u64 seq u64                      → pubsub.Message, JSON: delayed publish due at at (unix ns)
+//	'R' at u64 seq u64                      → Position, JSON: its release began, appended at or after it
 //
 // The prefixes and encodings are part of the on-disk format.
 //
@@ -35,7 +37,8 @@
 // Writes that a client acts on are synced before the packet that tells it:
 // a session and its subscriptions (before CONNACK and SUBACK), 'o' (before
 // the PUBLISH or PUBREL it describes), 'i' (before the PUBLISH is stored) and its delete
-// (before PUBCOMP), a pending will. Done markers and retained messages are
+// (before PUBCOMP), a pending will, a delayed publish (with the 'i' of a
+// QoS 2 one, in one batch) and its release mark (before the append). Done markers and retained messages are
 // written without fsync; cursors in one batch per interval from a
 // background loop, synced there (Pebble keeps unsynced log records in a
 // buffer of the process until a 32 KiB block fills, so unsynced writes do
