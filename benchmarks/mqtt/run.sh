@@ -4,7 +4,9 @@
 # Markdown table (msgs/s, p50, p99 and Quire's ratio to each peer) and the
 # idle-connection memory test.
 #
-#   benchmarks/mqtt/run.sh              # everything (about 25 minutes)
+#   benchmarks/mqtt/run.sh              # everything (about 15-25 minutes)
+#   benchmarks/mqtt/run.sh idle         # only the idle test (15,000 connections, ~2 minutes)
+#   benchmarks/mqtt/run.sh throughput   # only the throughput table
 #   DURATION=2s WARMUP=1s IDLE_CONNS=3000 benchmarks/mqtt/run.sh   # a quick look
 #
 # Setups (the "setup" column of the table):
@@ -32,12 +34,33 @@
 # mosquitto-memory mosquitto-durable mochi-memory mochi-durable); IDLE_CONNS
 # (15000, 0 skips the idle test), IDLE_PROCS (4 client processes: one
 # process may hold at most 20,000 files), IDLE_BROKERS ("quire mosquitto
-# mochi"); MQTT (4: every client speaks 3.1.1; 5: MQTT 5.0); ROUNDS (1: the
+# mochi"); IDLE_HOLD (10 s: how long the connections settle before the
+# broker's RSS is read again); MQTT (4: every client speaks 3.1.1; 5: MQTT 5.0); ROUNDS (1: the
 # whole broker sequence is run that many times, and the table shows each
 # broker's median run: on a shared machine, load from elsewhere then hits
 # every broker alike); OUT (a new directory under /tmp), where results.jsonl,
 # table.md and each broker's log are kept.
+#
+# The idle test: the broker starts (memory setup), its RSS is read after 2 s,
+# IDLE_PROCS mqttload processes open IDLE_CONNS/IDLE_PROCS connections each
+# (MQTT CONNECT, keep-alive 300 s, then nothing), and IDLE_HOLD after the last
+# one is up the RSS is read again: the growth divided by the connections is
+# the "RSS growth KiB/conn" column. For Quire the node's /metrics is read at
+# the same two moments, and the table splits the growth into goroutines, Go
+# stacks and Go heap in use per connection. The broker holds one socket per
+# connection, so IDLE_CONNS must stay under its limits: a process may hold at
+# most 20,000 open files, and a Quire node serves at most 15,000 protocol
+# connections (internal/node maxConnections).
 set -euo pipefail
+
+mode=${1:-all}
+case $mode in
+all | idle | throughput) ;;
+*)
+	echo "usage: $0 [all|idle|throughput]" >&2
+	exit 2
+	;;
+esac
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$root/.cache/bin
@@ -48,10 +71,13 @@ FAN_CLIENTS=${FAN_CLIENTS:-16}
 QOS_MEMORY=${QOS_MEMORY:-"0 1"}
 SIZES=${SIZES:-"64 1024"}
 SCENARIOS=${SCENARIOS:-"p2p fanin fanout"}
-BROKERS=${BROKERS:-"quire-memory mosquitto-memory mochi-memory quire-durable mosquitto-durable mochi-durable"}
+BROKERS=${BROKERS-"quire-memory mosquitto-memory mochi-memory quire-durable mosquitto-durable mochi-durable"}
 IDLE_CONNS=${IDLE_CONNS:-15000}
 IDLE_PROCS=${IDLE_PROCS:-4}
 IDLE_BROKERS=${IDLE_BROKERS:-"quire mosquitto mochi"}
+IDLE_HOLD=${IDLE_HOLD:-10}
+[[ $mode == idle ]] && BROKERS=""
+[[ $mode == throughput ]] && IDLE_CONNS=0
 MQTT=${MQTT:-4}
 ROUNDS=${ROUNDS:-1}
 OUT=${OUT:-$(mktemp -d /tmp/quire-bench-mqtt.XXXXXX)}
@@ -63,6 +89,7 @@ log() { echo "run.sh: $*" >&2; }
 
 # --- what it needs -------------------------------------------------------
 "$root/tools/install-deb.sh" mosquitto mosquitto
+"$root/tools/install-deb.sh" curl curl
 mkdir -p "$bin"
 log "building quire, mqttload and mochi-host into $bin"
 (cd "$root" && CGO_ENABLED=0 go build -o "$bin/quire" ./cmd/quire && go build -o "$bin/mqttload" ./benchmarks/mqtt/cmd/mqttload)
@@ -72,6 +99,7 @@ ulimit -n "$(ulimit -Hn)"
 
 # --- brokers ---------------------------------------------------------------
 broker_pid=""
+admin="" # a Quire node's admin port (its /metrics)
 cleanup() {
 	if [[ -n $broker_pid ]]; then kill "$broker_pid" 2>/dev/null || true; fi
 }
@@ -117,7 +145,7 @@ start_broker() {
 	port=$(free_port)
 	case $broker in
 	quire)
-		local engine=memory grpc admin
+		local engine=memory grpc
 		[[ $setup == durable ]] && engine=file
 		grpc=$(free_port)
 		admin=$(free_port)
@@ -190,6 +218,16 @@ stop_broker() {
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
+# go_stats: "goroutines stack_bytes heap_inuse_bytes" from a Quire node's
+# /metrics (the Go collector's series).
+go_stats() {
+	curl -sf "http://127.0.0.1:$admin/metrics" | awk '
+		/^go_goroutines / {g = $2}
+		/^go_memstats_stack_inuse_bytes / {s = $2}
+		/^go_memstats_heap_inuse_bytes / {h = $2}
+		END {printf "%d %d %d\n", g, s, h}'
+}
+
 # --- throughput --------------------------------------------------------------
 for round in $(seq "$ROUNDS"); do
 [[ $ROUNDS -gt 1 ]] && log "round $round of $ROUNDS"
@@ -228,6 +266,8 @@ if [[ $IDLE_CONNS -gt 0 ]]; then
 		start_broker "$broker" memory
 		sleep 2
 		rss0=$(rss_kib "$broker_pid")
+		go0="0 0 0"
+		[[ $broker == quire ]] && go0=$(go_stats)
 		start=$(date +%s.%N)
 		pids=()
 		for i in $(seq "$IDLE_PROCS"); do
@@ -249,8 +289,14 @@ if [[ $IDLE_CONNS -gt 0 ]]; then
 			sleep 0.1
 		done
 		connect_s=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
-		sleep 5
+		sleep "$IDLE_HOLD"
 		rss1=$(rss_kib "$broker_pid")
+		go1="0 0 0"
+		[[ $broker == quire ]] && go1=$(go_stats)
+		# goroutines, stack KiB and heap KiB per connection (0 for the peers)
+		read -r gor stk hp < <(awk -v a="$go0" -v b="$go1" -v n="$total" 'BEGIN {
+			split(a, x); split(b, y)
+			printf "%.2f %.2f %.2f\n", (y[1] - x[1]) / n, (y[2] - x[2]) / 1024 / n, (y[3] - x[3]) / 1024 / n }')
 		kill "${pids[@]}" 2>/dev/null || true
 		dropped=0
 		for p in "${pids[@]}"; do
@@ -261,9 +307,9 @@ if [[ $IDLE_CONNS -gt 0 ]]; then
 		ok=true
 		if [[ $ready -ne $IDLE_PROCS || $dropped -ne 0 ]]; then ok=false; fi
 		kib=$(awk -v a="$rss0" -v b="$rss1" -v n="$total" 'BEGIN { printf "%.2f", (b - a) / n }')
-		log "$broker: $total idle connections: RSS $rss0 KiB -> $rss1 KiB = $kib KiB/conn (processes failed: $dropped)"
-		printf '{"broker":"%s","setup":"memory","scenario":"idle","qos":0,"size":0,"clients":%d,"duration_s":0,"sent":0,"expected":0,"received":0,"lost":%d,"duplicates":0,"foreign":0,"unacked":0,"msgs_per_s":0,"p50_us":0,"p99_us":0,"max_us":0,"connect_s":%s,"ok":%s,"rss_kib_per_conn":%s}\n' \
-			"$broker" "$total" "$dropped" "$connect_s" "$ok" "$kib" >>"$results"
+		log "$broker: $total idle connections: RSS $rss0 KiB -> $rss1 KiB = $kib KiB/conn; goroutines $gor, stacks $stk KiB, heap $hp KiB per conn (processes failed: $dropped)"
+		printf '{"broker":"%s","setup":"memory","scenario":"idle","qos":0,"size":0,"clients":%d,"duration_s":0,"sent":0,"expected":0,"received":0,"lost":%d,"duplicates":0,"foreign":0,"unacked":0,"msgs_per_s":0,"p50_us":0,"p99_us":0,"max_us":0,"connect_s":%s,"ok":%s,"rss_kib_per_conn":%s,"goroutines_per_conn":%s,"stack_kib_per_conn":%s,"heap_kib_per_conn":%s}\n' \
+			"$broker" "$total" "$dropped" "$connect_s" "$ok" "$kib" "$gor" "$stk" "$hp" >>"$results"
 		stop_broker
 	done
 fi

@@ -51,6 +51,13 @@ type Result struct {
 	// RSSPerConn is filled in by run.sh for idle runs: the broker's RSS
 	// growth per connection, in KiB.
 	RSSPerConn float64 `json:"rss_kib_per_conn,omitempty"`
+	// GoroutinesPerConn, StackPerConn and HeapPerConn split a Go broker's
+	// growth (run.sh reads Quire's /metrics): goroutines, KiB of goroutine
+	// stacks and KiB of heap in use (go_memstats_heap_inuse_bytes) per
+	// connection. Zero for brokers that do not report them.
+	GoroutinesPerConn float64 `json:"goroutines_per_conn,omitempty"`
+	StackPerConn      float64 `json:"stack_kib_per_conn,omitempty"`
+	HeapPerConn       float64 `json:"heap_kib_per_conn,omitempty"`
 }
 
 // Summary is a one-line human description.
@@ -163,13 +170,22 @@ func WriteTable(w io.Writer, results []Result) error {
 	}
 	if len(idle) > 0 {
 		slices.SortStableFunc(idle, func(a, c Result) int { return strings.Compare(a.Broker, c.Broker) })
-		b.WriteString("\n| broker | setup | idle connections | connect s | dropped | RSS growth KiB/conn |\n|---|---|---|---|---|---|\n")
+		b.WriteString("\n| broker | setup | idle connections | connect s | dropped | RSS growth KiB/conn | goroutines/conn | Go stacks KiB/conn | Go heap KiB/conn |\n|---|---|---|---|---|---|---|---|---|\n")
 		for _, r := range idle {
-			fmt.Fprintf(&b, "| %s | %s | %d | %.1f | %d | %.1f |\n", r.Broker, r.Setup, r.Clients, r.ConnectSeconds, r.Lost, r.RSSPerConn)
+			fmt.Fprintf(&b, "| %s | %s | %d | %.1f | %d | %.1f | %s | %s | %s |\n", r.Broker, r.Setup, r.Clients, r.ConnectSeconds, r.Lost, r.RSSPerConn,
+				orDash(r.GoroutinesPerConn, "%.2f"), orDash(r.StackPerConn, "%.1f"), orDash(r.HeapPerConn, "%.1f"))
 		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// orDash formats v, or "–" when it is zero (not reported).
+func orDash(v float64, format string) string {
+	if v == 0 {
+		return "–"
+	}
+	return fmt.Sprintf(format, v)
 }
 
 // representative is the worst result that is not OK, if any, else the one
