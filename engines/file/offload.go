@@ -118,7 +118,7 @@ type offloadStep string
 
 const (
 	stepUploaded offloadStep = "uploaded" // segment and index objects written
-	stepVerified offloadStep = "verified" // sizes and checksum read back
+	stepVerified offloadStep = "verified" // checksums confirmed by the store or read back
 	stepRecorded offloadStep = "recorded" // location CAS'd into the manifest
 	stepDeleted  offloadStep = "deleted"  // local copy removed
 )
@@ -340,7 +340,8 @@ func (s *Shard) hook(step offloadStep, base uint64) {
 	}
 }
 
-// offloadSegment uploads sealed segment seg and its index, verifies them,
+// offloadSegment uploads sealed segment seg and its index with their
+// checksums verified (by the store, or read back),
 // records the location and (with a zero lag) deletes the local copy. Every
 // step is idempotent, so a pass after a crash at any point redoes what was
 // not recorded.
@@ -360,25 +361,21 @@ func (s *Shard) offloadSegment(ctx context.Context, f *offloader, seg *segment, 
 	}
 	// The CRC comes from a local read first: a section reader (io.ReaderAt
 	// and io.Seeker) lets the S3 client upload large segments in parallel
-	// parts, which a hashing io.TeeReader would not.
+	// parts, which a hashing io.TeeReader would not. The store checks the
+	// upload against it (S3: x-amz-checksum-crc32c) or, where it cannot,
+	// the object is read back.
 	rs.CRC, err = readerCRC(r.f, seg.size)
 	if err == nil {
-		err = st.Put(ctx, rs.Key, io.NewSectionReader(r.f, 0, seg.size), seg.size)
+		_, err = objstore.PutVerified(ctx, st, rs.Key, io.NewSectionReader(r.f, 0, seg.size), seg.size, rs.CRC)
 	}
 	s.e.cache.release(r)
 	if err != nil {
 		return fmt.Errorf("upload %s: %w", rs.Key, err)
 	}
-	if err := st.Put(ctx, rs.IndexKey, bytes.NewReader(idx), int64(len(idx))); err != nil {
+	if _, err := objstore.PutVerified(ctx, st, rs.IndexKey, bytes.NewReader(idx), int64(len(idx)), crc(idx)); err != nil {
 		return fmt.Errorf("upload %s: %w", rs.IndexKey, err)
 	}
 	s.hook(stepUploaded, seg.base)
-	if err := verifyObject(ctx, st, rs.Key, rs.Size, rs.CRC); err != nil {
-		return err
-	}
-	if err := verifyObject(ctx, st, rs.IndexKey, int64(len(idx)), crc(idx)); err != nil {
-		return err
-	}
 	s.hook(stepVerified, seg.base)
 	rs.OffloadedAt = s.e.opts.Now().UnixMilli()
 	s.ctlMu.Lock()
@@ -415,30 +412,6 @@ func readerCRC(r io.ReaderAt, size int64) (uint32, error) {
 		off += int64(len(b))
 	}
 	return c, nil
-}
-
-// verifyObject reads an object back and checks its size and CRC-32C.
-func verifyObject(ctx context.Context, st objstore.Store, key string, size int64, want uint32) error {
-	info, err := st.Stat(ctx, key)
-	if err != nil {
-		return fmt.Errorf("verify %s: %w", key, err)
-	}
-	if info.Size != size {
-		return fmt.Errorf("verify %s: object has %d bytes, want %d", key, info.Size, size)
-	}
-	var c uint32
-	const chunk = 8 << 20
-	for off := int64(0); off < size; off += chunk {
-		b, err := st.Get(ctx, key, off, min(chunk, size-off))
-		if err != nil {
-			return fmt.Errorf("verify %s: %w", key, err)
-		}
-		c = crc32.Update(c, castagnoli, b)
-	}
-	if c != want {
-		return fmt.Errorf("verify %s: object CRC-32C %08x, want %08x", key, c, want)
-	}
-	return nil
 }
 
 // holds reports whether seg is still one of the shard's segments (not

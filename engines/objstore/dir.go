@@ -36,7 +36,10 @@ type Dir struct {
 	dirMu sync.Mutex
 }
 
-var _ Store = (*Dir)(nil)
+var (
+	_ Store          = (*Dir)(nil)
+	_ ChecksumPutter = (*Dir)(nil)
+)
 
 const tmpDirName = ".tmp"
 
@@ -91,6 +94,25 @@ func (d *Dir) path(key string) (dirs []string, file string, err error) {
 
 // Put writes the object through a temporary file renamed into place.
 func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	return d.put(ctx, key, r, size, nil)
+}
+
+// PutCRC32C is Put that checks the CRC-32C of the bytes written to the
+// temporary file before renaming it into place.
+func (d *Dir) PutCRC32C(ctx context.Context, key string, r io.Reader, size int64, crc uint32) (bool, error) {
+	cr := newCRCReader(r)
+	err := d.put(ctx, key, cr, size, func() error {
+		if got := cr.h.Sum32(); got != crc {
+			return ChecksumError(key, got, crc)
+		}
+		return nil
+	})
+	return err == nil, err
+}
+
+// put writes the object; check, when set, runs after the temporary file is
+// written and keeps it out of place when it fails.
+func (d *Dir) put(ctx context.Context, key string, r io.Reader, size int64, check func() error) error {
 	_, file, err := d.path(key)
 	if err != nil {
 		return err
@@ -102,6 +124,12 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, size int64) erro
 	if err := d.writeTemp(tmp, r, size); err != nil {
 		_ = d.fs.Remove(tmp)
 		return fmt.Errorf("objstore: put %q: %w", key, err)
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			_ = d.fs.Remove(tmp)
+			return err
+		}
 	}
 	d.dirMu.Lock()
 	err = vfs.MkdirAll(d.fs, d.fs.PathDir(file)) // new directories durably, before the rename

@@ -2,6 +2,7 @@ package objstore
 
 import (
 	"context"
+	"hash/crc32"
 	"io"
 	"sort"
 	"strings"
@@ -22,27 +23,45 @@ type memObject struct {
 	mod  time.Time
 }
 
-var _ Store = (*Mem)(nil)
+var (
+	_ Store          = (*Mem)(nil)
+	_ ChecksumPutter = (*Mem)(nil)
+)
 
 // NewMem returns an empty in-memory store.
 func NewMem() *Mem { return &Mem{objs: map[string]memObject{}, now: time.Now} }
 
 // Put stores a copy of the object.
 func (m *Mem) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	_, err := m.put(ctx, key, r, size, nil)
+	return err
+}
+
+// PutCRC32C stores a copy of the object if its CRC-32C is crc.
+func (m *Mem) PutCRC32C(ctx context.Context, key string, r io.Reader, size int64, crc uint32) (bool, error) {
+	return m.put(ctx, key, r, size, &crc)
+}
+
+func (m *Mem) put(ctx context.Context, key string, r io.Reader, size int64, crc *uint32) (bool, error) {
 	if err := ValidateKey(key); err != nil {
-		return err
+		return false, err
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return false, err
 	}
 	b, err := readFull(r, size)
 	if err != nil {
-		return err
+		return false, err
+	}
+	if crc != nil {
+		if got := crc32.Checksum(b, Castagnoli); got != *crc {
+			return false, ChecksumError(key, got, *crc)
+		}
 	}
 	m.mu.Lock()
 	m.objs[key] = memObject{data: b, mod: m.now()}
 	m.mu.Unlock()
-	return nil
+	return crc != nil, nil
 }
 
 // Get returns a copy of a byte range of the object.

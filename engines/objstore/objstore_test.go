@@ -1,8 +1,10 @@
 package objstore_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"hash/crc32"
 	"math/rand/v2"
 	"slices"
 	"sync/atomic"
@@ -14,7 +16,28 @@ import (
 )
 
 func TestMemConformance(t *testing.T) {
-	objstoretest.Run(t, objstoretest.Config{New: func(*testing.T) objstore.Store { return objstore.NewMem() }})
+	objstoretest.Run(t, objstoretest.Config{New: func(*testing.T) objstore.Store { return objstore.NewMem() }, ChecksumConfirmed: true})
+}
+
+// plainStore hides the ChecksumPutter of the store it wraps.
+type plainStore struct{ objstore.Store }
+
+// TestPutVerifiedReadsBack checks the path for stores that cannot check a
+// checksum themselves: PutVerified reads the object back, and a CRC that
+// does not match the bytes fails with ErrChecksum.
+func TestPutVerifiedReadsBack(t *testing.T) {
+	objstoretest.Run(t, objstoretest.Config{New: func(*testing.T) objstore.Store { return plainStore{objstore.NewMem()} }})
+	ctx := context.Background()
+	st := plainStore{objstore.NewMem()}
+	v := []byte("twenty bytes of data")
+	readBack, err := objstore.PutVerified(ctx, st, "k", bytes.NewReader(v), int64(len(v)), crc32.Checksum(v, objstore.Castagnoli))
+	if err != nil || !readBack {
+		t.Fatalf("PutVerified on a store without checksums = read back %v, %v; want a read-back and no error", readBack, err)
+	}
+	readBack, err = objstore.PutVerified(ctx, objstore.NewMem(), "k", bytes.NewReader(v), int64(len(v)), crc32.Checksum(v, objstore.Castagnoli))
+	if err != nil || readBack {
+		t.Fatalf("PutVerified on a store with checksums = read back %v, %v; want no read-back and no error", readBack, err)
+	}
 }
 
 func TestDirConformance(t *testing.T) {
@@ -24,7 +47,7 @@ func TestDirConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		return d
-	}})
+	}, ChecksumConfirmed: true})
 }
 
 func TestDirOnMemFS(t *testing.T) {
@@ -34,7 +57,7 @@ func TestDirOnMemFS(t *testing.T) {
 			t.Fatal(err)
 		}
 		return d
-	}, LargeSize: 1 << 20})
+	}, LargeSize: 1 << 20, ChecksumConfirmed: true})
 }
 
 // TestDirCrash checks that a put acknowledged before a crash survives it and

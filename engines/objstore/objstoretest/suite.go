@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"slices"
 	"strings"
@@ -29,6 +30,10 @@ type Config struct {
 	// LargeSize is the size of the large-object test (default 12 MiB, more
 	// than one part for S3 clients configured with 5 MiB parts).
 	LargeSize int
+	// ChecksumConfirmed says the store is an objstore.ChecksumPutter that
+	// confirms checksums (PutVerified needs no read-back); otherwise the
+	// Checksum test only requires that PutVerified checks somehow.
+	ChecksumConfirmed bool
 }
 
 // Run runs the conformance suite.
@@ -52,6 +57,7 @@ func Run(t *testing.T, cfg Config) {
 		{"Stat", testStat},
 		{"Concurrent", testConcurrent},
 		{"Canceled", testCanceled},
+		{"Checksum", testChecksum},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, cfg) })
@@ -387,5 +393,45 @@ func testCanceled(t *testing.T, cfg Config) {
 	}
 	if err := s.Delete(ctx, "c"); err == nil {
 		t.Error("Delete with a canceled context succeeded")
+	}
+}
+
+// testChecksum puts objects (small, and large enough for a multipart
+// upload) with their CRC-32C through PutVerified, and one whose CRC does
+// not match its bytes, which must fail with ErrChecksum.
+func testChecksum(t *testing.T, cfg Config) {
+	ctx := context.Background()
+	s := cfg.New(t)
+	for _, size := range []int{0, 1000, cfg.LargeSize} {
+		v := pattern(size, 11)
+		key := fmt.Sprintf("sum/%d", size)
+		readBack, err := objstore.PutVerified(ctx, s, key, bytes.NewReader(v), int64(len(v)), crc32.Checksum(v, objstore.Castagnoli))
+		if err != nil {
+			t.Fatalf("PutVerified(%d bytes): %v", size, err)
+		}
+		if readBack && cfg.ChecksumConfirmed {
+			t.Errorf("PutVerified(%d bytes) read the object back; the store should have confirmed the checksum", size)
+		}
+		if got := get(t, s, key, 0, -1); !bytes.Equal(got, v) {
+			t.Fatalf("Get after PutVerified(%d bytes) = %d bytes, differs", size, len(got))
+		}
+	}
+	for _, size := range []int{1000, cfg.LargeSize} {
+		v := pattern(size, 12)
+		key := fmt.Sprintf("bad/%d", size)
+		wrong := crc32.Checksum(v, objstore.Castagnoli) ^ 1
+		_, err := objstore.PutVerified(ctx, s, key, bytes.NewReader(v), int64(len(v)), wrong)
+		if !errors.Is(err, objstore.ErrChecksum) {
+			t.Fatalf("PutVerified(%d bytes) with a wrong CRC = %v, want ErrChecksum", size, err)
+		}
+		if cp, ok := s.(objstore.ChecksumPutter); ok && cfg.ChecksumConfirmed {
+			_, err := cp.PutCRC32C(ctx, key+"-direct", bytes.NewReader(v), int64(len(v)), wrong)
+			if !errors.Is(err, objstore.ErrChecksum) {
+				t.Fatalf("PutCRC32C(%d bytes) with a wrong CRC = %v, want ErrChecksum", size, err)
+			}
+			if _, err := s.Stat(ctx, key+"-direct"); !errors.Is(err, objstore.ErrNotFound) {
+				t.Fatalf("Stat after a PutCRC32C with a wrong CRC = %v, want ErrNotFound", err)
+			}
+		}
 	}
 }

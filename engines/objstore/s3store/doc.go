@@ -25,6 +25,24 @@
 // S3 Express) that Quire does not use; the seam keeps that switch local to
 // this package should it ever be needed.
 //
+// # Checksums
+//
+// Store is an objstore.ChecksumPutter: PutCRC32C sends the caller's
+// CRC-32C with the upload and the server checks the bytes it received
+// against it, so tiered offload (objstore.PutVerified) needs no read-back.
+// An object of at most PartSize goes in one PUT with the CRC in the
+// x-amz-checksum-crc32c header (a mismatch is refused: BadDigest, nothing
+// stored). A larger one goes in parts, each with the CRC-32C of its bytes in
+// a trailer (STREAMING-UNSIGNED-PAYLOAD-TRAILER: versitygw 1.8 rejects the
+// signed-trailer variant with a wrong-checksum error), and the server
+// answers the full object's CRC-32C (FULL_OBJECT), compared with the
+// caller's; an object that differs is deleted. The payload of those parts is
+// then not covered by the signature, as with every upload over TLS; over
+// plain HTTP the CRCs still catch corruption, not tampering. A server that
+// refuses checksums (NotImplemented, InvalidArgument, InvalidRequest) gets
+// plain PUTs from then on and PutVerified reads the object back; Put itself
+// is unchanged (minio-go's streaming-signed upload).
+//
 // # Errors
 //
 // NoSuchKey maps to objstore.ErrNotFound and InvalidRange to

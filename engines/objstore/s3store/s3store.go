@@ -2,6 +2,8 @@ package s3store
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +11,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -121,12 +124,21 @@ func (o *Options) credentials() *credentials.Credentials {
 
 // Store is an objstore.Store on one S3 bucket.
 type Store struct {
-	c      *minio.Client
+	c *minio.Client
+	// ck sends checksums as trailers (PutCRC32C); c does not, so Put
+	// streams exactly as minio-go's default client does.
+	ck     *minio.Client
 	bucket string
 	part   uint64
+	// noChecksum is set once the server refused a checksummed upload:
+	// PutCRC32C then puts plainly and leaves the check to the caller.
+	noChecksum atomic.Bool
 }
 
-var _ objstore.Store = (*Store)(nil)
+var (
+	_ objstore.Store          = (*Store)(nil)
+	_ objstore.ChecksumPutter = (*Store)(nil)
+)
 
 // Open connects to the endpoint and checks the bucket, creating it when it
 // is missing unless DontCreateBucket is set. Credentials that may not use or
@@ -148,13 +160,19 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if opts.PathStyle {
 		lookup = minio.BucketLookupPath
 	}
-	c, err := minio.New(host, &minio.Options{
+	mo := minio.Options{
 		Creds: creds, Secure: tls, Region: opts.Region, BucketLookup: lookup, Transport: opts.Transport,
-	})
+	}
+	c, err := minio.New(host, &mo)
 	if err != nil {
 		return nil, fmt.Errorf("s3store: client for %s: %w", opts.Endpoint, err)
 	}
-	s := &Store{c: c, bucket: opts.Bucket, part: opts.PartSize}
+	mo.TrailingHeaders = true
+	ck, err := minio.New(host, &mo)
+	if err != nil {
+		return nil, fmt.Errorf("s3store: client for %s: %w", opts.Endpoint, err)
+	}
+	s := &Store{c: c, ck: ck, bucket: opts.Bucket, part: opts.PartSize}
 	if err := s.ensureBucket(ctx, opts); err != nil {
 		return nil, err
 	}
@@ -222,6 +240,98 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64) er
 		return s.mapErr("put", key, err)
 	}
 	return nil
+}
+
+// PutCRC32C uploads the object with its CRC-32C checked by the server
+// (x-amz-checksum-crc32c; for a multipart upload, each part's and the
+// full object's, FULL_OBJECT mode) and compares the checksum the server
+// answers with crc. A server that answers none (verified false) stored the
+// object unchecked; one that refuses checksummed uploads altogether gets
+// plain Puts from then on.
+func (s *Store) PutCRC32C(ctx context.Context, key string, r io.Reader, size int64, crc uint32) (bool, error) {
+	if err := objstore.ValidateKey(key); err != nil {
+		return false, err
+	}
+	if size < 0 {
+		return false, fmt.Errorf("s3store: put %q: negative size %d", key, size)
+	}
+	if size == 0 {
+		// minio-go sends no checksum with an empty body: an empty object's
+		// CRC is 0, and a successful PUT of 0 bytes stored 0 bytes.
+		if crc != 0 {
+			return false, objstore.ChecksumError(key, 0, crc)
+		}
+		return true, s.Put(ctx, key, r, 0)
+	}
+	if s.noChecksum.Load() {
+		return false, s.Put(ctx, key, r, size)
+	}
+	seeker, _ := r.(io.Seeker)
+	var start int64
+	if seeker != nil {
+		var err error
+		if start, err = seeker.Seek(0, io.SeekCurrent); err != nil {
+			seeker = nil
+		}
+	}
+	var sum [4]byte
+	binary.BigEndian.PutUint32(sum[:], crc)
+	want := base64.StdEncoding.EncodeToString(sum[:])
+	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", PartSize: s.part}
+	if uint64(size) <= s.part {
+		// One PUT: the server checks the body against our CRC in a header.
+		opts.UserMetadata = map[string]string{"x-amz-checksum-crc32c": want}
+	} else {
+		// Multipart: each part carries the CRC of its bytes in a trailer and
+		// the server combines them into the object's (FULL_OBJECT), which
+		// must then be ours. Trailers go with an unsigned payload, as every
+		// upload over TLS does: versitygw miscomputes the CRC of a signed
+		// trailer stream, and the CRCs check the bytes anyway.
+		opts.Checksum = minio.ChecksumFullObjectCRC32C
+		opts.DisableContentSha256 = true
+	}
+	info, err := s.ck.PutObject(ctx, s.bucket, key, r, size, opts)
+	if err != nil {
+		switch code := minio.ToErrorResponse(err).Code; {
+		case code == "BadDigest" || code == "XAmzContentChecksumMismatch" || code == "InvalidChecksum":
+			return false, fmt.Errorf("s3store: put %q: %w: %w", key, objstore.ErrChecksum, err)
+		case checksumsUnsupported(err):
+			// Only the first refusal costs a request: the object was not
+			// stored, so put it plainly if the reader can start again.
+			s.noChecksum.Store(true)
+			if seeker == nil {
+				return false, fmt.Errorf("s3store: put %q: the server refused checksums (the next put goes without): %w", key, err)
+			}
+			if _, err := seeker.Seek(start, io.SeekStart); err != nil {
+				return false, fmt.Errorf("s3store: put %q: rewind for a put without checksum: %w", key, err)
+			}
+			return false, s.Put(ctx, key, r, size)
+		}
+		return false, s.mapErr("put", key, err)
+	}
+	if info.ChecksumCRC32C == "" {
+		return false, nil
+	}
+	if got := info.ChecksumCRC32C; got != want {
+		// The client hashes what it sends, so this means the reader's bytes
+		// were not the ones the caller hashed.
+		if derr := s.Delete(ctx, key); derr != nil {
+			return false, fmt.Errorf("s3store: put %q: %w: server has CRC-32C %s, want %08x (and deleting it failed: %v)", key, objstore.ErrChecksum, got, crc, derr)
+		}
+		return false, fmt.Errorf("s3store: put %q: %w: server has CRC-32C %s, want %08x", key, objstore.ErrChecksum, got, crc)
+	}
+	return true, nil
+}
+
+// checksumsUnsupported tells a server's refusal of checksum headers or
+// trailers (a request it cannot parse) from other failures.
+func checksumsUnsupported(err error) bool {
+	r := minio.ToErrorResponse(err)
+	switch r.Code {
+	case "NotImplemented", "InvalidArgument", "InvalidRequest", "UnsupportedChecksum", "MissingContentLength":
+		return !denied(err)
+	}
+	return r.StatusCode == http.StatusNotImplemented
 }
 
 // Get reads a byte range with one ranged GET.

@@ -18,8 +18,8 @@ var buckets atomic.Int64
 
 // conformance runs the objstore suite with a new bucket per test, created by
 // Open, and 5 MiB parts so that the large-object test uploads in parts.
-func conformance(t *testing.T, srv *s3test.Server) {
-	objstoretest.Run(t, objstoretest.Config{New: func(t *testing.T) objstore.Store {
+func conformance(t *testing.T, srv *s3test.Server, checksums bool) {
+	objstoretest.Run(t, objstoretest.Config{ChecksumConfirmed: checksums, New: func(t *testing.T) objstore.Store {
 		opts := srv.Options(fmt.Sprintf("conf-%d", buckets.Add(1)))
 		opts.PartSize = 5 << 20
 		st, err := s3store.Open(context.Background(), opts)
@@ -32,13 +32,13 @@ func conformance(t *testing.T, srv *s3test.Server) {
 
 func TestMinIO(t *testing.T) {
 	srv := s3test.StartMinIO(t)
-	t.Run("Conformance", func(t *testing.T) { conformance(t, srv) })
+	t.Run("Conformance", func(t *testing.T) { conformance(t, srv, true) })
 	t.Run("Bucket", func(t *testing.T) { testBucket(t, srv) })
 }
 
 func TestVersityGW(t *testing.T) {
 	srv := s3test.StartVersityGW(t)
-	t.Run("Conformance", func(t *testing.T) { conformance(t, srv) })
+	t.Run("Conformance", func(t *testing.T) { conformance(t, srv, true) })
 	t.Run("Bucket", func(t *testing.T) { testBucket(t, srv) })
 }
 
