@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -48,7 +49,7 @@ type Bookie struct {
 	// readMu guards pending: adds whose journal sync completed but which
 	// are not yet in the entry logs and index.
 	readMu  sync.RWMutex
-	pending map[uint64]map[uint64]pendingEntry
+	pending pendingIndex
 
 	// The applier writes synced records to the entry logs and the index.
 	apMu      sync.Mutex // guards apQ, apClosing
@@ -68,15 +69,15 @@ type Bookie struct {
 	maintDone chan struct{}
 }
 
-type pendingEntry struct {
-	seq     uint64
-	payload []byte
+type applyBatch struct {
+	ops   []op
+	end   jpos
+	bytes int // journal bytes of ops
 }
 
-type applyBatch struct {
-	ops []op
-	end jpos
-}
+// applyMaxBytes bounds the journal bytes of the groups the applier takes
+// at once, so that the inflight bytes they hold are released in steps.
+const applyMaxBytes = 16 << 20
 
 // applyState is the state produced by applying journal records, persisted
 // by checkpoints.
@@ -109,7 +110,7 @@ func Open(o Options) (*Bookie, error) {
 		ledgers:    map[uint64]*ledgerMeta{},
 		kick:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
-		pending:    map[uint64]map[uint64]pendingEntry{},
+		pending:    pendingIndex{},
 		apKick:     make(chan struct{}, 1),
 		apDone:     make(chan struct{}),
 		ckptKick:   make(chan struct{}, 1),
@@ -168,7 +169,7 @@ func (b *Bookie) open() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		err := b.apply(batch, end)
+		err := b.apply([]applyBatch{{ops: batch, end: end}})
 		batch, batchBytes = batch[:0], 0
 		return err
 	}
@@ -344,9 +345,14 @@ func (b *Bookie) newEntryLog() error {
 	return nil
 }
 
+// applyBufBytes bounds the entry-log bytes apply buffers before writing
+// them: the applier may take many synced groups at once.
+const applyBufBytes = 4 << 20
+
 // apply writes journaled records to the entry logs and the index, in
-// journal order; applyMu held (or opening).
-func (b *Bookie) apply(ops []op, end jpos) error {
+// journal order, with one index batch for all of q; applyMu held (or
+// opening).
+func (b *Bookie) apply(q []applyBatch) error {
 	ap := &b.ap
 	batch := b.db.NewBatch()
 	defer batch.Close()
@@ -355,6 +361,7 @@ func (b *Bookie) apply(ops []op, end jpos) error {
 		if len(ap.buf) == 0 {
 			return nil
 		}
+		ap.active.preallocate(int64(len(ap.buf)))
 		if _, err := ap.active.f.Write(ap.buf); err != nil {
 			return fmt.Errorf("bookie: entry-log write: %w", err)
 		}
@@ -373,43 +380,59 @@ func (b *Bookie) apply(ops []op, end jpos) error {
 		ap.dirty[l] = struct{}{}
 		return m
 	}
-	for i := range ops {
-		o := &ops[i]
-		switch o.kind {
-		case kindAdd:
-			size := int64(logHeaderSize + len(o.payload))
-			if used := ap.active.size + int64(len(ap.buf)); used > 0 && used+size > b.opts.EntryLogSize {
-				if err := writeBuf(); err != nil {
+	// Index keys and values are copied by the batch: one buffer of each.
+	var key [17]byte
+	var val [20]byte
+	// The metadata of the previous add's ledger (consecutive adds are
+	// often to one ledger); a delete drops it.
+	var lastLedger uint64
+	var lastMeta *ledgerMeta
+	for _, ab := range q {
+		for i := range ab.ops {
+			o := &ab.ops[i]
+			switch o.kind {
+			case kindAdd:
+				size := int64(logHeaderSize + len(o.payload))
+				if used := ap.active.size + int64(len(ap.buf)); used > 0 && used+size > b.opts.EntryLogSize {
+					if err := writeBuf(); err != nil {
+						return err
+					}
+					if err := b.newEntryLog(); err != nil {
+						return err
+					}
+				} else if len(ap.buf) >= applyBufBytes {
+					if err := writeBuf(); err != nil {
+						return err
+					}
+				}
+				loc := location{log: ap.active.id, offset: ap.active.size + int64(len(ap.buf)), length: uint32(len(o.payload))}
+				ap.buf = appendLogRecord(ap.buf, o.ledger, o.entry, o.payload)
+				if err := batch.Set(indexKeyInto(key[:0], o.ledger, o.entry), loc.encodeInto(val[:0]), nil); err != nil {
 					return err
 				}
-				if err := b.newEntryLog(); err != nil {
+				ap.usage[ap.active.id].live[o.ledger] += size
+				if lastMeta == nil || lastLedger != o.ledger {
+					lastLedger, lastMeta = o.ledger, ledger(o.ledger)
+				}
+				lastMeta.lac = max(lastMeta.lac, o.lac)
+			case kindFence:
+				ledger(o.ledger).fenced = true
+			case kindLAC:
+				m := ledger(o.ledger)
+				m.lac = max(m.lac, o.lac)
+			case kindDelete:
+				lastMeta = nil
+				lo, hi := ledgerIndexBounds(o.ledger)
+				if err := batch.DeleteRange(lo, hi, nil); err != nil {
 					return err
 				}
-			}
-			loc := location{log: ap.active.id, offset: ap.active.size + int64(len(ap.buf)), length: uint32(len(o.payload))}
-			ap.buf = appendLogRecord(ap.buf, o.ledger, o.entry, o.payload)
-			if err := batch.Set(indexKey(o.ledger, o.entry), loc.encode(), nil); err != nil {
-				return err
-			}
-			ap.usage[ap.active.id].live[o.ledger] += size
-			m := ledger(o.ledger)
-			m.lac = max(m.lac, o.lac)
-		case kindFence:
-			ledger(o.ledger).fenced = true
-		case kindLAC:
-			m := ledger(o.ledger)
-			m.lac = max(m.lac, o.lac)
-		case kindDelete:
-			lo, hi := ledgerIndexBounds(o.ledger)
-			if err := batch.DeleteRange(lo, hi, nil); err != nil {
-				return err
-			}
-			delete(ap.ledgers, o.ledger)
-			ap.dirty[o.ledger] = struct{}{}
-			for id, u := range ap.usage {
-				if _, ok := u.live[o.ledger]; ok {
-					delete(u.live, o.ledger)
-					ap.usageDirty[id] = struct{}{}
+				delete(ap.ledgers, o.ledger)
+				ap.dirty[o.ledger] = struct{}{}
+				for id, u := range ap.usage {
+					if _, ok := u.live[o.ledger]; ok {
+						delete(u.live, o.ledger)
+						ap.usageDirty[id] = struct{}{}
+					}
 				}
 			}
 		}
@@ -420,7 +443,9 @@ func (b *Bookie) apply(ops []op, end jpos) error {
 	if err := batch.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("bookie: index write: %w", err)
 	}
-	ap.pos = end
+	if len(q) > 0 {
+		ap.pos = q[len(q)-1].end
+	}
 	return nil
 }
 
@@ -603,10 +628,10 @@ func (b *Bookie) ReadEntry(ledger, entry uint64, fence bool) ([]byte, error) {
 		return nil, fmt.Errorf("%w: ledger %d", ErrNoSuchLedger, ledger)
 	}
 	b.readMu.RLock()
-	p, ok := b.pending[ledger][entry]
+	p, ok := b.pending.get(ledger, entry)
 	b.readMu.RUnlock()
 	if ok {
-		return append([]byte(nil), p.payload...), nil
+		return append([]byte(nil), p...), nil
 	}
 	for attempt := 0; ; attempt++ {
 		data, err := b.readStored(ledger, entry)
@@ -708,7 +733,11 @@ func (b *Bookie) journalLoop() {
 	}()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	var spare []op // the next queue, sized like the last group
 	for {
+		if spare == nil {
+			spare = make([]op, 0, 64)
+		}
 		b.mu.Lock()
 		for {
 			if len(b.queue) == 0 {
@@ -735,9 +764,11 @@ func (b *Bookie) journalLoop() {
 			b.mu.Lock()
 		}
 		ops := b.queue
-		b.queue, b.queueBytes, b.urgent = nil, 0, false
+		b.queue, b.queueBytes, b.urgent = spare, 0, false
 		failed := b.err
 		b.mu.Unlock()
+		// Allocated here, not by appends under mu.
+		spare = make([]op, 0, max(64, len(ops)+len(ops)/4))
 		if failed != nil {
 			b.fail(failed, ops)
 			continue
@@ -820,12 +851,7 @@ func (b *Bookie) completeLoop() {
 		for _, jb := range q {
 			for i := range jb.ops {
 				if o := &jb.ops[i]; o.kind == kindAdd {
-					m := b.pending[o.ledger]
-					if m == nil {
-						m = map[uint64]pendingEntry{}
-						b.pending[o.ledger] = m
-					}
-					m[o.entry] = pendingEntry{seq: o.seq, payload: o.payload}
+					b.pending.add(o.ledger, o.entry, o.seq, o.payload)
 				}
 			}
 		}
@@ -850,7 +876,7 @@ func (b *Bookie) completeLoop() {
 
 		b.apMu.Lock()
 		for _, jb := range q {
-			b.apQ = append(b.apQ, applyBatch{ops: jb.ops, end: jb.end})
+			b.apQ = append(b.apQ, applyBatch{ops: jb.ops, end: jb.end, bytes: jb.bytes})
 		}
 		b.apMu.Unlock()
 		select {
@@ -916,9 +942,19 @@ func (b *Bookie) fail(cause error, inflight []op) {
 func (b *Bookie) applyLoop() {
 	defer close(b.apDone)
 	for {
+		// Take the queued groups, up to applyMaxBytes of records (at
+		// least one group), to apply with one index batch.
 		b.apMu.Lock()
-		q, closing := b.apQ, b.apClosing
-		b.apQ = nil
+		n, bytes := 0, 0
+		for n < len(b.apQ) && (n == 0 || bytes+b.apQ[n].bytes <= applyMaxBytes) {
+			bytes += b.apQ[n].bytes
+			n++
+		}
+		q, closing := slices.Clone(b.apQ[:n]), b.apClosing
+		clear(b.apQ[:n]) // drop the references to the taken groups' ops
+		if b.apQ = b.apQ[n:]; len(b.apQ) == 0 {
+			b.apQ = nil
+		}
 		b.apMu.Unlock()
 		if len(q) == 0 {
 			if closing {
@@ -927,37 +963,32 @@ func (b *Bookie) applyLoop() {
 			<-b.apKick
 			continue
 		}
+		b.applyMu.Lock()
+		err := b.apply(q)
+		b.applyMu.Unlock()
+		if err != nil {
+			// The records are durable in the journal and stay readable
+			// from pending; a restart replays them.
+			b.fail(err, nil)
+			return
+		}
+		var released int64
+		b.readMu.Lock()
 		for _, ab := range q {
-			b.applyMu.Lock()
-			err := b.apply(ab.ops, ab.end)
-			b.applyMu.Unlock()
-			if err != nil {
-				// The records are durable in the journal and stay readable
-				// from pending; a restart replays them.
-				b.fail(err, nil)
-				return
-			}
-			var released int64
-			b.readMu.Lock()
 			for i := range ab.ops {
 				o := &ab.ops[i]
 				released += int64(o.encodedSize())
 				if o.kind != kindAdd {
 					continue
 				}
-				if m := b.pending[o.ledger]; m != nil && m[o.entry].seq == o.seq {
-					delete(m, o.entry)
-					if len(m) == 0 {
-						delete(b.pending, o.ledger)
-					}
-				}
+				b.pending.applied(o.ledger, o.seq)
 			}
-			b.readMu.Unlock()
-			b.mu.Lock()
-			b.inflight -= released
-			b.space.Broadcast()
-			b.mu.Unlock()
 		}
+		b.readMu.Unlock()
+		b.mu.Lock()
+		b.inflight -= released
+		b.space.Broadcast()
+		b.mu.Unlock()
 	}
 }
 
@@ -1016,6 +1047,9 @@ func (b *Bookie) checkpoint() error {
 	b.applyMu.Lock()
 	for _, l := range ap.sealed {
 		err := l.f.Sync()
+		if err == nil {
+			l.dropSynced()
+		}
 		if cerr := l.f.Close(); err == nil {
 			err = cerr
 		}
@@ -1027,6 +1061,7 @@ func (b *Bookie) checkpoint() error {
 	ap.sealed = nil
 	err := ap.active.f.Sync()
 	if err == nil {
+		ap.active.dropSynced()
 		err = vfs.SyncDir(b.fs, b.logDir)
 	}
 	if err != nil {

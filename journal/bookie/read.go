@@ -171,11 +171,11 @@ func indexKeyInto(k []byte, ledger, entry uint64) []byte {
 func (b *Bookie) pendingPayload(ledger, entry uint64) ([]byte, bool) {
 	b.readMu.RLock()
 	defer b.readMu.RUnlock()
-	p, ok := b.pending[ledger][entry]
+	p, ok := b.pending.get(ledger, entry)
 	if !ok {
 		return nil, false
 	}
-	return append([]byte(nil), p.payload...), true
+	return append([]byte(nil), p...), true
 }
 
 // lookup returns the index location of an entry.

@@ -1,0 +1,8 @@
+//go:build !(linux && (amd64 || arm64 || riscv64 || loong64))
+
+package bookie
+
+import "github.com/quiremq/quire/internal/vfs"
+
+// dropCache is advice the kernel cannot be given here: it does nothing.
+func dropCache(vfs.File, int64, int64) {}
