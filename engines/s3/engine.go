@@ -32,6 +32,12 @@ type Engine struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // retention loop
 
+	// retainMu guards retainDirty: shards that wrote an object since the
+	// retention loop last looked (retainKick wakes it).
+	retainMu    sync.Mutex
+	retainDirty map[*Shard]bool
+	retainKick  chan struct{}
+
 	mu     sync.Mutex
 	closed bool
 	open   map[string]*Shard
@@ -59,6 +65,7 @@ func Open(ctx context.Context, opts Options) (*Engine, error) {
 		opts: opts, store: st, kv: opts.Meta, log: opts.Logger, m: newMetrics(opts.Registerer),
 		cache: newObjectCache(opts.ReadCacheBytes), ctx: ectx, cancel: cancel,
 		open: map[string]*Shard{}, busy: map[string]chan struct{}{},
+		retainDirty: map[*Shard]bool{}, retainKick: make(chan struct{}, 1),
 	}
 	if opts.RetentionBytes > 0 || opts.RetentionAge > 0 {
 		e.wg.Add(1)
@@ -107,14 +114,21 @@ func (e *Engine) Create(ctx context.Context, name string) (shard.Shard, error) {
 		return nil, err
 	}
 	defer unlock()
-	rec := shardRecord{Name: name, ID: newID(), CreatedAt: e.opts.Now().UTC()}
+	rec := shardRecord{Name: name, ID: newID(), CreatedAt: e.opts.Now().UTC(), Writer: newID()}
 	version, err := e.putState(ctx, rec, 0)
 	if errors.Is(err, meta.ErrVersionMismatch) {
 		return nil, fmt.Errorf("s3: %q: %w", name, shard.ErrExists)
 	} else if err != nil {
 		return nil, fmt.Errorf("s3: create %q: %w", name, err)
 	}
-	s := e.newShard(rec, version, nil)
+	_, claimVersion, more, err := e.claim(ctx, name, rec.ID, 0, rec.Writer, 0)
+	if err == nil && len(more) > 0 {
+		err = fmt.Errorf("%w: entries appeared in the index of a new shard", ErrFenced)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("s3: create %q: %w", name, err)
+	}
+	s := e.newShard(rec, version, nil, claimVersion)
 	e.mu.Lock()
 	e.open[name] = s
 	e.mu.Unlock()
@@ -174,11 +188,18 @@ func (e *Engine) load(ctx context.Context, name string) (*Shard, error) {
 		return nil, fmt.Errorf("s3: open %q: index: %w", name, err)
 	}
 	var objs, stale []objectRecord
-	for _, kv := range entries {
+	var last *meta.KeyValue // the last marker, if no entry follows it
+	var lastMarker objectRecord
+	for i, kv := range entries {
 		var o objectRecord
 		if err := jsonDecode(kv.Value, &o); err != nil {
 			return nil, &shard.CorruptError{Shard: name, File: kv.Key, Reason: fmt.Sprintf("damaged index entry: %v", err)}
 		}
+		if o.marker() {
+			last, lastMarker = &entries[i], o
+			continue
+		}
+		last = nil
 		if o.end() <= rec.Low {
 			stale = append(stale, o) // a trim that stopped before deleting it
 			continue
@@ -189,7 +210,28 @@ func (e *Engine) load(ctx context.Context, name string) (*Shard, error) {
 		}
 		objs = append(objs, o)
 	}
-	s := e.newShard(rec, kv.Version, objs)
+	// Fencing: a new writer token in the record (the previous writer's
+	// trims and seals fail from now on), then this writer's claim on the
+	// index key at high (its appends fail).
+	rec.Writer = newID()
+	version, err := e.putState(octx, rec, kv.Version)
+	if err != nil {
+		return nil, fmt.Errorf("s3: open %q: record the new writer: %w", name, err)
+	}
+	high := rec.Low
+	if n := len(objs); n > 0 {
+		high = max(high, objs[n-1].end())
+	}
+	var claimed uint64
+	if last != nil && lastMarker.First == high {
+		claimed = last.Version
+	}
+	_, claimVersion, more, err := e.claim(octx, name, rec.ID, high, rec.Writer, claimed)
+	if err != nil {
+		return nil, err
+	}
+	objs = append(objs, more...)
+	s := e.newShard(rec, version, objs, claimVersion)
 	// Cleanup runs in the background, holding the shard's write lock: no
 	// object is being written meanwhile, so every object the index does
 	// not name is garbage. Readers need not wait for it.
@@ -355,26 +397,49 @@ func (e *Engine) Close() error {
 	return nil
 }
 
-// retentionLoop applies retention to the open shards once a minute (it also
-// runs after every object written).
+// retainSoon has the retention loop look at s (it wrote an object): the
+// append path never waits for retention's meta and store calls.
+func (e *Engine) retainSoon(s *Shard) {
+	if e.opts.RetentionBytes <= 0 && e.opts.RetentionAge <= 0 {
+		return
+	}
+	e.retainMu.Lock()
+	e.retainDirty[s] = true
+	e.retainMu.Unlock()
+	select {
+	case e.retainKick <- struct{}{}:
+	default:
+	}
+}
+
+// retentionLoop applies retention to the shards that wrote objects, soon
+// after they did, and to every open shard once a minute (RetentionAge
+// expires objects without writes).
 func (e *Engine) retentionLoop() {
 	defer e.wg.Done()
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
+		var shards []*Shard
 		select {
 		case <-e.ctx.Done():
 			return
 		case <-t.C:
+			e.mu.Lock()
+			for _, s := range e.open {
+				shards = append(shards, s)
+			}
+			e.mu.Unlock()
+		case <-e.retainKick:
+			e.retainMu.Lock()
+			for s := range e.retainDirty {
+				shards = append(shards, s)
+			}
+			clear(e.retainDirty)
+			e.retainMu.Unlock()
 		}
-		e.mu.Lock()
-		shards := make([]*Shard, 0, len(e.open))
-		for _, s := range e.open {
-			shards = append(shards, s)
-		}
-		e.mu.Unlock()
 		for _, s := range shards {
-			if err := s.applyRetention(e.ctx); err != nil {
+			if err := s.applyRetention(e.ctx); err != nil && !errors.Is(err, shard.ErrClosed) {
 				e.log.Warn("s3: retention", "shard", s.name, "err", err)
 			}
 		}

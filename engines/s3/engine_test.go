@@ -3,6 +3,7 @@ package s3_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -53,7 +54,8 @@ type faultyKV struct {
 	meta.KV
 	mode        atomic.Int32 // one of the kv* constants
 	gate        chan struct{}
-	failDeletes atomic.Bool // of index entries
+	entered     chan struct{} // a Put is waiting for gate (kvBlock)
+	failDeletes atomic.Bool   // of index entries
 }
 
 func (f *faultyKV) Delete(ctx context.Context, key string, opts ...meta.WriteOption) (uint64, error) {
@@ -74,8 +76,22 @@ const (
 
 func isIndexKey(key string) bool { return strings.Contains(key, "/objects/") }
 
+// isMarker tells an index entry without records (a writer's claim, or
+// what a trim leaves of an entry that replaced one).
+func isMarker(value []byte) bool {
+	var e struct{ Count int }
+	return json.Unmarshal(value, &e) == nil && e.Count == 0
+}
+
 func (f *faultyKV) Put(ctx context.Context, key string, value []byte, opts ...meta.WriteOption) (meta.KeyValue, error) {
 	if !isIndexKey(key) {
+		return f.KV.Put(ctx, key, value, opts...)
+	}
+	if isMarker(value) {
+		// A trim replacing an entry with a marker is one of its deletes.
+		if f.failDeletes.Load() && len(opts) == 0 {
+			return meta.KeyValue{}, meta.ErrNotLeader
+		}
 		return f.KV.Put(ctx, key, value, opts...)
 	}
 	switch f.mode.Load() {
@@ -89,6 +105,10 @@ func (f *faultyKV) Put(ctx context.Context, key string, value []byte, opts ...me
 	case kvAmbLost, kvAmbNoRead:
 		return meta.KeyValue{}, meta.ErrAmbiguous
 	case kvBlock:
+		select {
+		case f.entered <- struct{}{}:
+		default:
+		}
 		<-f.gate
 	}
 	return f.KV.Put(ctx, key, value, opts...)
@@ -109,7 +129,7 @@ type env struct {
 }
 
 func newEnv(t *testing.T, tweak func(*s3.Options)) *env {
-	return &env{t: t, store: &faultyStore{Store: objstore.NewMem()}, kv: &faultyKV{KV: newMeta(t), gate: make(chan struct{})}, tweak: tweak}
+	return &env{t: t, store: &faultyStore{Store: objstore.NewMem()}, kv: &faultyKV{KV: newMeta(t), gate: make(chan struct{}), entered: make(chan struct{}, 1)}, tweak: tweak}
 }
 
 func (v *env) open() *s3.Engine {
@@ -139,13 +159,31 @@ func (v *env) objects() []string {
 	return keys
 }
 
+// indexEntries counts the index entries that name objects (not markers).
 func (v *env) indexEntries() int {
 	v.t.Helper()
 	res, err := v.kv.List(context.Background(), s3.DefaultMetaPrefix+"objects/", meta.ListOptions{})
 	if err != nil {
 		v.t.Fatal(err)
 	}
-	return len(res.KVs)
+	n := 0
+	for _, kv := range res.KVs {
+		if !isMarker(kv.Value) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitFor polls cond until it holds, failing the test after a minute.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func recs(n, size int, tag string) []shard.Record {
@@ -405,10 +443,13 @@ func TestRetention(t *testing.T) {
 		for range 10 {
 			mustAppend(t, s, recs(10, 100, "r")) // 1010 payload bytes per object
 		}
-		// Keeps the newest objects that still hold >= 3000 bytes: 3 of them.
+		// Keeps the newest objects that still hold >= 3000 bytes: 3 of
+		// them. Retention runs in the background, soon after the appends.
+		waitFor(t, "retention to move low to 70", func() bool { low, _ := s.Watermarks(); return low >= 70 })
 		if low, high := s.Watermarks(); low != 70 || high != 100 {
 			t.Fatalf("watermarks after retention = %d, %d; want 70, 100", low, high)
 		}
+		waitFor(t, "retention to delete 7 objects", func() bool { return len(v.objects()) <= 3 })
 		if n, m := len(v.objects()), v.indexEntries(); n != 3 || m != 3 {
 			t.Fatalf("%d objects, %d index entries; want 3, 3", n, m)
 		}
@@ -425,9 +466,11 @@ func TestRetention(t *testing.T) {
 		}
 		now.Add(int64(time.Hour/time.Millisecond) + 3*int64(time.Minute/time.Millisecond)) // objects 0..2 are older than an hour
 		mustAppend(t, s, []shard.Record{{Value: []byte("new")}})
+		waitFor(t, "retention to move low to 6", func() bool { low, _ := s.Watermarks(); return low >= 6 })
 		if low, _ := s.Watermarks(); low != 6 {
 			t.Fatalf("low after age retention = %d, want 6", low)
 		}
+		waitFor(t, "retention to delete 3 objects", func() bool { return len(v.objects()) <= 3 })
 		if n := len(v.objects()); n != 3 {
 			t.Fatalf("%d objects, want 3", n)
 		}
@@ -605,5 +648,78 @@ func TestReadFetchesOnce(t *testing.T) {
 	wg.Wait()
 	if n := v.store.gets.Load(); n != 10 {
 		t.Fatalf("%d GETs for 10 objects read by 4 readers, want 10", n)
+	}
+}
+
+// TestFencing: a second engine opening a shard fences the first: an append
+// of the first that was in flight, and every later append, trim and seal,
+// fail with ErrFenced; nothing of them reaches the index, the object of the
+// one in flight does not stay behind, and a trim of the second writer does
+// not reopen the key the first would have committed next.
+func TestFencing(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	s1, err := v.open().Create(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s1, recs(2, 10, "a")) // [0,2)
+
+	// An append of the first writer whose commit waits until the second
+	// writer has opened the shard, appended, and trimmed everything
+	// before its own append away.
+	v.kv.mode.Store(kvBlock)
+	inflight := make(chan error, 1)
+	go func() {
+		_, err := s1.Append(ctx, recs(1, 10, "lost"))
+		inflight <- err
+	}()
+	<-v.kv.entered
+	v.kv.mode.Store(kvOK)
+	s2, err := v.open().Open(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first := mustAppend(t, s2, recs(3, 10, "b")); first != 2 {
+		t.Fatalf("second writer's append at %d, want 2", first)
+	}
+	if err := s2.Trim(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	close(v.kv.gate)
+	if err := <-inflight; !errors.Is(err, s3.ErrFenced) || !errors.Is(err, shard.ErrFailed) {
+		t.Fatalf("first writer's append in flight = %v, want ErrFenced and ErrFailed", err)
+	}
+	if _, err := s1.Append(ctx, recs(1, 10, "late")); !errors.Is(err, s3.ErrFenced) {
+		t.Fatalf("first writer's next append = %v, want ErrFenced", err)
+	}
+	if err := s1.Trim(ctx, 1); !errors.Is(err, s3.ErrFenced) {
+		t.Fatalf("first writer's trim = %v, want ErrFenced", err)
+	}
+	if err := s1.Seal(ctx); !errors.Is(err, s3.ErrFenced) {
+		t.Fatalf("first writer's seal = %v, want ErrFenced", err)
+	}
+
+	if first := mustAppend(t, s2, recs(1, 10, "c")); first != 5 {
+		t.Fatalf("second writer's append after the trim at %d, want 5", first)
+	}
+	if got := readKeys(t, s2); strings.Join(got, ",") != "c" {
+		t.Fatalf("second writer reads %q, want [c]", got)
+	}
+	if n, m := len(v.objects()), v.indexEntries(); n != 1 || m != 1 {
+		t.Fatalf("%d objects, %d index entries; want 1, 1 (%q)", n, m, v.objects())
+	}
+	s3h, err := v.open().Open(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if low, high := s3h.Watermarks(); low != 5 || high != 6 {
+		t.Fatalf("watermarks after a third open = %d, %d; want 5, 6", low, high)
+	}
+	if got := readKeys(t, s3h); strings.Join(got, ",") != "c" {
+		t.Fatalf("third writer reads %q, want [c]", got)
+	}
+	if _, err := s2.Append(ctx, recs(1, 10, "d")); !errors.Is(err, s3.ErrFenced) {
+		t.Fatalf("second writer's append after a third open = %v, want ErrFenced", err)
 	}
 }

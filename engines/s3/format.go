@@ -82,6 +82,13 @@ func decodeObject(b []byte, first uint64, count int) ([]shard.Record, error) {
 	if got, want := crc32.Checksum(body, castagnoli), binary.LittleEndian.Uint32(b[24:]); got != want {
 		return nil, fmt.Errorf("body checksum %08x, want %08x", got, want)
 	}
+	return parseRecords(body, first, count)
+}
+
+// parseRecords decodes the count records of an object's body without
+// checking it: for a body checked already, or one this process has just
+// encoded (an object just written goes to the cache this way).
+func parseRecords(body []byte, first uint64, count int) ([]shard.Record, error) {
 	recs := make([]shard.Record, count)
 	p := body
 	for i := range recs {

@@ -1,6 +1,7 @@
 package s3
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/shard"
 )
 
 // shardRecord is a shard's state in meta, at <MetaPrefix>shards/<name>.
@@ -21,6 +23,10 @@ type shardRecord struct {
 	Low       uint64    `json:"low"`
 	Sealed    bool      `json:"sealed,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// Writer is the token of the engine that last opened the shard for
+	// writing: writing it (by CAS) fences the previous writer's trims and
+	// seals, whose CAS then fails.
+	Writer string `json:"writer,omitempty"`
 }
 
 // objectRecord is one object's index entry, at
@@ -34,7 +40,27 @@ type objectRecord struct {
 	Size  int64 `json:"size"`
 	// Bytes is the payload (key, value, headers) of the object's records.
 	Bytes int64 `json:"bytes"`
+	// Writer is the token of the engine that committed the entry.
+	Writer string `json:"writer,omitempty"`
+	// Claim says the entry replaced its writer's claim (a marker) on the
+	// key: a trim leaves a marker there instead of deleting it, so that a
+	// fenced writer whose next key it was cannot create it again.
+	Claim bool `json:"claim,omitempty"`
 }
+
+// A marker is an entry with no records (Count 0, no Key): at the shard's
+// high it is the claim of the shard's writer on the next key (see fencing
+// in doc.go); below it, the trace of a trimmed Claim entry.
+func (r *objectRecord) marker() bool { return r.Count == 0 }
+
+// ErrFenced is matched (with shard.ErrFailed) by the appends of a shard that
+// another engine has opened for writing since (and by its trims and seals):
+// the other engine now writes the shard, this handle must not.
+var ErrFenced = errors.New("s3: fenced: another engine opened the shard for writing")
+
+// errNotApplied marks an ambiguous meta write that, read back, was not
+// applied: a plain failure (it still matches meta.ErrAmbiguous).
+var errNotApplied = errors.New("not applied")
 
 func (r *objectRecord) end() uint64 { return r.First + uint64(r.Count) }
 
@@ -84,7 +110,7 @@ func listAll(ctx context.Context, kv meta.KV, prefix string) ([]meta.KeyValue, e
 }
 
 // putState writes a shard's record by CAS against version and returns the
-// new version. An ambiguous outcome is resolved by reading the key back.
+// new version.
 func (e *Engine) putState(ctx context.Context, rec shardRecord, version uint64) (uint64, error) {
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -92,17 +118,69 @@ func (e *Engine) putState(ctx context.Context, rec shardRecord, version uint64) 
 	}
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
-	kv, err := e.kv.Put(ctx, e.shardKey(rec.Name), b, meta.IfVersion(version))
-	if errors.Is(err, meta.ErrAmbiguous) {
-		cur, gerr := e.kv.Get(ctx, e.shardKey(rec.Name))
-		if gerr == nil && string(cur.Value) == string(b) {
-			return cur.Version, nil
+	kv, err := e.casPut(ctx, e.shardKey(rec.Name), b, version)
+	return kv.Version, err
+}
+
+// casPut writes key by CAS against version. An ambiguous outcome
+// (meta.ErrAmbiguous) is resolved by reading the key back: holding val, the
+// write took; holding the version given (or absent, for version 0), it did
+// not (errNotApplied); holding another write, it lost to that write
+// (meta.ErrVersionMismatch). If the read fails too, the error still matches
+// meta.ErrAmbiguous.
+func (e *Engine) casPut(ctx context.Context, key string, val []byte, version uint64) (meta.KeyValue, error) {
+	kv, err := e.kv.Put(ctx, key, val, meta.IfVersion(version))
+	if !errors.Is(err, meta.ErrAmbiguous) {
+		return kv, err
+	}
+	cur, gerr := e.kv.Get(ctx, key)
+	switch {
+	case gerr == nil && bytes.Equal(cur.Value, val):
+		return cur, nil
+	case gerr == nil && cur.Version == version, errors.Is(gerr, meta.ErrNotFound) && version == 0:
+		return meta.KeyValue{}, fmt.Errorf("%w: %w", errNotApplied, err)
+	case gerr == nil:
+		return meta.KeyValue{}, fmt.Errorf("%w: %s changed (read back after: %v)", meta.ErrVersionMismatch, key, err)
+	}
+	return meta.KeyValue{}, fmt.Errorf("%w; reading it back: %v", err, gerr)
+}
+
+// claim puts the writer's marker on the index key at high, fencing any
+// other writer (whose next commit is a CAS on that key), and returns the
+// marker's version. version is that of the marker found at high (0: none).
+// Entries another writer commits meanwhile are read, returned, and the
+// claim moves past them.
+func (e *Engine) claim(ctx context.Context, name, id string, high uint64, writer string, version uint64) (uint64, uint64, []objectRecord, error) {
+	ctx, cancel := e.opCtx(ctx)
+	defer cancel()
+	var more []objectRecord
+	for {
+		val, _ := json.Marshal(objectRecord{First: high, Writer: writer})
+		kv, err := e.casPut(ctx, e.indexKey(id, high), val, version)
+		if err == nil {
+			return high, kv.Version, more, nil
 		}
+		if !errors.Is(err, meta.ErrVersionMismatch) {
+			return 0, 0, nil, fmt.Errorf("s3: %q: claim index key %d: %w", name, high, err)
+		}
+		cur, err := e.kv.Get(ctx, e.indexKey(id, high))
+		if errors.Is(err, meta.ErrNotFound) {
+			version = 0
+			continue
+		} else if err != nil {
+			return 0, 0, nil, fmt.Errorf("s3: %q: claim index key %d: %w", name, high, err)
+		}
+		var o objectRecord
+		if err := jsonDecode(cur.Value, &o); err != nil {
+			return 0, 0, nil, &shard.CorruptError{Shard: name, File: cur.Key, Reason: fmt.Sprintf("damaged index entry: %v", err)}
+		}
+		if o.marker() { // another engine's claim: take it over
+			version = cur.Version
+			continue
+		}
+		more = append(more, o) // committed by the writer being fenced
+		high, version = o.end(), 0
 	}
-	if err != nil {
-		return 0, err
-	}
-	return kv.Version, nil
 }
 
 func decodeShard(kv meta.KeyValue) (shardRecord, error) {

@@ -75,7 +75,8 @@ type Options struct {
 	RetentionBytes int64
 	// RetentionAge deletes the oldest objects whose newest record is older
 	// than this; 0 keeps everything. The newest object is always kept.
-	// Retention runs after every object written and once a minute.
+	// Retention runs in the background soon after an object is written,
+	// and once a minute.
 	RetentionAge time.Duration
 
 	// ReadCacheBytes bounds the decoded objects kept for readers (shared by

@@ -25,6 +25,11 @@ type Shard struct {
 	// writeMu is held by a flush and by Seal: the flusher is the only
 	// writer of high and of the end of objs.
 	writeMu sync.Mutex
+	// writer is this handle's token (in the shard record and its entries);
+	// claimVersion is the version of its marker on the index key at high
+	// until the first commit replaces it, then 0 (guarded by writeMu).
+	writer       string
+	claimVersion uint64
 	// stateMu serialises updates of the shard's record (Trim, Seal,
 	// retention).
 	stateMu      sync.Mutex
@@ -58,9 +63,10 @@ type appendReq struct {
 	done  chan struct{}
 }
 
-func (e *Engine) newShard(rec shardRecord, version uint64, objs []objectRecord) *Shard {
+func (e *Engine) newShard(rec shardRecord, version uint64, objs []objectRecord, claimVersion uint64) *Shard {
 	s := &Shard{
 		e: e, name: rec.Name, id: rec.ID, stateVersion: version, record: rec,
+		writer: rec.Writer, claimVersion: claimVersion,
 		low: rec.Low, high: rec.Low, objs: objs, sealed: rec.Sealed,
 		notify: make(chan struct{}), kick: make(chan struct{}, 1), done: make(chan struct{}),
 	}
@@ -126,7 +132,7 @@ func (s *Shard) writableLocked() error {
 	case s.closed || s.closing:
 		return fmt.Errorf("s3: %q: %w", s.name, shard.ErrClosed)
 	case s.failed != nil:
-		return fmt.Errorf("s3: %q: %w: %v", s.name, shard.ErrFailed, s.failed)
+		return fmt.Errorf("s3: %q: %w: %w", s.name, shard.ErrFailed, s.failed)
 	case s.sealed:
 		return fmt.Errorf("s3: %q: %w", s.name, shard.ErrSealed)
 	}
@@ -221,7 +227,7 @@ func (s *Shard) flushOnce() bool {
 	case s.closed:
 		err = fmt.Errorf("s3: %q: %w", s.name, shard.ErrClosed)
 	case s.failed != nil:
-		err = fmt.Errorf("s3: %q: %w: %v", s.name, shard.ErrFailed, s.failed)
+		err = fmt.Errorf("s3: %q: %w: %w", s.name, shard.ErrFailed, s.failed)
 	case s.sealed:
 		err = fmt.Errorf("s3: %q: %w", s.name, shard.ErrSealed)
 	}
@@ -259,37 +265,39 @@ func (s *Shard) write(first uint64, batch []*appendReq) error {
 	e.m.putSeconds.Observe(time.Since(start).Seconds())
 	e.m.objects.Inc()
 	e.m.objectBytes.Observe(float64(len(obj)))
-	rec := objectRecord{Key: key, First: first, Count: len(recs), MaxTS: maxTS, Size: int64(len(obj)), Bytes: payload}
+	rec := objectRecord{Key: key, First: first, Count: len(recs), MaxTS: maxTS, Size: int64(len(obj)), Bytes: payload,
+		Writer: s.writer, Claim: s.claimVersion != 0}
 	val, _ := json.Marshal(rec)
 	ikey := e.indexKey(s.id, first)
 	start = time.Now()
-	_, err := e.kv.Put(ctx, ikey, val, meta.IfVersion(0))
-	if errors.Is(err, meta.ErrAmbiguous) {
-		// Learn the outcome: the entry is ours if it names our object.
-		cur, gerr := e.kv.Get(ctx, ikey)
-		switch {
-		case gerr == nil && bytes.Equal(cur.Value, val):
-			err = nil
-		case errors.Is(gerr, meta.ErrNotFound):
-			// not applied: a plain failure
-		default:
-			s.fail(fmt.Errorf("index commit of offset %d: %v; reading it back: %v", first, err, gerr))
-			return fmt.Errorf("s3: %q: index commit outcome unknown: %w", s.name, err)
+	// The commit: a CAS on the index key at high, which this handle
+	// claimed when it opened the shard (or which must not exist yet). A
+	// writer that opened the shard since has claimed it, or a later key,
+	// and the CAS fails.
+	_, err := e.casPut(ctx, ikey, val, s.claimVersion)
+	switch {
+	case err == nil:
+		s.claimVersion = 0
+	case errors.Is(err, meta.ErrAmbiguous) && !errors.Is(err, errNotApplied):
+		s.fail(fmt.Errorf("index commit of offset %d: %v", first, err))
+		return fmt.Errorf("s3: %q: index commit outcome unknown: %w", s.name, err)
+	case errors.Is(err, meta.ErrVersionMismatch):
+		err = s.fenced(ctx, ikey, first)
+		s.fail(err)
+		// The other writer's orphan sweep may have run already.
+		if derr := e.store.Delete(ctx, key); derr != nil {
+			e.log.Warn("s3: delete object of a fenced append", "key", key, "err", derr)
 		}
-	}
-	if errors.Is(err, meta.ErrVersionMismatch) {
-		// Someone else's entry at our offset: another engine writes this shard.
-		s.fail(fmt.Errorf("index entry for offset %d exists: another writer?", first))
-		return fmt.Errorf("s3: %q: %w: index entry for offset %d exists (is another engine writing this shard?)", s.name, shard.ErrFailed, first)
-	}
-	if err != nil {
+		return fmt.Errorf("s3: %q: %w: %w", s.name, shard.ErrFailed, err)
+	default:
 		if derr := e.store.Delete(ctx, key); derr != nil {
 			e.log.Warn("s3: delete object of a failed append (removed at next open)", "key", key, "err", derr)
 		}
 		return fmt.Errorf("s3: %q: commit index entry: %w", s.name, err)
 	}
 	e.m.commitSeconds.Observe(time.Since(start).Seconds())
-	if dec, derr := decodeObject(obj, first, len(recs)); derr == nil {
+	// Encoded here a moment ago: no need to check its CRCs again.
+	if dec, derr := parseRecords(obj[headerLen:], first, len(recs)); derr == nil {
 		e.cache.put(key, dec, int64(len(obj)))
 	}
 	s.mu.Lock()
@@ -297,12 +305,22 @@ func (s *Shard) write(first uint64, batch []*appendReq) error {
 	s.high = rec.end()
 	s.wakeLocked()
 	s.mu.Unlock()
-	if e.opts.RetentionBytes > 0 || e.opts.RetentionAge > 0 {
-		if err := s.applyRetention(e.ctx); err != nil {
-			e.log.Warn("s3: retention", "shard", s.name, "err", err)
-		}
-	}
+	e.retainSoon(s)
 	return nil
+}
+
+// fenced explains a failed commit CAS at ikey: another engine's claim or
+// entry there (ErrFenced), or an entry of unknown origin.
+func (s *Shard) fenced(ctx context.Context, ikey string, first uint64) error {
+	cur, err := s.e.kv.Get(ctx, ikey)
+	if err != nil {
+		return fmt.Errorf("index key of offset %d changed under this writer (reading it: %v)", first, err)
+	}
+	var o objectRecord
+	if jsonDecode(cur.Value, &o) == nil && o.Writer != s.writer {
+		return fmt.Errorf("%w (writer %s holds the index at offset %d; this handle is %s)", ErrFenced, o.Writer, first, s.writer)
+	}
+	return fmt.Errorf("index entry for offset %d exists: another writer?", first)
 }
 
 func (s *Shard) fail(err error) {
@@ -511,7 +529,7 @@ func (s *Shard) trimLocked(ctx context.Context, before uint64, reason string) er
 	rec.Low = before
 	v, err := s.e.putState(ctx, rec, s.stateVersion)
 	if err != nil {
-		return fmt.Errorf("s3: %q: trim: %w", s.name, err)
+		return fmt.Errorf("s3: %q: trim: %w", s.name, fencedState(err))
 	}
 	s.stateVersion, s.record = v, rec
 	s.mu.Lock()
@@ -536,7 +554,16 @@ func (s *Shard) deleteObject(ctx context.Context, o objectRecord, reason string)
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
 	e.cache.drop(o.Key)
-	if _, err := e.kv.Delete(ctx, e.indexKey(s.id, o.First)); err != nil && !errors.Is(err, meta.ErrNotFound) {
+	ikey := e.indexKey(s.id, o.First)
+	if o.Claim {
+		// A fenced writer's next key, maybe: leave a marker, not a hole
+		// that its CAS (version 0) would fill.
+		val, _ := json.Marshal(objectRecord{First: o.First, Writer: o.Writer})
+		if _, err := e.kv.Put(ctx, ikey, val); err != nil {
+			e.log.Warn("s3: replace index entry with a marker", "shard", s.name, "first", o.First, "err", err)
+			return
+		}
+	} else if _, err := e.kv.Delete(ctx, ikey); err != nil && !errors.Is(err, meta.ErrNotFound) {
 		e.log.Warn("s3: delete index entry", "shard", s.name, "first", o.First, "err", err)
 		return
 	}
@@ -545,6 +572,15 @@ func (s *Shard) deleteObject(ctx context.Context, o objectRecord, reason string)
 		return
 	}
 	e.m.deleted.WithLabelValues(reason).Inc()
+}
+
+// fencedState adds ErrFenced to a failed CAS of the shard record: only
+// another engine opening the shard (or deleting it) changes it.
+func fencedState(err error) error {
+	if errors.Is(err, meta.ErrVersionMismatch) {
+		return fmt.Errorf("%w: %w", ErrFenced, err)
+	}
+	return err
 }
 
 // applyRetention trims whole objects past RetentionBytes or RetentionAge,
@@ -600,7 +636,7 @@ func (s *Shard) Seal(ctx context.Context) error {
 	rec.Sealed = true
 	v, err := s.e.putState(ctx, rec, s.stateVersion)
 	if err != nil {
-		return fmt.Errorf("s3: %q: seal: %w", s.name, err)
+		return fmt.Errorf("s3: %q: seal: %w", s.name, fencedState(err))
 	}
 	s.stateVersion, s.record = v, rec
 	s.mu.Lock()
