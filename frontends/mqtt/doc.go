@@ -51,14 +51,38 @@
 // them (PUBLISH with DUP, or PUBREL), in order.
 //
 // A session holding several matching non-shared subscriptions gets one copy
-// with the highest QoS and every subscription identifier (MQTT 5.0 §3.3.4);
-// shared subscriptions ("$share/group/filter") get one copy per group, round
-// robin over the online members (pubsub package doc). When a member's
-// connection goes, the messages it got through the group and has not
-// acknowledged — queued ones, and QoS 1 ones in flight — go to the other
-// online members (MQTT 5.0 §4.8.2; counted in
-// quire_mqtt_shared_redelivered_total); QoS 2 ones already sent stay with
-// it, since their exchange has begun. With no other member online they stay.
+// with the highest QoS and every subscription identifier (MQTT 5.0 §3.3.4).
+//
+// Shared subscriptions ("$share/group/filter", shared.go) get one copy per
+// group. Dispatch policy, MQTT 5.0 §4.8.2:
+//
+//   - A message goes to one online member, round robin (pubsub package
+//     doc). With no member online it is queued at an offline persistent
+//     one, round robin over them (a clean member's session ends with its
+//     connection).
+//   - When a member's connection goes, what it got through the group and
+//     has not acknowledged — queued messages, and QoS 1 ones in flight —
+//     goes to the other online members; with none online it stays. When a
+//     member's session ends (expiry, Clean Start), it goes to the other
+//     members, online or not. QoS 2 messages already sent stay with their
+//     member: their exchange has begun.
+//   - When a member connects, it takes what offline members of its groups
+//     hold of the groups' messages (queued, and QoS 1 in flight): the
+//     first member back gets every message the group kept while it had
+//     no member online, not only its own share.
+//   - Across a restart (with Options.Store): a group's messages are owed
+//     to the group, not to the member that holds them, and the group has
+//     cursors in the store like a session. The restart replays each group
+//     with a restored member from its cursors, queuing each message at one
+//     member as above (all are offline then), and the first member to
+//     connect takes them. A message acknowledged to its publisher is not
+//     lost while the group has a persistent member; like any replay it may
+//     come again if it was acknowledged just before a crash (at least
+//     once), and a QoS 2 one a member had in flight or completed is not
+//     replayed.
+//
+// Every move between members is counted in
+// quire_mqtt_shared_redelivered_total.
 //
 // # What survives a restart
 //
@@ -108,6 +132,10 @@
 //     same batch as the id's removal) so that a replay from an older
 //     cursor skips it. A resumed session gets its QoS 2 messages back in
 //     send order with their packet ids: PUBLISH with DUP, or PUBREL.
+//   - Shared subscriptions: the positions owed to each group (what any
+//     member holds of its messages) have cursors of their own ('h' keys,
+//     store.GroupKey), flushed with the sessions' and replayed at Start
+//     (see "Delivery").
 //   - Delayed publishes ($delayed/…, delayed.go): stored synced before
 //     their acknowledgement, a QoS 2 one's packet id in the same batch;
 //     released exactly once (a synced release mark with the position, a
@@ -124,9 +152,7 @@
 //     the disconnect across the restart. Wills of connections alive at a
 //     crash or a Stop are not published (the clients did nothing wrong).
 //
-// Known gaps: a message for a shared subscription ("$share/…") that was
-// queued for an offline member is not replayed after a restart (which
-// member it went to is not stored); retained messages queued for an offline session are not replayed (they
+// Known gaps: retained messages queued for an offline session are not replayed (they
 // are sent again on the next subscribe); cursors of sessions that a crash
 // left with a message in an engine that keeps nothing (memory) are
 // clamped to the shard's new range.
@@ -194,5 +220,6 @@
 //	aliases.go   outbound topic aliases
 //	storage.go   Storage, ReplayStorage, ShardStorage (frontiers), record encoding and decoding
 //	persist.go   stored sessions: records, cursor flushes, QoS 2 state, restore at Start
+//	shared.go    shared subscriptions: owed positions per group, moves between members
 //	metrics.go   quire_mqtt_* metrics
 package mqtt

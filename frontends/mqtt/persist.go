@@ -55,10 +55,21 @@ func (s *Server) saveSession(sess *session, explicit, sync bool) error {
 		return nil
 	}
 	var cursors map[string]uint64
+	var groups map[string]map[string]uint64
 	if explicit {
-		cursors, _ = sess.cursors(s.rs.Frontiers(), true)
+		// A shared subscription's cursors too: a new group must not see
+		// older messages after a restart either.
+		f := s.rs.Frontiers()
+		cursors, _ = sess.cursors(f, true)
+		for _, sub := range sess.sharedSubs() {
+			if groups == nil {
+				groups = map[string]map[string]uint64{}
+			}
+			g := s.shareGroup(sub.Group, sub.Filter)
+			groups[g.key], _ = g.cursors(f, true)
+		}
 	}
-	if err := s.opts.Store.PutSession(sess.record(), cursors, sync); err != nil {
+	if err := s.opts.Store.PutSession(sess.record(), cursors, groups, sync); err != nil {
 		s.m.storageErrors.Inc()
 		s.log.Warn("mqtt session not stored", "client_id", sess.id, "err", err)
 		return err
@@ -109,29 +120,41 @@ func (s *Server) flushCursors() {
 	s.mu.Lock()
 	var dirty []*session
 	for _, sess := range s.sessions {
-		if sess.stored.Load() && sess.dirty.Swap(false) {
+		if sess.stored.Load() && sess.own.dirty.Swap(false) {
 			dirty = append(dirty, sess)
 		}
 	}
 	s.mu.Unlock()
-	if len(dirty) == 0 && maps.Equal(f, s.flushed) {
+	groups := s.dirtyGroups()
+	if len(dirty) == 0 && len(groups) == 0 && maps.Equal(f, s.flushed) {
 		return
 	}
-	c := &store.Cursors{Clients: make(map[string]map[string]uint64, len(dirty)), Clear: map[string][]string{}, Global: f}
-	for _, sess := range dirty {
-		set, clear := sess.cursors(f, false)
+	c := &store.Cursors{Clients: make(map[string]map[string]uint64, len(dirty)), Clear: map[string][]string{}, Global: f,
+		Groups: map[string]map[string]uint64{}, ClearGroups: map[string][]string{}}
+	put := func(sets map[string]map[string]uint64, clears map[string][]string, k string, set map[string]uint64, clear []string) {
 		if len(set) > 0 {
-			c.Clients[sess.id] = set
+			sets[k] = set
 		}
 		if len(clear) > 0 {
-			c.Clear[sess.id] = clear
+			clears[k] = clear
 		}
+	}
+	for _, sess := range dirty {
+		set, clear := sess.cursors(f, false)
+		put(c.Clients, c.Clear, sess.id, set, clear)
+	}
+	for _, g := range groups {
+		set, clear := g.cursors(f, false)
+		put(c.Groups, c.ClearGroups, g.key, set, clear)
 	}
 	if err := s.opts.Store.PutCursors(c); err != nil {
 		s.m.storageErrors.Inc()
 		s.log.Warn("mqtt cursors not stored", "err", err)
 		for _, sess := range dirty {
-			sess.dirty.Store(true)
+			sess.own.dirty.Store(true)
+		}
+		for _, g := range groups {
+			g.own.dirty.Store(true)
 		}
 		return
 	}
@@ -140,17 +163,89 @@ func (s *Server) flushCursors() {
 
 // restored is a session read back at Start.
 type restored struct {
-	sess    *session
-	rec     *store.Session
+	sess      *session
+	rec       *store.Session
+	cursors   map[string]uint64
+	skip      map[Position]bool // QoS 2 inflight or completed: not replayed
+	groupSkip []groupPos        // the same for shared subscriptions
+}
+
+// groupPos is a QoS 2 message of a shared subscription that a member has
+// inflight or completed (a done marker): not replayed to the group.
+type groupPos struct {
+	key  string // store.GroupKey
+	pos  Position
+	done bool
+}
+
+// restoredGroup is a shared subscription with a restored member.
+type restoredGroup struct {
+	sg      *shareGroup
 	cursors map[string]uint64
-	skip    map[Position]bool // QoS 2 inflight or completed: not replayed
+	skip    map[Position]bool
+}
+
+// restoreGroups returns the shared subscriptions of the restored
+// sessions, with their stored cursors and the positions not replayed to
+// them; it deletes the cursors of groups without a member, and the done
+// markers of shared messages below their group's cursor.
+func (s *Server) restoreGroups(all []*restored) (map[string]*restoredGroup, error) {
+	st := s.opts.Store
+	stored, err := st.GroupCursors()
+	if err != nil {
+		return nil, err
+	}
+	groups := map[string]*restoredGroup{}
+	for _, r := range all {
+		for _, sub := range r.sess.subs {
+			if sub.Group == "" {
+				continue
+			}
+			sg := s.shareGroup(sub.Group, sub.Filter)
+			if groups[sg.key] == nil {
+				g := &restoredGroup{sg: sg, cursors: stored[sg.key], skip: map[Position]bool{}}
+				sg.own.kept = map[string]bool{}
+				for sh := range g.cursors {
+					sg.own.kept[sh] = true
+				}
+				sg.own.dirty.Store(true)
+				groups[sg.key] = g
+			}
+		}
+	}
+	for k := range stored {
+		if groups[k] == nil {
+			if err := st.DeleteGroup(k); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, r := range all {
+		var spent []Position
+		for _, gp := range r.groupSkip {
+			g := groups[gp.key]
+			switch {
+			case gp.done && (g == nil || g.cursors[gp.pos.Shard] > gp.pos.Offset):
+				spent = append(spent, gp.pos)
+			case g != nil:
+				g.skip[gp.pos] = true
+			}
+		}
+		if len(spent) > 0 {
+			if err := st.DeleteDone(r.sess.id, spent); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return groups, nil
 }
 
 // restore loads the stored sessions and rebuilds what they are owed: QoS
 // 2 inflight messages by packet identifier, then the offline queues by
 // reading every shard from the lowest cursor up to its high watermark and
 // matching each message against the sessions whose cursor it is at or
-// above. Retained messages are replayed from the global cursors on (their
+// above, and the shared subscriptions (of restored members) whose cursor
+// it is at or above, each queuing it at one member, round robin. Retained messages are replayed from the global cursors on (their
 // store writes are not synced). Then expired sessions end and pending wills
 // are armed.
 func (s *Server) restore(ctx context.Context) error {
@@ -177,6 +272,11 @@ func (s *Server) restore(ctx context.Context) error {
 		all = append(all, r)
 	}
 
+	groups, err := s.restoreGroups(all)
+	if err != nil {
+		return err
+	}
+
 	// Replay the shards.
 	frontiers := s.rs.Frontiers()
 	replayed := 0
@@ -199,6 +299,16 @@ func (s *Server) restore(ctx context.Context) error {
 			cur[r.sess] = c
 			from = min(from, c)
 		}
+		gcur := map[string]uint64{}
+		for k, rg := range groups {
+			c, ok := rg.cursors[sh]
+			if !ok {
+				c = g
+			}
+			c = clamp(c)
+			gcur[k] = c
+			from = min(from, c)
+		}
 		for off := from; off < high; {
 			batch, err := s.rs.Read(ctx, sh, off, 512)
 			if err != nil {
@@ -217,7 +327,16 @@ func (s *Server) restore(ctx context.Context) error {
 				replayed += s.deliver(m.Msg, m.Pos, s.tree.Match(m.Msg.Topic, nil, func(pubsub.Subscription) bool { return false }),
 					func(sub pubsub.Subscription) bool {
 						r := byID[sub.Owner.(*session)]
-						return r != nil && sub.Group == "" && m.Pos.Offset >= cur[r.sess] && !r.skip[m.Pos]
+						switch {
+						case r == nil:
+							return false
+						case sub.Group == "":
+							return m.Pos.Offset >= cur[r.sess] && !r.skip[m.Pos]
+						}
+						// The member Match chose, round robin, for the group.
+						k := store.GroupKey(sub.Group, sub.Filter)
+						rg := groups[k]
+						return rg != nil && m.Pos.Offset >= gcur[k] && !rg.skip[m.Pos]
 					})
 			}
 		}
@@ -313,9 +432,16 @@ func (s *Server) restoreSession(ctx context.Context, rec *store.Session) (*resto
 				"offset", o.Pos.Offset, "err", err)
 			continue
 		}
-		ds = append(ds, &delivery{msg: got[0].Msg, qos: o.QoS, retain: o.Retain, subIDs: o.SubIDs, pos: o.Pos,
-			id: id, released: o.Released, seq: o.Seq})
-		r.skip[o.Pos] = true
+		d := &delivery{msg: got[0].Msg, qos: o.QoS, retain: o.Retain, subIDs: o.SubIDs, pos: o.Pos,
+			id: id, released: o.Released, seq: o.Seq}
+		if o.Group != "" {
+			d.group, d.filter = splitGroupKey(o.Group)
+			d.sg = s.shareGroup(d.group, d.filter)
+			r.groupSkip = append(r.groupSkip, groupPos{key: o.Group, pos: o.Pos})
+		} else {
+			r.skip[o.Pos] = true
+		}
+		ds = append(ds, d)
 	}
 	slices.SortFunc(ds, func(a, b *delivery) int { return cmp.Compare(a.seq, b.seq) })
 	for _, d := range ds {
@@ -327,19 +453,24 @@ func (s *Server) restoreSession(ctx context.Context, rec *store.Session) (*resto
 	if err != nil {
 		return nil, err
 	}
-	maps.Copy(r.skip, done)
 	if r.cursors, err = st.ClientCursors(rec.ClientID); err != nil {
 		return nil, err
 	}
-	sess.kept = map[string]bool{}
+	sess.own.kept = map[string]bool{}
 	for sh := range r.cursors {
-		sess.kept[sh] = true
+		sess.own.kept[sh] = true
 	}
-	// Done markers below the cursors are spent.
+	// Done markers below the cursors are spent (those of shared
+	// subscriptions are judged by the group's cursors, in restore).
 	var spent []Position
-	for p := range done {
-		if c, ok := r.cursors[p.Shard]; ok && p.Offset < c {
+	for p, group := range done {
+		switch {
+		case group != "":
+			r.groupSkip = append(r.groupSkip, groupPos{key: group, pos: p, done: true})
+		case r.cursors[p.Shard] > p.Offset:
 			spent = append(spent, p)
+		default:
+			r.skip[p] = true
 		}
 	}
 	if len(spent) > 0 {
@@ -347,7 +478,7 @@ func (s *Server) restoreSession(ctx context.Context, rec *store.Session) (*resto
 			return nil, err
 		}
 	}
-	sess.dirty.Store(true)
+	sess.own.dirty.Store(true)
 	s.mu.Lock()
 	s.sessions[rec.ClientID] = sess
 	s.mu.Unlock()
@@ -366,7 +497,8 @@ func (c *conn) persistOutbound(batch []*delivery) error {
 			if os == nil {
 				os = map[uint16]*store.Outbound{}
 			}
-			os[d.id] = &store.Outbound{Pos: d.pos, Released: d.released, Seq: d.seq, QoS: d.qos, Retain: d.retain, SubIDs: d.subIDs}
+			os[d.id] = &store.Outbound{Pos: d.pos, Released: d.released, Seq: d.seq, QoS: d.qos, Retain: d.retain, SubIDs: d.subIDs,
+				Group: d.groupKey()}
 		}
 	}
 	if os == nil {
@@ -385,7 +517,7 @@ func (c *conn) completed(d *delivery) {
 	if d == nil || d.qos != 2 || d.pos.Shard == "" || !c.s.persistent() || !c.sess.stored.Load() {
 		return
 	}
-	if err := c.s.opts.Store.CompleteOutbound(c.clientID, d.id, d.pos); err != nil {
+	if err := c.s.opts.Store.CompleteOutbound(c.clientID, d.id, d.pos, d.groupKey()); err != nil {
 		c.s.m.storageErrors.Inc()
 		c.s.log.Warn("mqtt QoS 2 completion not stored", "client_id", c.clientID, "err", err)
 	}

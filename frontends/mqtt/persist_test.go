@@ -113,6 +113,28 @@ func persistent5(t *testing.T, addr, id string) *v5client {
 		Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}})
 }
 
+// resumed5 is persistent5 for a session that must be there (Session
+// Present 1), after a restart.
+func resumed5(t *testing.T, addr, id string) *v5client {
+	t.Helper()
+	c := persistent5(t, addr, id)
+	if !c.ack.SessionPresent {
+		t.Fatalf("%s: Session Present 0", id)
+	}
+	return c
+}
+
+// rawResume connects a raw v5 client to its stored session, which must be
+// there (Session Present 1).
+func rawResume(t *testing.T, addr, id string) *rawClient {
+	t.Helper()
+	c, ack := rawConnect(t, addr, id, false)
+	if !ack.SessionPresent {
+		t.Fatalf("%s: Session Present 0", id)
+	}
+	return c
+}
+
 func subscribe5(t *testing.T, c *v5client, filter string, qos byte) {
 	t.Helper()
 	if _, err := c.Subscribe(ctx5(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: qos}}}); err != nil {
@@ -124,6 +146,14 @@ func publish5(t *testing.T, c *v5client, topic string, qos byte, retain bool, pa
 	t.Helper()
 	if _, err := c.Publish(ctx5(t), &paho.Publish{Topic: topic, QoS: qos, Retain: retain, Payload: []byte(payload)}); err != nil {
 		t.Fatalf("publish %s: %v", payload, err)
+	}
+}
+
+// publishEach publishes each of ps with QoS 1, the i-th to topic(i).
+func publishEach(t *testing.T, c *v5client, topic func(i int) string, ps []string) {
+	t.Helper()
+	for i, p := range ps {
+		publish5(t, c, topic(i), 1, false, p)
 	}
 }
 
@@ -175,10 +205,7 @@ func TestPersistentSessionSurvivesRestart(t *testing.T) {
 	b.stop(t)
 
 	b = n.start(t, true, nil)
-	sub = persistent5(t, b.tcp, "sub")
-	if !sub.ack.SessionPresent {
-		t.Fatal("Session Present 0 after restart")
-	}
+	sub = resumed5(t, b.tcp, "sub")
 	got := collect5(t, sub, want)
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("after a graceful restart got %q, want %q once each in order", got, want)
@@ -350,10 +377,7 @@ func TestQoS2ExactlyOnceAcrossRestart(t *testing.T) {
 	b = n.start(t, true, nil)
 	// The publisher resends PUBLISH 8 (it got PUBREC, but say it lost it)
 	// with DUP: PUBREC again, not stored twice.
-	pub, ack := rawConnect(t, b.tcp, "q2pub", false)
-	if !ack.SessionPresent {
-		t.Fatal("publisher: Session Present 0 after restart")
-	}
+	pub = rawResume(t, b.tcp, "q2pub")
 	pub.send(&packet.Publish{Topic: "q2/b", QoS: packet.QoS2, PacketID: 8, Dup: true, Payload: []byte("second")})
 	if rec, ok := pub.read().(*packet.Pubrec); !ok || rec.PacketID != 8 {
 		t.Fatalf("publisher got %+v, want PUBREC 8", rec)
@@ -362,10 +386,7 @@ func TestQoS2ExactlyOnceAcrossRestart(t *testing.T) {
 	if comp, ok := pub.read().(*packet.Pubcomp); !ok || comp.ReasonCode != packet.Success {
 		t.Fatalf("publisher got %+v, want PUBCOMP 8 success (packet id state lost?)", comp)
 	}
-	sub, ack = rawConnect(t, b.tcp, "q2sub", false)
-	if !ack.SessionPresent {
-		t.Fatal("subscriber: Session Present 0 after restart")
-	}
+	sub = rawResume(t, b.tcp, "q2sub")
 	// In send order: PUBREL for the first, the second again with DUP.
 	if rel, ok := sub.read().(*packet.Pubrel); !ok || rel.PacketID != p1.PacketID {
 		t.Fatalf("subscriber got %+v, want PUBREL %d", rel, p1.PacketID)
@@ -453,16 +474,12 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 			subscribe5(t, sub, "dev/#", 1)
 			pub := connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
 			online := payloads("online", 5)
-			for _, p := range online {
-				publish5(t, pub, "dev/1", 1, false, p)
-			}
+			publishEach(t, pub, func(int) string { return "dev/1" }, online)
 			collect5(t, sub, online)
 			sub.Disconnect(&paho.Disconnect{})
 			waitFor(t, "subscriber offline", func() bool { return b.sessionOwner("sub") == nil })
 			want := payloads("offline", 40)
-			for i, p := range want {
-				publish5(t, pub, fmt.Sprintf("dev/%d", i%7), 1, false, p)
-			}
+			publishEach(t, pub, func(i int) string { return fmt.Sprintf("dev/%d", i%7) }, want)
 			publish5(t, pub, "cfg/a", 1, true, "retained-a")
 
 			after := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: keep, RNG: rand.New(rand.NewPCG(uint64(keep), 1))})
@@ -471,10 +488,7 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 
 			n2 := fileNode(t, after)
 			b2 := n2.start(t, true, nil)
-			sub = persistent5(t, b2.tcp, "sub")
-			if !sub.ack.SessionPresent {
-				t.Fatal("Session Present 0 after the crash")
-			}
+			sub = resumed5(t, b2.tcp, "sub")
 			// The five acknowledged online may come again (their cursor
 			// was not synced): at least once.
 			for _, p := range collect5(t, sub, want) {
@@ -626,10 +640,7 @@ func TestCursorsSurviveProcessCrash(t *testing.T) {
 	b.stop(t)
 
 	b2 := fileNode(t, after).start(t, true, nil)
-	raw, ack := rawConnect(t, b2.tcp, "sub", false)
-	if !ack.SessionPresent {
-		t.Fatal("Session Present 0 after the crash")
-	}
+	raw := rawResume(t, b2.tcp, "sub")
 	raw.send(&packet.Pingreq{})
 	if p := raw.read(); p.Type() != packet.PINGRESP {
 		g, _ := b2.st.GlobalCursors()
@@ -688,10 +699,7 @@ func TestRetainedSurvivesRestart(t *testing.T) {
 		{Topic: "cfg/a", QoS: 1, RetainHandling: 2, RetainAsPublished: true}}}); err != nil {
 		t.Fatal(err)
 	}
-	keeper = persistent5(t, b.tcp, "keeper")
-	if !keeper.ack.SessionPresent {
-		t.Fatal("keeper: Session Present 0")
-	}
+	keeper = resumed5(t, b.tcp, "keeper")
 	if _, err := keeper.Subscribe(ctx5(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
 		{Topic: "cfg/a", QoS: 1, RetainHandling: 1}}}); err != nil {
 		t.Fatal(err)

@@ -37,6 +37,8 @@ type Server struct {
 	stopFlush chan struct{}
 	flushDone chan struct{}
 	flushed   map[string]uint64 // global cursors last written (flushCursors' goroutine)
+	gmu       sync.Mutex
+	groups    map[string]*shareGroup // shared subscriptions' owed positions by store.GroupKey (shared.go)
 
 	delayed     *delayer               // $delayed/ publishes (delayed.go); set by Start
 	sysDone     chan struct{}          // closed when the $SYS loop (sys.go) ends
@@ -50,7 +52,7 @@ func NewServer(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, log: opts.Logger.With("component", "mqtt"), tree: pubsub.NewTree(),
-		sessions: map[string]*session{}, conns: map[*conn]struct{}{}, sysRetained: pubsub.NewMemoryRetained(nil)}
+		sessions: map[string]*session{}, conns: map[*conn]struct{}{}, groups: map[string]*shareGroup{}, sysRetained: pubsub.NewMemoryRetained(nil)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = newMetrics(opts.Registerer, s)
 	if opts.Store != nil {
@@ -284,6 +286,7 @@ func (s *Server) deliver(m *pubsub.Message, pos Position, subs []pubsub.Subscrip
 		d := delivery{msg: m, qos: qos, retain: m.Retain && sub.RetainAsPublished, pos: pos, group: sub.Group}
 		if sub.Group != "" {
 			d.filter = sub.Filter
+			d.sg = s.shareGroup(sub.Group, sub.Filter)
 		}
 		if sub.ID != 0 {
 			d.subIDs = []uint32{sub.ID}
@@ -341,6 +344,7 @@ func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStar
 		}
 		sess.bind(c, expiry)
 		s.mu.Unlock()
+		s.takeOverShared(sess)
 		if s.persistent() && (expiry > 0 || sess.stored.Load()) {
 			// Durable before CONNACK: a client told Session Present
 			// after a restart must find it.
@@ -361,7 +365,7 @@ func (s *Server) detach(c *conn, sess *session) {
 	if !ok {
 		return
 	}
-	s.redeliverShared(sess)
+	s.redeliverShared(sess, false)
 	if dropped > 0 {
 		s.m.dropped.WithLabelValues(dropOfflineQoS0).Add(float64(dropped))
 	}
@@ -381,12 +385,13 @@ func (s *Server) detach(c *conn, sess *session) {
 }
 
 // redeliverShared hands the messages sess got through shared subscriptions
-// and has not acknowledged (queued, or QoS 1 inflight) to other online
-// members of the same groups, round robin, when its connection is gone
-// (MQTT 5.0 §4.8.2). Without another online member they stay with sess.
-// The new member gets each message once more, possibly after the old one
-// received it without acknowledging: at least once, as QoS 1 promises.
-func (s *Server) redeliverShared(sess *session) {
+// and has not acknowledged (queued, or QoS 1 inflight) to other members of
+// the same groups, round robin: online ones when its connection is gone
+// (MQTT 5.0 §4.8.2), any when the session ends (anyMember). Without such a
+// member they stay with sess. The new member gets each message once more,
+// possibly after the old one received it without acknowledging: at least
+// once, as QoS 1 promises.
+func (s *Server) redeliverShared(sess *session, anyMember bool) {
 	others := map[[2]string][]pubsub.Subscription{}
 	members := func(group, filter string) []pubsub.Subscription {
 		k := [2]string{group, filter}
@@ -395,7 +400,7 @@ func (s *Server) redeliverShared(sess *session) {
 		}
 		var m []pubsub.Subscription
 		for _, sub := range s.tree.SharedMembers(group, filter) {
-			if o := sub.Owner.(*session); o != sess && o.online.Load() {
+			if o := sub.Owner.(*session); o != sess && (anyMember || o.online.Load()) {
 				m = append(m, sub)
 			}
 		}
@@ -403,16 +408,10 @@ func (s *Server) redeliverShared(sess *session) {
 		return m
 	}
 	taken := sess.takeShared(func(group, filter string) bool { return len(members(group, filter)) > 0 })
-	for i, d := range taken {
+	s.moveShared(taken, func(i int, d delivery) pubsub.Subscription {
 		ms := members(d.group, d.filter)
-		sub := ms[i%len(ms)]
-		d.qos = min(d.msg.QoS, sub.QoS)
-		if reason := sub.Owner.(*session).enqueue(d, s.opts.MaxQueued); reason != "" {
-			s.m.dropped.WithLabelValues(reason).Inc()
-			continue
-		}
-		s.m.redelivered.Inc()
-	}
+		return ms[i%len(ms)]
+	})
 }
 
 // armExpiry ends sess after d unless a connection takes it first.
@@ -430,6 +429,9 @@ func (s *Server) armExpiry(sess *session, d time.Duration) {
 // endSessionLocked removes sess and its subscriptions. s.mu is held.
 func (s *Server) endSessionLocked(sess *session) {
 	delete(s.sessions, sess.id)
+	if !s.stopped {
+		s.redeliverShared(sess, true) // the group's messages stay the group's
+	}
 	subs, dropped, will := sess.end()
 	s.deleteStored(sess)
 	for _, f := range subs {

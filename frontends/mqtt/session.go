@@ -19,6 +19,7 @@ type delivery struct {
 	pos    Position // where msg is stored; Shard "" for an untracked message (retained)
 	group  string   // the shared subscription (share name, filter) it came through; "" if none
 	filter string
+	sg     *shareGroup // that shared subscription's owed positions, with Options.Store (shared.go)
 
 	// Set once sent with QoS 1 or 2:
 	id       uint16
@@ -52,49 +53,53 @@ type session struct {
 	willDue     time.Time
 
 	// Persistence (Options.Store).
-	version      byte                         // protocol version of the last connection
-	offlineSince time.Time                    // zero while a connection holds the session
-	stored       atomic.Bool                  // the session has a record in the store
-	owed         map[string]map[uint64]uint16 // shard → offset → deliveries queued or inflight
-	kept         map[string]bool              // shards with a cursor of the session in the store
-	dirty        atomic.Bool                  // owed changed since the last cursor flush
+	version      byte        // protocol version of the last connection
+	offlineSince time.Time   // zero while a connection holds the session
+	stored       atomic.Bool // the session has a record in the store
+	own          owedSet     // positions owed through non-shared subscriptions
 }
 
 func newSession(id string) *session {
 	return &session{id: id, notify: make(chan struct{}, 1), subs: map[string]pubsub.Subscription{},
-		inflight: map[uint16]*delivery{}, inQoS2: map[uint16]struct{}{}, owed: map[string]map[uint64]uint16{}}
+		inflight: map[uint16]*delivery{}, inQoS2: map[uint16]struct{}{}}
 }
 
-// owe records that d is queued or inflight. s.mu is held.
-func (s *session) owe(d *delivery) {
-	if d.pos.Shard == "" || s.owed == nil {
-		return
+// owedSet is the positions owed to one owner, a session or a shared
+// subscription (shareGroup), from which its cursors are computed, and the
+// shards the store holds a cursor of it for. Its owner's lock guards it.
+type owedSet struct {
+	owed  map[string]map[uint64]uint16 // shard → offset → deliveries queued or inflight
+	kept  map[string]bool              // shards with a cursor in the store
+	dirty atomic.Bool                  // owed changed since the last cursor flush
+}
+
+func (o *owedSet) add(pos Position) {
+	if o.owed == nil {
+		o.owed = map[string]map[uint64]uint16{}
 	}
-	m := s.owed[d.pos.Shard]
+	m := o.owed[pos.Shard]
 	if m == nil {
 		m = map[uint64]uint16{}
-		s.owed[d.pos.Shard] = m
+		o.owed[pos.Shard] = m
 	}
-	m[d.pos.Offset]++
-	s.dirty.Store(true)
+	m[pos.Offset]++
+	o.dirty.Store(true)
 }
 
-// settle records that d is no longer owed (acknowledged, sent with QoS 0,
-// or dropped). s.mu is held.
-func (s *session) settle(d *delivery) {
-	m := s.owed[d.pos.Shard]
-	if d.pos.Shard == "" || m == nil {
+func (o *owedSet) remove(pos Position) {
+	m := o.owed[pos.Shard]
+	if m == nil {
 		return
 	}
-	if m[d.pos.Offset] <= 1 {
-		delete(m, d.pos.Offset)
+	if m[pos.Offset] <= 1 {
+		delete(m, pos.Offset)
 		if len(m) == 0 {
-			delete(s.owed, d.pos.Shard)
+			delete(o.owed, pos.Shard)
 		}
 	} else {
-		m[d.pos.Offset]--
+		m[pos.Offset]--
 	}
-	s.dirty.Store(true)
+	o.dirty.Store(true)
 }
 
 // cursors returns, for each shard of frontiers, the offset below which
@@ -103,13 +108,11 @@ func (s *session) settle(d *delivery) {
 // global one, which the same batch sets to the frontier) and returned in
 // clear if the store has a cursor for it; with explicit it is set to the
 // frontier. The store is assumed to hold what is returned.
-func (s *session) cursors(frontiers map[string]uint64, explicit bool) (set map[string]uint64, clear []string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func (o *owedSet) cursors(frontiers map[string]uint64, explicit bool) (set map[string]uint64, clear []string) {
 	set = map[string]uint64{}
 	for sh, f := range frontiers {
 		low, owed := f, false
-		for off := range s.owed[sh] {
+		for off := range o.owed[sh] {
 			owed = true
 			low = min(low, off)
 		}
@@ -117,19 +120,50 @@ func (s *session) cursors(frontiers map[string]uint64, explicit bool) (set map[s
 			set[sh] = low
 		}
 	}
-	for sh := range s.kept {
+	for sh := range o.kept {
 		if _, ok := set[sh]; !ok && !explicit {
 			clear = append(clear, sh)
-			delete(s.kept, sh)
+			delete(o.kept, sh)
 		}
 	}
-	if s.kept == nil {
-		s.kept = map[string]bool{}
+	if o.kept == nil {
+		o.kept = map[string]bool{}
 	}
 	for sh := range set {
-		s.kept[sh] = true
+		o.kept[sh] = true
 	}
 	return set, clear
+}
+
+// owe records that d is queued or inflight: owed to the session, or to
+// the shared subscription it came through. s.mu is held.
+func (s *session) owe(d *delivery) {
+	switch {
+	case d.pos.Shard == "" || s.ended:
+	case d.sg != nil:
+		d.sg.owe(d.pos)
+	case d.group == "":
+		s.own.add(d.pos)
+	}
+}
+
+// settle records that d is no longer owed (acknowledged, sent with QoS 0,
+// dropped, or moved to another member). s.mu is held.
+func (s *session) settle(d *delivery) {
+	switch {
+	case d.pos.Shard == "":
+	case d.sg != nil:
+		d.sg.settle(d.pos)
+	case d.group == "":
+		s.own.remove(d.pos)
+	}
+}
+
+// cursors is owedSet.cursors for the session's own positions.
+func (s *session) cursors(frontiers map[string]uint64, explicit bool) (set map[string]uint64, clear []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.own.cursors(frontiers, explicit)
 }
 
 func (s *session) owner() *conn {
@@ -246,7 +280,13 @@ func (s *session) end() (filters []string, dropped int, will *pubsub.Message) {
 		filters = append(filters, f)
 	}
 	dropped = len(s.queue) + len(s.inflight)
-	s.queue, s.inflight, s.subs, s.owed = nil, nil, nil, nil
+	for i := range s.queue {
+		s.settle(&s.queue[i]) // a shared subscription's cursor moves on
+	}
+	for _, d := range s.inflight {
+		s.settle(d)
+	}
+	s.queue, s.inflight, s.subs, s.own.owed = nil, nil, nil, nil
 	if s.expiryTimer != nil {
 		s.expiryTimer.Stop()
 	}

@@ -2,12 +2,15 @@ package mqtt
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/quiremq/quire/frontends/mqtt/packet"
+	"github.com/quiremq/quire/internal/vfs"
 )
 
 // TestSharedRedelivery: a member of $share/g/jobs/# that received QoS 1
@@ -56,4 +59,125 @@ func TestSharedRedelivery(t *testing.T) {
 	if r := b.metric(t, "quire_mqtt_shared_redelivered_total", nil); int(r) != got {
 		t.Fatalf("shared_redelivered_total = %v, want %d", r, got)
 	}
+}
+
+// TestSharedOfflineQueueSurvivesRestart: two persistent members of
+// $share/g/jobs/# consume some messages online, then go offline while QoS
+// 1 messages are acknowledged to a publisher (queued round robin at the
+// offline members). After a graceful restart, or a crash that keeps only
+// synced writes, the first member to reconnect gets every one of them, its
+// share and the other's (MQTT 5.0 §4.8.2: a message of the group goes to
+// a member that can take it); the other member, reconnecting, gets none
+// of them again, and the messages consumed before are not redelivered
+// after the graceful restart. A live message after that still goes to the
+// group once.
+func TestSharedOfflineQueueSurvivesRestart(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		t.Run(map[bool]string{false: "graceful", true: "crash"}[crash], func(t *testing.T) {
+			fs := vfs.NewCrashableMem()
+			n := fileNode(t, fs)
+			b := n.start(t, true, nil)
+			m1 := persistent5(t, b.tcp, "m1")
+			subscribe5(t, m1, "$share/g/jobs/#", 1)
+			m2 := persistent5(t, b.tcp, "m2")
+			subscribe5(t, m2, "$share/g/jobs/#", 1)
+			pub := connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+			online := payloads("online", 6)
+			publishEach(t, pub, func(int) string { return "jobs/a" }, online)
+			seen := map[string]bool{}
+			for len(seen) < len(online) {
+				select {
+				case m := <-m1.msgs:
+					seen[string(m.Payload)] = true
+				case m := <-m2.msgs:
+					seen[string(m.Payload)] = true
+				case <-time.After(10 * time.Second):
+					t.Fatalf("online: the group got %d of %d", len(seen), len(online))
+				}
+			}
+			m1.Disconnect(&paho.Disconnect{})
+			m2.Disconnect(&paho.Disconnect{})
+			waitFor(t, "members offline", func() bool { return b.sessionOwner("m1") == nil && b.sessionOwner("m2") == nil })
+			want := payloads("offline", 20)
+			publishEach(t, pub, func(i int) string { return fmt.Sprintf("jobs/%d", i%3) }, want)
+			queued := func(id string) int {
+				b.mu.Lock()
+				sess := b.sessions[id]
+				b.mu.Unlock()
+				sess.mu.Lock()
+				defer sess.mu.Unlock()
+				return len(sess.queue)
+			}
+			if q1, q2 := queued("m1"), queued("m2"); q1 == 0 || q2 == 0 || q1+q2 != len(want) {
+				t.Fatalf("queued at the offline members: %d and %d, want both some of %d", q1, q2, len(want))
+			}
+			if crash {
+				image := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0, RNG: rand.New(rand.NewPCG(7, 8))})
+				pub.Disconnect(&paho.Disconnect{})
+				b.stop(t)
+				n = fileNode(t, image)
+			} else {
+				pub.Disconnect(&paho.Disconnect{})
+				b.stop(t)
+			}
+
+			b = n.start(t, true, nil)
+			m1 = resumed5(t, b.tcp, "m1")
+			got := collect5(t, m1, want)
+			if !crash {
+				if slices.Sort(got); !slices.Equal(got, want) {
+					t.Fatalf("after a graceful restart the member got %q, want %q once each", got, want)
+				}
+			}
+			raw := rawResume(t, b.tcp, "m2")
+			raw.send(&packet.Pingreq{})
+			if p := raw.read(); p.Type() != packet.PINGRESP {
+				t.Fatalf("the other member got %s %+v, want nothing: the first one took the group's messages", p.Type(), p)
+			}
+			if !crash {
+				select {
+				case m := <-m1.msgs:
+					t.Fatalf("m1 got %q again", m.Payload)
+				default:
+				}
+			}
+			pub = connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+			publish5(t, pub, "jobs/live", 1, false, "live")
+			select {
+			case m := <-m1.msgs:
+				if string(m.Payload) != "live" && !crash {
+					t.Fatalf("m1 got %q, want live", m.Payload)
+				}
+			case p := <-rawPublishes(t, raw):
+				if string(p.Payload) != "live" {
+					t.Fatalf("m2 got %q, want live", p.Payload)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the live message reached no member")
+			}
+		})
+	}
+}
+
+// rawPublishes reads c's PUBLISHes in the background, acknowledging QoS 1.
+func rawPublishes(t *testing.T, c *rawClient) <-chan *packet.Publish {
+	out := make(chan *packet.Publish, 16)
+	go func() {
+		for {
+			c.nc.SetReadDeadline(time.Now().Add(15 * time.Second))
+			p, err := c.r.ReadPacket()
+			if err != nil {
+				return
+			}
+			if pp, ok := p.(*packet.Publish); ok {
+				pp = pp.Clone()
+				if pp.QoS == packet.QoS1 {
+					c.w.WritePacket(&packet.Puback{PacketID: pp.PacketID})
+					c.w.Flush()
+				}
+				out <- pp
+			}
+		}
+	}()
+	return out
 }

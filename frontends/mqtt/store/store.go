@@ -23,7 +23,12 @@ const (
 	prefixDone     = 'd' // d<client>\x00<shard>\x00<u64>  → empty
 	prefixInbound  = 'i' // i<client>\x00<pid u16 BE>      → Position (JSON)
 	prefixRetained = 'r' // r<topic>                       → pubsub.Message (JSON)
+	prefixGroup    = 'h' // h<group>\x00<filter>\x00<shard> → u64 BE offset
 )
+
+// GroupKey names a shared subscription (share name and inner filter) in
+// the store: group and filter joined by 0x00, which neither may contain.
+func GroupKey(group, filter string) string { return group + "\x00" + filter }
 
 // Errors.
 var (
@@ -84,6 +89,9 @@ type Outbound struct {
 	QoS    byte     `json:"q"`
 	Retain bool     `json:"rt,omitempty"`
 	SubIDs []uint32 `json:"sid,omitempty"`
+	// Group is the GroupKey of the shared subscription it came through,
+	// "" for none.
+	Group string `json:"g,omitempty"`
 }
 
 // Store is the broker's local Pebble store of sessions, positions and
@@ -185,8 +193,9 @@ func (s *Store) scan(p []byte, fn func(k, v []byte) error) error {
 }
 
 // PutSession stores sess and, in the same batch, the given cursors of the
-// client (shard → offset); with sync, durably before returning.
-func (s *Store) PutSession(sess *Session, cursors map[string]uint64, sync bool) error {
+// client (shard → offset) and of shared subscriptions (GroupKey → shard →
+// offset); with sync, durably before returning.
+func (s *Store) PutSession(sess *Session, cursors map[string]uint64, groups map[string]map[string]uint64, sync bool) error {
 	v, err := json.Marshal(sess)
 	if err != nil {
 		return err
@@ -197,7 +206,16 @@ func (s *Store) PutSession(sess *Session, cursors map[string]uint64, sync bool) 
 	for sh, off := range cursors {
 		b.Set(key(prefixCursor, sess.ClientID, sh), u64(off), nil)
 	}
+	setGroupCursors(b, groups)
 	return b.Commit(opts(sync))
+}
+
+func setGroupCursors(b *pebble.Batch, groups map[string]map[string]uint64) {
+	for g, m := range groups {
+		for sh, off := range m {
+			b.Set(key(prefixGroup, g, sh), u64(off), nil)
+		}
+	}
 }
 
 // Sessions calls fn for each stored session.
@@ -235,6 +253,11 @@ type Cursors struct {
 	Clear map[string][]string
 	// Global maps shard → global cursor.
 	Global map[string]uint64
+	// Groups and ClearGroups are Clients and Clear for shared
+	// subscriptions, by GroupKey: the offset below which nothing is owed
+	// to any member through the group.
+	Groups      map[string]map[string]uint64
+	ClearGroups map[string][]string
 }
 
 // PutCursors writes c in one batch. The broker writes it from a background
@@ -259,7 +282,39 @@ func (s *Store) PutCursors(c *Cursors) error {
 	for sh, off := range c.Global {
 		b.Set(key(prefixGlobal, sh), u64(off), nil)
 	}
+	setGroupCursors(b, c.Groups)
+	for g, shards := range c.ClearGroups {
+		for _, sh := range shards {
+			b.Delete(key(prefixGroup, g, sh), nil)
+		}
+	}
 	return b.Commit(pebble.Sync)
+}
+
+// GroupCursors returns the cursors of every shared subscription: GroupKey
+// → shard → offset.
+func (s *Store) GroupCursors() (map[string]map[string]uint64, error) {
+	m := map[string]map[string]uint64{}
+	err := s.scan([]byte{prefixGroup}, func(k, v []byte) error {
+		i := bytes.LastIndexByte(k, 0)
+		if len(v) != 8 || i < 1 || bytes.IndexByte(k[1:i], 0) < 0 {
+			return fmt.Errorf("%w: group cursor %q", ErrCorrupt, k)
+		}
+		g := string(k[1:i])
+		if m[g] == nil {
+			m[g] = map[string]uint64{}
+		}
+		m[g][string(k[i+1:])] = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	return m, err
+}
+
+// DeleteGroup removes a shared subscription's cursors (it has no member
+// left), durably.
+func (s *Store) DeleteGroup(group string) error {
+	p := append(key(prefixGroup, group), 0)
+	return s.db.DeleteRange(p, upper(p), pebble.Sync)
 }
 
 // ClientCursors returns client's stored cursors.
@@ -308,11 +363,14 @@ func (s *Store) PutOutbound(client string, os map[uint16]*Outbound) error {
 // CompleteOutbound removes pid's state and marks its position done (so a
 // replay from an older cursor skips it), in one batch without fsync: if a
 // crash loses it, the PUBREL is sent again, which the client answers.
-func (s *Store) CompleteOutbound(client string, pid uint16, pos Position) error {
+// group is the GroupKey of the shared subscription the message came
+// through ("" for none), kept as the marker's value: a shared message is
+// skipped for the group, not for the client's own subscriptions.
+func (s *Store) CompleteOutbound(client string, pid uint16, pos Position, group string) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	b.Delete(pidKey(prefixOutbound, client, pid), nil)
-	b.Set(binary.BigEndian.AppendUint64(append(key(prefixDone, client, pos.Shard), 0), pos.Offset), nil, nil)
+	b.Set(binary.BigEndian.AppendUint64(append(key(prefixDone, client, pos.Shard), 0), pos.Offset), []byte(group), nil)
 	return b.Commit(pebble.NoSync)
 }
 
@@ -331,17 +389,18 @@ func (s *Store) Outbounds(client string) (map[uint16]*Outbound, error) {
 	return m, err
 }
 
-// Done returns client's done markers (completed QoS 2 positions).
-func (s *Store) Done(client string) (map[Position]bool, error) {
-	m := map[Position]bool{}
+// Done returns client's done markers (completed QoS 2 positions), each
+// with the GroupKey of its shared subscription ("" for none).
+func (s *Store) Done(client string) (map[Position]string, error) {
+	m := map[Position]string{}
 	p := clientPrefix(prefixDone, client)
-	err := s.scan(p, func(k, _ []byte) error {
+	err := s.scan(p, func(k, v []byte) error {
 		rest := k[len(p):]
 		i := len(rest) - 9 // <shard>\x00<offset u64>
 		if i < 0 || rest[i] != 0 {
 			return fmt.Errorf("%w: done marker %q", ErrCorrupt, k)
 		}
-		m[Position{Shard: string(rest[:i]), Offset: binary.BigEndian.Uint64(rest[i+1:])}] = true
+		m[Position{Shard: string(rest[:i]), Offset: binary.BigEndian.Uint64(rest[i+1:])}] = string(v)
 		return nil
 	})
 	return m, err

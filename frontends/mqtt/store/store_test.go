@@ -41,7 +41,7 @@ func TestSyncedStateSurvivesCrash(t *testing.T) {
 	sess := &Session{ClientID: "a", Version: 5, ExpirySeconds: 60, DisconnectedAt: 1234,
 		Subs: []Sub{{Filter: "x/#", QoS: 1, ID: 7}, {Filter: "$share/g/y", QoS: 2, NoLocal: false, RetainHandling: 2}},
 		Will: will, WillDue: 5678}
-	if err := s.PutSession(sess, map[string]uint64{"mqtt/file/0": 42}, true); err != nil {
+	if err := s.PutSession(sess, map[string]uint64{"mqtt/file/0": 42}, nil, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.PutInbound("a", 9, Position{Shard: "mqtt/file/2", Offset: 17}); err != nil {
@@ -85,7 +85,7 @@ func TestDeleteSessionIsExact(t *testing.T) {
 	s := open(t, vfs.NewMem())
 	defer s.Close()
 	for _, id := range []string{"a", "ab"} {
-		if err := s.PutSession(&Session{ClientID: id, ExpirySeconds: 1}, map[string]uint64{"sh": 1}, false); err != nil {
+		if err := s.PutSession(&Session{ClientID: id, ExpirySeconds: 1}, map[string]uint64{"sh": 1}, nil, false); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.PutInbound(id, 1, Position{}); err != nil {
@@ -94,7 +94,7 @@ func TestDeleteSessionIsExact(t *testing.T) {
 		if err := s.PutOutbound(id, map[uint16]*Outbound{2: {Pos: Position{Shard: "sh", Offset: 5}, QoS: 2}}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.CompleteOutbound(id, 3, Position{Shard: "sh", Offset: 6}); err != nil {
+		if err := s.CompleteOutbound(id, 3, Position{Shard: "sh", Offset: 6}, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -141,17 +141,45 @@ func TestCursors(t *testing.T) {
 	}
 }
 
+// Shared subscriptions' cursors are set with a session and by PutCursors,
+// cleared by PutCursors and deleted with DeleteGroup, each group apart.
+func TestGroupCursors(t *testing.T) {
+	s := open(t, vfs.NewMem())
+	defer s.Close()
+	g1, g2 := GroupKey("g", "jobs/#"), GroupKey("g", "jobs")
+	if err := s.PutSession(&Session{ClientID: "a", ExpirySeconds: 1}, nil,
+		map[string]map[string]uint64{g1: {"s1": 3, "s2": 4}}, true); err != nil {
+		t.Fatal(err)
+	}
+	err := s.PutCursors(&Cursors{Groups: map[string]map[string]uint64{g1: {"s1": 6}, g2: {"s1": 1}},
+		ClearGroups: map[string][]string{g1: {"s2"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GroupCursors()
+	if err != nil || len(got) != 2 || len(got[g1]) != 1 || got[g1]["s1"] != 6 || got[g2]["s1"] != 1 {
+		t.Fatalf("group cursors %v %v", got, err)
+	}
+	if err := s.DeleteGroup(g1); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GroupCursors(); err != nil || len(got) != 1 || got[g2]["s1"] != 1 {
+		t.Fatalf("group cursors after DeleteGroup(%q): %v %v", g1, got, err)
+	}
+}
+
 // CompleteOutbound turns the packet-id state into a done marker; offsets
 // with zero bytes in them read back (the marker key ends in the offset).
 func TestCompleteOutbound(t *testing.T) {
 	s := open(t, vfs.NewMem())
 	defer s.Close()
 	pos := []Position{{Shard: "mqtt/file/0", Offset: 0}, {Shard: "mqtt/file/0", Offset: 1 << 40}, {Shard: "a\x00b", Offset: 256}}
+	groups := []string{"", GroupKey("g", "jobs/#"), ""}
 	for i, p := range pos {
 		if err := s.PutOutbound("c", map[uint16]*Outbound{uint16(i + 1): {Pos: p, QoS: 2}}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.CompleteOutbound("c", uint16(i+1), p); err != nil {
+		if err := s.CompleteOutbound("c", uint16(i+1), p, groups[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -162,15 +190,15 @@ func TestCompleteOutbound(t *testing.T) {
 	if err != nil || len(done) != len(pos) {
 		t.Fatalf("done markers %v %v", done, err)
 	}
-	for _, p := range pos {
-		if !done[p] {
-			t.Errorf("no done marker for %+v in %v", p, done)
+	for i, p := range pos {
+		if g, ok := done[p]; !ok || g != groups[i] {
+			t.Errorf("done marker for %+v: %q %v in %v, want group %q", p, g, ok, done, groups[i])
 		}
 	}
 	if err := s.DeleteDone("c", pos[:2]); err != nil {
 		t.Fatal(err)
 	}
-	if done, _ := s.Done("c"); len(done) != 1 || !done[pos[2]] {
+	if done, _ := s.Done("c"); len(done) != 1 || done[pos[2]] != "" {
 		t.Fatalf("done markers after DeleteDone: %v", done)
 	}
 }

@@ -1,0 +1,157 @@
+package mqtt
+
+import (
+	"sync"
+
+	"github.com/quiremq/quire/frontends/mqtt/store"
+	"github.com/quiremq/quire/frontends/pubsub"
+)
+
+// This file keeps the positions owed to shared subscriptions ("$share/
+// group/filter") and moves their messages between members (package doc,
+// "Delivery" and "What survives a restart").
+//
+// A message goes to one member of the group, but it is the group's: with
+// Options.Store, what members hold of it (queued or inflight) is owed to
+// the group, not to the member, and the group has cursors in the store as
+// a session does (store.GroupKey). A restart replays each group from its
+// cursors, through the same choice of a member as a live publish with
+// every member offline, so an offline persistent member's share of the
+// group's messages is not lost with the node's memory.
+
+// shareGroup is one shared subscription (share name, inner filter): the
+// positions owed through it.
+type shareGroup struct {
+	key string // store.GroupKey
+	mu  sync.Mutex
+	own owedSet
+}
+
+func (g *shareGroup) owe(pos Position) {
+	g.mu.Lock()
+	g.own.add(pos)
+	g.mu.Unlock()
+}
+
+func (g *shareGroup) settle(pos Position) {
+	g.mu.Lock()
+	g.own.remove(pos)
+	g.mu.Unlock()
+}
+
+func (g *shareGroup) cursors(frontiers map[string]uint64, explicit bool) (set map[string]uint64, clear []string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.own.cursors(frontiers, explicit)
+}
+
+// idle reports whether nothing is owed through g and the store has no
+// cursor of it.
+func (g *shareGroup) idle() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.own.owed) == 0 && len(g.own.kept) == 0
+}
+
+// shareGroup returns the tracker of (group, filter), creating it; nil
+// without a Store, where nothing is replayed.
+func (s *Server) shareGroup(group, filter string) *shareGroup {
+	if !s.persistent() {
+		return nil
+	}
+	k := store.GroupKey(group, filter)
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	g := s.groups[k]
+	if g == nil {
+		g = &shareGroup{key: k}
+		s.groups[k] = g
+	}
+	return g
+}
+
+// dirtyGroups returns the groups whose owed positions changed since the
+// last flush, and forgets those left with no member, nothing owed and no
+// cursor in the store.
+func (s *Server) dirtyGroups() []*shareGroup {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	var out []*shareGroup
+	for k, g := range s.groups {
+		if g.own.dirty.Swap(false) {
+			out = append(out, g)
+			continue
+		}
+		if g.idle() {
+			group, filter := splitGroupKey(k)
+			if len(s.tree.SharedMembers(group, filter)) == 0 {
+				delete(s.groups, k)
+			}
+		}
+	}
+	return out
+}
+
+// groupKey is the store.GroupKey of the shared subscription d came
+// through, "" for none.
+func (d *delivery) groupKey() string {
+	if d.group == "" {
+		return ""
+	}
+	return store.GroupKey(d.group, d.filter)
+}
+
+func splitGroupKey(k string) (group, filter string) {
+	for i := 0; i < len(k); i++ {
+		if k[i] == 0 {
+			return k[:i], k[i+1:]
+		}
+	}
+	return k, ""
+}
+
+// sharedSubs returns sess's shared subscriptions.
+func (sess *session) sharedSubs() []pubsub.Subscription {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	var out []pubsub.Subscription
+	for _, sub := range sess.subs {
+		if sub.Group != "" {
+			out = append(out, sub)
+		}
+	}
+	return out
+}
+
+// takeOverShared hands sess, which just came online, what offline members
+// of its shared subscriptions hold of the groups' messages (queued, and
+// QoS 1 inflight): while no member is online, messages queue at offline
+// ones (after a restart, all of them), and the first member to connect
+// takes them, not only its own share.
+func (s *Server) takeOverShared(sess *session) {
+	for _, sub := range sess.sharedSubs() {
+		for _, m := range s.tree.SharedMembers(sub.Group, sub.Filter) {
+			o := m.Owner.(*session)
+			if o == sess || o.online.Load() {
+				continue
+			}
+			s.moveShared(o.takeShared(func(group, filter string) bool { return group == sub.Group && filter == sub.Filter }),
+				func(int, delivery) pubsub.Subscription { return sub })
+		}
+	}
+}
+
+// moveShared queues each of taken (shared deliveries taken from a member)
+// at the member to(i, d) picks, with that subscription's QoS, and counts
+// it in quire_mqtt_shared_redelivered_total.
+func (s *Server) moveShared(taken []delivery, to func(int, delivery) pubsub.Subscription) {
+	for i, d := range taken {
+		sub := to(i, d)
+		d.qos = min(d.msg.QoS, sub.QoS)
+		if reason := sub.Owner.(*session).enqueue(d, s.opts.MaxQueued); reason != "" {
+			s.m.dropped.WithLabelValues(reason).Inc()
+			continue
+		}
+		s.m.redelivered.Inc()
+	}
+}
