@@ -1,9 +1,15 @@
 package s3store_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -119,5 +125,62 @@ func TestNoCredentials(t *testing.T) {
 	_, err = s3store.Open(context.Background(), s3store.Options{Endpoint: "127.0.0.1:1", Bucket: "b"})
 	if err == nil || errors.Is(err, objstore.ErrNotFound) || strings.Contains(err.Error(), "no credentials") {
 		t.Fatalf("Open with env credentials against a closed port = %v, want a connection error", err)
+	}
+}
+
+// TestChecksumRefused puts through a proxy that answers NotImplemented to
+// every request carrying a checksum (as an S3 server without checksum
+// support would): PutVerified still stores the objects, now verified by a
+// read-back, and still catches a CRC that does not match.
+func TestChecksumRefused(t *testing.T) {
+	srv := s3test.StartMinIO(t)
+	target, _ := url.Parse("http://" + srv.Endpoint)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var refused atomic.Int64
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		checksum := strings.Contains(r.Header.Get("X-Amz-Content-Sha256"), "TRAILER")
+		for k := range r.Header {
+			checksum = checksum || strings.HasPrefix(strings.ToLower(k), "x-amz-checksum")
+		}
+		if checksum {
+			refused.Add(1)
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusNotImplemented)
+			fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>checksums are not supported</Message></Error>`)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	})}
+	go hs.Serve(l)
+	t.Cleanup(func() { hs.Close() })
+	opts := srv.Options("refused")
+	opts.Endpoint = l.Addr().String()
+	opts.PartSize = 5 << 20
+	st, err := s3store.Open(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, size := range []int{1000, 12 << 20} {
+		v := bytes.Repeat([]byte{byte(size)}, size)
+		key := fmt.Sprintf("obj-%d", size)
+		readBack, err := objstore.PutVerified(ctx, st, key, bytes.NewReader(v), int64(size), crc32.Checksum(v, objstore.Castagnoli))
+		if err != nil || !readBack {
+			t.Fatalf("PutVerified(%d bytes) through a server refusing checksums = read back %v, %v; want a read-back", size, readBack, err)
+		}
+		if got, err := st.Get(ctx, key, 0, -1); err != nil || !bytes.Equal(got, v) {
+			t.Fatalf("Get(%d bytes) = %d bytes, %v", size, len(got), err)
+		}
+		_, err = objstore.PutVerified(ctx, st, key+"-bad", bytes.NewReader(v), int64(size), crc32.Checksum(v, objstore.Castagnoli)^1)
+		if !errors.Is(err, objstore.ErrChecksum) {
+			t.Fatalf("PutVerified(%d bytes) with a wrong CRC = %v, want ErrChecksum", size, err)
+		}
+	}
+	if refused.Load() != 1 {
+		t.Fatalf("the server refused %d checksummed requests; want 1 (the store stops sending them)", refused.Load())
 	}
 }
