@@ -53,6 +53,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/quiremq/quire/frontends/pubsub"
@@ -143,15 +144,7 @@ func (c *ClusterSource) Shards() []ShardMark {
 		out = append(out, ShardMark{Name: name, Low: low, High: high})
 	}
 	c.st.mu.RUnlock()
-	slices.SortFunc(out, func(a, b ShardMark) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b ShardMark) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
@@ -251,23 +244,16 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, ms []*pubsu
 		return ErrNoClusterStorage
 	}
 	mark := shard.Header{Key: HeaderOrigin, Value: []byte(strconv.FormatUint(origin, 10))}
-	type group struct {
-		engine string
-		idx    []int
-	}
-	groups := map[string]*group{}
-	var order []string
+	// One append per shard: the messages sorted by shard, stably (the
+	// batch's order within each shard).
+	engines, names := make([]string, len(ms)), make([]string, len(ms))
+	idx := make([]int, len(ms))
 	for i, m := range ms {
 		m.PacketID = 0 // the publisher's id on origin means nothing here
-		engine, name := st.shardOf(m.Topic)
-		g := groups[name]
-		if g == nil {
-			g = &group{engine: engine}
-			groups[name] = g
-			order = append(order, name)
-		}
-		g.idx = append(g.idx, i)
+		engines[i], names[i] = st.shardOf(m.Topic)
+		idx[i] = i
 	}
+	slices.SortStableFunc(idx, func(a, b int) int { return strings.Compare(names[a], names[b]) })
 	pos := make([]Position, len(ms))
 	fail := func(err error) error {
 		// What was stored is not delivered now (the batch comes again):
@@ -280,14 +266,19 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, ms []*pubsu
 		}
 		return err
 	}
-	for _, name := range order {
-		g := groups[name]
-		os, err := st.shard(ctx, g.engine, name, true)
+	for lo := 0; lo < len(idx); {
+		name := names[idx[lo]]
+		hi := lo + 1
+		for hi < len(idx) && names[idx[hi]] == name {
+			hi++
+		}
+		os, err := st.shard(ctx, engines[idx[lo]], name, true)
 		if err != nil {
 			return fail(err)
 		}
-		recs := make([]shard.Record, len(g.idx))
-		for k, i := range g.idx {
+		run := idx[lo:hi]
+		recs := make([]shard.Record, len(run))
+		for k, i := range run {
 			recs[k] = EncodeRecord(ms[i])
 			recs[k].Headers = append(recs[k].Headers, mark)
 		}
@@ -295,9 +286,10 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, ms []*pubsu
 		if err != nil {
 			return fail(fmt.Errorf("mqtt: append forwarded messages to %s: %w", name, err))
 		}
-		for k, i := range g.idx {
+		for k, i := range run {
 			pos[i] = Position{Shard: name, Offset: off + uint64(k)}
 		}
+		lo = hi
 	}
 	// Handed to the sessions in batch order once all are stored.
 	for i, m := range ms {

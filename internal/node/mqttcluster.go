@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strconv"
 	"sync"
@@ -61,6 +62,8 @@ const (
 	peerPoll        = 2 * time.Second        // registered nodes listed
 	cursorFlush     = 100 * time.Millisecond // cursors written when changed
 	tailWait        = 200 * time.Millisecond // a serving stream's longest idle wait
+	pullHeartbeat   = 5 * time.Second        // an idle serving stream sends an empty batch this often
+	pullSilence     = 30 * time.Second       // a puller hearing nothing this long reconnects
 	pullBackoffMin  = 100 * time.Millisecond
 	pullBackoffMax  = 10 * time.Second
 	forwardRecords  = 512     // records per scan of a shard
@@ -276,10 +279,7 @@ func (c *mqttCluster) syncPullers(nodes []schema.Record[schema.Node]) {
 	seen := map[uint64]bool{}
 	for _, r := range nodes {
 		n := r.Value
-		addr := n.GRPCAddr
-		if addr == "" {
-			addr = n.Addr
-		}
+		addr := peerAddr(n)
 		if n.ID == c.self || addr == "" {
 			continue
 		}
@@ -306,6 +306,20 @@ func (c *mqttCluster) syncPullers(nodes []schema.Record[schema.Node]) {
 			delete(c.pullers, id)
 		}
 	}
+}
+
+// peerAddr is where a node's inner gRPC server is reached: its meta_addrs
+// entry (what Raft dials), else the address its server listens on unless
+// that is a wildcard one (":1228" names no host to dial).
+func peerAddr(n schema.Node) string {
+	if n.Addr != "" {
+		return n.Addr
+	}
+	host, _, err := net.SplitHostPort(n.GRPCAddr)
+	if err != nil || host == "" || net.ParseIP(host).IsUnspecified() {
+		return ""
+	}
+	return n.GRPCAddr
 }
 
 // pull pulls from peer at addr until ctx ends, reconnecting with backoff.
@@ -368,21 +382,22 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 		return false, err
 	}
 	sendErr := make(chan error, 1)
-	go func() {
+	go func(changed <-chan struct{}) {
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-changed:
 			}
-			filters, changed = c.currentFilters()
-			if err := stream.Send(&mqttclusterv1.PullRequest{Filters: filters}); err != nil {
+			var fs []string
+			fs, changed = c.currentFilters()
+			if err := stream.Send(&mqttclusterv1.PullRequest{Filters: fs}); err != nil {
 				sendErr <- err
 				cancel()
 				return
 			}
 		}
-	}()
+	}(changed)
 	hello, err := stream.Recv()
 	if err != nil {
 		return false, err
@@ -401,6 +416,10 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 	c.cmu.Unlock()
 	c.m.connected.WithLabelValues(label).Set(1)
 	c.log.Info("MQTT routing: pulling from peer", "peer", peer, "filters", len(filters), "fresh", !known)
+	// A peer that stops answering without closing the connection (the
+	// server sends an empty batch at least every pullHeartbeat).
+	silent := time.AfterFunc(pullSilence, cancel)
+	defer silent.Stop()
 	lag := map[string]uint64{}
 	var ms []*pubsub.Message
 	for {
@@ -411,7 +430,14 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 				return true, serr
 			default:
 			}
+			if ctx.Err() != nil && !silent.Stop() {
+				return true, fmt.Errorf("the peer sent nothing for %s", pullSilence)
+			}
 			return true, err
+		}
+		silent.Reset(pullSilence)
+		if resp.Shard == "" {
+			continue // a heartbeat
 		}
 		ms = ms[:0]
 		for _, r := range resp.Records {
@@ -572,6 +598,7 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 		return err
 	}
 	c.log.Info("MQTT routing: serving a peer", "peer", peer, "filters", len(req.Filters), "fresh", req.Fresh)
+	lastSend := time.Now()
 	for ctx.Err() == nil {
 		progressed := false
 		for _, sm := range c.src.Shards() {
@@ -602,10 +629,18 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 			c.m.served.WithLabelValues(label).Add(float64(len(recs)))
 			pos[sm.Name] = next
 			progressed = progressed || next > from
+			lastSend = time.Now()
 		}
-		if !progressed {
-			c.src.Wait(ctx, pos, tailWait)
+		if progressed {
+			continue
 		}
+		if time.Since(lastSend) >= pullHeartbeat {
+			if err := stream.Send(&mqttclusterv1.PullResponse{}); err != nil {
+				return err
+			}
+			lastSend = time.Now()
+		}
+		c.src.Wait(ctx, pos, tailWait)
 	}
 	return nil
 }

@@ -108,7 +108,9 @@ type PullResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The serving node's id (the hello; 0 afterwards).
 	NodeId uint64 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	// The shard of this batch ("" in the hello).
+	// The shard of this batch ("" in the hello, and in the heartbeat an idle
+	// stream sends every few seconds so that the puller can tell a silent
+	// peer from an idle one).
 	Shard string `protobuf:"bytes,2,opt,name=shard,proto3" json:"shard,omitempty"`
 	// The puller's cursor on shard once the records are stored.
 	Next uint64 `protobuf:"varint,3,opt,name=next,proto3" json:"next,omitempty"`

@@ -1,0 +1,136 @@
+package mqtt
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/quiremq/quire/frontends/pubsub"
+)
+
+func TestFilterSet(t *testing.T) {
+	fs := NewFilterSet([]string{"a/+/c", "b/#", "$SYS/x"})
+	for topic, want := range map[string]bool{
+		"a/b/c": true, "a/b/d": false, "a/c": false,
+		"b": true, "b/x/y": true,
+		"$SYS/x": true, "$SYS/y": false,
+		"c": false,
+	} {
+		if got := fs.Match(topic); got != want {
+			t.Errorf("Match(%q) = %v, want %v", topic, got, want)
+		}
+	}
+	if NewFilterSet([]string{"#"}).Match("$SYS/x") {
+		t.Error(`"#" matches a "$" topic`)
+	}
+	if NewFilterSet(nil).Match("a") {
+		t.Error("the empty set matches")
+	}
+}
+
+// forwardAll scans every shard of from from offset 0 with filters and
+// injects what it returns into to as messages of node origin; it returns
+// how many it injected.
+func forwardAll(t *testing.T, from, to *Server, origin uint64, filters []string) int {
+	t.Helper()
+	ctx := context.Background()
+	src, err := from.ClusterSource()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := NewFilterSet(filters)
+	n := 0
+	for _, sm := range src.Shards() {
+		recs, next, err := src.Scan(ctx, sm.Name, 0, fs, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if next != sm.High {
+			t.Fatalf("scan of %s ended at %d, want its high watermark %d", sm.Name, next, sm.High)
+		}
+		var ms []*pubsub.Message
+		for i := range recs {
+			m, err := DecodeRecord(&recs[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			ms = append(ms, m)
+		}
+		if len(ms) > 0 {
+			if err := to.InjectForwarded(ctx, origin, ms); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n += len(ms)
+	}
+	return n
+}
+
+// Messages published on one server, scanned with the other's filters and
+// injected there, reach the other's subscribers with their QoS, in order,
+// and set its retained message; what was injected is stored with
+// HeaderOrigin and never scanned out again (no loops).
+func TestClusterForwardAndInject(t *testing.T) {
+	a := startBroker(t, nil, nil)
+	b := startBroker(t, nil, nil)
+
+	var got received
+	sub := paho3Client(t, "tcp://"+b.tcp, "sub", func(o *paho3.ClientOptions) { o.SetOrderMatters(true) })
+	ok(t, sub.Subscribe("orders/#", 1, got.handler))
+	ok(t, sub.Subscribe("$share/g/fleet/+", 1, got.handler))
+	if fs := b.RouteFilters(); !slices.Equal(fs, []string{"fleet/+", "orders/#"}) {
+		t.Fatalf("RouteFilters = %v", fs)
+	}
+
+	pub := paho3Client(t, "tcp://"+a.tcp, "pub", nil)
+	for _, p := range []string{"1", "2", "3"} {
+		ok(t, pub.Publish("orders/eu", 1, false, p))
+	}
+	ok(t, pub.Publish("fleet/7", 1, false, "f"))
+	ok(t, pub.Publish("other", 1, false, "x"))
+	ok(t, pub.Publish("orders/last", 1, true, "kept"))
+
+	if n := forwardAll(t, a.Server, b.Server, 1, b.RouteFilters()); n != 5 {
+		t.Fatalf("forwarded %d messages, want 5 (not the one on \"other\")", n)
+	}
+	msgs := got.wait(t, 5)
+	var seen []string
+	for _, m := range msgs {
+		seen = append(seen, m.Topic()+"="+string(m.Payload()))
+		if m.Qos() != 1 {
+			t.Errorf("%s delivered with QoS %d", m.Topic(), m.Qos())
+		}
+	}
+	eu := slices.DeleteFunc(slices.Clone(seen), func(s string) bool { return !strings.HasPrefix(s, "orders/eu=") })
+	if want := []string{"orders/eu=1", "orders/eu=2", "orders/eu=3"}; !slices.Equal(eu, want) {
+		t.Errorf("delivered %v, want %v in order", seen, want)
+	}
+	for _, want := range []string{"fleet/7=f", "orders/last=kept"} {
+		if !slices.Contains(seen, want) {
+			t.Errorf("delivered %v, without %s", seen, want)
+		}
+	}
+	if st := b.stored(t, "orders/eu"); !slices.Equal(st, []string{"1", "2", "3"}) {
+		t.Errorf("b stores orders/eu %v", st)
+	}
+	var retained []string
+	b.opts.Retained.Match(context.Background(), "orders/#", func(m *pubsub.Message) bool {
+		retained = append(retained, m.Topic+"="+string(m.Payload))
+		return true
+	})
+	if !slices.Equal(retained, []string{"orders/last=kept"}) {
+		t.Errorf("b retains %v", retained)
+	}
+
+	// Back from b to a, with every filter: nothing, since all of b's
+	// records came from a.
+	if n := forwardAll(t, b.Server, a.Server, 2, []string{"#"}); n != 0 {
+		t.Fatalf("forwarded %d messages back: a loop", n)
+	}
+	if n := got.count(); n != 5 {
+		t.Errorf("subscriber got %d messages, want 5", n)
+	}
+}
