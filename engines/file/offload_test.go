@@ -498,3 +498,84 @@ func TestOffloadConcurrentReaders(t *testing.T) {
 	wg.Wait()
 	checkSame(t, readAll(t, s), want)
 }
+
+// corruptingStore counts Gets (read-backs) and, while corrupt is set, flips
+// a bit of every object put through it, as a faulty network would.
+type corruptingStore struct {
+	objstore.Store
+	gets    atomic.Int64
+	corrupt atomic.Bool
+}
+
+func (c *corruptingStore) Get(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	c.gets.Add(1)
+	return c.Store.Get(ctx, key, off, n)
+}
+
+func (c *corruptingStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	return c.Store.Put(ctx, key, c.body(r), size)
+}
+
+func (c *corruptingStore) body(r io.Reader) io.Reader {
+	if !c.corrupt.Load() {
+		return r
+	}
+	b, err := io.ReadAll(r)
+	if err == nil && len(b) > 0 {
+		b[len(b)/2] ^= 1
+	}
+	return bytes.NewReader(b)
+}
+
+// checkingStore is a corruptingStore whose inner store checks checksums.
+type checkingStore struct{ *corruptingStore }
+
+func (c checkingStore) PutCRC32C(ctx context.Context, key string, r io.Reader, size int64, crc uint32) (bool, error) {
+	return c.Store.(objstore.ChecksumPutter).PutCRC32C(ctx, key, c.body(r), size, crc)
+}
+
+// TestOffloadChecksums: a segment corrupted on its way to the store is not
+// recorded (its offload fails and is retried), whether the store checks the
+// CRC-32C sent with the upload or the offloader reads the object back; a
+// store that checks it is not read back.
+func TestOffloadChecksums(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		checking bool
+	}{{"StoreChecks", true}, {"ReadBack", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs := &corruptingStore{Store: objstore.NewMem()}
+			var st objstore.Store = cs
+			if tc.checking {
+				st = checkingStore{cs}
+			}
+			clk := newFakeClock()
+			o := offloadOpts(st, time.Hour) // local copies stay: no reads
+			o.Now = clk.Now
+			e := openEngine(t, vfs.NewMem(), "/d", o)
+			defer e.Close()
+			s := mustCreate(t, e, "a")
+			want := appendN(t, s, 0, 30, 200)
+			sealed := len(s.segs) - 1
+			cs.corrupt.Store(true)
+			e.off.pass(bg)
+			if got := testutil.ToFloat64(e.m.offloadFailures); got != float64(sealed) {
+				t.Fatalf("quire_offload_failures_total = %v with corrupted uploads, want %d", got, sealed)
+			}
+			if got := testutil.ToFloat64(e.m.offloadSegments); got != 0 {
+				t.Fatalf("quire_offload_segments_total = %v with corrupted uploads, want 0", got)
+			}
+			cs.corrupt.Store(false)
+			cs.gets.Store(0)
+			clk.Advance(time.Minute)
+			e.off.pass(bg)
+			if got := testutil.ToFloat64(e.m.offloadSegments); got != float64(sealed) {
+				t.Fatalf("quire_offload_segments_total = %v, want %d", got, sealed)
+			}
+			if gets := cs.gets.Load(); tc.checking != (gets == 0) {
+				t.Fatalf("%d GETs during the offload of %d segments (store checks CRCs: %v)", gets, sealed, tc.checking)
+			}
+			checkSame(t, readAll(t, s), want)
+		})
+	}
+}
