@@ -183,7 +183,7 @@ func (b *writeBatcher) resolve(batch []*pendingWrite, r *applyResult, err error)
 		case r.err != nil: // the entry as a whole was rejected
 			w.res = &applyResult{rev: r.rev, err: r.err}
 		default:
-			w.res = r.batch[i]
+			w.res = &r.batch[i]
 		}
 		close(w.done)
 	}

@@ -115,7 +115,11 @@
 // TrailingLogs entries. FSM implements raft.BatchingFSM: a committed batch
 // is applied under one lock and wakes watchers once; with BatchApplyCh and
 // MaxAppendEntries the leader stores, replicates and applies writes in
-// batches.
+// batches. Every replica decodes the puts and deletes of a write batch
+// without the protobuf runtime (command.go; anything else, or any encoding
+// proto.Marshal would not write, goes through proto.Unmarshal). A
+// raft.LogCache keeps the latest entries in memory, so replicating and
+// applying them does not read them back from Pebble.
 //
 // Raft store (LogStore, one Pebble DB in Dir/raft on Options.FS; every
 // write is a synced Pebble batch, so an acknowledged append, vote or term is
@@ -143,6 +147,7 @@
 //	client.go     Client, KeepLeaseAlive            faultnet.go FaultNetwork (tests)
 //	errors.go     sentinels and the gRPC code table kv.go      KV interface and types
 //	batch.go      write batcher, read barrier, serving batches
+//	command.go    decoding a write batch entry
 //	batchstream.go the calling side of a Batch stream (Client, forwarding)
 //
 // Lock order: fsm.mu → history.mu; fsm.mu → lessor.mu. Server.leadMu,

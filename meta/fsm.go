@@ -54,7 +54,7 @@ type applyResult struct {
 	rev   uint64           // revision after the command
 	lease uint64           // lease grant: the id
 	err   error            // ErrNotFound, *VersionMismatchError, ErrLeaseNotFound, ErrInvalid
-	batch []*applyResult   // a CommandBatch: one result per op, in order
+	batch []applyResult    // a CommandBatch: one result per op, in order
 }
 
 var (
@@ -92,15 +92,22 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 }
 
 func (f *fsm) applyCommand(l *raft.Log, evs []*metav1.Event) (*applyResult, []*metav1.Event) {
+	if ops, ok := decodeBatch(l.Data); ok {
+		return f.applyBatch(ops, evs)
+	}
 	var cmd metav1.Command
 	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
 		return &applyResult{rev: f.rev, err: fmt.Errorf("%w: undecodable command at index %d: %v", ErrInvalid, l.Index, err)}, evs
 	}
 	switch op := cmd.Op.(type) {
 	case *metav1.Command_Put:
-		return f.put(op.Put, evs)
+		r := &applyResult{}
+		evs = f.put(putWrite(op.Put), r, evs)
+		return r, evs
 	case *metav1.Command_Delete:
-		return f.delete(op.Delete, evs)
+		r := &applyResult{}
+		evs = f.delete(deleteWrite(op.Delete), r, evs)
+		return r, evs
 	case *metav1.Command_LeaseGrant:
 		// The lease id is the index of the entry: unique, the same on
 		// every replica, and never reused.
@@ -111,74 +118,106 @@ func (f *fsm) applyCommand(l *raft.Log, evs []*metav1.Event) (*applyResult, []*m
 	case *metav1.Command_LeaseRevoke:
 		return f.revoke(op.LeaseRevoke.Id, evs)
 	case *metav1.Command_Batch:
-		// The ops of one entry are applied in order, each with its own
-		// result: a failed CAS fails only itself.
-		r := &applyResult{batch: make([]*applyResult, len(op.Batch.Ops))}
+		// Not in decodeBatch's form (e.g. an op that is not a put or a
+		// delete): decoded by proto, applied the same way.
+		ops := make([]writeOp, len(op.Batch.Ops))
+		bad := make([]bool, len(ops))
 		for i, c := range op.Batch.Ops {
 			switch x := c.Op.(type) {
 			case *metav1.Command_Put:
-				r.batch[i], evs = f.put(x.Put, evs)
+				ops[i] = putWrite(x.Put)
 			case *metav1.Command_Delete:
-				r.batch[i], evs = f.delete(x.Delete, evs)
+				ops[i] = deleteWrite(x.Delete)
 			default:
-				r.batch[i] = &applyResult{rev: f.rev, err: fmt.Errorf("%w: op %d of the batch at index %d is not a put or delete", ErrInvalid, i, l.Index)}
+				bad[i] = true
 			}
 		}
-		r.rev = f.rev
+		r, evs := f.applyBatch(ops, evs, bad...)
+		for i := range bad {
+			if bad[i] {
+				r.batch[i].err = fmt.Errorf("%w: op %d of the batch at index %d is not a put or delete", ErrInvalid, i, l.Index)
+			}
+		}
 		return r, evs
 	default:
 		return &applyResult{rev: f.rev, err: fmt.Errorf("%w: unknown command at index %d", ErrInvalid, l.Index)}, evs
 	}
 }
 
-func (f *fsm) put(p *metav1.PutRequest, evs []*metav1.Event) (*applyResult, []*metav1.Event) {
-	old, exists := f.get(p.Key)
-	if p.CheckVersion {
+// applyBatch applies the ops of a CommandBatch in order, each with its own
+// result: a failed CAS fails only itself. Ops marked in skip are not
+// applied (their result is the caller's to fill in).
+func (f *fsm) applyBatch(ops []writeOp, evs []*metav1.Event, skip ...bool) (*applyResult, []*metav1.Event) {
+	r := &applyResult{batch: make([]applyResult, len(ops))}
+	for i := range ops {
+		switch {
+		case len(skip) > i && skip[i]:
+			r.batch[i].rev = f.rev
+		case ops[i].del:
+			evs = f.delete(ops[i], &r.batch[i], evs)
+		default:
+			evs = f.put(ops[i], &r.batch[i], evs)
+		}
+	}
+	r.rev = f.rev
+	return r, evs
+}
+
+// put applies a put, setting r.
+func (f *fsm) put(p writeOp, r *applyResult, evs []*metav1.Event) []*metav1.Event {
+	old, exists := f.get(p.key)
+	if p.check {
 		var cur uint64
 		if exists {
 			cur = old.Version
 		}
-		if cur != p.ExpectVersion {
-			return &applyResult{rev: f.rev, err: &VersionMismatchError{Key: p.Key, Expected: p.ExpectVersion, Current: cur}}, evs
+		if cur != p.expect {
+			*r = applyResult{rev: f.rev, err: &VersionMismatchError{Key: p.key, Expected: p.expect, Current: cur}}
+			return evs
 		}
 	}
 	var ls *leaseState
-	if p.Lease != 0 {
-		if ls = f.leases[p.Lease]; ls == nil {
-			return &applyResult{rev: f.rev, err: fmt.Errorf("%w: %d (put %q)", ErrLeaseNotFound, p.Lease, p.Key)}, evs
+	if p.lease != 0 {
+		if ls = f.leases[p.lease]; ls == nil {
+			*r = applyResult{rev: f.rev, err: fmt.Errorf("%w: %d (put %q)", ErrLeaseNotFound, p.lease, p.key)}
+			return evs
 		}
 	}
 	f.rev++
-	kv := &metav1.KeyValue{Key: p.Key, Value: p.Value, Version: f.rev, CreateRevision: f.rev, Lease: p.Lease}
+	kv := &metav1.KeyValue{Key: p.key, Value: p.value, Version: f.rev, CreateRevision: f.rev, Lease: p.lease}
 	if exists {
 		kv.CreateRevision = old.CreateRevision
-		if old.Lease != 0 && old.Lease != p.Lease {
+		if old.Lease != 0 && old.Lease != p.lease {
 			if ols := f.leases[old.Lease]; ols != nil {
-				delete(ols.keys, p.Key)
+				delete(ols.keys, p.key)
 			}
 		}
 	}
 	if ls != nil {
-		ls.keys[p.Key] = struct{}{}
+		ls.keys[p.key] = struct{}{}
 	}
-	f.kvs.ReplaceOrInsert(p.Key, kv)
-	evs = append(evs, &metav1.Event{Type: metav1.Event_PUT, Kv: kv, Revision: f.rev})
-	return &applyResult{kv: kv, rev: f.rev}, evs
+	f.kvs.ReplaceOrInsert(p.key, kv)
+	*r = applyResult{kv: kv, rev: f.rev}
+	return append(evs, &metav1.Event{Type: metav1.Event_PUT, Kv: kv, Revision: f.rev})
 }
 
-func (f *fsm) delete(d *metav1.DeleteRequest, evs []*metav1.Event) (*applyResult, []*metav1.Event) {
-	old, exists := f.get(d.Key)
-	if !exists {
-		if d.CheckVersion && d.ExpectVersion != 0 {
-			return &applyResult{rev: f.rev, err: &VersionMismatchError{Key: d.Key, Expected: d.ExpectVersion}}, evs
-		}
-		return &applyResult{rev: f.rev, err: fmt.Errorf("%w: %q", ErrNotFound, d.Key)}, evs
-	}
-	if d.CheckVersion && old.Version != d.ExpectVersion {
-		return &applyResult{rev: f.rev, err: &VersionMismatchError{Key: d.Key, Expected: d.ExpectVersion, Current: old.Version}}, evs
+// delete applies a delete, setting r.
+func (f *fsm) delete(d writeOp, r *applyResult, evs []*metav1.Event) []*metav1.Event {
+	old, exists := f.get(d.key)
+	switch {
+	case !exists && d.check && d.expect != 0:
+		*r = applyResult{rev: f.rev, err: &VersionMismatchError{Key: d.key, Expected: d.expect}}
+		return evs
+	case !exists:
+		*r = applyResult{rev: f.rev, err: fmt.Errorf("%w: %q", ErrNotFound, d.key)}
+		return evs
+	case d.check && old.Version != d.expect:
+		*r = applyResult{rev: f.rev, err: &VersionMismatchError{Key: d.key, Expected: d.expect, Current: old.Version}}
+		return evs
 	}
 	evs = f.deleteKey(old, evs)
-	return &applyResult{rev: f.rev}, evs
+	*r = applyResult{rev: f.rev}
+	return evs
 }
 
 // deleteKey removes an existing key and records its event.

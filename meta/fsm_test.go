@@ -205,7 +205,10 @@ func TestFSMModel(t *testing.T) {
 				r := res[j].(*applyResult)
 				gots := []*applyResult{r}
 				if r.batch != nil {
-					gots = r.batch
+					gots = nil
+					for k := range r.batch {
+						gots = append(gots, &r.batch[k])
+					}
 				}
 				if len(gots) != len(wants) {
 					t.Fatalf("seed %d entry %d: %d results, model %d", seed, l.Index, len(gots), len(wants))

@@ -77,7 +77,10 @@ type Options struct {
 	LeaderLeaseTimeout time.Duration
 	CommitTimeout      time.Duration
 	// MaxAppendEntries bounds the entries per AppendEntries RPC and per
-	// FSM batch (also the depth of the batched apply channel). Default 1024.
+	// FSM batch (also the depth of the batched apply channel). Default 128:
+	// an entry already carries up to WriteBatchOps writes, and Raft
+	// allocates buffers of this many entries per AppendEntries and per
+	// commit.
 	MaxAppendEntries int
 	// SnapshotInterval and SnapshotThreshold: every SnapshotInterval the
 	// FSM is snapshotted if at least SnapshotThreshold entries were applied
@@ -142,7 +145,7 @@ func (o *Options) EnsureDefaults() {
 	def(&o.LeaderLeaseTimeout, 500*time.Millisecond)
 	def(&o.CommitTimeout, 5*time.Millisecond)
 	if o.MaxAppendEntries == 0 {
-		o.MaxAppendEntries = 1024
+		o.MaxAppendEntries = 128
 	}
 	def(&o.SnapshotInterval, 30*time.Second)
 	if o.SnapshotThreshold == 0 {

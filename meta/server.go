@@ -127,7 +127,13 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		s.log.Info("bootstrapped a new meta cluster", "voters", fmt.Sprint(s.opts.Voters))
 	}
-	r, err := raft.NewRaft(cfg, s.fsm, s.store, s.store, s.snaps, s.trans)
+	// Raft reads back the entries it has just stored to replicate them (and
+	// followers to apply them): the cache serves those from memory.
+	logs, err := raft.NewLogCache(logCacheSize, s.store)
+	if err != nil {
+		return fmt.Errorf("meta: log cache: %w", err)
+	}
+	r, err := raft.NewRaft(cfg, s.fsm, logs, s.store, s.snaps, s.trans)
 	if err != nil {
 		return fmt.Errorf("meta: starting raft: %w", err)
 	}
@@ -142,6 +148,10 @@ func (s *Server) Start(ctx context.Context) error {
 	go s.batcher.loop()
 	return nil
 }
+
+// logCacheSize is how many of the latest Raft log entries are kept in memory
+// (each is one write batch; see Options.WriteBatchBytes).
+const logCacheSize = 256
 
 func (s *Server) raftConfig() *raft.Config {
 	c := raft.DefaultConfig()
@@ -182,7 +192,10 @@ func (s *Server) checkConfiguration() {
 }
 
 // Stop stops Raft and closes the stores. Requests in flight fail with
-// ErrStopped (or ErrAmbiguous for writes already proposed).
+// ErrStopped (or ErrAmbiguous for writes already proposed). No wait of the
+// server's own goroutines outlives Stop (see futureErr); if Raft or those
+// goroutines still have not finished when ctx ends, Stop returns ctx's
+// error without closing the stores.
 func (s *Server) Stop(ctx context.Context) error {
 	if !s.stopped.CompareAndSwap(false, true) {
 		return nil
@@ -202,7 +215,16 @@ func (s *Server) Stop(ctx context.Context) error {
 			return fmt.Errorf("meta: stopping raft: %w", ctx.Err())
 		}
 	}
-	s.wg.Wait()
+	waited := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(waited)
+	}()
+	select {
+	case <-waited:
+	case <-ctx.Done():
+		return fmt.Errorf("meta: stopping: %w", ctx.Err())
+	}
 	if c, ok := s.trans.(io.Closer); ok {
 		errs = append(errs, c.Close())
 	}
@@ -260,7 +282,7 @@ func (s *Server) Snapshot() error {
 	if !s.started.Load() {
 		return ErrStopped
 	}
-	return s.raft.Snapshot().Error()
+	return s.futureErr(s.raft.Snapshot())
 }
 
 // Revision returns this node's current revision.
@@ -276,7 +298,7 @@ func (s *Server) Status() *metav1.StatusResponse {
 	st.LeaderId, st.LeaderAddr = s.Leader()
 	st.Term = s.raft.CurrentTerm()
 	st.AppliedIndex = s.raft.AppliedIndex()
-	if f := s.raft.GetConfiguration(); f.Error() == nil {
+	if f := s.raft.GetConfiguration(); s.futureErr(f) == nil {
 		for _, sv := range f.Configuration().Servers {
 			id, _ := strconv.ParseUint(string(sv.ID), 10, 64)
 			st.Members = append(st.Members, &metav1.Member{Id: id, Addr: string(sv.Address), Suffrage: sv.Suffrage.String()})
@@ -312,8 +334,10 @@ func (s *Server) leadershipLoop() {
 
 func (s *Server) promote(epoch uint64) {
 	defer s.wg.Done()
-	if err := s.raft.Barrier(s.opts.ApplyTimeout).Error(); err != nil {
-		s.log.Warn("meta: leadership barrier failed", "err", err)
+	if err := s.futureErr(s.raft.Barrier(s.opts.ApplyTimeout)); err != nil {
+		if !errors.Is(err, ErrStopped) {
+			s.log.Warn("meta: leadership barrier failed", "err", err)
+		}
 		return
 	}
 	s.leadMu.Lock()
@@ -347,7 +371,7 @@ func (s *Server) leaseLoop() {
 			futures[i] = s.raft.Apply(data, s.opts.ApplyTimeout)
 		}
 		for i, f := range futures {
-			if err := f.Error(); err != nil {
+			if err := s.futureErr(f); err != nil {
 				s.lessor.unpend(ids[i])
 				continue
 			}
@@ -437,10 +461,34 @@ func (s *Server) linearize() error {
 	if !s.ready.Load() {
 		return s.notLeader()
 	}
-	if err := s.raft.VerifyLeader().Error(); err != nil {
+	if err := s.futureErr(s.raft.VerifyLeader()); err != nil {
+		if errors.Is(err, ErrStopped) {
+			return err
+		}
 		return s.notLeader()
 	}
 	return nil
+}
+
+// futureErr waits for a Raft future, or returns ErrStopped once the server
+// stops: Raft never resolves a future still queued (in its apply channel,
+// or committed but not yet handed to the FSM) when it shuts down, and Stop
+// waits for the goroutines that wait here. The goroutine left waiting then
+// ends if Raft ever resolves the future.
+func (s *Server) futureErr(f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-s.stopCh:
+		select {
+		case err := <-done:
+			return err
+		default:
+			return ErrStopped
+		}
+	}
 }
 
 func (s *Server) notLeader() error {
@@ -469,7 +517,10 @@ func (s *Server) apply(ctx context.Context, cmd *metav1.Command) (*applyResult, 
 	}
 	start := time.Now()
 	f := s.raft.Apply(data, timeout)
-	if err := f.Error(); err != nil {
+	if err := s.futureErr(f); err != nil {
+		if errors.Is(err, ErrStopped) {
+			return nil, fmt.Errorf("%w: server stopped with the write pending", ErrAmbiguous)
+		}
 		return nil, s.applyErr(err)
 	}
 	s.metrics.apply.Observe(time.Since(start).Seconds())
