@@ -163,12 +163,28 @@ func (c *Client) bookie(id string) (*bookierpc.Client, error) {
 	if addr == "" {
 		addr = id
 	}
-	cc, err := bookierpc.Dial(addr, c.opts.DialOptions...)
+	cc, err := bookierpc.Dial(addr, append(bookieDialOptions(), c.opts.DialOptions...)...)
 	if err != nil {
 		return nil, err
 	}
 	c.conns[id] = cc
 	return cc, nil
+}
+
+// Flow-control windows of a bookie connection. gRPC starts a stream at a
+// 64 KiB window and grows it by estimating the bandwidth-delay product,
+// one round trip at a time; a range read streams 512 KiB messages and an
+// add stream 32 KiB ones, so from the first message on the sender would
+// wait for window updates. Fixed windows (which turn the estimate off)
+// let a range read have a few messages and an add stream its bookie's
+// in-flight bound in the pipe.
+const (
+	streamWindow = 4 << 20
+	connWindow   = 16 << 20
+)
+
+func bookieDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithInitialWindowSize(streamWindow), grpc.WithInitialConnWindowSize(connWindow)}
 }
 
 // CreateLedger picks an ensemble of e live bookies on distinct nodes,
@@ -275,13 +291,24 @@ func (m *mailbox[T]) push(x T) bool {
 		m.mu.Unlock()
 		return false
 	}
+	wake := len(m.items) == 0
 	m.items = append(m.items, x)
 	m.mu.Unlock()
-	select {
-	case m.notify <- struct{}{}:
-	default:
+	if wake {
+		signal(m.notify)
 	}
 	return true
+}
+
+// signal leaves a wake-up in ch (capacity 1) unless one is there. Queues
+// signal only when they stop being empty: their consumer takes the whole
+// queue after every wake-up, so a queue that was not empty has a wake-up
+// pending or a take coming that will see the new item.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }
 
 // close refuses further pushes and returns what is still queued.
@@ -294,11 +321,15 @@ func (m *mailbox[T]) close() []T {
 	return items
 }
 
-func (m *mailbox[T]) take(buf []T) []T {
-	m.mu.Lock()
-	buf = append(buf[:0], m.items...)
-	clear(m.items)
-	m.items = m.items[:0]
-	m.mu.Unlock()
+func (m *mailbox[T]) take(buf []T) []T { return takeAll(&m.mu, &m.items, buf) }
+
+// takeAll moves *items (guarded by mu) into buf, reused, keeping the
+// backing array of *items for the next appends.
+func takeAll[T any](mu *sync.Mutex, items *[]T, buf []T) []T {
+	mu.Lock()
+	buf = append(buf[:0], *items...)
+	clear(*items)
+	*items = (*items)[:0]
+	mu.Unlock()
 	return buf
 }

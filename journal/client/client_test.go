@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -437,4 +438,69 @@ func waitLAC(t *testing.T, w *LedgerWriter, lac int64) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// With Qw = Qa no write-back may fail, so a bookie of the ensemble that is
+// gone would make every recovery abort; instead recovery replaces it by a
+// live bookie, as the writer would (ensemble change during recovery,
+// written with the close). E=3 Qw=2 Qa=2 on four bookies; the bookie
+// killed is in the write set of the last entry, which recovery always
+// writes back: every add carries a LAC below its own entry, and the
+// writer's clock never ticks, so it sends no explicit LAC.
+func TestRecoveryReplacesDeadBookie(t *testing.T) {
+	c := newCluster(t, 4, "")
+	cl := c.client(Options{RequestTimeout: time.Second, TickInterval: time.Hour})
+	ctx := testCtx(t)
+	w, err := cl.CreateLedger(ctx, 3, 2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHistory()
+	const n = 100
+	for i, err := range appendAll(t, w, h, n, 64) {
+		if err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	w.Abandon()
+	md, err := cl.Metadata(ctx, w.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := md.WriteSetOf(n - 1)[1]
+	c.byID(dead).kill()
+
+	cl2 := c.client(Options{RequestTimeout: time.Second, AddTimeout: 5 * time.Second})
+	last, err := cl2.Recover(ctx, w.ID())
+	if err != nil {
+		t.Fatalf("recovery with one bookie of the ensemble dead: %v", err)
+	}
+	if last != n-1 {
+		t.Fatalf("recovered last entry %d, want %d", last, n-1)
+	}
+	md, err = cl2.Metadata(ctx, w.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("closed: %s", md)
+	if final := md.Fragments[len(md.Fragments)-1].Bookies; slices.Contains(final, dead) {
+		t.Fatalf("the dead bookie %s is still in the last fragment: %s", dead, md)
+	}
+	// Every entry is on Qa live bookies of its write set in the closed
+	// metadata, so it survives the loss of the dead bookie for good.
+	for e := int64(0); e <= last; e++ {
+		held := 0
+		for _, b := range md.WriteSetOf(e) {
+			if b == dead {
+				continue
+			}
+			if got, err := cl2.readEntry(ctx, b, w.ID(), e, false); err == nil && bytes.Equal(got, h.attempted[e]) {
+				held++
+			}
+		}
+		if held < md.AckQuorum {
+			t.Fatalf("entry %d on %d live bookies of its write set %v, want %d", e, held, md.WriteSetOf(e), md.AckQuorum)
+		}
+	}
+	checkInvariants(t, cl2, w.ID(), h)
 }

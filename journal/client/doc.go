@@ -41,8 +41,10 @@
 // writer) and add timeouts. Effects: SendAdd goes to the bookie's link — one
 // goroutine and one bookierpc AddStream per bookie, which sends in queue
 // order, whatever has queued since its last send in one AddBatch message
-// (up to bookierpc.MaxBatchBytes), and reports every answer, or the stream's error for each add it
-// could not deliver; WriteLAC is a best-effort unary call; CASMetadata runs
+// (up to bookierpc.MaxBatchBytes), and answers every add, or with the
+// stream's error each add it could not deliver; answers queue in the link
+// and reach the loop as one event per burst (the link wakes the loop when
+// its queue stops being empty), not one per add; WriteLAC is a best-effort unary call; CASMetadata runs
 // schema.Store.CASLedger in a goroutine (on a version mismatch it reads the
 // ledger back; if what is stored equals what it wrote — an earlier attempt
 // whose answer was lost — it is a success; other meta errors are retried
@@ -77,7 +79,10 @@
 // fencing LAC reads and fencing entry reads as unary calls with
 // Options.RequestTimeout (an unanswered request is StatusUnknown, never a
 // negative), write-backs through per-bookie links with the recovery flag,
-// CASes as above. Aborted becomes an error matching ErrRecoveryAborted;
+// CASes as above. The bookies that may replace one that fails a
+// write-back (ledger.RecoveryOptions.Available) are the live ones on
+// nodes the last fragment does not use, read from the directory when
+// recovery starts. Aborted becomes an error matching ErrRecoveryAborted;
 // nothing unsafe was done and Recover may simply be called again.
 //
 // # Logs
@@ -121,6 +126,7 @@
 // adds in flight and recovered (E/Qw/Qa 3/2/2, 3/3/2, 5/3/2), recovery
 // while the old writer keeps appending (it is fenced), a recovery that
 // aborts with two of three bookies down and succeeds once they return,
+// a recovery at Qw = Qa that replaces a dead bookie of the ensemble,
 // and a log that rolls over, loses its writer mid-stream and is taken
 // over (dense offsets, tail across boundaries, every non-empty ledger in
 // the log).

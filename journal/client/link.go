@@ -11,16 +11,22 @@ import (
 // link pipelines one ledger handle's adds to one bookie over one
 // AddEntries stream. Its goroutine sends what the event loop queued, so
 // the loop never blocks on the network (bookierpc's Add blocks under flow
-// control); answers come back through report, in the bookie's completion
-// order. If the stream cannot be opened or ends, every add it could not
-// deliver is reported with the error (the machine treats it as unknown).
+// control); answers queue in the link, in the bookie's completion order,
+// and ready tells the owner when the queue goes from empty to not empty
+// (one wake-up for a burst of answers, not one per answer); the owner
+// drains it with take. If the stream cannot be opened or ends, every add
+// it could not deliver is answered with the error (the machine treats it
+// as unknown).
 type link struct {
 	c      *Client
 	bookie string
-	report func(bookie string, entry int64, err error)
+	ready  func(*link)
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	rmu     sync.Mutex
+	results []linkResult
 
 	mu      sync.Mutex
 	queue   []bookierpc.Add
@@ -32,13 +38,33 @@ type link struct {
 	since       time.Time // last progress while outstanding > 0
 }
 
-func newLink(c *Client, bookie string, report func(string, int64, error)) *link {
+// linkResult is one add's answer: err nil once the bookie synced it.
+type linkResult struct {
+	entry int64
+	err   error
+}
+
+func newLink(c *Client, bookie string, ready func(*link)) *link {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &link{c: c, bookie: bookie, report: report, ctx: ctx, cancel: cancel,
+	l := &link{c: c, bookie: bookie, ready: ready, ctx: ctx, cancel: cancel,
 		done: make(chan struct{}), notify: make(chan struct{}, 1)}
 	go l.run()
 	return l
 }
+
+// answer queues an add's answer and wakes the owner if it was idle.
+func (l *link) answer(entry int64, err error) {
+	l.rmu.Lock()
+	wake := len(l.results) == 0
+	l.results = append(l.results, linkResult{entry, err})
+	l.rmu.Unlock()
+	if wake {
+		l.ready(l)
+	}
+}
+
+// take moves the queued answers into buf (reused) and returns it.
+func (l *link) take(buf []linkResult) []linkResult { return takeAll(&l.rmu, &l.results, buf) }
 
 func (l *link) send(a bookierpc.Add, now time.Time) {
 	if l.outstanding == 0 {
@@ -46,9 +72,12 @@ func (l *link) send(a bookierpc.Add, now time.Time) {
 	}
 	l.outstanding++
 	l.mu.Lock()
+	wake := len(l.queue) == 0
 	l.queue = append(l.queue, a)
 	l.mu.Unlock()
-	l.signal()
+	if wake { // see signal
+		signal(l.notify)
+	}
 }
 
 // answered records an answer in the loop's bookkeeping.
@@ -64,19 +93,12 @@ func (l *link) stuck(now time.Time, d time.Duration) bool {
 	return l.outstanding > 0 && now.Sub(l.since) > d
 }
 
-func (l *link) signal() {
-	select {
-	case l.notify <- struct{}{}:
-	default:
-	}
-}
-
 // close sends what is queued, waits for every answer and ends the stream.
 func (l *link) close() {
 	l.mu.Lock()
 	l.closing = true
 	l.mu.Unlock()
-	l.signal()
+	signal(l.notify)
 	<-l.done
 }
 
@@ -106,7 +128,7 @@ func (l *link) run() {
 		l.mu.Unlock()
 		if l.ctx.Err() != nil {
 			for _, a := range batch {
-				l.report(l.bookie, int64(a.Entry), l.ctx.Err())
+				l.answer(int64(a.Entry), l.ctx.Err())
 			}
 			return
 		}
@@ -115,7 +137,7 @@ func (l *link) run() {
 				var err error
 				if s, err = l.open(); err != nil {
 					for _, a := range rest {
-						l.report(l.bookie, int64(a.Entry), err)
+						l.answer(int64(a.Entry), err)
 					}
 					break
 				}
@@ -123,7 +145,7 @@ func (l *link) run() {
 			n := chunk(rest)
 			if err := s.AddBatch(rest[:n]); err != nil {
 				for _, a := range rest[:n] {
-					l.report(l.bookie, int64(a.Entry), err)
+					l.answer(int64(a.Entry), err)
 				}
 				s.Abort()
 				s = nil
@@ -159,5 +181,5 @@ func (l *link) open() (*bookierpc.AddStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cc.AddStream(l.ctx, func(r bookierpc.AddResult) { l.report(l.bookie, int64(r.Entry), r.Err) })
+	return cc.AddStream(l.ctx, func(r bookierpc.AddResult) { l.answer(int64(r.Entry), r.Err) })
 }

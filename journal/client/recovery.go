@@ -15,7 +15,9 @@ import (
 // it runs the ledger.Recovery state machine — CAS IN_RECOVERY, fence the
 // last fragment's bookies, read with fence from max(highest LAC, first
 // entry of the last fragment − 1) + 1, write recovered entries back to Qa
-// bookies, CAS CLOSED — and returns the ledger's last entry. A closed
+// bookies (replacing a bookie that fails a write-back by a live one on
+// another node, the new fragment written with the close), CAS CLOSED —
+// and returns the ledger's last entry. A closed
 // ledger returns its last entry at once. When the recovery aborts (an
 // unknown answer where a negative was needed, too few bookies) it returns
 // an error matching ErrRecoveryAborted; nothing unsafe was done and
@@ -28,7 +30,15 @@ func (c *Client) Recover(ctx context.Context, id uint64) (int64, error) {
 	if err != nil {
 		return -1, err
 	}
-	m, effs, err := ledger.NewRecovery(ToMetadata(rec), ledger.RecoveryOptions{ReadAhead: 16})
+	md := ToMetadata(rec)
+	// Bookies that may replace one that fails a write-back (without the
+	// directory, recovery goes on without: a write-back that cannot reach
+	// Qa then aborts).
+	var avail []string
+	if live, err := c.live(ctx); err == nil {
+		avail = replacements(live, md.Fragments[len(md.Fragments)-1].Bookies, "")
+	}
+	m, effs, err := ledger.NewRecovery(md, ledger.RecoveryOptions{ReadAhead: 16, Available: avail})
 	if err != nil {
 		return -1, err
 	}
@@ -45,6 +55,7 @@ func (c *Client) Recover(ctx context.Context, id uint64) (int64, error) {
 	tick := time.NewTicker(c.opts.TickInterval)
 	defer tick.Stop()
 	var evs []revent
+	var results []linkResult
 	for rv.outcome == nil {
 		select {
 		case <-ctx.Done():
@@ -70,11 +81,15 @@ func (c *Client) Recover(ctx context.Context, id uint64) (int64, error) {
 				rv.exec(m.ReadResult(ev.bookie, ev.entry, ev.st, ev.data))
 			case rLAC:
 				rv.exec(m.LACResult(ev.bookie, ev.st, ev.lac))
-			case evResult:
-				if l := rv.links[ev.bookie]; l != nil {
-					l.answered(time.Now())
+			case evLink:
+				results = ev.l.take(results)
+				for _, r := range results {
+					if l := rv.links[ev.l.bookie]; l != nil {
+						l.answered(time.Now())
+					}
+					rv.exec(m.AddResult(ev.l.bookie, r.entry, statusOf(r.err)))
 				}
-				rv.exec(m.AddResult(ev.bookie, ev.entry, statusOf(ev.err)))
+				clear(results)
 			case evCAS:
 				rv.exec(m.CASDone(ev.res))
 			case error:
@@ -138,7 +153,7 @@ func (rv *recovery) exec(effs []ledger.Effect) {
 		case ledger.SendAdd:
 			l := rv.links[e.Bookie]
 			if l == nil {
-				l = newLink(rv.c, e.Bookie, func(b string, x int64, err error) { rv.box.push(evResult{bookie: b, entry: x, err: err}) })
+				l = newLink(rv.c, e.Bookie, func(l *link) { rv.box.push(evLink{l}) })
 				rv.links[e.Bookie] = l
 			}
 			l.send(bookierpc.Add{Ledger: rv.id, Entry: uint64(e.Entry), LAC: e.LAC, Payload: e.Data, Recovery: true}, time.Now())

@@ -77,6 +77,7 @@ type LedgerWriter struct {
 	stopErr    error
 	closers    []chan error
 	done       bool
+	results    []linkResult // reused by take
 
 	endOnce sync.Once
 	endErr  error // why the loop ended (nil after Close)
@@ -89,11 +90,8 @@ type (
 		data []byte
 		fut  *Future
 	}
-	evResult struct {
-		bookie string
-		entry  int64
-		err    error
-	}
+	// evLink: the link has answers queued (link.take).
+	evLink    struct{ l *link }
 	evCAS     struct{ res ledger.CASResult }
 	evClose   struct{ reply chan error }
 	evAbandon struct{ reply chan struct{} }
@@ -258,17 +256,25 @@ func (w *LedgerWriter) handle(ev wevent, now time.Time) {
 		ev.fut.entry = e
 		w.futs = append(w.futs, ev.fut)
 		w.exec(effs, now)
-	case evResult:
-		st := statusOf(ev.err)
-		if l := w.links[ev.bookie]; l != nil {
-			l.answered(now)
-			if st == ledger.StatusUnknown {
-				w.c.log.Warn("journal/client: add failed, replacing bookie", "ledger", w.id, "bookie", ev.bookie, "entry", ev.entry, "err", ev.err)
-				l.abort()
-				delete(w.links, ev.bookie)
+	case evLink:
+		b := ev.l.bookie
+		w.results = ev.l.take(w.results)
+		for _, r := range w.results {
+			st := statusOf(r.err)
+			if l := w.links[b]; l != nil {
+				l.answered(now)
+				if st == ledger.StatusUnknown {
+					w.c.log.Warn("journal/client: add failed, replacing bookie", "ledger", w.id, "bookie", b, "entry", r.entry, "err", r.err)
+					l.abort()
+					delete(w.links, b)
+				}
+			}
+			w.exec(w.m.AddResult(b, r.entry, st), now)
+			if w.done {
+				break
 			}
 		}
-		w.exec(w.m.AddResult(ev.bookie, ev.entry, st), now)
+		clear(w.results)
 	case evCAS:
 		w.exec(w.m.CASDone(ev.res), now)
 		w.exec(w.setAvailable(), now)
@@ -364,7 +370,7 @@ func (w *LedgerWriter) tick(now time.Time) {
 func (w *LedgerWriter) linkTo(b string) *link {
 	l := w.links[b]
 	if l == nil {
-		l = newLink(w.c, b, func(b string, e int64, err error) { w.box.push(evResult{bookie: b, entry: e, err: err}) })
+		l = newLink(w.c, b, func(l *link) { w.box.push(evLink{l}) })
 		w.links[b] = l
 	}
 	return l

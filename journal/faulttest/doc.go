@@ -23,10 +23,11 @@
 // every copy on the bookies directly, and checks the history against it
 // (checker.check lists the invariants).
 //
-// Every fault heals within seconds: with Qw = Qa a ledger whose last
-// fragment's write set holds a dead bookie cannot be recovered until it
-// returns (recovery writes back to the write set only, with no ensemble
-// change), so a takeover waits for it.
+// Every fault of the schedule heals within seconds. A bookie that stays
+// dead is TestKillOneOfFour's (the writer changes its ensemble) and
+// TestTakeoverWithDeadBookie's (the writer dies with it: the new writer's
+// recovery replaces the dead bookie, which with Qw = Qa it must, since no
+// write-back may fail).
 //
 // `go test ./journal/faulttest` runs a short schedule; -soak (or
 // QUIRE_SOAK=1, with QUIRE_SOAK_DURATION, default 5m) runs a long one.

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/quiremq/quire/journal/ledger"
 )
 
 // faultKind is one kind of fault the schedule injects.
@@ -227,19 +229,7 @@ func TestKillOneOfFour(t *testing.T) {
 		r.h, r.cfg.Shard = newHistory(), fmt.Sprintf("kill/%d", round)
 		r.startWriter()
 		r.waitAcks(300, 60*time.Second)
-		_, last := r.h.lastAck()
-		md, err := r.cl.Metadata(context.Background(), last.ledger)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ens := md.Fragments[len(md.Fragments)-1].Bookies
-		victim := ens[rng.IntN(len(ens))]
-		var b *bookieProc
-		for _, x := range r.bookies {
-			if x.addr == string(victim) {
-				b = x
-			}
-		}
+		md, ens, victim, b := r.pickVictim(rng)
 		at := time.Now()
 		b.kill9()
 		r.waitAcks(300, 30*time.Second)
@@ -249,7 +239,7 @@ func TestKillOneOfFour(t *testing.T) {
 		if first < 0 || first > 5*time.Second || gap > 5*time.Second {
 			t.Errorf("write stall after the kill: first ack %v, gap %v; want < 5s", first, gap)
 		}
-		md, err = r.cl.Metadata(context.Background(), last.ledger)
+		md, err := r.cl.Metadata(context.Background(), md.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -261,4 +251,56 @@ func TestKillOneOfFour(t *testing.T) {
 	// The checker would have caught a violation.
 	r.mutants(t)
 	r.phase("checker mutants caught")
+}
+
+// A takeover while a bookie of the ensemble is dead for good. Four
+// bookies, E=3 Qw=2 Qa=2; the writer and one bookie of its ledger's
+// ensemble are killed -9 at once, so the ledger's last fragment still
+// holds the dead bookie. With Qw = Qa no write-back may fail: the new
+// writer's recovery must replace the dead bookie by the fourth (an
+// ensemble change during recovery, written with the close) rather than
+// abort until the bookie returns — here it never does before the new
+// writer has appended. Then the history is checked with every bookie up.
+func TestTakeoverWithDeadBookie(t *testing.T) {
+	s := seed(t)
+	rng := rand.New(rand.NewPCG(s, 5))
+	r := newRig(t, 4, writerConfig{Shard: "takeover/0", E: 3, Qw: 2, Qa: 2,
+		Rate: 500, Inflight: 256, AddTimeout: 2 * time.Second, ReqTimeout: 2 * time.Second})
+	r.startWriter()
+	r.waitAcks(300, 60*time.Second)
+	md, ens, _, b := r.pickVictim(rng)
+	r.writer.kill9()
+	b.kill9()
+	r.phase("killed the writer and %s of ledger %d's ensemble %v", b.name, md.ID, ens)
+	r.startWriter()
+	r.waitAcks(300, 60*time.Second)
+	r.phase("the new writer took over with %s dead", b.name)
+	md, err := r.cl.Metadata(context.Background(), md.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("recovered ledger: %s", md)
+	if md.State != ledger.StateClosed {
+		t.Errorf("ledger %d not closed by the takeover: %s", md.ID, md)
+	}
+	r.finish() // restarts the victim before it checks
+}
+
+// pickVictim picks a random bookie of the last fragment of the ledger the
+// last acknowledgement went to.
+func (r *rig) pickVictim(rng *rand.Rand) (md ledger.Metadata, ens []ledger.BookieID, victim ledger.BookieID, b *bookieProc) {
+	r.t.Helper()
+	_, last := r.h.lastAck()
+	md, err := r.cl.Metadata(context.Background(), last.ledger)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	ens = md.Fragments[len(md.Fragments)-1].Bookies
+	victim = ens[rng.IntN(len(ens))]
+	for _, x := range r.bookies {
+		if x.addr == string(victim) {
+			b = x
+		}
+	}
+	return md, ens, victim, b
 }

@@ -56,8 +56,13 @@
 // version mismatch); fence the last fragment's E bookies with fencing LAC
 // reads; read with fence from max(highest LAC seen, first entry of the last
 // fragment − 1) + 1; write each recovered entry back (recovery adds) until
-// Qa bookies of its write set hold it; CAS CLOSED with the last recovered
-// entry. The outcome is Recovered{LastEntry} or Aborted{Reason}; an abort
+// Qa bookies of its write set hold it — a bookie that fails a write-back
+// is replaced by one of RecoveryOptions.Available in a new fragment from
+// the recovery's own LAC + 1, kept locally (reads still follow the
+// fragments recovery started from) and written with the close, as the
+// TLA+ spec's recovery client does; without a replacement an entry may
+// lose Qw − Qa bookies before the recovery aborts —; CAS CLOSED with the
+// last recovered entry (and those fragments). The outcome is Recovered{LastEntry} or Aborted{Reason}; an abort
 // changes nothing unsafe and the driver may start again from fresh
 // metadata. Entries are read in order with up to ReadAhead in flight;
 // reads and write-backs overlap (the TLA+ spec separates them only to

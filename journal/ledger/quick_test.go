@@ -261,3 +261,29 @@ func writerModelRun(seed int64, steps int) (err error) {
 	}
 	return nil
 }
+
+// TestInWriteSetQuick checks the allocation-free InWriteSet against
+// WriteSetOf for random fragments, quorums, entries and bookies.
+func TestInWriteSetQuick(t *testing.T) {
+	f := func(seed int64) bool {
+		rng := rand.New(rand.NewSource(seed))
+		e := 1 + rng.Intn(6)
+		md := Metadata{Ensemble: e, WriteQuorum: 1 + rng.Intn(e)}
+		pool := []BookieID{"b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8"}
+		for first := int64(0); len(md.Fragments) < 1+rng.Intn(3); first += 1 + rng.Int63n(10) {
+			rng.Shuffle(len(pool), func(i, j int) { pool[i], pool[j] = pool[j], pool[i] })
+			md.Fragments = append(md.Fragments, Fragment{FirstEntry: first, Bookies: slices.Clone(pool[:e])})
+		}
+		for range 50 {
+			x, b := rng.Int63n(40), pool[rng.Intn(len(pool))]
+			if md.InWriteSet(x, b) != slices.Contains(md.WriteSetOf(x), b) {
+				t.Logf("entry %d bookie %s: InWriteSet %v, write set %v (md %s)", x, b, md.InWriteSet(x, b), md.WriteSetOf(x), md)
+				return false
+			}
+		}
+		return true
+	}
+	if err := quick.Check(f, &quick.Config{MaxCount: 2000}); err != nil {
+		t.Fatal(err)
+	}
+}

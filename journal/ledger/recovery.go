@@ -11,6 +11,11 @@ type RecoveryOptions struct {
 	// ReadAhead is how many entries past the first undecided one may have
 	// recovery reads in flight (default 8; 1 reads one entry at a time).
 	ReadAhead int
+	// Available lists the bookies that may replace one that fails a
+	// write-back, in order of preference (ensemble change during
+	// recovery). With none, a failed write-back that leaves an entry
+	// short of Qa aborts.
+	Available []BookieID
 }
 
 // Recovery is the pure state machine that recovers and closes a ledger
@@ -28,8 +33,20 @@ type RecoveryOptions struct {
 //     entry that is neither (every bookie answered, some with timeouts or
 //     errors) aborts the recovery: a timeout is never a negative.
 //  4. Write every recovered entry back (recovery adds) until Qa bookies of
-//     its write set hold it.
-//  5. CAS CLOSED with the last recovered entry as last entry.
+//     its write set hold it. A bookie that fails a write-back (any answer
+//     but OK) is replaced, as the writer replaces one: a new fragment from
+//     the recovery's own LAC + 1 (the last entry up to which every entry
+//     is back on Qa bookies) with the first available bookie in its place,
+//     and the entries not yet settled go to their new write sets. The
+//     change is kept locally, not CASed: reads still go to the fragments
+//     recovery started from (the spec's recovery ensemble), and the new
+//     fragments are written with the close (BookKeeperProtocol.tla,
+//     RecoveryClientChangesEnsemble, RecoveryClientClosesLedger). Without
+//     a replacement the recovery aborts. So with Qw = Qa, where no
+//     write-back may fail, a dead bookie of the ensemble no longer blocks
+//     recovery as long as another bookie is available.
+//  5. CAS CLOSED with the last recovered entry as last entry (and the
+//     fragments of step 4).
 //
 // Recovery never guesses: every way out other than Recovered is Aborted,
 // after which the driver may start a new Recovery from fresh metadata.
@@ -49,7 +66,14 @@ type Recovery struct {
 	decided  int64 // first entry not yet decided
 	endKnown bool
 	reads    map[int64]*readState
-	wb       map[int64]*wbState // write-backs not yet on Qa bookies
+
+	// Write-backs. wmd is the metadata they follow: md plus the fragments
+	// of ensemble changes made during recovery (CASed only with the close).
+	wmd       Metadata
+	available []BookieID
+	failed    map[BookieID]bool  // bookies that failed a write-back
+	wlac      int64              // every entry start..wlac is back on Qa bookies
+	wb        map[int64]*wbState // write-backs of entries wlac+1 .. decided-1
 }
 
 type recPhase uint8
@@ -75,9 +99,10 @@ type readState struct {
 }
 
 type wbState struct {
-	ws    []BookieID
-	acks  []BookieID
-	fails []BookieID
+	data  []byte
+	acks  []BookieID // bookies of the entry's current write set that hold it
+	sent  []BookieID // bookies of the entry's current write set it was sent to
+	fails []BookieID // bookies of the entry's current write set that failed it (no replacement)
 }
 
 // NewRecovery starts recovering the ledger described by md (as read from
@@ -90,7 +115,7 @@ func NewRecovery(md Metadata, opts RecoveryOptions) (*Recovery, []Effect, error)
 	if opts.ReadAhead <= 0 {
 		opts.ReadAhead = 8
 	}
-	r := &Recovery{md: md.Clone(), opts: opts, maxLAC: -1}
+	r := &Recovery{md: md.Clone(), opts: opts, maxLAC: -1, available: slices.Clone(opts.Available)}
 	if md.State == StateClosed {
 		r.phase = recDone
 		return r, []Effect{Recovered{LastEntry: md.LastEntry}}, nil
@@ -103,6 +128,9 @@ func (r *Recovery) String() string {
 	s := fmt.Sprintf("phase=%s md=[%s]", r.phase, r.md)
 	if r.phase >= recReading {
 		s += fmt.Sprintf(" start=%d decided=%d", r.start, r.decided)
+		if len(r.wmd.Fragments) != len(r.md.Fragments) || !slices.Equal(r.wmd.Fragments[len(r.wmd.Fragments)-1].Bookies, r.md.Fragments[len(r.md.Fragments)-1].Bookies) {
+			s += " write-back " + r.wmd.String()
+		}
 	}
 	return s
 }
@@ -176,6 +204,7 @@ func (r *Recovery) LACResult(b BookieID, st Status, lac int64) []Effect {
 		r.start = max(r.maxLAC, r.fragFirst-1) + 1
 		r.nextRead, r.decided = r.start, r.start
 		r.reads, r.wb = map[int64]*readState{}, map[int64]*wbState{}
+		r.wmd, r.failed, r.wlac = r.md.Clone(), map[BookieID]bool{}, r.start-1
 		return r.issueReads(nil)
 	}
 	if len(r.answered) == len(r.ens) {
@@ -233,13 +262,9 @@ func (r *Recovery) decide(out []Effect) []Effect {
 		case rs.have:
 			delete(r.reads, e)
 			r.decided++
-			w := &wbState{ws: rs.ws}
+			w := &wbState{data: rs.data}
 			r.wb[e] = w
-			for _, b := range rs.ws {
-				// LAC start−1 is known committed (a fenced bookie's LAC or the
-				// writer's LAC when it began the last fragment).
-				out = append(out, SendAdd{Bookie: b, Entry: e, LAC: r.start - 1, Data: rs.data, Recovery: true})
-			}
+			out = r.writeBack(out, e, w)
 		case rs.neg >= NegativeQuorum(r.md.WriteQuorum, r.md.AckQuorum):
 			r.endKnown = true
 			clear(r.reads)
@@ -253,27 +278,91 @@ func (r *Recovery) decide(out []Effect) []Effect {
 	return r.maybeClose(out)
 }
 
-// AddResult reports a bookie's answer to a recovery add (write-back).
+// writeBack sends entry e to the bookies of its write set (in wmd) that
+// neither hold it nor were sent it.
+func (r *Recovery) writeBack(out []Effect, e int64, w *wbState) []Effect {
+	for _, b := range r.wmd.WriteSetOf(e) {
+		if slices.Contains(w.sent, b) || slices.Contains(w.acks, b) || slices.Contains(w.fails, b) {
+			continue
+		}
+		w.sent = append(w.sent, b)
+		// LAC start−1 is known committed (a fenced bookie's LAC or the
+		// writer's LAC when it began the last fragment).
+		out = append(out, SendAdd{Bookie: b, Entry: e, LAC: r.start - 1, Data: w.data, Recovery: true})
+	}
+	return out
+}
+
+// AddResult reports a bookie's answer to a recovery add (write-back): OK
+// counts towards the entry's Qa; anything else replaces the bookie (see
+// step 4 of Recovery). Answers from bookies no longer in the entry's
+// write set are ignored.
 func (r *Recovery) AddResult(b BookieID, e int64, st Status) []Effect {
 	if r.phase != recReading {
 		return nil
 	}
 	w := r.wb[e]
-	if w == nil || !slices.Contains(w.ws, b) || slices.Contains(w.acks, b) || slices.Contains(w.fails, b) {
+	if w == nil || r.failed[b] || !r.wmd.InWriteSet(e, b) || slices.Contains(w.acks, b) || slices.Contains(w.fails, b) {
 		return nil
 	}
 	if st != StatusOK {
+		if effs, ok := r.replace(b); ok {
+			return effs
+		}
+		// No replacement: the entry may still reach Qa on the rest of its
+		// write set (Qw − Qa failures are allowed).
 		w.fails = append(w.fails, b)
 		if len(w.fails) > r.md.WriteQuorum-r.md.AckQuorum {
-			return r.abort(nil, "write-back of entry %d: %d of %d bookies failed, Qa=%d unreachable", e, len(w.fails), len(w.ws), r.md.AckQuorum)
+			return r.abort(nil, "write-back of entry %d: %d of %d bookies failed, Qa=%d unreachable and no bookie available to replace them", e, len(w.fails), r.md.WriteQuorum, r.md.AckQuorum)
 		}
 		return nil
 	}
 	w.acks = append(w.acks, b)
-	if len(w.acks) >= r.md.AckQuorum {
-		delete(r.wb, e)
+	for {
+		next := r.wb[r.wlac+1]
+		if next == nil || len(next.acks) < r.md.AckQuorum {
+			break
+		}
+		delete(r.wb, r.wlac+1)
+		r.wlac++
 	}
 	return r.maybeClose(nil)
+}
+
+// replace replaces bookie b, which failed a write-back, in a new last
+// fragment of wmd from wlac+1 (the last fragment is rewritten when it
+// starts there) and sends the unsettled entries to their new write sets;
+// false when no bookie is available to replace it. Every unsettled entry
+// is > wlac, so b is in the last fragment.
+func (r *Recovery) replace(b BookieID) ([]Effect, bool) {
+	last := r.wmd.Fragments[len(r.wmd.Fragments)-1]
+	i := slices.Index(last.Bookies, b)
+	rep := ""
+	for _, c := range r.available {
+		if !slices.Contains(last.Bookies, c) && !r.failed[c] {
+			rep = c
+			break
+		}
+	}
+	if i < 0 || rep == "" {
+		return nil, false
+	}
+	r.failed[b] = true
+	ens := slices.Clone(last.Bookies)
+	ens[i] = rep
+	if first := r.wlac + 1; last.FirstEntry == first {
+		r.wmd.Fragments[len(r.wmd.Fragments)-1].Bookies = ens
+	} else {
+		r.wmd.Fragments = append(r.wmd.Fragments, Fragment{FirstEntry: first, Bookies: ens})
+	}
+	var out []Effect
+	for e := r.wlac + 1; e < r.decided; e++ {
+		w := r.wb[e]
+		ws := r.wmd.WriteSetOf(e)
+		w.acks, w.sent, w.fails = keep(w.acks, ws), keep(w.sent, ws), keep(w.fails, ws)
+		out = r.writeBack(out, e, w)
+	}
+	return out, true
 }
 
 func (r *Recovery) maybeClose(out []Effect) []Effect {
@@ -281,7 +370,7 @@ func (r *Recovery) maybeClose(out []Effect) []Effect {
 		return out
 	}
 	r.phase = recClosing
-	nm := r.md.Clone()
+	nm := r.wmd.Clone()
 	nm.State, nm.LastEntry = StateClosed, r.decided-1
 	return append(out, CASMetadata{Expected: r.md.Version, New: nm})
 }

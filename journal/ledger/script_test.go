@@ -29,7 +29,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite testdata/*.txt with the actua
 //	cas-ok                            the CAS in flight succeeds
 //	cas-fail [state=S] [last=N]       someone else changed the metadata (state S) first
 //	set-state state=S [last=N]        change the stored metadata behind everyone's back
-//	recover [readahead=N]             NewRecovery from the stored metadata
+//	recover [readahead=N] [available=b4,...]   NewRecovery from the stored metadata
 //	lac-resp B (lac=N|timeout)        Recovery.LACResult
 //	read-resp B e=N (data=x|no-such-entry|timeout)   Recovery.ReadResult
 //	wb-resp B e=N [ok|timeout]        Recovery.AddResult (write-back)
@@ -178,6 +178,9 @@ func (env *scriptEnv) run(cmd string) (lines []string) {
 		opts := RecoveryOptions{}
 		if _, ok := kv["readahead"]; ok {
 			opts.ReadAhead = int(num(kv, "readahead"))
+		}
+		if a, ok := kv["available"]; ok {
+			opts.Available = strings.Split(a, ",")
 		}
 		rec, ef, err := NewRecovery(env.stored, opts)
 		if err != nil {

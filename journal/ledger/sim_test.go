@@ -255,7 +255,11 @@ func simulate(seed int64, stats map[string]int) error {
 			}
 		}
 		before := s.stored.Clone()
-		rec, effs, err := NewRecovery(s.stored, RecoveryOptions{ReadAhead: 1 + rng.Intn(4)})
+		opts := RecoveryOptions{ReadAhead: 1 + rng.Intn(4)}
+		if rng.Intn(2) == 0 {
+			opts.Available = pool // write-backs that fail replace bookies
+		}
+		rec, effs, err := NewRecovery(s.stored, opts)
 		if err != nil {
 			return fmt.Errorf("%s: %v", cfg, err)
 		}

@@ -98,6 +98,20 @@ func (m *Metadata) WriteSetOf(e int64) []BookieID {
 	return WriteSet(m.Fragments[m.FragmentOf(e)].Bookies, m.WriteQuorum, e)
 }
 
+// InWriteSet reports whether b is in the write set of entry e
+// (WriteSetOf without allocating: the writer asks it for every answer).
+func (m *Metadata) InWriteSet(e int64, b BookieID) bool {
+	ens := m.Fragments[m.FragmentOf(e)].Bookies
+	n := len(ens)
+	start := int(e % int64(n))
+	for j := range m.WriteQuorum {
+		if ens[(start+j)%n] == b {
+			return true
+		}
+	}
+	return false
+}
+
 // String formats m as the scenario scripts print it.
 func (m Metadata) String() string {
 	var b strings.Builder

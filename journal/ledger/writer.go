@@ -45,6 +45,9 @@ type pend struct {
 	data  []byte
 	acks  []BookieID // distinct bookies of the entry's current write set that acked
 	sent  []BookieID // bookies of the current write set the add was sent to
+	// Backing arrays of acks and sent for the usual Qw ≤ 3: one
+	// allocation per entry instead of three.
+	acksBuf, sentBuf [3]BookieID
 }
 
 // NewWriter returns the writer of a ledger this client just created: md is
@@ -128,6 +131,7 @@ func (w *Writer) Add(data []byte) (int64, []Effect, error) {
 		return -1, nil, ErrClosed
 	}
 	p := &pend{entry: w.next, data: data}
+	p.acks, p.sent = p.acksBuf[:0], p.sentBuf[:0]
 	w.next++
 	w.pending = append(w.pending, p)
 	var out []Effect
@@ -139,7 +143,11 @@ func (w *Writer) Add(data []byte) (int64, []Effect, error) {
 
 // send sends p to every bookie of its write set it was not sent to yet.
 func (w *Writer) send(out []Effect, p *pend) []Effect {
-	for _, b := range w.cur().WriteSetOf(p.entry) {
+	m := w.cur()
+	ens := m.Fragments[m.FragmentOf(p.entry)].Bookies
+	start := int(p.entry % int64(len(ens)))
+	for j := range m.WriteQuorum {
+		b := ens[(start+j)%len(ens)] // WriteSetOf(p.entry)[j], without allocating
 		if slices.Contains(p.sent, b) || slices.Contains(p.acks, b) {
 			continue
 		}
@@ -162,7 +170,7 @@ func (w *Writer) AddResult(b BookieID, e int64, st Status) []Effect {
 		return nil
 	}
 	p := w.find(e)
-	if p == nil || w.failed[b] || !slices.Contains(w.cur().WriteSetOf(e), b) {
+	if p == nil || w.failed[b] || !w.cur().InWriteSet(e, b) {
 		return nil
 	}
 	switch st {
