@@ -181,3 +181,83 @@ func rawPublishes(t *testing.T, c *rawClient) <-chan *packet.Publish {
 	}()
 	return out
 }
+
+// TestSharedQoS2AcrossRestart: a persistent member of $share/g/q2/# that
+// had two QoS 2 messages in flight — one PUBREC'd, one not — gets, after
+// a graceful restart, PUBREL for the first and the second again with DUP
+// and its packet identifier, and no further copy from the group's replay
+// (MQTT 5.0 §4.3.3, §4.8.2).
+func TestSharedQoS2AcrossRestart(t *testing.T) {
+	n := memNode()
+	b := n.start(t, true, nil)
+	m, _ := rawConnect(t, b.tcp, "q2m", false)
+	m.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: "$share/g/q2/#", QoS: packet.QoS2}}})
+	if _, ok := m.read().(*packet.Suback); !ok {
+		t.Fatal("no SUBACK")
+	}
+	pub := connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+	for _, p := range []string{"first", "second"} {
+		if _, err := pub.Publish(ctx5(t), &paho.Publish{Topic: "q2/" + p, QoS: 2, Payload: []byte(p)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ids []uint16
+	for _, want := range []string{"first", "second"} {
+		p, ok := m.read().(*packet.Publish)
+		if !ok || string(p.Payload) != want {
+			t.Fatalf("member got %+v, want %s", p, want)
+		}
+		ids = append(ids, p.PacketID)
+	}
+	m.send(&packet.Pubrec{PacketID: ids[0]})
+	if rel, ok := m.read().(*packet.Pubrel); !ok || rel.PacketID != ids[0] {
+		t.Fatalf("member got %+v, want PUBREL %d", rel, ids[0])
+	}
+	m.nc.Close()
+	waitFor(t, "member offline", func() bool { return b.sessionOwner("q2m") == nil })
+	pub.Disconnect(&paho.Disconnect{})
+	b.stop(t)
+
+	b = n.start(t, true, nil)
+	m = rawResume(t, b.tcp, "q2m")
+	if rel, ok := m.read().(*packet.Pubrel); !ok || rel.PacketID != ids[0] {
+		t.Fatalf("member got %+v, want PUBREL %d", rel, ids[0])
+	}
+	again, ok := m.read().(*packet.Publish)
+	if !ok || !again.Dup || again.PacketID != ids[1] || string(again.Payload) != "second" {
+		t.Fatalf("member got %+v, want PUBLISH DUP %d second", again, ids[1])
+	}
+	m.send(&packet.Pubcomp{PacketID: ids[0]})
+	m.send(&packet.Pubrec{PacketID: ids[1]})
+	if rel, ok := m.read().(*packet.Pubrel); !ok || rel.PacketID != ids[1] {
+		t.Fatalf("member got %+v, want PUBREL %d", rel, ids[1])
+	}
+	m.send(&packet.Pubcomp{PacketID: ids[1]})
+	m.send(&packet.Pingreq{})
+	if p := m.read(); p.Type() != packet.PINGRESP {
+		t.Fatalf("member got %s %+v, want no further copy", p.Type(), p)
+	}
+}
+
+// TestSharedEndedMemberHandsOver: when a member's session ends (here it
+// reconnects with Clean Start), what it held of the group's messages goes
+// to the other member, offline as it is, which gets it when it returns.
+func TestSharedEndedMemberHandsOver(t *testing.T) {
+	b := startBroker(t, nil, nil)
+	for _, id := range []string{"e1", "e2"} {
+		c := persistent5(t, b.tcp, id)
+		subscribe5(t, c, "$share/g/work/#", 1)
+		c.Disconnect(&paho.Disconnect{})
+		waitFor(t, id+" offline", func() bool { return b.sessionOwner(id) == nil })
+	}
+	pub := connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+	want := payloads("w", 6)
+	publishEach(t, pub, func(int) string { return "work/x" }, want)
+	// e1 starts afresh: its session, and its share, end.
+	connect5(t, b.tcp, &paho.Connect{ClientID: "e1", CleanStart: true})
+	e2 := resumed5(t, b.tcp, "e2")
+	got := collect5(t, e2, want)
+	if slices.Sort(got); !slices.Equal(got, want) {
+		t.Fatalf("e2 got %q, want %q once each", got, want)
+	}
+}
