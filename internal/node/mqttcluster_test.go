@@ -295,4 +295,54 @@ func TestNodeMQTTClusterRouting(t *testing.T) {
 	if got := rec3.topic("orders/eu"); !equal(got, seq(0, 2*n)) {
 		t.Errorf("subscriber on node 3 got %v, want 0..%d once each in order", got, 2*n-1)
 	}
+	if v := counterSum(t, nodes[2], "quire_mqtt_cluster_forwarded_messages_total", "1"); v < 2*n {
+		t.Errorf("node 3 counts %v messages forwarded from node 1, want at least %d", v, 2*n)
+	}
+
+	// The publisher's node restarts right after taking messages: node 3
+	// pulls the rest from its cursors once node 1 is back.
+	publish(t, pub1, "orders/eu", 2*n, 3*n)
+	if err := nodes[0].Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for try := 0; ; try++ {
+		nodes[0] = newNode(t, cfgs[0], nil)
+		err := nodes[0].Start(ctx)
+		if err == nil {
+			break
+		}
+		if try == 2 {
+			t.Fatal(err)
+		}
+		t.Logf("restarting node 1 again: %v", err)
+	}
+	waitFor(t, "the subscriber on node 3 gets what node 1 took right before its restart", func() bool {
+		return len(rec3.topic("orders/eu")) >= 3*n
+	})
+	if got := rec3.topic("orders/eu"); !equal(got, seq(0, 3*n)) {
+		t.Errorf("subscriber on node 3 got %v, want 0..%d once each in order", got, 3*n-1)
+	}
+}
+
+// counterSum is the value of counter name with label peer on node n.
+func counterSum(t *testing.T, n *Node, name, peer string) int {
+	t.Helper()
+	mfs, err := n.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "peer" && l.GetValue() == peer {
+					v += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return int(v)
 }
