@@ -364,16 +364,23 @@ func (s *Shard) offloadSegment(ctx context.Context, f *offloader, seg *segment, 
 	// parts, which a hashing io.TeeReader would not. The store checks the
 	// upload against it (S3: x-amz-checksum-crc32c) or, where it cannot,
 	// the object is read back.
+	// The index object goes up meanwhile.
+	idxDone := make(chan error, 1)
+	go func() {
+		_, err := objstore.PutVerified(ctx, st, rs.IndexKey, bytes.NewReader(idx), int64(len(idx)), crc(idx))
+		idxDone <- err
+	}()
 	rs.CRC, err = readerCRC(r.f, seg.size)
 	if err == nil {
 		_, err = objstore.PutVerified(ctx, st, rs.Key, io.NewSectionReader(r.f, 0, seg.size), seg.size, rs.CRC)
 	}
 	s.e.cache.release(r)
+	idxErr := <-idxDone
 	if err != nil {
 		return fmt.Errorf("upload %s: %w", rs.Key, err)
 	}
-	if _, err := objstore.PutVerified(ctx, st, rs.IndexKey, bytes.NewReader(idx), int64(len(idx)), crc(idx)); err != nil {
-		return fmt.Errorf("upload %s: %w", rs.IndexKey, err)
+	if idxErr != nil {
+		return fmt.Errorf("upload %s: %w", rs.IndexKey, idxErr)
 	}
 	s.hook(stepUploaded, seg.base)
 	s.hook(stepVerified, seg.base)
