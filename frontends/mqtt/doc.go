@@ -25,7 +25,10 @@
 // Every PUBLISH (and every will) is appended to a shard before anything else
 // happens to it: ShardStorage lets the router pick the engine from the
 // topic's rule and hashes the topic (FNV-1a) onto one of ShardsPerEngine
-// shards of that engine, "mqtt/<engine>/<n>". A record's key is the topic, its
+// shards of that engine, "mqtt/<engine>/<n>" — "mqtt/<engine>/<node>/<n>"
+// on an engine whose shards the nodes share, such as the journal engine
+// (ShardStorage.NodeScoped: one writer per shard, and a node opening
+// another's shard would fence it). A record's key is the topic, its
 // value the payload, its timestamp the broker's accept time, and its headers
 // the QoS, retain flag, publisher and v5 properties (Header* constants; user
 // properties under their own key). A QoS 1 PUBLISH gets its PUBACK, and a QoS

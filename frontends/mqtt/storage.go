@@ -95,7 +95,8 @@ const DefaultShardsPerEngine = 16
 // ShardStorage appends each message to a shard picked from its topic: the
 // router picks the engine by the topic's rule, and the topic is hashed
 // (FNV-1a, 32 bits) onto one of a fixed number of shards of that engine,
-// named "mqtt/<engine>/<n>" (ShardName). Millions of topics therefore mean
+// named "mqtt/<engine>/<n>" (ShardName), or "mqtt/<engine>/<node>/<n>" on
+// an engine the nodes share (NodeScoped). Millions of topics therefore mean
 // ShardsPerEngine shards per engine, not millions. A record's key is the
 // topic name, its value the payload, its timestamp the time the broker
 // accepted it; its headers carry the rest (Header* constants). Shards are
@@ -109,7 +110,8 @@ const DefaultShardsPerEngine = 16
 type ShardStorage struct {
 	router *shard.Router
 	n      int
-	names  sync.Map // engine → []string, the shard names by index
+	names  sync.Map          // engine → []string, the shard names by index
+	scoped map[string]string // engine → "<node>/" for node-scoped engines (NodeScoped); set before use
 
 	mu     sync.RWMutex
 	shards map[string]*openShard
@@ -140,14 +142,35 @@ func NewShardStorage(router *shard.Router, shardsPerEngine int) *ShardStorage {
 	return &ShardStorage{router: router, n: shardsPerEngine, shards: map[string]*openShard{}}
 }
 
-// ShardName is the shard topic is stored in on engine, with n shards per
-// engine.
-func ShardName(engine, topic string, n int) string {
-	return shardName(engine, shardIndex(topic, n))
+// NodeScoped scopes the shards of the named engines by node: "mqtt/
+// <engine>/<node>/<n>" instead of "mqtt/<engine>/<n>", and returns st. An
+// engine whose shard namespace the nodes of a cluster share, with one
+// writer per shard fenced when another node opens it (the journal engine:
+// shards in meta, ledgers on the bookies), needs it when several nodes
+// serve MQTT on it: with the plain names each node's open of "mqtt/
+// journal/3" fences the others' writer of the same shard. Node-local
+// engines (memory, file) need not. Call it before the storage is used.
+// Switching an engine's naming on existing data leaves the shards of the
+// other naming unread: their undelivered messages are not replayed.
+func (st *ShardStorage) NodeScoped(node uint64, engines ...string) *ShardStorage {
+	if st.scoped == nil {
+		st.scoped = map[string]string{}
+	}
+	for _, e := range engines {
+		st.scoped[e] = strconv.FormatUint(node, 10) + "/"
+	}
+	return st
 }
 
-// shardName is the name of shard i of engine.
-func shardName(engine string, i int) string { return "mqtt/" + engine + "/" + strconv.Itoa(i) }
+// ShardName is the shard topic is stored in on engine, with n shards per
+// engine (not node-scoped).
+func ShardName(engine, topic string, n int) string {
+	return shardPrefix(engine, "") + strconv.Itoa(shardIndex(topic, n))
+}
+
+// shardPrefix is what the names of engine's shards start with, scope being
+// "<node>/" for a node-scoped engine, else "".
+func shardPrefix(engine, scope string) string { return "mqtt/" + engine + "/" + scope }
 
 // shardIndex is FNV-1a (32 bits) of topic modulo n.
 func shardIndex(topic string, n int) int {
@@ -167,8 +190,9 @@ func (st *ShardStorage) shardOf(topic string) (engine, name string) {
 	v, ok := st.names.Load(engine)
 	if !ok {
 		names := make([]string, st.n)
+		prefix := shardPrefix(engine, st.scoped[engine])
 		for i := range names {
-			names[i] = shardName(engine, i)
+			names[i] = prefix + strconv.Itoa(i)
 		}
 		v, _ = st.names.LoadOrStore(engine, names)
 	}
@@ -284,17 +308,20 @@ func (st *ShardStorage) Frontiers() map[string]uint64 {
 	return f
 }
 
-// OpenAll implements ReplayStorage: it opens every "mqtt/<engine>/…"
-// shard of every engine.
+// OpenAll implements ReplayStorage: it opens every shard of every engine
+// named as this storage names them ("mqtt/<engine>/<n>", or "mqtt/
+// <engine>/<node>/<n>" for a node-scoped engine), and no other: another
+// node's shards of a shared engine stay closed (opening one would fence
+// its writer).
 func (st *ShardStorage) OpenAll(ctx context.Context) error {
 	for engine, e := range st.router.Engines() {
 		names, err := e.List(ctx)
 		if err != nil {
 			return fmt.Errorf("mqtt: list shards of %s: %w", engine, err)
 		}
-		prefix := "mqtt/" + engine + "/"
+		prefix := shardPrefix(engine, st.scoped[engine])
 		for _, name := range names {
-			if strings.HasPrefix(name, prefix) {
+			if i, ok := strings.CutPrefix(name, prefix); ok && i != "" && strings.Trim(i, "0123456789") == "" {
 				if _, err := st.shard(ctx, engine, name, false); err != nil {
 					return err
 				}
