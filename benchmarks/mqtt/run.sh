@@ -28,6 +28,12 @@
 #                       message itself is not stored.
 # The durable setup runs QoS 1 only (no broker persists QoS 0).
 #
+# Latency at a fixed rate: after its throughput runs, each broker also runs
+# p2p at RATE msgs/s offered (open loop, default 10000; 0 skips it) with
+# RATE_SIZE-byte payloads (1024), QoS 0 and 1 (durable: 1). Closed-loop p99
+# mixes throughput into latency; these rows compare p50/p99 at one load that
+# every broker sustains (the "p2p @ 10000/s" rows of the table).
+#
 # Environment: DURATION (5s) and WARMUP (2s) per run; P2P_CLIENTS (4 pairs),
 # FAN_CLIENTS (16); QOS_MEMORY ("0 1"), SIZES ("64 1024"), SCENARIOS ("p2p
 # fanin fanout"); BROKERS (all six: quire-memory quire-durable
@@ -78,6 +84,8 @@ IDLE_BROKERS=${IDLE_BROKERS:-"quire mosquitto mochi"}
 IDLE_HOLD=${IDLE_HOLD:-10}
 [[ $mode == idle ]] && BROKERS=""
 [[ $mode == throughput ]] && IDLE_CONNS=0
+RATE=${RATE:-10000}
+RATE_SIZE=${RATE_SIZE:-1024}
 MQTT=${MQTT:-4}
 ROUNDS=${ROUNDS:-1}
 OUT=${OUT:-$(mktemp -d /tmp/quire-bench-mqtt.XXXXXX)}
@@ -229,6 +237,22 @@ go_stats() {
 }
 
 # --- throughput --------------------------------------------------------------
+# load_run SCENARIO QOS SIZE CLIENTS [mqttload flags]: one run against the
+# current broker, its JSON line appended to results.
+load_run() {
+	local sc=$1 qos=$2 size=$3 clients=$4 rc=0
+	shift 4
+	"$bin/mqttload" -addr "127.0.0.1:$port" -scenario "$sc" -qos "$qos" -size "$size" -clients "$clients" \
+		-warmup "$WARMUP" -duration "$DURATION" -mqtt "$MQTT" -json -broker "$broker" -setup "$setup" "$@" \
+		>>"$results" 2>>"$OUT/mqttload.log" || rc=$?
+	case $rc in
+	0) ;;
+	3) log "$b $sc qos=$qos size=$size $*: messages lost or duplicated (see $OUT/mqttload.log)" ;;
+	*) log "$b $sc qos=$qos size=$size $*: run failed (exit $rc): $(tail -1 "$OUT/mqttload.log")" ;;
+	esac
+	tail -1 "$results" | cut -c1-200 >&2
+}
+
 for round in $(seq "$ROUNDS"); do
 [[ $ROUNDS -gt 1 ]] && log "round $round of $ROUNDS"
 for b in $BROKERS; do
@@ -241,18 +265,12 @@ for b in $BROKERS; do
 			for sc in $SCENARIOS; do
 				clients=$FAN_CLIENTS
 				[[ $sc == p2p ]] && clients=$P2P_CLIENTS
-				rc=0
-				"$bin/mqttload" -addr "127.0.0.1:$port" -scenario "$sc" -qos "$qos" -size "$size" -clients "$clients" \
-					-warmup "$WARMUP" -duration "$DURATION" -mqtt "$MQTT" -json -broker "$broker" -setup "$setup" \
-					>>"$results" 2>>"$OUT/mqttload.log" || rc=$?
-				case $rc in
-				0) ;;
-				3) log "$b $sc qos=$qos size=$size: messages lost or duplicated (see $OUT/mqttload.log)" ;;
-				*) log "$b $sc qos=$qos size=$size: run failed (exit $rc): $(tail -1 "$OUT/mqttload.log")" ;;
-				esac
-				tail -1 "$results" | cut -c1-200 >&2
+				load_run "$sc" "$qos" "$size" "$clients"
 			done
 		done
+		if [[ $RATE != 0 ]]; then
+			load_run p2p "$qos" "$RATE_SIZE" "$P2P_CLIENTS" -rate "$RATE"
+		fi
 	done
 	stop_broker
 done
@@ -307,7 +325,9 @@ if [[ $IDLE_CONNS -gt 0 ]]; then
 		ok=true
 		if [[ $ready -ne $IDLE_PROCS || $dropped -ne 0 ]]; then ok=false; fi
 		kib=$(awk -v a="$rss0" -v b="$rss1" -v n="$total" 'BEGIN { printf "%.2f", (b - a) / n }')
-		log "$broker: $total idle connections: RSS $rss0 KiB -> $rss1 KiB = $kib KiB/conn; goroutines $gor, stacks $stk KiB, heap $hp KiB per conn (processes failed: $dropped)"
+		split=""
+		[[ $broker == quire ]] && split="; goroutines $gor, stacks $stk KiB, heap $hp KiB per conn"
+		log "$broker: $total idle connections: RSS $rss0 KiB -> $rss1 KiB = $kib KiB/conn$split (processes failed: $dropped)"
 		printf '{"broker":"%s","setup":"memory","scenario":"idle","qos":0,"size":0,"clients":%d,"duration_s":0,"sent":0,"expected":0,"received":0,"lost":%d,"duplicates":0,"foreign":0,"unacked":0,"msgs_per_s":0,"p50_us":0,"p99_us":0,"max_us":0,"connect_s":%s,"ok":%s,"rss_kib_per_conn":%s,"goroutines_per_conn":%s,"stack_kib_per_conn":%s,"heap_kib_per_conn":%s}\n' \
 			"$broker" "$total" "$dropped" "$connect_s" "$ok" "$kib" "$gor" "$stk" "$hp" >>"$results"
 		stop_broker

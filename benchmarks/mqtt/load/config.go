@@ -67,6 +67,14 @@ type Config struct {
 	// default 1000), so that a closed loop, not a queue overflow, sets the
 	// pace. Default 64.
 	Window int
+	// Rate, if not 0, is the offered load in messages per second, split
+	// evenly over the publishers (open loop): message k of a publisher is
+	// due k/(Rate/publishers) seconds after the start and carries its due
+	// time, not the time it was actually written, so a broker that falls
+	// behind is charged the lag in its latency (no coordinated omission).
+	// Window still bounds what is in flight. 0: each publisher sends as
+	// fast as Window lets it (closed loop, the throughput runs).
+	Rate float64
 	// Version is the MQTT version of every client; default 3.1.1.
 	Version packet.Version
 	// Prefix starts every topic and client identifier; default
@@ -132,6 +140,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Messages < 0 {
 		return fmt.Errorf("load: messages %d must not be negative", c.Messages)
+	}
+	if c.Rate < 0 {
+		return fmt.Errorf("load: rate %g must not be negative", c.Rate)
 	}
 	if c.Window < 1 {
 		return fmt.Errorf("load: window %d must be at least 1", c.Window)

@@ -52,4 +52,13 @@
 // per-client queue limit (1000 messages for Mosquitto and Quire). Publishes
 // are buffered and written when the window is full or 4 KiB are pending;
 // subscribers' PUBACKs are batched likewise (package client).
+//
+// With Config.Rate the load is an open loop instead: the publishers offer
+// Rate messages per second between them, each message stamped with the time
+// it was due rather than the time it was written, so latency includes any
+// lag behind the schedule (no coordinated omission); Window still caps what
+// is in flight. Closed-loop latency mixes throughput into latency (a faster
+// broker pushes its load generator harder, whose own scheduling then shows
+// in the tail), so run.sh compares p50/p99 also at one fixed rate that every
+// broker sustains.
 package load

@@ -81,6 +81,30 @@ func TestDetectsLossAndDuplicates(t *testing.T) {
 	}
 }
 
+// TestRate: an open-loop run at a fixed rate delivers every message exactly
+// once and records the rate, and cannot finish before the schedule lets it
+// (2 publishers at 2,000 msgs/s between them: message 199 of each is due
+// 199 ms after the start).
+func TestRate(t *testing.T) {
+	addr := inproc.Start(t, "memory")
+	for _, qos := range []packet.QoS{0, 1} {
+		cfg := smoke(addr, load.PointToPoint, qos, 2)
+		cfg.Messages, cfg.Rate = 200, 2000
+		start := time.Now()
+		res, err := load.Run(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Log(res.Summary())
+		if !res.OK || res.Sent != 400 || res.Received != 400 || res.Rate != 2000 {
+			t.Errorf("qos %d: %s, rate %v; want 400 sent and received at rate 2000", qos, res.Summary(), res.Rate)
+		}
+		if took := time.Since(start); took < 199*time.Millisecond {
+			t.Errorf("qos %d: the run took %v, less than the schedule's 199 ms", qos, took)
+		}
+	}
+}
+
 // TestIdle holds a few idle connections.
 func TestIdle(t *testing.T) {
 	addr := inproc.Start(t, "memory")
@@ -105,6 +129,7 @@ func TestRunErrors(t *testing.T) {
 		{Addr: "127.0.0.1:1", Clients: -1},
 		{Addr: "127.0.0.1:1", Prefix: "a/+"},
 		{Addr: "127.0.0.1:1", Version: packet.V31},
+		{Addr: "127.0.0.1:1", Rate: -5},
 	} {
 		if _, err := load.Run(context.Background(), cfg); err == nil {
 			t.Errorf("%+v: no error", cfg)

@@ -25,6 +25,7 @@ type Result struct {
 	Publishers  int      `json:"publishers,omitempty"`
 	Subscribers int      `json:"subscribers,omitempty"`
 	Window      int      `json:"window,omitempty"`
+	Rate        float64  `json:"rate,omitempty"` // offered msgs/s (Config.Rate); 0: closed loop
 	Warmup      float64  `json:"warmup_s,omitempty"`
 	Duration    float64  `json:"duration_s"`
 
@@ -65,8 +66,12 @@ func (r *Result) Summary() string {
 	if r.Scenario == Idle {
 		return fmt.Sprintf("idle clients=%d connected in %.1fs, dropped=%d ok=%v", r.Clients, r.ConnectSeconds, r.Lost, r.OK)
 	}
+	sc := string(r.Scenario)
+	if r.Rate > 0 {
+		sc += fmt.Sprintf(" rate=%.0f/s", r.Rate)
+	}
 	return fmt.Sprintf("%s qos=%d size=%d clients=%d: %.0f msgs/s p50=%.0fµs p99=%.0fµs max=%.0fµs | sent=%d expected=%d received=%d lost=%d dup=%d foreign=%d unacked=%d ok=%v",
-		r.Scenario, r.QoS, r.Size, r.Clients, r.MsgsPerSec, r.P50, r.P99, r.Max,
+		sc, r.QoS, r.Size, r.Clients, r.MsgsPerSec, r.P50, r.P99, r.Max,
 		r.Sent, r.Expected, r.Received, r.Lost, r.Duplicates, r.Foreign, r.Unacked, r.OK)
 }
 
@@ -100,6 +105,7 @@ type rowKey struct {
 	qos      int
 	size     int
 	clients  int
+	rate     float64
 }
 
 // WriteTable writes a Markdown table of results: one row per setup,
@@ -118,7 +124,7 @@ func WriteTable(w io.Writer, results []Result) error {
 			idle = append(idle, r)
 			continue
 		}
-		k := rowKey{r.Setup, r.Scenario, r.QoS, r.Size, r.Clients}
+		k := rowKey{r.Setup, r.Scenario, r.QoS, r.Size, r.Clients, r.Rate}
 		if runs[k] == nil {
 			runs[k] = map[string][]Result{}
 			keys = append(keys, k)
@@ -144,7 +150,11 @@ func WriteTable(w io.Writer, results []Result) error {
 		b.WriteString("\n|" + strings.Repeat("---|", 5+3*len(Peers)+len(Peers)-1) + "\n")
 	}
 	for _, k := range keys {
-		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d |", k.setup, k.scenario, k.qos, k.size, k.clients)
+		sc := string(k.scenario)
+		if k.rate > 0 {
+			sc += fmt.Sprintf(" @ %.0f/s", k.rate)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %d |", k.setup, sc, k.qos, k.size, k.clients)
 		row := rows[k]
 		for _, p := range Peers {
 			r, ok := row[p]

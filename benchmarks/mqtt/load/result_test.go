@@ -21,6 +21,8 @@ func TestTable(t *testing.T) {
 		{Broker: "mosquitto", Setup: "memory", Scenario: load.PointToPoint, QoS: 1, Size: 64, Clients: 4, MsgsPerSec: 20000, P50: 150, P99: 1000, OK: true},
 		{Broker: "mochi", Setup: "memory", Scenario: load.PointToPoint, QoS: 1, Size: 64, Clients: 4, MsgsPerSec: 40000, OK: true},
 		{Broker: "mochi", Setup: "memory", Scenario: load.PointToPoint, QoS: 1, Size: 64, Clients: 4, MsgsPerSec: 40000, Lost: 5, OK: false},
+		{Broker: "quire", Setup: "memory", Scenario: load.PointToPoint, QoS: 1, Size: 1024, Clients: 4, Rate: 10000, MsgsPerSec: 10000, P50: 200, P99: 900, OK: true},
+		{Broker: "mosquitto", Setup: "memory", Scenario: load.PointToPoint, QoS: 1, Size: 1024, Clients: 4, Rate: 10000, MsgsPerSec: 8000, P50: 300, P99: 4000, OK: true},
 		{Broker: "quire", Setup: "memory", Scenario: load.Idle, Clients: 15000, RSSPerConn: 9.5,
 			GoroutinesPerConn: 2, StackPerConn: 5.3, HeapPerConn: 3.5, OK: true},
 		{Broker: "mosquitto", Setup: "memory", Scenario: load.Idle, Clients: 15000, RSSPerConn: 0.7, OK: true},
@@ -45,6 +47,7 @@ func TestTable(t *testing.T) {
 	t.Log("\n" + got)
 	for _, want := range []string{
 		"| memory | p2p | 1 | 64 | 4 | 30000 | 100 | 900 | 20000 | 150 | 1000 | LOSS (lost 5, dup 0, unacked 0) | – | – | 1.50× | – |",
+		"| memory | p2p @ 10000/s | 1 | 1024 | 4 | 10000 | 200 | 900 | 8000 | 300 | 4000 | – | – | – | 1.25× | – |",
 		"| quire | memory | 15000 | 0.0 | 0 | 9.5 | 2.00 | 5.3 | 3.5 |",
 		"| mosquitto | memory | 15000 | 0.0 | 0 | 0.7 | – | – | – |",
 	} {

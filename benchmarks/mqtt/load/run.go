@@ -233,10 +233,31 @@ func (r *run) publish(ctx context.Context, p *publisher, stopAt int64) error {
 	limit := p.window * p.fan
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	// Open loop (Config.Rate): message seq is due at t0 + seq*interval.
+	var interval float64
+	t0 := r.now()
+	if r.cfg.Rate > 0 {
+		interval = float64(time.Second) * float64(len(r.pubs)) / r.cfg.Rate
+	}
 	for seq := uint64(0); ; seq++ {
 		now := r.now()
 		if now >= stopAt || (r.cfg.Messages > 0 && seq >= uint64(r.cfg.Messages)) {
 			break
+		}
+		sendTime := now
+		if interval > 0 {
+			sendTime = t0 + int64(float64(seq)*interval)
+			if sendTime > now {
+				// Early: write out what is buffered and wait for the due time.
+				if err := p.c.Flush(); err != nil {
+					return err
+				}
+				if err := sleepCtx(ctx, p, timer, time.Duration(sendTime-now)); err != nil {
+					return err
+				}
+				seq--
+				continue
+			}
 		}
 		if p.outstanding() >= limit {
 			if err := p.c.Flush(); err != nil {
@@ -258,7 +279,7 @@ func (r *run) publish(ctx context.Context, p *publisher, stopAt int64) error {
 			seq--
 			continue
 		}
-		binary.BigEndian.PutUint64(buf[0:8], uint64(now))
+		binary.BigEndian.PutUint64(buf[0:8], uint64(sendTime))
 		binary.BigEndian.PutUint64(buf[12:20], seq)
 		// Count it as sent first: a delivery can beat Publish's return.
 		p.sent.Store(seq + 1)
@@ -267,6 +288,19 @@ func (r *run) publish(ctx context.Context, p *publisher, stopAt int64) error {
 		}
 	}
 	return p.c.Flush()
+}
+
+// sleepCtx waits d on timer, or less if p's connection or ctx ends.
+func sleepCtx(ctx context.Context, p *publisher, timer *time.Timer, d time.Duration) error {
+	timer.Reset(d)
+	select {
+	case <-timer.C:
+		return nil
+	case <-p.c.Done():
+		return fmt.Errorf("publisher %d: %w", p.id, p.c.Err())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // traffic runs the publishers, drains and gathers the result.
@@ -353,7 +387,7 @@ func (r *run) closeAll() {
 // fields are final.
 func (r *run) result(measured time.Duration) *Result {
 	res := &Result{Scenario: r.cfg.Scenario, QoS: int(r.cfg.QoS), Size: r.cfg.Size, Clients: r.cfg.Clients,
-		Publishers: len(r.pubs), Subscribers: len(r.subs), Window: r.cfg.Window,
+		Publishers: len(r.pubs), Subscribers: len(r.subs), Window: r.cfg.Window, Rate: r.cfg.Rate,
 		Warmup: r.cfg.Warmup.Seconds(), Duration: measured.Seconds()}
 	var h Histogram
 	var inWin uint64

@@ -4,6 +4,7 @@
 //
 //	mqttload -addr 127.0.0.1:1883 -scenario p2p -qos 1 -size 64 -clients 4 -duration 5s
 //	mqttload -addr 127.0.0.1:1883 -scenario fanout -clients 16 -json >> results.jsonl
+//	mqttload -addr 127.0.0.1:1883 -scenario p2p -qos 1 -size 1024 -rate 10000
 //	mqttload -addr 127.0.0.1:1883 -scenario idle -clients 5000 -duration 10m -ready-file /tmp/r1
 //	mqttload table results.jsonl
 //
@@ -51,6 +52,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Warmup, "warmup", load.DefaultWarmup, "unmeasured traffic before the measured window")
 	fs.DurationVar(&cfg.Drain, "drain", load.DefaultDrain, "longest wait for the last deliveries after publishing stops")
 	fs.IntVar(&cfg.Window, "window", load.DefaultWindow, "messages in flight end to end per subscriber")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "offered load in msgs/s over all publishers, latency charged from each message's due time (0: as fast as -window allows)")
 	fs.IntVar(&version, "mqtt", 4, "MQTT protocol level: 4 (3.1.1) or 5")
 	fs.StringVar(&cfg.Prefix, "prefix", "", "topic and client-id prefix (default: unique per run)")
 	fs.BoolVar(&asJSON, "json", false, "print the result as one JSON line")
