@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -89,60 +90,127 @@ func TestCompose(t *testing.T) {
 		}
 	}
 
-	// MQTT through every node: a QoS 1 subscriber gets what a publisher on
-	// the same node sent.
+	// MQTT through every node and across nodes: a QoS 1 subscriber on each
+	// node gets, once each and in order, what a publisher on every node
+	// sent.
+	var subs []*inbox
+	var pubs []paho3.Client
 	for i, p := range ports[1:4] {
 		url := "tcp://127.0.0.1:" + p
-		got := make(chan string, 100)
+		in := &inbox{got: map[string][]string{}}
 		sub := mqttClient(t, url, fmt.Sprintf("sub-%d", i))
-		if tok := sub.Subscribe("compose/#", 1, func(_ paho3.Client, m paho3.Message) { got <- string(m.Payload()) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		if tok := sub.Subscribe("compose/#", 1, in.handle); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 			t.Fatalf("subscribe on node %d: %v", i+1, tok.Error())
 		}
-		pub := mqttClient(t, url, fmt.Sprintf("pub-%d", i))
-		const n = 50
+		subs = append(subs, in)
+		pubs = append(pubs, mqttClient(t, url, fmt.Sprintf("pub-%d", i)))
+	}
+	for i, pub := range pubs {
+		waitRouted(t, pub, fmt.Sprintf("compose/probe%d", i+1), subs...)
+	}
+	const n = 50
+	for i, pub := range pubs {
 		for j := range n {
 			if tok := pub.Publish(fmt.Sprintf("compose/n%d", i+1), 1, false, strconv.Itoa(j)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 				t.Fatalf("publish on node %d: %v", i+1, tok.Error())
 			}
 		}
-		for j := range n {
-			select {
-			case m := <-got:
-				if m != strconv.Itoa(j) {
-					t.Fatalf("node %d: message %d is %q", i+1, j, m)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatalf("node %d: %d of %d messages delivered", i+1, j, n)
+	}
+	want := make([]string, n)
+	for j := range want {
+		want[j] = strconv.Itoa(j)
+	}
+	for i, in := range subs {
+		for k := range pubs {
+			topic := fmt.Sprintf("compose/n%d", k+1)
+			deadline := time.Now().Add(30 * time.Second)
+			for len(in.topic(topic)) < n && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if got := in.topic(topic); strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Fatalf("the subscriber on node %d got %s (published on node %d) %v, want 0..%d once each in order", i+1, topic, k+1, got, n-1)
 			}
 		}
 	}
-	checkOffload(t, dc, ports[0], ports[1], ports[4])
+	checkOffload(t, dc, ports[0], ports[1], ports[2], ports[4])
 }
 
-// checkOffload: a persistent session on node 1 is offline while 1.5 MiB
-// of QoS 1 messages go to node 1's file shards (1 MiB segments, offload to
-// MinIO, no delete lag) and to an archive/ topic on the s3 engine; the
-// sealed segments show up in MinIO, node 1 restarts, and the session gets
-// every message, replayed from shards whose older segments now live only
-// in MinIO.
-func checkOffload(t *testing.T, dc func(...string) (string, error), minioPort, mqttPort, adminPort string) {
-	url := "tcp://127.0.0.1:" + mqttPort
-	got := make(chan string, 1000)
-	opts := func(id string) *paho3.ClientOptions {
+// inbox records what a subscriber gets, by topic.
+type inbox struct {
+	mu  sync.Mutex
+	got map[string][]string
+}
+
+func (in *inbox) handle(_ paho3.Client, m paho3.Message) {
+	in.mu.Lock()
+	in.got[m.Topic()] = append(in.got[m.Topic()], string(m.Payload()))
+	in.mu.Unlock()
+}
+
+func (in *inbox) topic(name string) []string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return append([]string(nil), in.got[name]...)
+}
+
+// waitRouted publishes probes on topic through pub until each inbox got
+// one: the subscriptions behind the inboxes reached pub's node (routes
+// travel between nodes in a fraction of a second).
+func waitRouted(t *testing.T, pub paho3.Client, topic string, ins ...*inbox) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for i := 0; ; i++ {
+		if tok := pub.Publish(topic, 1, false, strconv.Itoa(i)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish probe %s: %v", topic, tok.Error())
+		}
+		time.Sleep(200 * time.Millisecond)
+		all := true
+		for _, in := range ins {
+			all = all && len(in.topic(topic)) > 0
+		}
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("probes on %s reached no subscriber on some node within a minute", topic)
+		}
+	}
+}
+
+// checkOffload: persistent sessions on node 1 and on node 2 are offline
+// while 1.5 MiB of QoS 1 messages go to node 1's file shards (1 MiB
+// segments, offload to MinIO, no delete lag) and to an archive/ topic on
+// the s3 engine; the sealed segments show up in MinIO, node 1 restarts,
+// and the session on node 1 gets every message, replayed from shards whose
+// older segments now live only in MinIO; the one on node 2 reads every
+// message back through node 2, which pulled them from node 1.
+func checkOffload(t *testing.T, dc func(...string) (string, error), minioPort, mqttPort, mqttPort2, adminPort string) {
+	url, url2 := "tcp://127.0.0.1:"+mqttPort, "tcp://127.0.0.1:"+mqttPort2
+	got, got2 := make(chan string, 1000), make(chan string, 1000)
+	opts := func(url, id string, got chan string) *paho3.ClientOptions {
 		return paho3.NewClientOptions().AddBroker(url).SetClientID(id).SetProtocolVersion(4).SetCleanSession(false).
 			SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).
 			SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { got <- string(m.Payload()) })
 	}
-	sub := paho3.NewClient(opts("archiver"))
-	if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect archiver: %v", tok.Error())
+	for _, o := range []*paho3.ClientOptions{opts(url, "archiver", got), opts(url2, "archiver-2", got2)} {
+		sub := paho3.NewClient(o)
+		if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect %s: %v", o.ClientID, tok.Error())
+		}
+		if tok := sub.Subscribe("offload/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe %s: %v", o.ClientID, tok.Error())
+		}
+		sub.Disconnect(100)
 	}
-	if tok := sub.Subscribe("offload/#", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
-	}
-	sub.Disconnect(100)
 
 	pub := mqttClient(t, url, "offload-pub")
+	// archiver-2's filter reached node 1 once a filter node 2 got later
+	// did (node 2 sends its whole set).
+	watch := &inbox{got: map[string][]string{}}
+	if tok := mqttClient(t, url2, "offload-watch").Subscribe("offload-probe/#", 1, watch.handle); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe offload-watch: %v", tok.Error())
+	}
+	waitRouted(t, pub, "offload-probe/x", watch)
 	const n = 384 // × 4 KiB: one and a half 1 MiB segments
 	pad := strings.Repeat("p", 4096)
 	for i := range n {
@@ -187,23 +255,28 @@ func checkOffload(t *testing.T, dc func(...string) (string, error), minioPort, m
 		}
 		time.Sleep(time.Second)
 	}
-	var sub2 paho3.Client
-	for range 30 {
-		sub2 = paho3.NewClient(opts("archiver"))
-		tok := sub2.Connect()
-		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
-			break
+	for _, c := range []struct {
+		url, id, where string
+		got            chan string
+	}{{url, "archiver", "node 1 after its restart", got}, {url2, "archiver-2", "node 2, published on node 1", got2}} {
+		var sub paho3.Client
+		for range 30 {
+			sub = paho3.NewClient(opts(c.url, c.id, c.got))
+			tok := sub.Connect()
+			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+				break
+			}
+			time.Sleep(time.Second)
 		}
-		time.Sleep(time.Second)
-	}
-	defer sub2.Disconnect(100)
-	seen := map[string]bool{}
-	for len(seen) < n {
-		select {
-		case m := <-got:
-			seen[m[:4]] = true
-		case <-time.After(30 * time.Second):
-			t.Fatalf("after the restart the persistent session got %d of %d messages", len(seen), n)
+		defer sub.Disconnect(100)
+		seen := map[string]bool{}
+		for len(seen) < n {
+			select {
+			case m := <-c.got:
+				seen[m[:4]] = true
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the persistent session on %s got %d of %d messages", c.where, len(seen), n)
+			}
 		}
 	}
 }
