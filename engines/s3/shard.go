@@ -525,13 +525,9 @@ func (s *Shard) trimLocked(ctx context.Context, before uint64, reason string) er
 	if before <= low {
 		return nil
 	}
-	rec := s.record
-	rec.Low = before
-	v, err := s.e.putState(ctx, rec, s.stateVersion)
-	if err != nil {
-		return fmt.Errorf("s3: %q: trim: %w", s.name, fencedState(err))
+	if err := s.updateRecord(ctx, "trim", func(r *shardRecord) { r.Low = before }); err != nil {
+		return err
 	}
-	s.stateVersion, s.record = v, rec
 	s.mu.Lock()
 	s.low = before
 	i := 0
@@ -574,13 +570,22 @@ func (s *Shard) deleteObject(ctx context.Context, o objectRecord, reason string)
 	e.m.deleted.WithLabelValues(reason).Inc()
 }
 
-// fencedState adds ErrFenced to a failed CAS of the shard record: only
-// another engine opening the shard (or deleting it) changes it.
-func fencedState(err error) error {
+// updateRecord writes the shard's record as change makes it, by CAS
+// against the version this handle wrote last; the caller holds stateMu.
+// A version mismatch means another engine opened the shard since (or
+// deleted it): ErrFenced.
+func (s *Shard) updateRecord(ctx context.Context, op string, change func(*shardRecord)) error {
+	rec := s.record
+	change(&rec)
+	v, err := s.e.putState(ctx, rec, s.stateVersion)
 	if errors.Is(err, meta.ErrVersionMismatch) {
-		return fmt.Errorf("%w: %w", ErrFenced, err)
+		err = fmt.Errorf("%w: %w", ErrFenced, err)
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("s3: %q: %s: %w", s.name, op, err)
+	}
+	s.stateVersion, s.record = v, rec
+	return nil
 }
 
 // applyRetention trims whole objects past RetentionBytes or RetentionAge,
@@ -632,13 +637,9 @@ func (s *Shard) Seal(ctx context.Context) error {
 		return nil
 	}
 	s.mu.Unlock()
-	rec := s.record
-	rec.Sealed = true
-	v, err := s.e.putState(ctx, rec, s.stateVersion)
-	if err != nil {
-		return fmt.Errorf("s3: %q: seal: %w", s.name, fencedState(err))
+	if err := s.updateRecord(ctx, "seal", func(r *shardRecord) { r.Sealed = true }); err != nil {
+		return err
 	}
-	s.stateVersion, s.record = v, rec
 	s.mu.Lock()
 	s.sealed = true
 	s.wakeLocked()
