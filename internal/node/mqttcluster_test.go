@@ -56,6 +56,24 @@ func startCluster(t *testing.T, mk func(*testing.T) []*config.Config) ([]*config
 	}
 }
 
+// restartNode starts a node again on cfg (a stopped node's), up to three
+// times (meta's leadership may move while it starts on a loaded machine).
+func restartNode(t *testing.T, cfg *config.Config) *Node {
+	t.Helper()
+	for try := 0; ; try++ {
+		n := newNode(t, cfg, nil)
+		err := n.Start(context.Background())
+		if err == nil {
+			t.Cleanup(func() { n.Stop(context.Background()) })
+			return n
+		}
+		if try == 2 {
+			t.Fatal(err)
+		}
+		t.Logf("starting node %d again: %v", cfg.NodeID, err)
+	}
+}
+
 // recorder collects the messages a paho client receives.
 type recorder struct {
 	mu  sync.Mutex
@@ -259,17 +277,7 @@ func TestNodeMQTTClusterRouting(t *testing.T) {
 	waitFor(t, "the subscriber on node 3 gets the messages published while node 2 is down", func() bool {
 		return len(rec3.topic("orders/eu")) >= 2*n
 	})
-	for try := 0; ; try++ {
-		nodes[1] = newNode(t, cfgs[1], nil)
-		err := nodes[1].Start(ctx)
-		if err == nil {
-			break
-		}
-		if try == 2 {
-			t.Fatal(err)
-		}
-		t.Logf("restarting node 2 again: %v", err)
-	}
+	nodes[1] = restartNode(t, cfgs[1])
 	rec2b := newRecorder()
 	mqttClient(t, nodes[1], "sub2", false, rec2b)
 	waitFor(t, "the resumed session on the restarted node 2 gets the messages node 1 took meanwhile", func() bool {
@@ -305,17 +313,7 @@ func TestNodeMQTTClusterRouting(t *testing.T) {
 	if err := nodes[0].Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for try := 0; ; try++ {
-		nodes[0] = newNode(t, cfgs[0], nil)
-		err := nodes[0].Start(ctx)
-		if err == nil {
-			break
-		}
-		if try == 2 {
-			t.Fatal(err)
-		}
-		t.Logf("restarting node 1 again: %v", err)
-	}
+	nodes[0] = restartNode(t, cfgs[0])
 	waitFor(t, "the subscriber on node 3 gets what node 1 took right before its restart", func() bool {
 		return len(rec3.topic("orders/eu")) >= 3*n
 	})
