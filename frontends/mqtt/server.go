@@ -37,8 +37,8 @@ type Server struct {
 	stopFlush chan struct{}
 	flushDone chan struct{}
 	flushed   map[string]uint64 // global cursors last written (flushCursors' goroutine)
-	gmu       sync.Mutex
-	groups    map[string]*shareGroup // shared subscriptions' owed positions by store.GroupKey (shared.go)
+	gmu       sync.RWMutex
+	groups    map[[2]string]*shareGroup // shared subscriptions' owed positions by share name and filter (shared.go)
 
 	delayed     *delayer               // $delayed/ publishes (delayed.go); set by Start
 	sysDone     chan struct{}          // closed when the $SYS loop (sys.go) ends
@@ -52,7 +52,7 @@ func NewServer(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, log: opts.Logger.With("component", "mqtt"), tree: pubsub.NewTree(),
-		sessions: map[string]*session{}, conns: map[*conn]struct{}{}, groups: map[string]*shareGroup{}, sysRetained: pubsub.NewMemoryRetained(nil)}
+		sessions: map[string]*session{}, conns: map[*conn]struct{}{}, groups: map[[2]string]*shareGroup{}, sysRetained: pubsub.NewMemoryRetained(nil)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = newMetrics(opts.Registerer, s)
 	if opts.Store != nil {
@@ -432,7 +432,7 @@ func (s *Server) endSessionLocked(sess *session) {
 	if !s.stopped {
 		s.redeliverShared(sess, true) // the group's messages stay the group's
 	}
-	subs, dropped, will := sess.end()
+	subs, dropped, will := sess.end(s.stopped)
 	s.deleteStored(sess)
 	for _, f := range subs {
 		s.tree.Unsubscribe(sess.id, f)

@@ -271,7 +271,10 @@ func (s *session) setWillTimer(w *pubsub.Message, d time.Duration, publish func(
 
 // end marks the session ended and returns its filters, how many queued or
 // inflight messages are dropped with it, and a delayed will still pending.
-func (s *session) end() (filters []string, dropped int, will *pubsub.Message) {
+// What it held of shared subscriptions' messages is settled, so their
+// cursors move on, unless keepShared (the server is stopping: the next
+// Start replays them to the groups).
+func (s *session) end(keepShared bool) (filters []string, dropped int, will *pubsub.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ended = true
@@ -280,11 +283,13 @@ func (s *session) end() (filters []string, dropped int, will *pubsub.Message) {
 		filters = append(filters, f)
 	}
 	dropped = len(s.queue) + len(s.inflight)
-	for i := range s.queue {
-		s.settle(&s.queue[i]) // a shared subscription's cursor moves on
+	for i := 0; !keepShared && i < len(s.queue); i++ {
+		s.settle(&s.queue[i])
 	}
 	for _, d := range s.inflight {
-		s.settle(d)
+		if !keepShared {
+			s.settle(d)
+		}
 	}
 	s.queue, s.inflight, s.subs, s.own.owed = nil, nil, nil, nil
 	if s.expiryTimer != nil {

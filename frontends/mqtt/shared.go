@@ -59,12 +59,17 @@ func (s *Server) shareGroup(group, filter string) *shareGroup {
 	if !s.persistent() {
 		return nil
 	}
-	k := store.GroupKey(group, filter)
+	k := [2]string{group, filter}
+	s.gmu.RLock()
+	g := s.groups[k]
+	s.gmu.RUnlock()
+	if g != nil {
+		return g
+	}
 	s.gmu.Lock()
 	defer s.gmu.Unlock()
-	g := s.groups[k]
-	if g == nil {
-		g = &shareGroup{key: k}
+	if g = s.groups[k]; g == nil {
+		g = &shareGroup{key: store.GroupKey(group, filter)}
 		s.groups[k] = g
 	}
 	return g
@@ -82,11 +87,8 @@ func (s *Server) dirtyGroups() []*shareGroup {
 			out = append(out, g)
 			continue
 		}
-		if g.idle() {
-			group, filter := splitGroupKey(k)
-			if len(s.tree.SharedMembers(group, filter)) == 0 {
-				delete(s.groups, k)
-			}
+		if g.idle() && len(s.tree.SharedMembers(k[0], k[1])) == 0 {
+			delete(s.groups, k)
 		}
 	}
 	return out

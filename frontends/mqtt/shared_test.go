@@ -261,3 +261,38 @@ func TestSharedEndedMemberHandsOver(t *testing.T) {
 		t.Fatalf("e2 got %q, want %q once each", got, want)
 	}
 }
+
+// TestSharedCleanMemberAtStop: messages of a group in flight at a clean
+// member (session expiry 0) that never acknowledged them when the node
+// stops gracefully are not lost with its session: the group's persistent
+// member, offline then, gets them after the restart.
+func TestSharedCleanMemberAtStop(t *testing.T) {
+	n := memNode()
+	b := n.start(t, true, nil)
+	p := persistent5(t, b.tcp, "keeper")
+	subscribe5(t, p, "$share/g/tasks/#", 1)
+	p.Disconnect(&paho.Disconnect{})
+	waitFor(t, "keeper offline", func() bool { return b.sessionOwner("keeper") == nil })
+	clean := rawOn(t, dial(t, b.tcp))
+	clean.connect(&packet.Connect{Version: packet.V5, ClientID: "clean", CleanStart: true, KeepAlive: 30})
+	clean.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: "$share/g/tasks/#", QoS: packet.QoS1}}})
+	if _, ok := clean.read().(*packet.Suback); !ok {
+		t.Fatal("no SUBACK")
+	}
+	pub := connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+	want := payloads("t", 5)
+	publishEach(t, pub, func(int) string { return "tasks/x" }, want)
+	for range want {
+		if _, ok := clean.read().(*packet.Publish); !ok {
+			t.Fatal("the online clean member did not get the group's messages")
+		}
+	}
+	pub.Disconnect(&paho.Disconnect{})
+	b.stop(t)
+
+	b = n.start(t, true, nil)
+	got := collect5(t, resumed5(t, b.tcp, "keeper"), want)
+	if slices.Sort(got); !slices.Equal(got, want) {
+		t.Fatalf("keeper got %q, want %q once each", got, want)
+	}
+}
