@@ -79,10 +79,10 @@
 //     with a restored member from its cursors, queuing each message at one
 //     member as above (all are offline then), and the first member to
 //     connect takes them. A message acknowledged to its publisher is not
-//     lost while the group has a persistent member; like any replay it may
-//     come again if it was acknowledged just before a crash (at least
-//     once), and a QoS 2 one a member had in flight or completed is not
-//     replayed.
+//     lost while the group has a persistent member, not even one a clean
+//     member held at a graceful stop; like any replay it may come again if
+//     it was acknowledged just before a crash (at least once), and a QoS 2
+//     one a member had in flight or completed is not replayed.
 //
 // Every move between members is counted in
 // quire_mqtt_shared_redelivered_total.
@@ -93,7 +93,9 @@
 // frontends/mqtt/store), persistent sessions survive a restart, graceful or
 // kill -9. A session is persistent while its expiry is above 0 (v5 Session
 // Expiry Interval, v3 Clean Session 0); a clean session with expiry 0
-// never touches the store, so the common publish path costs nothing more.
+// never touches the store (what it holds of a shared subscription's
+// messages counts in the group's cursors, which are written in the same
+// background batch), so the common publish path costs nothing more.
 // What is kept, and how:
 //
 //   - The session record: client id, protocol version, expiry, when it went
@@ -155,10 +157,10 @@
 //     the disconnect across the restart. Wills of connections alive at a
 //     crash or a Stop are not published (the clients did nothing wrong).
 //
-// Known gaps: retained messages queued for an offline session are not replayed (they
-// are sent again on the next subscribe); cursors of sessions that a crash
-// left with a message in an engine that keeps nothing (memory) are
-// clamped to the shard's new range.
+// Known gaps: retained messages queued for an offline session are not
+// replayed (they are sent again on the next subscribe); cursors of
+// sessions and groups that a crash left with a message in an engine that
+// keeps nothing (memory) are clamped to the shard's new range.
 //
 // # Sessions
 //
