@@ -15,20 +15,26 @@ import (
 // alone) and with a subscriber acknowledging everything whose session is
 // in memory only (no Store) or stored (Store, Session Expiry 1 h: owed
 // positions, cursor batches). Storing sessions must not slow the publish
-// path.
+// path. The shared variants subscribe through "$share/g/…" (positions owed
+// to the group, shared.go).
 //
 //	go test -run '^$' -bench PublishQoS1Stored -benchtime 20000x ./frontends/mqtt/
 func BenchmarkPublishQoS1Stored(b *testing.B) {
 	for _, withSub := range []bool{false, true} {
 		for _, stored := range []bool{false, true} {
 			b.Run(fmt.Sprintf("subscriber=%v/stored=%v", withSub, stored), func(b *testing.B) {
-				benchPublish(b, withSub, stored)
+				benchPublish(b, withSub, stored, "bench/#")
 			})
 		}
 	}
+	for _, stored := range []bool{false, true} {
+		b.Run(fmt.Sprintf("shared/stored=%v", stored), func(b *testing.B) {
+			benchPublish(b, true, stored, "$share/g/bench/#")
+		})
+	}
 }
 
-func benchPublish(b *testing.B, withSub, stored bool) {
+func benchPublish(b *testing.B, withSub, stored bool, filter string) {
 	// Nothing may be dropped: the subscriber counts every message.
 	tweak := func(o *Options) { o.MaxQueued = b.N + 1 }
 	var tcp string
@@ -41,7 +47,7 @@ func benchPublish(b *testing.B, withSub, stored bool) {
 	done := make(chan struct{})
 	if withSub {
 		sub := benchConn(b, tcp, "sub", stored)
-		sub.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: "bench/#", QoS: packet.QoS1}}})
+		sub.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: filter, QoS: packet.QoS1}}})
 		sub.read()
 		sub.nc.SetReadDeadline(time.Time{})
 		go func() { // the subscriber acknowledges everything
