@@ -227,11 +227,17 @@ func TestDelayedQoS2ExactlyOnceAcrossCrash(t *testing.T) {
 				if rec, ok := pub.read().(*packet.Pubrec); !ok || rec.PacketID != 9 || rec.ReasonCode != packet.Success {
 					t.Fatalf("resent PUBLISH: got %+v, want PUBREC 9", rec)
 				}
-				fallthrough
-			case 1:
 				pub.send(&packet.Pubrel{PacketID: 9})
 				if comp, ok := pub.read().(*packet.Pubcomp); !ok || comp.ReasonCode != packet.Success {
-					t.Fatalf("resent PUBREL: got %+v, want PUBCOMP success", comp)
+					t.Fatalf("PUBREL: got %+v, want PUBCOMP success", comp)
+				}
+			case 1:
+				// The image may be from after the broker forgot the id
+				// (PUBREL handled, PUBCOMP not yet read): 0x92 then.
+				pub.send(&packet.Pubrel{PacketID: 9})
+				if comp, ok := pub.read().(*packet.Pubcomp); !ok ||
+					comp.ReasonCode != packet.Success && comp.ReasonCode != packet.PacketIdentifierNotFound {
+					t.Fatalf("resent PUBREL: got %+v, want PUBCOMP", comp)
 				}
 			}
 			waitFor(t, "the delayed publish released", func() bool {

@@ -95,20 +95,15 @@ func TestSharedOfflineQueueSurvivesRestart(t *testing.T) {
 					t.Fatalf("online: the group got %d of %d", len(seen), len(online))
 				}
 			}
+			// Every online message acknowledged before the members leave
+			// (paho sends PUBACK after its handler returned).
+			waitFor(t, "online messages acknowledged", func() bool { return b.owes("m1") == 0 && b.owes("m2") == 0 })
 			m1.Disconnect(&paho.Disconnect{})
 			m2.Disconnect(&paho.Disconnect{})
 			waitFor(t, "members offline", func() bool { return b.sessionOwner("m1") == nil && b.sessionOwner("m2") == nil })
 			want := payloads("offline", 20)
 			publishEach(t, pub, func(i int) string { return fmt.Sprintf("jobs/%d", i%3) }, want)
-			queued := func(id string) int {
-				b.mu.Lock()
-				sess := b.sessions[id]
-				b.mu.Unlock()
-				sess.mu.Lock()
-				defer sess.mu.Unlock()
-				return len(sess.queue)
-			}
-			if q1, q2 := queued("m1"), queued("m2"); q1 == 0 || q2 == 0 || q1+q2 != len(want) {
+			if q1, q2 := b.owes("m1"), b.owes("m2"); q1 == 0 || q2 == 0 || q1+q2 != len(want) {
 				t.Fatalf("queued at the offline members: %d and %d, want both some of %d", q1, q2, len(want))
 			}
 			if crash {
@@ -157,6 +152,16 @@ func TestSharedOfflineQueueSurvivesRestart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// owes returns how many messages session id holds, queued or inflight.
+func (s *Server) owes(id string) int {
+	s.mu.Lock()
+	sess := s.sessions[id]
+	s.mu.Unlock()
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return len(sess.queue) + len(sess.inflight)
 }
 
 // rawPublishes reads c's PUBLISHes in the background, acknowledging QoS 1.
