@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	metav1 "github.com/quiremq/quire/internal/proto/meta/v1"
 )
@@ -35,13 +35,43 @@ type writeBatcher struct {
 	queue []*pendingWrite
 }
 
-// pendingWrite is one put or delete waiting for its entry to commit.
+// pendingWrite is one put or delete waiting for its entry to commit. The
+// writes of one request share a writeGroup.
 type pendingWrite struct {
-	cmd  *metav1.Command
+	op   *metav1.BatchOp // a put or a delete
 	size int
-	done chan struct{}
+	grp  *writeGroup
 	res  *applyResult
 	err  error
+	done atomic.Bool // res and err are set
+}
+
+// writeGroup is the writes of one request: wait returns when all of them
+// are resolved.
+type writeGroup struct {
+	left   atomic.Int32
+	done   chan struct{}
+	writes []pendingWrite
+}
+
+func newWriteGroup(n int) *writeGroup {
+	return &writeGroup{done: make(chan struct{}), writes: make([]pendingWrite, 0, n)}
+}
+
+// add adds a write to the group (before submitting it).
+func (g *writeGroup) add(op *metav1.BatchOp) *pendingWrite {
+	g.writes = append(g.writes, pendingWrite{op: op, size: opSize(op), grp: g})
+	g.left.Add(1)
+	return &g.writes[len(g.writes)-1]
+}
+
+// resolve sets a write's outcome.
+func (w *pendingWrite) resolve(res *applyResult, err error) {
+	w.res, w.err = res, err
+	w.done.Store(true)
+	if w.grp.left.Add(-1) == 0 {
+		close(w.grp.done)
+	}
 }
 
 func newWriteBatcher(s *Server) *writeBatcher {
@@ -49,33 +79,40 @@ func newWriteBatcher(s *Server) *writeBatcher {
 		slots: make(chan struct{}, s.opts.WriteBatchInflight), kick: make(chan struct{}, 1)}
 }
 
-// submit queues a write; wait for it with wait.
-func (b *writeBatcher) submit(cmd *metav1.Command, size int) *pendingWrite {
-	w := &pendingWrite{cmd: cmd, size: size, done: make(chan struct{})}
+// submit queues the group's writes as one run (they stay in order, and in
+// one entry unless it fills up); wait for them with wait.
+func (b *writeBatcher) submit(g *writeGroup) {
+	if len(g.writes) == 0 {
+		close(g.done)
+		return
+	}
 	b.mu.Lock()
-	b.queue = append(b.queue, w)
+	for i := range g.writes {
+		b.queue = append(b.queue, &g.writes[i])
+	}
 	b.mu.Unlock()
 	select {
 	case b.kick <- struct{}{}:
 	default:
 	}
-	return w
 }
 
-// wait returns the write's result. It does not give up when ctx ends: the
-// write has been proposed and its outcome is coming (raft resolves a future
-// on commit or leadership loss) — unless the server stops: a future still in
-// Raft's apply queue at shutdown is never resolved, and the write's outcome
-// is then unknown.
-func (w *pendingWrite) wait(stop <-chan struct{}) (*applyResult, error) {
+// wait waits until every write of the group is resolved. It does not give
+// up when ctx ends: the writes have been proposed and their outcome is
+// coming (raft resolves a future on commit or leadership loss) — unless the
+// server stops: a future still in Raft's apply queue at shutdown is never
+// resolved, and the outcome of a write not resolved by then is unknown.
+func (g *writeGroup) wait(stop <-chan struct{}) {
 	select {
-	case <-w.done:
+	case <-g.done:
 	case <-stop:
-		select {
-		case <-w.done:
-		default:
-			return nil, fmt.Errorf("%w: server stopped with the write pending", ErrAmbiguous)
-		}
+	}
+}
+
+// result returns the write's result once its group's wait returned.
+func (w *pendingWrite) result() (*applyResult, error) {
+	if !w.done.Load() {
+		return nil, fmt.Errorf("%w: server stopped with the write pending", ErrAmbiguous)
 	}
 	if w.err != nil {
 		return nil, w.err
@@ -135,33 +172,19 @@ func (b *writeBatcher) failQueued() {
 	b.queue = nil
 	b.mu.Unlock()
 	for _, w := range q {
-		w.err = ErrStopped
-		close(w.done)
+		w.resolve(nil, ErrStopped)
 	}
 }
 
 // propose applies one entry and resolves its writes when it commits. The
 // slot taken by loop is released then.
 func (b *writeBatcher) propose(batch []*pendingWrite) {
-	cmd := batch[0].cmd
-	if len(batch) > 1 {
-		ops := make([]*metav1.Command, len(batch))
-		for i, w := range batch {
-			ops[i] = w.cmd
-		}
-		cmd = &metav1.Command{Op: &metav1.Command_Batch{Batch: &metav1.CommandBatch{Ops: ops}}}
-	}
-	data, err := proto.Marshal(cmd)
-	if err != nil {
-		b.resolve(batch, nil, err)
-		<-b.slots
-		return
-	}
+	data := encodeBatch(batch)
 	b.s.metrics.batchOps.Observe(float64(len(batch)))
 	start := time.Now()
 	f := b.s.raft.Apply(data, b.s.opts.ApplyTimeout)
 	// Not in s.wg: a future enqueued just before Raft shut down is never
-	// resolved (see pendingWrite.wait), and Stop must not wait for it.
+	// resolved (see writeGroup.wait), and Stop must not wait for it.
 	go func() {
 		defer func() { <-b.slots }()
 		if err := f.Error(); err != nil {
@@ -177,15 +200,12 @@ func (b *writeBatcher) resolve(batch []*pendingWrite, r *applyResult, err error)
 	for i, w := range batch {
 		switch {
 		case err != nil:
-			w.err = err
-		case len(batch) == 1:
-			w.res = r
-		case r.err != nil: // the entry as a whole was rejected
-			w.res = &applyResult{rev: r.rev, err: r.err}
+			w.resolve(nil, err)
+		case r.err != nil || len(r.batch) != len(batch): // the entry as a whole was rejected
+			w.resolve(&applyResult{rev: r.rev, err: r.err}, nil)
 		default:
-			w.res = &r.batch[i]
+			w.resolve(&r.batch[i], nil)
 		}
-		close(w.done)
 	}
 }
 
@@ -332,19 +352,20 @@ func (s *Server) readOne(g *metav1.GetRequest) *metav1.BatchResult {
 
 // serveLeaderOps runs ops[lead] on this node, the leader.
 func (s *Server) serveLeaderOps(ctx context.Context, ops []*metav1.BatchOp, lead []int, res []*metav1.BatchResult, errs []error) {
-	writes := make([]*pendingWrite, len(ops))
-	reads := false
+	nw := 0
 	for _, i := range lead {
-		switch x := ops[i].Op.(type) {
-		case *metav1.BatchOp_Put:
-			writes[i] = s.batcher.submit(&metav1.Command{Op: &metav1.Command_Put{Put: x.Put}}, opSize(ops[i]))
-		case *metav1.BatchOp_Delete:
-			writes[i] = s.batcher.submit(&metav1.Command{Op: &metav1.Command_Delete{Delete: x.Delete}}, opSize(ops[i]))
-		default:
-			reads = true
+		if isWrite(ops[i]) {
+			nw++
 		}
 	}
-	if reads {
+	g := newWriteGroup(nw)
+	for _, i := range lead {
+		if isWrite(ops[i]) {
+			g.add(ops[i])
+		}
+	}
+	s.batcher.submit(g)
+	if nw < len(lead) {
 		err := s.reads.wait(ctx)
 		for _, i := range lead {
 			if g := ops[i].GetGet(); g != nil {
@@ -356,12 +377,17 @@ func (s *Server) serveLeaderOps(ctx context.Context, ops []*metav1.BatchOp, lead
 			}
 		}
 	}
+	if nw == 0 {
+		return
+	}
+	g.wait(s.stopCh)
+	k := 0
 	for _, i := range lead {
-		w := writes[i]
-		if w == nil {
+		if !isWrite(ops[i]) {
 			continue
 		}
-		r, err := w.wait(s.stopCh)
+		r, err := g.writes[k].result()
+		k++
 		switch {
 		case err != nil:
 			errs[i] = err

@@ -152,27 +152,17 @@ func (r *fieldReader) key(typ protowire.Type) string {
 	return string(v)
 }
 
-// readFields calls visit for each field of the message b until the end or
-// a malformed field; visit reads the value and sets r.bad if the field is
-// not one it expects. It returns whether every field was read.
-func readFields(b []byte, visit func(r *fieldReader, num protowire.Number, typ protowire.Type)) bool {
+// decodeWrite reads a PutRequest (key 1, value 2, lease 3, check_version
+// 4, expect_version 5) or, when op.del is set, a DeleteRequest (key 1,
+// check_version 2, expect_version 3). A value is copied: the entry's buffer
+// is not kept.
+func decodeWrite(b []byte, op *writeOp) bool {
 	r := fieldReader{b: b}
 	for !r.bad {
 		num, typ, ok := r.next()
 		if !ok {
 			break
 		}
-		visit(&r, num, typ)
-	}
-	return !r.bad
-}
-
-// decodeWrite reads a PutRequest (key 1, value 2, lease 3, check_version
-// 4, expect_version 5) or, when op.del is set, a DeleteRequest (key 1,
-// check_version 2, expect_version 3). A value is copied: the entry's buffer
-// is not kept.
-func decodeWrite(b []byte, op *writeOp) bool {
-	return readFields(b, func(r *fieldReader, num protowire.Number, typ protowire.Type) {
 		if op.del && num > 1 {
 			num += 2 // check_version and expect_version, numbered as in PutRequest
 		}
@@ -191,5 +181,91 @@ func decodeWrite(b []byte, op *writeOp) bool {
 		default:
 			r.bad = true
 		}
-	})
+	}
+	return !r.bad
+}
+
+// encodeBatch encodes the writes as one Command holding a CommandBatch, as
+// proto.Marshal would (fields in order, zero values left out), in one
+// allocation.
+func encodeBatch(batch []*pendingWrite) []byte {
+	inner := 0
+	for _, w := range batch {
+		inner += 1 + protowire.SizeBytes(1+protowire.SizeBytes(writeSize(w.op)))
+	}
+	b := make([]byte, 0, 1+protowire.SizeBytes(inner))
+	b = protowire.AppendTag(b, fieldCommandBatch, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(inner))
+	for _, w := range batch {
+		n := writeSize(w.op)
+		b = protowire.AppendTag(b, fieldBatchOps, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(1+protowire.SizeBytes(n)))
+		b = appendWrite(b, w.op, n)
+	}
+	return b
+}
+
+// writeFields are the fields of a put (or, with del, a delete) in
+// PutRequest's numbering (see decodeWrite).
+func writeFields(op *metav1.BatchOp) (del bool, key string, value []byte, lease uint64, check bool, expect uint64) {
+	if d := op.GetDelete(); d != nil {
+		return true, d.Key, nil, 0, d.CheckVersion, d.ExpectVersion
+	}
+	p := op.GetPut()
+	return false, p.GetKey(), p.GetValue(), p.GetLease(), p.GetCheckVersion(), p.GetExpectVersion()
+}
+
+// writeSize is the encoded size of the op's PutRequest or DeleteRequest.
+func writeSize(op *metav1.BatchOp) int {
+	_, key, value, lease, check, expect := writeFields(op)
+	n := 0
+	if key != "" {
+		n += 1 + protowire.SizeBytes(len(key))
+	}
+	if len(value) > 0 {
+		n += 1 + protowire.SizeBytes(len(value))
+	}
+	if lease != 0 {
+		n += 1 + protowire.SizeVarint(lease)
+	}
+	if check {
+		n += 2
+	}
+	if expect != 0 {
+		n += 1 + protowire.SizeVarint(expect)
+	}
+	return n
+}
+
+// appendWrite appends the op as a Command (put 1 or delete 2) whose
+// request encodes to size bytes.
+func appendWrite(b []byte, op *metav1.BatchOp, size int) []byte {
+	del, key, value, lease, check, expect := writeFields(op)
+	num, checkNum, expectNum := protowire.Number(fieldCommandPut), protowire.Number(4), protowire.Number(5)
+	if del {
+		num, checkNum, expectNum = fieldCommandDelete, 2, 3
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(size))
+	if key != "" {
+		b = protowire.AppendTag(b, 1, protowire.BytesType)
+		b = protowire.AppendString(b, key)
+	}
+	if len(value) > 0 {
+		b = protowire.AppendTag(b, 2, protowire.BytesType)
+		b = protowire.AppendBytes(b, value)
+	}
+	if lease != 0 {
+		b = protowire.AppendTag(b, 3, protowire.VarintType)
+		b = protowire.AppendVarint(b, lease)
+	}
+	if check {
+		b = protowire.AppendTag(b, checkNum, protowire.VarintType)
+		b = protowire.AppendVarint(b, 1)
+	}
+	if expect != 0 {
+		b = protowire.AppendTag(b, expectNum, protowire.VarintType)
+		b = protowire.AppendVarint(b, expect)
+	}
+	return b
 }

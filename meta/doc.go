@@ -115,9 +115,10 @@
 // TrailingLogs entries. FSM implements raft.BatchingFSM: a committed batch
 // is applied under one lock and wakes watchers once; with BatchApplyCh and
 // MaxAppendEntries the leader stores, replicates and applies writes in
-// batches. Every replica decodes the puts and deletes of a write batch
-// without the protobuf runtime (command.go; anything else, or any encoding
-// proto.Marshal would not write, goes through proto.Unmarshal). A
+// batches. The leader encodes a write batch entry, and every replica
+// decodes its puts and deletes, without the protobuf runtime (command.go:
+// the bytes proto.Marshal writes; any other command or encoding goes
+// through proto.Unmarshal). A
 // raft.LogCache keeps the latest entries in memory, so replicating and
 // applying them does not read them back from Pebble.
 //
@@ -147,7 +148,7 @@
 //	client.go     Client, KeepLeaseAlive            faultnet.go FaultNetwork (tests)
 //	errors.go     sentinels and the gRPC code table kv.go      KV interface and types
 //	batch.go      write batcher, read barrier, serving batches
-//	command.go    decoding a write batch entry
+//	command.go    encoding and decoding a write batch entry
 //	batchstream.go the calling side of a Batch stream (Client, forwarding)
 //
 // Lock order: fsm.mu → history.mu; fsm.mu → lessor.mu. Server.leadMu,

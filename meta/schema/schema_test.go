@@ -177,7 +177,9 @@ func TestRegistration(t *testing.T) {
 	ctx := context.Background()
 	kv := newKV(t)
 	st := Store{kv}
-	const ttl = 300 * time.Millisecond
+	// Long enough that keep-alives (every ttl/3, each given ttl/3) keep
+	// the leases on a loaded machine under the race detector.
+	const ttl = time.Second
 	r1, err := Register(ctx, kv, Node{ID: 1, Addr: "a:1228", Roles: []string{"broker"}}, ttl, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +191,7 @@ func TestRegistration(t *testing.T) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ch := kv.Watch(wctx, PrefixLive, 0)
-	time.Sleep(3 * ttl) // heartbeats keep both up
+	time.Sleep(2 * ttl) // heartbeats keep both up past their TTL
 	nodes, err := st.Nodes(ctx)
 	if err != nil || len(nodes) != 2 || !nodes[0].Up || !nodes[1].Up {
 		t.Fatalf("nodes while heartbeating: %+v, %v", nodes, err)
