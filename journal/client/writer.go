@@ -22,6 +22,7 @@ type Future struct {
 	done  chan struct{}
 	entry int64
 	err   error
+	data  []byte // the append's data until the loop takes it (evAdd)
 }
 
 // Done is closed once the append is acknowledged or failed.
@@ -86,10 +87,9 @@ type LedgerWriter struct {
 type wevent interface{}
 
 type (
-	evAdd struct {
-		data []byte
-		fut  *Future
-	}
+	// evAdd carries the data in the Future: one pointer, so putting it
+	// in the mailbox's interface does not allocate.
+	evAdd struct{ fut *Future }
 	// evLink: the link has answers queued (link.take).
 	evLink    struct{ l *link }
 	evCAS     struct{ res ledger.CASResult }
@@ -145,8 +145,8 @@ func (w *LedgerWriter) AppendAsync(ctx context.Context, data []byte) (*Future, e
 	case <-w.exited:
 		return nil, w.exitErr()
 	}
-	f := &Future{done: make(chan struct{}), entry: -1}
-	if !w.box.push(evAdd{data: data, fut: f}) {
+	f := &Future{done: make(chan struct{}), entry: -1, data: data}
+	if !w.box.push(evAdd{f}) {
 		<-w.sem
 		return nil, w.exitErr()
 	}
@@ -245,7 +245,9 @@ func (w *LedgerWriter) handle(ev wevent, now time.Time) {
 			w.fail(ev.fut, w.stopErr)
 			return
 		}
-		e, effs, err := w.m.Add(ev.data)
+		data := ev.fut.data
+		ev.fut.data = nil
+		e, effs, err := w.m.Add(data)
 		if err != nil {
 			w.fail(ev.fut, err)
 			return
