@@ -121,7 +121,7 @@ func (e *Engine) Create(ctx context.Context, name string) (shard.Shard, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("s3: create %q: %w", name, err)
 	}
-	_, claimVersion, more, err := e.claim(ctx, name, rec.ID, 0, rec.Writer, 0)
+	claimVersion, more, err := e.claim(ctx, name, rec.ID, 0, rec.Writer, 0)
 	if err == nil && len(more) > 0 {
 		err = fmt.Errorf("%w: entries appeared in the index of a new shard", ErrFenced)
 	}
@@ -226,7 +226,7 @@ func (e *Engine) load(ctx context.Context, name string) (*Shard, error) {
 	if last != nil && lastMarker.First == high {
 		claimed = last.Version
 	}
-	_, claimVersion, more, err := e.claim(octx, name, rec.ID, high, rec.Writer, claimed)
+	claimVersion, more, err := e.claim(octx, name, rec.ID, high, rec.Writer, claimed)
 	if err != nil {
 		return nil, err
 	}

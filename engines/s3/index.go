@@ -150,7 +150,7 @@ func (e *Engine) casPut(ctx context.Context, key string, val []byte, version uin
 // marker's version. version is that of the marker found at high (0: none).
 // Entries another writer commits meanwhile are read, returned, and the
 // claim moves past them.
-func (e *Engine) claim(ctx context.Context, name, id string, high uint64, writer string, version uint64) (uint64, uint64, []objectRecord, error) {
+func (e *Engine) claim(ctx context.Context, name, id string, high uint64, writer string, version uint64) (uint64, []objectRecord, error) {
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
 	var more []objectRecord
@@ -158,21 +158,21 @@ func (e *Engine) claim(ctx context.Context, name, id string, high uint64, writer
 		val, _ := json.Marshal(objectRecord{First: high, Writer: writer})
 		kv, err := e.casPut(ctx, e.indexKey(id, high), val, version)
 		if err == nil {
-			return high, kv.Version, more, nil
+			return kv.Version, more, nil
 		}
 		if !errors.Is(err, meta.ErrVersionMismatch) {
-			return 0, 0, nil, fmt.Errorf("s3: %q: claim index key %d: %w", name, high, err)
+			return 0, nil, fmt.Errorf("s3: %q: claim index key %d: %w", name, high, err)
 		}
 		cur, err := e.kv.Get(ctx, e.indexKey(id, high))
 		if errors.Is(err, meta.ErrNotFound) {
 			version = 0
 			continue
 		} else if err != nil {
-			return 0, 0, nil, fmt.Errorf("s3: %q: claim index key %d: %w", name, high, err)
+			return 0, nil, fmt.Errorf("s3: %q: claim index key %d: %w", name, high, err)
 		}
 		var o objectRecord
 		if err := jsonDecode(cur.Value, &o); err != nil {
-			return 0, 0, nil, &shard.CorruptError{Shard: name, File: cur.Key, Reason: fmt.Sprintf("damaged index entry: %v", err)}
+			return 0, nil, &shard.CorruptError{Shard: name, File: cur.Key, Reason: fmt.Sprintf("damaged index entry: %v", err)}
 		}
 		if o.marker() { // another engine's claim: take it over
 			version = cur.Version
