@@ -261,3 +261,59 @@ func TestCorruptSession(t *testing.T) {
 		t.Fatalf("Sessions over a corrupt record: %v, want ErrCorrupt", err)
 	}
 }
+
+// A delayed publish of a QoS 2 PUBLISH is stored with its inbound packet
+// identifier in one batch; its release mark comes back with it until
+// DeleteDelayed removes both.
+func TestDelayedRelease(t *testing.T) {
+	s := open(t, vfs.NewMem())
+	defer s.Close()
+	a, b := DelayedID{At: 100, Seq: 1}, DelayedID{At: 50, Seq: 2}
+	if err := s.PutDelayed(a, &pubsub.Message{Topic: "t/a", QoS: 2}, "pub", 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutDelayed(b, &pubsub.Message{Topic: "t/b", QoS: 1}, "pub", 0); err != nil {
+		t.Fatal(err)
+	}
+	if in, err := s.Inbounds("pub"); err != nil || len(in) != 1 || in[7] != (Position{}) {
+		t.Fatalf("inbound ids %v %v, want 7 with no position", in, err)
+	}
+	if err := s.MarkReleasing(map[DelayedID]Position{a: {Shard: "mqtt/file/1", Offset: 9}}); err != nil {
+		t.Fatal(err)
+	}
+	type entry struct {
+		id    DelayedID
+		topic string
+		rel   *Position
+	}
+	list := func() []entry {
+		var out []entry
+		if err := s.Delayed(func(id DelayedID, m *pubsub.Message, rel *Position) error {
+			out = append(out, entry{id, m.Topic, rel})
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	got := list()
+	if len(got) != 2 || got[0].id != b || got[0].rel != nil || got[1].id != a || got[1].topic != "t/a" ||
+		got[1].rel == nil || *got[1].rel != (Position{Shard: "mqtt/file/1", Offset: 9}) {
+		t.Fatalf("delayed %+v, want t/b unmarked, then t/a marked at mqtt/file/1:9", got)
+	}
+	if err := s.DeleteDelayed(a); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); len(got) != 1 || got[0].id != b {
+		t.Fatalf("delayed after DeleteDelayed %+v", got)
+	}
+	if err := s.MarkReleasing(map[DelayedID]Position{b: {Shard: "s", Offset: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteDelayed(b); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); len(got) != 0 {
+		t.Fatalf("delayed after deleting both %+v", got)
+	}
+}
