@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/quiremq/quire/engines/journal"
 	"github.com/quiremq/quire/frontends/listen"
 	"github.com/quiremq/quire/frontends/mqtt"
 	"github.com/quiremq/quire/frontends/mqtt/store"
@@ -179,7 +180,7 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}
-	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0), Store: db, Retained: retained,
+	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0).NodeScoped(b.cfg.NodeID, journal.Name), Store: db, Retained: retained,
 		Auth: authn, ACL: acl, SCRAM: scram, Version: "quire " + version.Get().String(),
 		MaxInflight: b.cfg.MQTT.MaxInflight, MaxQueued: b.cfg.MQTT.MaxQueued, MaxPacketSize: b.cfg.MQTT.MaxPacketSize,
 		MaxPublishRate: b.cfg.MQTT.MaxPublishRate, Registerer: b.reg, Logger: log})

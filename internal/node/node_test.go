@@ -76,6 +76,9 @@ func newNode(t *testing.T, cfg *config.Config, logs io.Writer) *Node {
 	t.Helper()
 	if logs == nil {
 		logs = io.Discard
+		if os.Getenv("QUIRE_TEST_LOGS") != "" { // debugging a test: see the nodes' logs
+			logs = os.Stderr
+		}
 	}
 	n, err := New(Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
