@@ -675,7 +675,7 @@ func (b *Bookie) readStored(ledger, entry uint64) ([]byte, error) {
 // back to back while the CPU work of a group overlaps the previous sync:
 //
 //   - journalLoop cuts groups from the queue (MaxGroupWait or
-//     MaxGroupBytes), encodes them and writes them to the journal file
+//     MaxGroupBytes, or at once when the syncer is idle), encodes them and writes them to the journal file
 //     without syncing, and submits each written run to the syncer;
 //   - syncLoop takes every run written so far, fdatasyncs their file once
 //     and hands them to the completer: a run is acknowledged only after an
@@ -694,6 +694,18 @@ type syncState struct {
 	syncing bool     // the syncer holds runs it has not finished
 	done    bool     // the writer has exited
 	err     error    // the bookie failed: accept and acknowledge nothing
+}
+
+// syncIdle reports whether the syncer has nothing to sync: no run
+// written and waiting, none being synced. The journal goroutine then cuts
+// the group it holds without waiting out MaxGroupWait, as waiting would
+// leave the disk idle (a group still waits while a sync runs, and grows
+// meanwhile). Called with mu held (mu → syncState.mu).
+func (b *Bookie) syncIdle() bool {
+	s := &b.sy
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.q) == 0 && !s.syncing
 }
 
 // submit hands a written run to the syncer; it fails once the bookie
@@ -751,7 +763,7 @@ func (b *Bookie) journalLoop() {
 				continue
 			}
 			wait := b.opts.MaxGroupWait - time.Since(b.oldest)
-			if wait <= 0 || b.urgent || b.closed || b.err != nil || b.queueBytes >= b.opts.MaxGroupBytes {
+			if wait <= 0 || b.urgent || b.closed || b.err != nil || b.queueBytes >= b.opts.MaxGroupBytes || b.syncIdle() {
 				break
 			}
 			b.mu.Unlock()
@@ -823,8 +835,12 @@ func (b *Bookie) syncLoop() {
 			s.err = fmt.Errorf("%w: %w", ErrFailed, err)
 		}
 		failed = s.err
+		idle := len(s.q) == 0
 		s.cond.Broadcast()
 		s.mu.Unlock()
+		if idle {
+			b.kickWriter() // a waiting group goes now: see syncIdle
+		}
 		if failed != nil {
 			b.fail(err, nil)
 			b.failBatches(failed, q)

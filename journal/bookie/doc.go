@@ -21,7 +21,9 @@
 // AddEntry, Fence, WriteLAC and DeleteLedger append a record to an
 // in-memory group. The journal is a pipeline: one goroutine cuts a group
 // when its oldest record has waited Options.MaxGroupWait (2 ms) or it holds
-// Options.MaxGroupBytes (512 KiB), whichever comes first, and writes it to
+// Options.MaxGroupBytes (512 KiB), whichever comes first, or at once when
+// the syncer is idle (no run written and waiting, no fdatasync running:
+// waiting would only leave the disk idle), and writes it to
 // the journal file; a second fdatasyncs, back to back, everything written
 // while its previous sync ran (so group N+1 is written while group N
 // syncs, and an add is acknowledged only after an fdatasync that began

@@ -31,7 +31,8 @@ type Options struct {
 	Cookies CookieStore
 
 	// MaxGroupWait is how long the oldest record of a group may wait before
-	// the group is written and fdatasync'ed. Default 2ms.
+	// the group is written and fdatasync'ed while a sync runs; with the
+	// syncer idle a group goes at once. Default 2ms.
 	MaxGroupWait time.Duration
 	// MaxGroupBytes writes and syncs a group once it holds this many bytes,
 	// whichever of the two limits comes first. Default 512 KiB.
