@@ -162,9 +162,14 @@
 //
 //  1. upload: the segment file to <Prefix>/<shard directory>/<base>.log
 //     (a section reader of known size: S3 uploads large segments as
-//     parallel multipart) and its index to .../<base>.idx; the segment's
-//     CRC-32C is computed from the local file;
-//  2. verify: Stat sizes, read both objects back and compare CRCs;
+//     parallel multipart) and, at the same time, its index to
+//     .../<base>.idx; the CRC-32C of each is computed from the local file
+//     and sent with the upload (objstore.PutVerified);
+//  2. verify: a store that checks the CRC-32C sent with the PUT
+//     (objstore.ChecksumPutter: S3 servers with x-amz-checksum-crc32c, the
+//     directory and memory stores) refuses a mismatch and nothing is read
+//     back; with a store that cannot, both objects are read back and their
+//     CRCs compared;
 //  3. record: Manifest.CAS (absent -> RemoteSegment{end, size, max
 //     timestamp, CRC, keys, time}) under the shard's ctlMu, only if the
 //     segment is still the shard's (not trimmed meanwhile: then the objects
