@@ -67,6 +67,7 @@ func (s *Server) saveSession(sess *session, explicit, sync bool) error {
 			}
 			g := s.shareGroup(sub.Group, sub.Filter)
 			groups[g.key], _ = g.cursors(f, true)
+			g.own.dirty.Store(true) // the next flush leaves the global cursor to shards with nothing owed
 		}
 	}
 	if err := s.opts.Store.PutSession(sess.record(), cursors, groups, sync); err != nil {

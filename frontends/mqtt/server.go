@@ -33,12 +33,13 @@ type Server struct {
 
 	wg sync.WaitGroup // accept loops and connections
 
-	rs        ReplayStorage // Options.Storage, when sessions are stored
-	stopFlush chan struct{}
-	flushDone chan struct{}
-	flushed   map[string]uint64 // global cursors last written (flushCursors' goroutine)
-	gmu       sync.RWMutex
-	groups    map[[2]string]*shareGroup // shared subscriptions' owed positions by share name and filter (shared.go)
+	rs           ReplayStorage // Options.Storage, when sessions are stored
+	stopFlush    chan struct{}
+	flushDone    chan struct{}
+	flushed      map[string]uint64 // global cursors last written (flushCursors' goroutine)
+	gmu          sync.RWMutex
+	groups       map[[2]string]*shareGroup // shared subscriptions' owed positions by share name and filter (shared.go)
+	groupFlushes int                       // dirtyGroups calls, under gmu
 
 	delayed     *delayer               // $delayed/ publishes (delayed.go); set by Start
 	sysDone     chan struct{}          // closed when the $SYS loop (sys.go) ends

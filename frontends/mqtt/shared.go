@@ -75,19 +75,26 @@ func (s *Server) shareGroup(group, filter string) *shareGroup {
 	return g
 }
 
+// groupSweepEvery is how many cursor flushes pass between two sweeps of
+// the groups without a member (dirtyGroups).
+const groupSweepEvery = 100
+
 // dirtyGroups returns the groups whose owed positions changed since the
-// last flush, and forgets those left with no member, nothing owed and no
-// cursor in the store.
+// last flush; every groupSweepEvery calls it also forgets those left with
+// no member, nothing owed and no cursor in the store. It runs on the
+// cursor flush's goroutine only.
 func (s *Server) dirtyGroups() []*shareGroup {
 	s.gmu.Lock()
 	defer s.gmu.Unlock()
+	s.groupFlushes++
+	sweep := s.groupFlushes%groupSweepEvery == 0
 	var out []*shareGroup
 	for k, g := range s.groups {
 		if g.own.dirty.Swap(false) {
 			out = append(out, g)
 			continue
 		}
-		if g.idle() && len(s.tree.SharedMembers(k[0], k[1])) == 0 {
+		if sweep && g.idle() && len(s.tree.SharedMembers(k[0], k[1])) == 0 {
 			delete(s.groups, k)
 		}
 	}

@@ -301,3 +301,29 @@ func TestSharedCleanMemberAtStop(t *testing.T) {
 		t.Fatalf("keeper got %q, want %q once each", got, want)
 	}
 }
+
+// TestSharedGroupForgotten: once a group has no member and owes nothing,
+// the broker forgets it (at a sweep, every groupSweepEvery cursor
+// flushes), and no cursor of it is left in the store.
+func TestSharedGroupForgotten(t *testing.T) {
+	b := memNode().start(t, true, nil)
+	c := persistent5(t, b.tcp, "member")
+	subscribe5(t, c, "$share/g/gone/#", 1)
+	groups := func() (mem, stored int) {
+		b.gmu.RLock()
+		mem = len(b.groups)
+		b.gmu.RUnlock()
+		gc, err := b.st.GroupCursors()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mem, len(gc)
+	}
+	if mem, _ := groups(); mem != 1 {
+		t.Fatalf("after SUBSCRIBE: %d groups in memory, want 1", mem)
+	}
+	if _, err := c.Unsubscribe(ctx5(t), &paho.Unsubscribe{Topics: []string{"$share/g/gone/#"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the group forgotten", func() bool { mem, stored := groups(); return mem == 0 && stored == 0 })
+}
