@@ -244,6 +244,7 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, ms []*pubsu
 		return ErrNoClusterStorage
 	}
 	mark := shard.Header{Key: HeaderOrigin, Value: []byte(strconv.FormatUint(origin, 10))}
+	s.awaitRoom(ctx, ms, injectPatience)
 	// One append per shard: the messages sorted by shard, stably (the
 	// batch's order within each shard).
 	engines, names := make([]string, len(ms)), make([]string, len(ms))
@@ -296,4 +297,49 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, ms []*pubsu
 		s.stored(ctx, m, pos[i])
 	}
 	return nil
+}
+
+// injectPatience bounds how long InjectForwarded waits for room in the
+// queues of the online sessions it feeds.
+const injectPatience = 250 * time.Millisecond
+
+// awaitRoom waits, up to patience, until every online session with a
+// subscription matching one of ms has room for all of them in its queue
+// (Options.MaxQueued). A peer's backlog arrives in batches far faster than
+// a client drains them; without this wait a burst that a local publisher
+// would have spread out overflows the queue (tail drop). A session that
+// does not drain at all delays each batch by patience, no more: the others
+// go on.
+func (s *Server) awaitRoom(ctx context.Context, ms []*pubsub.Message, patience time.Duration) {
+	room := s.opts.MaxQueued - len(ms)
+	var sessions map[*session]struct{}
+	var subs []pubsub.Subscription
+	topics := map[string]struct{}{}
+	for _, m := range ms {
+		if _, ok := topics[m.Topic]; ok {
+			continue
+		}
+		topics[m.Topic] = struct{}{}
+		subs = s.tree.Match(m.Topic, subs[:0], onlineSub)
+		for _, sub := range subs {
+			if sess := sub.Owner.(*session); sess.online.Load() {
+				if sessions == nil {
+					sessions = map[*session]struct{}{}
+				}
+				sessions[sess] = struct{}{}
+			}
+		}
+	}
+	deadline := time.Now().Add(patience)
+	for sess := range sessions {
+		for {
+			sess.mu.Lock()
+			n := len(sess.queue)
+			sess.mu.Unlock()
+			if n <= room || !sess.online.Load() || ctx.Err() != nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 }

@@ -134,3 +134,26 @@ func TestClusterForwardAndInject(t *testing.T) {
 		t.Errorf("subscriber got %d messages, want 5", n)
 	}
 }
+
+// A batch forwarded to a session whose queue has no room for it waits
+// for the client to drain (up to injectPatience) instead of overflowing
+// the queue: three batches of 8 into a queue of 10, none dropped.
+func TestClusterInjectWaitsForRoom(t *testing.T) {
+	b := startBroker(t, nil, func(o *Options) { o.MaxQueued = 10 })
+	var got received
+	sub := paho3Client(t, "tcp://"+b.tcp, "sub", nil)
+	ok(t, sub.Subscribe("t", 1, got.handler))
+	for i := range 3 {
+		var ms []*pubsub.Message
+		for j := range 8 {
+			ms = append(ms, &pubsub.Message{Topic: "t", QoS: 1, Payload: []byte{byte(8*i + j)}})
+		}
+		if err := b.InjectForwarded(context.Background(), 1, ms); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got.wait(t, 24)
+	if d := b.metric(t, "quire_mqtt_messages_dropped_total", nil); d != 0 {
+		t.Errorf("%v messages dropped", d)
+	}
+}
