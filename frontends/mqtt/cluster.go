@@ -29,6 +29,13 @@ package mqtt
 //     duplicates, never a loss (at least once for QoS 1 and 2). A restart of
 //     A or B resumes from B's cursors; messages A took while B was down reach
 //     B's persistent sessions when B returns.
+//   - Backpressure. Before a batch is stored, InjectForwarded waits (up to
+//     250 ms) until the online sessions it feeds have room for it in their
+//     queues: a backlog arrives much faster than a client drains it, and
+//     would otherwise overflow Options.MaxQueued (tail drop). A peer that
+//     is down is retried with backoff (100 ms to 10 s) and never blocks
+//     local traffic; an idle stream carries a heartbeat every 5 s and a
+//     puller that hears nothing for 30 s reconnects.
 //   - First contact. A peer B has no cursor of yet is read from its shards'
 //     high watermarks (new messages only), a shard that appears later from
 //     its low watermark; a cursor above a shard's high watermark (the shard
@@ -45,7 +52,12 @@ package mqtt
 // only if B stored it then).
 //
 // Sessions are node-local: a client that reconnects to another node starts
-// a new session there.
+// a new session there. The records of a memory-engine topic are lost when
+// its node restarts, and so are the ones its peers had not pulled yet.
+//
+// Metrics (internal/node): quire_mqtt_cluster_forwarded_messages_total{peer}
+// (pulled from peer and stored here), served_messages_total{peer},
+// lag_records{peer}, peer_errors_total{peer}, peer_connected{peer}.
 
 import (
 	"context"
