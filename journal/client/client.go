@@ -163,28 +163,12 @@ func (c *Client) bookie(id string) (*bookierpc.Client, error) {
 	if addr == "" {
 		addr = id
 	}
-	cc, err := bookierpc.Dial(addr, append(bookieDialOptions(), c.opts.DialOptions...)...)
+	cc, err := bookierpc.Dial(addr, c.opts.DialOptions...)
 	if err != nil {
 		return nil, err
 	}
 	c.conns[id] = cc
 	return cc, nil
-}
-
-// Flow-control windows of a bookie connection. gRPC starts a stream at a
-// 64 KiB window and grows it by estimating the bandwidth-delay product,
-// one round trip at a time; a range read streams 512 KiB messages and an
-// add stream 32 KiB ones, so from the first message on the sender would
-// wait for window updates. Fixed windows (which turn the estimate off)
-// let a range read have a few messages and an add stream its bookie's
-// in-flight bound in the pipe.
-const (
-	streamWindow = 4 << 20
-	connWindow   = 16 << 20
-)
-
-func bookieDialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithInitialWindowSize(streamWindow), grpc.WithInitialConnWindowSize(connWindow)}
 }
 
 // CreateLedger picks an ensemble of e live bookies on distinct nodes,
