@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/quiremq/quire/frontends/mqtt"
 	"github.com/quiremq/quire/internal/config"
+	"github.com/quiremq/quire/meta/schema"
 )
 
 // startCluster starts the nodes of mk's configs (one meta cluster), up to
@@ -272,6 +274,18 @@ func TestNodeMQTTClusterRouting(t *testing.T) {
 	ctx := context.Background()
 	if err := nodes[1].Stop(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// Node 2's routes stay in meta while it is down (its persistent
+	// session's filter among them).
+	var r schema.Record[mqttRoutes]
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	err := schema.RetryNotLeader(rctx, func() (err error) {
+		r, err = schema.Get[mqttRoutes](rctx, nodes[0].meta.kv(), MQTTRouteKey(2))
+		return err
+	})
+	cancel()
+	if err != nil || r.Value.Node != 2 || !slices.Contains(r.Value.Filters, "orders/#") {
+		t.Errorf("node 2's routes in meta while it is down: %+v, %v", r.Value, err)
 	}
 	publish(t, pub1, "orders/eu", n, 2*n)
 	waitFor(t, "the subscriber on node 3 gets the messages published while node 2 is down", func() bool {
