@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -357,4 +358,91 @@ func counterSum(t *testing.T, n *Node, name, peer string) int {
 		}
 	}
 	return int(v)
+}
+
+// twoNodeConfigs are the first two of clusterConfigs, as a two-voter
+// cluster.
+func twoNodeConfigs(t *testing.T) []*config.Config {
+	cfgs := clusterConfigs(t)[:2]
+	for _, c := range cfgs {
+		c.MetaAddrs = c.MetaAddrs[:2]
+	}
+	return cfgs
+}
+
+// TestNodeMQTTClusterTwoNodes: both ways between two nodes, QoS 2 comes
+// through as QoS 2 once each, and a retained message published on one
+// node is retained on the other, for a subscriber that comes later.
+func TestNodeMQTTClusterTwoNodes(t *testing.T) {
+	_, nodes := startCluster(t, twoNodeConfigs)
+	rec1, rec2 := newRecorder(), newRecorder()
+	sub1 := mqttClient(t, nodes[0], "sub1", true, rec1)
+	sub2 := mqttClient(t, nodes[1], "sub2", true, rec2)
+	var qos2 []byte
+	var mu sync.Mutex
+	for _, c := range []paho3.Client{sub1, sub2} {
+		if tok := c.Subscribe("q/#", 2, func(_ paho3.Client, m paho3.Message) {
+			if strings.HasPrefix(m.Topic(), "q/from") {
+				mu.Lock()
+				qos2 = append(qos2, m.Qos())
+				mu.Unlock()
+			}
+			rec := rec1
+			if c == sub2 {
+				rec = rec2
+			}
+			rec.handle(nil, m)
+		}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
+	pub1 := mqttClient(t, nodes[0], "pub1", true, nil)
+	pub2 := mqttClient(t, nodes[1], "pub2", true, nil)
+	routed(t, pub1, "q/probe1", rec2)
+	routed(t, pub2, "q/probe2", rec1)
+
+	const n = 50
+	for i, pub := range []paho3.Client{pub1, pub2} {
+		for j := range n {
+			if tok := pub.Publish(fmt.Sprintf("q/from%d", i+1), 2, false, strconv.Itoa(j)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatal(tok.Error())
+			}
+		}
+	}
+	if tok := pub1.Publish("q/state", 1, true, "on"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	for i, r := range []*recorder{rec1, rec2} {
+		waitFor(t, fmt.Sprintf("subscriber on node %d gets both nodes' messages", i+1), func() bool {
+			return len(r.topic("q/from1")) >= n && len(r.topic("q/from2")) >= n && len(r.topic("q/state")) > 0
+		})
+		for _, topic := range []string{"q/from1", "q/from2"} {
+			if got := r.topic(topic); !equal(got, seq(0, n)) {
+				t.Errorf("subscriber on node %d got %s %v, want 0..%d once each in order", i+1, topic, got, n-1)
+			}
+		}
+	}
+	mu.Lock()
+	for _, q := range qos2 {
+		if q != 2 {
+			t.Fatalf("a QoS 2 message came with QoS %d", q)
+		}
+	}
+	mu.Unlock()
+
+	// A subscriber that comes to node 2 later gets node 1's retained
+	// message (node 2 stored it, retain flag and all).
+	late := newRecorder()
+	lc := mqttClient(t, nodes[1], "late", true, late)
+	var retained atomic.Bool
+	if tok := lc.Subscribe("q/state", 1, func(c paho3.Client, m paho3.Message) {
+		retained.Store(m.Retained())
+		late.handle(c, m)
+	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	waitFor(t, "the retained message on node 2", func() bool { return equal(late.topic("q/state"), []string{"on"}) })
+	if !retained.Load() {
+		t.Error("node 1's retained message came to a new subscriber on node 2 without the RETAIN flag")
+	}
 }
