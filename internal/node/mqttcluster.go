@@ -604,7 +604,9 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 		for _, sm := range c.src.Shards() {
 			from, ok := pos[sm.Name]
 			if !ok {
-				from = sm.Low // a shard created since the stream began
+				// A shard opened since the stream began: new to the
+				// puller unless it has a cursor there.
+				from = startOffset(sm, &mqttclusterv1.PullRequest{Cursors: req.Cursors})
 				pos[sm.Name] = from
 			}
 			if from >= sm.High {

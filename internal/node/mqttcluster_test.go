@@ -16,6 +16,7 @@ import (
 
 	"github.com/quiremq/quire/frontends/mqtt"
 	"github.com/quiremq/quire/internal/config"
+	mqttclusterv1 "github.com/quiremq/quire/internal/proto/mqttcluster/v1"
 	"github.com/quiremq/quire/meta/schema"
 )
 
@@ -444,5 +445,28 @@ func TestNodeMQTTClusterTwoNodes(t *testing.T) {
 	waitFor(t, "the retained message on node 2", func() bool { return equal(late.topic("q/state"), []string{"on"}) })
 	if !retained.Load() {
 		t.Error("node 1's retained message came to a new subscriber on node 2 without the RETAIN flag")
+	}
+}
+
+// Where a serving stream starts on a shard with watermarks [10, 20).
+func TestMQTTClusterStartOffset(t *testing.T) {
+	sm := mqtt.ShardMark{Name: "s", Low: 10, High: 20}
+	for _, c := range []struct {
+		name    string
+		cursors map[string]uint64
+		fresh   bool
+		want    uint64
+	}{
+		{"a fresh puller gets new messages only", nil, true, 20},
+		{"a shard new to a known puller is read whole", nil, false, 10},
+		{"a cursor is kept", map[string]uint64{"s": 15}, false, 15},
+		{"a cursor at the high watermark is kept", map[string]uint64{"s": 20}, true, 20},
+		{"a cursor below the low watermark moves up", map[string]uint64{"s": 3}, false, 10},
+		{"a cursor above the high watermark (records lost) restarts low", map[string]uint64{"s": 25}, false, 10},
+	} {
+		req := &mqttclusterv1.PullRequest{Cursors: c.cursors, Fresh: c.fresh}
+		if got := startOffset(sm, req); got != c.want {
+			t.Errorf("%s: start at %d, want %d", c.name, got, c.want)
+		}
 	}
 }
