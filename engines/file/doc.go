@@ -169,7 +169,7 @@
 //     (objstore.ChecksumPutter: S3 servers with x-amz-checksum-crc32c, the
 //     directory and memory stores) refuses a mismatch and nothing is read
 //     back; with a store that cannot, both objects are read back and their
-//     CRCs compared;
+//     CRCs compared (counted in quire_offload_readback_total);
 //  3. record: Manifest.CAS (absent -> RemoteSegment{end, size, max
 //     timestamp, CRC, keys, time}) under the shard's ctlMu, only if the
 //     segment is still the shard's (not trimmed meanwhile: then the objects
@@ -188,10 +188,16 @@
 // index files of offloaded segments and never offloads the active segment.
 //
 // Reads of offloaded segments go through the reader cache like local ones:
-// ReadAt calls of at least BlockBytes are one ranged GET each (catch-up
-// reads ask for megabytes); smaller ones (index-guided lookups, time
-// lookups) go through an engine-wide LRU of BlockBytes blocks
-// (CacheBytes). The sparse index is fetched on demand from its object.
+// ReadAt calls of at least BlockBytes (catch-up reads ask for megabytes)
+// are served from 8 MiB ranges aligned in the object, each one ranged GET;
+// a reader holds the ranges of its last read and keeps the next two in
+// flight (read-ahead), and once it nears the object's end it prefetches
+// the first range of the next segment's object (key <base = this end>.log),
+// which the next segment's reader adopts. Read-ahead and prefetches share a
+// budget of CacheBytes; a failed one is fetched again when read. Smaller
+// reads (index-guided lookups, time lookups) go through an engine-wide LRU
+// of BlockBytes blocks (CacheBytes). The sparse index is fetched on demand
+// from its object. Records are checked by their CRCs when decoded, once.
 //
 // Trim and retention leave offloaded segments below the new low watermark
 // to the offloader, which deletes their objects, then their records (also

@@ -30,6 +30,7 @@ type engineMetrics struct {
 	offloadSegments prometheus.Counter
 	offloadLag      prometheus.Gauge
 	offloadFailures prometheus.Counter
+	offloadReadBack prometheus.Counter
 }
 
 func newMetrics(r prometheus.Registerer) *engineMetrics {
@@ -72,5 +73,7 @@ func newMetrics(r prometheus.Registerer) *engineMetrics {
 			Help: "Age of the oldest sealed segment not offloaded yet (since the offloader first saw it sealed)."})),
 		offloadFailures: metrics.Reuse(r, prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "offload", Name: "failures_total",
 			Help: "Segment offloads that failed (each is retried with backoff)."})),
+		offloadReadBack: metrics.Reuse(r, prometheus.NewCounter(prometheus.CounterOpts{Namespace: metrics.Namespace, Subsystem: "offload", Name: "readback_total",
+			Help: "Segment offloads verified by reading the objects back because the store could not check the CRC-32C sent with the PUT."})),
 	}
 }

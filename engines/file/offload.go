@@ -330,7 +330,19 @@ func (e *Engine) objectKey(shard string, base uint64, ext string) string {
 }
 
 func (e *Engine) remoteFile(rs *RemoteSegment) *remoteFile {
-	return &remoteFile{st: e.off.o.Store, key: rs.Key, size: rs.Size, cache: e.off.cache}
+	return &remoteFile{st: e.off.o.Store, key: rs.Key, size: rs.Size, next: nextObjectKey(rs), cache: e.off.cache}
+}
+
+// nextObjectKey is the key the object of the segment after rs has once
+// offloaded (its base is rs.End, under the same prefix), or "" when rs.Key
+// is not in the form objectKey gives.
+func nextObjectKey(rs *RemoteSegment) string {
+	name := segFileName(rs.Base)
+	prefix, ok := strings.CutSuffix(rs.Key, name)
+	if !ok || rs.End <= rs.Base {
+		return ""
+	}
+	return prefix + segFileName(rs.End)
 }
 
 // hook runs the crash tests' hook after a step.
@@ -365,17 +377,26 @@ func (s *Shard) offloadSegment(ctx context.Context, f *offloader, seg *segment, 
 	// upload against it (S3: x-amz-checksum-crc32c) or, where it cannot,
 	// the object is read back.
 	// The index object goes up meanwhile.
-	idxDone := make(chan error, 1)
+	type putResult struct {
+		readBack bool
+		err      error
+	}
+	idxDone := make(chan putResult, 1)
 	go func() {
-		_, err := objstore.PutVerified(ctx, st, rs.IndexKey, bytes.NewReader(idx), int64(len(idx)), crc(idx))
-		idxDone <- err
+		rb, err := objstore.PutVerified(ctx, st, rs.IndexKey, bytes.NewReader(idx), int64(len(idx)), crc(idx))
+		idxDone <- putResult{rb, err}
 	}()
+	var readBack bool
 	rs.CRC, err = readerCRC(r.f, seg.size)
 	if err == nil {
-		_, err = objstore.PutVerified(ctx, st, rs.Key, io.NewSectionReader(r.f, 0, seg.size), seg.size, rs.CRC)
+		readBack, err = objstore.PutVerified(ctx, st, rs.Key, io.NewSectionReader(r.f, 0, seg.size), seg.size, rs.CRC)
 	}
 	s.e.cache.release(r)
-	idxErr := <-idxDone
+	idxRes := <-idxDone
+	idxErr := idxRes.err
+	if readBack || idxRes.readBack {
+		s.e.m.offloadReadBack.Inc()
+	}
 	if err != nil {
 		return fmt.Errorf("upload %s: %w", rs.Key, err)
 	}

@@ -3,6 +3,7 @@ package file
 import (
 	"bytes"
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -92,17 +93,7 @@ func BenchmarkOffloadMinIO(b *testing.B) {
 			end := s.segs[len(s.segs)-1].base // offloaded records only
 			var read int64
 			for range b.N {
-				read = 0
-				for next := uint64(0); next < end; {
-					got, err := s.Read(b.Context(), next, shard.Limits{MaxBytes: 4 << 20})
-					if err != nil {
-						b.Fatal(err)
-					}
-					for _, r := range got {
-						read += int64(len(r.Value))
-					}
-					next = got[len(got)-1].Offset + 1
-				}
+				read = catchupRead(b, s, end)
 			}
 			b.SetBytes(read)
 		})
@@ -155,4 +146,110 @@ func BenchmarkOffloadSustainedMinIO(b *testing.B) {
 	b.ReportMetric(float64(b.N)/appendTime.Seconds(), "append-MB/s")
 	b.ReportMetric(testutil.ToFloat64(e.m.offloadBytes)/(1<<20)/total.Seconds(), "offload-MB/s")
 	b.ReportMetric((total - appendTime).Seconds(), "drain-s")
+}
+
+// BenchmarkOffloadCatchupMinIO measures catch-up reads of a shard whose
+// sealed segments are all offloaded to a local MinIO (Read from offset 0
+// with 4 MiB limits, through remote.go) against MinIO's own GET throughput
+// for the same objects (one whole-object GET after the other), in
+// alternating rounds of the same run: each iteration is one raw round and
+// one catch-up round. It reports the median MB/s of each, their ratio
+// (catchup/raw) and the process CPU per MB of each.
+//
+//	go test -run XXX -bench OffloadCatchupMinIO -benchtime 7x ./engines/file
+func BenchmarkOffloadCatchupMinIO(b *testing.B) {
+	for _, segMiB := range []int64{16, 64} {
+		b.Run(fmt.Sprintf("seg=%dMiB", segMiB), func(b *testing.B) {
+			benchCatchup(b, segMiB<<20, 128<<20)
+		})
+	}
+}
+
+func benchCatchup(b *testing.B, segBytes, total int64) {
+	srv := s3test.StartMinIO(b)
+	st, err := s3store.Open(b.Context(), srv.Options("bench-catchup"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := openEngine(b, vfs.NewMem(), "/d", Options{
+		SegmentBytes: segBytes, offloadManual: true, Sync: SyncNone,
+		Offload: &OffloadOptions{Store: st, Prefix: "catchup"},
+	})
+	defer e.Close()
+	s := mustCreate(b, e, "bench")
+	val := make([]byte, 16<<10)
+	for i := range val {
+		val[i] = byte(i*7 + 1)
+	}
+	recs := make([]shard.Record, 64) // 16 KiB each, 1 MiB per append
+	for i := range recs {
+		recs[i] = shard.Record{Value: val}
+	}
+	for int64(len(s.segs)-1)*segBytes < total {
+		mustAppend(b, s, recs...)
+	}
+	e.off.pass(b.Context())
+	if logs, _ := localSegments(b, e.fs, s); logs != 1 {
+		b.Fatalf("%d local segments after the pass, want only the active one", logs)
+	}
+	var keys []string
+	for _, seg := range s.segs[:len(s.segs)-1] {
+		keys = append(keys, seg.remote.Load().Key)
+	}
+	end := s.segs[len(s.segs)-1].base // offloaded records only
+	raw := func() (n int64) {
+		for _, k := range keys {
+			got, err := st.Get(b.Context(), k, 0, -1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += int64(len(got))
+		}
+		return n
+	}
+	catchup := func() int64 { return catchupRead(b, s, end) }
+	var rawRates, catchRates, rawCPU, catchCPU []float64
+	round := func(f func() int64, rates, cpu *[]float64) {
+		c0, t0 := processCPU(), time.Now()
+		n := f()
+		mb := float64(n) / (1 << 20)
+		*rates = append(*rates, mb/time.Since(t0).Seconds())
+		*cpu = append(*cpu, (processCPU()-c0).Seconds()*1e3/mb)
+	}
+	b.ResetTimer()
+	for range b.N {
+		round(raw, &rawRates, &rawCPU)
+		round(catchup, &catchRates, &catchCPU)
+	}
+	b.StopTimer()
+	b.ReportMetric(median(rawRates), "raw-MB/s")
+	b.ReportMetric(median(catchRates), "catchup-MB/s")
+	b.ReportMetric(median(catchRates)/median(rawRates), "ratio")
+	b.ReportMetric(median(rawCPU), "raw-cpu-ms/MB")
+	b.ReportMetric(median(catchCPU), "catchup-cpu-ms/MB")
+}
+
+// processCPU is the CPU time (user and system) the process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// catchupRead reads the shard from offset 0 up to end with 4 MiB limits,
+// as a consumer catching up does, and returns the value bytes read.
+func catchupRead(b *testing.B, s *Shard, end uint64) (n int64) {
+	for next := uint64(0); next < end; {
+		got, err := s.Read(b.Context(), next, shard.Limits{MaxBytes: 4 << 20})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range got {
+			n += int64(len(r.Value))
+		}
+		next = got[len(got)-1].Offset + 1
+	}
+	return n
 }

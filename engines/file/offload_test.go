@@ -575,6 +575,15 @@ func TestOffloadChecksums(t *testing.T) {
 			if gets := cs.gets.Load(); tc.checking != (gets == 0) {
 				t.Fatalf("%d GETs during the offload of %d segments (store checks CRCs: %v)", gets, sealed, tc.checking)
 			}
+			// Read-backs count every verified attempt (the corrupted ones
+			// too): none where the store checks.
+			wantReadBack := 0
+			if !tc.checking {
+				wantReadBack = 2 * sealed
+			}
+			if got := testutil.ToFloat64(e.m.offloadReadBack); got != float64(wantReadBack) {
+				t.Fatalf("quire_offload_readback_total = %v, want %d (store checks CRCs: %v)", got, wantReadBack, tc.checking)
+			}
 			checkSame(t, readAll(t, s), want)
 		})
 	}
