@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -34,16 +35,21 @@ func (e *closeError) Error() string { return "mqtt: " + e.msg + " (" + e.code.St
 // answers packets; writeLoop sends the session's queued messages. Writes
 // from both go through wmu.
 type conn struct {
-	s        *Server
-	nc       net.Conn
-	listener string
-	remote   string
-	r        *packet.Reader
+	outPub    packet.Publish // writePublishLocked's packet, under wmu (no allocation per delivery)
+	batchMs   []*pubsub.Message
+	batchPos  []Position
+	batchErrs []error
+	s         *Server
+	nc        net.Conn
+	listener  string
+	remote    string
+	r         *packet.Reader
 
-	wmu    sync.Mutex
-	w      *packet.Writer
-	wdl    time.Time // the write deadline last armed by flushLocked; under wmu
-	kicked atomic.Bool
+	wmu           sync.Mutex
+	w             *packet.Writer
+	wdl           time.Time // the write deadline last armed by flushLocked; under wmu
+	kicked        atomic.Bool
+	writerStarted atomic.Bool
 
 	// Set by the handshake, then owned by serve.
 	version     packet.Version
@@ -114,6 +120,12 @@ func (c *conn) close() {
 	})
 }
 
+// kickReasons are the Reason Strings of the DISCONNECTs kick sends.
+var kickReasons = map[packet.ReasonCode]string{
+	packet.SessionTakenOver:   "another connection with this client identifier took the session over",
+	packet.ServerShuttingDown: "the server is shutting down",
+}
+
 // kick sends a v5 DISCONNECT with code (session taken over, server shutting
 // down) and closes the connection. A writer stuck on a client that does not
 // read is cut off by a short write deadline.
@@ -122,7 +134,12 @@ func (c *conn) kick(code packet.ReasonCode) {
 	c.shortDeadline()
 	c.wmu.Lock()
 	if c.version == packet.V5 {
-		c.writeLocked(&packet.Disconnect{ReasonCode: code})
+		d := &packet.Disconnect{ReasonCode: code}
+		d.Properties.ReasonString = kickReasons[code]
+		if errors.Is(c.writeLocked(d), packet.ErrPeerPacketTooLarge) {
+			d.Properties.ReasonString = ""
+			c.writeLocked(d)
+		}
 		c.w.Flush()
 	}
 	c.wmu.Unlock()
@@ -224,8 +241,15 @@ func (c *conn) serve() {
 	}
 	log = log.With("client_id", c.clientID, "version", c.version.String())
 	log.Debug("mqtt client connected", "session_present", present)
-	c.s.wg.Add(1)
-	go c.writeLoop(present)
+	// The writer starts with the first delivery: an idle connection has
+	// one goroutine. A resumed session resends first.
+	if present {
+		c.startWriter(true)
+	}
+	c.sess.writer.Store(c)
+	if c.sess.hasWork() {
+		c.startWriter(false)
+	}
 
 	err = c.readLoop()
 	normal := false
@@ -237,7 +261,7 @@ func (c *conn) serve() {
 		c.s.m.closedBy.WithLabelValues(ce.code.String()).Inc()
 		log.Debug("mqtt connection closed by the server", "reason", ce.code.String(), "err", ce.msg)
 		if c.version == packet.V5 {
-			c.sendShort(&packet.Disconnect{ReasonCode: ce.code})
+			c.sendReason(&packet.Disconnect{ReasonCode: ce.code}, ce.msg)
 		}
 	case c.kicked.Load():
 	default:
@@ -246,13 +270,16 @@ func (c *conn) serve() {
 			c.s.m.closedBy.WithLabelValues(pe.Code.String()).Inc()
 			log.Debug("mqtt bad packet", "err", err)
 			if c.version == packet.V5 {
-				c.sendShort(&packet.Disconnect{ReasonCode: pe.Code})
+				c.sendReason(&packet.Disconnect{ReasonCode: pe.Code}, pe.Error())
 			}
 		} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 			log.Debug("mqtt connection lost", "err", err)
 		}
 	}
 	c.close()
+	if c.writerStarted.CompareAndSwap(false, true) {
+		close(c.writerDone) // no writer ever started, and none will now
+	}
 	<-c.writerDone
 	c.s.detach(c, c.sess)
 	if normal || c.will == nil || c.s.ctx.Err() != nil {
@@ -279,12 +306,54 @@ func (c *conn) serve() {
 // refuse answers a CONNECT with a failure code and returns an error.
 func (c *conn) refuse(code packet.ReasonCode, msg string) error {
 	c.s.m.connects.WithLabelValues(code.String()).Inc()
-	ack := &packet.Connack{ReasonCode: code}
 	if c.version != packet.V5 {
-		ack = &packet.Connack{ReturnCode: packet.ReturnCodeFor(code)}
+		c.sendShort(&packet.Connack{ReturnCode: packet.ReturnCodeFor(code)})
+	} else {
+		c.sendReason(&packet.Connack{ReasonCode: code}, msg)
 	}
-	c.sendShort(ack)
 	return &closeError{code: code, msg: msg}
+}
+
+// maxReasonString bounds the Reason String of a server-sent DISCONNECT or
+// refusing CONNACK: it is for people reading logs, not a dump.
+const maxReasonString = 200
+
+// sendReason sends a v5 DISCONNECT or CONNACK (p) with msg as its Reason
+// String (MQTT 5.0 §3.2.2.3.9, §3.14.2.2.3: allowed in these two packets
+// whatever the client's Request Problem Information) — without it when
+// it would exceed the client's Maximum Packet Size [MQTT-3.14.2-3].
+//
+// Internal failures and authentication refusals carry only what precedes
+// the first ": " of msg: the rest is for the log (file paths, which of
+// user or password was wrong).
+func (c *conn) sendReason(p packet.Packet, msg string) error {
+	var props *packet.Properties
+	var code packet.ReasonCode
+	switch p := p.(type) {
+	case *packet.Disconnect:
+		props, code = &p.Properties, p.ReasonCode
+	case *packet.Connack:
+		props, code = &p.Properties, p.ReasonCode
+	default:
+		return c.sendShort(p)
+	}
+	switch code {
+	case packet.UnspecifiedError, packet.ServerUnavailable, packet.BadUserNameOrPassword, packet.NotAuthorized:
+		msg, _, _ = strings.Cut(msg, ": ")
+	}
+	if len(msg) > maxReasonString {
+		msg = msg[:maxReasonString]
+	}
+	for !utf8.ValidString(msg) { // a cut through a rune
+		msg = msg[:len(msg)-1]
+	}
+	props.ReasonString = msg
+	err := c.sendShort(p)
+	if errors.Is(err, packet.ErrPeerPacketTooLarge) {
+		props.ReasonString = ""
+		err = c.send(p)
+	}
+	return err
 }
 
 // handshake reads CONNECT, binds the session and sends CONNACK.
@@ -478,12 +547,12 @@ func (c *conn) commitBatch() error {
 	}
 	batch := c.pending
 	c.pending = nil
-	ms := make([]*pubsub.Message, len(batch))
+	ms := grow(&c.batchMs, len(batch))
 	for i := range batch {
 		ms[i] = batch[i].m
 	}
-	pos := make([]Position, len(batch))
-	errs := make([]error, len(batch))
+	pos := grow(&c.batchPos, len(batch))
+	errs := grow(&c.batchErrs, len(batch))
 	c.s.opts.Storage.(BatchStorage).AppendBatch(c.s.ctx, ms, pos, errs)
 	var first error
 	for i, pp := range batch {
@@ -828,6 +897,15 @@ func (c *conn) onDisconnect(p *packet.Disconnect) error {
 	return nil
 }
 
+// startWriter starts writeLoop once.
+func (c *conn) startWriter(present bool) {
+	if c.writerStarted.CompareAndSwap(false, true) {
+		c.s.wg.Add(1)
+		c.sess.wake() // the first pass takes what is queued already
+		go c.writeLoop(present)
+	}
+}
+
 // writeLoop sends the session's messages: first the inflight ones of a
 // resumed session (PUBLISH with DUP, or PUBREL), then the queue as it
 // fills, keeping at most inflightMax QoS 1/2 messages unacknowledged.
@@ -900,8 +978,9 @@ func (c *conn) writeLoop(present bool) {
 // Maximum Packet Size, or expired, is dropped rather than sent.
 func (c *conn) writePublishLocked(d *delivery, dup bool) error {
 	m := d.msg
-	pk := packet.Publish{Topic: m.Topic, QoS: packet.QoS(d.qos), Retain: d.retain, PacketID: d.id,
+	c.outPub = packet.Publish{Topic: m.Topic, QoS: packet.QoS(d.qos), Retain: d.retain, PacketID: d.id,
 		Payload: m.Payload, Dup: dup && d.qos > 0}
+	pk := &c.outPub
 	if c.version == packet.V5 {
 		pp := &pk.Properties
 		pp.PayloadFormatIndicator = m.PayloadFormat
@@ -933,7 +1012,7 @@ func (c *conn) writePublishLocked(d *delivery, dup bool) error {
 			pk.Topic = ""
 		}
 	}
-	err := c.writeLocked(&pk)
+	err := c.writeLocked(pk)
 	if errors.Is(err, packet.ErrPeerPacketTooLarge) {
 		c.drop(d, dropTooLarge) // nothing written: the alias is not the client's yet
 		return nil
@@ -952,4 +1031,14 @@ func (c *conn) drop(d *delivery, reason string) {
 	if d.qos > 0 {
 		c.completed(c.sess.acked(d.id, d.released))
 	}
+}
+
+// grow returns (*b)[:n] zeroed, growing *b when needed.
+func grow[T any](b *[]T, n int) []T {
+	if cap(*b) < n {
+		*b = make([]T, n)
+	}
+	s := (*b)[:n]
+	clear(s)
+	return s
 }

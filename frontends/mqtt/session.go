@@ -33,6 +33,7 @@ type delivery struct {
 // With Options.Store, a persistent session is also stored (see persist.go
 // and the package doc); owed then tracks the positions it is owed.
 type session struct {
+	writer atomic.Pointer[conn] // the connection whose writer wake starts (conn.startWriter)
 	id     string
 	online atomic.Bool
 	notify chan struct{} // capacity 1: wakes the connection's writer
@@ -308,6 +309,16 @@ func (s *session) wake() {
 	case s.notify <- struct{}{}:
 	default:
 	}
+	if c := s.writer.Load(); c != nil {
+		c.startWriter(false)
+	}
+}
+
+// hasWork reports queued or inflight deliveries.
+func (s *session) hasWork() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue) > 0 || len(s.inflight) > 0
 }
 
 // takeShared removes and returns the deliveries this session got through a
@@ -402,9 +413,14 @@ func (s *session) take(c *conn, inflightMax, max int, now time.Time, dst []*deli
 		}
 		n++
 	}
-	s.queue = s.queue[n:]
-	if len(s.queue) == 0 {
-		s.queue = nil // let the backing array go
+	if n == len(s.queue) && cap(s.queue) <= 1024 {
+		clear(s.queue) // keep a small backing array: the next burst reuses it
+		s.queue = s.queue[:0]
+	} else {
+		s.queue = s.queue[n:]
+		if len(s.queue) == 0 {
+			s.queue = nil // let the backing array go
+		}
 	}
 	return dst, expired
 }

@@ -418,13 +418,18 @@ func (st *ShardStorage) Close() error {
 	return nil
 }
 
+// digits are the values of the QoS and retain headers; engines copy what
+// they store and never write to a record's slices.
+var digits = [3][]byte{[]byte("0"), []byte("1"), []byte("2")}
+
 // EncodeRecord is the shard record of m (see ShardStorage).
 func EncodeRecord(m *pubsub.Message) shard.Record {
-	r := shard.Record{Timestamp: m.Time.UnixMilli(), Key: []byte(m.Topic), Value: m.Payload}
+	r := shard.Record{Timestamp: m.Time.UnixMilli(), Key: []byte(m.Topic), Value: m.Payload,
+		Headers: make([]shard.Header, 1, 4)}
 	add := func(k, v string) { r.Headers = append(r.Headers, shard.Header{Key: k, Value: []byte(v)}) }
-	add(HeaderQoS, strconv.Itoa(int(m.QoS)))
+	r.Headers[0] = shard.Header{Key: HeaderQoS, Value: digits[m.QoS%3]}
 	if m.Retain {
-		add(HeaderRetain, "1")
+		r.Headers = append(r.Headers, shard.Header{Key: HeaderRetain, Value: digits[1]})
 	}
 	if m.Publisher != "" {
 		add(HeaderPublisher, m.Publisher)
