@@ -547,6 +547,7 @@ func (s *Shard) sweepOrphans(ctx context.Context) error {
 	}
 	s.ctlMu.Unlock()
 	for _, k := range orphans {
+		s.e.off.cache.drop(k)
 		if err := s.e.off.o.Store.Delete(ctx, k); err != nil {
 			return err
 		}
@@ -583,6 +584,7 @@ func (e *Engine) purgeRemote(ctx context.Context, name string) error {
 		return err
 	}
 	for _, o := range objs {
+		e.off.cache.drop(o.Key) // a prefetch of it must not serve a later object of the key
 		if err := e.off.o.Store.Delete(ctx, o.Key); err != nil {
 			return err
 		}

@@ -140,6 +140,14 @@ func TestOffloadRemoteRanges(t *testing.T) {
 	check(failed)
 
 	closeReaders(e, sealed)
+	// Deleting an object forgets its prefetched range: a later object of
+	// the key must not be served from it.
+	c := e.off.cache
+	c.prefetch(rs, ranges[len(ranges)-1].key)
+	c.drop(ranges[len(ranges)-1].key)
+	if g := c.adopt(ranges[len(ranges)-1].key, 0); g != nil {
+		t.Fatal("a prefetched range outlived the deletion of its object")
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		e.off.cache.aheadMu.Lock()
