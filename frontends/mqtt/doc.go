@@ -186,9 +186,22 @@
 // A packet the codec refuses closes that connection only: v5 gets DISCONNECT
 // (CONNACK while connecting) with the codec's reason code (packet.ReasonCodeOf
 // table), v3 a plain close (CONNACK 0x01 for an unknown protocol level).
+// Every v5 DISCONNECT the server sends, and every refusing v5 CONNACK,
+// carries a Reason String saying why (conn.sendReason, kickReasons; for
+// internal failures and authentication refusals only the text before the
+// first ": ", the rest goes to the log), dropped if it would exceed the
+// client's Maximum Packet Size.
 // Broker-level violations (topic alias out of range 0x94, too many QoS 2 in
 // flight 0x93, No Local on a shared subscription 0x82, a failed
 // re-authentication 0x87, 0x8C or 0x82) do the same.
+//
+// # Testing
+//
+// FEATURES.md maps every feature of the issue to the test that exercises
+// it with a real client (paho.golang, paho.mqtt.golang, mosquitto_pub and
+// mosquitto_sub), against a `quire start` process (cmd/quire, mainly
+// TestMQTTFeatures in mqtt_features_test.go) or in process, and lists what
+// no real client covers yet.
 //
 // # Elsewhere
 //
