@@ -2,14 +2,18 @@
 // config.Config, starts them in order — common servers (inner gRPC, admin
 // HTTP), meta, journal (the bookie), broker — and stops them in reverse.
 //
-// What exists today: the common servers; meta (package meta: Raft over the
-// inner gRPC server, role "meta"), which holds the node registrations, the
-// topic registry and the bookie's cookie; the bookie (the journal's storage
-// server, when [bookie] enabled: the node's "bookie" role); and the broker's
-// storage side (the engines, the router that picks a topic's engine, and
-// the topic registry). The journal's ledger client and the protocol
-// front-ends are not built yet; the node logs which configured listeners it
-// does not serve instead of pretending to.
+// Components: the common servers; meta (package meta: Raft over the inner
+// gRPC server, role "meta"), which holds the node registrations, the topic
+// registry, the journal's ledgers and logs, the bookie's cookie and the
+// MQTT routes; the bookie (the journal's storage server, when [bookie]
+// enabled: the node's "bookie" role); and the broker: the engines (memory,
+// file with tiered offload, journal, and s3/hdfs when a rule uses them),
+// the router that picks a topic's engine, the topic registry, the MQTT
+// front-end on every configured listener (TCP, TLS, WebSocket, WSS, QUIC)
+// and cross-node MQTT routing (mqttcluster.go: each node pulls from every
+// other node the messages its sessions subscribe to). Kafka and AMQP are
+// not built yet; the node logs which configured listeners it does not
+// serve instead of pretending to.
 //
 // Meta: with one address in meta_addrs (the default) the node bootstraps a
 // one-voter cluster by itself; nodes given the same several addresses form
@@ -22,8 +26,7 @@
 // Topics are records in meta (topics.MetaStore): a topic created through
 // any node is listed by every node. Its shards, though, stay local to the
 // node it was created through (topics.Topic.Node): other nodes list the
-// topic with its partitions marked as hosted there. Placing shards across
-// nodes arrives with the journal engine. A topics.json left by an older
+// topic with its partitions marked as hosted there. A topics.json left by an older
 // build is copied into meta at the first start with meta and renamed
 // topics.json.migrated.
 //
@@ -45,6 +48,8 @@
 //	<data_dir>/meta/         meta: raft/ (Pebble log and stable store), snapshots/
 //	<data_dir>/file/         the file engine's shards
 //	<data_dir>/bookie/       the bookie: cookie, entry logs, index, journal/
+//	<data_dir>/mqtt/         MQTT sessions, cursors, QoS 2 state, retained and delayed messages (Pebble)
+//	<data_dir>/mqttcluster/cursors.json   how far this node has pulled each peer's MQTT shards
 //	<data_dir>/topics.json.migrated   an older build's topic registry, now in meta
 //
 // The bookie's cookie store is meta (key /cookies/bookies/<bookie id>)
