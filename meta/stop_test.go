@@ -59,7 +59,7 @@ func TestStopWhileElecting(t *testing.T) {
 	c.net.Heal()
 	c.start(f, nil)
 
-	for round := range 4 {
+	for round := range 3 {
 		old := c.leader()
 		stopNode(t, c, old)
 		// The first of the others that Raft makes leader is stopped at once.
