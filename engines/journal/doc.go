@@ -54,4 +54,22 @@
 // closes the ledger being written and stores the seal. Delete removes the
 // shard record (the commit point), then the log and its ledgers; a Create
 // of the same name removes a log an interrupted delete left.
+//
+// # Offload
+//
+// With Options.Offload, a pass every Offload.Interval copies each closed
+// ledger of an open shard's log (front first; never the last) to the
+// object store as one object of its entries, each preceded by its length
+// (objstore.PutVerified: size and CRC-32C checked), then records it in
+// meta by create-if-absent under
+// /engines/journal/offload/<escaped name>/<ledger> (remoteLedger: first
+// and end offset, key, size, CRC). Once Offload.DeleteLag has passed since
+// the record, the ledger is dropped from the log front and deleted from
+// its bookies, as Trim does. Reads below the log's first ledger come from
+// the recorded objects (the last one read stays decoded). A crash between
+// the steps leaves either an unrecorded object (rewritten under the same
+// key by the next pass) or a recorded ledger still in the log (read from
+// the log; dropped by the next pass): every record is read exactly once.
+// Trim and retention delete the records, then the objects, below the trim
+// point; Delete deletes them all.
 package journal

@@ -46,8 +46,12 @@ type Engine struct {
 	shards map[string]*Shard
 	closed bool
 
-	stopRetention chan struct{} // closed by Close
+	stopRetention chan struct{} // closed by Close; stops the offloader too
 	retentionDone chan struct{}
+	offloadDone   chan struct{}
+
+	omu     sync.Mutex
+	pending map[uint64]time.Time // closed ledgers waiting for offload: when first seen
 }
 
 var (
@@ -65,39 +69,49 @@ func Open(o Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{o: o, c: o.Client, kv: o.Meta, m: newMetrics(o.Registerer), log: o.Logger, shards: map[string]*Shard{},
-		stopRetention: make(chan struct{}), retentionDone: make(chan struct{})}
+		stopRetention: make(chan struct{}), retentionDone: make(chan struct{}), offloadDone: make(chan struct{}), pending: map[uint64]time.Time{}}
 	if o.RetentionAge > 0 {
-		go e.retentionLoop()
+		go e.every(o.RetentionInterval, e.retentionDone, e.retain) // Options.RetentionAge on the open shards
 	} else {
 		close(e.retentionDone)
+	}
+	if o.Offload != nil && !o.noOffloadLoop {
+		go e.every(o.Offload.Interval, e.offloadDone, e.offloadPass)
+	} else {
+		close(e.offloadDone)
 	}
 	return e, nil
 }
 
-// retentionLoop applies Options.RetentionAge to the open shards every
-// RetentionInterval until Close.
-func (e *Engine) retentionLoop() {
-	defer close(e.retentionDone)
-	t := time.NewTicker(e.o.RetentionInterval)
+// every runs fn every d until Close, then closes done.
+func (e *Engine) every(d time.Duration, done chan struct{}, fn func(now time.Time)) {
+	defer close(done)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-e.stopRetention:
 			return
 		case now := <-t.C:
-			e.retain(now)
+			fn(now)
 		}
 	}
 }
 
-// retain trims every open shard to what RetentionAge keeps at now.
-func (e *Engine) retain(now time.Time) {
+// openShards returns the open shards.
+func (e *Engine) openShards() []*Shard {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	shards := make([]*Shard, 0, len(e.shards))
 	for _, s := range e.shards {
 		shards = append(shards, s)
 	}
-	e.mu.Unlock()
+	return shards
+}
+
+// retain trims every open shard to what RetentionAge keeps at now.
+func (e *Engine) retain(now time.Time) {
+	shards := e.openShards()
 	ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)
 	defer cancel()
 	cutoff := now.Add(-e.o.RetentionAge).UnixMilli()
@@ -154,6 +168,9 @@ func (e *Engine) CreateWith(ctx context.Context, name string, s shard.Settings) 
 	// A log left by a delete that was interrupted after its commit point.
 	if err := e.c.DeleteLog(ctx, e.logName(name)); err != nil {
 		return nil, fmt.Errorf("journal engine: create %q: removing an old log: %w", name, err)
+	}
+	if err := e.deleteManifest(ctx, name); err != nil {
+		return nil, fmt.Errorf("journal engine: create %q: removing old offloaded ledgers: %w", name, err)
 	}
 	sh := newShard(e, rec, v)
 	e.shards[name] = sh
@@ -213,7 +230,20 @@ func (e *Engine) Delete(ctx context.Context, name string) error {
 	if _, err := e.kv.Delete(ctx, e.key(name), meta.IfVersion(rec.Version)); err != nil {
 		return err
 	}
-	return e.c.DeleteLog(ctx, e.logName(name))
+	if err := e.c.DeleteLog(ctx, e.logName(name)); err != nil {
+		return err
+	}
+	return e.deleteManifest(ctx, name)
+}
+
+// deleteManifest removes every offloaded ledger of shard name (records and
+// objects).
+func (e *Engine) deleteManifest(ctx context.Context, name string) error {
+	rs, err := e.listRemote(ctx, name)
+	if err != nil {
+		return err
+	}
+	return e.deleteRemote(ctx, name, rs)
 }
 
 // List implements shard.Engine.
@@ -247,6 +277,7 @@ func (e *Engine) Close() error {
 	e.mu.Unlock()
 	close(e.stopRetention)
 	<-e.retentionDone
+	<-e.offloadDone
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)

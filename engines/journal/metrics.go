@@ -21,6 +21,12 @@ type engineMetrics struct {
 	deleted       prometheus.Counter
 	entryReads    prometheus.Counter
 	openShards    prometheus.Gauge
+
+	offloadBytes    prometheus.Counter
+	offloadLedgers  prometheus.Counter
+	offloadLag      prometheus.Gauge
+	offloadFailures prometheus.Counter
+	offloadReads    prometheus.Counter
 }
 
 func newMetrics(r prometheus.Registerer) *engineMetrics {
@@ -41,5 +47,12 @@ func newMetrics(r prometheus.Registerer) *engineMetrics {
 		deleted:    counter("ledgers_deleted_total", "Ledgers deleted by Trim (whole ledgers below the low watermark)."),
 		entryReads: counter("entry_reads_total", "Ledger entries read from bookies (cache misses)."),
 		openShards: metrics.Reuse(r, prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: subsystem, Name: "open_shards", Help: "Shards currently open."})),
+
+		offloadBytes:    counter("offloaded_bytes_total", "Bytes of closed ledgers offloaded to the object store (verified and recorded)."),
+		offloadLedgers:  counter("offloaded_ledgers_total", "Closed ledgers offloaded to the object store."),
+		offloadFailures: counter("offload_failures_total", "Offload passes of a shard that failed (retried at the next pass)."),
+		offloadReads:    counter("offloaded_reads_total", "Offloaded ledgers read back from the object store (cache misses)."),
+		offloadLag: metrics.Reuse(r, prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: subsystem, Name: "offload_lag_seconds",
+			Help: "Age of the oldest closed ledger not offloaded yet (since the offloader first saw it)."})),
 	}
 }

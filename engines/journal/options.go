@@ -100,6 +100,10 @@ type Options struct {
 	// open shards (0: keep forever). Default RetentionInterval 1m.
 	RetentionAge      time.Duration
 	RetentionInterval time.Duration
+	// Offload, when set, copies the closed ledgers of the open shards to
+	// an object store and drops them from the log after its DeleteLag;
+	// reads below the log's first ledger come from the objects.
+	Offload *OffloadOptions
 	// CacheBytes bounds the decoded entries each open shard keeps for
 	// readers (recent appends and reads). Default 4 MiB.
 	CacheBytes int
@@ -110,6 +114,9 @@ type Options struct {
 	// Logger receives takeovers, rollovers and failures. Default
 	// slog.Default().
 	Logger *slog.Logger
+
+	offloadHook   func(step string) error // tests: called after each offload step; an error stops the pass
+	noOffloadLoop bool                    // tests: passes run only when called
 }
 
 // EnsureDefaults fills zero fields with their defaults and returns o.
@@ -132,6 +139,9 @@ func (o *Options) EnsureDefaults() *Options {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Offload != nil {
+		o.Offload.ensureDefaults()
+	}
 	return o
 }
 
@@ -142,6 +152,11 @@ func (o *Options) Validate() error {
 	}
 	if o.RollBytes < 0 || o.RollEntries < 0 || o.RollAge < 0 || o.RetentionAge < 0 {
 		return errors.New("journal engine: roll and retention limits must be >= 0")
+	}
+	if o.Offload != nil {
+		if err := o.Offload.validate(); err != nil {
+			return err
+		}
 	}
 	return o.Quorum.Validate()
 }

@@ -38,6 +38,12 @@ type Shard struct {
 	notify  chan struct{}     // closed and replaced when high grows, or on seal/close
 
 	cache *entryCache
+
+	remote []remoteLedger // offloaded ledgers, by first offset (offload.go)
+
+	rmu   sync.Mutex // the last offloaded ledger read, decoded
+	rkey  string
+	rrecs []shard.Record
 }
 
 var (
@@ -74,6 +80,11 @@ func (s *Shard) Quorum() Quorum { return s.q }
 func (s *Shard) open(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	remote, err := s.e.loadRemote(ctx, s.name)
+	if err != nil {
+		return err
+	}
+	s.remote = remote
 	ids, err := s.logLedgers(ctx)
 	if err != nil {
 		return err
@@ -135,6 +146,11 @@ func (s *Shard) load(ctx context.Context, writing uint64) error {
 	s.cache.clear()
 	var infos []*ledgerInfo
 	end, runMax := s.low, int64(math.MinInt64)
+	for _, r := range s.remote { // the log may start after offloaded ledgers
+		if r.End > end {
+			end, runMax = r.End, r.MaxTS
+		}
+	}
 	for _, id := range ids {
 		md, err := s.e.c.Metadata(ctx, id)
 		if err != nil {
@@ -306,6 +322,7 @@ func (s *Shard) Sealed() bool {
 type view struct {
 	low, high uint64
 	ledgers   []*ledgerInfo
+	remote    []remoteLedger
 }
 
 func (s *Shard) view() (view, error) {
@@ -314,7 +331,7 @@ func (s *Shard) view() (view, error) {
 	if s.closed {
 		return view{}, shard.ErrClosed
 	}
-	return view{s.low, s.high, s.ledgers}, nil
+	return view{s.low, s.high, s.ledgers, s.remote}, nil
 }
 
 // ledgerOf returns the index of the ledger holding offset off (< high).
@@ -325,6 +342,13 @@ func (v *view) ledgerOf(off uint64) int {
 		i--
 	}
 	return max(i, 0)
+}
+
+// closed reports whether l is closed (not the ledger this shard writes).
+func (li *ledgerInfo) closed() bool {
+	li.mu.Lock()
+	defer li.mu.Unlock()
+	return li.firsts == nil && li.md.State == ledger.StateClosed
 }
 
 func (li *ledgerInfo) count() int64 {
@@ -344,6 +368,23 @@ func (s *Shard) Read(ctx context.Context, from uint64, lim shard.Limits) ([]shar
 	}
 	var out []shard.Record
 	bytes := 0
+	full := func(out []shard.Record, r shard.Record) bool {
+		return r.Offset >= v.high || (lim.MaxRecords > 0 && len(out) >= lim.MaxRecords) ||
+			(lim.MaxBytes > 0 && len(out) > 0 && bytes+r.Size() > lim.MaxBytes)
+	}
+	if from < v.localFirst() {
+		var stopped bool
+		out, from, stopped, err = s.readRemote(ctx, &v, from, out, func(out []shard.Record, r shard.Record) bool {
+			if full(out, r) {
+				return true
+			}
+			bytes += r.Size()
+			return false
+		})
+		if err != nil || stopped {
+			return out, err
+		}
+	}
 	li := v.ledgerOf(from)
 	for from < v.high && li < len(v.ledgers) {
 		l := v.ledgers[li]
@@ -361,8 +402,7 @@ func (s *Shard) Read(ctx context.Context, from uint64, lim shard.Limits) ([]shar
 					Reason: fmt.Sprintf("holds offsets [%d, %d), expected %d", h.first, h.end(), from)}
 			}
 			for _, r := range recs[from-h.first:] {
-				if r.Offset >= v.high || (lim.MaxRecords > 0 && len(out) >= lim.MaxRecords) ||
-					(lim.MaxBytes > 0 && len(out) > 0 && bytes+r.Size() > lim.MaxBytes) {
+				if full(out, r) {
 					return out, nil
 				}
 				out = append(out, r)
@@ -431,22 +471,9 @@ func (s *Shard) entry(ctx context.Context, l *ledgerInfo, e int64) (entryHeader,
 		l.remember(e, h)
 		return h, recs, nil
 	}
-	l.mu.Lock()
-	md := l.md
-	l.mu.Unlock()
-	data, err := s.e.c.ReadLedgerEntry(ctx, &md, e)
+	data, err := s.rawEntry(ctx, l, e)
 	if err != nil {
-		// An ensemble change may have moved the entry: read the metadata again.
-		md, merr := s.e.c.Metadata(ctx, l.id)
-		if merr != nil {
-			return entryHeader{}, nil, errors.Join(err, merr)
-		}
-		l.mu.Lock()
-		l.md = md
-		l.mu.Unlock()
-		if data, err = s.e.c.ReadLedgerEntry(ctx, &md, e); err != nil {
-			return entryHeader{}, nil, err
-		}
+		return entryHeader{}, nil, err
 	}
 	s.e.m.entryReads.Inc()
 	h, recs, err := decodeEntry(data)
@@ -456,6 +483,26 @@ func (s *Shard) entry(ctx context.Context, l *ledgerInfo, e int64) (entryHeader,
 	l.remember(e, h)
 	s.cache.put(l.id, e, h, recs, len(data))
 	return h, recs, nil
+}
+
+// rawEntry reads entry e of l from a bookie (re-reading the ledger's
+// metadata once after a failure: an ensemble change may have moved it).
+func (s *Shard) rawEntry(ctx context.Context, l *ledgerInfo, e int64) ([]byte, error) {
+	l.mu.Lock()
+	md := l.md
+	l.mu.Unlock()
+	data, err := s.e.c.ReadLedgerEntry(ctx, &md, e)
+	if err == nil {
+		return data, nil
+	}
+	md, merr := s.e.c.Metadata(ctx, l.id)
+	if merr != nil {
+		return nil, errors.Join(err, merr)
+	}
+	l.mu.Lock()
+	l.md = md
+	l.mu.Unlock()
+	return s.e.c.ReadLedgerEntry(ctx, &md, e)
 }
 
 // remember caches the header of entry e (bounded: headers are small, but a
@@ -514,6 +561,9 @@ func (s *Shard) OffsetForTime(ctx context.Context, ts int64) (uint64, error) {
 
 // firstAtOrAfter finds the first record (below high) with timestamp >= ts.
 func (s *Shard) firstAtOrAfter(ctx context.Context, v *view, ts int64) (uint64, bool, error) {
+	if off, ok, err := s.remoteAtOrAfter(ctx, v, ts); err != nil || ok {
+		return off, ok, err
+	}
 	for _, l := range v.ledgers {
 		last := l.lastBelow(v.high)
 		if last < 0 {
@@ -588,29 +638,24 @@ func (s *Shard) Trim(ctx context.Context, before uint64) error {
 	for n+1 < len(s.ledgers) && s.ledgers[n+1].first <= before {
 		n++
 	}
-	if n == 0 {
-		return nil
-	}
-	var err error
-	if s.w != nil {
-		err = s.w.DropFirst(ctx, n)
-	} else {
-		ids := make([]uint64, n)
-		for i, l := range s.ledgers[:n] {
-			ids[i] = l.id
+	if n > 0 {
+		if err := s.dropFront(ctx, n); err != nil {
+			// The trim point holds; the ledgers go at a later Trim.
+			s.e.log.Warn("journal shard: dropping trimmed ledgers", "shard", s.name, "ledgers", n, "err", err)
 		}
-		err = s.e.c.DropLogLedgers(ctx, s.log, ids)
 	}
-	if err != nil {
-		// The trim point holds; the ledgers go at a later Trim.
-		s.e.log.Warn("journal shard: dropping trimmed ledgers", "shard", s.name, "ledgers", n, "err", err)
-		return nil
+	// Offloaded ledgers wholly below the trim point: record, then object.
+	k := 0
+	for k < len(s.remote) && s.remote[k].End <= before {
+		k++
 	}
-	for _, l := range s.ledgers[:n] {
-		s.cache.dropLedger(l.id)
+	if k > 0 {
+		if err := s.e.deleteRemote(ctx, s.name, s.remote[:k]); err != nil {
+			s.e.log.Warn("journal shard: deleting trimmed offloaded ledgers", "shard", s.name, "ledgers", k, "err", err)
+			return nil
+		}
+		s.remote = append([]remoteLedger(nil), s.remote[k:]...)
 	}
-	s.ledgers = append([]*ledgerInfo(nil), s.ledgers[n:]...)
-	s.e.m.deleted.Add(float64(n))
 	return nil
 }
 
@@ -625,6 +670,15 @@ func (s *Shard) retain(ctx context.Context, cutoff int64) error {
 		return err
 	}
 	before := v.low
+	for _, r := range v.remote {
+		if r.First >= v.localFirst() || r.First == r.End {
+			continue
+		}
+		if r.MaxTS >= cutoff {
+			return s.trimTo(ctx, before, v.low)
+		}
+		before = max(before, r.End)
+	}
 	for i := 0; i+1 < len(v.ledgers); i++ {
 		l := v.ledgers[i]
 		if last := l.lastBelow(v.high); last >= 0 {
@@ -638,7 +692,11 @@ func (s *Shard) retain(ctx context.Context, cutoff int64) error {
 		}
 		before = max(before, v.ledgers[i+1].first)
 	}
-	if before <= v.low {
+	return s.trimTo(ctx, before, v.low)
+}
+
+func (s *Shard) trimTo(ctx context.Context, before, low uint64) error {
+	if before <= low {
 		return nil
 	}
 	return s.Trim(ctx, before)

@@ -1,0 +1,478 @@
+package journal
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net/url"
+	"sort"
+	"time"
+
+	"github.com/quiremq/quire/engines/objstore"
+	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
+	"github.com/quiremq/quire/shard"
+)
+
+// PrefixOffload is where the engine records offloaded ledgers in meta:
+// /engines/journal/offload/<path-escaped prefix+shard>/<ledger, 20 digits>
+// holding a remoteLedger as JSON. Part of the stored format.
+const PrefixOffload = "/engines/journal/offload/"
+
+// Offload defaults.
+const (
+	DefaultOffloadInterval = 10 * time.Second
+	DefaultOffloadPrefix   = "journal"
+)
+
+// OffloadOptions move the closed ledgers of a shard's log to an object
+// store (tiered storage). See the package documentation ("Offload").
+type OffloadOptions struct {
+	// Store receives the ledgers (required).
+	Store objstore.Store
+	// Prefix is the first part of every object key:
+	// <Prefix>/<path-escaped shard log>/<ledger, 20 digits>.entries;
+	// default "journal".
+	Prefix string
+	// DeleteLag is how long a ledger stays on the bookies after its
+	// offload was recorded; 0 drops it at once.
+	DeleteLag time.Duration
+	// Policy says whether a shard offloads and with which delete lag; nil
+	// offloads every shard with DeleteLag. Consulted at every pass.
+	Policy func(shard string) (offload bool, deleteLag time.Duration)
+	// Interval is the period of the offload passes over the open shards;
+	// default 10s.
+	Interval time.Duration
+}
+
+func (o *OffloadOptions) ensureDefaults() {
+	if o.Prefix == "" {
+		o.Prefix = DefaultOffloadPrefix
+	}
+	if o.Interval <= 0 {
+		o.Interval = DefaultOffloadInterval
+	}
+}
+
+func (o *OffloadOptions) validate() error {
+	if o.Store == nil {
+		return errors.New("journal engine: Offload.Store is required")
+	}
+	if err := objstore.ValidateKey(o.Prefix); err != nil {
+		return fmt.Errorf("journal engine: Offload.Prefix: %w", err)
+	}
+	if o.DeleteLag < 0 {
+		return fmt.Errorf("journal engine: Offload.DeleteLag must not be negative, got %v", o.DeleteLag)
+	}
+	return nil
+}
+
+func (o *OffloadOptions) policy(name string) (bool, time.Duration) {
+	if o.Policy == nil {
+		return true, o.DeleteLag
+	}
+	return o.Policy(name)
+}
+
+// remoteLedger is the manifest record of one offloaded ledger: its records
+// [First, End) are in object Key (Size bytes, CRC-32C CRC), written in the
+// engine's entry format, each entry preceded by its length (uvarint).
+type remoteLedger struct {
+	Ledger uint64    `json:"ledger"`
+	First  uint64    `json:"first"`
+	End    uint64    `json:"end"`
+	MaxTS  int64     `json:"max_ts"` // running maximum timestamp at its last entry
+	Key    string    `json:"key"`
+	Size   int64     `json:"size"`
+	CRC    uint32    `json:"crc32c"`
+	At     time.Time `json:"offloaded_at"`
+}
+
+// Steps of one ledger's offload, for the crash tests' hook.
+const (
+	stepUploaded = "uploaded" // object written and verified, not recorded
+	stepRecorded = "recorded" // manifest record written, ledger still in the log
+	stepDropped  = "dropped"  // ledger dropped from the log and deleted
+)
+
+func (e *Engine) manifestPrefix(name string) string {
+	return PrefixOffload + url.PathEscape(e.logName(name)) + "/"
+}
+
+func (e *Engine) manifestKey(name string, ledger uint64) string {
+	return fmt.Sprintf("%s%020d", e.manifestPrefix(name), ledger)
+}
+
+func (e *Engine) objectKey(name string, ledger uint64) string {
+	return fmt.Sprintf("%s/%s/%020d.entries", e.o.Offload.Prefix, url.PathEscape(e.logName(name)), ledger)
+}
+
+// loadRemote lists the offloaded ledgers of shard name, by first offset.
+func (e *Engine) loadRemote(ctx context.Context, name string) ([]remoteLedger, error) {
+	out, err := e.listRemote(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("journal engine: shard %q: loading the offload manifest: %w", name, err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].First < out[j].First })
+	if len(out) > 0 && e.o.Offload == nil {
+		return nil, fmt.Errorf("journal engine: shard %q has %d offloaded ledgers but the engine has no Offload.Store", name, len(out))
+	}
+	return out, nil
+}
+
+// listRemote lists the manifest records of shard name.
+func (e *Engine) listRemote(ctx context.Context, name string) ([]remoteLedger, error) {
+	rs, _, err := schema.List[remoteLedger](ctx, e.kv, e.manifestPrefix(name), false)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]remoteLedger, len(rs))
+	for i, r := range rs {
+		out[i] = r.Value
+	}
+	return out, nil
+}
+
+// deleteRemote removes manifest records (first) and then their objects;
+// an object left by a failure is garbage, not data.
+func (e *Engine) deleteRemote(ctx context.Context, name string, rs []remoteLedger) error {
+	for _, r := range rs {
+		if _, err := e.kv.Delete(ctx, e.manifestKey(name, r.Ledger)); err != nil && !errors.Is(err, meta.ErrNotFound) {
+			return err
+		}
+		if e.o.Offload == nil {
+			continue
+		}
+		if err := e.o.Offload.Store.Delete(ctx, r.Key); err != nil {
+			e.log.Warn("journal engine: deleting an offloaded ledger's object", "shard", name, "key", r.Key, "err", err)
+		}
+	}
+	return nil
+}
+
+// offloadPass offloads the closed ledgers of every open shard whose
+// policy says so, and drops those whose delete lag has passed.
+func (e *Engine) offloadPass(now time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)
+	defer cancel()
+	var oldest time.Time
+	for _, s := range e.openShards() {
+		on, lag := e.o.Offload.policy(s.name)
+		if !on {
+			continue
+		}
+		first, err := s.offload(ctx, lag, now)
+		if err != nil && !errors.Is(err, shard.ErrClosed) {
+			e.m.offloadFailures.Inc()
+			e.log.Warn("journal shard offload", "shard", s.name, "err", err)
+		}
+		if !first.IsZero() && (oldest.IsZero() || first.Before(oldest)) {
+			oldest = first
+		}
+	}
+	if oldest.IsZero() {
+		e.m.offloadLag.Set(0)
+	} else {
+		e.m.offloadLag.Set(now.Sub(oldest).Seconds())
+	}
+}
+
+// offload copies the closed ledgers of the log that are not offloaded yet
+// to the object store and records them, then drops from the log front the
+// offloaded ledgers recorded at least lag before now. It returns when the
+// oldest ledger still waiting for offload was first seen closed (zero:
+// none waits).
+func (s *Shard) offload(ctx context.Context, lag time.Duration, now time.Time) (time.Time, error) {
+	v, err := s.view()
+	if err != nil {
+		return time.Time{}, err
+	}
+	done := map[uint64]bool{}
+	for _, r := range v.remote {
+		done[r.Ledger] = true
+	}
+	for i := 0; i+1 < len(v.ledgers); i++ {
+		l := v.ledgers[i]
+		if !l.closed() {
+			break
+		}
+		if done[l.id] {
+			continue
+		}
+		seen := s.e.seenClosed(l.id, now)
+		r, err := s.offloadLedger(ctx, l, v.ledgers[i+1].first)
+		if err != nil {
+			return seen, err
+		}
+		s.e.forgetClosed(l.id)
+		s.mu.Lock()
+		s.addRemote(r)
+		s.mu.Unlock()
+	}
+	return time.Time{}, s.dropOffloaded(ctx, lag, now)
+}
+
+// offloadLedger writes closed ledger l (whose records end at end) as one
+// object, verifies it, and records it in the manifest.
+func (s *Shard) offloadLedger(ctx context.Context, l *ledgerInfo, end uint64) (remoteLedger, error) {
+	var obj []byte
+	maxTS := int64(0)
+	n := l.count()
+	for e := range n {
+		data, err := s.rawEntry(ctx, l, e)
+		if err != nil {
+			return remoteLedger{}, err
+		}
+		h, err := decodeHeader(data)
+		if err != nil {
+			return remoteLedger{}, &shard.CorruptError{Shard: s.name, File: fmt.Sprintf("ledger %d entry %d", l.id, e), Reason: err.Error()}
+		}
+		maxTS = h.maxTS
+		obj = binary.AppendUvarint(obj, uint64(len(data)))
+		obj = append(obj, data...)
+	}
+	st := s.e.o.Offload.Store
+	r := remoteLedger{Ledger: l.id, First: l.first, End: end, MaxTS: maxTS, Key: s.e.objectKey(s.name, l.id),
+		Size: int64(len(obj)), CRC: crc32.Checksum(obj, objstore.Castagnoli), At: time.Now().UTC()}
+	if n == 0 {
+		r.End = r.First
+	}
+	if _, err := objstore.PutVerified(ctx, st, r.Key, bytes.NewReader(obj), r.Size, r.CRC); err != nil {
+		return remoteLedger{}, fmt.Errorf("journal engine: shard %q: offloading ledger %d: %w", s.name, l.id, err)
+	}
+	if err := s.e.hook(stepUploaded); err != nil {
+		return remoteLedger{}, err
+	}
+	if _, err := schema.Create(ctx, s.e.kv, s.e.manifestKey(s.name, l.id), r); errors.Is(err, schema.ErrExists) {
+		// Recorded by an earlier pass whose shard state was lost: keep that record.
+		cur, gerr := schema.Get[remoteLedger](ctx, s.e.kv, s.e.manifestKey(s.name, l.id))
+		if gerr != nil {
+			return remoteLedger{}, gerr
+		}
+		r = cur.Value
+	} else if err != nil {
+		return remoteLedger{}, fmt.Errorf("journal engine: shard %q: recording offloaded ledger %d: %w", s.name, l.id, err)
+	} else {
+		s.e.m.offloadBytes.Add(float64(r.Size))
+		s.e.m.offloadLedgers.Inc()
+	}
+	if err := s.e.hook(stepRecorded); err != nil {
+		return remoteLedger{}, err
+	}
+	return r, nil
+}
+
+// addRemote inserts r into s.remote by first offset. s.mu is held.
+func (s *Shard) addRemote(r remoteLedger) {
+	for _, x := range s.remote {
+		if x.Ledger == r.Ledger {
+			return
+		}
+	}
+	i := sort.Search(len(s.remote), func(i int) bool { return s.remote[i].First > r.First })
+	s.remote = append(s.remote, remoteLedger{})
+	copy(s.remote[i+1:], s.remote[i:])
+	s.remote[i] = r
+}
+
+// dropOffloaded drops from the log front the ledgers offloaded at least
+// lag before now, the way Trim drops them; the ledger being written (the
+// last) always stays.
+func (s *Shard) dropOffloaded(ctx context.Context, lag time.Duration, now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return shard.ErrClosed
+	}
+	at := map[uint64]time.Time{}
+	for _, r := range s.remote {
+		at[r.Ledger] = r.At
+	}
+	n := 0
+	for n+1 < len(s.ledgers) {
+		t, ok := at[s.ledgers[n].id]
+		if !ok || (lag > 0 && now.Sub(t) < lag) { // lag 0: at once, whatever the clocks say
+			break
+		}
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := s.dropFront(ctx, n); err != nil {
+		return err
+	}
+	return s.e.hook(stepDropped)
+}
+
+// dropFront drops the first n ledgers from the log and deletes them
+// (client DropFirst / DropLogLedgers), then forgets them. s.mu is held.
+func (s *Shard) dropFront(ctx context.Context, n int) error {
+	var err error
+	if s.w != nil {
+		err = s.w.DropFirst(ctx, n)
+	} else {
+		ids := make([]uint64, n)
+		for i, l := range s.ledgers[:n] {
+			ids[i] = l.id
+		}
+		err = s.e.c.DropLogLedgers(ctx, s.log, ids)
+	}
+	if err != nil {
+		return err
+	}
+	for _, l := range s.ledgers[:n] {
+		s.cache.dropLedger(l.id)
+	}
+	s.ledgers = append([]*ledgerInfo(nil), s.ledgers[n:]...)
+	s.e.m.deleted.Add(float64(n))
+	return nil
+}
+
+// localFirst is the first offset held by the log's ledgers (high when
+// there are none): the offsets below it are read from offloaded ledgers.
+func (v *view) localFirst() uint64 {
+	if len(v.ledgers) == 0 {
+		return v.high
+	}
+	return v.ledgers[0].first
+}
+
+// remoteOf returns the index of the offloaded ledger holding off (-1: none).
+func (v *view) remoteOf(off uint64) int {
+	i := sort.Search(len(v.remote), func(i int) bool { return v.remote[i].First > off }) - 1
+	for ; i >= 0; i-- {
+		if r := v.remote[i]; r.First < r.End { // empty ones share their first with the next
+			if off < r.End {
+				return i
+			}
+			return -1
+		}
+	}
+	return -1
+}
+
+// remoteRecords returns the records of offloaded ledger r (one object
+// kept decoded: sequential readers read each object once).
+func (s *Shard) remoteRecords(ctx context.Context, r remoteLedger) ([]shard.Record, error) {
+	s.rmu.Lock()
+	if s.rkey == r.Key && s.rrecs != nil {
+		recs := s.rrecs
+		s.rmu.Unlock()
+		return recs, nil
+	}
+	s.rmu.Unlock()
+	corrupt := func(reason string) error {
+		return &shard.CorruptError{Shard: s.name, File: "object " + r.Key, Reason: reason}
+	}
+	b, err := s.e.o.Offload.Store.Get(ctx, r.Key, 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("journal engine: shard %q: reading offloaded ledger %d: %w", s.name, r.Ledger, err)
+	}
+	if int64(len(b)) != r.Size || crc32.Checksum(b, objstore.Castagnoli) != r.CRC {
+		return nil, corrupt(fmt.Sprintf("%d bytes with CRC-32C %08x, want %d with %08x", len(b), crc32.Checksum(b, objstore.Castagnoli), r.Size, r.CRC))
+	}
+	var recs []shard.Record
+	for len(b) > 0 {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return nil, corrupt("truncated entry length")
+		}
+		_, rs, err := decodeEntry(b[k : k+int(n)])
+		if err != nil {
+			return nil, corrupt(err.Error())
+		}
+		recs = append(recs, rs...)
+		b = b[k+int(n):]
+	}
+	if uint64(len(recs)) != r.End-r.First || (len(recs) > 0 && recs[0].Offset != r.First) {
+		return nil, corrupt(fmt.Sprintf("holds %d records, want [%d, %d)", len(recs), r.First, r.End))
+	}
+	s.e.m.offloadReads.Inc()
+	s.rmu.Lock()
+	s.rkey, s.rrecs = r.Key, recs
+	s.rmu.Unlock()
+	return recs, nil
+}
+
+// readRemote appends to out the records from offset from that lie below
+// the log's first ledger, from the offloaded ledgers, until full says
+// stop. It returns the next offset to read and whether full stopped it.
+func (s *Shard) readRemote(ctx context.Context, v *view, from uint64, out []shard.Record, full func([]shard.Record, shard.Record) bool) ([]shard.Record, uint64, bool, error) {
+	stop := min(v.localFirst(), v.high)
+	for from < stop {
+		i := v.remoteOf(from)
+		if i < 0 {
+			return out, from, false, &shard.CorruptError{Shard: s.name, File: "offload manifest",
+				Reason: fmt.Sprintf("no offloaded ledger holds offset %d (the log starts at %d)", from, stop)}
+		}
+		recs, err := s.remoteRecords(ctx, v.remote[i])
+		if err != nil {
+			return out, from, false, err
+		}
+		for _, r := range recs[from-v.remote[i].First:] {
+			if r.Offset >= stop {
+				return out, from, false, nil
+			}
+			if full(out, r) {
+				return out, from, true, nil
+			}
+			out = append(out, r)
+			from = r.Offset + 1
+		}
+	}
+	return out, from, false, nil
+}
+
+// remoteAtOrAfter finds the first offloaded record below the log's first
+// ledger with timestamp >= ts.
+func (s *Shard) remoteAtOrAfter(ctx context.Context, v *view, ts int64) (uint64, bool, error) {
+	stop := v.localFirst()
+	for _, r := range v.remote {
+		if r.First >= stop || r.First == r.End || r.MaxTS < ts || r.End <= v.low {
+			continue
+		}
+		recs, err := s.remoteRecords(ctx, r)
+		if err != nil {
+			return 0, false, err
+		}
+		for _, rec := range recs {
+			if rec.Offset >= stop {
+				break
+			}
+			if rec.Timestamp >= ts {
+				return rec.Offset, true, nil
+			}
+		}
+	}
+	return 0, false, nil
+}
+
+// seenClosed returns when the offloader first saw ledger id closed and
+// waiting (the offload lag metric).
+func (e *Engine) seenClosed(id uint64, now time.Time) time.Time {
+	e.omu.Lock()
+	defer e.omu.Unlock()
+	t, ok := e.pending[id]
+	if !ok {
+		e.pending[id] = now
+		t = now
+	}
+	return t
+}
+
+func (e *Engine) forgetClosed(id uint64) {
+	e.omu.Lock()
+	defer e.omu.Unlock()
+	delete(e.pending, id)
+}
+
+func (e *Engine) hook(step string) error {
+	if e.o.offloadHook == nil {
+		return nil
+	}
+	return e.o.offloadHook(step)
+}

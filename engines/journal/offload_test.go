@@ -1,0 +1,213 @@
+package journal
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/quiremq/quire/engines/objstore"
+	"github.com/quiremq/quire/internal/metrics"
+	"github.com/quiremq/quire/journal/client"
+	"github.com/quiremq/quire/meta/schema"
+	"github.com/quiremq/quire/shard"
+)
+
+// offloadEngine opens an engine that offloads to st, with passes run by
+// the test only.
+func offloadEngine(e *env, st objstore.Store, lag time.Duration, hook func(string) error, o Options) *Engine {
+	o.Quorum, o.RollEntries = Quorum{2, 2, 1}, 4
+	o.Offload = &OffloadOptions{Store: st, DeleteLag: lag}
+	o.offloadHook, o.noOffloadLoop = hook, true
+	return e.engine(o)
+}
+
+// fill appends 40 batches of 2 records to a new shard: 10 ledgers of 4
+// entries, the last being written.
+func fill(t *testing.T, en *Engine, name string) shard.Shard {
+	t.Helper()
+	ctx := testCtx(t)
+	s, err := en.Create(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if _, err := s.Append(ctx, recsOf(fmt.Sprint(i), 2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// checkExactlyOnce checks that the shard reads records 0..79 of fill, each
+// once, in order, one at a time and in one read.
+func checkExactlyOnce(t *testing.T, s shard.Shard) {
+	t.Helper()
+	if low, high := s.Watermarks(); low != 0 || high != 80 {
+		t.Fatalf("watermarks (%d, %d), want (0, 80)", low, high)
+	}
+	got := readAll(t, s)
+	if len(got) != 80 {
+		t.Fatalf("read %d records, want 80", len(got))
+	}
+	for i, r := range got {
+		if want := fmt.Sprintf("%d-%d", i/2, i%2); r.Offset != uint64(i) || string(r.Value) != want {
+			t.Fatalf("record %d: offset %d value %q, want %q", i, r.Offset, r.Value, want)
+		}
+	}
+	for _, from := range []uint64{0, 7, 8, 31, 79} {
+		recs, err := s.Read(testCtx(t), from, shard.Limits{MaxRecords: 3})
+		if err != nil || len(recs) == 0 || recs[0].Offset != from || len(recs) > 3 {
+			t.Fatalf("Read(%d, 3 records) = %d records, %v", from, len(recs), err)
+		}
+	}
+}
+
+func logOf(t *testing.T, e *env, name string) []uint64 {
+	t.Helper()
+	rec, err := schema.Store{KV: e.kv}.Log(testCtx(t), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec.Value.Ledgers
+}
+
+func TestOffload(t *testing.T) {
+	e := newEnv(t, 3)
+	ctx := testCtx(t)
+	st := objstore.NewMem()
+	reg := metrics.NewRegistry()
+	a := offloadEngine(e, st, time.Hour, nil, Options{Registerer: reg})
+	s := fill(t, a, "orders/0")
+	before := logOf(t, e, "orders/0")
+	if len(before) != 10 {
+		t.Fatalf("log %v, want 10 ledgers", before)
+	}
+	now := time.Now()
+	a.offloadPass(now)
+	if got := testutil.ToFloat64(a.m.offloadLedgers); got != 9 {
+		t.Fatalf("offloaded_ledgers_total %v, want 9 (the closed ledgers)", got)
+	}
+	if got := testutil.ToFloat64(a.m.offloadBytes); got <= 0 {
+		t.Fatalf("offloaded_bytes_total %v", got)
+	}
+	objs, err := st.List(ctx, "journal/")
+	if err != nil || len(objs) != 9 {
+		t.Fatalf("%d objects, %v; want 9", len(objs), err)
+	}
+	if l := logOf(t, e, "orders/0"); len(l) != 10 {
+		t.Fatalf("log %v before the delete lag passed, want 10 ledgers", l)
+	}
+	a.offloadPass(now.Add(2 * time.Hour))
+	if got := testutil.ToFloat64(a.m.offloadLedgers); got != 9 {
+		t.Fatalf("offloaded_ledgers_total %v after a second pass, want 9", got)
+	}
+	if l := logOf(t, e, "orders/0"); len(l) != 1 || l[0] != before[9] {
+		t.Fatalf("log %v after the delete lag, want [%d]", l, before[9])
+	}
+	cl := e.client()
+	for _, id := range before[:9] {
+		if _, err := cl.Metadata(ctx, id); !errors.Is(err, client.ErrNoSuchLedger) {
+			t.Fatalf("offloaded ledger %d: %v, want ErrNoSuchLedger", id, err)
+		}
+	}
+	checkExactlyOnce(t, s)
+	if off, err := s.OffsetForTime(ctx, 1001); err != nil || off != 1 {
+		t.Fatalf("OffsetForTime(1001) = %d, %v; want 1", off, err)
+	}
+	if got := testutil.ToFloat64(a.m.offloadFailures); got != 0 {
+		t.Fatalf("offload_failures_total %v", got)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new engine reads through the objects and the log; appends go on.
+	b := offloadEngine(e, st, time.Hour, nil, Options{})
+	defer b.Close()
+	if s, err = b.Open(ctx, "orders/0"); err != nil {
+		t.Fatal(err)
+	}
+	checkExactlyOnce(t, s)
+	if first, err := s.Append(ctx, recsOf("new", 1)); err != nil || first != 80 {
+		t.Fatalf("append after reopen: %d, %v; want 80", first, err)
+	}
+	// Trim drops the offloaded ledgers below the trim point: records, objects.
+	if err := s.Trim(ctx, 50); err != nil {
+		t.Fatal(err)
+	}
+	if objs, _ := st.List(ctx, "journal/"); len(objs) != 3 {
+		t.Fatalf("%d objects after Trim(50), want 3 (records 48..71)", len(objs))
+	}
+	got := readAll(t, s)
+	if len(got) != 31 || got[0].Offset != 50 || string(got[0].Value) != "25-0" {
+		t.Fatalf("after Trim(50): %d records from %d", len(got), got[0].Offset)
+	}
+	// Delete removes the manifest and the objects.
+	if err := b.Delete(ctx, "orders/0"); err != nil {
+		t.Fatal(err)
+	}
+	if objs, _ := st.List(ctx, "journal/"); len(objs) != 0 {
+		t.Fatalf("%d objects after Delete", len(objs))
+	}
+	if rs, err := b.loadRemote(ctx, "orders/0"); err != nil || len(rs) != 0 {
+		t.Fatalf("manifest after Delete: %v, %v", rs, err)
+	}
+}
+
+// A crash at each step of an offload (the engine is dropped without
+// closing; a new one takes the shards over) leaves every record readable
+// exactly once, and the offload resumes.
+func TestOffloadCrash(t *testing.T) {
+	e := newEnv(t, 3)
+	st := objstore.NewMem()
+	errCrash := errors.New("crash")
+	for _, step := range []string{stepUploaded, stepRecorded, stepDropped} {
+		t.Run(step, func(t *testing.T) {
+			ctx := testCtx(t)
+			name := "crash-" + step
+			crashed := false
+			a := offloadEngine(e, st, 0, func(s string) error {
+				if s == step && !crashed {
+					crashed = true
+					return errCrash
+				}
+				return nil
+			}, Options{})
+			fill(t, a, name)
+			a.offloadPass(time.Now())
+			if !crashed {
+				t.Fatalf("the pass never reached step %s", step)
+			}
+			// a is abandoned as a crash would leave it: its ledger stays open.
+			b := offloadEngine(e, st, 0, nil, Options{})
+			defer b.Close()
+			s, err := b.Open(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkExactlyOnce(t, s)
+			b.offloadPass(time.Now())
+			if got := testutil.ToFloat64(b.m.offloadFailures); got != 0 {
+				t.Fatalf("offload failures after restart: %v", got)
+			}
+			// Every closed ledger is offloaded and dropped: only the one
+			// being written is left.
+			if l := logOf(t, e, name); len(l) != 1 {
+				t.Fatalf("log %v after the resumed offload, want 1 ledger", l)
+			}
+			checkExactlyOnce(t, s)
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			c := offloadEngine(e, st, 0, nil, Options{})
+			defer c.Close()
+			if s, err = c.Open(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+			checkExactlyOnce(t, s)
+		})
+	}
+}
