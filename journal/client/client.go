@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	journalv1 "github.com/quiremq/quire/internal/proto/journal/v1"
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
@@ -25,7 +26,10 @@ type Options struct {
 	// Directory lists the live bookies. Required.
 	Directory BookieDirectory
 	// AddTimeout fails a bookie (ensemble change) when an add to it stays
-	// unanswered this long. Default 5s.
+	// unanswered this long; until then a broken connection to it is
+	// redialled and its adds resent. With no bookie to replace it, the
+	// writer keeps reconnecting for another AddTimeout, then stops.
+	// Default 5s.
 	AddTimeout time.Duration
 	// RequestTimeout bounds a read, LAC read, fence or LAC write; an
 	// unanswered request is StatusUnknown (never a negative). Default 5s.
@@ -163,12 +167,21 @@ func (c *Client) bookie(id string) (*bookierpc.Client, error) {
 	if addr == "" {
 		addr = id
 	}
-	cc, err := bookierpc.Dial(addr, c.opts.DialOptions...)
+	cc, err := bookierpc.Dial(addr, append([]grpc.DialOption{grpc.WithConnectParams(bookieConnectParams)}, c.opts.DialOptions...)...)
 	if err != nil {
 		return nil, err
 	}
 	c.conns[id] = cc
 	return cc, nil
+}
+
+// bookieConnectParams is the bookie connections' reconnect backoff unless
+// Options.DialOptions set another: gRPC's default (1s growing to 120s)
+// would leave a writer's link to a restarted bookie failing fast for
+// longer than the add timeout after the bookie is back.
+var bookieConnectParams = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+	MinConnectTimeout: 2 * time.Second,
 }
 
 // CreateLedger picks an ensemble of e live bookies on distinct nodes,

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	journalv1 "github.com/quiremq/quire/internal/proto/journal/v1"
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
 )
 
@@ -14,9 +15,23 @@ import (
 // control); answers queue in the link, in the bookie's completion order,
 // and ready tells the owner when the queue goes from empty to not empty
 // (one wake-up for a burst of answers, not one per answer); the owner
-// drains it with take. If the stream cannot be opened or ends, every add
-// it could not deliver is answered with the error (the machine treats it
-// as unknown).
+// drains it with take.
+//
+// A broken stream is not a failed bookie: when the stream cannot be opened
+// or ends (the bookie restarted, a connection dropped), the link redials
+// with backoff and resends on the new stream every add the old one left
+// unanswered, as BookKeeper's per-bookie channel does; those adds get no
+// answer meanwhile, so the owner's add timeout (stuck) is what declares
+// the bookie failed. Resending is safe: a bookie's add is idempotent for
+// the same ledger, entry and payload (it rewrites the entry's index
+// record; DESIGN.md, Journal: only the writer writes a ledger, so the
+// payload of an entry never differs), and a bookie that comes back at the
+// same id kept its data (the per-disk cookie stops a wiped one from
+// rejoining), so its acks count like any other: an entry is acknowledged
+// only on Qa acks the bookies sent after syncing it. A bookie's own
+// refusal (a *StatusError: fenced, failed, too large...) is answered to
+// the owner at once, except STATUS_CLOSED (the bookie is shutting down),
+// which is treated like a broken stream.
 type link struct {
 	c      *Client
 	bookie string
@@ -28,14 +43,19 @@ type link struct {
 	rmu     sync.Mutex
 	results []linkResult
 
-	mu      sync.Mutex
-	queue   []bookierpc.Add
-	closing bool
-	notify  chan struct{}
+	mu       sync.Mutex
+	queue    []bookierpc.Add
+	sent     map[uint64]bookierpc.Add // handed to the current stream, not answered yet
+	broken   bool                     // an add came back unanswered: redial
+	progress bool                     // an add was acknowledged since the last redial
+	stopped  bool                     // run returned: broken adds are answered, not resent
+	closing  bool
+	notify   chan struct{}
 
 	// Loop-owned bookkeeping for add timeouts.
 	outstanding int
 	since       time.Time // last progress while outstanding > 0
+	waiting     bool      // stuck with no replacement: logged once
 }
 
 // linkResult is one add's answer: err nil once the bookie synced it.
@@ -47,7 +67,7 @@ type linkResult struct {
 func newLink(c *Client, bookie string, ready func(*link)) *link {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &link{c: c, bookie: bookie, ready: ready, ctx: ctx, cancel: cancel,
-		done: make(chan struct{}), notify: make(chan struct{}, 1)}
+		done: make(chan struct{}), notify: make(chan struct{}, 1), sent: map[uint64]bookierpc.Add{}}
 	go l.run()
 	return l
 }
@@ -86,6 +106,7 @@ func (l *link) answered(now time.Time) {
 		l.outstanding--
 	}
 	l.since = now
+	l.waiting = false
 }
 
 // stuck reports whether an add has waited longer than d for an answer.
@@ -106,56 +127,174 @@ func (l *link) close() {
 // failed.
 func (l *link) abort() { l.cancel() }
 
+// transient reports whether err is no answer from a bookie that may come
+// back (a transport error, or the bookie shutting down), rather than its
+// refusal.
+func transient(err error) bool {
+	switch bookierpc.StatusOf(err) {
+	case journalv1.Status_STATUS_UNSPECIFIED, journalv1.Status_STATUS_CLOSED:
+		return true
+	}
+	return false
+}
+
+// result is the stream's answer to an add: a transient failure puts the
+// add back in the queue for the next stream (unless the link is ending);
+// anything else goes to the owner.
+func (l *link) result(r bookierpc.AddResult) {
+	l.mu.Lock()
+	a, ok := l.sent[r.Entry]
+	delete(l.sent, r.Entry)
+	if ok && r.Err != nil && transient(r.Err) && !l.stopped && l.ctx.Err() == nil {
+		l.queue = append(l.queue, a)
+		l.broken = true
+		l.mu.Unlock()
+		signal(l.notify)
+		return
+	}
+	if r.Err == nil {
+		l.progress = true
+	}
+	l.mu.Unlock()
+	l.answer(int64(r.Entry), r.Err)
+}
+
+// Redial backoff of a link whose stream broke: from minRedial, doubling up
+// to maxRedial, back to minRedial once an add is acknowledged. (The gRPC
+// connection has its own reconnect backoff, bookieConnectParams.)
+const (
+	minRedial = 20 * time.Millisecond
+	maxRedial = 500 * time.Millisecond
+)
+
 func (l *link) run() {
-	defer close(l.done)
 	var s *bookierpc.AddStream
 	defer func() {
 		if s != nil {
 			s.Close()
 		}
+		// Whatever is still queued (the link was cut, or closed while
+		// its bookie was unreachable) fails.
+		l.mu.Lock()
+		l.stopped = true
+		left := l.queue
+		l.queue = nil
+		l.mu.Unlock()
+		err := l.ctx.Err()
+		if err == nil {
+			err = bookierpc.ErrStreamClosed
+		}
+		for _, a := range left {
+			l.answer(int64(a.Entry), err)
+		}
+		close(l.done)
 	}()
-	var batch []bookierpc.Add
+	var (
+		batch []bookierpc.Add
+		wait  <-chan time.Time // backing off before the next dial
+		delay time.Duration
+		down  bool // the stream broke and no add went out on a new one yet
+	)
 	for {
 		select {
 		case <-l.notify:
+		case <-wait:
+			wait = nil
 		case <-l.ctx.Done():
 		}
+		if l.ctx.Err() != nil {
+			return
+		}
 		l.mu.Lock()
+		closing := l.closing
+		if wait != nil && !closing {
+			l.mu.Unlock()
+			continue // more to send, but still backing off
+		}
+		broken := l.broken
+		l.broken = false
+		if l.progress {
+			l.progress, delay = false, 0
+		}
 		batch = append(batch[:0], l.queue...)
 		clear(l.queue)
 		l.queue = l.queue[:0]
-		closing := l.closing
 		l.mu.Unlock()
-		if l.ctx.Err() != nil {
-			for _, a := range batch {
-				l.answer(int64(a.Entry), l.ctx.Err())
+		if s != nil && (broken || ended(s)) {
+			if !down {
+				l.c.log.Info("journal/client: bookie add stream broke, reconnecting", "bookie", l.bookie, "err", s.Err())
+				down = true
 			}
-			return
+			s.Abort() // every add it held was answered or queued again
+			s = nil
 		}
+		failed := false
 		for rest := batch; len(rest) > 0; {
 			if s == nil {
 				var err error
 				if s, err = l.open(); err != nil {
-					for _, a := range rest {
-						l.answer(int64(a.Entry), err)
-					}
+					s = nil
+					l.requeue(rest)
+					failed = true
+					l.c.log.Debug("journal/client: bookie link: cannot open the add stream, retrying", "bookie", l.bookie, "err", err, "in", delay)
 					break
 				}
 			}
 			n := chunk(rest)
+			l.mu.Lock()
+			for _, a := range rest[:n] {
+				l.sent[a.Entry] = a
+			}
+			l.mu.Unlock()
 			if err := s.AddBatch(rest[:n]); err != nil {
+				// Not sent, and no answer will come for them.
+				l.mu.Lock()
 				for _, a := range rest[:n] {
-					l.answer(int64(a.Entry), err)
+					delete(l.sent, a.Entry)
 				}
+				l.mu.Unlock()
+				l.requeue(rest)
+				failed = true
 				s.Abort()
 				s = nil
+				break
 			}
 			rest = rest[n:]
 		}
+		if down && !failed && s != nil && len(batch) > 0 {
+			l.c.log.Info("journal/client: bookie link reconnected", "bookie", l.bookie, "sent", len(batch))
+			down = false
+		}
 		clear(batch)
+		if failed || broken {
+			down = down || failed
+			if closing {
+				return // Close with adds the bookie never took: they fail
+			}
+			wait = time.After(delay)
+			delay = min(max(2*delay, minRedial), maxRedial)
+			continue
+		}
 		if closing {
 			return
 		}
+	}
+}
+
+// requeue puts adds that were not sent back at the head of the queue.
+func (l *link) requeue(adds []bookierpc.Add) {
+	l.mu.Lock()
+	l.queue = append(append(make([]bookierpc.Add, 0, len(adds)+len(l.queue)), adds...), l.queue...)
+	l.mu.Unlock()
+}
+
+// ended reports whether s has ended (every add it held was answered).
+func ended(s *bookierpc.AddStream) bool {
+	select {
+	case <-s.Done():
+		return true
+	default:
+		return false
 	}
 }
 
@@ -181,5 +320,5 @@ func (l *link) open() (*bookierpc.AddStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cc.AddStream(l.ctx, func(r bookierpc.AddResult) { l.answer(int64(r.Entry), r.Err) })
+	return cc.AddStream(l.ctx, l.result)
 }

@@ -8,9 +8,9 @@ import (
 	"github.com/quiremq/quire/journal/ledger"
 )
 
-// A writer that cannot replace a failed bookie (every bookie outside the
-// ensemble failed it before) gives up after AddTimeout instead of
-// stalling forever: pending and later appends fail with ledger.ErrStopped
+// A writer that cannot replace a bookie that stopped answering (every
+// bookie outside the ensemble failed it before) keeps reconnecting to it
+// for another AddTimeout, then gives up instead of stalling forever: pending and later appends fail with ledger.ErrStopped
 // (ambiguous) and Close returns it, so that the owner (a LogWriter, a
 // shard leader) can take the log over with a new ledger. Found by
 // journal/faulttest: transient faults of the 5 bookies one after another
@@ -28,11 +28,16 @@ func TestWriterGivesUpWithoutReplacement(t *testing.T) {
 	}
 	md, _ := cl.Metadata(ctx, w.ID())
 	first := c.byID(md.Fragments[0].Bookies[0])
-	// The first failure is replaced by the fourth bookie; the failed one
-	// comes back.
+	// The first failure is replaced by the fourth bookie (entry 2's write
+	// set holds it: its add times out); the failed one comes back.
 	first.kill()
-	if _, err := w.Append(ctx, []byte("b")); err != nil {
-		t.Fatal(err)
+	for range 2 {
+		if _, err := w.Append(ctx, []byte("b")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if md, _ := cl.Metadata(ctx, w.ID()); len(md.Fragments) < 2 {
+		t.Fatalf("no ensemble change after the first kill: %s", md)
 	}
 	first.restart()
 	// A second failure: the only bookie outside the ensemble failed this

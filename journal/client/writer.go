@@ -349,12 +349,32 @@ func (w *LedgerWriter) tick(now time.Time) {
 		w.exec(w.m.Stop(fmt.Errorf("%w: no bookie to replace a failed one within %v", ledger.ErrStopped, w.c.opts.AddTimeout)), now)
 	}
 	for id, l := range w.links {
-		if l.stuck(now, w.c.opts.AddTimeout) {
-			w.c.log.Warn("journal/client: add timed out, replacing bookie", "ledger", w.id, "bookie", id, "timeout", w.c.opts.AddTimeout)
-			l.abort()
-			delete(w.links, id)
-			w.exec(w.m.BookieFailed(id), now)
+		if !l.stuck(now, w.c.opts.AddTimeout) || w.done {
+			continue
 		}
+		// The link redials its bookie on its own; after AddTimeout without
+		// an answer the bookie is failed and replaced. When there is no
+		// replacement, failing it would only stall the writer: the link
+		// keeps reconnecting for another AddTimeout instead (a bookie that
+		// restarts at the same id kept its data, so what it acks counts),
+		// and the writer stops if it neither answered nor became
+		// replaceable by then.
+		if !w.m.CanReplace() {
+			if !l.stuck(now, 2*w.c.opts.AddTimeout) {
+				if !l.waiting {
+					l.waiting = true
+					w.c.log.Warn("journal/client: add timed out and no bookie to replace it, still reconnecting", "ledger", w.id, "bookie", id, "timeout", w.c.opts.AddTimeout)
+				}
+				continue
+			}
+			w.c.log.Warn("journal/client: bookie unreachable and no bookie to replace it, stopping the writer", "ledger", w.id, "bookie", id, "waited", 2*w.c.opts.AddTimeout)
+			w.exec(w.m.Stop(fmt.Errorf("%w: bookie %s unreachable and no bookie to replace it within %v", ledger.ErrStopped, id, 2*w.c.opts.AddTimeout)), now)
+			continue
+		}
+		w.c.log.Warn("journal/client: add timed out, replacing bookie", "ledger", w.id, "bookie", id, "timeout", w.c.opts.AddTimeout)
+		l.abort()
+		delete(w.links, id)
+		w.exec(w.m.BookieFailed(id), now)
 	}
 	// Refresh the live bookies about once a second (replacement choices).
 	w.ticks++

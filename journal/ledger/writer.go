@@ -218,6 +218,29 @@ func (w *Writer) Stalled() bool {
 	return w.phase < phaseClosed && w.proposed == nil && !w.canSend()
 }
 
+// CanReplace reports whether an ensemble change could replace one more
+// failed bookie now: the available list offers more bookies outside the
+// ensemble (and never failed) than the ensemble has failed ones. A driver
+// whose bookie stopped answering may wait for it to come back rather than
+// fail it when it could not be replaced anyway.
+func (w *Writer) CanReplace() bool {
+	ens := w.ensemble()
+	need := 1
+	for _, b := range ens {
+		if w.failed[b] {
+			need++
+		}
+	}
+	for _, c := range w.available {
+		if !slices.Contains(ens, c) && !w.failed[c] {
+			if need--; need == 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // startChange proposes a new last fragment from LAC+1 in which every
 // failed bookie of the ensemble is replaced. With no replacement available
 // the writer stalls (sends nothing) until SetAvailable.
