@@ -249,9 +249,10 @@ type Rule struct {
 	Ensemble    int    `toml:"ensemble"`
 	WriteQuorum int    `toml:"write_quorum"`
 	AckQuorum   int    `toml:"ack_quorum"`
-	// Offload and OffloadDeleteLag override [storage.file]'s for the file
-	// shards of the rule's topics: "" inherits, "none" keeps them local,
-	// "s3" offloads; a lag of 0 inherits.
+	// Offload and OffloadDeleteLag override [storage.file]'s (or
+	// [storage.journal]'s) for the file (journal) shards of the rule's
+	// topics: "" inherits, "none" keeps them local, "s3" offloads; a lag
+	// of 0 inherits.
 	Offload          string   `toml:"offload"`
 	OffloadDeleteLag Duration `toml:"offload_delete_lag"`
 }
@@ -263,7 +264,17 @@ var OffloadTargets = []string{"s3"}
 // delete lag of their local copies: the first rule matching the topic
 // decides, over [storage.file]'s.
 func (c *Config) FileOffload(topic string) (target string, deleteLag time.Duration) {
-	target, deleteLag = c.Storage.File.Offload, c.Storage.File.OffloadDeleteLag.Std()
+	return c.ruleOffload(topic, c.Storage.File.Offload, c.Storage.File.OffloadDeleteLag.Std())
+}
+
+// JournalOffload returns whether the journal shards of topic offload their
+// closed ledgers and how long a ledger stays on the bookies after: the
+// first rule matching the topic decides, over [storage.journal]'s.
+func (c *Config) JournalOffload(topic string) (target string, deleteLag time.Duration) {
+	return c.ruleOffload(topic, c.Storage.Journal.Offload, c.Storage.Journal.OffloadDeleteLag.Std())
+}
+
+func (c *Config) ruleOffload(topic, target string, deleteLag time.Duration) (string, time.Duration) {
 	for i := range c.Storage.Rules {
 		r := &c.Storage.Rules[i]
 		if shard.MatchFilter(r.Match, topic) {
@@ -284,7 +295,7 @@ func (c *Config) FileOffload(topic string) (target string, deleteLag time.Durati
 
 // UsesOffload reports whether any topic may offload to target.
 func (c *Config) UsesOffload(target string) bool {
-	if c.Storage.File.Offload == target {
+	if c.Storage.File.Offload == target || c.Storage.Journal.Offload == target {
 		return true
 	}
 	for _, r := range c.Storage.Rules {
@@ -349,6 +360,13 @@ type JournalStorage struct {
 	// RetentionAge deletes a shard's oldest ledgers, whole, once every
 	// record in them is older (by timestamp); 0 = keep forever.
 	RetentionAge Duration `toml:"retention_age"`
+	// Offload copies closed ledgers to an object store ("s3": the bucket
+	// of [storage.s3]); "" or "none" keeps them on the bookies. Rules may
+	// override.
+	Offload string `toml:"offload"`
+	// OffloadDeleteLag is how long a ledger stays on the bookies after
+	// its offload; "0s" drops it at once.
+	OffloadDeleteLag Duration `toml:"offload_delete_lag"`
 }
 
 // Quorum is a journal replication: E, Qw, Qa.
@@ -491,7 +509,7 @@ func Default() *Config {
 
 				OffloadDeleteLag: Duration(time.Hour),
 			},
-			Journal: JournalStorage{LedgerBytes: 256 << 20, RetentionAge: Duration(168 * time.Hour)},
+			Journal: JournalStorage{LedgerBytes: 256 << 20, RetentionAge: Duration(168 * time.Hour), OffloadDeleteLag: Duration(time.Hour)},
 			S3:      S3Storage{FlushInterval: Duration(50 * time.Millisecond), FlushBytes: 8 << 20},
 			HDFS:    HDFSStorage{Path: "/quire"},
 		},
@@ -780,11 +798,11 @@ func (c *Config) validate() []*Error {
 		if r.Offload != "" && r.Offload != "none" && !slices.Contains(OffloadTargets, r.Offload) {
 			bad(fmt.Sprintf("storage.rules[%d].offload", i), "%q is not \"none\" or one of %s", r.Offload, strings.Join(OffloadTargets, ", "))
 		}
-		if r.Offload != "" && r.Engine != "file" {
-			bad(fmt.Sprintf("storage.rules[%d].offload", i), "offload applies to engine \"file\" only, not %q", r.Engine)
+		if r.Offload != "" && r.Engine != "file" && r.Engine != "journal" {
+			bad(fmt.Sprintf("storage.rules[%d].offload", i), "offload applies to engines \"file\" and \"journal\" only, not %q", r.Engine)
 		}
 		if r.OffloadDeleteLag < 0 {
-			bad(fmt.Sprintf("storage.rules[%d].offload_delete_lag", i), "must be >= 0 (0 = [storage.file]'s), got %s", r.OffloadDeleteLag)
+			bad(fmt.Sprintf("storage.rules[%d].offload_delete_lag", i), "must be >= 0 (0 = [storage.%s]'s), got %s", r.Engine, r.OffloadDeleteLag)
 		}
 		if !r.SetsQuorum() {
 			continue
@@ -819,6 +837,7 @@ func (c *Config) validate() []*Error {
 	if j.RetentionAge < 0 {
 		bad("storage.journal.retention_age", "must be >= 0 (0 = keep forever), got %s", j.RetentionAge)
 	}
+	checkOffload(bad, "storage.journal", j.Offload, j.OffloadDeleteLag, "drop at once")
 	if c.Storage.Memory.ShardBudgetBytes <= 0 {
 		bad("storage.memory.shard_budget_bytes", "must be > 0, got %d", c.Storage.Memory.ShardBudgetBytes)
 	}
@@ -841,12 +860,7 @@ func (c *Config) validate() []*Error {
 	if f.RetentionAge < 0 {
 		bad("storage.file.retention_age", "must be >= 0 (0 = keep forever), got %s", f.RetentionAge)
 	}
-	if f.Offload != "" && f.Offload != "none" && !slices.Contains(OffloadTargets, f.Offload) {
-		bad("storage.file.offload", "%q is not \"\", \"none\" or one of %s", f.Offload, strings.Join(OffloadTargets, ", "))
-	}
-	if f.OffloadDeleteLag < 0 {
-		bad("storage.file.offload_delete_lag", "must be >= 0 (0 = delete at once), got %s", f.OffloadDeleteLag)
-	}
+	checkOffload(bad, "storage.file", f.Offload, f.OffloadDeleteLag, "delete at once")
 	if c.UsesEngine("s3") {
 		if c.Storage.S3.Endpoint == "" {
 			bad("storage.s3.endpoint", "is required: topics are routed to engine \"s3\"")
@@ -932,4 +946,14 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// checkOffload checks the offload and offload_delete_lag of section.
+func checkOffload(bad func(key, format string, args ...any), section, target string, lag Duration, zero string) {
+	if target != "" && target != "none" && !slices.Contains(OffloadTargets, target) {
+		bad(section+".offload", "%q is not \"\", \"none\" or one of %s", target, strings.Join(OffloadTargets, ", "))
+	}
+	if lag < 0 {
+		bad(section+".offload_delete_lag", "must be >= 0 (0 = %s), got %s", zero, lag)
+	}
 }

@@ -252,7 +252,9 @@ func TestErrorsNameFileKeyLine(t *testing.T) {
 		{"unknown offload", "[storage.file]\noffload = \"ftp\"\n", "storage.file.offload", 2, `"ftp" is not "", "none" or one of s3`},
 		{"negative offload lag", "[storage.file]\noffload_delete_lag = \"-1s\"\n", "storage.file.offload_delete_lag", 2, "must be >= 0"},
 		{"offload without s3 bucket", "[storage.file]\noffload = \"s3\"\n[storage.s3]\nendpoint = \"127.0.0.1:9000\"\n", "storage.s3.bucket", 3, "is required"},
-		{"rule offload on another engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"memory\"\noffload = \"s3\"\n[storage.s3]\nendpoint = \"e\"\nbucket = \"b\"\n", "storage.rules[0].offload", 4, `applies to engine "file" only`},
+		{"rule offload on another engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"memory\"\noffload = \"s3\"\n[storage.s3]\nendpoint = \"e\"\nbucket = \"b\"\n", "storage.rules[0].offload", 4, `applies to engines "file" and "journal" only`},
+		{"unknown journal offload", "[storage.journal]\noffload = \"ftp\"\n", "storage.journal.offload", 2, `"ftp" is not "", "none" or one of s3`},
+		{"negative journal offload lag", "[storage.journal]\noffload_delete_lag = \"-1s\"\n", "storage.journal.offload_delete_lag", 2, "must be >= 0"},
 		{"rule quorum on another engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"file\"\nensemble = 3\n", "storage.rules[0].engine", 3, `apply to engine "journal" only`},
 		{"rule ack above write quorum", "[[storage.rules]]\nmatch = \"a\"\nengine = \"journal\"\nensemble = 3\nwrite_quorum = 2\nack_quorum = 3\n", "storage.rules[0].write_quorum", 5, "need ensemble >= write_quorum >= ack_quorum >= 1, have 3/2/3"},
 		{"rule ensemble below inherited quorum", "[storage.journal]\nensemble = 3\nwrite_quorum = 3\nack_quorum = 2\n\n[[storage.rules]]\nmatch = \"a\"\nengine = \"journal\"\nensemble = 2\n", "storage.rules[0].ensemble", 9, "have 2/3/2"},
@@ -371,10 +373,13 @@ func TestJournalQuorum(t *testing.T) {
 	}
 }
 
-func TestFileOffload(t *testing.T) {
+func TestOffloadRules(t *testing.T) {
 	p := writeFile(t, `[storage.file]
 offload = "s3"
 offload_delete_lag = "2h"
+[storage.journal]
+offload = "s3"
+offload_delete_lag = "3h"
 [storage.s3]
 endpoint = "127.0.0.1:9000"
 bucket = "quire"
@@ -386,6 +391,14 @@ offload = "none"
 match = "fast/#"
 engine = "file"
 offload_delete_lag = "1m"
+[[storage.rules]]
+match = "keep/#"
+engine = "journal"
+offload = "none"
+[[storage.rules]]
+match = "orders/#"
+engine = "journal"
+offload_delete_lag = "5m"
 `)
 	c, err := Load(p, Overrides{})
 	if err != nil {
@@ -394,10 +407,19 @@ offload_delete_lag = "1m"
 	for _, tc := range []struct {
 		topic, target string
 		lag           time.Duration
-	}{{"other", "s3", 2 * time.Hour}, {"local/a", "", 2 * time.Hour}, {"fast/x", "s3", time.Minute}} {
-		if target, lag := c.FileOffload(tc.topic); target != tc.target || lag != tc.lag {
-			t.Errorf("FileOffload(%q) = %q, %v; want %q, %v", tc.topic, target, lag, tc.target, tc.lag)
+		journal       bool
+	}{{"other", "s3", 2 * time.Hour, false}, {"local/a", "", 2 * time.Hour, false}, {"fast/x", "s3", time.Minute, false},
+		{"other", "s3", 3 * time.Hour, true}, {"keep/a", "", 3 * time.Hour, true}, {"orders/eu", "s3", 5 * time.Minute, true}} {
+		fn, name := c.FileOffload, "FileOffload"
+		if tc.journal {
+			fn, name = c.JournalOffload, "JournalOffload"
 		}
+		if target, lag := fn(tc.topic); target != tc.target || lag != tc.lag {
+			t.Errorf("%s(%q) = %q, %v; want %q, %v", name, tc.topic, target, lag, tc.target, tc.lag)
+		}
+	}
+	if lag := Default().Storage.Journal.OffloadDeleteLag.Std(); lag != time.Hour {
+		t.Errorf("default journal offload_delete_lag %v, want 1h", lag)
 	}
 	if !c.UsesOffload("s3") || Default().UsesOffload("s3") {
 		t.Error("UsesOffload is wrong")

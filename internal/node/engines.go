@@ -53,11 +53,12 @@ func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.R
 	if segmentAge == 0 {
 		segmentAge = -1 // config: 0 = never roll by age; file engine: negative
 	}
-	offload, err := fileOffload(cfg, kv, log)
+	st, err := offloadStore(cfg)
 	if err != nil {
 		mem.Close()
 		return nil, err
 	}
+	offload := fileOffload(cfg, st, kv, log)
 	fe, err := file.Open(file.Options{
 		FS:             fs,
 		Dir:            fs.PathJoin(dataDir, fileEngineDir),
@@ -79,7 +80,7 @@ func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.R
 	if kv == nil {
 		return engines, nil
 	}
-	je, err := openJournalEngine(cfg, kv, reg, log.With("engine", "journal"))
+	je, err := openJournalEngine(cfg, kv, journalOffload(cfg, st, log), reg, log.With("engine", "journal"))
 	if err != nil {
 		mem.Close()
 		fe.Close()
@@ -141,12 +142,9 @@ func openObjectEngine(cfg *config.Config, name string, kv meta.KV, reg prometheu
 	return e, nil
 }
 
-// fileOffload configures the file engine's tiered offload when
-// [storage.file] or a rule sets offload = "s3": segments go to the bucket of
-// [storage.s3] under <prefix>/node-<id>/file/, their locations to meta
-// (under /offload/file/<node id>/) when the node runs meta, else to each
-// shard's OFFLOAD file.
-func fileOffload(cfg *config.Config, kv meta.KV, log *slog.Logger) (*file.OffloadOptions, error) {
+// offloadStore opens the bucket of [storage.s3] when the file or journal
+// engine offloads to it (nil: no topic offloads).
+func offloadStore(cfg *config.Config) (*s3store.Store, error) {
 	if !cfg.UsesOffload("s3") {
 		return nil, nil
 	}
@@ -160,40 +158,79 @@ func fileOffload(cfg *config.Config, kv meta.KV, log *slog.Logger) (*file.Offloa
 	if err != nil {
 		return nil, fmt.Errorf("open [storage.s3] bucket %q at %s for offload: %w", s3.Bucket, s3.Endpoint, err)
 	}
-	prefix := s3.Prefix
-	if prefix == "" {
-		prefix = "quire"
+	return st, nil
+}
+
+// s3Prefix is [storage.s3]'s prefix ("" = "quire").
+func s3Prefix(cfg *config.Config) string {
+	if p := cfg.Storage.S3.Prefix; p != "" {
+		return p
+	}
+	return "quire"
+}
+
+// fileOffload configures the file engine's tiered offload when
+// [storage.file] or a file rule sets offload = "s3": segments go to st (the
+// bucket of [storage.s3]) under <prefix>/node-<id>/file/, their locations
+// to meta (under /offload/file/<node id>/) when the node runs meta, else to
+// each shard's OFFLOAD file.
+func fileOffload(cfg *config.Config, st *s3store.Store, kv meta.KV, log *slog.Logger) *file.OffloadOptions {
+	if st == nil || !offloads(cfg, "file") {
+		return nil
 	}
 	o := &file.OffloadOptions{
 		Store:     st,
-		Prefix:    fmt.Sprintf("%s/node-%d/file", prefix, cfg.NodeID),
+		Prefix:    fmt.Sprintf("%s/node-%d/file", s3Prefix(cfg), cfg.NodeID),
 		DeleteLag: cfg.Storage.File.OffloadDeleteLag.Std(),
 		Policy:    func(name string) (bool, time.Duration) { return offloadPolicy(cfg, name) },
 	}
 	if kv != nil {
 		o.Manifest = file.MetaManifest{KV: kv, Prefix: fmt.Sprintf("/offload/file/%d/", cfg.NodeID)}
 	}
-	log.Info("file engine offloads sealed segments", "endpoint", s3.Endpoint, "bucket", s3.Bucket, "prefix", o.Prefix)
-	return o, nil
+	log.Info("file engine offloads sealed segments", "endpoint", cfg.Storage.S3.Endpoint, "bucket", cfg.Storage.S3.Bucket, "prefix", o.Prefix)
+	return o
 }
 
-// offloadPolicy decides whether file shard name offloads: by the rule of
-// its topic (the name without its partition). An MQTT shard
-// ("mqtt/file/<n>") holds topics of every file rule, hashed together: it
-// offloads when [storage.file] or any file rule does, with the shortest
-// of their delete lags.
-func offloadPolicy(cfg *config.Config, name string) (bool, time.Duration) {
-	if !frontEndShard(name) {
-		target, lag := cfg.FileOffload(partitionSuffix.ReplaceAllString(name, ""))
-		return target == "s3", lag
+// journalOffload configures the journal engine's tiered offload when
+// [storage.journal] or a journal rule sets offload = "s3": closed ledgers
+// go to st under <prefix>/journal/ (one prefix for the cluster: journal
+// shards move between nodes), their locations to meta.
+func journalOffload(cfg *config.Config, st *s3store.Store, log *slog.Logger) *journal.OffloadOptions {
+	if st == nil || !offloads(cfg, journal.Name) {
+		return nil
 	}
-	lag := cfg.Storage.File.OffloadDeleteLag.Std()
-	on := cfg.Storage.File.Offload == "s3"
+	o := &journal.OffloadOptions{
+		Store:     st,
+		Prefix:    s3Prefix(cfg) + "/journal",
+		DeleteLag: cfg.Storage.Journal.OffloadDeleteLag.Std(),
+		Policy:    func(name string) (bool, time.Duration) { return journalOffloadPolicy(cfg, name) },
+	}
+	log.Info("journal engine offloads closed ledgers", "endpoint", cfg.Storage.S3.Endpoint, "bucket", cfg.Storage.S3.Bucket, "prefix", o.Prefix)
+	return o
+}
+
+// offloads reports whether any shard of engine may offload to s3: its
+// section or one of its rules says so.
+func offloads(cfg *config.Config, engine string) bool {
+	on, _ := frontEndOffload(cfg, engine)
+	return on
+}
+
+// frontEndOffload is the offload of a front-end's hashed shards of engine
+// (they hold topics of every rule of the engine): on when the engine's
+// section or any of its rules offloads, with the shortest of their delete
+// lags.
+func frontEndOffload(cfg *config.Config, engine string) (bool, time.Duration) {
+	target, base := cfg.Storage.File.Offload, cfg.Storage.File.OffloadDeleteLag.Std()
+	if engine == journal.Name {
+		target, base = cfg.Storage.Journal.Offload, cfg.Storage.Journal.OffloadDeleteLag.Std()
+	}
+	on, lag := target == "s3", base
 	for _, r := range cfg.Storage.Rules {
-		if r.Engine != "file" || r.Offload != "s3" {
+		if r.Engine != engine || r.Offload != "s3" {
 			continue
 		}
-		l := cfg.Storage.File.OffloadDeleteLag.Std()
+		l := base
 		if r.OffloadDeleteLag != 0 {
 			l = r.OffloadDeleteLag.Std()
 		}
@@ -205,11 +242,32 @@ func offloadPolicy(cfg *config.Config, name string) (bool, time.Duration) {
 	return on, lag
 }
 
+// offloadPolicy decides whether file shard name offloads: by the rule of
+// its topic (the name without its partition). An MQTT shard
+// ("mqtt/file/<n>") holds topics of every file rule, hashed together:
+// frontEndOffload.
+func offloadPolicy(cfg *config.Config, name string) (bool, time.Duration) {
+	if !frontEndShard(name) {
+		target, lag := cfg.FileOffload(partitionSuffix.ReplaceAllString(name, ""))
+		return target == "s3", lag
+	}
+	return frontEndOffload(cfg, "file")
+}
+
+// journalOffloadPolicy is offloadPolicy for journal shards.
+func journalOffloadPolicy(cfg *config.Config, name string) (bool, time.Duration) {
+	if !frontEndShard(name) {
+		target, lag := cfg.JournalOffload(partitionSuffix.ReplaceAllString(name, ""))
+		return target == "s3", lag
+	}
+	return frontEndOffload(cfg, journal.Name)
+}
+
 // openJournalEngine opens the journal engine: a ledger client over meta's
 // live bookie nodes (this node's own bookie among them when it has the
-// bookie role), shards replicated as [storage.journal] and the topic's
-// [[storage.rules]] say.
-func openJournalEngine(cfg *config.Config, kv meta.KV, reg prometheus.Registerer, log *slog.Logger) (*journal.Engine, error) {
+// bookie role), shards replicated (and offloaded, with offload non-nil) as
+// [storage.journal] and the topic's [[storage.rules]] say.
+func openJournalEngine(cfg *config.Config, kv meta.KV, offload *journal.OffloadOptions, reg prometheus.Registerer, log *slog.Logger) (*journal.Engine, error) {
 	cl, err := client.New(client.Options{Meta: kv, Directory: client.MetaDirectory{Store: schema.Store{KV: kv}}, Logger: log})
 	if err != nil {
 		return nil, err
@@ -228,6 +286,7 @@ func openJournalEngine(cfg *config.Config, kv meta.KV, reg prometheus.Registerer
 		Registerer:  reg,
 		// Retention of the shards this node has open (those it writes).
 		RetentionAge: jc.RetentionAge.Std(),
+		Offload:      offload,
 		Logger:       log,
 	})
 	if err != nil {
