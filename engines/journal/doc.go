@@ -59,14 +59,16 @@
 //
 // With Options.Offload, a pass every Offload.Interval copies each closed
 // ledger of an open shard's log (front first; never the last) to the
-// object store as one object of its entries, each preceded by its length
-// (objstore.PutVerified: size and CRC-32C checked), then records it in
-// meta by create-if-absent under
+// object store as one object of its entries, each preceded by its length,
+// then an index (each entry's first offset and position)
+// (objstore.PutVerified: size and CRC-32C checked; s3store goes multipart
+// for large ledgers), then records it in meta by create-if-absent under
 // /engines/journal/offload/<escaped name>/<ledger> (remoteLedger: first
-// and end offset, key, size, CRC). Once Offload.DeleteLag has passed since
+// and end offset, key, size, CRCs, index position). Once Offload.DeleteLag has passed since
 // the record, the ledger is dropped from the log front and deleted from
 // its bookies, as Trim does. Reads below the log's first ledger come from
-// the recorded objects (the last one read stays decoded). A crash between
+// the recorded objects: the index (kept), then ranged reads of about 1 MiB
+// of entries (the last chunk stays decoded). A crash between
 // the steps leaves either an unrecorded object (rewritten under the same
 // key by the next pass) or a recorded ledger still in the log (read from
 // the log; dropped by the next pass): every record is read exactly once.

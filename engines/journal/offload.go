@@ -78,17 +78,41 @@ func (o *OffloadOptions) policy(name string) (bool, time.Duration) {
 }
 
 // remoteLedger is the manifest record of one offloaded ledger: its records
-// [First, End) are in object Key (Size bytes, CRC-32C CRC), written in the
-// engine's entry format, each entry preceded by its length (uvarint).
+// [First, End) are in object Key (Size bytes, CRC-32C CRC): the ledger's
+// entries in the engine's entry format, each preceded by its length
+// (uvarint), then from IndexOff the index: per entry its first offset and
+// its position in the object (two big-endian uint64), CRC-32C IndexCRC.
 type remoteLedger struct {
-	Ledger uint64    `json:"ledger"`
-	First  uint64    `json:"first"`
-	End    uint64    `json:"end"`
-	MaxTS  int64     `json:"max_ts"` // running maximum timestamp at its last entry
-	Key    string    `json:"key"`
-	Size   int64     `json:"size"`
-	CRC    uint32    `json:"crc32c"`
-	At     time.Time `json:"offloaded_at"`
+	Ledger   uint64    `json:"ledger"`
+	First    uint64    `json:"first"`
+	End      uint64    `json:"end"`
+	MaxTS    int64     `json:"max_ts"` // running maximum timestamp at its last entry
+	Key      string    `json:"key"`
+	Size     int64     `json:"size"`
+	CRC      uint32    `json:"crc32c"`
+	IndexOff int64     `json:"index_off"`
+	IndexCRC uint32    `json:"index_crc32c"`
+	At       time.Time `json:"offloaded_at"`
+}
+
+// defaultChunkBytes is the most a read of an offloaded ledger fetches at
+// once beyond its first entry.
+const defaultChunkBytes = 1 << 20
+
+// remoteIndex is the index of an offloaded ledger: firsts[i] is the first
+// offset of entry i, at byte pos[i] of the object; pos has one more
+// element, the end of the entries.
+type remoteIndex struct {
+	firsts []uint64
+	pos    []int64
+}
+
+// remoteChunk is a run of entries of an offloaded ledger, decoded:
+// records [first, end) of object key.
+type remoteChunk struct {
+	key        string
+	first, end uint64
+	recs       []shard.Record
 }
 
 // Steps of one ledger's offload, for the crash tests' hook.
@@ -218,7 +242,7 @@ func (s *Shard) offload(ctx context.Context, lag time.Duration, now time.Time) (
 // offloadLedger writes closed ledger l (whose records end at end) as one
 // object, verifies it, and records it in the manifest.
 func (s *Shard) offloadLedger(ctx context.Context, l *ledgerInfo, end uint64) (remoteLedger, error) {
-	var obj []byte
+	var obj, idx []byte
 	maxTS := int64(0)
 	n := l.count()
 	for e := range n {
@@ -231,12 +255,17 @@ func (s *Shard) offloadLedger(ctx context.Context, l *ledgerInfo, end uint64) (r
 			return remoteLedger{}, &shard.CorruptError{Shard: s.name, File: fmt.Sprintf("ledger %d entry %d", l.id, e), Reason: err.Error()}
 		}
 		maxTS = h.maxTS
+		idx = binary.BigEndian.AppendUint64(idx, h.first)
+		idx = binary.BigEndian.AppendUint64(idx, uint64(len(obj)))
 		obj = binary.AppendUvarint(obj, uint64(len(data)))
 		obj = append(obj, data...)
 	}
 	st := s.e.o.Offload.Store
+	indexOff := int64(len(obj))
+	obj = append(obj, idx...)
 	r := remoteLedger{Ledger: l.id, First: l.first, End: end, MaxTS: maxTS, Key: s.e.objectKey(s.name, l.id),
-		Size: int64(len(obj)), CRC: crc32.Checksum(obj, objstore.Castagnoli), At: time.Now().UTC()}
+		Size: int64(len(obj)), CRC: crc32.Checksum(obj, objstore.Castagnoli), IndexOff: indexOff,
+		IndexCRC: crc32.Checksum(idx, objstore.Castagnoli), At: time.Now().UTC()}
 	if n == 0 {
 		r.End = r.First
 	}
@@ -355,31 +384,74 @@ func (v *view) remoteOf(off uint64) int {
 	return -1
 }
 
-// remoteRecords returns the records of offloaded ledger r (one object
-// kept decoded: sequential readers read each object once).
-func (s *Shard) remoteRecords(ctx context.Context, r remoteLedger) ([]shard.Record, error) {
+// remoteIndex returns the index of offloaded ledger r (kept: it is small).
+func (s *Shard) remoteIndex(ctx context.Context, r remoteLedger) (remoteIndex, error) {
 	s.rmu.Lock()
-	if s.rkey == r.Key && s.rrecs != nil {
-		recs := s.rrecs
+	ix, ok := s.ridx[r.Key]
+	s.rmu.Unlock()
+	if ok {
+		return ix, nil
+	}
+	b, err := s.e.o.Offload.Store.Get(ctx, r.Key, r.IndexOff, r.Size-r.IndexOff)
+	if err != nil {
+		return ix, fmt.Errorf("journal engine: shard %q: reading the index of offloaded ledger %d: %w", s.name, r.Ledger, err)
+	}
+	if int64(len(b)) != r.Size-r.IndexOff || len(b)%16 != 0 || crc32.Checksum(b, objstore.Castagnoli) != r.IndexCRC {
+		return ix, &shard.CorruptError{Shard: s.name, File: "object " + r.Key, Reason: fmt.Sprintf("index of %d bytes does not match its record", len(b))}
+	}
+	for ; len(b) > 0; b = b[16:] {
+		ix.firsts = append(ix.firsts, binary.BigEndian.Uint64(b))
+		ix.pos = append(ix.pos, int64(binary.BigEndian.Uint64(b[8:])))
+	}
+	ix.pos = append(ix.pos, r.IndexOff)
+	s.rmu.Lock()
+	if len(s.ridx) >= 256 {
+		clear(s.ridx)
+	}
+	s.ridx[r.Key] = ix
+	s.rmu.Unlock()
+	return ix, nil
+}
+
+// remoteRecords returns decoded records of offloaded ledger r, from the
+// entry holding offset from on: a ranged read of up to 1 MiB
+// past that entry (the last chunk read is kept: sequential readers read
+// each byte once).
+func (s *Shard) remoteRecords(ctx context.Context, r remoteLedger, from uint64) ([]shard.Record, error) {
+	s.rmu.Lock()
+	if c := s.rchunk; c.key == r.Key && from >= c.first && from < c.end {
 		s.rmu.Unlock()
-		return recs, nil
+		return c.recs, nil
 	}
 	s.rmu.Unlock()
+	ix, err := s.remoteIndex(ctx, r)
+	if err != nil {
+		return nil, err
+	}
 	corrupt := func(reason string) error {
 		return &shard.CorruptError{Shard: s.name, File: "object " + r.Key, Reason: reason}
 	}
-	b, err := s.e.o.Offload.Store.Get(ctx, r.Key, 0, -1)
+	n := len(ix.firsts)
+	i := sort.Search(n, func(i int) bool { return ix.firsts[i] > from }) - 1
+	if i < 0 {
+		return nil, corrupt(fmt.Sprintf("no entry holds offset %d", from))
+	}
+	j := i + 1
+	for j < n && ix.pos[j+1]-ix.pos[i] <= s.e.o.offloadChunkBytes {
+		j++
+	}
+	if ix.pos[i] < 0 || ix.pos[j] > r.IndexOff || ix.pos[i] >= ix.pos[j] {
+		return nil, corrupt(fmt.Sprintf("index entry %d at bytes [%d, %d)", i, ix.pos[i], ix.pos[j]))
+	}
+	b, err := s.e.o.Offload.Store.Get(ctx, r.Key, ix.pos[i], ix.pos[j]-ix.pos[i])
 	if err != nil {
 		return nil, fmt.Errorf("journal engine: shard %q: reading offloaded ledger %d: %w", s.name, r.Ledger, err)
-	}
-	if int64(len(b)) != r.Size || crc32.Checksum(b, objstore.Castagnoli) != r.CRC {
-		return nil, corrupt(fmt.Sprintf("%d bytes with CRC-32C %08x, want %d with %08x", len(b), crc32.Checksum(b, objstore.Castagnoli), r.Size, r.CRC))
 	}
 	var recs []shard.Record
 	for len(b) > 0 {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || n > uint64(len(b)-k) {
-			return nil, corrupt("truncated entry length")
+			return nil, corrupt("truncated entry")
 		}
 		_, rs, err := decodeEntry(b[k : k+int(n)])
 		if err != nil {
@@ -388,12 +460,12 @@ func (s *Shard) remoteRecords(ctx context.Context, r remoteLedger) ([]shard.Reco
 		recs = append(recs, rs...)
 		b = b[k+int(n):]
 	}
-	if uint64(len(recs)) != r.End-r.First || (len(recs) > 0 && recs[0].Offset != r.First) {
-		return nil, corrupt(fmt.Sprintf("holds %d records, want [%d, %d)", len(recs), r.First, r.End))
+	if len(recs) == 0 || recs[0].Offset != ix.firsts[i] || recs[0].Offset > from || recs[len(recs)-1].Offset < from {
+		return nil, corrupt(fmt.Sprintf("entries %d..%d do not hold offset %d", i, j-1, from))
 	}
 	s.e.m.offloadReads.Inc()
 	s.rmu.Lock()
-	s.rkey, s.rrecs = r.Key, recs
+	s.rchunk = remoteChunk{key: r.Key, first: recs[0].Offset, end: recs[len(recs)-1].Offset + 1, recs: recs}
 	s.rmu.Unlock()
 	return recs, nil
 }
@@ -409,11 +481,11 @@ func (s *Shard) readRemote(ctx context.Context, v *view, from uint64, out []shar
 			return out, from, false, &shard.CorruptError{Shard: s.name, File: "offload manifest",
 				Reason: fmt.Sprintf("no offloaded ledger holds offset %d (the log starts at %d)", from, stop)}
 		}
-		recs, err := s.remoteRecords(ctx, v.remote[i])
+		recs, err := s.remoteRecords(ctx, v.remote[i], from)
 		if err != nil {
 			return out, from, false, err
 		}
-		for _, r := range recs[from-v.remote[i].First:] {
+		for _, r := range recs[from-recs[0].Offset:] {
 			if r.Offset >= stop {
 				return out, from, false, nil
 			}
@@ -435,17 +507,20 @@ func (s *Shard) remoteAtOrAfter(ctx context.Context, v *view, ts int64) (uint64,
 		if r.First >= stop || r.First == r.End || r.MaxTS < ts || r.End <= v.low {
 			continue
 		}
-		recs, err := s.remoteRecords(ctx, r)
-		if err != nil {
-			return 0, false, err
-		}
-		for _, rec := range recs {
-			if rec.Offset >= stop {
-				break
+		for from := max(r.First, v.low); from < min(r.End, stop); {
+			recs, err := s.remoteRecords(ctx, r, from)
+			if err != nil {
+				return 0, false, err
 			}
-			if rec.Timestamp >= ts {
-				return rec.Offset, true, nil
+			for _, rec := range recs[from-recs[0].Offset:] {
+				if rec.Offset >= stop {
+					break
+				}
+				if rec.Timestamp >= ts {
+					return rec.Offset, true, nil
+				}
 			}
+			from = recs[len(recs)-1].Offset + 1
 		}
 	}
 	return 0, false, nil

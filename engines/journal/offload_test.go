@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"testing"
@@ -18,9 +19,10 @@ import (
 )
 
 // offloadEngine opens an engine that offloads to st, with passes run by
-// the test only.
+// the test only, reading offloaded ledgers in chunks of 200 bytes (a few
+// entries).
 func offloadEngine(e *env, st objstore.Store, lag time.Duration, hook func(string) error, o Options) *Engine {
-	o.Quorum, o.RollEntries = Quorum{2, 2, 1}, 4
+	o.Quorum, o.RollEntries, o.offloadChunkBytes = Quorum{2, 2, 1}, 4, 200
 	o.Offload = &OffloadOptions{Store: st, DeleteLag: lag}
 	o.offloadHook, o.noOffloadLoop = hook, true
 	return e.engine(o)
@@ -115,7 +117,13 @@ func TestOffload(t *testing.T) {
 			t.Fatalf("offloaded ledger %d: %v, want ErrNoSuchLedger", id, err)
 		}
 	}
+	reads := testutil.ToFloat64(a.m.offloadReads)
 	checkExactlyOnce(t, s)
+	// 9 ledgers of 4 entries (about 70 bytes each), read in chunks of 200
+	// bytes: more than one ranged read per ledger.
+	if got := testutil.ToFloat64(a.m.offloadReads) - reads; got <= 9 {
+		t.Fatalf("%v ranged reads of 9 offloaded ledgers in chunks smaller than a ledger, want > 9", got)
+	}
 	if off, err := s.OffsetForTime(ctx, 1001); err != nil || off != 1 {
 		t.Fatalf("OffsetForTime(1001) = %d, %v; want 1", off, err)
 	}
@@ -247,4 +255,42 @@ func TestOffloadMinIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkExactlyOnce(t, s2)
+}
+
+// A damaged object is reported as corrupt, not read as records.
+func TestOffloadCorruptObject(t *testing.T) {
+	e := newEnv(t, 2)
+	ctx := testCtx(t)
+	st := objstore.NewMem()
+	a := offloadEngine(e, st, 0, nil, Options{})
+	fill(t, a, "c")
+	a.offloadPass(time.Now())
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := a.loadRemote(ctx, "c")
+	if err != nil || len(rs) != 9 {
+		t.Fatalf("manifest: %d records, %v", len(rs), err)
+	}
+	b, err := st.Get(ctx, rs[0].Key, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[30] ^= 0xff // inside the first entry's records
+	if err := st.Put(ctx, rs[0].Key, bytes.NewReader(b), int64(len(b))); err != nil {
+		t.Fatal(err)
+	}
+	c := offloadEngine(e, st, 0, nil, Options{})
+	defer c.Close()
+	s, err := c.Open(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *shard.CorruptError
+	if _, err := s.Read(ctx, 0, shard.Limits{}); !errors.As(err, &ce) {
+		t.Fatalf("Read(0) of a damaged object: %v, want a CorruptError", err)
+	}
+	if recs, err := s.Read(ctx, rs[1].First, shard.Limits{MaxRecords: 1}); err != nil || len(recs) != 1 || recs[0].Offset != rs[1].First {
+		t.Fatalf("Read(%d) of the next, intact object: %v, %v", rs[1].First, recs, err)
+	}
 }

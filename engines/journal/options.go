@@ -115,8 +115,9 @@ type Options struct {
 	// slog.Default().
 	Logger *slog.Logger
 
-	offloadHook   func(step string) error // tests: called after each offload step; an error stops the pass
-	noOffloadLoop bool                    // tests: passes run only when called
+	offloadHook       func(step string) error // tests: called after each offload step; an error stops the pass
+	noOffloadLoop     bool                    // tests: passes run only when called
+	offloadChunkBytes int64                   // tests: the ranged reads of offloaded ledgers (default 1 MiB)
 }
 
 // EnsureDefaults fills zero fields with their defaults and returns o.
@@ -141,6 +142,9 @@ func (o *Options) EnsureDefaults() *Options {
 	}
 	if o.Offload != nil {
 		o.Offload.ensureDefaults()
+	}
+	if o.offloadChunkBytes <= 0 {
+		o.offloadChunkBytes = defaultChunkBytes
 	}
 	return o
 }

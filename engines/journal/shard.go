@@ -41,9 +41,9 @@ type Shard struct {
 
 	remote []remoteLedger // offloaded ledgers, by first offset (offload.go)
 
-	rmu   sync.Mutex // the last offloaded ledger read, decoded
-	rkey  string
-	rrecs []shard.Record
+	rmu    sync.Mutex // offloaded reads: the last chunk read, decoded, and the indexes read
+	rchunk remoteChunk
+	ridx   map[string]remoteIndex
 }
 
 var (
@@ -66,7 +66,8 @@ type ledgerInfo struct {
 
 func newShard(e *Engine, rec shardRecord, version uint64) *Shard {
 	return &Shard{e: e, name: rec.Name, log: e.logName(rec.Name), q: rec.quorum(), recVer: version, low: rec.Low, high: rec.Low, next: rec.Low,
-		runMax: math.MinInt64, sealed: rec.Sealed, notify: make(chan struct{}), cache: newEntryCache(e.o.CacheBytes)}
+		runMax: math.MinInt64, sealed: rec.Sealed, notify: make(chan struct{}), cache: newEntryCache(e.o.CacheBytes),
+		ridx: map[string]remoteIndex{}}
 }
 
 // Name implements shard.Shard.
