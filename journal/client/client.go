@@ -132,6 +132,13 @@ func (c *Client) Close() error {
 	return errors.Join(errs...)
 }
 
+// isClosed reports whether Close was called.
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
 // live lists the directory's bookies and remembers their addresses.
 func (c *Client) live(ctx context.Context) ([]BookieInfo, error) {
 	bs, err := c.opts.Directory.Bookies(ctx)

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -221,7 +222,7 @@ func (l *link) run() {
 		l.queue = l.queue[:0]
 		l.mu.Unlock()
 		if s != nil && (broken || ended(s)) {
-			if !down {
+			if !down && !l.c.isClosed() { // a closing Client cuts its streams: no news
 				l.c.log.Info("journal/client: bookie add stream broke, reconnecting", "bookie", l.bookie, "err", s.Err())
 				down = true
 			}
@@ -234,6 +235,12 @@ func (l *link) run() {
 				var err error
 				if s, err = l.open(); err != nil {
 					s = nil
+					if errors.Is(err, ErrClosed) { // the Client is closed: no redial
+						for _, a := range rest {
+							l.answer(int64(a.Entry), err)
+						}
+						break
+					}
 					l.requeue(rest)
 					failed = true
 					l.c.log.Debug("journal/client: bookie link: cannot open the add stream, retrying", "bookie", l.bookie, "err", err, "in", delay)
