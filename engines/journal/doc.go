@@ -66,7 +66,9 @@
 // /engines/journal/offload/<escaped name>/<ledger> (remoteLedger: first
 // and end offset, key, size, CRCs, index position). Once Offload.DeleteLag has passed since
 // the record, the ledger is dropped from the log front and deleted from
-// its bookies, as Trim does. Reads below the log's first ledger come from
+// its bookies, as Trim does — by the shard's writer only (or on a sealed
+// shard): a node that only reads a shard uploads and records, but leaves
+// the log to the writer. Reads below the log's first ledger come from
 // the recorded objects: the index (kept), then ranged reads of about 1 MiB
 // of entries (the last chunk stays decoded). A crash between
 // the steps leaves either an unrecorded object (rewritten under the same

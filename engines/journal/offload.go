@@ -309,12 +309,17 @@ func (s *Shard) addRemote(r remoteLedger) {
 
 // dropOffloaded drops from the log front the ledgers offloaded at least
 // lag before now, the way Trim drops them; the ledger being written (the
-// last) always stays.
+// last) always stays. Only the shard's writer (or anyone, once the shard
+// is sealed) changes the log: a node that only reads the shard would
+// invalidate the writer's view of its log.
 func (s *Shard) dropOffloaded(ctx context.Context, lag time.Duration, now time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return shard.ErrClosed
+	}
+	if s.w == nil && !s.sealed {
+		return nil
 	}
 	at := map[uint64]time.Time{}
 	for _, r := range s.remote {

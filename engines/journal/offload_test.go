@@ -294,3 +294,41 @@ func TestOffloadCorruptObject(t *testing.T) {
 		t.Fatalf("Read(%d) of the next, intact object: %v, %v", rs[1].First, recs, err)
 	}
 }
+
+// A node that has a shard open without writing it uploads and records its
+// closed ledgers but leaves the log alone; once it writes (takes the log
+// over), the offloaded ledgers go.
+func TestOffloadOnlyWriterDrops(t *testing.T) {
+	e := newEnv(t, 2)
+	ctx := testCtx(t)
+	st := objstore.NewMem()
+	a := offloadEngine(e, st, 0, nil, Options{})
+	fill(t, a, "w")
+	if err := a.Close(); err != nil { // clean: the next Open does not take over
+		t.Fatal(err)
+	}
+	b := offloadEngine(e, st, 0, nil, Options{})
+	defer b.Close()
+	s, err := b.Open(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.offloadPass(time.Now())
+	if got := testutil.ToFloat64(b.m.offloadLedgers); got != 9 {
+		t.Fatalf("offloaded_ledgers_total %v, want 9", got)
+	}
+	if l := logOf(t, e, "w"); len(l) != 10 {
+		t.Fatalf("log %v changed by a node that does not write the shard", l)
+	}
+	checkExactlyOnce(t, s)
+	if _, err := s.Append(ctx, recsOf("new", 1)); err != nil {
+		t.Fatal(err)
+	}
+	b.offloadPass(time.Now())
+	if l := logOf(t, e, "w"); len(l) != 1 {
+		t.Fatalf("log %v after the writer's pass, want only the ledger being written", l)
+	}
+	if got := readAll(t, s); len(got) != 81 || got[80].Offset != 80 || string(got[80].Value) != "new-0" {
+		t.Fatalf("read %d records after the writer's offload", len(got))
+	}
+}
