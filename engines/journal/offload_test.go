@@ -280,12 +280,7 @@ func TestOffloadCorruptObject(t *testing.T) {
 	if err := st.Put(ctx, rs[0].Key, bytes.NewReader(b), int64(len(b))); err != nil {
 		t.Fatal(err)
 	}
-	c := offloadEngine(e, st, 0, nil, Options{})
-	defer c.Close()
-	s, err := c.Open(ctx, "c")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, s := reopen(t, e, st, "c")
 	var ce *shard.CorruptError
 	if _, err := s.Read(ctx, 0, shard.Limits{}); !errors.As(err, &ce) {
 		t.Fatalf("Read(0) of a damaged object: %v, want a CorruptError", err)
@@ -307,12 +302,7 @@ func TestOffloadOnlyWriterDrops(t *testing.T) {
 	if err := a.Close(); err != nil { // clean: the next Open does not take over
 		t.Fatal(err)
 	}
-	b := offloadEngine(e, st, 0, nil, Options{})
-	defer b.Close()
-	s, err := b.Open(ctx, "w")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, s := reopen(t, e, st, "w")
 	b.offloadPass(time.Now())
 	if got := testutil.ToFloat64(b.m.offloadLedgers); got != 9 {
 		t.Fatalf("offloaded_ledgers_total %v, want 9", got)
@@ -331,4 +321,17 @@ func TestOffloadOnlyWriterDrops(t *testing.T) {
 	if got := readAll(t, s); len(got) != 81 || got[80].Offset != 80 || string(got[80].Value) != "new-0" {
 		t.Fatalf("read %d records after the writer's offload", len(got))
 	}
+}
+
+// reopen opens shard name through a new offloading engine (closed at the
+// test's end).
+func reopen(t *testing.T, e *env, st objstore.Store, name string) (*Engine, shard.Shard) {
+	t.Helper()
+	en := offloadEngine(e, st, 0, nil, Options{})
+	t.Cleanup(func() { en.Close() })
+	s, err := en.Open(testCtx(t), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return en, s
 }
