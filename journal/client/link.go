@@ -23,13 +23,16 @@ import (
 // with backoff and resends on the new stream every add the old one left
 // unanswered, as BookKeeper's per-bookie channel does; those adds get no
 // answer meanwhile, so the owner's add timeout (stuck) is what declares
-// the bookie failed. Resending is safe: a bookie's add is idempotent for
-// the same ledger, entry and payload (it rewrites the entry's index
-// record; DESIGN.md, Journal: only the writer writes a ledger, so the
-// payload of an entry never differs), and a bookie that comes back at the
-// same id kept its data (the per-disk cookie stops a wiped one from
-// rejoining), so its acks count like any other: an entry is acknowledged
-// only on Qa acks the bookies sent after syncing it. A bookie's own
+// the bookie failed. Resending to the same bookie is what the protocol
+// allows (checked against DESIGN.md's Journal section): a bookie's add is
+// idempotent for the same ledger, entry and payload (it journals it again
+// and rewrites the entry's index record, as replay does: journal/bookie
+// doc), and this writer resends the very bytes it sent, so no offset gets
+// two values; a bookie that comes back at the same id kept its data ("a
+// cookie per disk so a wiped bookie cannot silently rejoin"), and it acks
+// only after its journal is fsynced, so its acks count like any other and
+// an entry is still acknowledged only on Qa real acks; a fenced ledger
+// refuses the resent add (FENCED), which stops the writer. A bookie's own
 // refusal (a *StatusError: fenced, failed, too large...) is answered to
 // the owner at once, except STATUS_CLOSED (the bookie is shutting down),
 // which is treated like a broken stream.
