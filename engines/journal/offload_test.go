@@ -2,8 +2,10 @@ package journal
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 
@@ -334,4 +336,65 @@ func reopen(t *testing.T, e *env, st objstore.Store, name string) (*Engine, shar
 		t.Fatal(err)
 	}
 	return en, s
+}
+
+// failingStore refuses every Put.
+type failingStore struct{ objstore.Store }
+
+func (failingStore) Put(context.Context, string, io.Reader, int64) error {
+	return errors.New("store unavailable")
+}
+
+// A store that refuses the objects leaves the log alone and shows in
+// offload_failures_total and offload_lag_seconds.
+func TestOffloadFailureMetrics(t *testing.T) {
+	e := newEnv(t, 2)
+	a := offloadEngine(e, failingStore{objstore.NewMem()}, 0, nil, Options{})
+	defer a.Close()
+	s := fill(t, a, "f")
+	t0 := time.Now()
+	a.offloadPass(t0)
+	a.offloadPass(t0.Add(time.Minute))
+	if got := testutil.ToFloat64(a.m.offloadFailures); got != 2 {
+		t.Fatalf("offload_failures_total %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(a.m.offloadLag); got != 60 {
+		t.Fatalf("offload_lag_seconds %v, want 60 (the first closed ledger waits since the first pass)", got)
+	}
+	if l := logOf(t, e, "f"); len(l) != 10 {
+		t.Fatalf("log %v after failed offloads, want all 10 ledgers", l)
+	}
+	checkExactlyOnce(t, s)
+}
+
+// Retention trims offloaded ledgers by their records' timestamps, like
+// the log's.
+func TestOffloadRetention(t *testing.T) {
+	e := newEnv(t, 2)
+	st := objstore.NewMem()
+	a := offloadEngine(e, st, 0, nil, Options{})
+	defer a.Close()
+	s := fill(t, a, "r").(*Shard)
+	a.offloadPass(time.Now())
+	ctx := testCtx(t)
+	// Every record has timestamp 1000 or 1001: a cutoff of 1001 keeps all,
+	// 1002 trims every ledger but the last (records 72..79).
+	if err := s.retain(ctx, 1001); err != nil {
+		t.Fatal(err)
+	}
+	if low, _ := s.Watermarks(); low != 0 {
+		t.Fatalf("low %d after retention at 1001, want 0", low)
+	}
+	if err := s.retain(ctx, 1002); err != nil {
+		t.Fatal(err)
+	}
+	if low, _ := s.Watermarks(); low != 72 {
+		t.Fatalf("low %d after retention at 1002, want 72", low)
+	}
+	if objs, _ := st.List(ctx, "journal/"); len(objs) != 0 {
+		t.Fatalf("%d objects left after retention trimmed every offloaded ledger", len(objs))
+	}
+	if got := readAll(t, s); len(got) != 8 || got[0].Offset != 72 {
+		t.Fatalf("read %d records after retention", len(got))
+	}
 }
