@@ -41,8 +41,10 @@
 // writer) and add timeouts. Effects: SendAdd goes to the bookie's link — one
 // goroutine and one bookierpc AddStream per bookie, which sends in queue
 // order, whatever has queued since its last send in one AddBatch message
-// (up to bookierpc.MaxBatchBytes), and answers every add, or with the
-// stream's error each add it could not deliver; answers queue in the link
+// (up to bookierpc.MaxBatchBytes), and answers every add; a stream that
+// broke (or a bookie answering CLOSED, shutting down) is redialled with
+// backoff and the adds it left unanswered are resent on the new one (see
+// link for why that is safe); answers queue in the link
 // and reach the loop as one event per burst (the link wakes the loop when
 // its queue stops being empty), not one per add; WriteLAC is a best-effort unary call; CASMetadata runs
 // schema.Store.CASLedger in a goroutine (on a version mismatch it reads the
@@ -50,13 +52,16 @@
 // whose answer was lost — it is a success; other meta errors are retried
 // with backoff); Acked and FailAdds complete Futures in entry order.
 //
-// Failures: an add answer that is not OK, NO_SUCH_* or FENCED (a gRPC
-// error, a broken stream, FAILED, ...) is StatusUnknown: the link to that
-// bookie is cut and the machine replaces the bookie (ensemble change: new
-// fragment from LAC+1, CAS, resend). A link with adds unanswered for
-// Options.AddTimeout is failed the same way (BookieFailed). A writer left
-// without a replacement (every other live bookie failed it before) stops
-// after AddTimeout: its appends fail with ledger.ErrStopped, ambiguous,
+// Failures: a bookie's refusal other than FENCED (FAILED, TOO_LARGE,
+// CORRUPT, ...) is StatusUnknown: the link to that bookie is cut and the
+// machine replaces the bookie (ensemble change: new fragment from LAC+1,
+// CAS, resend). A link with adds unanswered for Options.AddTimeout (its
+// bookie unreachable, the link still redialling) is failed the same way
+// (BookieFailed) if the machine can replace it (Writer.CanReplace);
+// otherwise the link keeps reconnecting for another AddTimeout, so that a
+// bookie restarting at the same id is written to again. A writer that
+// stays without a replacement (every other live bookie failed it before)
+// stops after AddTimeout: its appends fail with ledger.ErrStopped, ambiguous,
 // and its owner takes over with a new ledger. FENCED, or a
 // CAS that finds the ledger no longer OPEN, stops the writer: pending and
 // later appends fail with ErrFenced, which is ambiguous (the entry may or
@@ -122,7 +127,9 @@
 // two values at one offset (every copy in the write set agrees, and equals
 // what the writer appended at that entry). Scenarios: pipelined appends
 // with a tailing reader (explicit LAC of an idle writer), a bookie killed
-// mid-stream (ensemble change, no append fails), a writer abandoned with
+// mid-stream (ensemble change, no append fails), a bookie of an ensemble
+// of all three bookies restarted idle and mid-stream (the link reconnects:
+// no append fails, no ensemble change), a writer abandoned with
 // adds in flight and recovered (E/Qw/Qa 3/2/2, 3/3/2, 5/3/2), recovery
 // while the old writer keeps appending (it is fenced), a recovery that
 // aborts with two of three bookies down and succeeds once they return,
