@@ -220,8 +220,8 @@ func (s *Shard) offload(ctx context.Context, lag time.Duration, now time.Time) (
 	}
 	for i := 0; i+1 < len(v.ledgers); i++ {
 		l := v.ledgers[i]
-		if !l.closed() {
-			break
+		if !l.closed() || v.ledgers[i+1].first > v.high {
+			break // still written, or rolled with appends not yet acknowledged
 		}
 		if done[l.id] {
 			continue
