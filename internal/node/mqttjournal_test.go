@@ -57,14 +57,17 @@ func TestMQTTJournalEngineCluster(t *testing.T) {
 	}
 
 	// Node 1 restarts and publishes again: it reopens (and fences) only
-	// its own shards. Its bookie's restart breaks the other nodes' ledger
-	// writers (no spare bookie among three), whose next appends take
-	// their logs over; the routed copies are retried until stored, so
-	// node 2's subscriber gets them all (at least once, in order).
+	// its own shards. Its bookie's restart broke the other nodes' streams
+	// to it (and there is no spare bookie among three): their writers
+	// reconnect and resend, and routed copies are retried until stored,
+	// so node 2's subscriber gets everything (at least once, in order).
 	pub1.Disconnect(50)
 	nodes[0].Stop(t.Context())
 	nodes[0] = restartNode(t, cfgs[0])
 	pub1 = mqttClient(t, nodes[0], "pub-1", true, nil)
+	// Node 2's ledger writers lost their stream to node 1's bookie while
+	// it was down: they reconnect and resend, so its publishes succeed.
+	publish(t, pub2, "orders/b", 20, 40)
 	publish(t, pub1, "orders/a", 40, 60)
 	waitFor(t, "node 2's subscriber gets what node 1 took after its restart", func() bool {
 		got := slices.Compact(recs[1].topic("orders/a"))
@@ -72,5 +75,11 @@ func TestMQTTJournalEngineCluster(t *testing.T) {
 	})
 	if got := slices.Compact(recs[1].topic("orders/a")); !slices.Equal(got, seq(0, 60)) {
 		t.Errorf("node 2's subscriber got orders/a %v", got)
+	}
+	waitFor(t, "node 2's subscriber gets what node 2 took after node 1's restart", func() bool {
+		return len(slices.Compact(recs[1].topic("orders/b"))) >= 40
+	})
+	if got := slices.Compact(recs[1].topic("orders/b")); !slices.Equal(got, seq(0, 40)) {
+		t.Errorf("node 2's subscriber got orders/b %v", got)
 	}
 }
