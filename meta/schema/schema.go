@@ -15,6 +15,8 @@
 //	/groups/<group>                    Group
 //	/offsets/<group>/<topic>/<part>    Offset     committed consumer offset
 //	/cookies/bookies/<bookie id>       a bookie's cookie (journal/bookie.Cookie)
+//	/mqtt/routes/<id>                  the MQTT subscription filters of node <id>'s sessions
+//	                                   (internal/node.PrefixMQTTRoutes; cross-node routing)
 //
 // A node is up while its /live key exists: Register writes it under a
 // lease and keeps the lease alive; when the node stops heartbeating the
