@@ -142,3 +142,69 @@ func checkEngine(t *testing.T, n *Node, engine string, want map[string]bool) {
 		}
 	}
 }
+
+// A node whose journal topics offload to MinIO (a rule with offload =
+// "s3", ledgers rolled every 8 entries, no delete lag): MQTT publishes land
+// in journal ledgers, the closed ones move to the bucket and off the
+// bookie, and every message reads back exactly once from offset 0, before
+// and after a restart.
+func TestNodeJournalOffloadToMinIO(t *testing.T) {
+	srv := s3test.StartMinIO(t)
+	addr := freeAddrs(t, 1)[0]
+	cfg := testConfig(t.TempDir())
+	cfg.GRPC.Addr = addr
+	cfg.MetaAddrs = []string{"1@" + addr}
+	cfg.Storage.Journal.LedgerEntries = 8
+	cfg.Storage.Journal.OffloadDeleteLag = 0
+	cfg.Storage.Rules = []config.Rule{{Match: "orders/#", Engine: "journal", AckQuorum: 1, Offload: "s3"}}
+	cfg.Storage.S3 = config.S3Storage{Endpoint: srv.Endpoint, Bucket: "quire-offload", Region: srv.Region,
+		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, Prefix: "t"}
+	n := startNode(t, cfg, nil)
+
+	c := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + n.MQTTAddr("tcp").String()).SetClientID("pub").
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	const count = 80
+	want := map[string]bool{}
+	for i := range count {
+		payload := fmt.Sprintf("order-%03d-%s", i, strings.Repeat("y", 100))
+		want[payload] = true
+		if tok := c.Publish("orders/eu", 1, false, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+	}
+	c.Disconnect(50)
+
+	st, err := s3store.Open(t.Context(), srv.Options("quire-offload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 80 messages in ledgers of 8 entries (or fewer: one append may carry
+	// several messages): at least a few closed ledgers go to the bucket.
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		objs, err := st.List(t.Context(), "t/journal/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, body := get(t, "http://"+n.AdminAddr().String()+"/metrics")
+		if len(objs) >= 2 && strings.Contains(body, "quire_journal_engine_offloaded_ledgers_total") &&
+			!strings.Contains(body, "quire_journal_engine_offloaded_ledgers_total 0\n") {
+			t.Logf("%d journal objects offloaded", len(objs))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("journal offload did not happen: %d objects", len(objs))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	checkEngine(t, n, "journal", want)
+
+	if err := n.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n = startNode(t, cfg, nil)
+	checkEngine(t, n, "journal", want)
+}
