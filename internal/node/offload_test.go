@@ -31,21 +31,7 @@ func TestNodeOffloadToMinIO(t *testing.T) {
 		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, Prefix: "t"}
 	n := startNode(t, cfg, nil)
 
-	c := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + n.MQTTAddr("tcp").String()).SetClientID("pub").
-		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
-	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect: %v", tok.Error())
-	}
-	const count = 80
-	want := map[string]bool{}
-	for i := range count {
-		payload := fmt.Sprintf("order-%03d-%s", i, strings.Repeat("x", 100))
-		want[payload] = true
-		if tok := c.Publish("orders/eu", 1, false, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-			t.Fatalf("publish %d: %v", i, tok.Error())
-		}
-	}
-	c.Disconnect(50)
+	want := publishOrders(t, n, 80, "x")
 
 	st, err := s3store.Open(t.Context(), srv.Options("quire-offload"))
 	if err != nil {
@@ -161,21 +147,7 @@ func TestNodeJournalOffloadToMinIO(t *testing.T) {
 		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, Prefix: "t"}
 	n := startNode(t, cfg, nil)
 
-	c := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + n.MQTTAddr("tcp").String()).SetClientID("pub").
-		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect: %v", tok.Error())
-	}
-	const count = 80
-	want := map[string]bool{}
-	for i := range count {
-		payload := fmt.Sprintf("order-%03d-%s", i, strings.Repeat("y", 100))
-		want[payload] = true
-		if tok := c.Publish("orders/eu", 1, false, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("publish %d: %v", i, tok.Error())
-		}
-	}
-	c.Disconnect(50)
+	want := publishOrders(t, n, 80, "y")
 
 	st, err := s3store.Open(t.Context(), srv.Options("quire-offload"))
 	if err != nil {
@@ -207,4 +179,25 @@ func TestNodeJournalOffloadToMinIO(t *testing.T) {
 	}
 	n = startNode(t, cfg, nil)
 	checkEngine(t, n, "journal", want)
+}
+
+// publishOrders publishes count QoS 1 messages to orders/eu through n,
+// padded with pad, and returns their payloads.
+func publishOrders(t *testing.T, n *Node, count int, pad string) map[string]bool {
+	t.Helper()
+	c := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + n.MQTTAddr("tcp").String()).SetClientID("pub").
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer c.Disconnect(50)
+	want := map[string]bool{}
+	for i := range count {
+		payload := fmt.Sprintf("order-%03d-%s", i, strings.Repeat(pad, 100))
+		want[payload] = true
+		if tok := c.Publish("orders/eu", 1, false, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+	}
+	return want
 }
