@@ -20,10 +20,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,31 +60,19 @@ const (
 type featNode struct {
 	*mqttNode
 	tls, ws, wss string
-	caFile       string
+	caFile       string // the server's self-signed certificate, also the client CA
+	ca           *x509.Certificate
+	caKey        *ecdsa.PrivateKey
 	roots        *x509.CertPool
 }
 
 func startFeatNode(t *testing.T) *featNode {
 	t.Helper()
-	addrs := freeAddrs(t, 3)
-	n := &featNode{mqttNode: newMQTTNode(t), tls: addrs[0], ws: addrs[1], wss: addrs[2]}
-	var keyFile string
-	n.caFile, keyFile, n.roots = loopbackCert(t, n.dir)
 	hash, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(n.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const off = "tls = \"\"\nws = \"\"\nwss = \"\"\n" // newMQTTNode's [mqtt] section, which ends the file
-	if !strings.Contains(string(b), off) || !strings.HasSuffix(string(b), "quic = \"\"\n") {
-		t.Fatalf("newMQTTNode's config changed shape:\n%s", b)
-	}
-	cfg := strings.Replace(string(b), off, fmt.Sprintf("tls = %q\nws = %q\nwss = %q\n", n.tls, n.ws, n.wss), 1) + fmt.Sprintf(`
-tls_cert_file = %q
-tls_key_file = %q
+	n := newFeatNode(t, fmt.Sprintf(`
 allow_anonymous = true
 acl_default = "allow"
 max_packet_size = %d
@@ -96,26 +88,63 @@ topics = ["users/%%u/#"]
 permission = "deny"
 action = "all"
 topics = ["users/#", "secret/#"]
-`, n.caFile, keyFile, featMaxPacket, featMaxQueued, hash)
-	writeConfig(t, n.dir, filepath.Base(n.cfg), cfg)
+`, featMaxPacket, featMaxQueued, hash))
 	n.start(t)
 	return n
 }
 
-// loopbackCert writes a self-signed certificate for 127.0.0.1 and
-// localhost, which is also its own CA.
-func loopbackCert(t *testing.T, dir string) (certFile, keyFile string, roots *x509.CertPool) {
+// newFeatNode writes the config of a featNode, with extra (TOML) at the
+// end of its [mqtt] section; it does not start it.
+func newFeatNode(t *testing.T, extra string) *featNode {
+	t.Helper()
+	addrs := freeAddrs(t, 3)
+	n := &featNode{mqttNode: newMQTTNode(t), tls: addrs[0], ws: addrs[1], wss: addrs[2]}
+	var keyFile string
+	n.caFile, keyFile, n.ca, n.caKey = issueCert(t, n.dir, "mqtt-ca", nil, nil)
+	n.roots = x509.NewCertPool()
+	n.roots.AddCert(n.ca)
+	b, err := os.ReadFile(n.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const off = "tls = \"\"\nws = \"\"\nwss = \"\"\n" // newMQTTNode's [mqtt] section, which ends the file
+	if !strings.Contains(string(b), off) || !strings.HasSuffix(string(b), "quic = \"\"\n") {
+		t.Fatalf("newMQTTNode's config changed shape:\n%s", b)
+	}
+	cfg := strings.Replace(string(b), off, fmt.Sprintf("tls = %q\nws = %q\nwss = %q\n", n.tls, n.ws, n.wss), 1) +
+		fmt.Sprintf("tls_cert_file = %q\ntls_key_file = %q\n", n.caFile, keyFile) + extra
+	writeConfig(t, n.dir, filepath.Base(n.cfg), cfg)
+	t.Cleanup(func() {
+		if t.Failed() && n.p != nil {
+			out := n.p.stderr.String()
+			t.Logf("quire output (last 16 KiB):\n%s", out[max(0, len(out)-16<<10):])
+		}
+	})
+	return n
+}
+
+// issueCert writes a certificate and its key as name.pem and
+// name-key.pem: with a nil parent a self-signed CA that also serves
+// 127.0.0.1 and localhost, else a client certificate with CommonName name
+// signed by parent.
+func issueCert(t *testing.T, dir, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (certFile, keyFile string, cert *x509.Certificate, key *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(42), Subject: pkix.Name{CommonName: "127.0.0.1"},
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	if parent == nil {
+		tmpl.IPAddresses, tmpl.DNSNames = []net.IP{net.IPv4(127, 0, 0, 1)}, []string{"localhost"}
+		tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
+		tmpl.KeyUsage |= x509.KeyUsageCertSign
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,19 +152,16 @@ func loopbackCert(t *testing.T, dir string) (certFile, keyFile string, roots *x5
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile = filepath.Join(dir, "mqtt-cert.pem"), filepath.Join(dir, "mqtt-key.pem")
+	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
 	for f, b := range map[string]*pem.Block{certFile: {Type: "CERTIFICATE", Bytes: der}, keyFile: {Type: "EC PRIVATE KEY", Bytes: kder}} {
 		if err := os.WriteFile(f, pem.EncodeToMemory(b), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	roots = x509.NewCertPool()
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
+	if cert, err = x509.ParseCertificate(der); err != nil {
 		t.Fatal(err)
 	}
-	roots.AddCert(c)
-	return certFile, keyFile, roots
+	return certFile, keyFile, cert, key
 }
 
 // metric is the value of one /metrics sample (name with its labels, as
@@ -155,20 +181,61 @@ func (n *featNode) metric(t *testing.T, sample string) float64 {
 	return 0
 }
 
-// tapConn records the bytes a client reads, so that the packets the server
-// sent can be decoded after the client is done with them.
+// tapConn is a client's connection to the node through a loopback proxy
+// that records what the server sent, so that the packets can be decoded
+// after the client is done with them. The client gets a bare
+// *net.TCPConn: paho.golang writes a packet in several Writes
+// (net.Buffers) with no lock between its goroutines, which only writev on
+// a *net.TCPConn makes atomic — wrapping the conn let a PINGREQ or an ack
+// land inside another packet (seen under -race; the server rightly
+// answered DISCONNECT 0x81).
 type tapConn struct {
-	net.Conn
-	mu  sync.Mutex
-	got bytes.Buffer
+	net.Conn // the client's end
+	mu       sync.Mutex
+	got      bytes.Buffer
 }
 
-func (c *tapConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.mu.Lock()
-	c.got.Write(p[:n])
-	c.mu.Unlock()
-	return n, err
+// dialTapped connects to addr through a recording proxy.
+func dialTapped(t *testing.T, addr string) (*tapConn, error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	up, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := &tapConn{}
+	accepted := make(chan struct{})
+	go func() {
+		c, err := ln.Accept()
+		close(accepted)
+		if err != nil {
+			up.Close()
+			return
+		}
+		go func() { io.Copy(up, c); up.Close() }()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := up.Read(buf)
+			tc.mu.Lock()
+			tc.got.Write(buf[:n])
+			tc.mu.Unlock()
+			if _, werr := c.Write(buf[:n]); err != nil || werr != nil {
+				c.Close()
+				return
+			}
+		}
+	}()
+	if tc.Conn, err = net.Dial("tcp", ln.Addr().String()); err != nil {
+		up.Close()
+		return nil, err
+	}
+	<-accepted
+	t.Cleanup(func() { tc.Conn.Close(); up.Close() })
+	return tc, nil
 }
 
 // each calls fn with each packet the server sent so far (v5). A packet is
@@ -186,6 +253,30 @@ func (c *tapConn) each(fn func(packet.Packet)) {
 		}
 		fn(p)
 	}
+}
+
+// summary lists the packets the server sent, for failure messages.
+func (c *tapConn) summary() string {
+	var s []string
+	c.each(func(p packet.Packet) {
+		x := p.Type().String()
+		switch p := p.(type) {
+		case *packet.Suback:
+			x += fmt.Sprintf("(%d)", p.PacketID)
+		case *packet.Puback:
+			x += fmt.Sprintf("(%d)", p.PacketID)
+		case *packet.Pubrec:
+			x += fmt.Sprintf("(%d)", p.PacketID)
+		case *packet.Pubcomp:
+			x += fmt.Sprintf("(%d)", p.PacketID)
+		case *packet.Publish:
+			x += fmt.Sprintf("(%s %d)", p.Topic, p.PacketID)
+		case *packet.Disconnect:
+			x += fmt.Sprintf("(%v %q)", p.ReasonCode, p.Properties.ReasonString)
+		}
+		s = append(s, x)
+	})
+	return strings.Join(s, " ")
 }
 
 // waitDisconnect waits for the server's DISCONNECT on c and returns its
@@ -244,15 +335,19 @@ func (silentPinger) SetDebug(paholog.Logger)                             {}
 // connectV5 connects cp; a refused CONNECT returns the client with err set.
 func (n *featNode) connectV5(t *testing.T, cp *paho.Connect, o fopts) *fclient {
 	t.Helper()
+	c := &fclient{msgs: make(chan *paho.Publish, 1000)}
+	var err error
 	if o.dial == nil {
-		o.dial = func() (net.Conn, error) { return net.Dial("tcp", n.tcp) }
+		c.tap, err = dialTapped(t, n.tcp)
+	} else {
+		c.tap = &tapConn{}
+		c.tap.Conn, err = o.dial()
 	}
-	nc, err := o.dial()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &fclient{tap: &tapConn{Conn: nc}, msgs: make(chan *paho.Publish, 1000)}
-	c.Client = paho.NewClient(paho.ClientConfig{Conn: c.tap, EnableManualAcknowledgment: o.manual, PingHandler: o.pinger,
+	c.Client = paho.NewClient(paho.ClientConfig{Conn: c.tap.Conn, EnableManualAcknowledgment: o.manual, PingHandler: o.pinger,
+		PacketTimeout: 30 * time.Second, // paho's 10 s is short on a loaded machine under -race
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			c.msgs <- pr.Packet
 			return true, nil
@@ -283,7 +378,7 @@ func (n *featNode) v5c(t *testing.T, id string) *fclient {
 }
 
 func fctx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -292,7 +387,7 @@ func (c *fclient) sub(t *testing.T, s *paho.Subscribe) []byte {
 	t.Helper()
 	sa, err := c.Subscribe(fctx(t), s)
 	if sa == nil {
-		t.Fatalf("subscribe: %v", err)
+		t.Fatalf("subscribe: %v; the server sent %s", err, c.tap.summary())
 	}
 	return sa.Reasons
 }
@@ -301,7 +396,7 @@ func (c *fclient) pub(t *testing.T, p *paho.Publish) *paho.PublishResponse {
 	t.Helper()
 	r, err := c.Publish(fctx(t), p)
 	if r == nil {
-		t.Fatalf("publish %s: %v", p.Topic, err)
+		t.Fatalf("publish %s: %v; the server sent %s", p.Topic, err, c.tap.summary())
 	}
 	return r
 }
@@ -1228,4 +1323,136 @@ func (s *mosquittoSub) wait(t *testing.T) []string {
 		t.Fatalf("mosquitto_sub still running after 60s (printed %q)", s.lines())
 	}
 	return s.lines()
+}
+
+// TestMQTTClientCertAndAuthHook: with tls_client_ca_file the TLS listener
+// takes only clients with a certificate its CA signed; with
+// allow_anonymous = false and auth_hook_url, the HTTP hook decides on the
+// clients the user table does not know, told the certificate's CN.
+// Clients: paho.golang over TLS with a certificate, paho.mqtt.golang over
+// TCP with a user name the hook knows, mosquitto_pub over TLS with and
+// without a certificate.
+func TestMQTTClientCertAndAuthHook(t *testing.T) {
+	var mu sync.Mutex
+	var asked []map[string]string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req map[string]string
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		asked = append(asked, req)
+		mu.Unlock()
+		if req["common_name"] == "device-7" || req["username"] == "hook-user" && req["password"] == "hook-pw" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.WriteHeader(http.StatusForbidden)
+	}))
+	defer hook.Close()
+	n := newFeatNode(t, "allow_anonymous = false\n")
+	b, err := os.ReadFile(n.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, n.dir, filepath.Base(n.cfg), string(b)+fmt.Sprintf("tls_client_ca_file = %q\nauth_hook_url = %q\n", n.caFile, hook.URL))
+	devCert, devKey, _, _ := issueCert(t, n.dir, "device-7", n.ca, n.caKey)
+	rogueDir := t.TempDir()
+	_, _, rogueCA, rogueCAKey := issueCert(t, rogueDir, "rogue-ca", nil, nil)
+	rogueCert, rogueKey, _, _ := issueCert(t, rogueDir, "device-7", rogueCA, rogueCAKey)
+	n.start(t)
+
+	got := make(chan string, 10)
+	sub := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + n.tcp).SetClientID("hook-sub").SetUsername("hook-user").
+		SetPassword("hook-pw").SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(20 * time.Second).
+		SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { got <- string(m.Payload()) }))
+	wait3(t, sub.Connect())
+	defer sub.Disconnect(50)
+	wait3(t, sub.Subscribe("dev/#", 1, nil))
+	expect := func(want string) {
+		t.Helper()
+		select {
+		case m := <-got:
+			if m != want {
+				t.Fatalf("got %q, want %q", m, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%q not delivered", want)
+		}
+	}
+
+	pair, err := tls.LoadX509KeyPair(devCert, devKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := n.connectV5(t, &paho.Connect{ClientID: "device-7", CleanStart: true}, fopts{dial: func() (net.Conn, error) {
+		return tls.Dial("tcp", n.tls, &tls.Config{RootCAs: n.roots, Certificates: []tls.Certificate{pair}})
+	}})
+	if dev.err != nil {
+		t.Fatalf("client with a certificate: %v", dev.err)
+	}
+	dev.pub(t, &paho.Publish{Topic: "dev/7", QoS: 1, Payload: []byte("from paho")})
+	expect("from paho")
+	if c, err := tls.Dial("tcp", n.tls, &tls.Config{RootCAs: n.roots}); err == nil {
+		// TLS 1.3: the server's refusal comes with the first read.
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		c.Close()
+		if err == nil {
+			t.Fatal("a TLS client without a certificate was served")
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		cp   *paho.Connect
+	}{
+		{"anonymous", &paho.Connect{ClientID: "anon", CleanStart: true}},
+		{"wrong password", &paho.Connect{ClientID: "wrong", CleanStart: true, Username: "hook-user", UsernameFlag: true, Password: []byte("x"), PasswordFlag: true}},
+	} {
+		c := n.connectV5(t, tc.cp, fopts{})
+		if c.err == nil || c.ack.ReasonCode < 0x80 || c.ack.Properties.ReasonString == "" {
+			t.Fatalf("%s over TCP: CONNACK %#x %q (%v), want a refusal with a reason string", tc.name, c.ack.ReasonCode, c.ack.Properties.ReasonString, c.err)
+		}
+	}
+	mu.Lock()
+	cn := slices.ContainsFunc(asked, func(r map[string]string) bool { return r["common_name"] == "device-7" && r["listener"] == "tls" })
+	mu.Unlock()
+	if !cn {
+		t.Fatalf("the hook was never told the certificate's CN on the tls listener: %v", asked)
+	}
+
+	if _, err := exec.LookPath("mosquitto_pub"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("mosquitto_pub not installed (make test installs mosquitto-clients)")
+		}
+		t.Skip("mosquitto-clients not installed; run make test")
+	}
+	host, port, _ := net.SplitHostPort(n.tls)
+	mosq := func(args ...string) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return exec.CommandContext(ctx, "mosquitto_pub", append([]string{"-h", host, "-p", port, "--cafile", n.caFile,
+			"-V", "mqttv5", "-t", "dev/mosq", "-q", "1"}, args...)...).CombinedOutput()
+	}
+	if out, err := mosq("--cert", devCert, "--key", devKey, "-m", "from mosquitto"); err != nil {
+		t.Fatalf("mosquitto_pub with a certificate: %v %s", err, out)
+	}
+	expect("from mosquitto")
+	for name, args := range map[string][]string{
+		"without a certificate":         {"-m", "no cert"},
+		"with another CA's certificate": {"--cert", rogueCert, "--key", rogueKey, "-m", "rogue"},
+	} {
+		if out, err := mosq(args...); err == nil {
+			t.Fatalf("mosquitto_pub %s was served: %s", name, out)
+		}
+	}
+	select {
+	case m := <-got:
+		t.Fatalf("a refused client's message %q was delivered", m)
+	default:
+	}
+	if code := n.p.terminate(t); code != 0 {
+		t.Fatalf("exit status after SIGTERM = %d\n%s", code, n.p.stderr)
+	}
 }
