@@ -366,6 +366,7 @@ func (b *Bookie) apply(q []applyBatch) error {
 			return fmt.Errorf("bookie: entry-log write: %w", err)
 		}
 		ap.active.size += int64(len(ap.buf))
+		ap.active.writeBack()
 		ap.usage[ap.active.id].size = ap.active.size
 		ap.usageDirty[ap.active.id] = struct{}{} // before a roll too
 		ap.buf = ap.buf[:0]

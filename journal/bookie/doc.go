@@ -101,7 +101,10 @@
 // and a read checks the checksum and that ledger and entry are the ones
 // asked for (ErrCorrupt otherwise). The applier writes the groups it takes
 // (up to 16 MiB of records at once) with one index batch; entry logs are
-// preallocated 8 MiB ahead of their writes, and a checkpoint drops the
+// preallocated 8 MiB ahead of their writes, their write-back is started
+// (sync_file_range) each MiB as the applier writes them, so that a
+// checkpoint's fsync has little left to flush and does not stall the
+// journal's fdatasyncs behind a burst of tens of MB, and a checkpoint drops the
 // pages it synced from the page cache (on Linux): appending to a
 // preallocated file in recycled pages costs the kernel a fraction of the
 // CPU of growing the page cache with fresh ones. The index keys are listed in store.go

@@ -216,6 +216,31 @@ type entryLog struct {
 	size    int64
 	dropped int64 // the synced prefix whose cached pages were dropped
 	alloc   int64 // the file's blocks are preallocated up to here
+	started int64 // write-back was started (SyncTo) up to here
+}
+
+// entryLogWriteBack is how many written bytes of an entry log the applier
+// lets accumulate before it starts their write-back (SyncTo: on Linux
+// sync_file_range, which returns once the previous range's write-back is
+// done and this one's is started). Without it a checkpoint's fsync of the
+// logs flushes everything written since the last one at once (tens of MB
+// at a few MB/s of adds), and the journal fdatasyncs queued behind that
+// burst took 50-120 ms instead of ~1 ms: the adds' p99 went to hundreds of
+// ms at a fifth of the bookie's throughput. Started as it is written, the
+// log reaches the disk at the rate of the adds, and a checkpoint's fsync
+// has at most this much left to write.
+const entryLogWriteBack = 1 << 20
+
+// writeBack starts the write-back of the log's written bytes once
+// entryLogWriteBack of them have not been started. Advice, like
+// preallocate: an error shows at the checkpoint's fsync.
+func (l *entryLog) writeBack() {
+	if l.size-l.started < entryLogWriteBack {
+		return
+	}
+	if _, err := l.f.SyncTo(l.size); err == nil {
+		l.started = l.size
+	}
 }
 
 // entryLogPrealloc is the step in which entry logs are preallocated ahead

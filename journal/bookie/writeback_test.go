@@ -1,0 +1,125 @@
+package bookie
+
+import (
+	"strings"
+	"sync"
+	"testing"
+
+	pvfs "github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/quiremq/quire/internal/vfs"
+)
+
+// syncToFS records the SyncTo calls made on the entry logs it creates.
+type syncToFS struct {
+	vfs.FS
+	mu    sync.Mutex
+	calls map[string][]int64 // entry log name → SyncTo offsets, in order
+	syncs int                // Sync calls on entry logs
+}
+
+func (fs *syncToFS) Create(name string, c pvfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := fs.FS.Create(name, c)
+	if err != nil || !strings.HasSuffix(name, entryLogExt) {
+		return f, err
+	}
+	return &syncToFile{File: f, fs: fs, name: name}, nil
+}
+
+type syncToFile struct {
+	vfs.File
+	fs   *syncToFS
+	name string
+}
+
+func (f *syncToFile) SyncTo(length int64) (bool, error) {
+	f.fs.mu.Lock()
+	f.fs.calls[f.name] = append(f.fs.calls[f.name], length)
+	f.fs.mu.Unlock()
+	return f.File.SyncTo(length)
+}
+
+func (f *syncToFile) Sync() error {
+	f.fs.mu.Lock()
+	f.fs.syncs++
+	f.fs.mu.Unlock()
+	return f.File.Sync()
+}
+
+// TestEntryLogWriteBackAsApplied: the applier starts the write-back of an
+// entry log each entryLogWriteBack bytes as it writes it, so that a
+// checkpoint's fsync never has more than that left to flush per log (a
+// burst of tens of MB there stalled the journal's fdatasyncs behind it).
+func TestEntryLogWriteBackAsApplied(t *testing.T) {
+	fs := &syncToFS{FS: vfs.NewMem(), calls: map[string][]int64{}}
+	o := testOptions(fs, &MemCookieStore{})
+	o.EntryLogSize = 64 << 20
+	o.JournalFileSize = 16 << 20 // no roll, so no checkpoint kicked by one
+	b := mustOpen(t, o)
+	defer b.Close()
+
+	// Four waves of ~1 MiB, each applied before the next is added, so
+	// that the applier writes the log in several steps.
+	const waves, perWave, size = 4, 256, 4 << 10
+	const entries = waves * perWave
+	payload := make([]byte, size)
+	errs := make(chan error, perWave)
+	for w := range uint64(waves) {
+		for i := range uint64(perWave) {
+			e := w*perWave + i
+			b.AddEntry(1, e, int64(e)-1, payload, false, func(err error) { errs <- err })
+		}
+		for range perWave {
+			if err := <-errs; err != nil {
+				t.Fatalf("add: %v", err)
+			}
+		}
+		// Wait until the wave is applied to the entry log.
+		b.mu.Lock()
+		for b.inflight > 0 && b.err == nil {
+			b.space.Wait()
+		}
+		b.mu.Unlock()
+	}
+
+	b.applyMu.Lock()
+	active, started := b.ap.active.size, b.ap.active.started
+	name := b.fs.PathJoin(b.logDir, fileName(b.ap.active.id, entryLogExt))
+	b.applyMu.Unlock()
+	if active < entries*size {
+		t.Fatalf("active entry log holds %d bytes, want at least %d", active, entries*size)
+	}
+	if active-started >= entryLogWriteBack {
+		t.Errorf("write-back started up to %d of %d bytes: %d left for the checkpoint, want < %d", started, active, active-started, entryLogWriteBack)
+	}
+	fs.mu.Lock()
+	calls := fs.calls[name]
+	fs.mu.Unlock()
+	if len(calls) < 3 {
+		t.Fatalf("SyncTo calls on %s: %v, want one per %d bytes written (%d bytes)", name, calls, entryLogWriteBack, active)
+	}
+	prev := int64(0)
+	for _, off := range calls {
+		if off-prev < entryLogWriteBack {
+			t.Errorf("SyncTo offsets %v: step %d below %d", calls, off-prev, entryLogWriteBack)
+		}
+		prev = off
+	}
+	if prev != started {
+		t.Errorf("last SyncTo offset %d, log records write-back started at %d", prev, started)
+	}
+
+	// A checkpoint still syncs the log in full.
+	fs.mu.Lock()
+	before := fs.syncs
+	fs.mu.Unlock()
+	if err := b.checkpoint(); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	fs.mu.Lock()
+	after := fs.syncs
+	fs.mu.Unlock()
+	if after <= before {
+		t.Errorf("checkpoint synced no entry log (Sync calls %d → %d)", before, after)
+	}
+}
