@@ -125,6 +125,7 @@ type MQTT struct {
 	MaxQueued      int     `toml:"max_queued"`       // messages waiting per session; more are dropped (counted)
 	MaxPacketSize  int     `toml:"max_packet_size"`  // bytes; a larger packet closes the connection (0x95)
 	MaxPublishRate float64 `toml:"max_publish_rate"` // PUBLISH/s per connection, 0 = no limit; excess is slowed
+	MaxKeepAlive   int     `toml:"max_keep_alive"`   // seconds, 0 = no cap; a v5 client asking for more (or 0) gets this as Server Keep Alive
 }
 
 // MQTTUser is one [[mqtt.users]] entry: a bcrypt hash for user name and
@@ -756,6 +757,9 @@ func (c *Config) validate() []*Error {
 	}
 	if c.MQTT.MaxPacketSize < 64 || c.MQTT.MaxPacketSize > 268435460 {
 		bad("mqtt.max_packet_size", "must be from 64 to 268435460 (MQTT's largest packet), got %d", c.MQTT.MaxPacketSize)
+	}
+	if c.MQTT.MaxKeepAlive < 0 || c.MQTT.MaxKeepAlive > 65535 {
+		bad("mqtt.max_keep_alive", "must be 0 (no cap) to 65535 seconds, got %d", c.MQTT.MaxKeepAlive)
 	}
 	if c.MQTT.MaxPublishRate < 0 {
 		bad("mqtt.max_publish_rate", "must be >= 0 (0 = no limit), got %v", c.MQTT.MaxPublishRate)

@@ -183,7 +183,7 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0).NodeScoped(b.cfg.NodeID, journal.Name), Store: db, Retained: retained,
 		Auth: authn, ACL: acl, SCRAM: scram, Version: "quire " + version.Get().String(),
 		MaxInflight: b.cfg.MQTT.MaxInflight, MaxQueued: b.cfg.MQTT.MaxQueued, MaxPacketSize: b.cfg.MQTT.MaxPacketSize,
-		MaxPublishRate: b.cfg.MQTT.MaxPublishRate, Registerer: b.reg, Logger: log})
+		MaxPublishRate: b.cfg.MQTT.MaxPublishRate, MaxKeepAlive: uint16(b.cfg.MQTT.MaxKeepAlive), Registerer: b.reg, Logger: log})
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}

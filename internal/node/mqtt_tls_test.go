@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -119,3 +120,38 @@ func selfSignedCert(t *testing.T) (certFile, keyFile string, pool *x509.CertPool
 	pool.AddCert(cert)
 	return certFile, keyFile, pool
 }
+
+// [mqtt] max_keep_alive reaches the broker: an MQTT 5 client asking for a
+// longer keep alive, or for none, is told the cap as Server Keep Alive;
+// one asking for less keeps its own.
+func TestNodeMQTTMaxKeepAlive(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.MQTT.MaxKeepAlive = 20
+	n := startNode(t, cfg, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		ask  uint16
+		told *uint16 // nil: no Server Keep Alive in CONNACK
+	}{{0, ptr[uint16](20)}, {300, ptr[uint16](20)}, {10, nil}} {
+		conn, err := net.Dial("tcp", n.MQTTAddr("tcp").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := paho.NewClient(paho.ClientConfig{Conn: conn})
+		ca, err := c.Connect(ctx, &paho.Connect{ClientID: fmt.Sprintf("ka-%d", tc.ask), KeepAlive: tc.ask, CleanStart: true})
+		if err != nil {
+			t.Fatalf("connect asking keep alive %d: %v", tc.ask, err)
+		}
+		got := ca.Properties.ServerKeepAlive
+		switch {
+		case tc.told == nil && got != nil:
+			t.Errorf("asked %d: Server Keep Alive %d, want none", tc.ask, *got)
+		case tc.told != nil && (got == nil || *got != *tc.told):
+			t.Errorf("asked %d: Server Keep Alive %v, want %d", tc.ask, got, *tc.told)
+		}
+		c.Disconnect(&paho.Disconnect{})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
