@@ -58,7 +58,10 @@
 // that fdatasync never has to update the file size. Zero-filling doubles
 // the disk writes while it runs, so when the retired files run low the
 // journal kicks a checkpoint and waits (up to a second) for it to retire
-// one rather than zero-fill. Both leave bytes after
+// one rather than zero-fill. Open prepares the first file and the next
+// itself, without waiting for a checkpoint (its own has just retired what
+// it could), so that a new bookie's zero-fills are not under its first
+// adds. Both leave bytes after
 // the last record that are not records of this file: zeros, or the records
 // of the file's previous life.
 //

@@ -78,15 +78,26 @@ type prepared struct {
 
 func (j *journal) path(num uint64) string { return j.fs.PathJoin(j.dir, fileName(num, journalExt)) }
 
-// start opens file num as the current file and begins preparing the next.
+// start opens file num as the current file and prepares the next, both
+// before it returns: Open's checkpoint has just retired what it could, so
+// neither waits for another, and on a new bookie (nothing to recycle) both
+// zero-fills run in Open rather than under its first adds, where 64 MiB
+// of zeros per bookie queued the journal's fdatasyncs behind them.
 func (j *journal) start(num uint64) error {
-	f, err := j.prepare(num)
+	f, err := j.prepare(num, false)
 	if err != nil {
 		return err
 	}
+	next, err := j.prepare(num+1, false)
+	if err != nil {
+		f.f.Close()
+		return err
+	}
 	j.cur = f
-	j.nextNum = num + 1
-	j.prepareNext()
+	j.nextNum = num + 2
+	ch := make(chan prepared, 1)
+	ch <- prepared{f: next}
+	j.next = ch
 	return nil
 }
 
@@ -96,7 +107,7 @@ func (j *journal) prepareNext() {
 	ch := make(chan prepared, 1)
 	j.next = ch
 	go func() {
-		f, err := j.prepare(num)
+		f, err := j.prepare(num, true)
 		ch <- prepared{f, err}
 	}()
 }
@@ -105,13 +116,14 @@ func (j *journal) prepareNext() {
 // file renamed to it (its old records carry an older file number, so they
 // never pass as records of num), or a new file preallocated and
 // zero-filled; at least JournalFileSize long, synced, and its directory
-// entry synced.
-func (j *journal) prepare(num uint64) (*jfile, error) {
+// entry synced. With checkpoint, when the retired files run low it kicks
+// a checkpoint, and waits for it rather than zero-fill (see below).
+func (j *journal) prepare(num uint64, checkpoint bool) (*jfile, error) {
 	name := j.path(num)
 	var f vfs.File
 	var err error
 	j.mu.Lock()
-	if len(j.free) <= 1 && j.opts.JournalRecycleFiles > 0 && j.needCheckpoint != nil {
+	if checkpoint && len(j.free) <= 1 && j.opts.JournalRecycleFiles > 0 && j.needCheckpoint != nil {
 		// Taking the last retired file (or finding none): a checkpoint
 		// retires the files it has made redundant, for the next roll.
 		j.ckptKicked++
@@ -119,7 +131,7 @@ func (j *journal) prepare(num uint64) (*jfile, error) {
 		j.needCheckpoint()
 		j.mu.Lock()
 	}
-	if len(j.free) == 0 && j.ckptKicked > j.ckptDone && j.opts.JournalRecycleFiles > 0 {
+	if checkpoint && len(j.free) == 0 && j.ckptKicked > j.ckptDone && j.opts.JournalRecycleFiles > 0 {
 		// Wait for it rather than zero-fill a new file, whose writes would
 		// compete with the journal's syncs; bounded, so that a checkpoint
 		// stuck behind a long compaction does not stall the journal.

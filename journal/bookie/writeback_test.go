@@ -123,3 +123,26 @@ func TestEntryLogWriteBackAsApplied(t *testing.T) {
 		t.Errorf("checkpoint synced no entry log (Sync calls %d → %d)", before, after)
 	}
 }
+
+// TestOpenPreparesNextJournalFile: a new bookie's Open zero-fills both the
+// first journal file and the next one, without kicking (and waiting up to a
+// second for) a checkpoint that has nothing to retire, so that the first
+// roll finds its file ready instead of zero-filling under the first adds.
+func TestOpenPreparesNextJournalFile(t *testing.T) {
+	o := testOptions(vfs.NewMem(), &MemCookieStore{})
+	b := mustOpen(t, o)
+	defer b.Close()
+	j := b.jnl
+	if got := j.zeroFilled.Load(); got != 2 {
+		t.Errorf("journal files zero-filled by Open: %d, want 2 (the first and the next)", got)
+	}
+	if len(j.next) != 1 {
+		t.Errorf("the next journal file is not prepared when Open returns")
+	}
+	j.mu.Lock()
+	kicked := j.ckptKicked
+	j.mu.Unlock()
+	if kicked != 0 {
+		t.Errorf("Open kicked %d checkpoints for journal files, want 0", kicked)
+	}
+}
