@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -262,11 +264,22 @@ func TestMQTTQoS2GracefulRestart(t *testing.T) {
 			t.Fatalf("exit status after SIGTERM = %d\n%s", code, n.p.stderr)
 		}
 		n.start(t)
+		in.mu.Lock()
+		before := len(in.all)
+		in.mu.Unlock()
 		c, ack := v5(t, n.tcp, "q2-sub", true, in)
 		if !ack.SessionPresent {
 			t.Fatalf("restart %d: Session Present 0", restart)
 		}
 		in.waitAll(t, "QoS 2", want)
+		// paho sends PUBREC only after its handler returns: leaving before
+		// the flow completes would have the broker resend a PUBLISH to a
+		// client that keeps no QoS 2 state. Wait for a PUBCOMP per copy
+		// delivered in this round (the counter starts at 0 with the node).
+		in.mu.Lock()
+		delivered := len(in.all) - before
+		in.mu.Unlock()
+		waitMetric(t, n.admin, `quire_mqtt_packets_received_total{type="PUBCOMP"}`, delivered)
 		// A copy arriving late is counted by the next round.
 		c.Disconnect(&paho.Disconnect{})
 		in.mu.Lock()
@@ -282,5 +295,28 @@ func TestMQTTQoS2GracefulRestart(t *testing.T) {
 	}
 	if code := n.p.terminate(t); code != 0 {
 		t.Fatalf("exit status after SIGTERM = %d\n%s", code, n.p.stderr)
+	}
+}
+
+// waitMetric waits up to a minute until the counter series (its full
+// name with labels) on admin's /metrics is at least want.
+func waitMetric(t *testing.T, admin, series string, want int) {
+	t.Helper()
+	var got float64
+	for deadline := time.Now().Add(time.Minute); ; {
+		got = 0
+		_, body := httpGet(t, "http://"+admin+"/metrics")
+		for _, line := range strings.Split(body, "\n") {
+			if v, ok := strings.CutPrefix(line, series+" "); ok {
+				got, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
+			}
+		}
+		if got >= float64(want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %v after a minute, want >= %d", series, got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
