@@ -148,8 +148,9 @@
 //   - Retained messages: store.Retained keeps them in the same store,
 //     unsynced (the next cursor batch syncs them), and the restore replays retained PUBLISHes from the global
 //     cursors on, so a retained message acknowledged before a crash is
-//     retained after it. They are local to the node in this slice (the
-//     issue's cluster design keeps a pointer in meta).
+//     retained after it. Each node keeps its own copy: a retained message
+//     published on another node arrives through cross-node routing
+//     (cluster.go) when this node had a matching subscription filter then.
 //   - Expiry and wills: a session's expiry counts from when it went
 //     offline (from the restart if it was online at a crash); one that
 //     expired while the node was down ends at Start, publishing its pending
@@ -240,4 +241,5 @@
 //	persist.go   stored sessions: records, cursor flushes, QoS 2 state, restore at Start
 //	shared.go    shared subscriptions: owed positions per group, moves between members
 //	metrics.go   quire_mqtt_* metrics
+//	cluster.go   cross-node routing: routes in meta, Forwarder.Pull serving and pulling, injection
 package mqtt
