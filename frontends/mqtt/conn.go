@@ -73,6 +73,7 @@ type conn struct {
 	closeOnce  sync.Once
 	writerDone chan struct{}
 	done       chan struct{} // closed when serve has cleaned up
+	bindGen    uint64        // the session's bind count when attach bound c (session.reboundSince)
 }
 
 func newConn(s *Server, nc listen.Conn) *conn {
@@ -282,11 +283,20 @@ func (c *conn) serve() {
 	}
 	<-c.writerDone
 	c.s.detach(c, c.sess)
+	if c.s.afterDetach != nil {
+		c.s.afterDetach(c.clientID)
+	}
 	if normal || c.will == nil || c.s.ctx.Err() != nil {
 		return
 	}
 	if c.willDelay == 0 {
 		c.s.publishWill(c.will)
+		return
+	}
+	if c.sess.reboundSince(c.bindGen) {
+		// A new connection to this session was made before the will
+		// delay passed (it may even have ended the session already):
+		// the will is not sent (MQTT 5.0 §3.1.2.5).
 		return
 	}
 	if c.sess.setWillTimer(c.will, c.willDelay, c.s.publishWill) {
@@ -297,7 +307,9 @@ func (c *conn) serve() {
 		c.s.mu.Lock()
 		ended := c.s.sessions[c.clientID] != c.sess
 		c.s.mu.Unlock()
-		if ended {
+		// An ended session takes no more binds: if none came after c,
+		// no new connection suppressed the will.
+		if ended && !c.sess.reboundSince(c.bindGen) {
 			c.s.publishWill(c.will)
 		}
 	}

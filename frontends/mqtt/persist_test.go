@@ -804,3 +804,48 @@ func TestQoS2InboundCrash(t *testing.T) {
 		})
 	}
 }
+
+// A connection that drops with a delayed will, and whose session another
+// connection resumes and ends (DISCONNECT with Session Expiry 0) before
+// the first one's cleanup has finished, must not publish its will: a new
+// connection to the session was made before the will delay passed (MQTT
+// 5.0 §3.1.2.5). The hook holds the first connection right after it
+// detached; before the fix its cleanup then found the session ended and
+// published the will (TestMQTTFeatures/will-delay caught it in CI).
+func TestDelayedWillNotSentAfterResumeAndEnd(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := memNode()
+		b := n.start(t, false, nil)
+		held, release := make(chan struct{}), make(chan struct{})
+		first := true
+		b.Server.afterDetach = func(id string) {
+			if id == "dev" && first {
+				first = false
+				close(held)
+				<-release
+			}
+		}
+		c := b.pipe(t)
+		c.connect(&packet.Connect{Version: packet.V5, ClientID: "dev", Properties: packet.Properties{SessionExpiryInterval: 600},
+			Will: &packet.Will{QoS: packet.QoS1, Retain: true, Topic: "status/dev", Payload: []byte("offline"),
+				Properties: packet.Properties{WillDelayInterval: 60}}})
+		c.nc.Close()
+		<-held
+		c2 := b.pipe(t)
+		if ack := c2.connect(&packet.Connect{Version: packet.V5, ClientID: "dev", Properties: packet.Properties{SessionExpiryInterval: 600}}); !ack.SessionPresent {
+			t.Fatal("the session was not resumed")
+		}
+		d := &packet.Disconnect{}
+		d.Properties.Set(packet.PropSessionExpiryInterval) // an explicit 0: the session ends now
+		c2.send(d)
+		synctest.Wait()
+		if b.sessionCount() != 0 {
+			t.Fatal("the session did not end at DISCONNECT with Session Expiry 0")
+		}
+		close(release)
+		synctest.Wait()
+		if got := retainedPayload(b.Server, "status/dev"); got != "" {
+			t.Fatalf("the dropped connection's will was published (retained %q) though a new connection resumed the session", got)
+		}
+	})
+}

@@ -18,6 +18,9 @@ import (
 type Server struct {
 	opts Options
 	log  *slog.Logger
+	// afterDetach, a test hook, runs in a closing connection's goroutine
+	// right after it detached from its session.
+	afterDetach func(clientID string)
 	m    *serverMetrics
 	tree *pubsub.Tree
 
@@ -343,7 +346,7 @@ func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStar
 			sess = newSession(clientID)
 			s.sessions[clientID] = sess
 		}
-		sess.bind(c, expiry)
+		c.bindGen = sess.bind(c, expiry)
 		s.mu.Unlock()
 		s.takeOverShared(sess)
 		if s.persistent() && (expiry > 0 || sess.stored.Load()) {

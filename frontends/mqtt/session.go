@@ -51,6 +51,7 @@ type session struct {
 	expiryTimer *time.Timer
 	will        *pubsub.Message // a delayed will, published when willTimer fires or the session ends
 	willTimer   *time.Timer
+	binds       uint64 // connections bound so far (bind)
 	willDue     time.Time
 
 	// Persistence (Options.Store).
@@ -175,9 +176,12 @@ func (s *session) owner() *conn {
 
 // bind attaches c; a pending expiry and a delayed will are cancelled (a new
 // connection before the will delay suppresses the will, MQTT 5.0 §3.1.2.5).
-func (s *session) bind(c *conn, expiry time.Duration) {
+// It returns the session's bind count, which c keeps (conn.bindGen) to
+// tell at its end whether another connection was bound after it.
+func (s *session) bind(c *conn, expiry time.Duration) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.binds++
 	s.conn = c
 	s.expiry = expiry
 	if c != nil {
@@ -196,6 +200,15 @@ func (s *session) bind(c *conn, expiry time.Duration) {
 	s.offlineSince = time.Time{}
 	s.online.Store(true)
 	s.wake()
+	return s.binds
+}
+
+// reboundSince reports whether another connection was bound to s after
+// the bind that returned gen.
+func (s *session) reboundSince(gen uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.binds != gen
 }
 
 // unbind detaches c if it is still the session's connection, and returns
