@@ -21,8 +21,8 @@ type Server struct {
 	// afterDetach, a test hook, runs in a closing connection's goroutine
 	// right after it detached from its session.
 	afterDetach func(clientID string)
-	m    *serverMetrics
-	tree *pubsub.Tree
+	m           *serverMetrics
+	tree        *pubsub.Tree
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
