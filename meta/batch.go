@@ -59,10 +59,9 @@ func newWriteGroup(n int) *writeGroup {
 }
 
 // add adds a write to the group (before submitting it).
-func (g *writeGroup) add(op *metav1.BatchOp) *pendingWrite {
+func (g *writeGroup) add(op *metav1.BatchOp) {
 	g.writes = append(g.writes, pendingWrite{op: op, size: opSize(op), grp: g})
 	g.left.Add(1)
-	return &g.writes[len(g.writes)-1]
 }
 
 // resolve sets a write's outcome.

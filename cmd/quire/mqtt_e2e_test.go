@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -279,7 +277,7 @@ func TestMQTTQoS2GracefulRestart(t *testing.T) {
 		in.mu.Lock()
 		delivered := len(in.all) - before
 		in.mu.Unlock()
-		waitMetric(t, n.admin, `quire_mqtt_packets_received_total{type="PUBCOMP"}`, delivered)
+		n.waitMetric(t, `quire_mqtt_packets_received_total{type="PUBCOMP"}`, delivered)
 		// A copy arriving late is counted by the next round.
 		c.Disconnect(&paho.Disconnect{})
 		in.mu.Lock()
@@ -299,18 +297,11 @@ func TestMQTTQoS2GracefulRestart(t *testing.T) {
 }
 
 // waitMetric waits up to a minute until the counter series (its full
-// name with labels) on admin's /metrics is at least want.
-func waitMetric(t *testing.T, admin, series string, want int) {
+// name with labels) on the node's /metrics is at least want.
+func (n *mqttNode) waitMetric(t *testing.T, series string, want int) {
 	t.Helper()
-	var got float64
 	for deadline := time.Now().Add(time.Minute); ; {
-		got = 0
-		_, body := httpGet(t, "http://"+admin+"/metrics")
-		for _, line := range strings.Split(body, "\n") {
-			if v, ok := strings.CutPrefix(line, series+" "); ok {
-				got, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
-			}
-		}
+		got := n.metric(t, series)
 		if got >= float64(want) {
 			return
 		}

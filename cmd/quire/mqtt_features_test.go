@@ -166,7 +166,7 @@ func issueCert(t *testing.T, dir, name string, parent *x509.Certificate, parentK
 
 // metric is the value of one /metrics sample (name with its labels, as
 // printed), 0 when absent.
-func (n *featNode) metric(t *testing.T, sample string) float64 {
+func (n *mqttNode) metric(t *testing.T, sample string) float64 {
 	t.Helper()
 	_, body := httpGet(t, "http://"+n.admin+"/metrics")
 	for line := range strings.Lines(body) {

@@ -41,8 +41,9 @@ type remoteFile struct {
 	next  string // object of the following segment (base = this End), "" if unknown
 	cache *blockCache
 
-	mu  sync.Mutex
-	win []*rangeGet // ranges held or in flight, by offset
+	mu         sync.Mutex
+	win        []*rangeGet // ranges held or in flight, by offset
+	prefetched bool        // the next object's first range was asked for
 }
 
 // rangeGet is one ranged GET in flight or done.
@@ -134,7 +135,11 @@ func (f *remoteFile) ranges(off, end int64) []*rangeGet {
 			out = append(out, g)
 		}
 	}
-	if aheadEnd == f.size && f.next != "" {
+	if aheadEnd == f.size && f.next != "" && !f.prefetched {
+		// Once per open file: a failed prefetch (the next segment is
+		// still local, the usual case for the newest offloaded one)
+		// is not retried on every read of this one's tail.
+		f.prefetched = true
 		f.cache.prefetch(f.st, f.next)
 	}
 	return out

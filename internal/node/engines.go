@@ -35,7 +35,7 @@ var ephemeralEngines = map[string]bool{"memory": true}
 
 // onDemandEngines need an outside service ([storage.s3], [storage.hdfs])
 // and are opened only when the default engine or a rule uses them.
-var onDemandEngines = map[string]bool{"s3": true, "hdfs": true}
+var onDemandEngines = []string{"s3", "hdfs"}
 
 // fileEngineDir is where the file engine keeps its shards, under data_dir.
 const fileEngineDir = "file"
@@ -87,7 +87,7 @@ func openEngines(cfg *config.Config, fs vfs.FS, dataDir string, reg prometheus.R
 		return nil, err
 	}
 	engines[je.Name()] = je
-	for _, name := range []string{"s3", "hdfs"} { // onDemandEngines
+	for _, name := range onDemandEngines {
 		if !cfg.UsesEngine(name) {
 			continue
 		}

@@ -133,7 +133,7 @@ func TestNodeMQTTMaxKeepAlive(t *testing.T) {
 	for _, tc := range []struct {
 		ask  uint16
 		told *uint16 // nil: no Server Keep Alive in CONNACK
-	}{{0, ptr[uint16](20)}, {300, ptr[uint16](20)}, {10, nil}} {
+	}{{0, paho.Uint16(20)}, {300, paho.Uint16(20)}, {10, nil}} {
 		conn, err := net.Dial("tcp", n.MQTTAddr("tcp").String())
 		if err != nil {
 			t.Fatal(err)
@@ -153,5 +153,3 @@ func TestNodeMQTTMaxKeepAlive(t *testing.T) {
 		c.Disconnect(&paho.Disconnect{})
 	}
 }
-
-func ptr[T any](v T) *T { return &v }

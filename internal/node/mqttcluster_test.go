@@ -210,8 +210,6 @@ func storedCopies(t *testing.T, n *Node, topic string) map[string]int {
 	return out
 }
 
-func equal(a, b []string) bool { return strings.Join(a, ",") == strings.Join(b, ",") }
-
 // TestNodeMQTTClusterRouting: three nodes; QoS 1 messages published on any
 // node reach the subscribers of every node, each once and in order per
 // publisher; each message is stored once per node (no forwarding loops);
@@ -262,10 +260,10 @@ func TestNodeMQTTClusterRouting(t *testing.T) {
 		}
 	}
 	for i, r := range []*recorder{rec1, rec2, rec3} {
-		if got := r.topic("orders/eu"); !equal(got, seq(0, n)) {
+		if got := r.topic("orders/eu"); !slices.Equal(got, seq(0, n)) {
 			t.Errorf("subscriber on node %d got orders/eu %v, want 0..%d once each in order", i+1, got, n-1)
 		}
-		if got := r.topic("orders/us"); !equal(got, seq(0, n/2)) {
+		if got := r.topic("orders/us"); !slices.Equal(got, seq(0, n/2)) {
 			t.Errorf("subscriber on node %d got orders/us %v, want 0..%d once each in order", i+1, got, n/2-1)
 		}
 	}
@@ -316,7 +314,7 @@ func TestNodeMQTTClusterRouting(t *testing.T) {
 	if next != 2*n {
 		t.Fatalf("node 2's resumed session got %v, want %d..%d", got, n, 2*n-1)
 	}
-	if got := rec3.topic("orders/eu"); !equal(got, seq(0, 2*n)) {
+	if got := rec3.topic("orders/eu"); !slices.Equal(got, seq(0, 2*n)) {
 		t.Errorf("subscriber on node 3 got %v, want 0..%d once each in order", got, 2*n-1)
 	}
 	if v := counterSum(t, nodes[2], "quire_mqtt_cluster_forwarded_messages_total", "1"); v < 2*n {
@@ -333,7 +331,7 @@ func TestNodeMQTTClusterRouting(t *testing.T) {
 	waitFor(t, "the subscriber on node 3 gets what node 1 took right before its restart", func() bool {
 		return len(rec3.topic("orders/eu")) >= 3*n
 	})
-	if got := rec3.topic("orders/eu"); !equal(got, seq(0, 3*n)) {
+	if got := rec3.topic("orders/eu"); !slices.Equal(got, seq(0, 3*n)) {
 		t.Errorf("subscriber on node 3 got %v, want 0..%d once each in order", got, 3*n-1)
 	}
 }
@@ -418,7 +416,7 @@ func TestNodeMQTTClusterTwoNodes(t *testing.T) {
 			return len(r.topic("q/from1")) >= n && len(r.topic("q/from2")) >= n && len(r.topic("q/state")) > 0
 		})
 		for _, topic := range []string{"q/from1", "q/from2"} {
-			if got := r.topic(topic); !equal(got, seq(0, n)) {
+			if got := r.topic(topic); !slices.Equal(got, seq(0, n)) {
 				t.Errorf("subscriber on node %d got %s %v, want 0..%d once each in order", i+1, topic, got, n-1)
 			}
 		}
@@ -442,7 +440,7 @@ func TestNodeMQTTClusterTwoNodes(t *testing.T) {
 	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
-	waitFor(t, "the retained message on node 2", func() bool { return equal(late.topic("q/state"), []string{"on"}) })
+	waitFor(t, "the retained message on node 2", func() bool { return slices.Equal(late.topic("q/state"), []string{"on"}) })
 	if !retained.Load() {
 		t.Error("node 1's retained message came to a new subscriber on node 2 without the RETAIN flag")
 	}

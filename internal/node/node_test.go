@@ -386,14 +386,14 @@ func TestEnginesMatchConfig(t *testing.T) {
 	slices.Sort(names)
 	var always []string
 	for _, e := range config.Engines {
-		if !onDemandEngines[e] {
+		if !slices.Contains(onDemandEngines, e) {
 			always = append(always, e)
 		}
 	}
 	if !slices.Equal(names, always) {
 		t.Errorf("node opens %v, config.Engines without the on-demand ones = %v", names, always)
 	}
-	for e := range onDemandEngines {
+	for _, e := range onDemandEngines {
 		if !slices.Contains(config.Engines, e) {
 			t.Errorf("on-demand engine %q is not in config.Engines", e)
 		}

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	paho3 "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/quiremq/quire/engines/objstore/s3store"
 	"github.com/quiremq/quire/engines/objstore/s3test"
 	"github.com/quiremq/quire/internal/config"
@@ -185,11 +183,7 @@ func TestNodeJournalOffloadToMinIO(t *testing.T) {
 // padded with pad, and returns their payloads.
 func publishOrders(t *testing.T, n *Node, count int, pad string) map[string]bool {
 	t.Helper()
-	c := paho3.NewClient(paho3.NewClientOptions().AddBroker("tcp://" + n.MQTTAddr("tcp").String()).SetClientID("pub").
-		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect: %v", tok.Error())
-	}
+	c := mqttClient(t, n, "pub", true, nil)
 	defer c.Disconnect(50)
 	want := map[string]bool{}
 	for i := range count {

@@ -434,14 +434,16 @@ func crashRound(t *testing.T, seed uint64, perRound, target int, kinds map[strin
 	o := crashOptions(mem, cookies)
 	hookRNG := rand.New(rand.NewPCG(seed, 3))
 	var hookMu sync.Mutex
-	forceHooks := false
 	o.testHook = func(point string) {
 		hookMu.Lock()
 		odds := 3
 		if strings.HasPrefix(point, "compaction") {
 			odds = 12
 		}
-		take := forceHooks || hookRNG.IntN(odds) == 0
+		w.pointMu.Lock()
+		forced := w.forced != nil // the epilogue takes every hook
+		w.pointMu.Unlock()
+		take := forced || hookRNG.IntN(odds) == 0
 		hookMu.Unlock()
 		if take {
 			w.crash(point)
@@ -459,9 +461,6 @@ func crashRound(t *testing.T, seed uint64, perRound, target int, kinds map[strin
 	// after each half runs a checkpoint and a reclaim itself, crashing at
 	// every hook they pass (compaction of sparse logs, deletion of empty
 	// ones).
-	hookMu.Lock()
-	forceHooks = true
-	hookMu.Unlock()
 	w.epilogue(rng)
 	kinds["compactions"] += int(testutilCounter(b.m.compactions))
 	kinds["deleted-logs"] += int(testutilCounter(b.m.deletedLogs))

@@ -83,8 +83,9 @@ func (c *Client) Recover(ctx context.Context, id uint64) (int64, error) {
 				rv.exec(m.LACResult(ev.bookie, ev.st, ev.lac))
 			case evLink:
 				results = ev.l.take(results)
+				l := rv.links[ev.l.bookie] // recovery never drops a link in this loop
 				for _, r := range results {
-					if l := rv.links[ev.l.bookie]; l != nil {
+					if l != nil {
 						l.answered(time.Now())
 					}
 					rv.exec(m.AddResult(ev.l.bookie, r.entry, statusOf(r.err)))

@@ -102,10 +102,8 @@ func (m *Metadata) WriteSetOf(e int64) []BookieID {
 // (WriteSetOf without allocating: the writer asks it for every answer).
 func (m *Metadata) InWriteSet(e int64, b BookieID) bool {
 	ens := m.Fragments[m.FragmentOf(e)].Bookies
-	n := len(ens)
-	start := int(e % int64(n))
 	for j := range m.WriteQuorum {
-		if ens[(start+j)%n] == b {
+		if writeSetMember(ens, e, j) == b {
 			return true
 		}
 	}
@@ -133,13 +131,17 @@ func (m Metadata) String() string {
 // ensemble from index e mod E on, wrapping around (DESIGN.md, "Journal",
 // striping). They are distinct whenever the ensemble's bookies are.
 func WriteSet(ensemble []BookieID, qw int, e int64) []BookieID {
-	n := len(ensemble)
 	ws := make([]BookieID, qw)
-	start := int(e % int64(n))
 	for j := range qw {
-		ws[j] = ensemble[(start+j)%n]
+		ws[j] = writeSetMember(ensemble, e, j)
 	}
 	return ws
+}
+
+// writeSetMember is WriteSet(ensemble, qw, e)[j] without allocating.
+func writeSetMember(ensemble []BookieID, e int64, j int) BookieID {
+	n := len(ensemble)
+	return ensemble[(int(e%int64(n))+j)%n]
 }
 
 // NegativeQuorum is the number of explicit NoSuchEntry answers from an

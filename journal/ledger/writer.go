@@ -145,9 +145,8 @@ func (w *Writer) Add(data []byte) (int64, []Effect, error) {
 func (w *Writer) send(out []Effect, p *pend) []Effect {
 	m := w.cur()
 	ens := m.Fragments[m.FragmentOf(p.entry)].Bookies
-	start := int(p.entry % int64(len(ens)))
 	for j := range m.WriteQuorum {
-		b := ens[(start+j)%len(ens)] // WriteSetOf(p.entry)[j], without allocating
+		b := writeSetMember(ens, p.entry, j)
 		if slices.Contains(p.sent, b) || slices.Contains(p.acks, b) {
 			continue
 		}
