@@ -79,6 +79,10 @@ type delayedMsg struct {
 	id  store.DelayedID // its key in the store: the first due time, unix ns, and seq
 	m   *pubsub.Message
 	rel *store.Position // where its release began (stored): it is at or after it; nil: not begun
+	// tried: an append of it was attempted and failed (it may be in its
+	// shard all the same). Only then, or after a restart (restore), can
+	// its shard hold it: a first attempt appends without searching.
+	tried bool
 }
 
 // stamp identifies dm's record in its shard (storage.go HeaderDelayed).
@@ -286,27 +290,35 @@ func (d *delayer) release(ctx context.Context, due []*delayedMsg) {
 	}
 }
 
-// publish publishes dm, unless a release that began earlier stored it.
+// publish publishes dm, unless an earlier attempt stored it. Only a retry
+// after a failed append searches its shard for it (from the release
+// mark): a first attempt cannot find it there, and searching on every
+// release would read the shard from the mark to its end once per message,
+// O(n²) when many fall due together on one shard. A release begun before a
+// restart was searched for by restore.
 func (d *delayer) publish(ctx context.Context, dm *delayedMsg) error {
 	m := *dm.m
 	m.Time = time.Now()
 	if dm.rel == nil {
 		return d.s.publish(ctx, &m)
 	}
-	found, err := d.released(ctx, dm)
-	if err != nil {
-		return err
-	}
-	if found != nil {
-		// A failed append stored it after all: hand it to the sessions
-		// now, as that append did not.
-		d.s.stored(ctx, &m, found.Pos)
-		return nil
+	if dm.tried {
+		found, err := d.released(ctx, dm)
+		if err != nil {
+			return err
+		}
+		if found != nil {
+			// A failed append stored it after all: hand it to the
+			// sessions now, as that append did not.
+			d.s.stored(ctx, &m, found.Pos)
+			return nil
+		}
 	}
 	stamped := m
 	stamped.Headers = append(m.Headers[:len(m.Headers):len(m.Headers)], pubsub.Header{Key: delayedStampKey, Value: dm.stamp()})
 	pos, err := d.s.opts.Storage.Append(ctx, &stamped)
 	if err != nil {
+		dm.tried = true
 		d.s.m.storageErrors.Inc()
 		return err
 	}

@@ -1,6 +1,8 @@
 package mqtt
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -248,5 +250,76 @@ func TestDelayedQoS2ExactlyOnceAcrossCrash(t *testing.T) {
 				t.Fatalf("released %d times: %q", len(got), got)
 			}
 		})
+	}
+}
+
+// readCounter is a ShardStorage that counts the records read back, and
+// can make Appends store their message and report a failure (a lost
+// acknowledgement).
+type readCounter struct {
+	*ShardStorage
+	records  atomic.Int64
+	loseAcks atomic.Int32 // the next loseAcks Appends store and fail
+}
+
+func (r *readCounter) Read(ctx context.Context, name string, from uint64, max int) ([]Stored, error) {
+	out, err := r.ShardStorage.Read(ctx, name, from, max)
+	r.records.Add(int64(len(out)))
+	return out, err
+}
+
+func (r *readCounter) Append(ctx context.Context, m *pubsub.Message) (Position, error) {
+	pos, err := r.ShardStorage.Append(ctx, m)
+	if err == nil && r.loseAcks.Add(-1) >= 0 {
+		return Position{}, errors.New("acknowledgement lost")
+	}
+	return pos, err
+}
+
+// TestDelayedReleaseReadsNothing: many delayed publishes falling due at
+// once on one shard are released without reading the shard back (a first
+// attempt cannot be there already; searching from the release mark for
+// each was O(n²) reads: over 20,000 records for these 600), and each is
+// stored once. A retry after an append whose acknowledgement was lost
+// does search, finds the message and does not store it again.
+func TestDelayedReleaseReadsNothing(t *testing.T) {
+	n := memNode()
+	var rc *readCounter
+	b := n.start(t, false, func(o *Options) {
+		rc = &readCounter{ShardStorage: o.Storage.(*ShardStorage)}
+		o.Storage = rc
+		o.MaxDelayed = 1000
+	})
+	const topic, count = "due/together", 600
+	for i := range count {
+		m := &pubsub.Message{Topic: topic, QoS: 1, Payload: []byte(strconv.Itoa(i))}
+		if err := b.delayed.add(m, 300*time.Millisecond, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "every delayed publish released", func() bool {
+		return b.delayed.len() == 0 && len(storedPayloads(t, n.eng, topic)) >= count
+	})
+	got := storedPayloads(t, n.eng, topic)
+	if len(got) != count {
+		t.Fatalf("stored %d messages, want %d", len(got), count)
+	}
+	for i, p := range got {
+		if p != strconv.Itoa(i) {
+			t.Fatalf("message %d is %q: out of order", i, p)
+		}
+	}
+	if r := rc.records.Load(); r != 0 {
+		t.Fatalf("releasing %d delayed publishes read %d records back", count, r)
+	}
+
+	rc.loseAcks.Store(1)
+	if err := b.delayed.add(&pubsub.Message{Topic: topic, QoS: 1, Payload: []byte("retried")}, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the retried release", func() bool { return b.delayed.len() == 0 && rc.records.Load() > 0 })
+	b.stop(t) // waits for a release under way
+	if got := storedPayloads(t, n.eng, topic); len(got) != count+1 || got[count] != "retried" {
+		t.Fatalf("after the retry the shard holds %d messages, last %q: want it stored once", len(got), got[len(got)-1])
 	}
 }
