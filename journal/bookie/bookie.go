@@ -461,41 +461,104 @@ func (b *Bookie) apply(q []applyBatch) error {
 //
 // AddEntry takes ownership of payload: the caller must not modify it
 // afterwards. Recovery adds (recovery=true) are accepted on fenced ledgers.
-// Adding an entry that exists replaces it.
+// Adding an entry that exists replaces it. AddEntries adds many at once,
+// more cheaply.
 func (b *Bookie) AddEntry(ledger, entry uint64, lac int64, payload []byte, recovery bool, done func(error)) {
-	if len(payload) > b.opts.MaxEntrySize {
-		b.m.addErrors.Inc()
-		done(fmt.Errorf("%w: %d bytes, limit %d", ErrEntryTooLarge, len(payload), b.opts.MaxEntrySize))
+	o := op{kind: kindAdd, recovery: recovery, ledger: ledger, entry: entry, lac: lac, payload: payload, done: done}
+	b.mu.Lock()
+	b.addLocked(&o, nil)
+	b.mu.Unlock()
+}
+
+// AddReq is one add of an AddEntries batch: as the arguments of AddEntry.
+type AddReq struct {
+	Ledger, Entry uint64
+	LAC           int64 // the writer's piggybacked LAC; -1 for none
+	Payload       []byte
+	Recovery      bool // accepted on a fenced ledger
+}
+
+// AddEntries adds every entry of adds, in order, as AddEntry would one by
+// one, but taking the bookie's lock once for the batch and with no
+// allocation per add: the RPC server's hot path.
+//
+// done is called exactly once for each add, as done(i, err) with i its
+// index in adds: with nil after the journal fdatasync that covers adds[i],
+// or with its error (ErrLedgerFenced, ErrClosed, ErrEntryTooLarge, or an
+// error wrapping ErrFailed). An add refused at once (too large, fenced,
+// the bookie closed or failed) is answered on the caller's goroutine
+// before AddEntries returns; every other answer comes later from the
+// bookie's completion goroutine (or, if the bookie fails meanwhile, from
+// whichever of its goroutines notices), in journal order, so done must not
+// block and must be safe to call from another goroutine than the caller's.
+// Adds of one batch are acknowledged in their order in adds; the answers
+// of one batch may be split over several calls' worth of time (they are
+// synced in one or more groups) and interleave with other batches'.
+//
+// Ownership: AddEntries copies the AddReq values, so adds may be reused
+// as soon as it returns; it takes ownership of every Payload (kept for
+// reads until the entry is in the entry log, possibly after done ran): the
+// caller must not modify a payload after passing it. AddEntries blocks
+// only while more than Options.MaxInflightBytes wait to be applied (then
+// possibly after some of the batch's adds are queued: those proceed).
+func (b *Bookie) AddEntries(adds []AddReq, done func(i int, err error)) {
+	if len(adds) == 0 {
 		return
 	}
-	o := op{kind: kindAdd, recovery: recovery, ledger: ledger, entry: entry, lac: lac, payload: payload, done: done}
-	size := int64(o.encodedSize())
 	b.mu.Lock()
-	for b.inflight > 0 && b.inflight+size > b.opts.MaxInflightBytes && !b.closed && b.err == nil {
-		b.space.Wait()
+	b.queue = slices.Grow(b.queue, len(adds))
+	var last *ledgerMeta // the previous add's ledger: batches are mostly one ledger
+	for i := range adds {
+		a := &adds[i]
+		o := op{kind: kindAdd, recovery: a.Recovery, ledger: a.Ledger, entry: a.Entry, lac: a.LAC,
+			payload: a.Payload, batchDone: done, idx: i}
+		if last != nil && adds[i-1].Ledger != a.Ledger {
+			last = nil
+		}
+		last = b.addLocked(&o, last)
+	}
+	b.mu.Unlock()
+}
+
+// addLocked checks and queues the add o; mu held. m, when not nil, is
+// the live metadata of o's ledger (nil: looked up). It returns the
+// ledger's metadata, or nil if the add was refused; a refused add is
+// answered at once, with mu released meanwhile.
+func (b *Bookie) addLocked(o *op, m *ledgerMeta) *ledgerMeta {
+	refuse := func(err error) *ledgerMeta {
+		b.mu.Unlock()
+		b.m.addErrors.Inc()
+		o.finish(err)
+		b.mu.Lock()
+		return nil
+	}
+	if len(o.payload) > b.opts.MaxEntrySize {
+		return refuse(fmt.Errorf("%w: %d bytes, limit %d", ErrEntryTooLarge, len(o.payload), b.opts.MaxEntrySize))
+	}
+	if size := int64(o.encodedSize()); b.inflight > 0 && b.inflight+size > b.opts.MaxInflightBytes {
+		for b.inflight > 0 && b.inflight+size > b.opts.MaxInflightBytes && !b.closed && b.err == nil {
+			b.space.Wait()
+		}
+		m = nil // a delete may have run meanwhile
 	}
 	if err := b.writeErrLocked(); err != nil {
-		b.mu.Unlock()
-		b.m.addErrors.Inc()
-		done(err)
-		return
+		return refuse(err)
 	}
-	m := b.ledgers[ledger]
-	if m != nil && m.fenced && !recovery {
-		b.mu.Unlock()
-		b.m.addErrors.Inc()
-		done(fmt.Errorf("%w: ledger %d", ErrLedgerFenced, ledger))
-		return
+	if m == nil {
+		m = b.ledgers[o.ledger]
+	}
+	if m != nil && m.fenced && !o.recovery {
+		return refuse(fmt.Errorf("%w: ledger %d", ErrLedgerFenced, o.ledger))
 	}
 	if m == nil {
 		m = &ledgerMeta{lac: -1}
-		b.ledgers[ledger] = m
+		b.ledgers[o.ledger] = m
 	}
-	m.lac = max(m.lac, lac)
+	m.lac = max(m.lac, o.lac)
 	b.seq++
 	o.seq = b.seq
-	b.enqueueLocked(o, false)
-	b.mu.Unlock()
+	b.enqueueLocked(*o, false)
+	return m
 }
 
 func (b *Bookie) writeErrLocked() error {
@@ -882,9 +945,7 @@ func (b *Bookie) completeLoop() {
 					adds++
 					bytes += len(o.payload)
 				}
-				done := o.done
-				o.done = nil
-				done(nil)
+				o.finish(nil)
 			}
 		}
 		b.m.adds.Add(float64(adds))
@@ -911,13 +972,11 @@ func (b *Bookie) failBatches(err error, q []jbatch) {
 
 func (b *Bookie) failOps(err error, ops []op) {
 	for i := range ops {
-		if ops[i].done != nil {
-			if ops[i].kind == kindAdd {
+		if o := &ops[i]; o.done != nil || o.batchDone != nil {
+			if o.kind == kindAdd {
 				b.m.addErrors.Inc()
 			}
-			done := ops[i].done
-			ops[i].done = nil
-			done(err)
+			o.finish(err)
 		}
 	}
 }

@@ -12,13 +12,14 @@
 //		Cookies:  bookie.NewFileCookieStore(vfs.Default, "/var/lib/quire/cookies.json"),
 //	})
 //	b.AddEntry(ledger, entry, lac, payload, false, func(err error) { ... }) // acked after fdatasync
+//	b.AddEntries(adds, func(i int, err error) { ... })                     // a batch: one lock, no closure per add
 //	data, err := b.ReadEntry(ledger, entry, false) // ErrNoSuchEntry if absent
 //	lac, err := b.Fence(ledger)                    // later non-recovery adds: ErrLedgerFenced
 //	err = b.Close()
 //
 // # Write path
 //
-// AddEntry, Fence, WriteLAC and DeleteLedger append a record to an
+// AddEntry, AddEntries, Fence, WriteLAC and DeleteLedger append a record to an
 // in-memory group. The journal is a pipeline: one goroutine cuts a group
 // when its oldest record has waited Options.MaxGroupWait (2 ms) or it holds
 // Options.MaxGroupBytes (512 KiB), whichever comes first, or at once when

@@ -1,7 +1,6 @@
 package bookie
 
 import (
-	"bytes"
 	"errors"
 	"strings"
 	"sync"
@@ -71,11 +70,7 @@ func TestJournalSyncFailure(t *testing.T) {
 			if err := b.WriteLAC(1, 10); !errors.Is(err, ErrFailed) {
 				t.Fatalf("LAC after failure: %v", err)
 			}
-			for e := uint64(0); e < 50; e++ { // reads keep working
-				if got, err := b.ReadEntry(1, e, false); err != nil || !bytes.Equal(got, payloadFor(1, e)) {
-					t.Fatalf("read %d after failure: %v", e, err)
-				}
-			}
+			requireEntries(t, b, 1, 0, 50, "after failure") // reads keep working
 			if testutilGauge(b) != 1 {
 				t.Fatal("quire_bookie_failed not set")
 			}
@@ -83,11 +78,7 @@ func TestJournalSyncFailure(t *testing.T) {
 			b.Close()
 			b = mustOpen(t, testOptions(clone, cookies))
 			defer b.Close()
-			for e := uint64(0); e < 50; e++ {
-				if got, err := b.ReadEntry(1, e, false); err != nil || !bytes.Equal(got, payloadFor(1, e)) {
-					t.Fatalf("read %d after restart: %v", e, err)
-				}
-			}
+			requireEntries(t, b, 1, 0, 50, "after restart")
 			if err := addSync(b, 1, 300, -1, []byte("x"), false); err != nil {
 				t.Fatalf("add after restart: %v", err)
 			}

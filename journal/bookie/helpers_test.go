@@ -1,6 +1,7 @@
 package bookie
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"testing"
@@ -43,6 +44,17 @@ func addSync(b *Bookie, ledger, entry uint64, lac int64, payload []byte, recover
 	ch := make(chan error, 1)
 	b.AddEntry(ledger, entry, lac, payload, recovery, func(err error) { ch <- err })
 	return <-ch
+}
+
+// requireEntries fails t unless entries [first, end) of ledger read back
+// as payloadFor; when says where (e.g. "after restart").
+func requireEntries(t testing.TB, b *Bookie, ledger, first, end uint64, when string) {
+	t.Helper()
+	for e := first; e < end; e++ {
+		if got, err := b.ReadEntry(ledger, e, false); err != nil || !bytes.Equal(got, payloadFor(ledger, e)) {
+			t.Fatalf("read %d/%d %s: %v", ledger, e, when, err)
+		}
+	}
 }
 
 // payloadFor is the deterministic payload of (ledger, entry): tests check

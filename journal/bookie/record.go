@@ -42,7 +42,26 @@ type op struct {
 	lac      int64
 	payload  []byte
 	seq      uint64 // identifies a pending add in the read map
-	done     func(error)
+	// While in flight, one of: done, or batchDone with the add's index in
+	// its AddEntries batch (one callback shared by the batch, no closure
+	// per add).
+	done      func(error)
+	batchDone func(i int, err error)
+	idx       int
+}
+
+// finish calls the op's callback once; later calls do nothing.
+func (o *op) finish(err error) {
+	switch {
+	case o.batchDone != nil:
+		f := o.batchDone
+		o.batchDone = nil
+		f(o.idx, err)
+	case o.done != nil:
+		f := o.done
+		o.done = nil
+		f(err)
+	}
 }
 
 // encodedSize is the size of op's journal record.
