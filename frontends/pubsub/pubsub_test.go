@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -235,5 +236,77 @@ func TestRetainedExpiry(t *testing.T) {
 	st.Match(ctx, "#", func(m *Message) bool { got = append(got, m.Topic); return true })
 	if !slices.Equal(got, []string{"b"}) || st.Len() != 1 {
 		t.Fatalf("after expiry got %v, Len %d", got, st.Len())
+	}
+}
+
+// TestTreeFiltersAndChanges checks Filters, Version and Changed against a
+// model on random subscribes and unsubscribes, shared ones included: the
+// filter set is the distinct filters ("$share/{group}/" removed), and the
+// version moves, and Changed's channel closes, exactly when a filter (of
+// the plain or the shared index) gains its first subscription or loses
+// its last.
+func TestTreeFiltersAndChanges(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	tr := NewTree()
+	type sub struct{ client, filter string } // filter as subscribed
+	var subs []sub
+	holders := map[string]int{} // "p:"+filter or "s:"+filter → subscriptions
+	index := func(f string) string {
+		if _, inner, _ := ParseShared(f); inner != f {
+			return "s:" + inner
+		}
+		return "p:" + f
+	}
+	for step := range 2000 {
+		v0 := tr.Version()
+		changed := tr.Changed()
+		var occupancy bool // a holder count went 0↔1
+		if len(subs) > 0 && r.IntN(3) == 0 {
+			i := r.IntN(len(subs))
+			s := subs[i]
+			subs = slices.Delete(subs, i, i+1)
+			if !tr.Unsubscribe(s.client, s.filter) {
+				t.Fatalf("step %d: unsubscribe %v = false", step, s)
+			}
+			k := index(s.filter)
+			holders[k]--
+			occupancy = holders[k] == 0
+		} else {
+			s := sub{client: fmt.Sprintf("c%d", r.IntN(30)), filter: randFilter(r)}
+			if r.IntN(3) == 0 && s.filter != "" {
+				s.filter = "$share/g" + strconv.Itoa(r.IntN(2)) + "/" + s.filter
+			}
+			if s.filter == "" || slices.Contains(subs, s) {
+				continue // an empty filter is invalid
+			}
+			group, inner, _ := ParseShared(s.filter)
+			tr.Subscribe(Subscription{Client: s.client, Filter: inner, Group: group})
+			subs = append(subs, s)
+			k := index(s.filter)
+			holders[k]++
+			occupancy = holders[k] == 1
+		}
+		var want []string
+		for k, n := range holders {
+			if n > 0 {
+				want = append(want, k[2:])
+			}
+		}
+		slices.Sort(want)
+		want = slices.Compact(want)
+		got, v := tr.Filters()
+		if !slices.Equal(got, want) {
+			t.Fatalf("step %d: Filters = %q, want %q", step, got, want)
+		}
+		closed := false
+		select {
+		case <-changed:
+			closed = true
+		default:
+		}
+		if occupancy != (v != v0) || occupancy != closed {
+			t.Fatalf("step %d: a filter gained its first or lost its last subscription: %v; version %d → %d; Changed closed: %v",
+				step, occupancy, v0, v, closed)
+		}
 	}
 }

@@ -23,6 +23,14 @@
 // receiving at once; if every member refuses, the first is chosen, so a
 // persistent session can still queue it).
 //
+// # Changes
+//
+// A Tree counts the changes of its filter set (Filters): Version grows
+// whenever a filter gains its first subscription or loses its last, and
+// Changed returns a channel closed at the next such change. A subscriber
+// joining or leaving a filter that others hold is no change. A watcher
+// (the broker's cross-node routes) rebuilds only then, and at once.
+//
 // # Locking
 //
 // Tree and MemoryRetained are safe for concurrent use; each holds one
@@ -30,6 +38,7 @@
 package pubsub
 
 import (
+	"slices"
 	"strings"
 	"sync"
 )
@@ -73,6 +82,9 @@ type Tree struct {
 	plain  *node // key: client
 	shared *node // key: group + "\x00" + client
 	count  int
+
+	version uint64        // changes of the filter set
+	changed chan struct{} // closed at the next change; nil until Changed asks
 }
 
 type node struct {
@@ -127,8 +139,62 @@ func (t *Tree) Subscribe(s Subscription) (existed bool) {
 		if s.Group != "" {
 			n.order = append(n.order, k)
 		}
+		if len(n.subs) == 1 {
+			t.filtersChanged()
+		}
 	}
 	return existed
+}
+
+// filtersChanged records a change of the filter set. t.mu is held.
+func (t *Tree) filtersChanged() {
+	t.version++
+	if t.changed != nil {
+		close(t.changed)
+		t.changed = nil
+	}
+}
+
+// Version counts the changes of the filter set (see the package doc).
+func (t *Tree) Version() uint64 {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.version
+}
+
+// Changed returns a channel closed at the next change of the filter set
+// (after the Version it returns with).
+func (t *Tree) Changed() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.changed == nil {
+		t.changed = make(chan struct{})
+	}
+	return t.changed
+}
+
+// Filters returns the distinct filters of the tree's subscriptions, a
+// shared one by its filter without "$share/{group}/", sorted, and the
+// Version they are of.
+func (t *Tree) Filters() (filters []string, version uint64) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var path []string
+	var walk func(n *node)
+	walk = func(n *node) {
+		if len(n.subs) > 0 {
+			filters = append(filters, strings.Join(path, "/"))
+		}
+		for level, c := range n.children {
+			path = append(path, level)
+			walk(c)
+			path = path[:len(path)-1]
+		}
+	}
+	walk(t.plain)
+	walk(t.shared)
+	slices.Sort(filters)
+	return slices.Compact(filters), t.version
 }
 
 // Unsubscribe removes client's subscription to filter (which may be a
@@ -156,6 +222,9 @@ func (t *Tree) Unsubscribe(client, filter string) bool {
 	}
 	delete(n.subs, k)
 	t.count--
+	if len(n.subs) == 0 {
+		t.filtersChanged()
+	}
 	if group != "" {
 		for i, o := range n.order {
 			if o == k {
