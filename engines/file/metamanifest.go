@@ -30,13 +30,9 @@ func (m MetaManifest) key(shard string, base uint64) string {
 
 // Load lists the shard's records.
 func (m MetaManifest) Load(ctx context.Context, shard string) ([]RemoteSegment, error) {
-	rs, _, err := schema.List[RemoteSegment](ctx, m.KV, m.shardPrefix(shard), false)
+	out, err := schema.ListValues[RemoteSegment](ctx, m.KV, m.shardPrefix(shard))
 	if err != nil {
 		return nil, fmt.Errorf("file: load offload manifest of %q: %w", shard, err)
-	}
-	out := make([]RemoteSegment, len(rs))
-	for i, r := range rs {
-		out[i] = r.Value
 	}
 	return out, nil
 }

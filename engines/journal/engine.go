@@ -239,7 +239,7 @@ func (e *Engine) Delete(ctx context.Context, name string) error {
 // deleteManifest removes every offloaded ledger of shard name (records and
 // objects).
 func (e *Engine) deleteManifest(ctx context.Context, name string) error {
-	rs, err := e.listRemote(ctx, name)
+	rs, err := schema.ListValues[remoteLedger](ctx, e.kv, e.manifestPrefix(name))
 	if err != nil {
 		return err
 	}

@@ -136,26 +136,13 @@ func (e *Engine) objectKey(name string, ledger uint64) string {
 
 // loadRemote lists the offloaded ledgers of shard name, by first offset.
 func (e *Engine) loadRemote(ctx context.Context, name string) ([]remoteLedger, error) {
-	out, err := e.listRemote(ctx, name)
+	out, err := schema.ListValues[remoteLedger](ctx, e.kv, e.manifestPrefix(name))
 	if err != nil {
 		return nil, fmt.Errorf("journal engine: shard %q: loading the offload manifest: %w", name, err)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].First < out[j].First })
 	if len(out) > 0 && e.o.Offload == nil {
 		return nil, fmt.Errorf("journal engine: shard %q has %d offloaded ledgers but the engine has no Offload.Store", name, len(out))
-	}
-	return out, nil
-}
-
-// listRemote lists the manifest records of shard name.
-func (e *Engine) listRemote(ctx context.Context, name string) ([]remoteLedger, error) {
-	rs, _, err := schema.List[remoteLedger](ctx, e.kv, e.manifestPrefix(name), false)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]remoteLedger, len(rs))
-	for i, r := range rs {
-		out[i] = r.Value
 	}
 	return out, nil
 }

@@ -261,18 +261,19 @@ type Rule struct {
 // OffloadTargets are the values of offload (besides "" and "none").
 var OffloadTargets = []string{"s3"}
 
-// FileOffload returns whether the file shards of topic offload and the
-// delete lag of their local copies: the first rule matching the topic
-// decides, over [storage.file]'s.
-func (c *Config) FileOffload(topic string) (target string, deleteLag time.Duration) {
-	return c.ruleOffload(topic, c.Storage.File.Offload, c.Storage.File.OffloadDeleteLag.Std())
-}
-
-// JournalOffload returns whether the journal shards of topic offload their
-// closed ledgers and how long a ledger stays on the bookies after: the
-// first rule matching the topic decides, over [storage.journal]'s.
-func (c *Config) JournalOffload(topic string) (target string, deleteLag time.Duration) {
-	return c.ruleOffload(topic, c.Storage.Journal.Offload, c.Storage.Journal.OffloadDeleteLag.Std())
+// Offload returns where the shards of topic on engine ("file" or
+// "journal") offload ("": they stay local) and how long their local copy
+// (a file segment, a journal ledger on the bookies) is kept after: the
+// first rule matching the topic decides, over [storage.<engine>]'s. Other
+// engines never offload.
+func (c *Config) Offload(engine, topic string) (target string, deleteLag time.Duration) {
+	switch engine {
+	case "file":
+		return c.ruleOffload(topic, c.Storage.File.Offload, c.Storage.File.OffloadDeleteLag.Std())
+	case "journal":
+		return c.ruleOffload(topic, c.Storage.Journal.Offload, c.Storage.Journal.OffloadDeleteLag.Std())
+	}
+	return "", 0
 }
 
 func (c *Config) ruleOffload(topic, target string, deleteLag time.Duration) (string, time.Duration) {

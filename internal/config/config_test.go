@@ -405,17 +405,13 @@ offload_delete_lag = "5m"
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		topic, target string
-		lag           time.Duration
-		journal       bool
-	}{{"other", "s3", 2 * time.Hour, false}, {"local/a", "", 2 * time.Hour, false}, {"fast/x", "s3", time.Minute, false},
-		{"other", "s3", 3 * time.Hour, true}, {"keep/a", "", 3 * time.Hour, true}, {"orders/eu", "s3", 5 * time.Minute, true}} {
-		fn, name := c.FileOffload, "FileOffload"
-		if tc.journal {
-			fn, name = c.JournalOffload, "JournalOffload"
-		}
-		if target, lag := fn(tc.topic); target != tc.target || lag != tc.lag {
-			t.Errorf("%s(%q) = %q, %v; want %q, %v", name, tc.topic, target, lag, tc.target, tc.lag)
+		engine, topic, target string
+		lag                   time.Duration
+	}{{"file", "other", "s3", 2 * time.Hour}, {"file", "local/a", "", 2 * time.Hour}, {"file", "fast/x", "s3", time.Minute},
+		{"journal", "other", "s3", 3 * time.Hour}, {"journal", "keep/a", "", 3 * time.Hour}, {"journal", "orders/eu", "s3", 5 * time.Minute},
+		{"memory", "other", "", 0}} {
+		if target, lag := c.Offload(tc.engine, tc.topic); target != tc.target || lag != tc.lag {
+			t.Errorf("Offload(%q, %q) = %q, %v; want %q, %v", tc.engine, tc.topic, target, lag, tc.target, tc.lag)
 		}
 	}
 	if lag := Default().Storage.Journal.OffloadDeleteLag.Std(); lag != time.Hour {

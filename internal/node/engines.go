@@ -182,7 +182,7 @@ func fileOffload(cfg *config.Config, st *s3store.Store, kv meta.KV, log *slog.Lo
 		Store:     st,
 		Prefix:    fmt.Sprintf("%s/node-%d/file", s3Prefix(cfg), cfg.NodeID),
 		DeleteLag: cfg.Storage.File.OffloadDeleteLag.Std(),
-		Policy:    func(name string) (bool, time.Duration) { return offloadPolicy(cfg, name) },
+		Policy:    func(name string) (bool, time.Duration) { return offloadPolicy(cfg, "file", name) },
 	}
 	if kv != nil {
 		o.Manifest = file.MetaManifest{KV: kv, Prefix: fmt.Sprintf("/offload/file/%d/", cfg.NodeID)}
@@ -203,7 +203,7 @@ func journalOffload(cfg *config.Config, st *s3store.Store, log *slog.Logger) *jo
 		Store:     st,
 		Prefix:    s3Prefix(cfg) + "/journal",
 		DeleteLag: cfg.Storage.Journal.OffloadDeleteLag.Std(),
-		Policy:    func(name string) (bool, time.Duration) { return journalOffloadPolicy(cfg, name) },
+		Policy:    func(name string) (bool, time.Duration) { return offloadPolicy(cfg, journal.Name, name) },
 	}
 	log.Info("journal engine offloads closed ledgers", "endpoint", cfg.Storage.S3.Endpoint, "bucket", cfg.Storage.S3.Bucket, "prefix", o.Prefix)
 	return o
@@ -219,7 +219,7 @@ func offloads(cfg *config.Config, engine string) bool {
 // frontEndOffload is the offload of a front-end's hashed shards of engine
 // (they hold topics of every rule of the engine): on when the engine's
 // section or any of its rules offloads, with the shortest of their delete
-// lags.
+// lags (a rule that inherits the section's offload counts with its own).
 func frontEndOffload(cfg *config.Config, engine string) (bool, time.Duration) {
 	target, base := cfg.Storage.File.Offload, cfg.Storage.File.OffloadDeleteLag.Std()
 	if engine == journal.Name {
@@ -227,7 +227,7 @@ func frontEndOffload(cfg *config.Config, engine string) (bool, time.Duration) {
 	}
 	on, lag := target == "s3", base
 	for _, r := range cfg.Storage.Rules {
-		if r.Engine != engine || r.Offload != "s3" {
+		if r.Engine != engine || !(r.Offload == "s3" || r.Offload == "" && target == "s3") { // "": the section's
 			continue
 		}
 		l := base
@@ -242,25 +242,16 @@ func frontEndOffload(cfg *config.Config, engine string) (bool, time.Duration) {
 	return on, lag
 }
 
-// offloadPolicy decides whether file shard name offloads: by the rule of
-// its topic (the name without its partition). An MQTT shard
-// ("mqtt/file/<n>") holds topics of every file rule, hashed together:
-// frontEndOffload.
-func offloadPolicy(cfg *config.Config, name string) (bool, time.Duration) {
-	if !frontEndShard(name) {
-		target, lag := cfg.FileOffload(partitionSuffix.ReplaceAllString(name, ""))
-		return target == "s3", lag
+// offloadPolicy decides whether shard name of engine ("file" or
+// "journal") offloads, and its delete lag: by the rule of its topic (the
+// name without its partition). An MQTT shard ("mqtt/<engine>/<n>") holds
+// topics of every rule of the engine, hashed together: frontEndOffload.
+func offloadPolicy(cfg *config.Config, engine, name string) (bool, time.Duration) {
+	if frontEndShard(name) {
+		return frontEndOffload(cfg, engine)
 	}
-	return frontEndOffload(cfg, "file")
-}
-
-// journalOffloadPolicy is offloadPolicy for journal shards.
-func journalOffloadPolicy(cfg *config.Config, name string) (bool, time.Duration) {
-	if !frontEndShard(name) {
-		target, lag := cfg.JournalOffload(partitionSuffix.ReplaceAllString(name, ""))
-		return target == "s3", lag
-	}
-	return frontEndOffload(cfg, journal.Name)
+	target, lag := cfg.Offload(engine, partitionSuffix.ReplaceAllString(name, ""))
+	return target == "s3", lag
 }
 
 // openJournalEngine opens the journal engine: a ledger client over meta's

@@ -195,3 +195,34 @@ func publishOrders(t *testing.T, n *Node, count int, pad string) map[string]bool
 	}
 	return want
 }
+
+// offloadPolicy: a topic's shard follows the first rule matching its topic
+// over its engine's section; an MQTT shard of an engine offloads when the
+// section or any rule of that engine does, with the shortest delete lag.
+func TestOffloadPolicy(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.Storage.File.OffloadDeleteLag = config.Duration(2 * time.Hour)
+	cfg.Storage.Journal.Offload, cfg.Storage.Journal.OffloadDeleteLag = "s3", config.Duration(3*time.Hour)
+	cfg.Storage.Rules = []config.Rule{
+		{Match: "orders/#", Engine: "file", Offload: "s3", OffloadDeleteLag: config.Duration(time.Minute)},
+		{Match: "keep/#", Engine: "journal", Offload: "none"},
+		{Match: "fast/#", Engine: "journal", OffloadDeleteLag: config.Duration(5 * time.Minute)},
+	}
+	for _, tc := range []struct {
+		engine, shard string
+		on            bool
+		lag           time.Duration
+	}{
+		{"file", "orders/eu/3", true, time.Minute},
+		{"file", "other/0", false, 2 * time.Hour},
+		{"file", "mqtt/file/7", true, time.Minute},
+		{"journal", "other/0", true, 3 * time.Hour},
+		{"journal", "keep/a/0", false, 3 * time.Hour},
+		{"journal", "fast/x/12", true, 5 * time.Minute},
+		{"journal", "mqtt/journal/0", true, 5 * time.Minute}, // fast/# inherits s3 with a shorter lag
+	} {
+		if on, lag := offloadPolicy(cfg, tc.engine, tc.shard); on != tc.on || lag != tc.lag {
+			t.Errorf("offloadPolicy(%s, %q) = %v, %v; want %v, %v", tc.engine, tc.shard, on, lag, tc.on, tc.lag)
+		}
+	}
+}
