@@ -426,3 +426,43 @@ func testRetention(t *testing.T, e *env) {
 		t.Fatalf("low %d after everything aged, want 16 (the ledger being written stays)", low)
 	}
 }
+
+// An appended entry is read back from the cache (no bookie read) as it was
+// appended, even when the appender reuses its buffers afterwards.
+func TestAppendFillsCache(t *testing.T) {
+	e := newEnv(t, 1)
+	ctx := testCtx(t)
+	en := e.engine(Options{Registerer: metrics.NewRegistry()})
+	defer en.Close()
+	s, err := en.Create(ctx, "cache")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := recsOf("a", 3)
+	in[1].Headers = []shard.Header{{Key: "h", Value: []byte("hv")}}
+	want := make([]shard.Record, len(in))
+	for i, r := range in {
+		want[i] = shard.Record{Offset: uint64(i), Timestamp: r.Timestamp, Key: bytes.Clone(r.Key), Value: bytes.Clone(r.Value)}
+	}
+	want[1].Headers = []shard.Header{{Key: "h", Value: []byte("hv")}}
+	if _, err := s.Append(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range in {
+		clear(r.Key)
+		clear(r.Value)
+	}
+	clear(in[1].Headers[0].Value)
+	got := readAll(t, s)
+	if len(got) != len(want) {
+		t.Fatalf("read %d records, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !shardtest.Equal(got[i], want[i]) {
+			t.Fatalf("record %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if n := testutil.ToFloat64(en.m.entryReads); n != 0 {
+		t.Fatalf("%v entries read from bookies, want 0 (the append cached its entry)", n)
+	}
+}

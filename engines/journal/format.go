@@ -49,28 +49,68 @@ func (h entryHeader) end() uint64 { return h.first + uint64(h.count) }
 // encodeEntry encodes recs (timestamps already set) as the entry whose
 // first record gets offset first.
 func encodeEntry(first uint64, maxTS int64, recs []shard.Record) []byte {
-	n := headerSize
+	return encode(first, maxTS, recs, false)
+}
+
+// encodeEntryViews is encodeEntry that also turns recs (the caller's own
+// copy) into what decodeEntry returns for the entry: offsets set, keys,
+// values and header values sharing the entry's bytes, so that the records
+// stay the same when the appender reuses its buffers.
+func encodeEntryViews(first uint64, maxTS int64, recs []shard.Record) []byte {
+	return encode(first, maxTS, recs, true)
+}
+
+func encode(first uint64, maxTS int64, recs []shard.Record, views bool) []byte {
+	n, nh := headerSize, 0
 	for i := range recs {
 		n += 3*binary.MaxVarintLen64 + recs[i].Size() + len(recs[i].Headers)*2*binary.MaxVarintLen64
+		nh += len(recs[i].Headers)
 	}
 	b := make([]byte, headerSize, n)
 	b[0] = formatVersion
 	binary.BigEndian.PutUint64(b[1:], first)
 	binary.BigEndian.PutUint32(b[9:], uint32(len(recs)))
 	binary.BigEndian.PutUint64(b[13:], uint64(maxTS))
+	var hdrs []shard.Header // views: every record's headers, in one allocation
+	if views && nh > 0 {
+		hdrs = make([]shard.Header, 0, nh)
+	}
 	for i := range recs {
 		r := &recs[i]
 		b = binary.AppendVarint(b, r.Timestamp)
 		b = appendBytes(b, r.Key)
+		key := tail(b, len(r.Key))
 		b = appendBytes(b, r.Value)
+		value := tail(b, len(r.Value))
 		b = binary.AppendUvarint(b, uint64(len(r.Headers)))
+		start := len(hdrs)
 		for _, h := range r.Headers {
 			b = appendBytes(b, []byte(h.Key))
 			b = appendBytes(b, h.Value)
+			if views {
+				hdrs = append(hdrs, shard.Header{Key: h.Key, Value: tail(b, len(h.Value))})
+			}
+		}
+		if views {
+			// b never moves: its capacity bounds the entry. Even if it did,
+			// the views would keep the old array, which nobody writes.
+			r.Offset, r.Key, r.Value, r.Headers = first+uint64(i), key, value, nil
+			if len(hdrs) > start {
+				r.Headers = hdrs[start:len(hdrs):len(hdrs)]
+			}
 		}
 	}
 	binary.BigEndian.PutUint32(b[21:], checksum(b))
 	return b
+}
+
+// tail is the last n bytes of b, nil when n is 0 (as decodeEntry returns
+// an empty field).
+func tail(b []byte, n int) []byte {
+	if n == 0 {
+		return nil
+	}
+	return b[len(b)-n : len(b) : len(b)]
 }
 
 // checksum is the CRC of an entry: its header up to the CRC, then its

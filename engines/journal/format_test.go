@@ -52,6 +52,37 @@ func TestEntryRoundTrip(t *testing.T) {
 	}
 }
 
+// encodeEntryViews leaves in recs exactly what decodeEntry returns for the
+// entry, sharing none of the input's buffers.
+func TestEntryViews(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 200 {
+		in := randomRecords(rng, 1+rng.IntN(20))
+		recs := append([]shard.Record(nil), in...)
+		first, maxTS := rng.Uint64N(1<<40), rng.Int64()
+		b := encodeEntryViews(first, maxTS, recs)
+		if !bytes.Equal(b, encodeEntry(first, maxTS, in)) {
+			t.Fatal("encodeEntryViews and encodeEntry encode differently")
+		}
+		_, want, err := decodeEntry(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range in { // the appender reuses its buffers
+			clear(in[i].Key)
+			clear(in[i].Value)
+			for _, h := range in[i].Headers {
+				clear(h.Value)
+			}
+		}
+		for i := range want {
+			if !shardtest.Equal(recs[i], want[i]) || (recs[i].Headers == nil) != (want[i].Headers == nil) {
+				t.Fatalf("record %d: %+v, decoded %+v", i, recs[i], want[i])
+			}
+		}
+	}
+}
+
 // Any damage to an entry is an error, never a panic or a wrong record.
 func TestEntryDamage(t *testing.T) {
 	e := encodeEntry(7, 99, randomRecords(rand.New(rand.NewPCG(3, 4)), 5))

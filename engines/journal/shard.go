@@ -223,7 +223,7 @@ func (s *Shard) Append(ctx context.Context, recs []shard.Record) (uint64, error)
 		runMax = max(runMax, recs[i].Timestamp)
 		size += recs[i].Size()
 	}
-	data := encodeEntry(first, runMax, recs)
+	data := encodeEntryViews(first, runMax, recs) // recs now read from data, for the cache
 	f, err := w.AppendAsync(ctx, data)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -252,8 +252,7 @@ func (s *Shard) Append(ctx context.Context, recs []shard.Record) (uint64, error)
 	li.mu.Unlock()
 	s.next += uint64(len(recs))
 	s.runMax = runMax
-	h, dec, _ := decodeEntry(data) // the cached copy shares data, which nobody modifies
-	s.cache.put(li.id, entry, h, dec, len(data))
+	s.cache.put(li.id, entry, entryHeader{first: first, count: uint32(len(recs)), maxTS: runMax}, recs, len(data))
 	s.mu.Unlock()
 
 	if _, err := f.Entry(); err != nil {
