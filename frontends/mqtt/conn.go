@@ -855,7 +855,7 @@ func (c *conn) onSubscribe(p *packet.Subscribe) error {
 			return true
 		})
 	}
-	if err := c.s.saveSession(c.sess, true, true); err != nil {
+	if err := c.s.saveSession(c.sess, true, true, ds...); err != nil { // ds among its copies
 		return &closeError{code: packet.UnspecifiedError, msg: "storing the session: " + err.Error()}
 	}
 	if err := c.send(&packet.Suback{PacketID: p.PacketID, ReasonCodes: codes}); err != nil {

@@ -151,6 +151,15 @@
 //     retained after it. Each node keeps its own copy: a retained message
 //     published on another node arrives through cross-node routing
 //     (cluster.go) when this node had a matching subscription filter then.
+//   - Retained messages queued at SUBSCRIBE (QoS 1 and 2) are owed by
+//     value, not by position (the position may be far below the
+//     session's cursors, or gone): the session record keeps a copy of
+//     each, queued or inflight with its packet identifier, written with
+//     the SUBACK's synced record, rewritten by the next cursor batch when
+//     one is sent or acknowledged, and synced before a QoS 2 one's
+//     PUBLISH or PUBREL. The restore queues them before the replay. A
+//     crash before the rewrite sends an acknowledged one again (at least
+//     once).
 //   - Expiry and wills: a session's expiry counts from when it went
 //     offline (from the restart if it was online at a crash); one that
 //     expired while the node was down ends at Start, publishing its pending
@@ -158,10 +167,9 @@
 //     the disconnect across the restart. Wills of connections alive at a
 //     crash or a Stop are not published (the clients did nothing wrong).
 //
-// Known gaps: retained messages queued for an offline session are not
-// replayed (they are sent again on the next subscribe); cursors of
-// sessions and groups that a crash left with a message in an engine that
-// keeps nothing (memory) are clamped to the shard's new range.
+// Known gaps: cursors of sessions and groups that a crash left with a
+// message in an engine that keeps nothing (memory) are clamped to the
+// shard's new range.
 //
 // # Sessions
 //

@@ -21,8 +21,9 @@ import (
 // persistent reports whether sessions are stored.
 func (s *Server) persistent() bool { return s.opts.Store != nil }
 
-// record is sess as stored. sess.mu is not held.
-func (sess *session) record() *store.Session {
+// record is sess as stored, with pending (deliveries about to be queued)
+// among its copies. sess.mu is not held.
+func (sess *session) record(pending ...delivery) *store.Session {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	r := &store.Session{ClientID: sess.id, Version: sess.version, ExpirySeconds: uint32(sess.expiry / time.Second)}
@@ -38,13 +39,39 @@ func (sess *session) record() *store.Session {
 		r.Will = sess.will
 		r.WillDue = sess.willDue.UnixMilli()
 	}
+	r.Copies = sess.copies(pending)
 	return r
 }
 
-// saveSession writes sess's record if it is stored; with explicit, also
-// its cursors for every shard (a new subscription must not see older
-// messages after a restart).
-func (s *Server) saveSession(sess *session, explicit, sync bool) error {
+// copies returns the QoS 1 and 2 deliveries without a position (retained
+// messages queued at SUBSCRIBE) that sess owes, inflight ones first in
+// send order, then the queued ones and pending: the record keeps them by
+// value, as no cursor covers them. sess.mu is held.
+func (sess *session) copies(pending []delivery) []store.Copy {
+	var out []store.Copy
+	add := func(d *delivery) {
+		if d.qos > 0 && d.pos.Shard == "" {
+			out = append(out, store.Copy{Msg: d.msg, QoS: d.qos, Retain: d.retain, SubIDs: d.subIDs, ID: d.id, Seq: d.seq,
+				Released: d.released})
+		}
+	}
+	for _, d := range sess.inflight {
+		add(d)
+	}
+	slices.SortFunc(out, func(a, b store.Copy) int { return cmp.Compare(a.Seq, b.Seq) })
+	for i := range sess.queue {
+		add(&sess.queue[i])
+	}
+	for i := range pending {
+		add(&pending[i])
+	}
+	return out
+}
+
+// saveSession writes sess's record if it is stored, with pending among its
+// copies; with explicit, also its cursors for every shard (a new
+// subscription must not see older messages after a restart).
+func (s *Server) saveSession(sess *session, explicit, sync bool, pending ...delivery) error {
 	if !s.persistent() {
 		return nil
 	}
@@ -70,7 +97,9 @@ func (s *Server) saveSession(sess *session, explicit, sync bool) error {
 			g.own.dirty.Store(true) // the next flush leaves the global cursor to shards with nothing owed
 		}
 	}
-	if err := s.opts.Store.PutSession(sess.record(), cursors, groups, sync); err != nil {
+	sess.copied.Store(false)
+	if err := s.opts.Store.PutSession(sess.record(pending...), cursors, groups, sync); err != nil {
+		sess.copied.Store(true)
 		s.m.storageErrors.Inc()
 		s.log.Warn("mqtt session not stored", "client_id", sess.id, "err", err)
 		return err
@@ -120,14 +149,35 @@ func (s *Server) flushCursors() {
 	f := s.rs.Frontiers()
 	s.mu.Lock()
 	var dirty []*session
+	var recs []*store.Session
 	for _, sess := range s.sessions {
-		if sess.stored.Load() && sess.own.dirty.Swap(false) {
+		if !sess.stored.Load() {
+			continue
+		}
+		if sess.own.dirty.Swap(false) {
 			dirty = append(dirty, sess)
+		}
+		if sess.copied.Swap(false) {
+			recs = append(recs, sess.record())
+		}
+	}
+	if len(recs) > 0 {
+		// Under s.mu, which ending a session (and deleting its record)
+		// holds: an ended session's record is not written back. Unsynced:
+		// PutCursors below syncs it.
+		if err := s.opts.Store.PutSessions(recs); err != nil {
+			s.m.storageErrors.Inc()
+			s.log.Warn("mqtt session records not stored", "err", err)
+			for _, r := range recs {
+				if sess := s.sessions[r.ClientID]; sess != nil {
+					sess.copied.Store(true)
+				}
+			}
 		}
 	}
 	s.mu.Unlock()
 	groups := s.dirtyGroups()
-	if len(dirty) == 0 && len(groups) == 0 && maps.Equal(f, s.flushed) {
+	if len(dirty) == 0 && len(groups) == 0 && len(recs) == 0 && maps.Equal(f, s.flushed) {
 		return
 	}
 	c := &store.Cursors{Clients: make(map[string]map[string]uint64, len(dirty)), Clear: map[string][]string{}, Global: f,
@@ -444,6 +494,16 @@ func (s *Server) restoreSession(ctx context.Context, rec *store.Session) (*resto
 		}
 		ds = append(ds, d)
 	}
+	for _, c := range rec.Copies {
+		d := &delivery{msg: c.Msg, qos: c.QoS, retain: c.Retain, subIDs: c.SubIDs, id: c.ID, seq: c.Seq, released: c.Released}
+		if _, used := outs[c.ID]; c.ID == 0 || used {
+			d.id, d.seq, d.released = 0, 0, false
+			sess.queue = append(sess.queue, *d) // before the replay queues anything
+			sess.owe(d)
+			continue
+		}
+		ds = append(ds, d)
+	}
 	slices.SortFunc(ds, func(a, b *delivery) int { return cmp.Compare(a.seq, b.seq) })
 	for _, d := range ds {
 		sess.seq = max(sess.seq, d.seq)
@@ -493,13 +553,22 @@ func (c *conn) persistOutbound(batch []*delivery) error {
 		return nil
 	}
 	var os map[uint16]*store.Outbound
+	copies := false
 	for _, d := range batch {
+		copies = copies || d.qos == 2 && d.pos.Shard == ""
 		if d.qos == 2 && d.pos.Shard != "" {
 			if os == nil {
 				os = map[uint16]*store.Outbound{}
 			}
 			os[d.id] = &store.Outbound{Pos: d.pos, Released: d.released, Seq: d.seq, QoS: d.qos, Retain: d.retain, SubIDs: d.subIDs,
 				Group: d.groupKey()}
+		}
+	}
+	if copies {
+		// A QoS 2 copy's packet identifier (or released state) is in the
+		// session record.
+		if err := c.s.saveSession(c.sess, false, true); err != nil {
+			return fmt.Errorf("mqtt: storing QoS 2 state: %w", err)
 		}
 	}
 	if os == nil {

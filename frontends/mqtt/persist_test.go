@@ -431,6 +431,15 @@ func (s *Server) sessionOwner(id string) *conn {
 	return sess.owner()
 }
 
+// sessionHasWork reports whether session id has queued or inflight
+// deliveries.
+func (s *Server) sessionHasWork(id string) bool {
+	s.mu.Lock()
+	sess := s.sessions[id]
+	s.mu.Unlock()
+	return sess != nil && sess.hasWork()
+}
+
 // storedPayloads returns the payloads stored under topic in any
 // "mqtt/<engine>/N" shard of eng.
 func storedPayloads(t *testing.T, eng shard.Engine, topic string) []string {
@@ -670,6 +679,9 @@ func TestRetainedSurvivesRestart(t *testing.T) {
 	if m := keeper.next(t); string(m.Payload) != "A" {
 		t.Fatalf("first subscribe got %q", m.Payload)
 	}
+	// paho acknowledges after the handler returned: an unacknowledged A
+	// would rightly be resent to the resumed session.
+	waitFor(t, "A acknowledged", func() bool { return !b.sessionHasWork("keeper") })
 	keeper.Disconnect(&paho.Disconnect{})
 	pub.Disconnect(&paho.Disconnect{})
 	b.stop(t)

@@ -59,6 +59,7 @@ type session struct {
 	offlineSince time.Time   // zero while a connection holds the session
 	stored       atomic.Bool // the session has a record in the store
 	own          owedSet     // positions owed through non-shared subscriptions
+	copied       atomic.Bool // a copy (QoS > 0, no position) was owed or settled since the record was written
 }
 
 func newSession(id string) *session {
@@ -141,7 +142,9 @@ func (o *owedSet) cursors(frontiers map[string]uint64, explicit bool) (set map[s
 // the shared subscription it came through. s.mu is held.
 func (s *session) owe(d *delivery) {
 	switch {
-	case d.pos.Shard == "" || s.ended:
+	case s.ended:
+	case d.pos.Shard == "":
+		s.copyChanged(d)
 	case d.sg != nil:
 		d.sg.owe(d.pos)
 	case d.group == "":
@@ -154,10 +157,20 @@ func (s *session) owe(d *delivery) {
 func (s *session) settle(d *delivery) {
 	switch {
 	case d.pos.Shard == "":
+		s.copyChanged(d)
 	case d.sg != nil:
 		d.sg.settle(d.pos)
 	case d.group == "":
 		s.own.remove(d.pos)
+	}
+}
+
+// copyChanged notes that d, a delivery without a position, was owed or
+// settled: one with QoS 1 or 2 is kept in the session record by value
+// (persist.go, copies), which the next cursor flush rewrites.
+func (s *session) copyChanged(d *delivery) {
+	if d.qos > 0 {
+		s.copied.Store(true)
 	}
 }
 

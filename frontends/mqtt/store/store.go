@@ -70,6 +70,23 @@ type Session struct {
 	// WillDue (Unix ms).
 	Will    *pubsub.Message `json:"will,omitempty"`
 	WillDue int64           `json:"will_due,omitempty"`
+	// Copies are the QoS 1 and 2 messages owed to the session that are
+	// at no position it has a cursor for (retained messages queued at
+	// SUBSCRIBE), queued or inflight, in the order they are owed.
+	Copies []Copy `json:"copies,omitempty"`
+}
+
+// Copy is a message a session is owed by value (Session.Copies).
+type Copy struct {
+	Msg    *pubsub.Message `json:"m"`
+	QoS    byte            `json:"q"`
+	Retain bool            `json:"rt,omitempty"`
+	SubIDs []uint32        `json:"sid,omitempty"`
+	// ID, Seq and Released are set once it was sent (inflight): its
+	// packet identifier, send order and, for QoS 2, whether PUBREC came.
+	ID       uint16 `json:"id,omitempty"`
+	Seq      uint64 `json:"n,omitempty"`
+	Released bool   `json:"r,omitempty"`
 }
 
 // Position is a message's place in the shards.
@@ -196,13 +213,11 @@ func (s *Store) scan(p []byte, fn func(k, v []byte) error) error {
 // client (shard → offset) and of shared subscriptions (GroupKey → shard →
 // offset); with sync, durably before returning.
 func (s *Store) PutSession(sess *Session, cursors map[string]uint64, groups map[string]map[string]uint64, sync bool) error {
-	v, err := json.Marshal(sess)
-	if err != nil {
-		return err
-	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	b.Set(key(prefixSession, sess.ClientID), v, nil)
+	if err := setSession(b, sess); err != nil {
+		return err
+	}
 	for sh, off := range cursors {
 		b.Set(key(prefixCursor, sess.ClientID, sh), u64(off), nil)
 	}
@@ -258,6 +273,27 @@ type Cursors struct {
 	// to any member through the group.
 	Groups      map[string]map[string]uint64
 	ClearGroups map[string][]string
+}
+
+// PutSessions writes session records in one batch without fsync (the
+// broker's next PutCursors syncs them).
+func (s *Store) PutSessions(recs []*Session) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, r := range recs {
+		if err := setSession(b, r); err != nil {
+			return err
+		}
+	}
+	return b.Commit(pebble.NoSync)
+}
+
+func setSession(b *pebble.Batch, sess *Session) error {
+	v, err := json.Marshal(sess)
+	if err != nil {
+		return err
+	}
+	return b.Set(key(prefixSession, sess.ClientID), v, nil)
 }
 
 // PutCursors writes c in one batch. The broker writes it from a background
