@@ -243,97 +243,114 @@ func (c *ClusterSource) Wait(ctx context.Context, marks map[string]uint64, d tim
 	}
 }
 
-// InjectForwarded stores messages published on node origin and forwarded
-// here in this node's shards (each per its topic's rule, in order, with
-// HeaderOrigin so that they are never forwarded again) and hands each to
-// the retained store and the matching sessions, as a local publish. It
-// returns once every message is stored and queued: the caller may then
-// advance its cursor. On an error some messages may be stored already
-// (the caller retries the batch: at least once).
-func (s *Server) InjectForwarded(ctx context.Context, origin uint64, ms []*pubsub.Message) error {
+// InjectForwarded stores records published on node origin and forwarded
+// here (as EncodeRecord wrote them in origin's shards) in this node's
+// shards, each per its topic's rule, in order, with HeaderOrigin so that
+// they are never forwarded again, and hands each message to the retained
+// store and the matching sessions, as a local publish. Each record is
+// decoded once and stored as received (less the headers that mean
+// something only on origin), and its topic matched once. A record that is
+// not an MQTT message is skipped. It returns how many were stored once
+// every message is stored and queued: the caller may then advance its
+// cursor. On an error some may be stored already (the caller retries the
+// batch: at least once).
+func (s *Server) InjectForwarded(ctx context.Context, origin uint64, recs []shard.Record) (int, error) {
 	st, ok := s.opts.Storage.(*ShardStorage)
 	if !ok {
-		return ErrNoClusterStorage
+		return 0, ErrNoClusterStorage
 	}
 	mark := shard.Header{Key: HeaderOrigin, Value: []byte(strconv.FormatUint(origin, 10))}
-	s.awaitRoom(ctx, ms, injectPatience)
-	// One append per shard: the messages sorted by shard, stably (the
-	// batch's order within each shard).
-	engines, names := make([]string, len(ms)), make([]string, len(ms))
-	idx := make([]int, len(ms))
-	for i, m := range ms {
+	fw := make([]forwardedMsg, 0, len(recs))
+	for i := range recs {
+		m, _, err := decodeRecord(&recs[i])
+		if err != nil {
+			s.log.Warn("mqtt: skipping a forwarded record that is not an MQTT message", "origin", origin, "offset", recs[i].Offset, "err", err)
+			continue
+		}
 		m.PacketID = 0 // the publisher's id on origin means nothing here
-		engines[i], names[i] = st.shardOf(m.Topic)
-		idx[i] = i
+		f := forwardedMsg{rec: &recs[i], m: m}
+		if !m.Retain {
+			// A retained message is matched once set, as a local
+			// publish is: a subscriber between the two gets it from
+			// the retained store or live.
+			f.subs = s.tree.Match(m.Topic, nil, onlineSub)
+		}
+		fw = append(fw, f)
 	}
-	slices.SortStableFunc(idx, func(a, b int) int { return strings.Compare(names[a], names[b]) })
-	pos := make([]Position, len(ms))
-	fail := func(err error) error {
+	s.awaitRoom(ctx, fw, injectPatience)
+	pos, errs := make([]Position, len(fw)), make([]error, len(fw))
+	st.appendEach(ctx, len(fw), func(i int) string { return fw[i].m.Topic },
+		func(i int) shard.Record { return fw[i].stored(mark) }, pos, errs)
+	for i, err := range errs {
+		if err == nil {
+			continue
+		}
 		// What was stored is not delivered now (the batch comes again):
 		// it must not hold the frontiers back.
 		s.m.storageErrors.Inc()
-		for _, p := range pos {
-			if p.Shard != "" && s.rs != nil {
-				s.rs.Done(p)
+		for k := range pos {
+			if errs[k] == nil && s.rs != nil {
+				s.rs.Done(pos[k])
 			}
 		}
-		return err
-	}
-	for lo := 0; lo < len(idx); {
-		name := names[idx[lo]]
-		hi := lo + 1
-		for hi < len(idx) && names[idx[hi]] == name {
-			hi++
-		}
-		os, err := st.shard(ctx, engines[idx[lo]], name, true)
-		if err != nil {
-			return fail(err)
-		}
-		run := idx[lo:hi]
-		recs := make([]shard.Record, len(run))
-		for k, i := range run {
-			recs[k] = EncodeRecord(ms[i])
-			recs[k].Headers = append(recs[k].Headers, mark)
-		}
-		off, err := os.sh.Append(ctx, recs)
-		if err != nil {
-			return fail(fmt.Errorf("mqtt: append forwarded messages to %s: %w", name, err))
-		}
-		for k, i := range run {
-			pos[i] = Position{Shard: name, Offset: off + uint64(k)}
-		}
-		lo = hi
+		return 0, fmt.Errorf("mqtt: append forwarded messages to %s: %w", pos[i].Shard, err)
 	}
 	// Handed to the sessions in batch order once all are stored.
-	for i, m := range ms {
-		s.stored(ctx, m, pos[i])
+	for i, f := range fw {
+		if f.m.Retain {
+			s.stored(ctx, f.m, pos[i])
+			continue
+		}
+		s.m.published[f.m.QoS].Inc()
+		s.deliver(f.m, pos[i], f.subs, nil)
+		if s.rs != nil {
+			s.rs.Done(pos[i])
+		}
 	}
-	return nil
+	return len(fw), nil
+}
+
+// forwardedMsg is a record InjectForwarded received, its message, and the
+// subscriptions it matched (a non-retained one).
+type forwardedMsg struct {
+	rec  *shard.Record
+	m    *pubsub.Message
+	subs []pubsub.Subscription
+}
+
+// stored is the record as this node stores it: with mark (HeaderOrigin),
+// without the QoS 2 packet identifier and the delayed-publish stamp, which
+// name the publisher's flow and a release on origin and would be taken
+// for this node's own (persist.go storedInbound, delayed.go released).
+func (f *forwardedMsg) stored(mark shard.Header) shard.Record {
+	r := *f.rec
+	r.Headers = make([]shard.Header, 0, len(f.rec.Headers)+1)
+	for _, h := range f.rec.Headers {
+		if h.Key != HeaderQoS2ID && h.Key != HeaderDelayed && h.Key != HeaderOrigin {
+			r.Headers = append(r.Headers, h)
+		}
+	}
+	r.Headers = append(r.Headers, mark)
+	return r
 }
 
 // injectPatience bounds how long InjectForwarded waits for room in the
 // queues of the online sessions it feeds.
 const injectPatience = 250 * time.Millisecond
 
-// awaitRoom waits, up to patience, until every online session with a
-// subscription matching one of ms has room for all of them in its queue
+// awaitRoom waits, up to patience, until every online session that one of
+// fw's subscriptions feeds has room for all of fw in its queue
 // (Options.MaxQueued). A peer's backlog arrives in batches far faster than
 // a client drains them; without this wait a burst that a local publisher
 // would have spread out overflows the queue (tail drop). A session that
 // does not drain at all delays each batch by patience, no more: the others
-// go on.
-func (s *Server) awaitRoom(ctx context.Context, ms []*pubsub.Message, patience time.Duration) {
-	room := s.opts.MaxQueued - len(ms)
+// go on. The wait ends when the session's writer takes from its queue or
+// the session goes offline (session.roomFreed).
+func (s *Server) awaitRoom(ctx context.Context, fw []forwardedMsg, patience time.Duration) {
+	room := s.opts.MaxQueued - len(fw)
 	var sessions map[*session]struct{}
-	var subs []pubsub.Subscription
-	topics := map[string]struct{}{}
-	for _, m := range ms {
-		if _, ok := topics[m.Topic]; ok {
-			continue
-		}
-		topics[m.Topic] = struct{}{}
-		subs = s.tree.Match(m.Topic, subs[:0], onlineSub)
-		for _, sub := range subs {
+	for _, f := range fw {
+		for _, sub := range f.subs {
 			if sess := sub.Owner.(*session); sess.online.Load() {
 				if sessions == nil {
 					sessions = map[*session]struct{}{}
@@ -342,16 +359,39 @@ func (s *Server) awaitRoom(ctx context.Context, ms []*pubsub.Message, patience t
 			}
 		}
 	}
-	deadline := time.Now().Add(patience)
+	if len(sessions) == 0 {
+		return
+	}
+	timer := time.NewTimer(patience)
+	defer timer.Stop()
 	for sess := range sessions {
 		for {
 			sess.mu.Lock()
-			n := len(sess.queue)
-			sess.mu.Unlock()
-			if n <= room || !sess.online.Load() || ctx.Err() != nil || time.Now().After(deadline) {
+			if len(sess.queue) <= room || !sess.online.Load() {
+				sess.mu.Unlock()
 				break
 			}
-			time.Sleep(time.Millisecond)
+			if sess.room == nil {
+				sess.room = make(chan struct{})
+			}
+			freed := sess.room
+			sess.mu.Unlock()
+			select {
+			case <-freed:
+			case <-timer.C:
+				return
+			case <-ctx.Done():
+				return
+			}
 		}
+	}
+}
+
+// roomFreed wakes the awaitRoom waiting on s: its queue shrank or it went
+// offline. s.mu is held.
+func (s *session) roomFreed() {
+	if s.room != nil {
+		close(s.room)
+		s.room = nil
 	}
 }

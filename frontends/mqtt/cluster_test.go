@@ -5,10 +5,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/quiremq/quire/frontends/pubsub"
+	"github.com/quiremq/quire/shard"
 )
 
 func TestFilterSet(t *testing.T) {
@@ -51,20 +53,16 @@ func forwardAll(t *testing.T, from, to *Server, origin uint64, filters []string)
 		if next != sm.High {
 			t.Fatalf("scan of %s ended at %d, want its high watermark %d", sm.Name, next, sm.High)
 		}
-		var ms []*pubsub.Message
-		for i := range recs {
-			m, err := DecodeRecord(&recs[i])
+		if len(recs) > 0 {
+			stored, err := to.InjectForwarded(ctx, origin, recs)
 			if err != nil {
 				t.Fatal(err)
 			}
-			ms = append(ms, m)
-		}
-		if len(ms) > 0 {
-			if err := to.InjectForwarded(ctx, origin, ms); err != nil {
-				t.Fatal(err)
+			if stored != len(recs) {
+				t.Fatalf("stored %d of %d records", stored, len(recs))
 			}
 		}
-		n += len(ms)
+		n += len(recs)
 	}
 	return n
 }
@@ -144,16 +142,56 @@ func TestClusterInjectWaitsForRoom(t *testing.T) {
 	sub := paho3Client(t, "tcp://"+b.tcp, "sub", nil)
 	ok(t, sub.Subscribe("t", 1, got.handler))
 	for i := range 3 {
-		var ms []*pubsub.Message
+		var recs []shard.Record
 		for j := range 8 {
-			ms = append(ms, &pubsub.Message{Topic: "t", QoS: 1, Payload: []byte{byte(8*i + j)}})
+			recs = append(recs, EncodeRecord(&pubsub.Message{Topic: "t", QoS: 1, Payload: []byte{byte(8*i + j)}}))
 		}
-		if err := b.InjectForwarded(context.Background(), 1, ms); err != nil {
+		if _, err := b.InjectForwarded(context.Background(), 1, recs); err != nil {
 			t.Fatal(err)
 		}
 	}
 	got.wait(t, 24)
 	if d := b.metric(t, "quire_mqtt_messages_dropped_total", nil); d != 0 {
 		t.Errorf("%v messages dropped", d)
+	}
+}
+
+// awaitRoom waits on a session whose queue is full until its writer takes
+// from the queue, or until it goes offline, not for its patience (nor a
+// poll).
+func TestClusterAwaitRoomWakes(t *testing.T) {
+	b := startBroker(t, nil, func(o *Options) { o.MaxQueued = 10 })
+	c := &conn{}
+	sess := newSession("slow")
+	sess.bind(c, 0)
+	fw := []forwardedMsg{{m: &pubsub.Message{Topic: "t"}, subs: []pubsub.Subscription{{Owner: sess}}}}
+	for _, wake := range []struct {
+		name string
+		do   func()
+	}{
+		{"the writer takes 5", func() { sess.take(c, 100, 5, time.Now(), nil) }},
+		{"the session goes offline", func() { sess.unbind(c) }},
+	} {
+		sess.mu.Lock()
+		for len(sess.queue) < 10 {
+			sess.queue = append(sess.queue, delivery{msg: &pubsub.Message{Topic: "t"}})
+		}
+		sess.mu.Unlock()
+		done := make(chan struct{})
+		go func() {
+			b.awaitRoom(context.Background(), fw, time.Minute)
+			close(done)
+		}()
+		select {
+		case <-done:
+			t.Fatalf("%s: awaitRoom returned with no room", wake.name)
+		case <-time.After(50 * time.Millisecond):
+		}
+		wake.do()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: awaitRoom still waits", wake.name)
+		}
 	}
 }

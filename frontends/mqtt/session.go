@@ -43,6 +43,7 @@ type session struct {
 	ended       bool
 	subs        map[string]pubsub.Subscription // by filter as subscribed ("$share/…" included)
 	queue       []delivery
+	room        chan struct{} // closed when the queue shrinks or the session goes offline (cluster.go, roomFreed); nil unless awaited
 	inflight    map[uint16]*delivery
 	seq         uint64
 	nextID      uint16
@@ -237,6 +238,7 @@ func (s *session) unbind(c *conn) (expiry time.Duration, droppedQoS0 int, ok boo
 	s.conn = nil
 	s.offlineSince = time.Now()
 	s.online.Store(false)
+	s.roomFreed()
 	n := len(s.queue)
 	s.queue = slices.DeleteFunc(s.queue, func(d delivery) bool {
 		if d.qos == 0 {
@@ -306,6 +308,7 @@ func (s *session) end(keepShared bool) (filters []string, dropped int, will *pub
 	defer s.mu.Unlock()
 	s.ended = true
 	s.online.Store(false)
+	s.roomFreed()
 	for f := range s.subs {
 		filters = append(filters, f)
 	}
@@ -447,6 +450,9 @@ func (s *session) take(c *conn, inflightMax, max int, now time.Time, dst []*deli
 		if len(s.queue) == 0 {
 			s.queue = nil // let the backing array go
 		}
+	}
+	if n > 0 {
+		s.roomFreed()
 	}
 	return dst, expired
 }

@@ -216,14 +216,21 @@ func (st *ShardStorage) Append(ctx context.Context, m *pubsub.Message) (Position
 // AppendBatch implements BatchStorage: one shard Append per shard, with
 // that shard's messages in batch order.
 func (st *ShardStorage) AppendBatch(ctx context.Context, ms []*pubsub.Message, pos []Position, errs []error) {
+	st.appendEach(ctx, len(ms), func(i int) string { return ms[i].Topic },
+		func(i int) shard.Record { return EncodeRecord(ms[i]) }, pos, errs)
+}
+
+// appendEach is AppendBatch for n records: record i, rec(i), goes to
+// topic(i)'s shard (InjectForwarded stores records received from a peer).
+func (st *ShardStorage) appendEach(ctx context.Context, n int, topic func(int) string, rec func(int) shard.Record, pos []Position, errs []error) {
 	type group struct {
 		engine string
 		idx    []int
 	}
 	var groups map[string]*group // by shard name
 	var order []string
-	for i, m := range ms {
-		engine, name := st.shardOf(m.Topic)
+	for i := range n {
+		engine, name := st.shardOf(topic(i))
 		pos[i] = Position{Shard: name}
 		if groups == nil {
 			groups = make(map[string]*group, 1)
@@ -244,7 +251,7 @@ func (st *ShardStorage) AppendBatch(ctx context.Context, ms []*pubsub.Message, p
 		if err == nil {
 			recs = recs[:0]
 			for _, i := range g.idx {
-				recs = append(recs, EncodeRecord(ms[i]))
+				recs = append(recs, rec(i))
 			}
 			off, err = os.sh.Append(ctx, recs)
 		}

@@ -27,7 +27,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/quiremq/quire/frontends/mqtt"
-	"github.com/quiremq/quire/frontends/pubsub"
 	"github.com/quiremq/quire/internal/metrics"
 	mqttclusterv1 "github.com/quiremq/quire/internal/proto/mqttcluster/v1"
 	"github.com/quiremq/quire/internal/vfs"
@@ -421,7 +420,7 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 	silent := time.AfterFunc(pullSilence, cancel)
 	defer silent.Stop()
 	lag := map[string]uint64{}
-	var ms []*pubsub.Message
+	var recs []shard.Record
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -439,24 +438,20 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 		if resp.Shard == "" {
 			continue // a heartbeat
 		}
-		ms = ms[:0]
+		recs = recs[:0]
 		for _, r := range resp.Records {
 			rec := shard.Record{Offset: r.Offset, Timestamp: r.Timestamp, Key: r.Key, Value: r.Value}
 			for _, h := range r.Headers {
 				rec.Headers = append(rec.Headers, shard.Header{Key: h.Key, Value: h.Value})
 			}
-			m, err := mqtt.DecodeRecord(&rec)
-			if err != nil {
-				c.log.Warn("MQTT routing: skipping a record that is not an MQTT message", "peer", peer, "shard", resp.Shard, "offset", r.Offset, "err", err)
-				continue
-			}
-			ms = append(ms, m)
+			recs = append(recs, rec)
 		}
-		if len(ms) > 0 {
-			if err := c.srv.InjectForwarded(ctx, peer, ms); err != nil {
+		if len(recs) > 0 {
+			n, err := c.srv.InjectForwarded(ctx, peer, recs)
+			if err != nil {
 				return true, fmt.Errorf("storing messages forwarded from shard %s: %w", resp.Shard, err)
 			}
-			c.m.forwarded.WithLabelValues(label).Add(float64(len(ms)))
+			c.m.forwarded.WithLabelValues(label).Add(float64(n))
 		}
 		c.cmu.Lock()
 		c.cursors[peer][resp.Shard] = resp.Next
