@@ -38,8 +38,9 @@ type writeBatcher struct {
 // pendingWrite is one put or delete waiting for its entry to commit. The
 // writes of one request share a writeGroup.
 type pendingWrite struct {
-	op   *metav1.BatchOp // a put or a delete
-	size int
+	w    writeOp // the put or delete, unpacked once
+	enc  int     // w.encodedSize()
+	size int     // opSize: its share of the batch limits
 	grp  *writeGroup
 	res  *applyResult
 	err  error
@@ -58,9 +59,10 @@ func newWriteGroup(n int) *writeGroup {
 	return &writeGroup{done: make(chan struct{}), writes: make([]pendingWrite, 0, n)}
 }
 
-// add adds a write to the group (before submitting it).
+// add adds a write (a put or a delete) to the group, before submitting it.
 func (g *writeGroup) add(op *metav1.BatchOp) {
-	g.writes = append(g.writes, pendingWrite{op: op, size: opSize(op), grp: g})
+	w := batchWrite(op)
+	g.writes = append(g.writes, pendingWrite{w: w, enc: w.encodedSize(), size: opSize(op), grp: g})
 	g.left.Add(1)
 }
 
@@ -181,7 +183,12 @@ func (b *writeBatcher) propose(batch []*pendingWrite) {
 	data := encodeBatch(batch)
 	b.s.metrics.batchOps.Observe(float64(len(batch)))
 	start := time.Now()
-	f := b.s.raft.Apply(data, b.s.opts.ApplyTimeout)
+	var f raft.ApplyFuture
+	if !b.s.toRaft(func() { f = b.s.raft.Apply(data, b.s.opts.ApplyTimeout) }) {
+		<-b.slots
+		b.resolve(batch, nil, ErrStopped) // not proposed
+		return
+	}
 	// Not in s.wg: a future enqueued just before Raft shut down is never
 	// resolved (see writeGroup.wait), and Stop must not wait for it.
 	go func() {
@@ -349,30 +356,29 @@ func (s *Server) readOne(g *metav1.GetRequest) *metav1.BatchResult {
 	return &metav1.BatchResult{Result: &metav1.BatchResult_Get{Get: &metav1.GetResponse{Found: kv != nil, Kv: kv, Revision: rev}}}
 }
 
-// serveLeaderOps runs ops[lead] on this node, the leader.
+// serveLeaderOps runs ops[lead] on this node, the leader. It reorders lead
+// (its own slice from serveOps): the writes first, in order, then the reads.
 func (s *Server) serveLeaderOps(ctx context.Context, ops []*metav1.BatchOp, lead []int, res []*metav1.BatchResult, errs []error) {
 	nw := 0
-	for _, i := range lead {
+	for j, i := range lead {
 		if isWrite(ops[i]) {
+			lead[nw], lead[j] = i, lead[nw]
 			nw++
 		}
 	}
+	writes, reads := lead[:nw], lead[nw:]
 	g := newWriteGroup(nw)
-	for _, i := range lead {
-		if isWrite(ops[i]) {
-			g.add(ops[i])
-		}
+	for _, i := range writes {
+		g.add(ops[i])
 	}
 	s.batcher.submit(g)
-	if nw < len(lead) {
+	if len(reads) > 0 {
 		err := s.reads.wait(ctx)
-		for _, i := range lead {
-			if g := ops[i].GetGet(); g != nil {
-				if err != nil {
-					errs[i] = err
-				} else {
-					res[i] = s.readOne(g)
-				}
+		for _, i := range reads {
+			if err != nil {
+				errs[i] = err
+			} else {
+				res[i] = s.readOne(ops[i].GetGet())
 			}
 		}
 	}
@@ -380,13 +386,8 @@ func (s *Server) serveLeaderOps(ctx context.Context, ops []*metav1.BatchOp, lead
 		return
 	}
 	g.wait(s.stopCh)
-	k := 0
-	for _, i := range lead {
-		if !isWrite(ops[i]) {
-			continue
-		}
+	for k, i := range writes {
 		r, err := g.writes[k].result()
-		k++
 		switch {
 		case err != nil:
 			errs[i] = err

@@ -16,14 +16,25 @@ type writeOp struct {
 	lease  uint64
 	check  bool
 	expect uint64
+	// invalid marks an op of a batch that is neither a put nor a delete
+	// (only proto's fallback decodes one): it is not applied, and fails.
+	invalid bool
 }
 
 func putWrite(p *metav1.PutRequest) writeOp {
-	return writeOp{key: p.Key, value: p.Value, lease: p.Lease, check: p.CheckVersion, expect: p.ExpectVersion}
+	return writeOp{key: p.GetKey(), value: p.GetValue(), lease: p.GetLease(), check: p.GetCheckVersion(), expect: p.GetExpectVersion()}
 }
 
 func deleteWrite(d *metav1.DeleteRequest) writeOp {
 	return writeOp{del: true, key: d.Key, check: d.CheckVersion, expect: d.ExpectVersion}
+}
+
+// batchWrite is the write of a BatchOp that is a put or a delete.
+func batchWrite(op *metav1.BatchOp) writeOp {
+	if d := op.GetDelete(); d != nil {
+		return deleteWrite(d)
+	}
+	return putWrite(op.GetPut())
 }
 
 // Field numbers of the messages decodeBatch reads (store.proto, meta.proto).
@@ -187,85 +198,74 @@ func decodeWrite(b []byte, op *writeOp) bool {
 
 // encodeBatch encodes the writes as one Command holding a CommandBatch, as
 // proto.Marshal would (fields in order, zero values left out), in one
-// allocation.
+// allocation. Each write was unpacked and sized once, when it was added to
+// its group (writeGroup.add).
 func encodeBatch(batch []*pendingWrite) []byte {
 	inner := 0
 	for _, w := range batch {
-		inner += 1 + protowire.SizeBytes(1+protowire.SizeBytes(writeSize(w.op)))
+		inner += 1 + protowire.SizeBytes(1+protowire.SizeBytes(w.enc))
 	}
 	b := make([]byte, 0, 1+protowire.SizeBytes(inner))
 	b = protowire.AppendTag(b, fieldCommandBatch, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(inner))
 	for _, w := range batch {
-		n := writeSize(w.op)
 		b = protowire.AppendTag(b, fieldBatchOps, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(1+protowire.SizeBytes(n)))
-		b = appendWrite(b, w.op, n)
+		b = protowire.AppendVarint(b, uint64(1+protowire.SizeBytes(w.enc)))
+		b = appendWrite(b, &w.w, w.enc)
 	}
 	return b
 }
 
-// writeFields are the fields of a put (or, with del, a delete) in
-// PutRequest's numbering (see decodeWrite).
-func writeFields(op *metav1.BatchOp) (del bool, key string, value []byte, lease uint64, check bool, expect uint64) {
-	if d := op.GetDelete(); d != nil {
-		return true, d.Key, nil, 0, d.CheckVersion, d.ExpectVersion
-	}
-	p := op.GetPut()
-	return false, p.GetKey(), p.GetValue(), p.GetLease(), p.GetCheckVersion(), p.GetExpectVersion()
-}
-
-// writeSize is the encoded size of the op's PutRequest or DeleteRequest.
-func writeSize(op *metav1.BatchOp) int {
-	_, key, value, lease, check, expect := writeFields(op)
+// encodedSize is the encoded size of the op's PutRequest or DeleteRequest.
+func (op *writeOp) encodedSize() int {
 	n := 0
-	if key != "" {
-		n += 1 + protowire.SizeBytes(len(key))
+	if op.key != "" {
+		n += 1 + protowire.SizeBytes(len(op.key))
 	}
-	if len(value) > 0 {
-		n += 1 + protowire.SizeBytes(len(value))
+	if len(op.value) > 0 {
+		n += 1 + protowire.SizeBytes(len(op.value))
 	}
-	if lease != 0 {
-		n += 1 + protowire.SizeVarint(lease)
+	if op.lease != 0 {
+		n += 1 + protowire.SizeVarint(op.lease)
 	}
-	if check {
+	if op.check {
 		n += 2
 	}
-	if expect != 0 {
-		n += 1 + protowire.SizeVarint(expect)
+	if op.expect != 0 {
+		n += 1 + protowire.SizeVarint(op.expect)
 	}
 	return n
 }
 
 // appendWrite appends the op as a Command (put 1 or delete 2) whose
-// request encodes to size bytes.
-func appendWrite(b []byte, op *metav1.BatchOp, size int) []byte {
-	del, key, value, lease, check, expect := writeFields(op)
+// request encodes to size bytes (op.encodedSize()). A delete has no value
+// or lease; its check_version and expect_version are fields 2 and 3.
+func appendWrite(b []byte, op *writeOp, size int) []byte {
 	num, checkNum, expectNum := protowire.Number(fieldCommandPut), protowire.Number(4), protowire.Number(5)
-	if del {
+	if op.del {
 		num, checkNum, expectNum = fieldCommandDelete, 2, 3
 	}
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(size))
-	if key != "" {
+	if op.key != "" {
 		b = protowire.AppendTag(b, 1, protowire.BytesType)
-		b = protowire.AppendString(b, key)
+		b = protowire.AppendString(b, op.key)
 	}
-	if len(value) > 0 {
+	if len(op.value) > 0 {
 		b = protowire.AppendTag(b, 2, protowire.BytesType)
-		b = protowire.AppendBytes(b, value)
+		b = protowire.AppendBytes(b, op.value)
 	}
-	if lease != 0 {
+	if op.lease != 0 {
 		b = protowire.AppendTag(b, 3, protowire.VarintType)
-		b = protowire.AppendVarint(b, lease)
+		b = protowire.AppendVarint(b, op.lease)
 	}
-	if check {
+	if op.check {
 		b = protowire.AppendTag(b, checkNum, protowire.VarintType)
 		b = protowire.AppendVarint(b, 1)
 	}
-	if expect != 0 {
+	if op.expect != 0 {
 		b = protowire.AppendTag(b, expectNum, protowire.VarintType)
-		b = protowire.AppendVarint(b, expect)
+		b = protowire.AppendVarint(b, op.expect)
 	}
 	return b
 }

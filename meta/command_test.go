@@ -132,7 +132,7 @@ func TestDecodeBatch(t *testing.T) {
 func TestEncodeBatch(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	for iter := range 1000 {
-		var batch []*pendingWrite
+		g := newWriteGroup(0)
 		var cmds []*metav1.Command
 		for range 1 + rng.IntN(6) {
 			key := fmt.Sprintf("k/%d", rng.IntN(1<<20))
@@ -150,7 +150,11 @@ func TestEncodeBatch(t *testing.T) {
 				op = &metav1.BatchOp{Op: &metav1.BatchOp_Put{Put: p}}
 				cmds = append(cmds, &metav1.Command{Op: &metav1.Command_Put{Put: p}})
 			}
-			batch = append(batch, &pendingWrite{op: op})
+			g.add(op)
+		}
+		batch := make([]*pendingWrite, len(g.writes))
+		for i := range g.writes {
+			batch[i] = &g.writes[i]
 		}
 		got := encodeBatch(batch)
 		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&metav1.Command{Op: &metav1.Command_Batch{Batch: &metav1.CommandBatch{Ops: cmds}}})

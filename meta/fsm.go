@@ -121,7 +121,6 @@ func (f *fsm) applyCommand(l *raft.Log, evs []*metav1.Event) (*applyResult, []*m
 		// Not in decodeBatch's form (e.g. an op that is not a put or a
 		// delete): decoded by proto, applied the same way.
 		ops := make([]writeOp, len(op.Batch.Ops))
-		bad := make([]bool, len(ops))
 		for i, c := range op.Batch.Ops {
 			switch x := c.Op.(type) {
 			case *metav1.Command_Put:
@@ -129,12 +128,12 @@ func (f *fsm) applyCommand(l *raft.Log, evs []*metav1.Event) (*applyResult, []*m
 			case *metav1.Command_Delete:
 				ops[i] = deleteWrite(x.Delete)
 			default:
-				bad[i] = true
+				ops[i].invalid = true
 			}
 		}
-		r, evs := f.applyBatch(ops, evs, bad...)
-		for i := range bad {
-			if bad[i] {
+		r, evs := f.applyBatch(ops, evs)
+		for i := range ops {
+			if ops[i].invalid {
 				r.batch[i].err = fmt.Errorf("%w: op %d of the batch at index %d is not a put or delete", ErrInvalid, i, l.Index)
 			}
 		}
@@ -145,13 +144,13 @@ func (f *fsm) applyCommand(l *raft.Log, evs []*metav1.Event) (*applyResult, []*m
 }
 
 // applyBatch applies the ops of a CommandBatch in order, each with its own
-// result: a failed CAS fails only itself. Ops marked in skip are not
-// applied (their result is the caller's to fill in).
-func (f *fsm) applyBatch(ops []writeOp, evs []*metav1.Event, skip ...bool) (*applyResult, []*metav1.Event) {
+// result: a failed CAS fails only itself. An invalid op is not applied
+// (its error is the caller's to fill in).
+func (f *fsm) applyBatch(ops []writeOp, evs []*metav1.Event) (*applyResult, []*metav1.Event) {
 	r := &applyResult{batch: make([]applyResult, len(ops))}
 	for i := range ops {
 		switch {
-		case len(skip) > i && skip[i]:
+		case ops[i].invalid:
 			r.batch[i].rev = f.rev
 		case ops[i].del:
 			evs = f.delete(ops[i], &r.batch[i], evs)

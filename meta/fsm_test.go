@@ -336,3 +336,35 @@ func TestLessor(t *testing.T) {
 		t.Fatalf("demoted lessor expired %v", ids)
 	}
 }
+
+// TestApplyBatchInvalidOp checks proto's fallback for a batch holding an op
+// that is neither a put nor a delete: that op fails with ErrInvalid and
+// changes nothing, and the writes around it are applied in order.
+func TestApplyBatchInvalidOp(t *testing.T) {
+	f := newFSM(16, nopHooks{})
+	ops := []*metav1.Command{
+		{Op: &metav1.Command_Put{Put: &metav1.PutRequest{Key: "a", Value: []byte("1")}}},
+		{Op: &metav1.Command_LeaseRevoke{LeaseRevoke: &metav1.LeaseRevokeOp{Id: 1}}},
+		{Op: &metav1.Command_Put{Put: &metav1.PutRequest{Key: "b", Value: []byte("2"), CheckVersion: true}}},
+	}
+	l := cmdLog(7, &metav1.Command{Op: &metav1.Command_Batch{Batch: &metav1.CommandBatch{Ops: ops}}})
+	if _, ok := decodeBatch(l.Data); ok {
+		t.Fatal("decodeBatch accepted a batch with a lease revoke")
+	}
+	r := f.Apply(l).(*applyResult)
+	if r.err != nil || len(r.batch) != 3 || r.rev != 2 {
+		t.Fatalf("result %+v, want 3 op results at revision 2", r)
+	}
+	if r.batch[0].err != nil || r.batch[0].kv.Version != 1 {
+		t.Fatalf("op 0: %+v", r.batch[0])
+	}
+	if !errors.Is(r.batch[1].err, ErrInvalid) || r.batch[1].rev != 1 || r.batch[1].kv != nil {
+		t.Fatalf("op 1: %+v, want ErrInvalid at revision 1", r.batch[1])
+	}
+	if r.batch[2].err != nil || r.batch[2].kv.Version != 2 {
+		t.Fatalf("op 2: %+v", r.batch[2])
+	}
+	if kv, rev := f.read("b"); kv == nil || string(kv.Value) != "2" || rev != 2 {
+		t.Fatalf("b = %v at %d", kv, rev)
+	}
+}

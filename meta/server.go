@@ -39,6 +39,7 @@ type Server struct {
 	metrics *serverMetrics
 
 	raft     *raft.Raft
+	raftMu   sync.RWMutex // held (read) while handing Raft a request: see toRaft
 	notifyCh chan bool
 	started  atomic.Bool
 	stopped  atomic.Bool
@@ -206,6 +207,10 @@ func (s *Server) Stop(ctx context.Context) error {
 		s.stream.closeConns() // end dials to peers that are down
 	}
 	if s.raft != nil {
+		// No request reaches Raft from now on (toRaft): wait for those
+		// being handed over.
+		s.raftMu.Lock()
+		s.raftMu.Unlock() //nolint:staticcheck // an empty critical section: a barrier
 		done := make(chan error, 1)
 		go func() { done <- s.raft.Shutdown().Error() }()
 		select {
@@ -282,7 +287,11 @@ func (s *Server) Snapshot() error {
 	if !s.started.Load() {
 		return ErrStopped
 	}
-	return s.futureErr(s.raft.Snapshot())
+	var f raft.Future
+	if !s.toRaft(func() { f = s.raft.Snapshot() }) {
+		return ErrStopped
+	}
+	return s.futureErr(f)
 }
 
 // Revision returns this node's current revision.
@@ -334,7 +343,11 @@ func (s *Server) leadershipLoop() {
 
 func (s *Server) promote(epoch uint64) {
 	defer s.wg.Done()
-	if err := s.futureErr(s.raft.Barrier(s.opts.ApplyTimeout)); err != nil {
+	var f raft.Future
+	if !s.toRaft(func() { f = s.raft.Barrier(s.opts.ApplyTimeout) }) {
+		return
+	}
+	if err := s.futureErr(f); err != nil {
 		if !errors.Is(err, ErrStopped) {
 			s.log.Warn("meta: leadership barrier failed", "err", err)
 		}
@@ -366,9 +379,13 @@ func (s *Server) leaseLoop() {
 			continue
 		}
 		futures := make([]raft.ApplyFuture, len(ids))
-		for i, id := range ids {
-			data, _ := proto.Marshal(&metav1.Command{Op: &metav1.Command_LeaseRevoke{LeaseRevoke: &metav1.LeaseRevokeOp{Id: id, Expired: true}}})
-			futures[i] = s.raft.Apply(data, s.opts.ApplyTimeout)
+		if !s.toRaft(func() {
+			for i, id := range ids {
+				data, _ := proto.Marshal(&metav1.Command{Op: &metav1.Command_LeaseRevoke{LeaseRevoke: &metav1.LeaseRevokeOp{Id: id, Expired: true}}})
+				futures[i] = s.raft.Apply(data, s.opts.ApplyTimeout)
+			}
+		}) {
+			return
 		}
 		for i, f := range futures {
 			if err := s.futureErr(f); err != nil {
@@ -461,7 +478,11 @@ func (s *Server) linearize() error {
 	if !s.ready.Load() {
 		return s.notLeader()
 	}
-	if err := s.futureErr(s.raft.VerifyLeader()); err != nil {
+	var f raft.Future
+	if !s.toRaft(func() { f = s.raft.VerifyLeader() }) {
+		return ErrStopped
+	}
+	if err := s.futureErr(f); err != nil {
 		if errors.Is(err, ErrStopped) {
 			return err
 		}
@@ -470,11 +491,29 @@ func (s *Server) linearize() error {
 	return nil
 }
 
+// toRaft runs hand, which hands Raft a request (Apply, Barrier,
+// VerifyLeader, Snapshot), unless the server is stopping; it reports
+// whether it ran. Stop shuts Raft down only after the requests being handed
+// over: Raft never resolves a request handed to it after it shut down (its
+// request channels are buffered, and a send may win over the shutdown), so
+// a wait on one — futureErr's goroutine, a proposal's — would never end.
+func (s *Server) toRaft(hand func()) bool {
+	s.raftMu.RLock()
+	defer s.raftMu.RUnlock()
+	if s.stopped.Load() {
+		return false
+	}
+	hand()
+	return true
+}
+
 // futureErr waits for a Raft future, or returns ErrStopped once the server
 // stops: Raft never resolves a future still queued (in its apply channel,
 // or committed but not yet handed to the FSM) when it shuts down, and Stop
 // waits for the goroutines that wait here. The goroutine left waiting then
-// ends if Raft ever resolves the future.
+// ends if Raft ever resolves the future (toRaft keeps requests from
+// reaching a Raft that has shut down; one still queued when it shuts down
+// is left).
 func (s *Server) futureErr(f raft.Future) error {
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()
@@ -516,7 +555,10 @@ func (s *Server) apply(ctx context.Context, cmd *metav1.Command) (*applyResult, 
 		timeout = max(time.Until(dl), time.Millisecond)
 	}
 	start := time.Now()
-	f := s.raft.Apply(data, timeout)
+	var f raft.ApplyFuture
+	if !s.toRaft(func() { f = s.raft.Apply(data, timeout) }) {
+		return nil, ErrStopped
+	}
 	if err := s.futureErr(f); err != nil {
 		if errors.Is(err, ErrStopped) {
 			return nil, fmt.Errorf("%w: server stopped with the write pending", ErrAmbiguous)

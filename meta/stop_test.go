@@ -3,10 +3,15 @@ package meta
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	metav1 "github.com/quiremq/quire/internal/proto/meta/v1"
 )
 
 // stopNode stops node i and fails the test if Stop does not return: Stop
@@ -114,5 +119,139 @@ func TestFutureErrStop(t *testing.T) {
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("futureErr did not return after Stop")
+	}
+}
+
+// metaGoroutines returns the stacks of the goroutines running code of this
+// package (test code aside).
+func metaGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var left []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "quire/meta.") && !strings.Contains(g, "quire/meta.Test") && !strings.Contains(g, "_test.go") {
+			left = append(left, g)
+		}
+	}
+	return left
+}
+
+// TestStopLeavesNoGoroutines runs every kind of request on a cluster —
+// writes (batched, forwarded), linearizable and stale reads, watches,
+// leases — then stops it: no goroutine of the package may be left running.
+func TestStopLeavesNoGoroutines(t *testing.T) {
+	c := newTestCluster(t, 3, grpcTransport, false, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lead, fol := c.nodes[c.leader()].srv, c.nodes[c.follower()].srv
+	cl := c.client()
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	watch := lead.Watch(wctx, "k/", 0)
+	fwatch := fol.Watch(ctx, "k/", 0) // ends with the node
+	id, err := lead.Grant(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, kv := range []KV{lead, fol, cl} {
+		if _, err := kv.Put(ctx, fmt.Sprintf("k/%d", i), []byte("v"), WithLease(id)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Get(ctx, fmt.Sprintf("k/%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Get(ctx, "k/0", Stale()); err != nil && !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+		if _, err := kv.KeepAlive(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Delete(ctx, fmt.Sprintf("k/%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for r := range watch {
+		if r.Err != nil {
+			t.Fatalf("watch: %v", r.Err)
+		}
+		if len(r.Events) > 0 {
+			break
+		}
+	}
+	wcancel()
+	for range watch {
+	}
+	if _, err := fol.Grant(ctx, time.Minute); err != nil { // forwarded
+		t.Fatal(err)
+	}
+	if _, err := fol.List(ctx, "k/", ListOptions{}); err != nil { // forwarded
+		t.Fatal(err)
+	}
+	cwatch := cl.Watch(ctx, "k/", 1) // the gRPC Watch
+	for r := range cwatch {
+		if r.Err != nil {
+			t.Fatalf("client watch: %v", r.Err)
+		}
+		if len(r.Events) > 0 {
+			break
+		}
+	}
+	cl.Close()
+	// The gRPC servers keep running (a node stops meta before its gRPC
+	// server): Stop itself must end the package's goroutines.
+	for _, nd := range c.nodes {
+		sctx, scancel := context.WithTimeout(context.Background(), 20*time.Second)
+		if err := nd.srv.Stop(sctx); err != nil {
+			t.Fatalf("node %d: %v", nd.id, err)
+		}
+		scancel()
+	}
+	for range fwatch {
+	}
+	cancel() // ends the client's watch
+	// The leader's requests to Raft after Stop (a read barrier, a
+	// proposal, a command, a snapshot) must not reach it: Raft might take
+	// them into a queue it never serves again, and their waits would never
+	// end. Each fails with ErrStopped, as not proposed.
+	ls := lead
+	for range 32 {
+		if err := ls.linearize(); !errors.Is(err, ErrStopped) {
+			t.Fatalf("linearize after Stop: %v", err)
+		}
+		if _, err := ls.apply(context.Background(), &metav1.Command{Op: &metav1.Command_LeaseGrant{LeaseGrant: &metav1.LeaseGrantOp{TtlMs: 1000}}}); !errors.Is(err, ErrStopped) || errors.Is(err, ErrAmbiguous) {
+			t.Fatalf("apply after Stop: %v", err)
+		}
+		g := newWriteGroup(1)
+		g.add(&metav1.BatchOp{Op: &metav1.BatchOp_Put{Put: &metav1.PutRequest{Key: "late"}}})
+		ls.batcher.slots <- struct{}{}
+		ls.batcher.propose([]*pendingWrite{&g.writes[0]})
+		g.wait(ls.stopCh)
+		if _, err := g.writes[0].result(); !errors.Is(err, ErrStopped) || errors.Is(err, ErrAmbiguous) {
+			t.Fatalf("proposal after Stop: %v", err)
+		}
+	}
+	if err := ls.Snapshot(); !errors.Is(err, ErrStopped) {
+		t.Fatalf("Snapshot after Stop: %v", err)
+	}
+	for range cwatch {
+	}
+	// Stop waits for the goroutines it owns; others end soon after.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := metaGoroutines()
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines of the package left after Stop:\n%s", len(left), strings.Join(left, "\n\n"))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
