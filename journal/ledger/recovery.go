@@ -337,24 +337,14 @@ func (r *Recovery) AddResult(b BookieID, e int64, st Status) []Effect {
 func (r *Recovery) replace(b BookieID) ([]Effect, bool) {
 	last := r.wmd.Fragments[len(r.wmd.Fragments)-1]
 	i := slices.Index(last.Bookies, b)
-	rep := ""
-	for _, c := range r.available {
-		if !slices.Contains(last.Bookies, c) && !r.failed[c] {
-			rep = c
-			break
-		}
-	}
+	rep := pickReplacement(r.available, last.Bookies, r.failed, 0)
 	if i < 0 || rep == "" {
 		return nil, false
 	}
 	r.failed[b] = true
 	ens := slices.Clone(last.Bookies)
 	ens[i] = rep
-	if first := r.wlac + 1; last.FirstEntry == first {
-		r.wmd.Fragments[len(r.wmd.Fragments)-1].Bookies = ens
-	} else {
-		r.wmd.Fragments = append(r.wmd.Fragments, Fragment{FirstEntry: first, Bookies: ens})
-	}
+	r.wmd.setLastFragment(r.wlac+1, ens)
 	var out []Effect
 	for e := r.wlac + 1; e < r.decided; e++ {
 		w := r.wb[e]

@@ -1,6 +1,9 @@
 package ledger
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 // CanReplace says whether one more failed bookie of the ensemble could be
 // replaced: it needs an available bookie outside the ensemble, never
@@ -33,5 +36,27 @@ func TestCanReplace(t *testing.T) {
 		if got := w.CanReplace(); got != s.want {
 			t.Fatalf("%s: CanReplace %v, want %v (%s)", s.what, got, s.want, w)
 		}
+	}
+}
+
+// pickReplacement takes the first available bookie outside the ensemble
+// that never failed (skipping skip of them), and setLastFragment rewrites
+// a last fragment that holds no entry yet instead of appending one.
+func TestPickReplacementAndSetLastFragment(t *testing.T) {
+	ens := []BookieID{"b1", "b2", "b3"}
+	failed := map[BookieID]bool{"b4": true}
+	avail := []BookieID{"b2", "b4", "b5", "b1", "b6"}
+	for skip, want := range []BookieID{"b5", "b6", ""} {
+		if got := pickReplacement(avail, ens, failed, skip); got != want {
+			t.Errorf("skip %d: %q, want %q", skip, got, want)
+		}
+	}
+	md := Metadata{Fragments: []Fragment{{0, ens}}}
+	md.setLastFragment(5, []BookieID{"b1", "b5", "b3"})
+	md.setLastFragment(5, []BookieID{"b6", "b5", "b3"})
+	md.setLastFragment(9, []BookieID{"b6", "b5", "b7"})
+	want := "[{0 [b1 b2 b3]} {5 [b6 b5 b3]} {9 [b6 b5 b7]}]"
+	if got := fmt.Sprint(md.Fragments); got != want {
+		t.Errorf("fragments %s, want %s", got, want)
 	}
 }

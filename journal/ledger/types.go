@@ -3,6 +3,7 @@ package ledger
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -108,6 +109,34 @@ func (m *Metadata) InWriteSet(e int64, b BookieID) bool {
 		}
 	}
 	return false
+}
+
+// setLastFragment makes ens the ensemble of the entries from first on (an
+// ensemble change): the last fragment is rewritten when it starts at first
+// (it holds no entry yet), else a fragment from first is appended.
+func (m *Metadata) setLastFragment(first int64, ens []BookieID) {
+	if last := &m.Fragments[len(m.Fragments)-1]; last.FirstEntry == first {
+		last.Bookies = ens
+	} else {
+		m.Fragments = append(m.Fragments, Fragment{FirstEntry: first, Bookies: ens})
+	}
+}
+
+// pickReplacement returns a bookie to replace a failed one of ensemble
+// ens: the first of available (in order of preference) that is not in ens
+// and never failed — or, with skip > 0, the next after skipping skip such
+// bookies (CanReplace asks for one beyond those its failed bookies take).
+// "" when there is none.
+func pickReplacement(available, ens []BookieID, failed map[BookieID]bool, skip int) BookieID {
+	for _, c := range available {
+		if !slices.Contains(ens, c) && !failed[c] {
+			if skip == 0 {
+				return c
+			}
+			skip--
+		}
+	}
+	return ""
 }
 
 // String formats m as the scenario scripts print it.

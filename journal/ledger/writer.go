@@ -224,20 +224,13 @@ func (w *Writer) Stalled() bool {
 // fail it when it could not be replaced anyway.
 func (w *Writer) CanReplace() bool {
 	ens := w.ensemble()
-	need := 1
+	failed := 0
 	for _, b := range ens {
 		if w.failed[b] {
-			need++
+			failed++
 		}
 	}
-	for _, c := range w.available {
-		if !slices.Contains(ens, c) && !w.failed[c] {
-			if need--; need == 0 {
-				return true
-			}
-		}
-	}
-	return false
+	return pickReplacement(w.available, ens, w.failed, failed) != ""
 }
 
 // startChange proposes a new last fragment from LAC+1 in which every
@@ -250,25 +243,14 @@ func (w *Writer) startChange(out []Effect) []Effect {
 		if !w.failed[b] {
 			continue
 		}
-		r := ""
-		for _, c := range w.available {
-			if !slices.Contains(ens, c) && !w.failed[c] {
-				r = c
-				break
-			}
-		}
+		r := pickReplacement(w.available, ens, w.failed, 0)
 		if r == "" {
 			return out // stalled
 		}
 		ens[i] = r
 	}
 	nm := w.md.Clone()
-	first := w.lac + 1
-	if last := &nm.Fragments[len(nm.Fragments)-1]; last.FirstEntry == first {
-		last.Bookies = ens // the last fragment holds no entry yet: replace it
-	} else {
-		nm.Fragments = append(nm.Fragments, Fragment{FirstEntry: first, Bookies: ens})
-	}
+	nm.setLastFragment(w.lac+1, ens)
 	w.proposed, w.closing = &nm, false
 	w.restrict()
 	return append(out, CASMetadata{Expected: w.md.Version, New: nm})
