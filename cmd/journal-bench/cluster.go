@@ -134,7 +134,7 @@ func startBookie(dir, id string) (*localBookie, client.BookieInfo, error) {
 		return nil, client.BookieInfo{}, fmt.Errorf("bookie %s: %w", id, err)
 	}
 	lb := &localBookie{b: b, reg: reg, srv: bookierpc.NewServer(bookierpc.ServerOptions{Registerer: reg}),
-		gs: grpc.NewServer(grpc.MaxRecvMsgSize(bookierpc.MaxMessageSize))}
+		gs: grpc.NewServer(bookierpc.GRPCServerOptions()...)}
 	lb.srv.Attach(b)
 	journalv1.RegisterBookieServer(lb.gs, lb.srv)
 	go lb.gs.Serve(lis)

@@ -102,9 +102,13 @@ type Client struct {
 	log   *slog.Logger
 	pick  atomic.Uint64 // rotates ensemble placement
 
+	ctx    context.Context // ends on Close: the bookieConns stop
+	cancel context.CancelFunc
+
 	mu     sync.Mutex
 	addrs  map[string]string // bookie id → address, from the directory
 	conns  map[string]*bookierpc.Client
+	adds   map[string]*bookieConn // the shared add stream per bookie
 	closed bool
 }
 
@@ -114,16 +118,25 @@ func New(o Options) (*Client, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	return &Client{opts: o, store: schema.Store{KV: o.Meta}, log: o.Logger,
-		addrs: map[string]string{}, conns: map[string]*bookierpc.Client{}}, nil
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Client{opts: o, store: schema.Store{KV: o.Meta}, log: o.Logger, ctx: ctx, cancel: cancel,
+		addrs: map[string]string{}, conns: map[string]*bookierpc.Client{}, adds: map[string]*bookieConn{}}, nil
 }
 
 // Close closes the bookie connections. Writers and readers of the client
 // must be closed first.
 func (c *Client) Close() error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.closed = true
+	adds := c.adds
+	c.adds = map[string]*bookieConn{}
+	c.mu.Unlock()
+	c.cancel()
+	for _, bc := range adds {
+		<-bc.done
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var errs []error
 	for id, cc := range c.conns {
 		errs = append(errs, cc.Close())
@@ -180,6 +193,23 @@ func (c *Client) bookie(id string) (*bookierpc.Client, error) {
 	}
 	c.conns[id] = cc
 	return cc, nil
+}
+
+// addConn returns the shared add stream to bookie id, started on first
+// use; nil once the Client is closed.
+func (c *Client) addConn(id string) *bookieConn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	bc := c.adds[id]
+	if bc == nil {
+		bc = &bookieConn{c: c, bookie: id, ctx: c.ctx, notify: make(chan struct{}, 1), done: make(chan struct{})}
+		c.adds[id] = bc
+		go bc.run()
+	}
+	return bc
 }
 
 // bookieConnectParams is the bookie connections' reconnect backoff unless

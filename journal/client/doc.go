@@ -38,22 +38,27 @@
 // Options.MaxInflight unacknowledged, then it blocks), add answers, CAS
 // outcomes, directory refreshes (about once a second), Close and Abandon;
 // a ticker (Options.TickInterval) drives Tick (explicit LAC of an idle
-// writer) and add timeouts. Effects: SendAdd goes to the bookie's link — one
-// goroutine and one bookierpc AddStream per bookie, which sends in queue
-// order, whatever has queued since its last send in one AddBatch message
-// (up to bookierpc.MaxBatchBytes), and answers every add; a stream that
-// broke (or a bookie answering CLOSED, shutting down) is redialled with
-// backoff and the adds it left unanswered are resent on the new one (see
-// link for why that is safe); answers queue in the link
+// writer) and add timeouts. Effects: SendAdd goes to the writer's link to
+// the bookie, over the Client's one AddStream per bookie (bookieConn),
+// shared by all its writers and recoveries: one goroutine per bookie sends
+// in queue order whatever has queued since its last send, of any ledger, in
+// one packed AddBatch message (up to bookierpc.MaxBatchBytes), and routes
+// every answer back to its link (the add carries its link as its Tag); a
+// stream that broke (or a bookie answering CLOSED, shutting down) is
+// redialled with backoff and the adds it left unanswered are resent on the
+// new one (see bookieConn for why that is safe); answers queue in the link
 // and reach the loop as one event per burst (the link wakes the loop when
-// its queue stops being empty), not one per add; WriteLAC is a best-effort unary call; CASMetadata runs
+// its queue stops being empty), not one per add. An entry's CRC-32C is
+// computed once, by AppendAsync, for all its copies. WriteLAC is a
+// best-effort unary call; CASMetadata runs
 // schema.Store.CASLedger in a goroutine (on a version mismatch it reads the
 // ledger back; if what is stored equals what it wrote — an earlier attempt
 // whose answer was lost — it is a success; other meta errors are retried
 // with backoff); Acked and FailAdds complete Futures in entry order.
 //
 // Failures: a bookie's refusal other than FENCED (FAILED, TOO_LARGE,
-// CORRUPT, ...) is StatusUnknown: the link to that bookie is cut and the
+// CORRUPT, ...) is StatusUnknown: the link to that bookie is cut (its
+// adds not yet answered fail at once; the shared stream goes on) and the
 // machine replaces the bookie (ensemble change: new fragment from LAC+1,
 // CAS, resend). A link with adds unanswered for Options.AddTimeout (its
 // bookie unreachable, the link still redialling) is failed the same way

@@ -10,51 +10,65 @@ import (
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
 )
 
-// link pipelines one ledger handle's adds to one bookie over one
-// AddEntries stream. Its goroutine sends what the event loop queued, so
-// the loop never blocks on the network (bookierpc's Add blocks under flow
-// control); answers queue in the link, in the bookie's completion order,
-// and ready tells the owner when the queue goes from empty to not empty
-// (one wake-up for a burst of answers, not one per answer); the owner
-// drains it with take.
+// A bookieConn is the Client's one AddEntries stream to a bookie, shared
+// by every ledger writer and recovery of the Client that adds to it, as
+// BookKeeper shares one channel per bookie: adds of many ledgers travel in
+// one message. Its goroutine sends what the links queued, so no event loop
+// blocks on the network (bookierpc's AddBatch blocks under flow control),
+// and takes the whole queue at each turn: adds that arrive while it sends
+// go out together in the next message.
 //
 // A broken stream is not a failed bookie: when the stream cannot be opened
-// or ends (the bookie restarted, a connection dropped), the link redials
+// or ends (the bookie restarted, a connection dropped), the conn redials
 // with backoff and resends on the new stream every add the old one left
 // unanswered, as BookKeeper's per-bookie channel does; those adds get no
-// answer meanwhile, so the owner's add timeout (stuck) is what declares
-// the bookie failed. Resending to the same bookie is what the protocol
-// allows (checked against DESIGN.md's Journal section): a bookie's add is
-// idempotent for the same ledger, entry and payload (it journals it again
-// and rewrites the entry's index record, as replay does: journal/bookie
-// doc), and this writer resends the very bytes it sent, so no offset gets
-// two values; a bookie that comes back at the same id kept its data ("a
-// cookie per disk so a wiped bookie cannot silently rejoin"), and it acks
-// only after its journal is fsynced, so its acks count like any other and
-// an entry is still acknowledged only on Qa real acks; a fenced ledger
-// refuses the resent add (FENCED), which stops the writer. A bookie's own
-// refusal (a *StatusError: fenced, failed, too large...) is answered to
-// the owner at once, except STATUS_CLOSED (the bookie is shutting down),
-// which is treated like a broken stream.
-type link struct {
+// answer meanwhile, so each owner's add timeout (link.stuck) is what
+// declares the bookie failed. Resending to the same bookie is what the
+// protocol allows (checked against DESIGN.md's Journal section): a
+// bookie's add is idempotent for the same ledger, entry and payload (it
+// journals it again and rewrites the entry's index record, as replay does:
+// journal/bookie doc), and the writer resends the very bytes it sent, so
+// no offset gets two values; a bookie that comes back at the same id kept
+// its data ("a cookie per disk so a wiped bookie cannot silently rejoin"),
+// and it acks only after its journal is fsynced, so its acks count like any
+// other and an entry is still acknowledged only on Qa real acks; a fenced
+// ledger refuses the resent add (FENCED), which stops the writer. A
+// bookie's own refusal (a *StatusError: fenced, failed, too large...) is
+// answered to the owner at once, except STATUS_CLOSED (the bookie is
+// shutting down), which is treated like a broken stream.
+type bookieConn struct {
 	c      *Client
 	bookie string
-	ready  func(*link)
-	ctx    context.Context
-	cancel context.CancelFunc
+	ctx    context.Context // the Client's: ends on Client.Close
+	notify chan struct{}
 	done   chan struct{}
+
+	mu       sync.Mutex
+	queue    []bookierpc.Add // to send; Tag is the *link
+	stream   *bookierpc.AddStream
+	broken   bool // an add came back unanswered: redial
+	progress bool // an add was acknowledged since the last redial
+	stopped  bool // run returned: nothing more is sent
+}
+
+// link is one owner's (a ledger writer's or a recovery's) adds to one
+// bookie, over the Client's bookieConn to it. Answers queue in the link,
+// in the bookie's completion order, and ready tells the owner when the
+// queue goes from empty to not empty (one wake-up for a burst of answers,
+// not one per answer); the owner drains it with take.
+type link struct {
+	conn   *bookieConn // nil once the Client is closed: every add fails
+	bookie string
+	ready  func(*link)
 
 	rmu     sync.Mutex
 	results []linkResult
 
-	mu       sync.Mutex
-	queue    []bookierpc.Add
-	sent     map[uint64]bookierpc.Add // handed to the current stream, not answered yet
-	broken   bool                     // an add came back unanswered: redial
-	progress bool                     // an add was acknowledged since the last redial
-	stopped  bool                     // run returned: broken adds are answered, not resent
-	closing  bool
-	notify   chan struct{}
+	// Guarded by conn.mu.
+	n       int           // adds handed to the conn and not yet answered to the owner
+	cut     bool          // aborted: nothing more is sent, answers are failures
+	closing bool          // close: answer the rest, never wait for a redial
+	idle    chan struct{} // closed once closing and n is 0
 
 	// Loop-owned bookkeeping for add timeouts.
 	outstanding int
@@ -69,11 +83,7 @@ type linkResult struct {
 }
 
 func newLink(c *Client, bookie string, ready func(*link)) *link {
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &link{c: c, bookie: bookie, ready: ready, ctx: ctx, cancel: cancel,
-		done: make(chan struct{}), notify: make(chan struct{}, 1), sent: map[uint64]bookierpc.Add{}}
-	go l.run()
-	return l
+	return &link{conn: c.addConn(bookie), bookie: bookie, ready: ready, idle: make(chan struct{})}
 }
 
 // answer queues an add's answer and wakes the owner if it was idle.
@@ -95,12 +105,24 @@ func (l *link) send(a bookierpc.Add, now time.Time) {
 		l.since = now
 	}
 	l.outstanding++
-	l.mu.Lock()
-	wake := len(l.queue) == 0
-	l.queue = append(l.queue, a)
-	l.mu.Unlock()
+	bc := l.conn
+	if bc == nil {
+		l.answer(int64(a.Entry), ErrClosed)
+		return
+	}
+	a.Tag = l
+	bc.mu.Lock()
+	if bc.stopped || l.cut {
+		bc.mu.Unlock()
+		l.answer(int64(a.Entry), bc.stopErr())
+		return
+	}
+	l.n++
+	wake := len(bc.queue) == 0
+	bc.queue = append(bc.queue, a)
+	bc.mu.Unlock()
 	if wake { // see signal
-		signal(l.notify)
+		signal(bc.notify)
 	}
 }
 
@@ -118,18 +140,93 @@ func (l *link) stuck(now time.Time, d time.Duration) bool {
 	return l.outstanding > 0 && now.Sub(l.since) > d
 }
 
-// close sends what is queued, waits for every answer and ends the stream.
+// close waits for the answer to every add sent; adds the bookie cannot
+// take now (its stream is broken) fail instead of waiting for a redial.
 func (l *link) close() {
-	l.mu.Lock()
-	l.closing = true
-	l.mu.Unlock()
-	signal(l.notify)
-	<-l.done
+	bc := l.conn
+	if bc == nil {
+		return
+	}
+	bc.mu.Lock()
+	if !l.closing {
+		l.closing = true
+		if l.n == 0 {
+			close(l.idle)
+		}
+	}
+	bc.mu.Unlock()
+	signal(bc.notify) // fails what is queued if the conn is down
+	select {
+	case <-l.idle:
+	case <-bc.done:
+	}
 }
 
-// abort ends the stream at once: adds not yet answered are reported
-// failed.
-func (l *link) abort() { l.cancel() }
+// abort ends the link at once: adds not yet answered are reported failed
+// (what the bookie answers for them later is dropped), and the conn sends
+// no more of them.
+func (l *link) abort() {
+	bc := l.conn
+	if bc == nil {
+		return
+	}
+	bc.mu.Lock()
+	if l.cut {
+		bc.mu.Unlock()
+		return
+	}
+	l.cut = true
+	var left []bookierpc.Add
+	bc.queue, left = withdraw(bc.queue, l, left)
+	s := bc.stream
+	bc.mu.Unlock()
+	if s != nil {
+		left = s.Withdraw(func(a *bookierpc.Add) bool { return a.Tag == l }, left)
+	}
+	bc.fail(left, context.Canceled)
+}
+
+// withdraw moves the adds of l from q to into.
+func withdraw(q []bookierpc.Add, l *link, into []bookierpc.Add) (rest, _ []bookierpc.Add) {
+	rest = q[:0]
+	for _, a := range q {
+		if a.Tag == l {
+			into = append(into, a)
+		} else {
+			rest = append(rest, a)
+		}
+	}
+	clear(q[len(rest):])
+	return rest, into
+}
+
+// fail answers adds, which no one else will answer, with err.
+func (bc *bookieConn) fail(adds []bookierpc.Add, err error) {
+	for _, a := range adds {
+		l := a.Tag.(*link)
+		bc.mu.Lock()
+		l.settle()
+		bc.mu.Unlock()
+		l.answer(int64(a.Entry), err)
+	}
+}
+
+// settle counts one of l's adds answered; conn.mu is held.
+func (l *link) settle() {
+	l.n--
+	if l.n == 0 && l.closing {
+		close(l.idle)
+	}
+}
+
+// stopErr is what an add fails with once the conn stopped (the Client is
+// closed) or its link was cut.
+func (bc *bookieConn) stopErr() error {
+	if bc.ctx.Err() != nil {
+		return ErrClosed
+	}
+	return context.Canceled
+}
 
 // transient reports whether err is no answer from a bookie that may come
 // back (a transport error, or the bookie shutting down), rather than its
@@ -143,27 +240,31 @@ func transient(err error) bool {
 }
 
 // result is the stream's answer to an add: a transient failure puts the
-// add back in the queue for the next stream (unless the link is ending);
-// anything else goes to the owner.
-func (l *link) result(r bookierpc.AddResult) {
-	l.mu.Lock()
-	a, ok := l.sent[r.Entry]
-	delete(l.sent, r.Entry)
-	if ok && r.Err != nil && transient(r.Err) && !l.stopped && l.ctx.Err() == nil {
-		l.queue = append(l.queue, a)
-		l.broken = true
-		l.mu.Unlock()
-		signal(l.notify)
+// add back in the queue for the next stream (unless its link is closing or
+// the conn stopping); anything else goes to the owner, as a failure if the
+// link was cut meanwhile.
+func (bc *bookieConn) result(r bookierpc.AddResult) {
+	l := r.Tag.(*link)
+	err := r.Err
+	bc.mu.Lock()
+	switch {
+	case l.cut:
+		err = context.Canceled
+	case err != nil && transient(err) && !l.closing && !bc.stopped && bc.ctx.Err() == nil:
+		bc.queue = append(bc.queue, r.Add)
+		bc.broken = true
+		bc.mu.Unlock()
+		signal(bc.notify)
 		return
+	case err == nil:
+		bc.progress = true
 	}
-	if r.Err == nil {
-		l.progress = true
-	}
-	l.mu.Unlock()
-	l.answer(int64(r.Entry), r.Err)
+	l.settle()
+	bc.mu.Unlock()
+	l.answer(int64(r.Entry), err)
 }
 
-// Redial backoff of a link whose stream broke: from minRedial, doubling up
+// Redial backoff of a conn whose stream broke: from minRedial, doubling up
 // to maxRedial, back to minRedial once an add is acknowledged. (The gRPC
 // connection has its own reconnect backoff, bookieConnectParams.)
 const (
@@ -171,27 +272,19 @@ const (
 	maxRedial = 500 * time.Millisecond
 )
 
-func (l *link) run() {
+func (bc *bookieConn) run() {
 	var s *bookierpc.AddStream
 	defer func() {
 		if s != nil {
-			s.Close()
+			s.Abort() // the Client is closing: its adds fail (stopped)
 		}
-		// Whatever is still queued (the link was cut, or closed while
-		// its bookie was unreachable) fails.
-		l.mu.Lock()
-		l.stopped = true
-		left := l.queue
-		l.queue = nil
-		l.mu.Unlock()
-		err := l.ctx.Err()
-		if err == nil {
-			err = bookierpc.ErrStreamClosed
-		}
-		for _, a := range left {
-			l.answer(int64(a.Entry), err)
-		}
-		close(l.done)
+		bc.mu.Lock()
+		bc.stopped = true
+		left := bc.queue
+		bc.queue, bc.stream = nil, nil
+		bc.mu.Unlock()
+		bc.fail(left, ErrClosed)
+		close(bc.done)
 	}()
 	var (
 		batch []bookierpc.Add
@@ -199,36 +292,41 @@ func (l *link) run() {
 		delay time.Duration
 		down  bool // the stream broke and no add went out on a new one yet
 	)
+	setStream := func(ns *bookierpc.AddStream) {
+		bc.mu.Lock()
+		bc.stream = ns
+		bc.mu.Unlock()
+	}
 	for {
 		select {
-		case <-l.notify:
+		case <-bc.notify:
 		case <-wait:
 			wait = nil
-		case <-l.ctx.Done():
+		case <-bc.ctx.Done():
 		}
-		if l.ctx.Err() != nil {
+		if bc.ctx.Err() != nil {
 			return
 		}
-		l.mu.Lock()
-		closing := l.closing
-		if wait != nil && !closing {
-			l.mu.Unlock()
-			continue // more to send, but still backing off
+		if wait != nil {
+			bc.failClosing() // more to send, but still backing off
+			continue
 		}
-		broken := l.broken
-		l.broken = false
-		if l.progress {
-			l.progress, delay = false, 0
+		bc.mu.Lock()
+		broken := bc.broken
+		bc.broken = false
+		if bc.progress {
+			bc.progress, delay = false, 0
 		}
-		batch = append(batch[:0], l.queue...)
-		clear(l.queue)
-		l.queue = l.queue[:0]
-		l.mu.Unlock()
+		batch = append(batch[:0], bc.queue...)
+		clear(bc.queue)
+		bc.queue = bc.queue[:0]
+		bc.mu.Unlock()
 		if s != nil && (broken || ended(s)) {
-			if !down && !l.c.isClosed() { // a closing Client cuts its streams: no news
-				l.c.log.Info("journal/client: bookie add stream broke, reconnecting", "bookie", l.bookie, "err", s.Err())
+			if !down && !bc.c.isClosed() { // a closing Client cuts its streams: no news
+				bc.c.log.Info("journal/client: bookie add stream broke, reconnecting", "bookie", bc.bookie, "err", s.Err())
 				down = true
 			}
+			setStream(nil)
 			s.Abort() // every add it held was answered or queued again
 			s = nil
 		}
@@ -236,66 +334,107 @@ func (l *link) run() {
 		for rest := batch; len(rest) > 0; {
 			if s == nil {
 				var err error
-				if s, err = l.open(); err != nil {
+				if s, err = bc.open(); err != nil {
 					s = nil
 					if errors.Is(err, ErrClosed) { // the Client is closed: no redial
-						for _, a := range rest {
-							l.answer(int64(a.Entry), err)
-						}
+						bc.fail(rest, err)
 						break
 					}
-					l.requeue(rest)
+					bc.requeue(rest)
 					failed = true
-					l.c.log.Debug("journal/client: bookie link: cannot open the add stream, retrying", "bookie", l.bookie, "err", err, "in", delay)
+					bc.c.log.Debug("journal/client: bookie link: cannot open the add stream, retrying", "bookie", bc.bookie, "err", err, "in", delay)
 					break
 				}
+				setStream(s)
 			}
 			n := chunk(rest)
-			l.mu.Lock()
-			for _, a := range rest[:n] {
-				l.sent[a.Entry] = a
-			}
-			l.mu.Unlock()
 			if err := s.AddBatch(rest[:n]); err != nil {
 				// Not sent, and no answer will come for them.
-				l.mu.Lock()
-				for _, a := range rest[:n] {
-					delete(l.sent, a.Entry)
-				}
-				l.mu.Unlock()
-				l.requeue(rest)
+				bc.requeue(rest)
 				failed = true
+				setStream(nil)
 				s.Abort()
 				s = nil
 				break
 			}
 			rest = rest[n:]
 		}
+		if s != nil && len(batch) > 0 {
+			bc.withdrawCut(s, batch)
+		}
 		if down && !failed && s != nil && len(batch) > 0 {
-			l.c.log.Info("journal/client: bookie link reconnected", "bookie", l.bookie, "sent", len(batch))
+			bc.c.log.Info("journal/client: bookie link reconnected", "bookie", bc.bookie, "sent", len(batch))
 			down = false
 		}
 		clear(batch)
 		if failed || broken {
 			down = down || failed
-			if closing {
-				return // Close with adds the bookie never took: they fail
-			}
+			bc.failClosing()
 			wait = time.After(delay)
 			delay = min(max(2*delay, minRedial), maxRedial)
-			continue
-		}
-		if closing {
-			return
 		}
 	}
 }
 
-// requeue puts adds that were not sent back at the head of the queue.
-func (l *link) requeue(adds []bookierpc.Add) {
-	l.mu.Lock()
-	l.queue = append(append(make([]bookierpc.Add, 0, len(adds)+len(l.queue)), adds...), l.queue...)
-	l.mu.Unlock()
+// withdrawCut takes back from s the adds of batch whose link was cut while
+// the batch was being sent (abort withdrew what s held before).
+func (bc *bookieConn) withdrawCut(s *bookierpc.AddStream, batch []bookierpc.Add) {
+	bc.mu.Lock()
+	cut := false
+	for _, a := range batch {
+		if a.Tag.(*link).cut {
+			cut = true
+			break
+		}
+	}
+	bc.mu.Unlock()
+	if !cut {
+		return
+	}
+	left := s.Withdraw(func(a *bookierpc.Add) bool {
+		bc.mu.Lock()
+		defer bc.mu.Unlock()
+		return a.Tag.(*link).cut
+	}, nil)
+	bc.fail(left, context.Canceled)
+}
+
+// failClosing fails the queued adds of closing links: with the stream
+// down, close does not wait for a redial ("Close with adds the bookie
+// never took: they fail").
+func (bc *bookieConn) failClosing() {
+	bc.mu.Lock()
+	var left []bookierpc.Add
+	rest := bc.queue[:0]
+	for _, a := range bc.queue {
+		if a.Tag.(*link).closing {
+			left = append(left, a)
+		} else {
+			rest = append(rest, a)
+		}
+	}
+	clear(bc.queue[len(rest):])
+	bc.queue = rest
+	bc.mu.Unlock()
+	bc.fail(left, bookierpc.ErrStreamClosed)
+}
+
+// requeue puts adds that were not sent back at the head of the queue,
+// except those of links cut meanwhile, which fail.
+func (bc *bookieConn) requeue(adds []bookierpc.Add) {
+	var cut []bookierpc.Add
+	bc.mu.Lock()
+	q := make([]bookierpc.Add, 0, len(adds)+len(bc.queue))
+	for _, a := range adds {
+		if a.Tag.(*link).cut {
+			cut = append(cut, a)
+		} else {
+			q = append(q, a)
+		}
+	}
+	bc.queue = append(q, bc.queue...)
+	bc.mu.Unlock()
+	bc.fail(cut, context.Canceled)
 }
 
 // ended reports whether s has ended (every add it held was answered).
@@ -325,10 +464,10 @@ func chunk(adds []bookierpc.Add) int {
 	return n
 }
 
-func (l *link) open() (*bookierpc.AddStream, error) {
-	cc, err := l.c.bookie(l.bookie)
+func (bc *bookieConn) open() (*bookierpc.AddStream, error) {
+	cc, err := bc.c.bookie(bc.bookie)
 	if err != nil {
 		return nil, err
 	}
-	return cc.AddStream(l.ctx, l.result)
+	return cc.AddStream(bc.ctx, bc.result)
 }

@@ -23,6 +23,7 @@ type Future struct {
 	entry int64
 	err   error
 	data  []byte // the append's data until the loop takes it (evAdd)
+	crc   uint32 // CRC-32C of the data: once per entry, not per copy
 }
 
 // Done is closed once the append is acknowledged or failed.
@@ -145,7 +146,7 @@ func (w *LedgerWriter) AppendAsync(ctx context.Context, data []byte) (*Future, e
 	case <-w.exited:
 		return nil, w.exitErr()
 	}
-	f := &Future{done: make(chan struct{}), entry: -1, data: data}
+	f := &Future{done: make(chan struct{}), entry: -1, data: data, crc: bookierpc.CRC32C(data)}
 	if !w.box.push(evAdd{f}) {
 		<-w.sem
 		return nil, w.exitErr()
@@ -389,6 +390,15 @@ func (w *LedgerWriter) tick(now time.Time) {
 	}
 }
 
+// crcOf returns the CRC-32C of a pending entry's data, computed when it
+// was appended, or 0 (computed when sent) for an entry not pending.
+func (w *LedgerWriter) crcOf(e int64) uint32 {
+	if i := e - w.base; i >= 0 && i < int64(len(w.futs)) && w.futs[i] != nil {
+		return w.futs[i].crc
+	}
+	return 0
+}
+
 func (w *LedgerWriter) linkTo(b string) *link {
 	l := w.links[b]
 	if l == nil {
@@ -402,7 +412,8 @@ func (w *LedgerWriter) exec(effs []ledger.Effect, now time.Time) {
 	for _, eff := range effs {
 		switch e := eff.(type) {
 		case ledger.SendAdd:
-			w.linkTo(e.Bookie).send(bookierpc.Add{Ledger: w.id, Entry: uint64(e.Entry), LAC: e.LAC, Payload: e.Data, Recovery: e.Recovery}, now)
+			w.linkTo(e.Bookie).send(bookierpc.Add{Ledger: w.id, Entry: uint64(e.Entry), LAC: e.LAC, Payload: e.Data,
+				CRC32C: w.crcOf(e.Entry), Recovery: e.Recovery}, now)
 		case ledger.WriteLAC:
 			go func() {
 				cc, err := w.c.bookie(e.Bookie)

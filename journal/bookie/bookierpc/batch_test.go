@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -62,11 +63,9 @@ func TestAddBatch(t *testing.T) {
 	}
 }
 
-// A raw batched request is handled add by add: a bad CRC in the middle
-// fails only that add, a fenced ledger fails only its adds, and the
-// answers (batched or not) cover every add once. A batch nested in a
-// batched add is refused with InvalidArgument.
-func TestAddBatchWire(t *testing.T) {
+// wireRig is a rig with ledger 9 fenced, its raw gRPC client and an open
+// AddEntries stream.
+func wireRig(t *testing.T) (*rig, journalv1.BookieClient, grpc.BidiStreamingClient[journalv1.AddRequest, journalv1.AddResponse]) {
 	r := newRig(t, ServerOptions{})
 	if _, err := r.b.Fence(9); err != nil {
 		t.Fatal(err)
@@ -76,6 +75,30 @@ func TestAddBatchWire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r, rpc, st
+}
+
+// recvAll receives the stream's messages until its clean end.
+func recvAll(t *testing.T, st grpc.BidiStreamingClient[journalv1.AddRequest, journalv1.AddResponse]) []*journalv1.AddResponse {
+	var all []*journalv1.AddResponse
+	for {
+		resp, err := st.Recv()
+		if err == io.EOF {
+			return all
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, resp)
+	}
+}
+
+// A raw batched request is handled add by add: a bad CRC in the middle
+// fails only that add, a fenced ledger fails only its adds, and the
+// answers (batched or not) cover every add once. A batch nested in a
+// batched add is refused with InvalidArgument.
+func TestAddBatchWire(t *testing.T) {
+	r, rpc, st := wireRig(t)
 	req := func(l, e uint64, bad bool) *journalv1.AddRequest {
 		p := payloadFor(l, e)
 		crc := CRC32C(p)
@@ -92,14 +115,7 @@ func TestAddBatchWire(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[[2]uint64]journalv1.Status{}
-	for {
-		resp, err := st.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, resp := range recvAll(t, st) {
 		rs := resp.Batch
 		if len(rs) == 0 {
 			rs = []*journalv1.AddResponse{resp}
@@ -128,7 +144,7 @@ func TestAddBatchWire(t *testing.T) {
 		t.Errorf("the bad-CRC add was stored: %v", err)
 	}
 
-	st, err = rpc.AddEntries(context.Background())
+	st, err := rpc.AddEntries(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,5 +154,91 @@ func TestAddBatchWire(t *testing.T) {
 	}
 	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("nested batch: %v, want InvalidArgument", err)
+	}
+}
+
+// Packed adds (AddRequest.packed) are numbered with every other add of the
+// stream in arrival order and answered packed with that number: here a
+// single add (number 0, answered unpacked), then a packed message of four
+// (1..4: OK, BAD_CRC, FENCED, a recovery add to the fenced ledger OK), each
+// answered exactly once. A truncated packed add ends the stream with
+// InvalidArgument.
+func TestAddPackedWire(t *testing.T) {
+	r, rpc, st := wireRig(t)
+	p := payloadFor(1, 0)
+	if err := st.Send(&journalv1.AddRequest{Ledger: 1, Entry: 0, Lac: -1, Payload: p, Crc32C: CRC32C(p)}); err != nil {
+		t.Fatal(err)
+	}
+	var buf []byte
+	for _, a := range []struct {
+		add Add
+		bad bool
+	}{{Add{Ledger: 1, Entry: 1, LAC: 0}, false}, {Add{Ledger: 1, Entry: 2, LAC: 0}, true},
+		{Add{Ledger: 9, Entry: 0, LAC: -1}, false}, {Add{Ledger: 9, Entry: 1, LAC: -1, Recovery: true}, false}} {
+		a.add.Payload = payloadFor(a.add.Ledger, a.add.Entry)
+		crc := CRC32C(a.add.Payload)
+		if a.bad {
+			crc ^= 1
+		}
+		buf = appendPackedAdd(buf, &a.add, crc)
+	}
+	if err := st.Send(&journalv1.AddRequest{Packed: buf}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	type key struct{ seq, ledger, entry uint64 }
+	got := map[key]journalv1.Status{}
+	for _, resp := range recvAll(t, st) {
+		if len(resp.Packed) == 0 {
+			got[key{0, resp.Ledger, resp.Entry}] = resp.Status
+			continue
+		}
+		for b := resp.Packed; len(b) > 0; {
+			var a packedAnswer
+			var err error
+			if a, b, err = nextPackedAnswer(b); err != nil {
+				t.Fatal(err)
+			}
+			k := key{a.seq, a.ledger, a.entry}
+			if _, dup := got[k]; dup {
+				t.Errorf("%v answered twice", k)
+			}
+			if (a.status == journalv1.Status_STATUS_OK) != (a.msg == "") {
+				t.Errorf("%v: status %v with message %q", k, a.status, a.msg)
+			}
+			got[k] = a.status
+		}
+	}
+	want := map[key]journalv1.Status{
+		{0, 1, 0}: journalv1.Status_STATUS_OK, {1, 1, 1}: journalv1.Status_STATUS_OK,
+		{2, 1, 2}: journalv1.Status_STATUS_BAD_CRC, {3, 9, 0}: journalv1.Status_STATUS_FENCED,
+		{4, 9, 1}: journalv1.Status_STATUS_OK,
+	}
+	if len(got) != len(want) {
+		t.Errorf("answers %v, want %v", got, want)
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%v: %v, want %v", k, got[k], w)
+		}
+	}
+	if data, err := r.b.ReadEntry(9, 1, false); err != nil || !bytes.Equal(data, payloadFor(9, 1)) {
+		t.Errorf("the packed recovery add: %q, %v", data, err)
+	}
+	if _, err := r.b.ReadEntry(1, 2, false); !errors.Is(err, bookie.ErrNoSuchEntry) {
+		t.Errorf("the bad-CRC add was stored: %v", err)
+	}
+
+	st, err := rpc.AddEntries(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&journalv1.AddRequest{Packed: buf[:len(buf)-1]}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("truncated packed add: %v, want InvalidArgument", err)
 	}
 }

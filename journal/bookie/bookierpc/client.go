@@ -29,12 +29,13 @@ type Client struct {
 }
 
 // Dial returns a client of the bookie at addr (HOST:PORT), over plaintext
-// gRPC unless opts say otherwise. The connection is made lazily.
+// gRPC unless opts say otherwise, with the transport settings of
+// GRPCServerOptions. The connection is made lazily.
 func Dial(addr string, opts ...grpc.DialOption) (*Client, error) {
-	opts = append([]grpc.DialOption{
+	opts = append(append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize)),
-	}, opts...)
+	}, dialOptions()...), opts...)
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("bookierpc: dial %s: %w", addr, err)
@@ -113,30 +114,37 @@ func (c *Client) DeleteLedger(ctx context.Context, ledger uint64) error {
 type Add struct {
 	Ledger, Entry uint64
 	// LAC is the writer's last add confirmed, piggybacked; -1 for none.
-	LAC      int64
-	Payload  []byte
+	LAC     int64
+	Payload []byte
+	// CRC32C is the CRC-32C of Payload when the caller has it (an entry
+	// sent to several bookies needs it once); 0 has AddBatch compute it.
+	CRC32C   uint32
 	Recovery bool
+	// Tag is the caller's own: not sent, handed back in the AddResult.
+	Tag any
 }
 
-// AddResult is the outcome of one Add: Err is nil once the bookie has
-// synced the entry, a *StatusError if the bookie refused it, or the
-// stream's error if the stream ended before the answer (the add may or may
-// not be stored: treat it like a timeout).
+// AddResult is the outcome of one Add, which it carries back: Err is nil
+// once the bookie has synced the entry, a *StatusError if the bookie
+// refused it, or the stream's error if the stream ended before the answer
+// (the add may or may not be stored: treat it like a timeout).
 type AddResult struct {
-	Ledger, Entry uint64
-	Err           error
+	Add
+	Err error
 }
 
 // ErrStreamClosed is returned by AddStream.Add after Close or once the
 // stream has ended.
 var ErrStreamClosed = errors.New("bookierpc: add stream closed")
 
-type addKey struct{ ledger, entry uint64 }
-
 // AddStream pipelines adds to one bookie over one AddEntries stream: Add
 // sends and returns without waiting, and done is called once per add, in
 // the order the bookie completes them. Add blocks only when the bookie
 // holds as many bytes of this stream as it allows (flow control).
+//
+// Adds travel packed (AddRequest.packed). The server numbers a stream's
+// adds in the order it receives them and answers with that number, so the
+// adds not yet answered are a window indexed by it (pending), not a map.
 type AddStream struct {
 	stream grpc.BidiStreamingClient[journalv1.AddRequest, journalv1.AddResponse]
 	cancel context.CancelFunc
@@ -144,13 +152,21 @@ type AddStream struct {
 
 	sendMu sync.Mutex // serializes Send and CloseSend
 	closed bool       // CloseSend called; guarded by sendMu
+	buf    []byte     // the packed adds being sent; guarded by sendMu
 
-	mu          sync.Mutex
-	outstanding map[addKey]int // adds sent and not yet answered
-	n           int
-	ended       bool
-	err         error // why the stream ended; nil after a clean end
-	recvDone    chan struct{}
+	mu       sync.Mutex
+	pending  []slot // adds numbered base, base+1, ...; answered ones until the front is
+	base     uint64
+	n        int // adds in pending not yet answered
+	ended    bool
+	err      error // why the stream ended; nil after a clean end
+	recvDone chan struct{}
+}
+
+// slot is one add sent on a stream, answered or not.
+type slot struct {
+	add      Add
+	answered bool
 }
 
 // AddStream opens an AddEntries stream. done is called for every add that
@@ -164,7 +180,7 @@ func (c *Client) AddStream(ctx context.Context, done func(AddResult)) (*AddStrea
 		cancel()
 		return nil, err
 	}
-	s := &AddStream{stream: st, cancel: cancel, done: done, outstanding: map[addKey]int{}, recvDone: make(chan struct{})}
+	s := &AddStream{stream: st, cancel: cancel, done: done, recvDone: make(chan struct{})}
 	go s.recvLoop()
 	return s, nil
 }
@@ -176,7 +192,7 @@ func (s *AddStream) Add(a Add) error {
 	return s.AddBatch([]Add{a})
 }
 
-// AddBatch sends adds in one message (AddRequest.batch), in order, as if
+// AddBatch sends adds in one message (AddRequest.packed), in order, as if
 // each were sent by Add: if it returns nil, done will be called for each
 // exactly once; if it returns an error, done will be called for none. The
 // message must fit the server's receive limit: keep a batch's payloads
@@ -186,6 +202,24 @@ func (s *AddStream) AddBatch(adds []Add) error {
 	if len(adds) == 0 {
 		return nil
 	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	buf := s.buf[:0]
+	for i := range adds {
+		a := &adds[i]
+		crc := a.CRC32C
+		if crc == 0 {
+			crc = CRC32C(a.Payload)
+		}
+		buf = appendPackedAdd(buf, a, crc)
+	}
+	s.buf = buf
+	return s.sendPacked(adds, &journalv1.AddRequest{Packed: buf})
+}
+
+// sendPacked numbers adds, which msg carries, and sends msg; sendMu is
+// held.
+func (s *AddStream) sendPacked(adds []Add, msg *journalv1.AddRequest) error {
 	s.mu.Lock()
 	if s.ended {
 		err := s.err
@@ -193,31 +227,17 @@ func (s *AddStream) AddBatch(adds []Add) error {
 		return errors.Join(ErrStreamClosed, err)
 	}
 	for _, a := range adds {
-		s.outstanding[addKey{a.Ledger, a.Entry}]++
+		s.pending = append(s.pending, slot{add: a})
 	}
 	s.n += len(adds)
 	s.mu.Unlock()
 
-	var msg *journalv1.AddRequest
-	if len(adds) == 1 {
-		msg = new(journalv1.AddRequest)
-		fillRequest(msg, adds[0])
-	} else {
-		reqs := make([]journalv1.AddRequest, len(adds))
-		msg = &journalv1.AddRequest{Batch: make([]*journalv1.AddRequest, len(adds))}
-		for i, a := range adds {
-			fillRequest(&reqs[i], a)
-			msg.Batch[i] = &reqs[i]
-		}
-	}
-	s.sendMu.Lock()
 	var err error
 	if s.closed {
 		err = ErrStreamClosed
 	} else {
 		err = s.stream.Send(msg)
 	}
-	s.sendMu.Unlock()
 	if err == nil {
 		return nil
 	}
@@ -226,10 +246,11 @@ func (s *AddStream) AddBatch(adds []Add) error {
 	if s.ended {
 		return nil // the receiver has reported them as failed with the stream
 	}
-	// The message was not sent: no answer can come for these adds.
-	for _, a := range adds {
-		s.forget(addKey{a.Ledger, a.Entry})
-	}
+	// The message was not sent: no answer can come for these adds, the
+	// last numbered (sendMu is held).
+	clear(s.pending[len(s.pending)-len(adds):])
+	s.pending = s.pending[:len(s.pending)-len(adds)]
+	s.n -= len(adds)
 	return fmt.Errorf("bookierpc: add ledger %d entries %d..%d: %w", adds[0].Ledger, adds[0].Entry, adds[len(adds)-1].Entry, err)
 }
 
@@ -242,20 +263,8 @@ func (s *AddStream) AddBatch(adds []Add) error {
 const MaxBatchBytes = 32<<10 - 256
 
 // BatchAddOverhead bounds the encoded size of one batched add besides its
-// payload (field tags, lengths and the other fields).
-const BatchAddOverhead = 48
-
-// fillRequest sets r (a zero AddRequest) to a, with its crc32c.
-func fillRequest(r *journalv1.AddRequest, a Add) {
-	r.Ledger, r.Entry, r.Lac, r.Payload, r.Crc32C, r.Recovery = a.Ledger, a.Entry, a.LAC, a.Payload, CRC32C(a.Payload), a.Recovery
-}
-
-func (s *AddStream) forget(k addKey) {
-	if s.outstanding[k]--; s.outstanding[k] <= 0 {
-		delete(s.outstanding, k)
-	}
-	s.n--
-}
+// payload (the packed header).
+const BatchAddOverhead = packedAddHeader
 
 // Done is closed once the stream has ended (Err then says why).
 func (s *AddStream) Done() <-chan struct{} { return s.recvDone }
@@ -274,10 +283,55 @@ func (s *AddStream) Outstanding() int {
 	return s.n
 }
 
+// Withdraw takes back the adds not yet answered for which match is true:
+// done will not be called for them (their answers, if any come, are
+// dropped). It returns them in the order they were sent.
+func (s *AddStream) Withdraw(match func(*Add) bool, into []Add) []Add {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.pending {
+		sl := &s.pending[i]
+		if !sl.answered && match(&sl.add) {
+			into = append(into, sl.add)
+			sl.answered, sl.add = true, Add{}
+			s.n--
+		}
+	}
+	s.trim()
+	return into
+}
+
+// trim drops the answered adds at the front of the window; mu is held.
+func (s *AddStream) trim() {
+	k := 0
+	for k < len(s.pending) && s.pending[k].answered {
+		k++
+	}
+	if k == 0 {
+		return
+	}
+	s.base += uint64(k)
+	if k == len(s.pending) {
+		s.pending = s.pending[:0] // reuse the array
+		return
+	}
+	s.pending = s.pending[k:]
+}
+
 func (s *AddStream) recvLoop() {
 	defer close(s.recvDone)
+	var results []AddResult
 	for {
 		r, err := s.stream.Recv()
+		if err == nil && len(r.Packed) > 0 {
+			results, err = s.answerPacked(r.Packed, results[:0])
+			for i := range results {
+				s.done(results[i])
+			}
+			clear(results)
+		} else if err == nil {
+			err = errors.New("bookierpc: add stream: an answer not packed to packed adds")
+		}
 		if err != nil {
 			if err == io.EOF {
 				err = nil
@@ -285,28 +339,41 @@ func (s *AddStream) recvLoop() {
 			s.finish(err)
 			return
 		}
-		if len(r.Batch) == 0 {
-			s.answer(r)
-			continue
-		}
-		for _, a := range r.Batch {
-			s.answer(a)
-		}
 	}
 }
 
-// answer reports one add's answer, unless it is not outstanding.
-func (s *AddStream) answer(r *journalv1.AddResponse) {
-	k := addKey{r.Ledger, r.Entry}
+// answerPacked matches the packed answers of b to their adds and appends
+// their results to into.
+func (s *AddStream) answerPacked(b []byte, into []AddResult) ([]AddResult, error) {
 	s.mu.Lock()
-	known := s.outstanding[k] > 0
-	if known {
-		s.forget(k)
+	defer s.mu.Unlock()
+	for len(b) > 0 {
+		var a packedAnswer
+		var err error
+		if a, b, err = nextPackedAnswer(b); err != nil {
+			return into, err
+		}
+		if a.seq < s.base {
+			continue // withdrawn, and the window moved on
+		}
+		i := a.seq - s.base
+		if i >= uint64(len(s.pending)) {
+			return into, fmt.Errorf("bookierpc: add stream: an answer to add %d, which was not sent", a.seq)
+		}
+		sl := &s.pending[i]
+		if sl.answered {
+			continue // withdrawn
+		}
+		if sl.add.Ledger != a.ledger || sl.add.Entry != a.entry {
+			return into, fmt.Errorf("bookierpc: add stream: add %d is ledger %d entry %d, answered as ledger %d entry %d",
+				a.seq, sl.add.Ledger, sl.add.Entry, a.ledger, a.entry)
+		}
+		into = append(into, AddResult{Add: sl.add, Err: errorOf(a.status, a.msg)})
+		sl.answered, sl.add = true, Add{}
+		s.n--
 	}
-	s.mu.Unlock()
-	if known {
-		s.done(AddResult{Ledger: r.Ledger, Entry: r.Entry, Err: errorOf(r.Status, r.Message)})
-	}
+	s.trim()
+	return into, nil
 }
 
 // finish ends the stream: every add still outstanding fails with err (or,
@@ -314,18 +381,18 @@ func (s *AddStream) answer(r *journalv1.AddResponse) {
 func (s *AddStream) finish(err error) {
 	s.mu.Lock()
 	s.ended = true
-	left := s.outstanding
-	s.outstanding = map[addKey]int{}
-	s.n = 0
-	if err == nil && len(left) > 0 {
+	left := s.pending
+	s.pending = nil
+	if err == nil && s.n > 0 {
 		err = errors.New("bookierpc: the add stream ended with adds unanswered")
 	}
+	s.n = 0
 	s.err = err
 	s.mu.Unlock()
 	s.cancel()
-	for k, n := range left {
-		for range n {
-			s.done(AddResult{Ledger: k.ledger, Entry: k.entry, Err: fmt.Errorf("bookierpc: add stream: %w", err)})
+	for _, sl := range left {
+		if !sl.answered {
+			s.done(AddResult{Add: sl.add, Err: fmt.Errorf("bookierpc: add stream: %w", err)})
 		}
 	}
 }

@@ -20,11 +20,16 @@
 // reads adds, checks CRCs and hands them to Bookie.AddEntry; the bookie's
 // callbacks (on its journal goroutine, never blocking) queue answers, which
 // the handler's goroutine sends in completion order. Adds travel in batches
-// (AddRequest.batch, up to MaxBatchBytes per message; the single-add form
-// still works) and answers likewise (AddResponse.batch: whatever completed
-// since the last send, up to MaxAnswersPerMessage): per-message costs of
-// gRPC — framing, a pooled buffer, a write — are paid once per batch, not
-// once per add. Flow control: the
+// (AddRequest.packed, up to MaxBatchBytes per message: a fixed binary
+// header per add, decoded with no allocation per add, the payloads aliasing
+// the message; the nested AddRequest.batch and single-add forms still
+// work) and answers likewise (AddResponse.packed to packed adds,
+// AddResponse.batch to the others: whatever completed since the last send,
+// up to MaxAnswersPerMessage): per-message costs of gRPC — framing, a
+// pooled buffer, a write — are paid once per batch, not once per add. The
+// server numbers a stream's adds in arrival order and a packed answer
+// carries the number, so the client's AddStream finds the add it answers in
+// a window of adds in flight, without a map. Flow control: the
 // bytes of adds received and not yet answered (payload + AddOverhead each)
 // are bounded per stream by ServerOptions.StreamInflightBytes; at the bound
 // the receiver stops reading, so HTTP/2 flow control pushes back on the
@@ -47,7 +52,7 @@
 //	c, err := bookierpc.Dial("10.0.0.1:1228")
 //	s, err := c.AddStream(ctx, func(r bookierpc.AddResult) { ... }) // one result per add
 //	err = s.Add(bookierpc.Add{Ledger: 1, Entry: 0, LAC: -1, Payload: p})
-//	err = s.AddBatch(adds) // several adds, one message
+//	err = s.AddBatch(adds) // several adds, one packed message
 //	err = s.Close() // waits for every result
 //	data, err := c.ReadEntry(ctx, 1, 0, false) // errors.Is(err, bookie.ErrNoSuchEntry) when absent
 //	err = c.ReadEntries(ctx, 1, 0, 999, 3, func(e uint64, p []byte) error { ... }) // entries 0, 3, 6, ...

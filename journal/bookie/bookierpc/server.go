@@ -200,10 +200,10 @@ func (s *Server) AddEntries(stream grpc.BidiStreamingServer[journalv1.AddRequest
 	defer st.releaseAll()
 	go st.recvLoop(ctx, stream)
 
-	var resps []*journalv1.AddResponse
+	var out sender
 	for {
 		batch, finished, recvErr := st.take()
-		if err := st.send(stream, batch, &resps); err != nil {
+		if err := st.send(stream, batch, &out); err != nil {
 			return err
 		}
 		if len(batch) > 0 {
@@ -215,7 +215,7 @@ func (s *Server) AddEntries(stream grpc.BidiStreamingServer[journalv1.AddRequest
 		select {
 		case <-st.wake:
 		case <-detached:
-			if err := st.send(stream, st.drain(), &resps); err != nil {
+			if err := st.send(stream, st.drain(), &out); err != nil {
 				return err
 			}
 			return status.Error(codes.Unavailable, "bookie: stopping")
@@ -228,40 +228,59 @@ func (s *Server) AddEntries(stream grpc.BidiStreamingServer[journalv1.AddRequest
 // MaxAnswersPerMessage bounds how many answers one AddResponse carries.
 const MaxAnswersPerMessage = 1024
 
-// send sends the answers, several per message (AddResponse.batch), and
-// releases their bytes once sent. resps is scratch space kept between
-// calls.
-func (st *addStream) send(stream grpc.BidiStreamingServer[journalv1.AddRequest, journalv1.AddResponse], batch []answer, resps *[]*journalv1.AddResponse) error {
+// sender is the handler's scratch space for sending answers, kept between
+// sends.
+type sender struct {
+	packed []byte
+	resps  []*journalv1.AddResponse
+}
+
+// send sends the answers, many per message — packed answers to packed adds
+// (AddResponse.packed), the others as AddResponse.batch — and releases
+// their bytes once sent.
+func (st *addStream) send(stream grpc.BidiStreamingServer[journalv1.AddRequest, journalv1.AddResponse], batch []answer, out *sender) error {
 	for len(batch) > 0 {
 		chunk := batch[:min(len(batch), MaxAnswersPerMessage)]
 		batch = batch[len(chunk):]
-		msg := chunk[0].resp
-		if len(chunk) > 1 {
-			rs := (*resps)[:0]
-			for _, a := range chunk {
-				rs = append(rs, a.resp)
+		var cost int64
+		buf := out.packed[:0]
+		rs := out.resps[:0]
+		for i := range chunk {
+			a := &chunk[i]
+			cost += a.cost
+			if a.packed {
+				buf = appendPackedAnswer(buf, a.seq, a.ledger, a.entry, a.status, a.msg)
+			} else {
+				rs = append(rs, &journalv1.AddResponse{Ledger: a.ledger, Entry: a.entry, Status: a.status, Message: a.msg})
 			}
-			msg = &journalv1.AddResponse{Batch: rs}
-			*resps = rs
 		}
-		err := stream.Send(msg)
-		clear(*resps)
+		out.packed, out.resps = buf, rs
+		var err error
+		if len(buf) > 0 {
+			err = stream.Send(&journalv1.AddResponse{Packed: buf})
+		}
+		if err == nil && len(rs) == 1 {
+			err = stream.Send(rs[0])
+		} else if err == nil && len(rs) > 1 {
+			err = stream.Send(&journalv1.AddResponse{Batch: rs})
+		}
+		clear(rs)
 		if err != nil {
 			return err
-		}
-		var cost int64
-		for _, a := range chunk {
-			cost += a.cost
 		}
 		st.release(cost)
 	}
 	return nil
 }
 
-// answer is one AddResponse waiting to be sent and the bytes it holds.
+// answer is one add's answer waiting to be sent and the bytes its add
+// holds.
 type answer struct {
-	resp *journalv1.AddResponse
-	cost int64
+	seq, ledger, entry uint64
+	status             journalv1.Status
+	msg                string
+	cost               int64
+	packed             bool // the add came packed: answer it packed
 }
 
 // addStream is the state of one AddEntries stream.
@@ -269,10 +288,11 @@ type addStream struct {
 	s     *Server
 	b     *bookie.Bookie
 	limit int64
+	seq   uint64 // the number of the next add received; receiver-owned
 
 	mu      sync.Mutex
 	queue   []answer // completed, not yet sent
-	pending int      // passed to the bookie, not yet completed
+	pending int      // received, not yet completed
 	used    int64    // bytes of adds received and not yet answered
 	ended   bool     // the receiver stopped
 	gone    bool     // the handler returned: nothing more is held
@@ -360,13 +380,11 @@ func (st *addStream) releaseAll() {
 	signal(st.freed)
 }
 
-// complete queues the answer to an add; it never blocks.
-func (st *addStream) complete(a answer, wasPending bool) {
+// complete queues the answer to a pending add; it never blocks.
+func (st *addStream) complete(a answer) {
 	st.mu.Lock()
 	st.queue = append(st.queue, a)
-	if wasPending {
-		st.pending--
-	}
+	st.pending--
 	st.mu.Unlock()
 	signal(st.wake)
 }
@@ -379,7 +397,8 @@ func (st *addStream) end(err error) {
 }
 
 // recvLoop receives adds until the client closes its side or the stream
-// fails, and passes them to the bookie.
+// fails, and passes them to the bookie. It numbers the adds of the stream
+// in the order they arrive (the seq of packed answers).
 func (st *addStream) recvLoop(ctx context.Context, stream grpc.BidiStreamingServer[journalv1.AddRequest, journalv1.AddResponse]) {
 	for {
 		req, err := stream.Recv()
@@ -387,50 +406,92 @@ func (st *addStream) recvLoop(ctx context.Context, stream grpc.BidiStreamingServ
 			st.end(nil)
 			return
 		}
+		if err == nil {
+			err = st.request(ctx, req)
+		}
 		if err != nil {
 			st.end(err)
 			return
 		}
-		if len(req.Batch) == 0 {
-			if err := st.add(ctx, req); err != nil {
-				st.end(err)
-				return
-			}
-			continue
-		}
-		for _, a := range req.Batch {
-			if err := st.add(ctx, a); err != nil {
-				st.end(err)
-				return
-			}
-		}
 	}
 }
 
-// add checks one add and passes it to the bookie; an error ends the
+// request handles one AddRequest in any of its forms; an error ends the
 // stream.
-func (st *addStream) add(ctx context.Context, req *journalv1.AddRequest) error {
-	if len(req.Batch) > 0 {
-		return status.Error(codes.InvalidArgument, "bookierpc: a batched add carries a batch of its own")
+func (st *addStream) request(ctx context.Context, req *journalv1.AddRequest) error {
+	if len(req.Packed) > 0 {
+		return st.packed(ctx, req.Packed)
 	}
+	if len(req.Batch) == 0 {
+		return st.add(ctx, req)
+	}
+	for _, a := range req.Batch {
+		if len(a.Batch) > 0 || len(a.Packed) > 0 {
+			return status.Error(codes.InvalidArgument, "bookierpc: a batched add carries a batch of its own")
+		}
+		if err := st.add(ctx, a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// packed decodes the adds of a packed request and passes them to the
+// bookie. The payloads alias b (the request's own bytes, which nothing
+// else uses); the bytes of the whole message are acquired at once.
+func (st *addStream) packed(ctx context.Context, b []byte) error {
+	var cost int64
+	n := 0
+	for rest := b; len(rest) > 0; n++ {
+		a, r, err := nextPackedAdd(rest)
+		if err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		cost += int64(len(a.payload)) + AddOverhead
+		rest = r
+	}
+	if err := st.acquire(ctx, cost); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	st.mu.Lock()
+	st.pending += n
+	st.mu.Unlock()
+	for len(b) > 0 {
+		a, r, _ := nextPackedAdd(b)
+		b = r
+		st.submit(answer{seq: st.seq, ledger: a.ledger, entry: a.entry, cost: int64(len(a.payload)) + AddOverhead, packed: true},
+			a.lac, a.crc, a.payload, a.recovery)
+		st.seq++
+	}
+	return nil
+}
+
+// add checks one add not packed and passes it to the bookie.
+func (st *addStream) add(ctx context.Context, req *journalv1.AddRequest) error {
 	cost := int64(len(req.Payload)) + AddOverhead
 	if err := st.acquire(ctx, cost); err != nil {
 		return status.FromContextError(err).Err()
 	}
-	ledger, entry := req.Ledger, req.Entry
-	if CRC32C(req.Payload) != req.Crc32C {
-		st.s.m.badCRC.Inc()
-		st.complete(answer{cost: cost, resp: &journalv1.AddResponse{Ledger: ledger, Entry: entry,
-			Status: journalv1.Status_STATUS_BAD_CRC, Message: "payload does not match its crc32c; nothing stored"}}, false)
-		return nil
-	}
 	st.mu.Lock()
 	st.pending++
 	st.mu.Unlock()
-	st.s.submitted.Add(1)
-	st.b.AddEntry(ledger, entry, req.Lac, req.Payload, req.Recovery, func(err error) {
-		st.complete(answer{cost: cost, resp: &journalv1.AddResponse{Ledger: ledger, Entry: entry,
-			Status: statusOf(err), Message: message(err)}}, true)
-	})
+	st.submit(answer{seq: st.seq, ledger: req.Ledger, entry: req.Entry, cost: cost}, req.Lac, req.Crc32C, req.Payload, req.Recovery)
+	st.seq++
 	return nil
+}
+
+// submit checks an add's CRC and passes it to the bookie; its bytes are
+// acquired and it is counted pending. a holds what its answer needs.
+func (st *addStream) submit(a answer, lac int64, crc uint32, payload []byte, recovery bool) {
+	if CRC32C(payload) != crc {
+		st.s.m.badCRC.Inc()
+		a.status, a.msg = journalv1.Status_STATUS_BAD_CRC, "payload does not match its crc32c; nothing stored"
+		st.complete(a)
+		return
+	}
+	st.s.submitted.Add(1)
+	st.b.AddEntry(a.ledger, a.entry, lac, payload, recovery, func(err error) {
+		a.status, a.msg = statusOf(err), message(err)
+		st.complete(a)
+	})
 }

@@ -133,7 +133,23 @@ type AddRequest struct {
 	// Several adds in one message, handled in order exactly as if each had
 	// come in its own message. When batch is set the fields above are unused
 	// (a batched add never carries a batch of its own).
-	Batch         []*AddRequest `protobuf:"bytes,7,rep,name=batch,proto3" json:"batch,omitempty"`
+	Batch []*AddRequest `protobuf:"bytes,7,rep,name=batch,proto3" json:"batch,omitempty"`
+	// Many adds in one message, packed: handled in order exactly as if each
+	// had come in its own message. When packed is set every other field is
+	// unused. Each add is, with integers little-endian:
+	//
+	//	ledger  uint64
+	//	entry   uint64
+	//	lac     int64   (-1 for none)
+	//	crc32c  uint32  (CRC-32C of payload)
+	//	flags   uint8   (bit 0: recovery; other bits 0)
+	//	length  uint32  (of payload)
+	//	payload length bytes
+	//
+	// A packed field that does not parse (a truncated add, unknown flags)
+	// ends the stream with INVALID_ARGUMENT. Every add of a packed request is
+	// answered in AddResponse.packed.
+	Packed        []byte `protobuf:"bytes,8,opt,name=packed,proto3" json:"packed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -217,6 +233,13 @@ func (x *AddRequest) GetBatch() []*AddRequest {
 	return nil
 }
 
+func (x *AddRequest) GetPacked() []byte {
+	if x != nil {
+		return x.Packed
+	}
+	return nil
+}
+
 type AddResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Ledger uint64                 `protobuf:"varint,1,opt,name=ledger,proto3" json:"ledger,omitempty"`
@@ -226,7 +249,21 @@ type AddResponse struct {
 	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
 	// Several answers in one message, each as if sent alone. When batch is
 	// set the fields above are unused.
-	Batch         []*AddResponse `protobuf:"bytes,5,rep,name=batch,proto3" json:"batch,omitempty"`
+	Batch []*AddResponse `protobuf:"bytes,5,rep,name=batch,proto3" json:"batch,omitempty"`
+	// Many answers to packed adds, in completion order; when packed is set
+	// every other field is unused. Each answer is, with integers
+	// little-endian:
+	//
+	//	seq     uint64  (the add's number in the stream: see AddEntries)
+	//	ledger  uint64
+	//	entry   uint64
+	//	status  uint8   (a Status)
+	//
+	// followed, only when status is not OK, by the message:
+	//
+	//	length  uint16
+	//	message length bytes (UTF-8)
+	Packed        []byte `protobuf:"bytes,6,opt,name=packed,proto3" json:"packed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -292,6 +329,13 @@ func (x *AddResponse) GetMessage() string {
 func (x *AddResponse) GetBatch() []*AddResponse {
 	if x != nil {
 		return x.Batch
+	}
+	return nil
+}
+
+func (x *AddResponse) GetPacked() []byte {
+	if x != nil {
+		return x.Packed
 	}
 	return nil
 }
@@ -1063,7 +1107,7 @@ var File_journal_v1_bookie_proto protoreflect.FileDescriptor
 const file_journal_v1_bookie_proto_rawDesc = "" +
 	"\n" +
 	"\x17journal/v1/bookie.proto\x12\n" +
-	"journal.v1\"\xc8\x01\n" +
+	"journal.v1\"\xe0\x01\n" +
 	"\n" +
 	"AddRequest\x12\x16\n" +
 	"\x06ledger\x18\x01 \x01(\x04R\x06ledger\x12\x14\n" +
@@ -1072,13 +1116,15 @@ const file_journal_v1_bookie_proto_rawDesc = "" +
 	"\apayload\x18\x04 \x01(\fR\apayload\x12\x16\n" +
 	"\x06crc32c\x18\x05 \x01(\aR\x06crc32c\x12\x1a\n" +
 	"\brecovery\x18\x06 \x01(\bR\brecovery\x12,\n" +
-	"\x05batch\x18\a \x03(\v2\x16.journal.v1.AddRequestR\x05batch\"\xb0\x01\n" +
+	"\x05batch\x18\a \x03(\v2\x16.journal.v1.AddRequestR\x05batch\x12\x16\n" +
+	"\x06packed\x18\b \x01(\fR\x06packed\"\xc8\x01\n" +
 	"\vAddResponse\x12\x16\n" +
 	"\x06ledger\x18\x01 \x01(\x04R\x06ledger\x12\x14\n" +
 	"\x05entry\x18\x02 \x01(\x04R\x05entry\x12*\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x12.journal.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12-\n" +
-	"\x05batch\x18\x05 \x03(\v2\x17.journal.v1.AddResponseR\x05batch\"V\n" +
+	"\x05batch\x18\x05 \x03(\v2\x17.journal.v1.AddResponseR\x05batch\x12\x16\n" +
+	"\x06packed\x18\x06 \x01(\fR\x06packed\"V\n" +
 	"\x10ReadEntryRequest\x12\x16\n" +
 	"\x06ledger\x18\x01 \x01(\x04R\x06ledger\x12\x14\n" +
 	"\x05entry\x18\x02 \x01(\x04R\x05entry\x12\x14\n" +

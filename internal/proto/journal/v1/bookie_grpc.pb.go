@@ -46,11 +46,20 @@ type BookieClient interface {
 	// AddEntries is the write path: the client streams adds, the server
 	// streams one AddResponse per add, in completion order (not request
 	// order), each sent only after the journal fdatasync that covers the add.
-	// A request may carry several adds (AddRequest.batch) and a response
-	// several answers (AddResponse.batch): one message per group of adds
-	// instead of one per add is what keeps the per-entry cost low. Each add
-	// still gets exactly one answer, in whatever messages the server groups
-	// them.
+	// A request may carry several adds and a response several answers: one
+	// message per group of adds instead of one per add is what keeps the
+	// per-entry cost low. Each add still gets exactly one answer, in whatever
+	// messages the server groups them. Adds come in three forms: one add in
+	// the fields of AddRequest, several in AddRequest.batch (nested
+	// messages), or many in AddRequest.packed (a compact binary layout the
+	// server decodes without a message per add). An add sent packed is
+	// answered packed (AddResponse.packed); the other forms are answered as
+	// before (the fields of AddResponse, or AddResponse.batch).
+	//
+	// The server numbers the adds of a stream in the order it receives them,
+	// whatever their form: the first add is 0, the next 1, and so on. A packed
+	// answer carries its add's number, so a client finds the add it answers
+	// without a lookup by (ledger, entry).
 	// Many adds are in flight per stream; the server stops reading the stream
 	// while the bytes it holds for it (adds not yet answered) reach its
 	// per-stream bound, so a fast writer is slowed by gRPC flow control
@@ -186,11 +195,20 @@ type BookieServer interface {
 	// AddEntries is the write path: the client streams adds, the server
 	// streams one AddResponse per add, in completion order (not request
 	// order), each sent only after the journal fdatasync that covers the add.
-	// A request may carry several adds (AddRequest.batch) and a response
-	// several answers (AddResponse.batch): one message per group of adds
-	// instead of one per add is what keeps the per-entry cost low. Each add
-	// still gets exactly one answer, in whatever messages the server groups
-	// them.
+	// A request may carry several adds and a response several answers: one
+	// message per group of adds instead of one per add is what keeps the
+	// per-entry cost low. Each add still gets exactly one answer, in whatever
+	// messages the server groups them. Adds come in three forms: one add in
+	// the fields of AddRequest, several in AddRequest.batch (nested
+	// messages), or many in AddRequest.packed (a compact binary layout the
+	// server decodes without a message per add). An add sent packed is
+	// answered packed (AddResponse.packed); the other forms are answered as
+	// before (the fields of AddResponse, or AddResponse.batch).
+	//
+	// The server numbers the adds of a stream in the order it receives them,
+	// whatever their form: the first add is 0, the next 1, and so on. A packed
+	// answer carries its add's number, so a client finds the add it answers
+	// without a lookup by (ledger, entry).
 	// Many adds are in flight per stream; the server stops reading the stream
 	// while the bytes it holds for it (adds not yet answered) reach its
 	// per-stream bound, so a fast writer is slowed by gRPC flow control
