@@ -93,8 +93,8 @@ func TestRegistryHostedElsewhere(t *testing.T) {
 	ctx := context.Background()
 	store := NewMetaStore(newKV(t), true)
 	type nodeReg struct {
-		disk *memory.Engine
-		reg  *Registry
+		mem, disk *memory.Engine
+		reg       *Registry
 	}
 	var nodes []nodeReg
 	for id := uint64(1); id <= 2; id++ {
@@ -103,9 +103,14 @@ func TestRegistryHostedElsewhere(t *testing.T) {
 		if err := reg.Open(ctx); err != nil {
 			t.Fatal(err)
 		}
-		nodes = append(nodes, nodeReg{disk, reg})
+		nodes = append(nodes, nodeReg{mem, disk, reg})
 	}
 	if _, err := nodes[0].reg.Create(ctx, "orders", "", 2); err != nil {
+		t.Fatal(err)
+	}
+	// The router puts sensors/# on the memory engine: Sync deletes each
+	// shard through its own engine.
+	if _, err := nodes[0].reg.Create(ctx, "sensors/t", "", 1); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := nodes[1].reg.Create(ctx, "orders", "", 1); !errors.Is(err, ErrExists) {
@@ -126,17 +131,25 @@ func TestRegistryHostedElsewhere(t *testing.T) {
 	if err := reg2.Open(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := reg2.Delete(ctx, "orders"); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"orders", "sensors/t"} {
+		if err := reg2.Delete(ctx, name); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if names, _ := nodes[0].disk.List(ctx); len(names) != 2 {
 		t.Fatalf("node 1 shards before Sync = %v", names)
+	}
+	if names, _ := nodes[0].mem.List(ctx); len(names) != 1 {
+		t.Fatalf("node 1 memory shards before Sync = %v", names)
 	}
 	if err := nodes[0].reg.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if names, _ := nodes[0].disk.List(ctx); len(names) != 0 {
 		t.Errorf("node 1 shards after Sync = %v", names)
+	}
+	if names, _ := nodes[0].mem.List(ctx); len(names) != 0 {
+		t.Errorf("node 1 memory shards after Sync = %v", names)
 	}
 	if _, err := nodes[0].reg.Shard("orders", 0); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Shard after Sync = %v", err)

@@ -53,10 +53,15 @@ type Registry struct {
 	opts Options
 
 	mu     sync.Mutex
-	shards map[string]shard.Shard // open shards by shard name
-	engine map[string]string      // open shard name -> its engine
-	errs   map[string]string      // shard name -> why it is not open
+	shards map[string]openShard // open shards by shard name
+	errs   map[string]string    // shard name -> why it is not open
 	closed bool
+}
+
+// openShard is an open shard and the name of its engine.
+type openShard struct {
+	shard.Shard
+	engine string
 }
 
 // PartitionInfo describes one partition of a topic.
@@ -87,7 +92,7 @@ func NewRegistry(opts Options) *Registry {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Registry{opts: opts, shards: map[string]shard.Shard{}, engine: map[string]string{}, errs: map[string]string{}}
+	return &Registry{opts: opts, shards: map[string]openShard{}, errs: map[string]string{}}
 }
 
 // Open opens the shards of every registered topic and deletes orphaned
@@ -123,8 +128,7 @@ func (r *Registry) Open(ctx context.Context) error {
 				r.opts.Logger.Error("topic partition unavailable", "topic", t.Name, "partition", p, "err", err)
 				continue
 			}
-			r.shards[name] = s
-			r.engine[name] = t.Engine
+			r.shards[name] = openShard{s, t.Engine}
 		}
 	}
 	for en, e := range r.opts.Router.Engines() {
@@ -238,8 +242,7 @@ func (r *Registry) Create(ctx context.Context, name, engine string, partitions i
 		return Info{}, err
 	}
 	for _, s := range created {
-		r.shards[s.Name()] = s
-		r.engine[s.Name()] = engine
+		r.shards[s.Name()] = openShard{s, engine}
 		delete(r.errs, s.Name())
 	}
 	return r.info(t), nil
@@ -290,7 +293,6 @@ func (r *Registry) dropShards(ctx context.Context, t Topic) error {
 	for p := range t.Partitions {
 		sn := ShardName(name, p)
 		delete(r.shards, sn)
-		delete(r.engine, sn)
 		delete(r.errs, sn)
 		if !ok {
 			continue
@@ -333,10 +335,9 @@ func (r *Registry) Sync(ctx context.Context) error {
 		if keep[n] {
 			continue
 		}
-		en := r.engine[n]
+		en := r.shards[n].engine
 		r.opts.Logger.Info("deleting the shard of a topic deleted through another node", "engine", en, "shard", n)
 		delete(r.shards, n)
-		delete(r.engine, n)
 		delete(r.errs, n)
 		e, ok := r.opts.Router.Lookup(en)
 		if !ok {
@@ -381,7 +382,7 @@ func (r *Registry) Shard(topic string, p int) (shard.Shard, error) {
 	defer r.mu.Unlock()
 	name := ShardName(topic, p)
 	if s, ok := r.shards[name]; ok {
-		return s, nil
+		return s.Shard, nil
 	}
 	if e, ok := r.errs[name]; ok {
 		return nil, errors.New(e)
@@ -428,7 +429,6 @@ func (r *Registry) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.closed = true
-	r.shards = map[string]shard.Shard{}
-	r.engine = map[string]string{}
+	r.shards = map[string]openShard{}
 	return nil
 }
