@@ -1119,31 +1119,16 @@ func (b *Bookie) checkpoint() error {
 	if b.jnl != nil {
 		defer b.jnl.checkpointDone(b.jnl.checkpointStarting())
 	}
+	// Under applyMu only a snapshot: the logs to sync and how far, the
+	// position they cover and the dirty metadata, encoded. The syncs run
+	// without it, so that the applier (and the adds waiting for inflight
+	// bytes it releases) never waits for an fsync of the entry logs; what
+	// it writes meanwhile lies past the snapshot, past pos in the journal.
 	ap := &b.ap
 	b.applyMu.Lock()
-	for _, l := range ap.sealed {
-		err := l.f.Sync()
-		if err == nil {
-			l.dropSynced()
-		}
-		if cerr := l.f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			b.applyMu.Unlock()
-			return fmt.Errorf("bookie: checkpoint: syncing entry log %d: %w", l.id, err)
-		}
-	}
+	sealed := ap.sealed
 	ap.sealed = nil
-	err := ap.active.f.Sync()
-	if err == nil {
-		ap.active.dropSynced()
-		err = vfs.SyncDir(b.fs, b.logDir)
-	}
-	if err != nil {
-		b.applyMu.Unlock()
-		return fmt.Errorf("bookie: checkpoint: syncing entry logs: %w", err)
-	}
+	active, activeSize := ap.active, ap.active.size
 	pos, next := ap.pos, ap.nextLog
 	batch := b.db.NewBatch()
 	defer batch.Close()
@@ -1161,10 +1146,35 @@ func (b *Bookie) checkpoint() error {
 			_ = batch.Delete(usageKey(id), nil)
 		}
 	}
-	ap.dirty = map[uint64]struct{}{}
-	ap.usageDirty = map[uint64]struct{}{}
+	clear(ap.dirty)
+	clear(ap.usageDirty)
 	b.jnl.rolled.Store(0)
 	b.applyMu.Unlock()
+
+	var err error
+	for _, l := range sealed { // the applier no longer writes them
+		serr := l.f.Sync()
+		if serr == nil {
+			l.dropSynced(l.size)
+		}
+		if cerr := l.f.Close(); serr == nil {
+			serr = cerr
+		}
+		if serr != nil && err == nil {
+			err = fmt.Errorf("bookie: checkpoint: syncing entry log %d: %w", l.id, serr)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	err = active.f.Sync()
+	if err == nil {
+		active.dropSynced(activeSize)
+		err = vfs.SyncDir(b.fs, b.logDir)
+	}
+	if err != nil {
+		return fmt.Errorf("bookie: checkpoint: syncing entry logs: %w", err)
+	}
 
 	b.hook("checkpoint:synced")
 	_ = batch.Set(checkpointKey, pos.encode(), nil)

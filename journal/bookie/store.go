@@ -214,7 +214,7 @@ type entryLog struct {
 	id      uint64
 	f       vfs.File
 	size    int64
-	dropped int64 // the synced prefix whose cached pages were dropped
+	dropped int64 // the synced prefix whose cached pages were dropped (checkpoints only)
 	alloc   int64 // the file's blocks are preallocated up to here
 	started int64 // write-back was started (SyncTo) up to here
 }
@@ -261,15 +261,15 @@ func (l *entryLog) preallocate(n int64) {
 	}
 }
 
-// dropSynced drops the cached pages of the log's synced records (all of
-// them: called after a sync). An entry log is written once and read
+// dropSynced drops the cached pages of the log's records up to size,
+// which a sync has just covered (the checkpoint's snapshot of the log). An entry log is written once and read
 // rarely (recent entries are read from the bookie's clients' caches and
 // from pending), so keeping its pages would only grow the page cache,
 // and every page of a new log would be a fresh page for the kernel to
 // find (writing into recycled pages costs several times less CPU).
-func (l *entryLog) dropSynced() {
-	dropCache(l.f, l.dropped, l.size-l.dropped)
-	l.dropped = l.size
+func (l *entryLog) dropSynced(size int64) {
+	dropCache(l.f, l.dropped, size-l.dropped)
+	l.dropped = size
 }
 
 // logReaders caches read handles of entry logs. A handle stays open while a
