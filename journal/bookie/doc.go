@@ -34,7 +34,9 @@
 // records, in Dir/ledgers) and the index (Pebble, in Dir/index, opened on
 // the same vfs.FS): (ledger, entry) → (log, offset, length), plus ledger
 // metadata (fenced, LAC). A checkpoint (every CheckpointInterval, or after
-// CheckpointJournalFiles journal files) syncs the entry logs, writes the
+// CheckpointJournalFiles journal files) syncs the entry logs (up to where
+// the applier had written when it started: it holds the applier's lock
+// only for that snapshot, never during an fsync), writes the
 // journal position they cover into the index with a synced batch, and
 // retires the journal files wholly before it (kept for recycling or
 // removed). Open replays the journal from the last checkpoint position;
@@ -60,9 +62,10 @@
 // the disk writes while it runs, so when the retired files run low the
 // journal kicks a checkpoint and waits (up to a second) for it to retire
 // one rather than zero-fill. Open prepares the first file and the next
-// itself, without waiting for a checkpoint (its own has just retired what
-// it could), so that a new bookie's zero-fills are not under its first
-// adds. Both leave bytes after
+// itself, and zero-fills spares until two files are ready for recycling,
+// without waiting for a checkpoint (its own has just retired what it
+// could), so that a new bookie's zero-fills are not under its first adds
+// (spares hold zeros: replay finds no record in them). Both leave bytes after
 // the last record that are not records of this file: zeros, or the records
 // of the file's previous life.
 //

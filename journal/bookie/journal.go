@@ -78,11 +78,21 @@ type prepared struct {
 
 func (j *journal) path(num uint64) string { return j.fs.PathJoin(j.dir, fileName(num, journalExt)) }
 
+// openSpareFiles is how many retired (pre-zeroed) journal files start
+// keeps ready for recycling, zero-filling new ones if the checkpoint of
+// Open retired fewer (always on a new bookie).
+const openSpareFiles = 2
+
 // start opens file num as the current file and prepares the next, both
-// before it returns: Open's checkpoint has just retired what it could, so
-// neither waits for another, and on a new bookie (nothing to recycle) both
+// before it returns, then tops the files kept for recycling up to
+// openSpareFiles, zero-filling new ones numbered after the next file.
+// Open's checkpoint has just retired what it could, so none of this waits
+// for another, and on a new bookie (nothing to recycle) all the
 // zero-fills run in Open rather than under its first adds, where 64 MiB
-// of zeros per bookie queued the journal's fdatasyncs behind them.
+// of zeros per file queued the journal's fdatasyncs behind them: the first
+// rolls recycle the spares, and a later roll zero-fills only if the
+// checkpoints since (each roll that takes one of the last two kicks one)
+// retired none.
 func (j *journal) start(num uint64) error {
 	f, err := j.prepare(num, false)
 	if err != nil {
@@ -98,6 +108,18 @@ func (j *journal) start(num uint64) error {
 	ch := make(chan prepared, 1)
 	ch <- prepared{f: next}
 	j.next = ch
+	for j.opts.JournalRecycleFiles > 0 && len(j.free) < min(openSpareFiles, j.opts.JournalRecycleFiles) {
+		spare, err := j.create(j.nextNum)
+		if err == nil {
+			err = spare.f.Close()
+		}
+		if err != nil {
+			return err // Open fails, and closes cur and next
+		}
+		// Zeros, which are no valid record of any file: replay skips it.
+		j.free = append(j.free, j.nextNum)
+		j.nextNum++
+	}
 	return nil
 }
 
@@ -119,7 +141,6 @@ func (j *journal) prepareNext() {
 // entry synced. With checkpoint, when the retired files run low it kicks
 // a checkpoint, and waits for it rather than zero-fill (see below).
 func (j *journal) prepare(num uint64, checkpoint bool) (*jfile, error) {
-	name := j.path(num)
 	var f vfs.File
 	var err error
 	j.mu.Lock()
@@ -152,18 +173,32 @@ func (j *journal) prepare(num uint64, checkpoint bool) (*jfile, error) {
 		// What FS.ReuseForWrite does, spelled out: pebble's MemFS takes
 		// its crash-clone lock twice in ReuseForWrite, which deadlocks
 		// against a concurrent CrashClone.
-		if err = j.fs.Rename(j.path(old), name); err == nil {
-			f, err = j.fs.OpenReadWrite(name, vfs.CategoryJournal)
+		if err = j.fs.Rename(j.path(old), j.path(num)); err == nil {
+			f, err = j.fs.OpenReadWrite(j.path(num), vfs.CategoryJournal)
 			j.recycled.Add(1)
 		}
 	}
 	j.mu.Unlock()
 	if f == nil || err != nil {
-		f, err = j.fs.Create(name, vfs.CategoryJournal)
-		if err != nil {
-			return nil, fmt.Errorf("bookie: creating journal file: %w", err)
-		}
+		return j.create(num)
 	}
+	return j.ready(num, f)
+}
+
+// create creates journal file num and makes it ready (zero-filled).
+func (j *journal) create(num uint64) (*jfile, error) {
+	f, err := j.fs.Create(j.path(num), vfs.CategoryJournal)
+	if err != nil {
+		return nil, fmt.Errorf("bookie: creating journal file: %w", err)
+	}
+	return j.ready(num, f)
+}
+
+// ready makes f, journal file num, at least JournalFileSize long
+// (preallocated and zero-filled past its end), synced, with its directory
+// entry synced.
+func (j *journal) ready(num uint64, f vfs.File) (*jfile, error) {
+	name := j.path(num)
 	fail := func(err error) (*jfile, error) {
 		f.Close()
 		return nil, fmt.Errorf("bookie: preparing journal file %s: %w", name, err)

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	pvfs "github.com/cockroachdb/pebble/v2/vfs"
 
@@ -124,25 +125,65 @@ func TestEntryLogWriteBackAsApplied(t *testing.T) {
 	}
 }
 
-// TestOpenPreparesNextJournalFile: a new bookie's Open zero-fills both the
-// first journal file and the next one, without kicking (and waiting up to a
-// second for) a checkpoint that has nothing to retire, so that the first
-// roll finds its file ready instead of zero-filling under the first adds.
+// TestOpenPreparesNextJournalFile: a new bookie's Open zero-fills the
+// first journal file, the next one and openSpareFiles spares kept for
+// recycling, without kicking (and waiting up to a second for) a checkpoint
+// that has nothing to retire, so that the first rolls find their files
+// ready instead of zero-filling under the first adds.
 func TestOpenPreparesNextJournalFile(t *testing.T) {
 	o := testOptions(vfs.NewMem(), &MemCookieStore{})
 	b := mustOpen(t, o)
 	defer b.Close()
 	j := b.jnl
-	if got := j.zeroFilled.Load(); got != 2 {
-		t.Errorf("journal files zero-filled by Open: %d, want 2 (the first and the next)", got)
+	if got, want := j.zeroFilled.Load(), int64(2+openSpareFiles); got != want {
+		t.Errorf("journal files zero-filled by Open: %d, want %d (the first, the next and the spares)", got, want)
 	}
 	if len(j.next) != 1 {
 		t.Errorf("the next journal file is not prepared when Open returns")
 	}
 	j.mu.Lock()
-	kicked := j.ckptKicked
+	kicked, free := j.ckptKicked, len(j.free)
 	j.mu.Unlock()
 	if kicked != 0 {
 		t.Errorf("Open kicked %d checkpoints for journal files, want 0", kicked)
 	}
+	if free != openSpareFiles {
+		t.Errorf("%d journal files ready for recycling after Open, want %d", free, openSpareFiles)
+	}
+}
+
+// TestFirstRollsRecycle: with the applier stalled (so that no checkpoint
+// can retire a journal file), the first rolls of a new bookie recycle the
+// spares Open prepared instead of zero-filling under the adds, and a
+// restart replays everything across them.
+func TestFirstRollsRecycle(t *testing.T) {
+	fs := vfs.NewMem()
+	o := testOptions(fs, &MemCookieStore{})
+	b := mustOpen(t, o)
+	j := b.jnl
+	filled := j.zeroFilled.Load()
+	b.applyMu.Lock() // stalls the applier and checkpoints
+	var e uint64
+	for ; j.rolled.Load() < openSpareFiles; e++ {
+		if err := addSync(b, 1, e, int64(e)-1, payloadFor(1, e), false); err != nil {
+			b.applyMu.Unlock()
+			t.Fatal(err)
+		}
+	}
+	// The file after the last roll is being prepared: from the last spare.
+	deadline := time.Now().Add(5 * time.Second)
+	for j.recycled.Load() < openSpareFiles && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	recycled, zeroFilled := j.recycled.Load(), j.zeroFilled.Load()-filled
+	b.applyMu.Unlock()
+	if recycled != openSpareFiles || zeroFilled != 0 {
+		t.Errorf("first %d rolls: %d files recycled, %d zero-filled; want %d and 0", openSpareFiles, recycled, zeroFilled, openSpareFiles)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b = mustOpen(t, o)
+	defer b.Close()
+	requireEntries(t, b, 1, 0, e, "after restart")
 }
