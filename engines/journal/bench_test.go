@@ -3,6 +3,7 @@ package journal
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -126,5 +127,27 @@ func BenchmarkCatchUp(b *testing.B) {
 			n += uint64(len(recs))
 		}
 		en.Close()
+	}
+}
+
+// BenchmarkCacheFill is what Append spends to fill the read cache with an
+// entry of 16 records: "views" (encodeEntryViews, what Append does) against
+// "decode" (encoding, then decoding the entry again).
+//
+//	go test -run XXX -bench CacheFill -count 4 ./engines/journal
+func BenchmarkCacheFill(b *testing.B) {
+	in := randomRecords(rand.New(rand.NewPCG(1, 2)), 16)
+	for _, mode := range []string{"decode", "views"} {
+		b.Run(mode, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				recs := append([]shard.Record(nil), in...)
+				if mode == "views" {
+					encodeEntryViews(5, 9, recs)
+				} else if _, _, err := decodeEntry(encodeEntry(5, 9, recs)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -58,22 +58,30 @@
 // # Offload
 //
 // With Options.Offload, a pass every Offload.Interval copies each closed
-// ledger of an open shard's log (front first; never the last) to the
+// ledger of a shard this node writes (front first; never the last) to the
 // object store as one object of its entries, each preceded by its length,
-// then an index (each entry's first offset and position)
-// (objstore.PutVerified: size and CRC-32C checked; s3store goes multipart
-// for large ledgers), then records it in meta by create-if-absent under
+// then an index (each entry's first offset and position), then records it
+// in meta by create-if-absent under
 // /engines/journal/offload/<escaped name>/<ledger> (remoteLedger: first
-// and end offset, key, size, CRCs, index position). Once Offload.DeleteLag has passed since
-// the record, the ledger is dropped from the log front and deleted from
-// its bookies, as Trim does — by the shard's writer only (or on a sealed
-// shard): a node that only reads a shard uploads and records, but leaves
-// the log to the writer. Reads below the log's first ledger come from
+// and end offset, key, size, CRCs, index position). The object is
+// streamed: a scan reads the entries once for the object's size, index
+// and CRC-32C, keeping the first Offload.BufferBytes of them, and the
+// upload (objstore.PutVerified: size and CRC-32C checked, so an entry read
+// differently the second time fails it; s3store goes multipart for large
+// ledgers) reads the rest again. Each entry read has Options.OpTimeout,
+// each ledger's upload and record OpTimeout plus its size at
+// Offload.MinRate. Once Offload.DeleteLag has passed since the record, the
+// writer drops the ledger from the log front and deletes it from its
+// bookies, as Trim does. Only the writer offloads (on a sealed shard,
+// which has none, any node that has it open): a node that only reads a
+// shard neither reads its ledgers for offload nor uploads them; its pass
+// reloads the manifest and forgets the ledgers the writer recorded and
+// dropped. Reads below the log's first ledger come from
 // the recorded objects: the index (kept), then ranged reads of about 1 MiB
 // of entries (the last chunk stays decoded). A crash between
 // the steps leaves either an unrecorded object (rewritten under the same
 // key by the next pass) or a recorded ledger still in the log (read from
 // the log; dropped by the next pass): every record is read exactly once.
 // Trim and retention delete the records, then the objects, below the trim
-// point; Delete deletes them all.
+// point (after the shard's lock is released); Delete deletes them all.
 package journal

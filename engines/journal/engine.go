@@ -49,9 +49,8 @@ type Engine struct {
 	stopRetention chan struct{} // closed by Close; stops the offloader too
 	retentionDone chan struct{}
 	offloadDone   chan struct{}
-
-	omu     sync.Mutex
-	pending map[uint64]time.Time // closed ledgers waiting for offload: when first seen
+	offloadCtx    context.Context // the offload passes' work; cancelled by Close
+	stopOffload   context.CancelFunc
 }
 
 var (
@@ -69,7 +68,8 @@ func Open(o Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{o: o, c: o.Client, kv: o.Meta, m: newMetrics(o.Registerer), log: o.Logger, shards: map[string]*Shard{},
-		stopRetention: make(chan struct{}), retentionDone: make(chan struct{}), offloadDone: make(chan struct{}), pending: map[uint64]time.Time{}}
+		stopRetention: make(chan struct{}), retentionDone: make(chan struct{}), offloadDone: make(chan struct{})}
+	e.offloadCtx, e.stopOffload = context.WithCancel(context.Background())
 	if o.RetentionAge > 0 {
 		go e.every(o.RetentionInterval, e.retentionDone, e.retain) // Options.RetentionAge on the open shards
 	} else {
@@ -243,7 +243,8 @@ func (e *Engine) deleteManifest(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	return e.deleteRemote(ctx, name, rs)
+	_, err = e.deleteRemote(ctx, name, rs)
+	return err
 }
 
 // List implements shard.Engine.
@@ -276,6 +277,7 @@ func (e *Engine) Close() error {
 	e.closed = true
 	e.mu.Unlock()
 	close(e.stopRetention)
+	e.stopOffload() // a pass in the middle of a ledger's upload
 	<-e.retentionDone
 	<-e.offloadDone
 	e.mu.Lock()

@@ -27,6 +27,7 @@ type engineMetrics struct {
 	offloadLag      prometheus.Gauge
 	offloadFailures prometheus.Counter
 	offloadReads    prometheus.Counter
+	offloadEntries  prometheus.Counter
 }
 
 func newMetrics(r prometheus.Registerer) *engineMetrics {
@@ -52,6 +53,7 @@ func newMetrics(r prometheus.Registerer) *engineMetrics {
 		offloadLedgers:  counter("offloaded_ledgers_total", "Closed ledgers offloaded to the object store."),
 		offloadFailures: counter("offload_failures_total", "Offload passes of a shard that failed (retried at the next pass)."),
 		offloadReads:    counter("offloaded_reads_total", "Offloaded ledgers read back from the object store (cache misses)."),
+		offloadEntries:  counter("offload_entry_reads_total", "Ledger entries read from bookies to offload them (by the shard's writer; twice for the part of a ledger beyond the offload buffer)."),
 		offloadLag: metrics.Reuse(r, prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metrics.Namespace, Subsystem: subsystem, Name: "offload_lag_seconds",
 			Help: "Age of the oldest closed ledger not offloaded yet (since the offloader first saw it)."})),
 	}

@@ -1,13 +1,14 @@
 package journal
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"net/url"
+	"slices"
 	"sort"
 	"time"
 
@@ -24,8 +25,10 @@ const PrefixOffload = "/engines/journal/offload/"
 
 // Offload defaults.
 const (
-	DefaultOffloadInterval = 10 * time.Second
-	DefaultOffloadPrefix   = "journal"
+	DefaultOffloadInterval    = 10 * time.Second
+	DefaultOffloadPrefix      = "journal"
+	DefaultOffloadMinRate     = 1 << 20
+	DefaultOffloadBufferBytes = 8 << 20
 )
 
 // OffloadOptions move the closed ledgers of a shard's log to an object
@@ -46,6 +49,16 @@ type OffloadOptions struct {
 	// Interval is the period of the offload passes over the open shards;
 	// default 10s.
 	Interval time.Duration
+	// MinRate is the slowest upload, in bytes per second, that a ledger's
+	// offload waits for: each ledger gets Options.OpTimeout plus its size
+	// over MinRate to be uploaded, verified and recorded (and each entry
+	// read OpTimeout); default 1 MiB/s.
+	MinRate int64
+	// BufferBytes bounds the memory of one ledger's offload: the first
+	// BufferBytes of its entries, read once to size and checksum the
+	// object, are kept for the upload; the rest are read from the bookies
+	// again as the upload streams them. Default 8 MiB.
+	BufferBytes int64
 }
 
 func (o *OffloadOptions) ensureDefaults() {
@@ -54,6 +67,12 @@ func (o *OffloadOptions) ensureDefaults() {
 	}
 	if o.Interval <= 0 {
 		o.Interval = DefaultOffloadInterval
+	}
+	if o.MinRate <= 0 {
+		o.MinRate = DefaultOffloadMinRate
+	}
+	if o.BufferBytes == 0 {
+		o.BufferBytes = DefaultOffloadBufferBytes
 	}
 }
 
@@ -67,7 +86,17 @@ func (o *OffloadOptions) validate() error {
 	if o.DeleteLag < 0 {
 		return fmt.Errorf("journal engine: Offload.DeleteLag must not be negative, got %v", o.DeleteLag)
 	}
+	if o.BufferBytes < 0 {
+		return fmt.Errorf("journal engine: Offload.BufferBytes must not be negative, got %d", o.BufferBytes)
+	}
 	return nil
+}
+
+// uploadTimeout is the time a ledger's object of size bytes gets to be
+// uploaded, verified and recorded: base (Options.OpTimeout) plus its
+// transfer at MinRate.
+func (o *OffloadOptions) uploadTimeout(base time.Duration, size int64) time.Duration {
+	return base + time.Duration(float64(size)/float64(o.MinRate)*float64(time.Second))
 }
 
 func (o *OffloadOptions) policy(name string) (bool, time.Duration) {
@@ -148,11 +177,12 @@ func (e *Engine) loadRemote(ctx context.Context, name string) ([]remoteLedger, e
 }
 
 // deleteRemote removes manifest records (first) and then their objects;
-// an object left by a failure is garbage, not data.
-func (e *Engine) deleteRemote(ctx context.Context, name string, rs []remoteLedger) error {
-	for _, r := range rs {
+// an object left by a failure is garbage, not data. On failure it returns
+// the records still in the manifest.
+func (e *Engine) deleteRemote(ctx context.Context, name string, rs []remoteLedger) ([]remoteLedger, error) {
+	for i, r := range rs {
 		if _, err := e.kv.Delete(ctx, e.manifestKey(name, r.Ledger)); err != nil && !errors.Is(err, meta.ErrNotFound) {
-			return err
+			return rs[i:], err
 		}
 		if e.o.Offload == nil {
 			continue
@@ -161,22 +191,23 @@ func (e *Engine) deleteRemote(ctx context.Context, name string, rs []remoteLedge
 			e.log.Warn("journal engine: deleting an offloaded ledger's object", "shard", name, "key", r.Key, "err", err)
 		}
 	}
-	return nil
+	return nil, nil
 }
 
-// offloadPass offloads the closed ledgers of every open shard whose
-// policy says so, and drops those whose delete lag has passed.
+// offloadPass offloads the closed ledgers of every open shard that this
+// node writes and whose policy says so, and drops those whose delete lag
+// has passed; the shards it only reads pick the writer's offloads up from
+// the manifest (syncRemote). Every ledger has its own deadlines
+// (OffloadOptions.MinRate); Close cancels the pass.
 func (e *Engine) offloadPass(now time.Time) {
-	ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)
-	defer cancel()
 	var oldest time.Time
 	for _, s := range e.openShards() {
 		on, lag := e.o.Offload.policy(s.name)
 		if !on {
 			continue
 		}
-		first, err := s.offload(ctx, lag, now)
-		if err != nil && !errors.Is(err, shard.ErrClosed) {
+		first, err := s.offload(e.offloadCtx, lag, now)
+		if err != nil && !errors.Is(err, shard.ErrClosed) && e.offloadCtx.Err() == nil {
 			e.m.offloadFailures.Inc()
 			e.log.Warn("journal shard offload", "shard", s.name, "err", err)
 		}
@@ -193,13 +224,26 @@ func (e *Engine) offloadPass(now time.Time) {
 
 // offload copies the closed ledgers of the log that are not offloaded yet
 // to the object store and records them, then drops from the log front the
-// offloaded ledgers recorded at least lag before now. It returns when the
-// oldest ledger still waiting for offload was first seen closed (zero:
-// none waits).
+// offloaded ledgers recorded at least lag before now. Only the shard's
+// writer does (or, on a sealed shard, which has none, any node): a node
+// that only reads the shard syncs with the manifest instead, so the
+// ledgers are read and uploaded once. It returns when the oldest ledger
+// still waiting for offload was first seen closed (zero: none waits).
 func (s *Shard) offload(ctx context.Context, lag time.Duration, now time.Time) (time.Time, error) {
 	v, err := s.view()
 	if err != nil {
 		return time.Time{}, err
+	}
+	s.mu.Lock()
+	writes := s.w != nil || s.sealed
+	for id := range s.pending { // forget what left the log since (Trim, another writer)
+		if !writes || !slices.ContainsFunc(v.ledgers, func(l *ledgerInfo) bool { return l.id == id }) {
+			delete(s.pending, id)
+		}
+	}
+	s.mu.Unlock()
+	if !writes {
+		return time.Time{}, s.syncRemote(ctx)
 	}
 	done := map[uint64]bool{}
 	for _, r := range v.remote {
@@ -213,50 +257,91 @@ func (s *Shard) offload(ctx context.Context, lag time.Duration, now time.Time) (
 		if done[l.id] {
 			continue
 		}
-		seen := s.e.seenClosed(l.id, now)
+		seen := s.seenClosed(l.id, now)
 		r, err := s.offloadLedger(ctx, l, v.ledgers[i+1].first)
 		if err != nil {
 			return seen, err
 		}
-		s.e.forgetClosed(l.id)
 		s.mu.Lock()
+		delete(s.pending, l.id)
 		s.addRemote(r)
 		s.mu.Unlock()
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.e.o.OpTimeout)
+	defer cancel()
 	return time.Time{}, s.dropOffloaded(ctx, lag, now)
 }
 
-// offloadLedger writes closed ledger l (whose records end at end) as one
-// object, verifies it, and records it in the manifest.
-func (s *Shard) offloadLedger(ctx context.Context, l *ledgerInfo, end uint64) (remoteLedger, error) {
-	var obj, idx []byte
-	maxTS := int64(0)
-	n := l.count()
-	for e := range n {
-		data, err := s.rawEntry(ctx, l, e)
-		if err != nil {
-			return remoteLedger{}, err
-		}
-		h, err := decodeHeader(data)
-		if err != nil {
-			return remoteLedger{}, &shard.CorruptError{Shard: s.name, File: fmt.Sprintf("ledger %d entry %d", l.id, e), Reason: err.Error()}
-		}
-		maxTS = h.maxTS
-		idx = binary.BigEndian.AppendUint64(idx, h.first)
-		idx = binary.BigEndian.AppendUint64(idx, uint64(len(obj)))
-		obj = binary.AppendUvarint(obj, uint64(len(data)))
-		obj = append(obj, data...)
+// seenClosed returns when the offloader first saw ledger id closed and
+// waiting (the offload lag metric).
+func (s *Shard) seenClosed(id uint64, now time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.pending[id]
+	if !ok {
+		s.pending[id] = now
+		t = now
 	}
-	st := s.e.o.Offload.Store
-	indexOff := int64(len(obj))
-	obj = append(obj, idx...)
-	r := remoteLedger{Ledger: l.id, First: l.first, End: end, MaxTS: maxTS, Key: s.e.objectKey(s.name, l.id),
-		Size: int64(len(obj)), CRC: crc32.Checksum(obj, objstore.Castagnoli), IndexOff: indexOff,
-		IndexCRC: crc32.Checksum(idx, objstore.Castagnoli), At: time.Now().UTC()}
-	if n == 0 {
+	return t
+}
+
+// syncRemote brings a shard this node does not write up to date with the
+// writer's offloads: the manifest's records replace s.remote, and the
+// ledgers at the log front that the writer recorded and dropped are
+// forgotten (read from their objects from then on).
+func (s *Shard) syncRemote(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.e.o.OpTimeout)
+	defer cancel()
+	remote, err := s.e.loadRemote(ctx, s.name)
+	if err != nil {
+		return err
+	}
+	ids, err := s.logLedgers(ctx)
+	if err != nil {
+		return err
+	}
+	recorded := make(map[uint64]bool, len(remote))
+	for _, r := range remote {
+		recorded[r.Ledger] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return shard.ErrClosed
+	case s.w != nil || s.sealed:
+		return nil // took the log over meanwhile: its own view is current
+	}
+	s.remote = remote
+	n := 0
+	for n < len(s.ledgers) && recorded[s.ledgers[n].id] && !slices.Contains(ids, s.ledgers[n].id) {
+		s.cache.dropLedger(s.ledgers[n].id)
+		n++
+	}
+	if n > 0 {
+		s.ledgers = append([]*ledgerInfo(nil), s.ledgers[n:]...)
+	}
+	return nil
+}
+
+// offloadLedger writes closed ledger l (whose records end at end) as one
+// object, verifies it, and records it in the manifest. The object is
+// streamed (ledgerObject): the memory it takes is bounded by
+// OffloadOptions.BufferBytes, however large the ledger.
+func (s *Shard) offloadLedger(ctx context.Context, l *ledgerInfo, end uint64) (remoteLedger, error) {
+	obj, err := s.scanLedger(ctx, l)
+	if err != nil {
+		return remoteLedger{}, err
+	}
+	o := s.e.o
+	r := remoteLedger{Ledger: l.id, First: l.first, End: end, MaxTS: obj.maxTS, Key: s.e.objectKey(s.name, l.id),
+		Size: obj.size, CRC: obj.crc, IndexOff: obj.indexOff, IndexCRC: obj.indexCRC, At: time.Now().UTC()}
+	if obj.n == 0 {
 		r.End = r.First
 	}
-	if _, err := objstore.PutVerified(ctx, st, r.Key, bytes.NewReader(obj), r.Size, r.CRC); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, o.Offload.uploadTimeout(o.OpTimeout, r.Size))
+	defer cancel()
+	if _, err := objstore.PutVerified(ctx, o.Offload.Store, r.Key, obj.reader(ctx), r.Size, r.CRC); err != nil {
 		return remoteLedger{}, fmt.Errorf("journal engine: shard %q: offloading ledger %d: %w", s.name, l.id, err)
 	}
 	if err := s.e.hook(stepUploaded); err != nil {
@@ -279,6 +364,113 @@ func (s *Shard) offloadLedger(ctx context.Context, l *ledgerInfo, end uint64) (r
 		return remoteLedger{}, err
 	}
 	return r, nil
+}
+
+// ledgerObject is the object of one closed ledger, as a scan of its
+// entries found it: size, CRC-32C and index, and the first entries (up to
+// OffloadOptions.BufferBytes) kept for the upload.
+type ledgerObject struct {
+	s        *Shard
+	l        *ledgerInfo
+	n        int64    // entries
+	kept     [][]byte // entries 0..len(kept)-1
+	idx      []byte   // the index: per entry its first offset and position
+	size     int64
+	indexOff int64
+	crc      uint32 // of the whole object
+	indexCRC uint32
+	maxTS    int64
+}
+
+// scanLedger reads every entry of closed ledger l once (each read within
+// Options.OpTimeout) to size, index and checksum its object.
+func (s *Shard) scanLedger(ctx context.Context, l *ledgerInfo) (*ledgerObject, error) {
+	o := &ledgerObject{s: s, l: l, n: l.count()}
+	var kept int64
+	var lenBuf [binary.MaxVarintLen64]byte
+	for e := range o.n {
+		data, err := o.entry(ctx, e, true)
+		if err != nil {
+			return nil, err
+		}
+		h, err := decodeHeader(data)
+		if err != nil {
+			return nil, &shard.CorruptError{Shard: s.name, File: fmt.Sprintf("ledger %d entry %d", l.id, e), Reason: err.Error()}
+		}
+		o.maxTS = h.maxTS
+		o.idx = binary.BigEndian.AppendUint64(o.idx, h.first)
+		o.idx = binary.BigEndian.AppendUint64(o.idx, uint64(o.indexOff))
+		k := binary.PutUvarint(lenBuf[:], uint64(len(data)))
+		o.crc = crc32.Update(crc32.Update(o.crc, objstore.Castagnoli, lenBuf[:k]), objstore.Castagnoli, data)
+		o.indexOff += int64(k + len(data))
+		if len(o.kept) == int(e) && kept+int64(len(data)) <= s.e.o.Offload.BufferBytes {
+			o.kept = append(o.kept, data)
+			kept += int64(len(data))
+		}
+	}
+	o.indexCRC = crc32.Checksum(o.idx, objstore.Castagnoli)
+	o.crc = crc32.Update(o.crc, objstore.Castagnoli, o.idx)
+	o.size = o.indexOff + int64(len(o.idx))
+	return o, nil
+}
+
+// entry returns entry e: kept, or read from a bookie (scan: within
+// Options.OpTimeout).
+func (o *ledgerObject) entry(ctx context.Context, e int64, scan bool) ([]byte, error) {
+	if e < int64(len(o.kept)) {
+		return o.kept[e], nil
+	}
+	if scan {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.s.e.o.OpTimeout)
+		defer cancel()
+	}
+	data, err := o.s.rawEntry(ctx, o.l, e)
+	if err != nil {
+		return nil, err
+	}
+	o.s.e.m.offloadEntries.Inc()
+	return data, nil
+}
+
+// reader streams the object: each entry's length and bytes (kept, or read
+// again), then the index. Bytes that differ from the scan's (a bookie
+// answering otherwise the second time) fail the upload's CRC-32C check.
+func (o *ledgerObject) reader(ctx context.Context) io.Reader {
+	return &ledgerReader{ctx: ctx, o: o}
+}
+
+type ledgerReader struct {
+	ctx   context.Context
+	o     *ledgerObject
+	next  int64    // the next entry to queue; o.n: the index
+	parts [][]byte // queued bytes
+	len   [binary.MaxVarintLen64]byte
+}
+
+func (r *ledgerReader) Read(p []byte) (int, error) {
+	for len(r.parts) == 0 {
+		switch {
+		case r.next < r.o.n:
+			data, err := r.o.entry(r.ctx, r.next, false)
+			if err != nil {
+				return 0, err
+			}
+			k := binary.PutUvarint(r.len[:], uint64(len(data)))
+			r.parts = append(r.parts, r.len[:k], data)
+		case r.next == r.o.n:
+			r.parts = append(r.parts, r.o.idx)
+		default:
+			return 0, io.EOF
+		}
+		r.next++
+		r.parts = slices.DeleteFunc(r.parts, func(b []byte) bool { return len(b) == 0 })
+	}
+	n := copy(p, r.parts[0])
+	if r.parts[0] = r.parts[0][n:]; len(r.parts[0]) == 0 {
+		r.parts = r.parts[1:]
+	}
+	return n, nil
 }
 
 // addRemote inserts r into s.remote by first offset. s.mu is held.
@@ -347,6 +539,7 @@ func (s *Shard) dropFront(ctx context.Context, n int) error {
 	}
 	for _, l := range s.ledgers[:n] {
 		s.cache.dropLedger(l.id)
+		delete(s.pending, l.id) // trimmed before its offload: it waits no more
 	}
 	s.ledgers = append([]*ledgerInfo(nil), s.ledgers[n:]...)
 	s.e.m.deleted.Add(float64(n))
@@ -516,25 +709,6 @@ func (s *Shard) remoteAtOrAfter(ctx context.Context, v *view, ts int64) (uint64,
 		}
 	}
 	return 0, false, nil
-}
-
-// seenClosed returns when the offloader first saw ledger id closed and
-// waiting (the offload lag metric).
-func (e *Engine) seenClosed(id uint64, now time.Time) time.Time {
-	e.omu.Lock()
-	defer e.omu.Unlock()
-	t, ok := e.pending[id]
-	if !ok {
-		e.pending[id] = now
-		t = now
-	}
-	return t
-}
-
-func (e *Engine) forgetClosed(id uint64) {
-	e.omu.Lock()
-	defer e.omu.Unlock()
-	delete(e.pending, id)
 }
 
 func (e *Engine) hook(step string) error {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -292,9 +294,10 @@ func TestOffloadCorruptObject(t *testing.T) {
 	}
 }
 
-// A node that has a shard open without writing it uploads and records its
-// closed ledgers but leaves the log alone; once it writes (takes the log
-// over), the offloaded ledgers go.
+// A node that has a shard open without writing it neither reads its
+// ledgers for offload nor uploads them: only the writer does, and the
+// reader picks the writer's offloads up from the manifest, reading the
+// ledgers the writer dropped from their objects.
 func TestOffloadOnlyWriterDrops(t *testing.T) {
 	e := newEnv(t, 2)
 	ctx := testCtx(t)
@@ -304,24 +307,207 @@ func TestOffloadOnlyWriterDrops(t *testing.T) {
 	if err := a.Close(); err != nil { // clean: the next Open does not take over
 		t.Fatal(err)
 	}
-	b, s := reopen(t, e, st, "w")
-	b.offloadPass(time.Now())
-	if got := testutil.ToFloat64(b.m.offloadLedgers); got != 9 {
-		t.Fatalf("offloaded_ledgers_total %v, want 9", got)
+	cs := &countingStore{Store: st}
+	b := offloadEngine(e, cs, 0, nil, Options{Registerer: metrics.NewRegistry()})
+	defer b.Close()
+	s, err := b.Open(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
 	}
+	readerPass := func(when string) {
+		t.Helper()
+		b.offloadPass(time.Now())
+		if n := testutil.ToFloat64(b.m.offloadEntries); n != 0 {
+			t.Fatalf("%s: the reader read %v ledger entries to offload them", when, n)
+		}
+		if n := cs.puts.Load(); n != 0 {
+			t.Fatalf("%s: the reader uploaded %d objects", when, n)
+		}
+		if got := testutil.ToFloat64(b.m.offloadFailures); got != 0 {
+			t.Fatalf("%s: offload_failures_total %v", when, got)
+		}
+	}
+	readerPass("before any writer")
 	if l := logOf(t, e, "w"); len(l) != 10 {
 		t.Fatalf("log %v changed by a node that does not write the shard", l)
 	}
+	if objs, _ := st.List(ctx, "journal/"); len(objs) != 0 {
+		t.Fatalf("%d objects after the reader's pass, want 0", len(objs))
+	}
 	checkExactlyOnce(t, s)
-	if _, err := s.Append(ctx, recsOf("new", 1)); err != nil {
+
+	// c takes the log over: it offloads the 10 closed ledgers and drops them.
+	c := offloadEngine(e, st, 0, nil, Options{Registerer: metrics.NewRegistry()})
+	defer c.Close()
+	cw, err := c.Open(ctx, "w")
+	if err != nil {
 		t.Fatal(err)
 	}
-	b.offloadPass(time.Now())
+	if _, err := cw.Append(ctx, recsOf("new", 1)); err != nil {
+		t.Fatal(err)
+	}
+	c.offloadPass(time.Now())
+	if got := testutil.ToFloat64(c.m.offloadEntries); got != 40 {
+		t.Fatalf("the writer read %v entries to offload 10 ledgers of 4, want 40 (each once)", got)
+	}
 	if l := logOf(t, e, "w"); len(l) != 1 {
 		t.Fatalf("log %v after the writer's pass, want only the ledger being written", l)
 	}
-	if got := readAll(t, s); len(got) != 81 || got[80].Offset != 80 || string(got[80].Value) != "new-0" {
-		t.Fatalf("read %d records after the writer's offload", len(got))
+	// b's ledgers are gone from the bookies: its next pass finds them in
+	// the manifest, and it reads them from the objects.
+	readerPass("after the writer offloaded")
+	checkExactlyOnce(t, s)
+
+	// Once b writes, it reads everything, c's append included.
+	if _, err := s.Append(ctx, recsOf("b", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, s); len(got) != 82 || string(got[80].Value) != "new-0" || string(got[81].Value) != "b-0" {
+		t.Fatalf("read %d records after b took the log over", len(got))
+	}
+}
+
+// countingStore counts the Puts of a store.
+type countingStore struct {
+	objstore.Store
+	puts atomic.Int64
+}
+
+func (c *countingStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	c.puts.Add(1)
+	return c.Store.Put(ctx, key, r, size)
+}
+
+// A ledger that waits for its offload and is trimmed first waits no more:
+// the shard forgets it (it leaked before, for as long as the engine ran).
+func TestOffloadPendingForgotten(t *testing.T) {
+	e := newEnv(t, 2)
+	a := offloadEngine(e, failingStore{objstore.NewMem()}, 0, nil, Options{Registerer: metrics.NewRegistry()})
+	defer a.Close()
+	s := fill(t, a, "p").(*Shard)
+	a.offloadPass(time.Now())
+	pending := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.pending)
+	}
+	if n := pending(); n != 1 {
+		t.Fatalf("%d ledgers waiting after a failed pass, want 1 (the first)", n)
+	}
+	if err := s.Trim(testCtx(t), 72); err != nil { // drops the 9 closed ledgers
+		t.Fatal(err)
+	}
+	if n := pending(); n != 0 {
+		t.Fatalf("%d ledgers waiting after Trim dropped them all", n)
+	}
+	a.offloadPass(time.Now())
+	if n, lag := pending(), testutil.ToFloat64(a.m.offloadLag); n != 0 || lag != 0 {
+		t.Fatalf("%d ledgers waiting, offload_lag_seconds %v after a pass with nothing closed to offload", n, lag)
+	}
+}
+
+// deadlineStore records how long each Put had left before its deadline.
+type deadlineStore struct {
+	objstore.Store
+	mu   sync.Mutex
+	left map[int64]time.Duration // by object size
+}
+
+func (d *deadlineStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if dl, ok := ctx.Deadline(); ok {
+		d.mu.Lock()
+		d.left[size] = time.Until(dl)
+		d.mu.Unlock()
+	}
+	return d.Store.Put(ctx, key, r, size)
+}
+
+// Each ledger's upload has its own deadline, OpTimeout plus its size at
+// MinRate: not one deadline for the whole pass, which a large ledger could
+// exceed on every pass.
+func TestOffloadLedgerDeadline(t *testing.T) {
+	e := newEnv(t, 2)
+	ds := &deadlineStore{Store: objstore.NewMem(), left: map[int64]time.Duration{}}
+	const opTimeout, rate = 2 * time.Second, 100 // bytes/s: ~3 s for a ledger
+	a := offloadEngine(e, ds, 0, nil, Options{OpTimeout: opTimeout})
+	a.o.Offload.MinRate = rate
+	defer a.Close()
+	fill(t, a, "d")
+	a.offloadPass(time.Now())
+	rs, err := a.loadRemote(testCtx(t), "d")
+	if err != nil || len(rs) != 9 {
+		t.Fatalf("%d ledgers offloaded, %v; want 9", len(rs), err)
+	}
+	for _, r := range rs {
+		if r.Size < 2*rate {
+			t.Fatalf("ledger %d has %d bytes: too few to tell its own deadline from OpTimeout", r.Ledger, r.Size)
+		}
+		allowance := opTimeout + time.Duration(r.Size)*time.Second/rate
+		left, ok := ds.left[r.Size]
+		if !ok || left > allowance || left < allowance-time.Second {
+			t.Fatalf("ledger %d (%d bytes): its upload had %v left, want about %v (OpTimeout + size/MinRate)", r.Ledger, r.Size, left, allowance)
+		}
+	}
+}
+
+// A ledger larger than the offload buffer is streamed: the entries beyond
+// the buffer are read twice (scan, then upload), the object is the same,
+// and bytes that change between the two reads fail the CRC-32C check.
+func TestOffloadStreams(t *testing.T) {
+	e := newEnv(t, 2)
+	ctx := testCtx(t)
+	objects := map[int64][]objstore.ObjectInfo{}
+	for _, buf := range []int64{DefaultOffloadBufferBytes, 1} { // every entry kept; none
+		st := objstore.NewMem()
+		a := offloadEngine(e, st, 0, nil, Options{Registerer: metrics.NewRegistry()})
+		a.o.Offload.BufferBytes = buf
+		s := fill(t, a, fmt.Sprintf("s%d", buf))
+		a.offloadPass(time.Now())
+		want := 36.0 // 9 ledgers of 4 entries, each read once
+		if buf == 1 {
+			want = 2 * 36 // each read again by the upload
+		}
+		if got := testutil.ToFloat64(a.m.offloadEntries); got != want {
+			t.Fatalf("buffer %d: %v entries read to offload, want %v", buf, got, want)
+		}
+		if got := testutil.ToFloat64(a.m.offloadLedgers); got != 9 {
+			t.Fatalf("buffer %d: %v ledgers offloaded, want 9", buf, got)
+		}
+		checkExactlyOnce(t, s)
+		objs, err := st.List(ctx, "journal/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		objects[buf] = objs
+		a.Close()
+	}
+	a, b := objects[DefaultOffloadBufferBytes], objects[1]
+	if len(a) != 9 || len(b) != 9 {
+		t.Fatalf("%d and %d objects, want 9 each", len(a), len(b))
+	}
+	for i := range a {
+		if a[i].Size != b[i].Size {
+			t.Fatalf("object %d: %d bytes streamed, %d buffered", i, b[i].Size, a[i].Size)
+		}
+	}
+
+	// A bookie answering other bytes the second time: the upload fails.
+	en := offloadEngine(e, objstore.NewMem(), 0, nil, Options{})
+	defer en.Close()
+	s := fill(t, en, "changed").(*Shard)
+	v, _ := s.view()
+	obj, err := s.scanLedger(ctx, v.ledgers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.kept[0] = bytes.Clone(obj.kept[0])
+	obj.kept[0][len(obj.kept[0])-1] ^= 1
+	st := objstore.NewMem()
+	if _, err := objstore.PutVerified(ctx, st, "k", obj.reader(ctx), obj.size, obj.crc); !errors.Is(err, objstore.ErrChecksum) {
+		t.Fatalf("upload of bytes that changed since the scan: %v, want ErrChecksum", err)
+	}
+	if _, err := st.Stat(ctx, "k"); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("the refused upload left an object: %v", err)
 	}
 }
 

@@ -107,7 +107,9 @@ type Options struct {
 	// CacheBytes bounds the decoded entries each open shard keeps for
 	// readers (recent appends and reads). Default 4 MiB.
 	CacheBytes int
-	// OpTimeout bounds the meta and bookie work of Close. Default 30s.
+	// OpTimeout bounds the meta and bookie work of Close, and each step of
+	// an offload (OffloadOptions.MinRate adds to it per ledger). Default
+	// 30s.
 	OpTimeout time.Duration
 	// Registerer receives the engine's metrics (nil: none).
 	Registerer prometheus.Registerer

@@ -39,7 +39,8 @@ type Shard struct {
 
 	cache *entryCache
 
-	remote []remoteLedger // offloaded ledgers, by first offset (offload.go)
+	remote  []remoteLedger       // offloaded ledgers, by first offset (offload.go)
+	pending map[uint64]time.Time // closed ledgers of the log waiting for offload: when first seen
 
 	rmu    sync.Mutex // offloaded reads: the last chunk read, decoded, and the indexes read
 	rchunk remoteChunk
@@ -67,7 +68,7 @@ type ledgerInfo struct {
 func newShard(e *Engine, rec shardRecord, version uint64) *Shard {
 	return &Shard{e: e, name: rec.Name, log: e.logName(rec.Name), q: rec.quorum(), recVer: version, low: rec.Low, high: rec.Low, next: rec.Low,
 		runMax: math.MinInt64, sealed: rec.Sealed, notify: make(chan struct{}), cache: newEntryCache(e.o.CacheBytes),
-		ridx: map[string]remoteIndex{}}
+		ridx: map[string]remoteIndex{}, pending: map[uint64]time.Time{}}
 }
 
 // Name implements shard.Shard.
@@ -616,20 +617,40 @@ func (l *ledgerInfo) lastBelow(high uint64) int64 {
 
 // Trim implements shard.Shard: the trim point is stored in the shard
 // record, then the ledgers wholly below it are dropped from the log and
-// deleted (retention in whole ledgers).
+// deleted (retention in whole ledgers), then, without the shard's lock,
+// the offloaded ledgers wholly below it (records, then objects).
 func (s *Shard) Trim(ctx context.Context, before uint64) error {
+	gone, err := s.trimLog(ctx, before)
+	if err != nil || len(gone) == 0 {
+		return err
+	}
+	if rest, err := s.e.deleteRemote(ctx, s.name, gone); err != nil {
+		s.e.log.Warn("journal shard: deleting trimmed offloaded ledgers", "shard", s.name, "ledgers", len(gone), "err", err)
+		s.mu.Lock()
+		for _, r := range rest { // still recorded: the next Trim deletes them
+			s.addRemote(r)
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// trimLog is Trim under the shard's lock: it moves the trim point, drops
+// the ledgers below it from the log and takes the offloaded ones below it
+// out of s.remote, returning those for deletion.
+func (s *Shard) trimLog(ctx context.Context, before uint64) ([]remoteLedger, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.closed:
-		return shard.ErrClosed
+		return nil, shard.ErrClosed
 	case before > s.high:
-		return &shard.OutOfRangeError{Offset: before, Low: s.low, High: s.high}
+		return nil, &shard.OutOfRangeError{Offset: before, Low: s.low, High: s.high}
 	case before <= s.low:
-		return nil
+		return nil, nil
 	}
 	if err := s.updateRecord(ctx, func(r *shardRecord) { r.Low = before }); err != nil {
-		return err
+		return nil, err
 	}
 	s.low = before
 	// Ledger i holds only records below before when ledger i+1 starts at
@@ -644,19 +665,13 @@ func (s *Shard) Trim(ctx context.Context, before uint64) error {
 			s.e.log.Warn("journal shard: dropping trimmed ledgers", "shard", s.name, "ledgers", n, "err", err)
 		}
 	}
-	// Offloaded ledgers wholly below the trim point: record, then object.
 	k := 0
 	for k < len(s.remote) && s.remote[k].End <= before {
 		k++
 	}
-	if k > 0 {
-		if err := s.e.deleteRemote(ctx, s.name, s.remote[:k]); err != nil {
-			s.e.log.Warn("journal shard: deleting trimmed offloaded ledgers", "shard", s.name, "ledgers", k, "err", err)
-			return nil
-		}
-		s.remote = append([]remoteLedger(nil), s.remote[k:]...)
-	}
-	return nil
+	gone := s.remote[:k:k]
+	s.remote = append([]remoteLedger(nil), s.remote[k:]...)
+	return gone, nil
 }
 
 // retain trims the shard up to the first ledger holding a record at or
