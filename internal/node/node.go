@@ -489,10 +489,11 @@ func (n *Node) Cluster() adminapi.Cluster {
 	c.MetaLeader, _ = srv.Leader()
 	ctx, cancel := context.WithTimeout(context.Background(), clusterReadTimeout)
 	defer cancel()
-	nodes, err := clusterNodes(ctx, srv, false)
+	st := schema.Store{KV: srv}
+	nodes, err := st.Nodes(ctx)
 	if err != nil {
 		c.Stale, c.Error = true, fmt.Sprintf("no linearizable read from meta (%v); showing this node's copy", err)
-		if nodes, err = clusterNodes(context.Background(), srv, true); err != nil {
+		if nodes, err = st.StaleNodes(context.Background()); err != nil {
 			c.Error = err.Error()
 			return c
 		}
@@ -515,27 +516,6 @@ func (n *Node) Cluster() adminapi.Cluster {
 		c.Nodes = append(c.Nodes, an)
 	}
 	return c
-}
-
-// clusterNodes lists the registered nodes and whether each is up.
-func clusterNodes(ctx context.Context, kv meta.KV, stale bool) ([]schema.NodeState, error) {
-	regs, _, err := schema.List[schema.Node](ctx, kv, schema.PrefixNodes, stale)
-	if err != nil {
-		return nil, err
-	}
-	live, _, err := schema.List[schema.Node](ctx, kv, schema.PrefixLive, stale)
-	if err != nil {
-		return nil, err
-	}
-	up := map[uint64]bool{}
-	for _, l := range live {
-		up[l.Value.ID] = true
-	}
-	out := make([]schema.NodeState, len(regs))
-	for i, r := range regs {
-		out[i] = schema.NodeState{Node: r.Value, Up: up[r.Value.ID]}
-	}
-	return out, nil
 }
 
 // Roles lists what this node runs, as /api/v1/cluster reports it.

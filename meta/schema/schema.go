@@ -491,12 +491,18 @@ func (s Store) Offsets(ctx context.Context, group string) (map[string]Offset, er
 }
 
 // Nodes returns every registered node and whether it is up.
-func (s Store) Nodes(ctx context.Context) ([]NodeState, error) {
-	regs, _, err := List[Node](ctx, s.KV, PrefixNodes, false)
+func (s Store) Nodes(ctx context.Context) ([]NodeState, error) { return s.nodes(ctx, false) }
+
+// StaleNodes is Nodes read from the contacted meta node's own state, which
+// may lag the leader's (meta.Stale): it needs no leader.
+func (s Store) StaleNodes(ctx context.Context) ([]NodeState, error) { return s.nodes(ctx, true) }
+
+func (s Store) nodes(ctx context.Context, stale bool) ([]NodeState, error) {
+	regs, _, err := List[Node](ctx, s.KV, PrefixNodes, stale)
 	if err != nil {
 		return nil, err
 	}
-	live, _, err := List[Node](ctx, s.KV, PrefixLive, false)
+	live, _, err := List[Node](ctx, s.KV, PrefixLive, stale)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -220,6 +221,9 @@ func TestRegistration(t *testing.T) {
 	nodes, err = st.Nodes(ctx)
 	if err != nil || len(nodes) != 2 || !nodes[0].Up || nodes[1].Up {
 		t.Fatalf("nodes after node 2 crashed: %+v, %v", nodes, err)
+	}
+	if stale, err := st.StaleNodes(ctx); err != nil || !reflect.DeepEqual(stale, nodes) {
+		t.Fatalf("StaleNodes %+v, %v; Nodes %+v", stale, err, nodes)
 	}
 	if err := r1.Close(ctx); err != nil {
 		t.Fatal(err)
