@@ -9,30 +9,43 @@ package mqtt
 //
 //   - Routes. Each node keeps the distinct filters of its sessions, online
 //     and offline persistent ones, shared subscriptions by their inner
-//     filter (RouteFilters), and records them in meta under
-//     /mqtt/routes/<node id> (a low-rate fact, rewritten only when the set
-//     changed, debounced). A stopped node's routes stay.
+//     filter (RouteFilters: the subscription tree's filter set), and
+//     records them in meta under /mqtt/routes/<node id> (a low-rate fact,
+//     rewritten only when the set changed, at most every 250 ms). A stopped
+//     node's routes stay. The set is rebuilt only when the tree reports a
+//     change (pubsub.Tree.Version, RoutesChanged), at once.
 //   - Pull. Node B opens one stream (mqttcluster.v1.Forwarder/Pull) to each
-//     peer A registered in meta, sending its filters (again whenever they
-//     change) and its cursor per shard of A. A scans its open MQTT shards
-//     from those cursors (ClusterSource.Scan) and streams the records that
-//     match B's filters and originated on A: a record B stored on behalf of
-//     a peer carries HeaderOrigin and is never forwarded again, so there
-//     are no loops and each message crosses one hop. A batch that matched
-//     nothing still moves B's cursor.
-//   - Inject. B stores each forwarded record in its own shard as its topic's
-//     rule says, with HeaderOrigin set (InjectForwarded: one append per
-//     shard, durable as the engine promises), sets or clears the retained
-//     message, and queues it for every matching session, exactly as a local
-//     publish. Only then does B advance, and later persist, its cursor on
-//     A's shard. A crash of B between the two means the batch comes again:
-//     duplicates, never a loss (at least once for QoS 1 and 2). A restart of
-//     A or B resumes from B's cursors; messages A took while B was down reach
-//     B's persistent sessions when B returns.
+//     peer A registered in meta, sending its filters (again, at once,
+//     whenever they change) and its cursor per shard of A. A scans its open
+//     MQTT shards from those cursors (ClusterSource.Scan) and streams the
+//     records that match B's filters and originated on A: a record B stored
+//     on behalf of a peer carries HeaderOrigin and is never forwarded
+//     again, so there are no loops and each message crosses one hop. A
+//     batch that matched nothing still moves B's cursor.
+//   - New filters. B's request with a changed set carries Since: B's
+//     cursors on A's shards taken before the subscriptions it adds a filter
+//     for were made. A reads [Since, where it has streamed) again and
+//     streams the records that match an added filter and no previous one
+//     (ClusterSource.Rescan), leaving B's cursor where it was. A message
+//     stored on A after B's SUBACK is above B's cursor at the subscription,
+//     so it is either in that range or read with the new filters: none is
+//     missed however late the filters reach A (internal/node
+//     refreshRoutes).
+//   - Inject. B stores each forwarded record, as received, in its own shard
+//     as its topic's rule says, with HeaderOrigin set (InjectForwarded: one
+//     append per shard, durable as the engine promises; each record is
+//     decoded and its topic matched once), sets or clears the retained
+//     message, and queues it for every matching session, exactly as a
+//     local publish. Only then does B advance, and later persist, its
+//     cursor on A's shard. A crash of B between the two means the batch
+//     comes again: duplicates, never a loss (at least once for QoS 1 and
+//     2). A restart of A or B resumes from B's cursors; messages A took
+//     while B was down reach B's persistent sessions when B returns.
 //   - Backpressure. Before a batch is stored, InjectForwarded waits (up to
 //     250 ms) until the online sessions it feeds have room for it in their
-//     queues: a backlog arrives much faster than a client drains it, and
-//     would otherwise overflow Options.MaxQueued (tail drop). A peer that
+//     queues (woken when a writer takes from a queue): a backlog arrives
+//     much faster than a client drains it, and would otherwise overflow
+//     Options.MaxQueued (tail drop). Retained messages are not waited for. A peer that
 //     is down is retried with backoff (100 ms to 10 s) and never blocks
 //     local traffic; an idle stream carries a heartbeat every 5 s and a
 //     puller that hears nothing for 30 s reconnects.
@@ -43,17 +56,29 @@ package mqtt
 //
 // Order: a topic lives in one shard of A and one of B, and A streams a
 // shard in offset order, so the messages of one topic reach B's
-// subscribers in the order A stored them. A subscription made on B starts
-// receiving other nodes' messages once its filter reached them (the next
-// route poll, ~250 ms): like any subscription, it sees messages published
-// after it takes effect. Shared subscriptions are per node: each node's
-// group gets one copy. Retained messages reach B only with a matching
-// filter at the time (a later subscriber on B sees A's retained message
-// only if B stored it then).
+// subscribers in the order A stored them. A subscription made on B gets
+// the messages other nodes store after its SUBACK, as a local subscriber
+// does, though its filter reaches them a network round trip later.
 //
-// Sessions are node-local: a client that reconnects to another node starts
-// a new session there. The records of a memory-engine topic are lost when
-// its node restarts, and so are the ones its peers had not pulled yet.
+// What remains:
+//   - The read again starts at B's cursor, which may lag A's writes: a new
+//     subscription can also get a few messages A stored shortly before its
+//     SUBACK (those B had not pulled yet). A subscription made while B has
+//     no stream to A (A down, or B starting) gets A's messages from the
+//     stream's start (B's cursors), and on a first contact only new ones.
+//     The read again is not persisted: if B crashes before storing what it
+//     brought, a subscription made just before the crash misses the
+//     messages of that range (B's cursor is already past them).
+//   - Shared subscriptions are per node: each node's group gets one copy
+//     of a message, not one per cluster.
+//   - Retained messages reach B only with a matching filter at the time (a
+//     later subscriber on B sees A's retained message only if B stored it
+//     then).
+//   - On the memory engine, the records of a topic are lost when its node
+//     restarts, and with them the ones a peer had not pulled yet: those
+//     never reach the peer's subscribers.
+//   - Sessions are node-local: a client that reconnects to another node
+//     starts a new session there.
 //
 // Metrics (internal/node): quire_mqtt_cluster_forwarded_messages_total{peer}
 // (pulled from peer and stored here), served_messages_total{peer},
@@ -63,6 +88,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -81,29 +107,28 @@ const HeaderOrigin = "mqtt.origin"
 // RouteFilters returns the distinct filters of every session of the
 // server, online or offline ("$share/{group}/" removed), sorted.
 func (s *Server) RouteFilters() []string {
-	s.mu.Lock()
-	sessions := make([]*session, 0, len(s.sessions))
-	for _, sess := range s.sessions {
-		sessions = append(sessions, sess)
-	}
-	s.mu.Unlock()
-	set := map[string]struct{}{}
-	for _, sess := range sessions {
-		sess.mu.Lock()
-		for f := range sess.subs {
-			if _, inner, ok := pubsub.ParseShared(f); ok {
-				set[inner] = struct{}{}
-			}
-		}
-		sess.mu.Unlock()
-	}
-	out := make([]string, 0, len(set))
-	for f := range set {
-		out = append(out, f)
-	}
-	slices.Sort(out)
-	return out
+	fs, _ := s.Routes()
+	return fs
 }
+
+// Routes returns RouteFilters and their version, which grows with every
+// change of the set (pubsub.Tree.Filters: the subscription tree holds
+// every session's subscriptions; it is walked, not the sessions).
+func (s *Server) Routes() (filters []string, version uint64) {
+	fs, v := s.tree.Filters()
+	if fs == nil {
+		fs = []string{}
+	}
+	return fs, v
+}
+
+// RoutesVersion is the version Routes would return now.
+func (s *Server) RoutesVersion() uint64 { return s.tree.Version() }
+
+// RoutesChanged returns a channel closed at the next change of Routes
+// (after RoutesVersion). The change is made before the SUBACK or UNSUBACK
+// of the subscription that made it is sent.
+func (s *Server) RoutesChanged() <-chan struct{} { return s.tree.Changed() }
 
 // FilterSet matches topic names against a set of filters with MQTT's rules
 // (a wildcard first level does not match "$…" topics).
@@ -166,6 +191,14 @@ func (c *ClusterSource) Shards() []ShardMark {
 // follows the last record read. A from below the shard's low watermark
 // reads from the low one.
 func (c *ClusterSource) Scan(ctx context.Context, name string, from uint64, filters *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
+	return c.Rescan(ctx, name, from, math.MaxUint64, filters, nil, maxRecords, maxBytes)
+}
+
+// Rescan is Scan for the records below until that filters matches and
+// except (nil: none) does not: those a puller whose filters grew from
+// except to filters was not sent the first time. It returns no more than
+// until.
+func (c *ClusterSource) Rescan(ctx context.Context, name string, from, until uint64, filters, except *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
 	c.st.mu.RLock()
 	os := c.st.shards[name]
 	c.st.mu.RUnlock()
@@ -173,7 +206,7 @@ func (c *ClusterSource) Scan(ctx context.Context, name string, from uint64, filt
 		return nil, from, fmt.Errorf("mqtt: shard %s is not open: %w", name, shard.ErrNotFound)
 	}
 	low, high := os.sh.Watermarks()
-	from = max(from, low)
+	from, high = max(from, low), min(high, until)
 	if from >= high {
 		return nil, from, nil
 	}
@@ -185,8 +218,11 @@ func (c *ClusterSource) Scan(ctx context.Context, name string, from uint64, filt
 	out := recs[:0:0]
 	for i := range recs {
 		r := &recs[i]
+		if r.Offset >= until {
+			break
+		}
 		next = r.Offset + 1
-		if forwarded(r) || !filters.Match(string(r.Key)) {
+		if forwarded(r) || !filters.Match(string(r.Key)) || except != nil && except.Match(string(r.Key)) {
 			continue
 		}
 		out = append(out, *r)
@@ -204,8 +240,8 @@ func forwarded(r *shard.Record) bool {
 }
 
 // Wait returns when a shard has records at or above its mark in marks, a
-// shard not in marks may exist, ctx ends, or after d.
-func (c *ClusterSource) Wait(ctx context.Context, marks map[string]uint64, d time.Duration) {
+// shard not in marks may exist, ctx ends, wake receives, or after d.
+func (c *ClusterSource) Wait(ctx context.Context, marks map[string]uint64, d time.Duration, wake <-chan struct{}) {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	done := make(chan struct{})
@@ -240,6 +276,7 @@ func (c *ClusterSource) Wait(ctx context.Context, marks map[string]uint64, d tim
 	case <-woke:
 	case <-timer.C:
 	case <-ctx.Done():
+	case <-wake:
 	}
 }
 

@@ -17,7 +17,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,7 +56,8 @@ const (
 
 // Timing and sizes of the cluster loops.
 const (
-	routePoll       = 250 * time.Millisecond // filters recomputed, and written to meta when changed
+	routeRefresh    = time.Second            // the tree's version checked (the filters are rebuilt when it moved) and the cursors taken for the next change
+	routeWriteGap   = 250 * time.Millisecond // between two writes of this node's routes to meta (and a failed one's retry)
 	peerPoll        = 2 * time.Second        // registered nodes listed
 	cursorFlush     = 100 * time.Millisecond // cursors written when changed
 	tailWait        = 200 * time.Millisecond // a serving stream's longest idle wait
@@ -121,9 +121,16 @@ type mqttCluster struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// The filters the pullers send, and the cursors a change's request
+	// carries (Since): see routesLoop.
 	fmu     sync.Mutex
 	filters []string
-	changed chan struct{} // closed and replaced when filters change
+	gen     uint64                       // changes of filters
+	treeVer uint64                       // the server's RoutesVersion filters were computed or last found current at
+	fresh   map[uint64]map[string]uint64 // peer → cursors taken before filters were computed or last found current
+	since   map[uint64]map[string]uint64 // peer → cursors taken before filters were, as its stream last sent them (sent)
+	sent    map[uint64]uint64            // peer → gen its stream last sent
+	changed chan struct{}                // closed and replaced when filters change
 
 	cmu     sync.Mutex
 	cursors map[uint64]map[string]uint64 // peer → its shard → next offset wanted; a peer here is not fresh
@@ -152,11 +159,12 @@ func startMQTTCluster(srv *mqtt.Server, self uint64, kv func() meta.KV, fs vfs.F
 	}
 	c := &mqttCluster{self: self, srv: srv, src: src, kv: kv, fs: fs, path: fs.PathJoin(dir, mqttClusterCursors),
 		log: log.With("component", "mqtt-cluster"), m: m, changed: make(chan struct{}), pullers: map[uint64]*puller{},
-		cursors: map[uint64]map[string]uint64{}}
+		cursors: map[uint64]map[string]uint64{}, since: map[uint64]map[string]uint64{}, sent: map[uint64]uint64{}}
 	if err := c.loadCursors(); err != nil {
 		return nil, err
 	}
-	c.filters = srv.RouteFilters()
+	c.fresh = c.cursorSnapshot()
+	c.filters, c.treeVer = srv.Routes()
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(3)
 	go c.routesLoop()
@@ -177,39 +185,94 @@ func (c *mqttCluster) stop() error {
 
 // ---- routes ----
 
-// routesLoop recomputes the filters every routePoll; on a change it wakes
-// the pullers (they send the new set) and writes the set to meta, retrying
-// at the next poll if meta refuses.
+// routesLoop keeps the filters current: it rebuilds them when the
+// server's subscription tree reports a change (at once: the change is made
+// before the subscription's SUBACK), wakes the pullers to send the new set
+// (with Since), and writes the set to meta (at most every routeWriteGap,
+// retried as often while meta refuses). Every routeRefresh it checks the
+// tree's version and takes the cursors again (refreshRoutes).
 func (c *mqttCluster) routesLoop() {
 	defer c.wg.Done()
 	var written []string
 	wrote := false
-	t := time.NewTicker(routePoll)
+	var lastWrite time.Time
+	var writeDue <-chan time.Time // a write waiting for the gap, or a retry
+	t := time.NewTicker(routeRefresh)
 	defer t.Stop()
 	for {
-		fs := c.srv.RouteFilters()
-		c.fmu.Lock()
-		if !slices.Equal(fs, c.filters) {
-			c.filters = fs
-			close(c.changed)
-			c.changed = make(chan struct{})
-		}
-		c.fmu.Unlock()
-		if !wrote || !slices.Equal(fs, written) {
-			if err := c.writeRoutes(fs); err != nil {
+		changed := c.srv.RoutesChanged()
+		fs := c.refreshRoutes()
+		if writeDue == nil && (!wrote || !slices.Equal(fs, written)) {
+			if wait := time.Until(lastWrite.Add(routeWriteGap)); wait > 0 {
+				writeDue = time.After(wait)
+			} else if err := c.writeRoutes(fs); err != nil {
 				if c.ctx.Err() == nil {
 					c.log.Warn("writing this node's MQTT routes to meta; retrying", "err", err)
 				}
+				writeDue = time.After(routeWriteGap)
 			} else {
-				written, wrote = fs, true
+				written, wrote, lastWrite = fs, true, time.Now()
 			}
 		}
 		select {
 		case <-c.ctx.Done():
 			return
+		case <-changed:
 		case <-t.C:
+		case <-writeDue:
+			writeDue = nil
 		}
 	}
+}
+
+// refreshRoutes rebuilds the filters if the server's routes version moved
+// (closing c.changed if they differ) and returns them.
+//
+// A change's request carries Since: cursors on the peer's shards taken
+// before any subscription whose filter it adds was made. Everything the
+// peer stored after such a subscription took effect is at or above the
+// cursor this node had on its shard then (the peer's high watermark bounds
+// every cursor it hands out), so the peer reads again from Since with the
+// added filters and no message published after the SUBACK is missed. The
+// cursors are taken first, then the version read: if it is the one the
+// filters were computed at, no subscription changed since, and the
+// cursors serve as Since for the next change (fresh; since for the peers
+// whose stream sent these filters); if not, the filters are computed now,
+// after the cursors were taken. Cursors only grow, so an older Since
+// stays right, and only costs a longer read.
+func (c *mqttCluster) refreshRoutes() []string {
+	snap := c.cursorSnapshot()
+	v := c.srv.RoutesVersion()
+	c.fmu.Lock()
+	defer c.fmu.Unlock()
+	if v != c.treeVer {
+		var fs []string
+		fs, c.treeVer = c.srv.Routes()
+		if !slices.Equal(fs, c.filters) {
+			c.filters = fs
+			c.gen++
+			close(c.changed)
+			c.changed = make(chan struct{})
+		}
+	}
+	c.fresh = snap
+	for peer, gen := range c.sent {
+		if gen == c.gen {
+			c.since[peer] = snap[peer]
+		}
+	}
+	return c.filters
+}
+
+// cursorSnapshot copies the cursors.
+func (c *mqttCluster) cursorSnapshot() map[uint64]map[string]uint64 {
+	c.cmu.Lock()
+	defer c.cmu.Unlock()
+	out := make(map[uint64]map[string]uint64, len(c.cursors))
+	for peer, m := range c.cursors {
+		out[peer] = maps(m)
+	}
+	return out
 }
 
 func (c *mqttCluster) writeRoutes(fs []string) error {
@@ -225,12 +288,19 @@ func (c *mqttCluster) writeRoutes(fs []string) error {
 	})
 }
 
-// currentFilters returns the filter set and a channel closed when it
-// changes.
-func (c *mqttCluster) currentFilters() ([]string, <-chan struct{}) {
+// sendFilters returns the filter set for peer's stream to send, the
+// cursors to send as Since with it (a later request), and a channel closed
+// when the set changes; the stream is taken to have sent the set.
+func (c *mqttCluster) sendFilters(peer uint64) ([]string, map[string]uint64, <-chan struct{}) {
 	c.fmu.Lock()
 	defer c.fmu.Unlock()
-	return c.filters, c.changed
+	since, ok := c.since[peer]
+	if !ok {
+		since = c.fresh[peer]
+		c.since[peer] = since
+	}
+	c.sent[peer] = c.gen
+	return c.filters, since, c.changed
 }
 
 // ---- peers ----
@@ -372,7 +442,7 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 	if err != nil {
 		return false, err
 	}
-	filters, changed := c.currentFilters()
+	filters, _, changed := c.sendFilters(peer)
 	c.cmu.Lock()
 	cur, known := c.cursors[peer]
 	first := &mqttclusterv1.PullRequest{NodeId: c.self, Fresh: !known, Filters: filters, Cursors: maps(cur)}
@@ -389,8 +459,9 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 			case <-changed:
 			}
 			var fs []string
-			fs, changed = c.currentFilters()
-			if err := stream.Send(&mqttclusterv1.PullRequest{Filters: fs}); err != nil {
+			var since map[string]uint64
+			fs, since, changed = c.sendFilters(peer)
+			if err := stream.Send(&mqttclusterv1.PullRequest{Filters: fs, Since: since}); err != nil {
 				sendErr <- err
 				cancel()
 				return
@@ -573,8 +644,9 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 	}
 	peer := req.NodeId
 	label := strconv.FormatUint(peer, 10)
-	var filters atomic.Pointer[mqtt.FilterSet]
-	filters.Store(mqtt.NewFilterSet(req.Filters))
+	filters := mqtt.NewFilterSet(req.Filters)
+	var updates filterUpdates
+	updates.wake = make(chan struct{}, 1)
 	go func() {
 		defer cancel()
 		for {
@@ -582,48 +654,47 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 			if err != nil {
 				return
 			}
-			filters.Store(mqtt.NewFilterSet(r.Filters))
+			updates.add(r)
 		}
 	}()
 	pos := map[string]uint64{}
 	for _, sm := range c.src.Shards() {
-		pos[sm.Name] = startOffset(sm, req)
+		pos[sm.Name] = startOffset(sm, req.Cursors, req.Fresh)
 	}
+	started := maps(pos) // where the stream started on each shard
 	if err := stream.Send(&mqttclusterv1.PullResponse{NodeId: c.self, Start: pos}); err != nil {
 		return err
 	}
 	c.log.Info("MQTT routing: serving a peer", "peer", peer, "filters", len(req.Filters), "fresh", req.Fresh)
+	served := c.m.served.WithLabelValues(label)
 	lastSend := time.Now()
 	for ctx.Err() == nil {
+		if fs, since := updates.take(); fs != nil {
+			if err := c.rescan(ctx, stream, pos, since, started, fs, filters, served); err != nil {
+				return err
+			}
+			filters = fs
+		}
 		progressed := false
 		for _, sm := range c.src.Shards() {
 			from, ok := pos[sm.Name]
 			if !ok {
 				// A shard opened since the stream began: new to the
 				// puller unless it has a cursor there.
-				from = startOffset(sm, &mqttclusterv1.PullRequest{Cursors: req.Cursors})
-				pos[sm.Name] = from
+				from = startOffset(sm, req.Cursors, false)
+				pos[sm.Name], started[sm.Name] = from, from
 			}
 			if from >= sm.High {
 				continue
 			}
-			recs, next, err := c.src.Scan(ctx, sm.Name, from, filters.Load(), forwardRecords, forwardBytes)
+			recs, next, err := c.src.Scan(ctx, sm.Name, from, filters, forwardRecords, forwardBytes)
 			if err != nil {
 				return err
 			}
-			resp := &mqttclusterv1.PullResponse{Shard: sm.Name, Next: next, High: sm.High, Records: make([]*mqttclusterv1.Record, len(recs))}
-			for i := range recs {
-				r := &recs[i]
-				pr := &mqttclusterv1.Record{Offset: r.Offset, Timestamp: r.Timestamp, Key: r.Key, Value: r.Value}
-				for _, h := range r.Headers {
-					pr.Headers = append(pr.Headers, &mqttclusterv1.Header{Key: h.Key, Value: h.Value})
-				}
-				resp.Records[i] = pr
-			}
-			if err := stream.Send(resp); err != nil {
+			if err := stream.Send(pullResponse(sm, next, recs)); err != nil {
 				return err
 			}
-			c.m.served.WithLabelValues(label).Add(float64(len(recs)))
+			served.Add(float64(len(recs)))
 			pos[sm.Name] = next
 			progressed = progressed || next > from
 			lastSend = time.Now()
@@ -637,21 +708,108 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 			}
 			lastSend = time.Now()
 		}
-		c.src.Wait(ctx, pos, tailWait)
+		c.src.Wait(ctx, pos, tailWait, updates.wake)
 	}
 	return nil
 }
 
-// startOffset is where a stream starts on shard sm for the puller's first
-// request: its cursor; with none, the high watermark for a fresh puller
-// (new messages only) and the low one for a shard created after the
-// puller first came (all of it); a cursor above the high watermark (the
-// shard lost its records, as a memory engine's on restart) restarts at the
-// low one.
-func startOffset(sm mqtt.ShardMark, req *mqttclusterv1.PullRequest) uint64 {
-	cur, ok := req.Cursors[sm.Name]
+// filterUpdates holds the filter changes a serving stream received and
+// has not applied yet: the newest set, and the lowest Since per shard.
+type filterUpdates struct {
+	wake chan struct{} // capacity 1: a change came
+
+	mu      sync.Mutex
+	filters *mqtt.FilterSet
+	since   map[string]uint64
+}
+
+func (u *filterUpdates) add(r *mqttclusterv1.PullRequest) {
+	fs := mqtt.NewFilterSet(r.Filters)
+	u.mu.Lock()
+	if u.filters == nil {
+		u.since = map[string]uint64{}
+	}
+	u.filters = fs
+	for name, off := range r.Since {
+		if cur, ok := u.since[name]; !ok || off < cur {
+			u.since[name] = off
+		}
+	}
+	u.mu.Unlock()
+	select {
+	case u.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the pending change (nil filters: none) and forgets it.
+func (u *filterUpdates) take() (*mqtt.FilterSet, map[string]uint64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	fs, since := u.filters, u.since
+	u.filters, u.since = nil, nil
+	return fs, since
+}
+
+// rescan streams, for a change of the puller's filters from old to fs,
+// the records of [since, pos) of each shard that match fs and not old:
+// the puller has every record below pos that old matches, and none that
+// only fs does, some of which were published after its subscription (see
+// refreshRoutes). A shard the puller had no cursor of is read from where
+// the stream started on it (started): it had received none of it. The
+// batches leave the puller's cursor at pos.
+func (c *mqttCluster) rescan(ctx context.Context, stream mqttclusterv1.Forwarder_PullServer, pos, since, started map[string]uint64, fs, old *mqtt.FilterSet, served prometheus.Counter) error {
+	for _, sm := range c.src.Shards() {
+		from, ok := since[sm.Name]
+		if !ok {
+			from, ok = started[sm.Name]
+		}
+		until := pos[sm.Name]
+		for ok && from < until {
+			recs, next, err := c.src.Rescan(ctx, sm.Name, from, until, fs, old, forwardRecords, forwardBytes)
+			if err != nil {
+				return err
+			}
+			if next <= from {
+				break // nothing left below until (the shard's low watermark passed it)
+			}
+			if len(recs) > 0 {
+				if err := stream.Send(pullResponse(sm, until, recs)); err != nil {
+					return err
+				}
+				served.Add(float64(len(recs)))
+			}
+			from = next
+		}
+	}
+	return nil
+}
+
+// pullResponse is the batch of recs read from shard sm, with the
+// puller's cursor once they are stored.
+func pullResponse(sm mqtt.ShardMark, next uint64, recs []shard.Record) *mqttclusterv1.PullResponse {
+	resp := &mqttclusterv1.PullResponse{Shard: sm.Name, Next: next, High: sm.High, Records: make([]*mqttclusterv1.Record, len(recs))}
+	for i := range recs {
+		r := &recs[i]
+		pr := &mqttclusterv1.Record{Offset: r.Offset, Timestamp: r.Timestamp, Key: r.Key, Value: r.Value}
+		for _, h := range r.Headers {
+			pr.Headers = append(pr.Headers, &mqttclusterv1.Header{Key: h.Key, Value: h.Value})
+		}
+		resp.Records[i] = pr
+	}
+	return resp
+}
+
+// startOffset is where a stream starts on shard sm for a puller with
+// cursors (its first request's): its cursor; with none, the high
+// watermark for a fresh puller (new messages only) and the low one for a
+// shard created after the puller first came (all of it); a cursor above
+// the high watermark (the shard lost its records, as a memory engine's on
+// restart) restarts at the low one.
+func startOffset(sm mqtt.ShardMark, cursors map[string]uint64, fresh bool) uint64 {
+	cur, ok := cursors[sm.Name]
 	switch {
-	case !ok && req.Fresh:
+	case !ok && fresh:
 		return sm.High
 	case !ok || cur > sm.High:
 		return sm.Low

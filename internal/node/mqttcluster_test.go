@@ -16,7 +16,6 @@ import (
 
 	"github.com/quiremq/quire/frontends/mqtt"
 	"github.com/quiremq/quire/internal/config"
-	mqttclusterv1 "github.com/quiremq/quire/internal/proto/mqttcluster/v1"
 	"github.com/quiremq/quire/meta/schema"
 )
 
@@ -462,9 +461,47 @@ func TestMQTTClusterStartOffset(t *testing.T) {
 		{"a cursor below the low watermark moves up", map[string]uint64{"s": 3}, false, 10},
 		{"a cursor above the high watermark (records lost) restarts low", map[string]uint64{"s": 25}, false, 10},
 	} {
-		req := &mqttclusterv1.PullRequest{Cursors: c.cursors, Fresh: c.fresh}
-		if got := startOffset(sm, req); got != c.want {
+		if got := startOffset(sm, c.cursors, c.fresh); got != c.want {
 			t.Errorf("%s: start at %d, want %d", c.name, got, c.want)
 		}
+	}
+}
+
+// TestNodeMQTTClusterRouteAtSubscribe: a message published on node 1 as
+// soon as a subscription on node 2 has its SUBACK reaches it, for each of
+// ten new filters, once, though the new filter reaches node 1 only after
+// that publish (node 1 reads again, for the new filter, from node 2's
+// cursor when it subscribed). Before, the filters were polled every
+// 250 ms and such a message was not forwarded. The messages of a filter
+// node 2 had already come once each (the read again skips them).
+func TestNodeMQTTClusterRouteAtSubscribe(t *testing.T) {
+	_, nodes := startCluster(t, twoNodeConfigs)
+	rec := newRecorder()
+	sub := mqttClient(t, nodes[1], "sub", true, rec)
+	pub := mqttClient(t, nodes[0], "pub", true, nil)
+	subscribe(t, sub, "warm/#")
+	routed(t, pub, "warm/probe", rec)
+	const n = 10
+	for i := range n {
+		subscribe(t, sub, fmt.Sprintf("fresh/%d", i))
+		publish(t, pub, fmt.Sprintf("fresh/%d", i), i, i+1)
+		publish(t, pub, "warm/steady", i, i+1)
+	}
+	waitFor(t, "every message published right after its SUBACK", func() bool {
+		for i := range n {
+			if len(rec.topic(fmt.Sprintf("fresh/%d", i))) == 0 {
+				return false
+			}
+		}
+		return len(rec.topic("warm/steady")) >= n
+	})
+	time.Sleep(300 * time.Millisecond) // duplicates, if any, come now
+	for i := range n {
+		if got := rec.topic(fmt.Sprintf("fresh/%d", i)); !slices.Equal(got, []string{strconv.Itoa(i)}) {
+			t.Errorf("fresh/%d: got %v, want [%d] once", i, got, i)
+		}
+	}
+	if got := rec.topic("warm/steady"); !slices.Equal(got, seq(0, n)) {
+		t.Errorf("warm/steady: got %v, want 0..%d once each in order", got, n-1)
 	}
 }

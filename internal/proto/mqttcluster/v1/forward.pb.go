@@ -41,7 +41,14 @@ type PullRequest struct {
 	// their low watermark (first request).
 	Fresh bool `protobuf:"varint,3,opt,name=fresh,proto3" json:"fresh,omitempty"`
 	// The puller's subscription filters ("$share/g/" removed), complete.
-	Filters       []string `protobuf:"bytes,4,rep,name=filters,proto3" json:"filters,omitempty"`
+	Filters []string `protobuf:"bytes,4,rep,name=filters,proto3" json:"filters,omitempty"`
+	// A later request (new filters): the puller's cursors on this server's
+	// shards taken before any of its subscriptions that this request adds a
+	// filter for was made. The server reads again, from there up to where it
+	// has streamed, the records that match an added filter and none of the
+	// previous ones, so that what was published here after such a
+	// subscription took effect reaches it (see frontends/mqtt/cluster.go).
+	Since         map[string]uint64 `protobuf:"bytes,5,rep,name=since,proto3" json:"since,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -100,6 +107,13 @@ func (x *PullRequest) GetFresh() bool {
 func (x *PullRequest) GetFilters() []string {
 	if x != nil {
 		return x.Filters
+	}
+	return nil
+}
+
+func (x *PullRequest) GetSince() map[string]uint64 {
+	if x != nil {
+		return x.Since
 	}
 	return nil
 }
@@ -332,13 +346,18 @@ var File_mqttcluster_v1_forward_proto protoreflect.FileDescriptor
 
 const file_mqttcluster_v1_forward_proto_rawDesc = "" +
 	"\n" +
-	"\x1cmqttcluster/v1/forward.proto\x12\x0emqttcluster.v1\"\xd6\x01\n" +
+	"\x1cmqttcluster/v1/forward.proto\x12\x0emqttcluster.v1\"\xce\x02\n" +
 	"\vPullRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12B\n" +
 	"\acursors\x18\x02 \x03(\v2(.mqttcluster.v1.PullRequest.CursorsEntryR\acursors\x12\x14\n" +
 	"\x05fresh\x18\x03 \x01(\bR\x05fresh\x12\x18\n" +
-	"\afilters\x18\x04 \x03(\tR\afilters\x1a:\n" +
+	"\afilters\x18\x04 \x03(\tR\afilters\x12<\n" +
+	"\x05since\x18\x05 \x03(\v2&.mqttcluster.v1.PullRequest.SinceEntryR\x05since\x1a:\n" +
 	"\fCursorsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a8\n" +
+	"\n" +
+	"SinceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x90\x02\n" +
 	"\fPullResponse\x12\x17\n" +
@@ -376,27 +395,29 @@ func file_mqttcluster_v1_forward_proto_rawDescGZIP() []byte {
 	return file_mqttcluster_v1_forward_proto_rawDescData
 }
 
-var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_mqttcluster_v1_forward_proto_goTypes = []any{
 	(*PullRequest)(nil),  // 0: mqttcluster.v1.PullRequest
 	(*PullResponse)(nil), // 1: mqttcluster.v1.PullResponse
 	(*Record)(nil),       // 2: mqttcluster.v1.Record
 	(*Header)(nil),       // 3: mqttcluster.v1.Header
 	nil,                  // 4: mqttcluster.v1.PullRequest.CursorsEntry
-	nil,                  // 5: mqttcluster.v1.PullResponse.StartEntry
+	nil,                  // 5: mqttcluster.v1.PullRequest.SinceEntry
+	nil,                  // 6: mqttcluster.v1.PullResponse.StartEntry
 }
 var file_mqttcluster_v1_forward_proto_depIdxs = []int32{
 	4, // 0: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
-	2, // 1: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
-	5, // 2: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
-	3, // 3: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
-	0, // 4: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
-	1, // 5: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	5, // 1: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
+	2, // 2: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
+	6, // 3: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
+	3, // 4: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
+	0, // 5: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
+	1, // 6: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
+	6, // [6:7] is the sub-list for method output_type
+	5, // [5:6] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_mqttcluster_v1_forward_proto_init() }
@@ -410,7 +431,7 @@ func file_mqttcluster_v1_forward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mqttcluster_v1_forward_proto_rawDesc), len(file_mqttcluster_v1_forward_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
