@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -193,5 +194,47 @@ func TestClusterAwaitRoomWakes(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%s: awaitRoom still waits", wake.name)
 		}
+	}
+}
+
+// Rescan returns the records below until that the new filters match and
+// the old ones do not, and stops at until; Scan reads to the end.
+func TestClusterRescan(t *testing.T) {
+	a := startBroker(t, nil, nil)
+	ctx := context.Background()
+	// x/a and x/b hash onto the same one of startBroker's 4 shards.
+	topics := []string{"x/a", "x/b"}
+	if ShardName("memory", "x/a", 4) != ShardName("memory", "x/b", 4) {
+		t.Fatal("x/a and x/b are in two shards")
+	}
+	for i := range 10 {
+		if err := a.publish(ctx, &pubsub.Message{Topic: topics[i%2], QoS: 1, Payload: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src, err := a.ClusterSource()
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := ShardName("memory", "x/a", 4)
+	payloads := func(recs []shard.Record) (out []string) {
+		for _, r := range recs {
+			out = append(out, string(r.Key)+"="+string(r.Value))
+		}
+		return out
+	}
+	recs, next, err := src.Rescan(ctx, name, 2, 7, NewFilterSet([]string{"x/#"}), NewFilterSet([]string{"x/a"}), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"x/b=3", "x/b=5"}; !slices.Equal(payloads(recs), want) || next != 7 {
+		t.Fatalf("Rescan [2, 7) = %v up to %d, want %v up to 7", payloads(recs), next, want)
+	}
+	recs, next, err = src.Scan(ctx, name, 7, NewFilterSet([]string{"x/#"}), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"x/b=7", "x/a=8", "x/b=9"}; !slices.Equal(payloads(recs), want) || next != 10 {
+		t.Fatalf("Scan from 7 = %v up to %d, want %v up to 10", payloads(recs), next, want)
 	}
 }
