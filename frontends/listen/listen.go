@@ -318,6 +318,31 @@ func (c *conn) NetConn() net.Conn { return c.Conn }
 // NetConn returns the wrapped connection.
 func (c *slotConn) NetConn() net.Conn { return c.Conn }
 
+// CloseWrite shuts down the writing side of c's transport — a TCP FIN
+// after what was written — and reports whether it could: c, or a
+// connection it wraps (NetConn, as *tls.Conn and this package's wrappers
+// have), must be a TCP or Unix connection. Through TLS the FIN follows the
+// records written (no close_notify: *tls.Conn.CloseWrite would not
+// half-close the socket). A server that closes with input unread makes
+// the kernel send a reset, which drops what it had not sent yet and may
+// reach the client first; half-closing, reading what is left, then
+// closing does not.
+func CloseWrite(c net.Conn) bool {
+	for c != nil {
+		switch cw := c.(type) {
+		case *net.TCPConn:
+			return cw.CloseWrite() == nil
+		case *net.UnixConn:
+			return cw.CloseWrite() == nil
+		case interface{ NetConn() net.Conn }:
+			c = cw.NetConn()
+		default:
+			return false
+		}
+	}
+	return false
+}
+
 // PeerCertificate returns the verified client certificate of a TLS
 // connection (unwrapping through NetConn methods), or nil when there is
 // none: not TLS, no certificate asked for or sent, or the handshake has not

@@ -57,6 +57,7 @@ type conn struct {
 	sess        *session
 	readTimeout time.Duration
 	rdl         time.Time        // the read deadline last armed by readLoop
+	lastWords   bool             // serve sent a last packet (DISCONNECT, refusing CONNACK): lastWordsClose
 	pending     []pendingPublish // QoS 0/1 PUBLISHes read, to append as one batch
 	inflightMax int
 	aliases     map[uint16]string // inbound topic aliases
@@ -97,6 +98,9 @@ type countingConn struct {
 	in, out prometheus.Counter
 }
 
+// NetConn returns the wrapped connection (listen.CloseWrite).
+func (c *countingConn) NetConn() net.Conn { return c.Conn }
+
 func (c *countingConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
@@ -119,6 +123,28 @@ func (c *conn) close() {
 		close(c.closing)
 		c.nc.Close()
 	})
+}
+
+// Bounds of the drain before closing a connection the server ended with a
+// last packet (DISCONNECT, refusing CONNACK): lastWordsClose.
+const (
+	drainTime  = time.Second
+	drainBytes = 1 << 20
+)
+
+// lastWordsClose closes the connection after a last packet sent with
+// input possibly unread (the rest of an oversized packet, packets behind
+// a bad one): it half-closes (listen.CloseWrite), reads and discards the
+// input until the client closes, drainBytes were read or drainTime
+// passed, then closes. A plain close with unread input would make the
+// kernel reset the connection, dropping the last packet if it was not
+// sent yet and, at many clients, what they had not read of it.
+func (c *conn) lastWordsClose() {
+	if listen.CloseWrite(c.nc) {
+		c.nc.SetReadDeadline(time.Now().Add(drainTime))
+		io.CopyN(io.Discard, c.nc, drainBytes)
+	}
+	c.close()
 }
 
 // kickReasons are the Reason Strings of the DISCONNECTs kick sends.
@@ -237,6 +263,9 @@ func (c *conn) serve() {
 	present, err := c.handshake()
 	if err != nil {
 		log.Debug("mqtt connect refused", "err", err)
+		if c.lastWords {
+			c.lastWordsClose()
+		}
 		c.close()
 		return
 	}
@@ -276,6 +305,9 @@ func (c *conn) serve() {
 		} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 			log.Debug("mqtt connection lost", "err", err)
 		}
+	}
+	if c.lastWords {
+		c.lastWordsClose()
 	}
 	c.close()
 	if c.writerStarted.CompareAndSwap(false, true) {
@@ -319,6 +351,7 @@ func (c *conn) serve() {
 func (c *conn) refuse(code packet.ReasonCode, msg string) error {
 	c.s.m.connects.WithLabelValues(code.String()).Inc()
 	if c.version != packet.V5 {
+		c.lastWords = true
 		c.sendShort(&packet.Connack{ReturnCode: packet.ReturnCodeFor(code)})
 	} else {
 		c.sendReason(&packet.Connack{ReasonCode: code}, msg)
@@ -360,6 +393,7 @@ func (c *conn) sendReason(p packet.Packet, msg string) error {
 		msg = msg[:len(msg)-1]
 	}
 	props.ReasonString = msg
+	c.lastWords = true
 	err := c.sendShort(p)
 	if errors.Is(err, packet.ErrPeerPacketTooLarge) {
 		props.ReasonString = ""

@@ -200,6 +200,11 @@
 // internal failures and authentication refusals only the text before the
 // first ": ", the rest goes to the log), dropped if it would exceed the
 // client's Maximum Packet Size.
+// After such a last packet the connection is half-closed (TCP FIN, also
+// under TLS) and its input read and discarded until the client closes,
+// for at most a second and 1 MiB, then closed: closing with input unread
+// would make the kernel reset the connection, dropping the last packet if
+// not yet sent (conn.lastWordsClose).
 // Broker-level violations (topic alias out of range 0x94, too many QoS 2 in
 // flight 0x93, No Local on a shared subscription 0x82, a failed
 // re-authentication 0x87, 0x8C or 0x82) do the same.

@@ -1,7 +1,11 @@
 package mqtt
 
 import (
+	"bytes"
+	"fmt"
+	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,5 +58,65 @@ func TestPacketTooLarge(t *testing.T) {
 	publish5(t, other, "fine", 0, false, "ok")
 	if m := other.next(t); string(m.Payload) != "ok" {
 		t.Fatalf("got %q", m.Payload)
+	}
+}
+
+// A client that sends a packet over the server's maximum with more data
+// behind it reads the DISCONNECT 0x95 before the connection ends: the
+// server half-closes and drains its input before closing. A close with
+// unread input makes the kernel send a TCP reset and drop what it had not
+// sent yet, here the end of a burst of messages the client (with a small
+// receive buffer) has not read, and the DISCONNECT behind them.
+func TestPacketTooLargeDisconnectBeforeReset(t *testing.T) {
+	b := startBroker(t, nil, func(o *Options) { o.MaxPacketSize = 4096 })
+	pub := connect5(t, b.tcp, &paho.Connect{ClientID: "pub", CleanStart: true})
+	for i := range 5 {
+		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) {
+				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048)
+			})
+		}}
+		nc, err := d.Dial("tcp", b.tcp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := rawOn(t, nc)
+		c.connect(&packet.Connect{Version: packet.V5, ClientID: fmt.Sprintf("big-%d", i), CleanStart: true, KeepAlive: 60})
+		c.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: "burst"}}})
+		if _, ok := c.read().(*packet.Suback); !ok {
+			t.Fatal("no SUBACK")
+		}
+		for range 40 {
+			publish5(t, pub, "burst", 1, false, strings.Repeat("b", 1000))
+		}
+		// A PUBLISH of 256 KiB, written in the background: the server
+		// reads only its fixed header.
+		var buf bytes.Buffer
+		w := packet.NewWriter(&buf, packet.V5)
+		if err := w.WritePacket(&packet.Publish{Topic: "big", Payload: bytes.Repeat([]byte("x"), 256<<10)}); err != nil {
+			t.Fatal(err)
+		}
+		w.Flush()
+		go nc.Write(buf.Bytes())
+		time.Sleep(200 * time.Millisecond)
+		n := 0
+		for {
+			nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			p, err := c.r.ReadPacket()
+			if err != nil {
+				t.Fatalf("attempt %d: %v after %d messages, want DISCONNECT 0x95", i, err, n)
+			}
+			if d, ok := p.(*packet.Disconnect); ok {
+				if d.ReasonCode != packet.PacketTooLarge {
+					t.Fatalf("attempt %d: DISCONNECT %v", i, d.ReasonCode)
+				}
+				break
+			}
+			n++
+		}
+		if n != 40 {
+			t.Fatalf("attempt %d: %d messages before the DISCONNECT, want 40", i, n)
+		}
+		nc.Close()
 	}
 }
