@@ -44,7 +44,8 @@ type result struct {
 	CPUUsPerEntry     float64 `json:"cpu_us_per_entry"`
 	ReadCPUUsPerEntry float64 `json:"read_cpu_us_per_entry,omitempty"`
 
-	BytesPerSync        float64  `json:"bytes_per_sync"` // the bookies' journal bytes per fdatasync
+	BytesPerSync        float64  `json:"bytes_per_sync"`   // the bookies' journal bytes per fdatasync
+	AddsPerRequest      *float64 `json:"adds_per_request"` // adds per AddEntries message the bookies received (batching)
 	DiskCeilingMBPerSec *float64 `json:"disk_ceiling_mb_per_sec"`
 	DiskEfficiency      *float64 `json:"disk_efficiency"`
 	ReadEntries         int64    `json:"read_entries,omitempty"`
@@ -218,6 +219,7 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 		res.CPUUsPerEntry = float64(writeCPU.Microseconds()) / float64(st.entries)
 	}
 	res.BytesPerSync = syncsAfter.sub(syncsBefore).bytesPerSync()
+	res.AddsPerRequest = syncsAfter.sub(syncsBefore).addsPerRequest()
 
 	if c.mode == "catchup" {
 		cpu = processCPU()

@@ -48,6 +48,13 @@ type localBookie struct {
 // syncBytesMetric is the bookies' histogram of journal bytes per fdatasync.
 const syncBytesMetric = "quire_bookie_journal_sync_bytes"
 
+// addRequestsMetric and addsMetric count the bookies' AddEntries request
+// messages and the adds in them (bookierpc).
+const (
+	addRequestsMetric = "quire_bookie_rpc_add_requests_total"
+	addsMetric        = "quire_bookie_rpc_adds_total"
+)
+
 var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // startCluster makes the run's directory under c.dataDir and starts meta
@@ -159,12 +166,26 @@ func (cl *cluster) stop() {
 }
 
 // syncStats are the bookies' journal fdatasyncs so far: how many, and the
-// bytes they wrote.
+// bytes they wrote; and the AddEntries request messages they received and
+// the adds in them.
 type syncStats struct {
-	syncs, bytes float64
+	syncs, bytes   float64
+	requests, adds float64
 }
 
-func (s syncStats) sub(o syncStats) syncStats { return syncStats{s.syncs - o.syncs, s.bytes - o.bytes} }
+func (s syncStats) sub(o syncStats) syncStats {
+	return syncStats{s.syncs - o.syncs, s.bytes - o.bytes, s.requests - o.requests, s.adds - o.adds}
+}
+
+// addsPerRequest is the mean adds per AddEntries request message, or nil
+// when no bookie reported them.
+func (s syncStats) addsPerRequest() *float64 {
+	if s.requests <= 0 {
+		return nil
+	}
+	v := s.adds / s.requests
+	return &v
+}
 
 // bytesPerSync is the mean journal bytes per fdatasync (0 without syncs).
 func (s syncStats) bytesPerSync() float64 {
@@ -183,12 +204,16 @@ func (cl *cluster) syncStats(ctx context.Context) (syncStats, error) {
 			return total, err
 		}
 		for _, mf := range mfs {
-			if mf.GetName() != syncBytesMetric {
-				continue
-			}
 			for _, m := range mf.GetMetric() {
-				total.syncs += float64(m.GetHistogram().GetSampleCount())
-				total.bytes += m.GetHistogram().GetSampleSum()
+				switch mf.GetName() {
+				case syncBytesMetric:
+					total.syncs += float64(m.GetHistogram().GetSampleCount())
+					total.bytes += m.GetHistogram().GetSampleSum()
+				case addRequestsMetric:
+					total.requests += m.GetCounter().GetValue()
+				case addsMetric:
+					total.adds += m.GetCounter().GetValue()
+				}
 			}
 		}
 	}
@@ -239,6 +264,10 @@ func parseSyncStats(r io.Reader, src string) (syncStats, error) {
 			dst = &s.bytes
 		case syncBytesMetric + "_count":
 			dst = &s.syncs
+		case addRequestsMetric:
+			dst = &s.requests
+		case addsMetric:
+			dst = &s.adds
 		default:
 			continue
 		}
@@ -247,7 +276,9 @@ func parseSyncStats(r io.Reader, src string) (syncStats, error) {
 			return s, fmt.Errorf("bookie metrics %s: %s: %w", src, name, err)
 		}
 		*dst = v
-		seen++
+		if dst == &s.bytes || dst == &s.syncs {
+			seen++
+		}
 	}
 	if err := sc.Err(); err != nil {
 		return s, err

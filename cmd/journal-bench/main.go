@@ -70,8 +70,10 @@ line is one JSON object: entries_per_sec, mb_per_sec, p50_ms, p99_ms,
 p999_ms, ensemble, write_quorum, ack_quorum, entry_size, duration_s,
 bytes_per_sync, disk_ceiling_mb_per_sec and disk_efficiency (null without
 --raw-disk), cpu_us_per_entry (this process's CPU, in-process bookies
-included, per append: steadier than rates on a shared machine), the other
-settings, and read_* fields in read modes.
+included, per append: steadier than rates on a shared machine),
+adds_per_request (adds per AddEntries message the bookies received: the
+client's batching; null when no bookie reported it), the other settings,
+and read_* fields in read modes.
 
 --raw-disk: after the run, the raw write+fdatasync ceiling of the data
 directory (one writer, sequential, on a pre-zeroed file) at the journal

@@ -195,10 +195,18 @@ quire_bookie_journal_sync_bytes_bucket{le="256"} 0
 quire_bookie_journal_sync_bytes_sum 1.5e+06
 quire_bookie_journal_sync_bytes_count 10
 quire_bookie_adds_total 7
+quire_bookie_rpc_add_requests_total 4
+quire_bookie_rpc_adds_total 100
 `
 	s, err := parseSyncStats(strings.NewReader(text), "test")
 	if err != nil || s.bytesPerSync() != 150000 {
 		t.Fatalf("%+v, %v", s, err)
+	}
+	if apr := s.addsPerRequest(); apr == nil || *apr != 25 {
+		t.Errorf("adds per request %v, want 25", apr)
+	}
+	if (syncStats{}).addsPerRequest() != nil {
+		t.Error("adds per request without requests")
 	}
 	if _, err := parseSyncStats(strings.NewReader("quire_bookie_adds_total 7\n"), "test"); err == nil {
 		t.Error("metrics without the histogram accepted")

@@ -155,8 +155,9 @@ type AddStream struct {
 	buf    []byte     // the packed adds being sent; guarded by sendMu
 
 	mu       sync.Mutex
-	pending  []slot // adds numbered base, base+1, ...; answered ones until the front is
+	pending  []slot // adds numbered base, base+1, ...: the window is pending[head:]
 	base     uint64
+	head     int // pending[:head] are answered
 	n        int // adds in pending not yet answered
 	ended    bool
 	err      error // why the stream ended; nil after a clean end
@@ -260,7 +261,7 @@ func (s *AddStream) sendPacked(adds []Add, msg *journalv1.AddRequest) error {
 // the next size up (…, 16 KiB, 32 KiB, 1 MiB) and zeroes the whole buffer
 // first: a message just over 32 KiB costs a 1 MiB clear, so batches stay
 // within 32 KiB, which already turns ~30 messages of 1 KiB adds into one.
-const MaxBatchBytes = 32<<10 - 256
+const MaxBatchBytes = 16<<10 - 256
 
 // BatchAddOverhead bounds the encoded size of one batched add besides its
 // payload (the packed header).
@@ -289,7 +290,7 @@ func (s *AddStream) Outstanding() int {
 func (s *AddStream) Withdraw(match func(*Add) bool, into []Add) []Add {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i := range s.pending {
+	for i := s.head; i < len(s.pending); i++ {
 		sl := &s.pending[i]
 		if !sl.answered && match(&sl.add) {
 			into = append(into, sl.add)
@@ -301,21 +302,21 @@ func (s *AddStream) Withdraw(match func(*Add) bool, into []Add) []Add {
 	return into
 }
 
-// trim drops the answered adds at the front of the window; mu is held.
+// trim drops the answered adds at the front of the window; once they are
+// at least half of pending it moves the window to the front of the array
+// (amortized O(1) per add, and the array is reused); mu is held.
 func (s *AddStream) trim() {
-	k := 0
-	for k < len(s.pending) && s.pending[k].answered {
-		k++
+	for s.head < len(s.pending) && s.pending[s.head].answered {
+		s.head++
 	}
-	if k == 0 {
+	if s.head == 0 || 2*s.head < len(s.pending) {
 		return
 	}
-	s.base += uint64(k)
-	if k == len(s.pending) {
-		s.pending = s.pending[:0] // reuse the array
-		return
-	}
-	s.pending = s.pending[k:]
+	n := copy(s.pending, s.pending[s.head:])
+	clear(s.pending[n:])
+	s.pending = s.pending[:n]
+	s.base += uint64(s.head)
+	s.head = 0
 }
 
 func (s *AddStream) recvLoop() {
@@ -353,7 +354,7 @@ func (s *AddStream) answerPacked(b []byte, into []AddResult) ([]AddResult, error
 		if a, b, err = nextPackedAnswer(b); err != nil {
 			return into, err
 		}
-		if a.seq < s.base {
+		if a.seq < s.base+uint64(s.head) {
 			continue // withdrawn, and the window moved on
 		}
 		i := a.seq - s.base
@@ -381,8 +382,8 @@ func (s *AddStream) answerPacked(b []byte, into []AddResult) ([]AddResult, error
 func (s *AddStream) finish(err error) {
 	s.mu.Lock()
 	s.ended = true
-	left := s.pending
-	s.pending = nil
+	left := s.pending[s.head:]
+	s.pending, s.head = nil, 0
 	if err == nil && s.n > 0 {
 		err = errors.New("bookierpc: the add stream ended with adds unanswered")
 	}

@@ -67,6 +67,8 @@ type serverMetrics struct {
 	streams  prometheus.Gauge
 	inflight prometheus.Gauge
 	badCRC   prometheus.Counter
+	requests prometheus.Counter // AddRequest messages
+	adds     prometheus.Counter // adds in them
 }
 
 // NewServer returns a Server with no bookie attached.
@@ -80,8 +82,12 @@ func NewServer(o ServerOptions) *Server {
 			Help: "Bytes held by AddEntries streams: adds received and not yet answered."}),
 		badCRC: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bad_crc_total",
 			Help: "Adds refused because the payload did not match its crc32c."}),
+		requests: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "add_requests_total",
+			Help: "AddEntries request messages received (adds_total / add_requests_total is the batching)."}),
+		adds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "adds_total",
+			Help: "Adds received on AddEntries streams."}),
 	}}
-	metrics.Register(o.Registerer, s.m.streams, s.m.inflight, s.m.badCRC)
+	metrics.Register(o.Registerer, s.m.streams, s.m.inflight, s.m.badCRC, s.m.requests, s.m.adds)
 	return s
 }
 
@@ -207,6 +213,7 @@ func (s *Server) AddEntries(stream grpc.BidiStreamingServer[journalv1.AddRequest
 			return err
 		}
 		if len(batch) > 0 {
+			st.recycle(batch)
 			continue
 		}
 		if finished {
@@ -292,6 +299,7 @@ type addStream struct {
 
 	mu      sync.Mutex
 	queue   []answer // completed, not yet sent
+	spare   []answer // the array of the last batch sent, for the next queue
 	pending int      // received, not yet completed
 	used    int64    // bytes of adds received and not yet answered
 	ended   bool     // the receiver stopped
@@ -315,11 +323,20 @@ func signal(c chan struct{}) {
 func (st *addStream) take() (batch []answer, finished bool, recvErr error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	batch, st.queue = st.queue, nil
+	batch, st.queue, st.spare = st.queue, st.spare, nil
 	if st.ended && st.recvErr != nil {
 		return batch, len(batch) == 0, st.recvErr
 	}
 	return batch, st.ended && st.pending == 0 && len(batch) == 0, nil
+}
+
+// recycle gives back a batch take returned, once sent, as the next queue's
+// array.
+func (st *addStream) recycle(batch []answer) {
+	clear(batch)
+	st.mu.Lock()
+	st.spare = batch[:0]
+	st.mu.Unlock()
 }
 
 func (st *addStream) drain() []answer {
@@ -419,6 +436,9 @@ func (st *addStream) recvLoop(ctx context.Context, stream grpc.BidiStreamingServ
 // request handles one AddRequest in any of its forms; an error ends the
 // stream.
 func (st *addStream) request(ctx context.Context, req *journalv1.AddRequest) error {
+	st.s.m.requests.Inc()
+	seq := st.seq
+	defer func() { st.s.m.adds.Add(float64(st.seq - seq)) }()
 	if len(req.Packed) > 0 {
 		return st.packed(ctx, req.Packed)
 	}
