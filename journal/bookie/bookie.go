@@ -100,6 +100,10 @@ type applyState struct {
 	sealed     []*entryLog // rolled since the last checkpoint, not yet synced
 	nextLog    uint64
 	buf        []byte
+	// lastEntry is the greatest entry the index holds per ledger (-1:
+	// none), for the ledgers apply wrote since Open (see runWriter.write).
+	lastEntry map[uint64]int64
+	runs      runWriter
 }
 
 // Open opens (or, with no cookie anywhere, formats) the bookie in o.Dir and
@@ -263,6 +267,11 @@ func (b *Bookie) load() error {
 	ap.dirty = map[uint64]struct{}{}
 	ap.usage = map[uint64]*logUsage{}
 	ap.usageDirty = map[uint64]struct{}{}
+	ap.lastEntry = map[uint64]int64{}
+	ap.runs = runWriter{b: b, runs: map[uint64]*indexRun{}}
+	if err := b.migrateEntryKeys(); err != nil {
+		return fmt.Errorf("bookie: converting the index to range records: %w", err)
+	}
 	if v, closer, err := b.db.Get(checkpointKey); err == nil {
 		ap.pos, err = decodeJpos(v)
 		closer.Close()
@@ -364,23 +373,8 @@ const applyBufBytes = 4 << 20
 func (b *Bookie) apply(q []applyBatch) error {
 	ap := &b.ap
 	batch := b.db.NewBatch()
-	defer batch.Close()
+	defer func() { batch.Close() }() // runs may replace it (mergeRun)
 	ap.buf = ap.buf[:0]
-	writeBuf := func() error {
-		if len(ap.buf) == 0 {
-			return nil
-		}
-		ap.active.preallocate(int64(len(ap.buf)))
-		if _, err := ap.active.f.Write(ap.buf); err != nil {
-			return fmt.Errorf("bookie: entry-log write: %w", err)
-		}
-		ap.active.size += int64(len(ap.buf))
-		ap.active.writeBack()
-		ap.usage[ap.active.id].size = ap.active.size
-		ap.usageDirty[ap.active.id] = struct{}{} // before a roll too
-		ap.buf = ap.buf[:0]
-		return nil
-	}
 	ledger := func(l uint64) *ledgerMeta {
 		m := ap.ledgers[l]
 		if m == nil {
@@ -390,9 +384,6 @@ func (b *Bookie) apply(q []applyBatch) error {
 		ap.dirty[l] = struct{}{}
 		return m
 	}
-	// Index keys and values are copied by the batch: one buffer of each.
-	var key [17]byte
-	var val [20]byte
 	// The metadata of the previous add's ledger (consecutive adds are
 	// often to one ledger); a delete drops it.
 	var lastLedger uint64
@@ -404,20 +395,23 @@ func (b *Bookie) apply(q []applyBatch) error {
 			case kindAdd:
 				size := int64(logHeaderSize + len(o.payload))
 				if used := ap.active.size + int64(len(ap.buf)); used > 0 && used+size > b.opts.EntryLogSize {
-					if err := writeBuf(); err != nil {
+					if err := b.applyWriteBuf(); err != nil {
+						return err
+					}
+					if err := ap.runs.flush(&batch); err != nil { // a run lies in one log
 						return err
 					}
 					if err := b.newEntryLog(); err != nil {
 						return err
 					}
 				} else if len(ap.buf) >= applyBufBytes {
-					if err := writeBuf(); err != nil {
+					if err := b.applyWriteBuf(); err != nil {
 						return err
 					}
 				}
 				loc := location{log: ap.active.id, offset: ap.active.size + int64(len(ap.buf)), length: uint32(len(o.payload))}
 				ap.buf = appendLogRecord(ap.buf, o.ledger, o.entry, o.payload)
-				if err := batch.Set(indexKeyInto(key[:0], o.ledger, o.entry), loc.encodeInto(val[:0]), nil); err != nil {
+				if err := ap.runs.add(&batch, o.ledger, loc, o.entry); err != nil {
 					return err
 				}
 				ap.usage[ap.active.id].live[o.ledger] += size
@@ -432,10 +426,12 @@ func (b *Bookie) apply(q []applyBatch) error {
 				m.lac = max(m.lac, o.lac)
 			case kindDelete:
 				lastMeta = nil
+				ap.runs.drop(o.ledger)
 				lo, hi := ledgerIndexBounds(o.ledger)
 				if err := batch.DeleteRange(lo, hi, nil); err != nil {
 					return err
 				}
+				ap.lastEntry[o.ledger] = -1
 				delete(ap.ledgers, o.ledger)
 				ap.dirty[o.ledger] = struct{}{}
 				for id, u := range ap.usage {
@@ -447,7 +443,10 @@ func (b *Bookie) apply(q []applyBatch) error {
 			}
 		}
 	}
-	if err := writeBuf(); err != nil {
+	if err := b.applyWriteBuf(); err != nil {
+		return err
+	}
+	if err := ap.runs.flush(&batch); err != nil {
 		return err
 	}
 	if err := batch.Commit(pebble.NoSync); err != nil {
@@ -456,6 +455,25 @@ func (b *Bookie) apply(q []applyBatch) error {
 	if len(q) > 0 {
 		ap.pos = q[len(q)-1].end
 	}
+	return nil
+}
+
+// applyWriteBuf appends the entry-log records apply buffered to the
+// active log; before the index records that point at them are committed.
+func (b *Bookie) applyWriteBuf() error {
+	ap := &b.ap
+	if len(ap.buf) == 0 {
+		return nil
+	}
+	ap.active.preallocate(int64(len(ap.buf)))
+	if _, err := ap.active.f.Write(ap.buf); err != nil {
+		return fmt.Errorf("bookie: entry-log write: %w", err)
+	}
+	ap.active.size += int64(len(ap.buf))
+	ap.active.writeBack()
+	ap.usage[ap.active.id].size = ap.active.size
+	ap.usageDirty[ap.active.id] = struct{}{} // before a roll too
+	ap.buf = ap.buf[:0]
 	return nil
 }
 
@@ -500,9 +518,9 @@ type AddReq struct {
 // bookie's completion goroutine (or, if the bookie fails meanwhile, from
 // whichever of its goroutines notices), in journal order, so done must not
 // block and must be safe to call from another goroutine than the caller's.
-// Adds of one batch are acknowledged in their order in adds; the answers
-// of one batch may be split over several calls' worth of time (they are
-// synced in one or more groups) and interleave with other batches'.
+// Adds of one batch are acknowledged in their order in adds, possibly in
+// several bursts (the batch may be synced in more than one group), which
+// may interleave with other batches' answers.
 //
 // Ownership: AddEntries copies the AddReq values, so adds may be reused
 // as soon as it returns; it takes ownership of every Payload (kept for
@@ -716,17 +734,12 @@ func (b *Bookie) ReadEntry(ledger, entry uint64, fence bool) ([]byte, error) {
 }
 
 func (b *Bookie) readStored(ledger, entry uint64) ([]byte, error) {
-	v, closer, err := b.db.Get(indexKey(ledger, entry))
-	if errors.Is(err, pebble.ErrNotFound) {
+	loc, ok, err := b.lookup(ledger, entry)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
 		return nil, fmt.Errorf("%w: ledger %d entry %d", ErrNoSuchEntry, ledger, entry)
-	}
-	if err != nil {
-		return nil, err
-	}
-	loc, err := decodeLocation(v)
-	closer.Close()
-	if err != nil {
-		return nil, err
 	}
 	lr, err := b.readers.acquire(loc.log)
 	if err != nil {
@@ -1284,10 +1297,10 @@ func (b *Bookie) reclaim() error {
 	return errors.Join(errs...)
 }
 
-type moved struct {
+// movedKey names an entry of a compacted log: where it was.
+type movedKey struct {
 	ledger, entry uint64
 	from          int64
-	to            location
 }
 
 // compact copies the live entries of entry log id into a new log, switches
@@ -1308,25 +1321,36 @@ func (b *Bookie) compact(id uint64) error {
 		return err
 	}
 	var out []byte
-	var moves []moved
+	moves := map[movedKey]location{}
 	var size int64
+	var c *rangeCursor
+	defer func() {
+		if c != nil {
+			c.close()
+		}
+	}()
 	for off := 0; off < len(data); {
 		l, e, payload, n, ok := decodeLogRecord(data[off:])
 		if !ok {
 			break // the unsynced tail of a log written before a crash
 		}
-		v, closer, err := b.db.Get(indexKey(l, e))
-		if err == nil {
-			loc, derr := decodeLocation(v)
-			closer.Close()
-			if derr == nil && loc.log == id && loc.offset == int64(off) {
-				to := location{log: dstID, offset: size + int64(len(out)), length: uint32(len(payload))}
-				out = appendLogRecord(out, l, e, payload)
-				moves = append(moves, moved{ledger: l, entry: e, from: int64(off), to: to})
+		if c == nil || c.ledger != l {
+			if c != nil {
+				c.close()
 			}
-		} else if !errors.Is(err, pebble.ErrNotFound) {
+			if c, err = newRangeCursor(b.db, l); err != nil {
+				dst.Close()
+				return err
+			}
+		}
+		loc, found, err := c.find(e)
+		if err != nil {
 			dst.Close()
 			return err
+		}
+		if found && loc.log == id && loc.offset == int64(off) {
+			moves[movedKey{ledger: l, entry: e, from: int64(off)}] = location{log: dstID, offset: size + int64(len(out)), length: uint32(len(payload))}
+			out = appendLogRecord(out, l, e, payload)
 		}
 		if len(out) >= 1<<20 {
 			if _, err := dst.Write(out); err != nil {
@@ -1357,28 +1381,30 @@ func (b *Bookie) compact(id uint64) error {
 	}
 	b.hook("compaction:copied")
 
-	// Switch the index to the copies of entries that are still where they
-	// were (not deleted or rewritten meanwhile), durably, in one batch.
+	// Switch the index to the copies, durably, in one batch: every range
+	// record in log id (none is written there any more; a merge keeps its
+	// entries' locations) gets the copies' locations. An entry of one
+	// that was not copied would be lost with the log: then the
+	// compaction is abandoned.
 	b.applyMu.Lock()
 	batch := b.db.NewBatch()
 	defer batch.Close()
 	u := &logUsage{size: size, live: map[uint64]int64{}}
-	for _, mv := range moves {
-		v, closer, err := b.db.Get(indexKey(mv.ledger, mv.entry))
-		if errors.Is(err, pebble.ErrNotFound) {
-			continue
+	ledgers := map[uint64]bool{}
+	for mk := range moves {
+		ledgers[mk.ledger] = true
+	}
+	if old := b.ap.usage[id]; old != nil {
+		for l := range old.live {
+			ledgers[l] = true
 		}
-		if err != nil {
-			b.applyMu.Unlock()
-			return err
+	}
+	if err := b.switchRanges(batch, id, dstID, ledgers, moves, u); err != nil {
+		b.applyMu.Unlock()
+		if rerr := b.fs.Remove(dstName); rerr != nil && !vfs.IsNotExist(rerr) {
+			err = errors.Join(err, rerr)
 		}
-		loc, derr := decodeLocation(v)
-		closer.Close()
-		if derr != nil || loc.log != id || loc.offset != mv.from {
-			continue
-		}
-		_ = batch.Set(indexKey(mv.ledger, mv.entry), mv.to.encode(), nil)
-		u.live[mv.ledger] += int64(logHeaderSize) + int64(mv.to.length)
+		return err
 	}
 	_ = batch.Set(usageKey(dstID), u.encode(), nil)
 	_ = batch.Delete(usageKey(id), nil)
@@ -1399,6 +1425,46 @@ func (b *Bookie) compact(id uint64) error {
 		return err
 	}
 	b.m.compactions.Inc()
+	return nil
+}
+
+// switchRanges writes into batch the range records of ledgers that lie in
+// entry log from, pointing at the copies moves made in log to, and adds
+// their bytes to u; applyMu held.
+func (b *Bookie) switchRanges(batch *pebble.Batch, from, to uint64, ledgers map[uint64]bool, moves map[movedKey]location, u *logUsage) error {
+	var elems []rangeElem
+	for l := range ledgers {
+		lo, hi := ledgerIndexBounds(l)
+		it, err := b.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+		if err != nil {
+			return err
+		}
+		for it.First(); it.Valid(); it.Next() {
+			v, err := decodeRange(it.Value())
+			if err != nil {
+				it.Close()
+				return err
+			}
+			if v.log() != from {
+				continue
+			}
+			elems = elems[:0]
+			for i := range v.len() {
+				e := v.elem(i)
+				dst, ok := moves[movedKey{ledger: l, entry: e.entry, from: e.offset}]
+				if !ok {
+					it.Close()
+					return fmt.Errorf("bookie: compaction: ledger %d entry %d at entry log %d offset %d was not copied", l, e.entry, from, e.offset)
+				}
+				elems = append(elems, rangeElem{entry: e.entry, offset: dst.offset, length: dst.length})
+				u.live[l] += int64(logHeaderSize) + int64(dst.length)
+			}
+			_ = batch.Set(it.Key(), appendRange(nil, to, elems), nil)
+		}
+		if err := it.Close(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -33,16 +33,18 @@
 // applies synced groups (once 1 MiB of them queued, or 10 ms after the
 // oldest, reads finding them in memory meanwhile) to the entry logs (append-only files of entry
 // records, in Dir/ledgers) and the index (Pebble, in Dir/index, opened on
-// the same vfs.FS): (ledger, entry) → (log, offset, length), plus ledger
-// metadata (fenced, LAC). A checkpoint (every CheckpointInterval, or after
+// the same vfs.FS): range records (ledger, first entry) → (log, then
+// entry, offset and length of each entry of a run), plus ledger metadata
+// (fenced, LAC). A checkpoint (every CheckpointInterval, or after
 // CheckpointJournalFiles journal files) syncs the entry logs (up to where
 // the applier had written when it started: it holds the applier's lock
 // only for that snapshot, never during an fsync), writes the
 // journal position they cover into the index with a synced batch, and
 // retires the journal files wholly before it (kept for recycling or
 // removed). Open replays the journal from the last checkpoint position;
-// replay is idempotent (an add rewrites its index entry, fences and LACs
-// are monotonic, deletes are range deletions).
+// replay is idempotent (an add rewrites its index entry, merged into the
+// range records it overlaps; fences and LACs are monotonic, deletes are
+// range deletions).
 //
 // A failed journal write or fdatasync fails every add in flight with an
 // error wrapping ErrFailed and the cause, and the bookie accepts no more
@@ -116,8 +118,20 @@
 // pages it synced from the page cache (on Linux): appending to a
 // preallocated file in recycled pages costs the kernel a fraction of the
 // CPU of growing the page cache with fresh ones. The index keys are listed in store.go
-// ('e' entry locations, 'l' ledger metadata, 'u' live bytes per ledger of
+// ('r' entry locations, 'l' ledger metadata, 'u' live bytes per ledger of
 // each entry log, 'c' the checkpoint position, 'n' the next log id). An
+// entry's location is in a range record, one key per run of up to 256
+// entries of a ledger in one entry log (index.go):
+//
+//	key:   'r' | ledger u64 BE | first entry u64 BE
+//	value: log id u64 | n u32 | n × (entry u64 | offset u64 | length u32)
+//
+// Entries strictly increase within a record and a ledger's records never
+// overlap, so an entry is found in the record with the greatest first
+// entry not above it (a gap, as a striped ledger leaves, is not held). A
+// run that rewrites entries the index holds is merged with the records it
+// overlaps, which are rewritten. Open converts an index of per-entry 'e'
+// keys (the format before range records) once. An
 // entry log without a 'u' record at Open was created after the last
 // checkpoint (or is the unfinished output of a compaction): everything in
 // it is replayed from the journal, so it is deleted.
@@ -125,12 +139,14 @@
 // Space of deleted ledgers is reclaimed after checkpoints: entry logs with
 // no live bytes are deleted whole; logs whose live share fell below
 // CompactionThreshold are compacted (entries the index still points at are
-// copied to a new log, which is synced, then the index is switched in one
-// synced batch and the old log deleted).
+// copied to a new log, which is synced, then the range records in the old
+// log are switched to the copies in one synced batch and the old log
+// deleted).
 //
 // On-disk constants: recHeaderSize (17), addBodyFixed (24),
 // MaxEntrySizeLimit (64 MiB), the kinds above, logHeaderSize (24), the
-// CRC32C polynomial, the index key prefixes and value layouts of store.go,
+// CRC32C polynomial, the index key prefixes and value layouts of store.go
+// and index.go (rangeMaxEntries only bounds what the applier writes),
 // the file name patterns, and the cookie file name COOKIE.
 //
 // # Cookies

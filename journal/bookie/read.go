@@ -1,12 +1,9 @@
 package bookie
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
-
-	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/quiremq/quire/internal/vfs"
 )
@@ -120,24 +117,20 @@ type rangeItem struct {
 // applied. missing is true when the batch ends because the entry after
 // its last is not held.
 func (b *Bookie) rangeLocate(ledger, next, last, stride uint64) (items []rangeItem, missing bool, err error) {
-	lo, hi := indexKey(ledger, next), append(indexKey(ledger, last), 0)
-	it, err := b.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	c, err := newRangeCursor(b.db, ledger)
 	if err != nil {
 		return nil, false, err
 	}
-	defer it.Close()
-	key := indexKey(ledger, next)
+	defer c.close()
 	var size int
 	for e := next; ; e += stride {
-		key = indexKeyInto(key, ledger, e)
 		item := rangeItem{entry: e}
-		switch {
-		case it.SeekGE(key) && bytes.Equal(it.Key(), key):
-			if item.loc, err = decodeLocation(it.Value()); err != nil {
-				return nil, false, err
-			}
-			item.stored = true
-		default:
+		var found bool
+		if item.loc, found, err = c.find(e); err != nil {
+			return nil, false, err
+		}
+		item.stored = found
+		if !found {
 			// Not in the iterator's view of the index: still pending, or
 			// applied (and dropped from pending) since the iterator was
 			// made — the index is written before pending is cleared, so
@@ -156,16 +149,9 @@ func (b *Bookie) rangeLocate(ledger, next, last, stride uint64) (items []rangeIt
 		items = append(items, item)
 		size += int(item.loc.length) + len(item.payload)
 		if last-e < stride || len(items) >= rangeBatchEntries || size >= rangeBatchBytes {
-			return items, false, it.Error()
+			return items, false, nil
 		}
 	}
-}
-
-// indexKeyInto writes the index key of (ledger, entry) into k (17 bytes).
-func indexKeyInto(k []byte, ledger, entry uint64) []byte {
-	k = append(k[:0], prefixEntry)
-	k = append(k, byte(ledger>>56), byte(ledger>>48), byte(ledger>>40), byte(ledger>>32), byte(ledger>>24), byte(ledger>>16), byte(ledger>>8), byte(ledger))
-	return append(k, byte(entry>>56), byte(entry>>48), byte(entry>>40), byte(entry>>32), byte(entry>>24), byte(entry>>16), byte(entry>>8), byte(entry))
 }
 
 func (b *Bookie) pendingPayload(ledger, entry uint64) ([]byte, bool) {
@@ -176,20 +162,6 @@ func (b *Bookie) pendingPayload(ledger, entry uint64) ([]byte, bool) {
 		return nil, false
 	}
 	return append([]byte(nil), p...), true
-}
-
-// lookup returns the index location of an entry.
-func (b *Bookie) lookup(ledger, entry uint64) (location, bool, error) {
-	v, closer, err := b.db.Get(indexKey(ledger, entry))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return location{}, false, nil
-	}
-	if err != nil {
-		return location{}, false, err
-	}
-	defer closer.Close()
-	loc, err := decodeLocation(v)
-	return loc, err == nil, err
 }
 
 // rangeLoad reads the payloads of the batch's stored items, coalescing

@@ -13,13 +13,12 @@ import (
 
 // Index keys in Pebble. Part of the on-disk format.
 //
-//	'e' ledger(8 BE) entry(8 BE) → log id(8) offset(8) length(4)   entry location
+//	'r' ledger(8 BE) first entry(8 BE) → log id(8) n(4) n×(entry(8) offset(8) length(4))   entry locations (index.go)
 //	'l' ledger(8 BE)             → flags(1: bit0 fenced) lac(8)     ledger metadata
 //	'u' log id(8 BE)             → size(8) n(8) n×(ledger(8) bytes(8)) live bytes per ledger
 //	'c'                          → journal file(8) offset(8)       checkpoint position
 //	'n'                          → next entry-log id(8)
 const (
-	prefixEntry  = 'e'
 	prefixLedger = 'l'
 	prefixUsage  = 'u'
 )
@@ -28,21 +27,6 @@ var (
 	checkpointKey = []byte{'c'}
 	nextLogKey    = []byte{'n'}
 )
-
-func indexKey(ledger, entry uint64) []byte {
-	k := make([]byte, 17)
-	k[0] = prefixEntry
-	binary.BigEndian.PutUint64(k[1:], ledger)
-	binary.BigEndian.PutUint64(k[9:], entry)
-	return k
-}
-
-// ledgerIndexBounds returns [lo, hi) covering every index key of ledger.
-func ledgerIndexBounds(ledger uint64) (lo, hi []byte) {
-	lo = indexKey(ledger, 0)
-	hi = append(indexKey(ledger, ^uint64(0)), 0)
-	return lo, hi
-}
 
 func ledgerKey(ledger uint64) []byte {
 	k := make([]byte, 9)
@@ -63,26 +47,6 @@ type location struct {
 	log    uint64
 	offset int64
 	length uint32 // payload length
-}
-
-func (l location) encode() []byte { return l.encodeInto(make([]byte, 0, 20)) }
-
-// encodeInto appends the encoded location (20 bytes) to dst.
-func (l location) encodeInto(dst []byte) []byte {
-	dst = binary.LittleEndian.AppendUint64(dst, l.log)
-	dst = binary.LittleEndian.AppendUint64(dst, uint64(l.offset))
-	return binary.LittleEndian.AppendUint32(dst, l.length)
-}
-
-func decodeLocation(v []byte) (location, error) {
-	if len(v) != 20 {
-		return location{}, fmt.Errorf("%w: index value of %d bytes", ErrCorrupt, len(v))
-	}
-	return location{
-		log:    binary.LittleEndian.Uint64(v),
-		offset: int64(binary.LittleEndian.Uint64(v[8:])),
-		length: binary.LittleEndian.Uint32(v[16:]),
-	}, nil
 }
 
 // ledgerMeta is the durable state of a ledger beyond its entries.
