@@ -584,3 +584,57 @@ func TestOffloadRetention(t *testing.T) {
 		t.Fatalf("read %d records after retention", len(got))
 	}
 }
+
+// A ledger larger than the S3 part size and the offload buffer goes to a
+// real S3 server (MinIO) as a streamed multipart upload whose CRC-32C the
+// server checks, and reads back from the object.
+func TestOffloadMinIOStreamed(t *testing.T) {
+	srv := s3test.StartMinIO(t)
+	ctx := testCtx(t)
+	so := srv.Options("journal-streamed")
+	so.PartSize = 5 << 20
+	st, err := s3store.Open(ctx, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, 2)
+	a := e.engine(Options{Quorum: Quorum{2, 2, 1}, RollBytes: 6 << 20, Registerer: metrics.NewRegistry(),
+		Offload: &OffloadOptions{Store: st, BufferBytes: 1 << 20}, noOffloadLoop: true})
+	defer a.Close()
+	s, err := a.Create(ctx, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const batches, size = 56, 128 << 10 // 7 MiB: the first ledger rolls at 6 MiB
+	for i := range batches {
+		v := bytes.Repeat([]byte{byte(i)}, size)
+		if _, err := s.Append(ctx, []shard.Record{{Value: v}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.offloadPass(time.Now())
+	rs, err := a.loadRemote(ctx, "big")
+	if err != nil || len(rs) != 1 {
+		t.Fatalf("%d ledgers offloaded, %v; want 1", len(rs), err)
+	}
+	if rs[0].Size <= int64(so.PartSize) {
+		t.Fatalf("object of %d bytes: not above the part size", rs[0].Size)
+	}
+	n := rs[0].End - rs[0].First // one record per entry
+	// Entries of a little more than 128 KiB: 7 fit the 1 MiB buffer.
+	if got, kept := testutil.ToFloat64(a.m.offloadEntries), 7; got != float64(2*n-uint64(kept)) {
+		t.Fatalf("%v entries read for %d entries with %d kept, want %d", got, n, kept, 2*n-uint64(kept))
+	}
+	if l := logOf(t, e, "big"); len(l) != 1 {
+		t.Fatalf("log %v, want only the ledger being written", l)
+	}
+	got := readAll(t, s)
+	if len(got) != batches {
+		t.Fatalf("read %d records, want %d", len(got), batches)
+	}
+	for i, r := range got {
+		if len(r.Value) != size || r.Value[0] != byte(i) || r.Value[size-1] != byte(i) {
+			t.Fatalf("record %d: %d bytes of %d", i, len(r.Value), r.Value[0])
+		}
+	}
+}
