@@ -38,9 +38,8 @@ type writeBatcher struct {
 // pendingWrite is one put or delete waiting for its entry to commit. The
 // writes of one request share a writeGroup.
 type pendingWrite struct {
-	w    writeOp // the put or delete, unpacked once
-	enc  int     // w.encodedSize()
-	size int     // opSize: its share of the batch limits
+	op   *metav1.BatchOp // a put or a delete
+	size int
 	grp  *writeGroup
 	res  *applyResult
 	err  error
@@ -59,10 +58,9 @@ func newWriteGroup(n int) *writeGroup {
 	return &writeGroup{done: make(chan struct{}), writes: make([]pendingWrite, 0, n)}
 }
 
-// add adds a write (a put or a delete) to the group, before submitting it.
+// add adds a write to the group (before submitting it).
 func (g *writeGroup) add(op *metav1.BatchOp) {
-	w := batchWrite(op)
-	g.writes = append(g.writes, pendingWrite{w: w, enc: w.encodedSize(), size: opSize(op), grp: g})
+	g.writes = append(g.writes, pendingWrite{op: op, size: opSize(op), grp: g})
 	g.left.Add(1)
 }
 

@@ -1,6 +1,7 @@
 package meta
 
 import (
+	"encoding/binary"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -198,22 +199,28 @@ func decodeWrite(b []byte, op *writeOp) bool {
 
 // encodeBatch encodes the writes as one Command holding a CommandBatch, as
 // proto.Marshal would (fields in order, zero values left out), in one
-// allocation. Each write was unpacked and sized once, when it was added to
-// its group (writeGroup.add).
+// allocation (usually: its size is estimated from the writes' opSize) and
+// one pass that unpacks and sizes each write once. The ops go first, after
+// room for the Command's tag and the batch's length, which are written in
+// front of them once the length is known.
 func encodeBatch(batch []*pendingWrite) []byte {
-	inner := 0
+	const head = 1 + binary.MaxVarintLen32 // tag and length of the batch (an entry is < 4 GiB)
+	size := head
 	for _, w := range batch {
-		inner += 1 + protowire.SizeBytes(1+protowire.SizeBytes(w.enc))
+		size += w.size + 16
 	}
-	b := make([]byte, 0, 1+protowire.SizeBytes(inner))
-	b = protowire.AppendTag(b, fieldCommandBatch, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(inner))
+	b := make([]byte, head, size)
 	for _, w := range batch {
+		op := batchWrite(w.op)
+		n := op.encodedSize()
 		b = protowire.AppendTag(b, fieldBatchOps, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(1+protowire.SizeBytes(w.enc)))
-		b = appendWrite(b, &w.w, w.enc)
+		b = protowire.AppendVarint(b, uint64(1+protowire.SizeBytes(n)))
+		b = appendWrite(b, &op, n)
 	}
-	return b
+	inner := uint64(len(b) - head)
+	start := head - 1 - protowire.SizeVarint(inner)
+	protowire.AppendVarint(protowire.AppendTag(b[start:start], fieldCommandBatch, protowire.BytesType), inner)
+	return b[start:]
 }
 
 // encodedSize is the encoded size of the op's PutRequest or DeleteRequest.

@@ -123,8 +123,8 @@ func TestFutureErrStop(t *testing.T) {
 }
 
 // metaGoroutines returns the stacks of the goroutines running code of this
-// package (test code aside).
-func metaGoroutines() []string {
+// package (test code aside), by goroutine id.
+func metaGoroutines() map[string]string {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
@@ -134,19 +134,21 @@ func metaGoroutines() []string {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
-	var left []string
+	gs := map[string]string{}
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		if strings.Contains(g, "quire/meta.") && !strings.Contains(g, "quire/meta.Test") && !strings.Contains(g, "_test.go") {
-			left = append(left, g)
+			id, _, _ := strings.Cut(g, " [")
+			gs[id] = g
 		}
 	}
-	return left
+	return gs
 }
 
 // TestStopLeavesNoGoroutines runs every kind of request on a cluster —
 // writes (batched, forwarded), linearizable and stale reads, watches,
 // leases — then stops it: no goroutine of the package may be left running.
 func TestStopLeavesNoGoroutines(t *testing.T) {
+	before := metaGoroutines() // left by earlier tests
 	c := newTestCluster(t, 3, grpcTransport, false, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -245,7 +247,12 @@ func TestStopLeavesNoGoroutines(t *testing.T) {
 	// Stop waits for the goroutines it owns; others end soon after.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		left := metaGoroutines()
+		var left []string
+		for id, g := range metaGoroutines() {
+			if _, ok := before[id]; !ok {
+				left = append(left, g)
+			}
+		}
 		if len(left) == 0 {
 			return
 		}

@@ -163,6 +163,10 @@ type streamConn struct {
 
 	rbuf []byte // unread part of the last frame (read side only)
 
+	// sendMu is held by Write while it sends: a client stream's CloseSend
+	// must not run concurrently with a Send (grpc.ClientStream).
+	sendMu sync.Mutex
+
 	mu       sync.Mutex
 	rdl, wdl time.Time
 	timedOut bool
@@ -227,6 +231,8 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	c.mu.Unlock()
 	stop := c.arm(d)
 	defer stop()
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
 	n := 0
 	for n < len(p) {
 		m := min(len(p)-n, maxFrame)
@@ -242,8 +248,12 @@ func (c *streamConn) Close() error {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
-	if cs, ok := c.st.(grpc.ClientStream); ok {
+	// Half-close a client stream unless a Write is sending (raft closes a
+	// pipeline's connection from its response decoder while the
+	// replicator writes): the cancel below cuts that Write instead.
+	if cs, ok := c.st.(grpc.ClientStream); ok && c.sendMu.TryLock() {
 		cs.CloseSend()
+		c.sendMu.Unlock()
 	}
 	c.cancel()
 	return nil
