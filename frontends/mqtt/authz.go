@@ -192,11 +192,7 @@ func (c *conn) refusePublish(p *packet.Publish) error {
 		if code == packet.Success {
 			// A positive PUBREC in v3: remember the id so PUBREL
 			// completes the flow, though nothing was stored.
-			c.sess.mu.Lock()
-			if c.sess.inQoS2 != nil {
-				c.sess.inQoS2[p.PacketID] = struct{}{}
-			}
-			c.sess.mu.Unlock()
+			c.sess.awaitRelease(p.PacketID)
 		}
 		return c.send(&packet.Pubrec{PacketID: p.PacketID, ReasonCode: code})
 	}

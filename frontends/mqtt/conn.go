@@ -74,7 +74,7 @@ type conn struct {
 	closeOnce  sync.Once
 	writerDone chan struct{}
 	done       chan struct{} // closed when serve has cleaned up
-	bindGen    uint64        // the session's bind count when attach bound c (session.reboundSince)
+	bindGen    uint64        // the session's bind count when attach bound c (session.armWill)
 }
 
 func newConn(s *Server, nc listen.Conn) *conn {
@@ -325,25 +325,13 @@ func (c *conn) serve() {
 		c.s.publishWill(c.will)
 		return
 	}
-	if c.sess.reboundSince(c.bindGen) {
-		// A new connection to this session was made before the will
-		// delay passed (it may even have ended the session already):
-		// the will is not sent (MQTT 5.0 §3.1.2.5).
-		return
-	}
-	if c.sess.setWillTimer(c.will, c.willDelay, c.s.publishWill) {
+	// Not when a new connection to the session was made since (MQTT 5.0
+	// §3.1.2.5); now when the session ended at detach.
+	switch armed, now := c.sess.armWill(c.bindGen, c.will, c.willDelay, c.s.publishWill); {
+	case armed:
 		c.s.saveSession(c.sess, false, true) // the pending will survives a restart
-	}
-	if c.sess.owner() == nil {
-		// The session ended at detach: its end publishes the will now.
-		c.s.mu.Lock()
-		ended := c.s.sessions[c.clientID] != c.sess
-		c.s.mu.Unlock()
-		// An ended session takes no more binds: if none came after c,
-		// no new connection suppressed the will.
-		if ended && !c.sess.reboundSince(c.bindGen) {
-			c.s.publishWill(c.will)
-		}
+	case now:
+		c.s.publishWill(c.will)
 	}
 }
 
@@ -824,11 +812,7 @@ func (c *conn) onPublish(p *packet.Publish) error {
 	case packet.QoS1:
 		return c.reply(&packet.Puback{PacketID: p.PacketID})
 	case packet.QoS2:
-		c.sess.mu.Lock()
-		if c.sess.inQoS2 != nil {
-			c.sess.inQoS2[p.PacketID] = struct{}{}
-		}
-		c.sess.mu.Unlock()
+		c.sess.awaitRelease(p.PacketID)
 		return c.reply(&packet.Pubrec{PacketID: p.PacketID})
 	}
 	return nil
@@ -907,7 +891,7 @@ func (c *conn) onSubscribe(p *packet.Subscribe) error {
 func (c *conn) onUnsubscribe(p *packet.Unsubscribe) error {
 	ack := &packet.Unsuback{PacketID: p.PacketID}
 	for _, f := range p.Filters {
-		found := c.s.tree.Unsubscribe(c.clientID, f)
+		found := c.s.unsubscribe(c.clientID, f)
 		c.sess.mu.Lock()
 		delete(c.sess.subs, f)
 		c.sess.mu.Unlock()

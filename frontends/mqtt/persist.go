@@ -486,8 +486,7 @@ func (s *Server) restoreSession(ctx context.Context, rec *store.Session) (*resto
 		d := &delivery{msg: got[0].Msg, qos: o.QoS, retain: o.Retain, subIDs: o.SubIDs, pos: o.Pos,
 			id: id, released: o.Released, seq: o.Seq}
 		if o.Group != "" {
-			d.group, d.filter = splitGroupKey(o.Group)
-			d.sg = s.shareGroup(d.group, d.filter)
+			d.sg = s.shareGroup(store.SplitGroupKey(o.Group))
 			r.groupSkip = append(r.groupSkip, groupPos{key: o.Group, pos: o.Pos})
 		} else {
 			r.skip[o.Pos] = true

@@ -287,9 +287,8 @@ func (s *Server) deliver(m *pubsub.Message, pos Position, subs []pubsub.Subscrip
 			}
 			merged[sess] = len(ds)
 		}
-		d := delivery{msg: m, qos: qos, retain: m.Retain && sub.RetainAsPublished, pos: pos, group: sub.Group}
+		d := delivery{msg: m, qos: qos, retain: m.Retain && sub.RetainAsPublished, pos: pos}
 		if sub.Group != "" {
-			d.filter = sub.Filter
 			d.sg = s.shareGroup(sub.Group, sub.Filter)
 		}
 		if sub.ID != 0 {
@@ -411,9 +410,9 @@ func (s *Server) redeliverShared(sess *session, anyMember bool) {
 		others[k] = m
 		return m
 	}
-	taken := sess.takeShared(func(group, filter string) bool { return len(members(group, filter)) > 0 })
+	taken := sess.takeShared(func(g *shareGroup) bool { return len(members(g.group, g.filter)) > 0 })
 	s.moveShared(taken, func(i int, d delivery) pubsub.Subscription {
-		ms := members(d.group, d.filter)
+		ms := members(d.sg.group, d.sg.filter)
 		return ms[i%len(ms)]
 	})
 }
@@ -439,7 +438,7 @@ func (s *Server) endSessionLocked(sess *session) {
 	subs, dropped, will := sess.end(s.stopped)
 	s.deleteStored(sess)
 	for _, f := range subs {
-		s.tree.Unsubscribe(sess.id, f)
+		s.unsubscribe(sess.id, f)
 	}
 	if dropped > 0 {
 		s.m.dropped.WithLabelValues(dropSessionEnded).Add(float64(dropped))

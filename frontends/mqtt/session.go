@@ -16,10 +16,8 @@ type delivery struct {
 	qos    byte
 	retain bool
 	subIDs []uint32
-	pos    Position // where msg is stored; Shard "" for an untracked message (retained)
-	group  string   // the shared subscription (share name, filter) it came through; "" if none
-	filter string
-	sg     *shareGroup // that shared subscription's owed positions, with Options.Store (shared.go)
+	pos    Position    // where msg is stored; Shard "" for an untracked message (retained)
+	sg     *shareGroup // the shared subscription it came through, nil if none (shared.go)
 
 	// Set once sent with QoS 1 or 2:
 	id       uint16
@@ -148,7 +146,7 @@ func (s *session) owe(d *delivery) {
 		s.copyChanged(d)
 	case d.sg != nil:
 		d.sg.owe(d.pos)
-	case d.group == "":
+	default:
 		s.own.add(d.pos)
 	}
 }
@@ -161,7 +159,7 @@ func (s *session) settle(d *delivery) {
 		s.copyChanged(d)
 	case d.sg != nil:
 		d.sg.settle(d.pos)
-	case d.group == "":
+	default:
 		s.own.remove(d.pos)
 	}
 }
@@ -217,14 +215,6 @@ func (s *session) bind(c *conn, expiry time.Duration) uint64 {
 	return s.binds
 }
 
-// reboundSince reports whether another connection was bound to s after
-// the bind that returned gen.
-func (s *session) reboundSince(gen uint64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.binds != gen
-}
-
 // unbind detaches c if it is still the session's connection, and returns
 // the session expiry in force.
 // It also returns how many QoS 0 messages were dropped from the queue:
@@ -277,10 +267,31 @@ func (s *session) stopTimers() {
 	}
 }
 
+// armWill is the delayed will w of the connection whose bind returned
+// gen, which has ended: unless another connection was bound since (it
+// suppresses the will, MQTT 5.0 §3.1.2.5, even if it ended the session
+// since), the will is armed (armed), or, when the session ended with
+// the connection, is due now (publishNow).
+func (s *session) armWill(gen uint64, w *pubsub.Message, d time.Duration, publish func(*pubsub.Message)) (armed, publishNow bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.binds != gen:
+		return false, false
+	case s.ended:
+		return false, true
+	}
+	return s.setWillTimerLocked(w, d, publish), false
+}
+
 // setWillTimer arms a delayed will and reports whether it did.
 func (s *session) setWillTimer(w *pubsub.Message, d time.Duration, publish func(*pubsub.Message)) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.setWillTimerLocked(w, d, publish)
+}
+
+func (s *session) setWillTimerLocked(w *pubsub.Message, d time.Duration, publish func(*pubsub.Message)) bool {
 	if s.ended || s.conn != nil {
 		return false
 	}
@@ -355,13 +366,13 @@ func (s *session) hasWork() bool {
 // for a group and filter): every queued one, and the inflight QoS 1 ones.
 // QoS 2 ones already sent stay: their exchange has begun (and may be
 // stored), and the session may still complete it when it reconnects.
-func (s *session) takeShared(movable func(group, filter string) bool) []delivery {
+func (s *session) takeShared(movable func(*shareGroup) bool) []delivery {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []delivery
 	keep := s.queue[:0]
 	for _, d := range s.queue {
-		if d.group != "" && movable(d.group, d.filter) {
+		if d.sg != nil && movable(d.sg) {
 			s.settle(&d)
 			out = append(out, d)
 			continue
@@ -371,7 +382,7 @@ func (s *session) takeShared(movable func(group, filter string) bool) []delivery
 	clear(s.queue[len(keep):])
 	s.queue = keep
 	for id, d := range s.inflight {
-		if d.group != "" && d.qos == 1 && movable(d.group, d.filter) {
+		if d.sg != nil && d.qos == 1 && movable(d.sg) {
 			delete(s.inflight, id)
 			s.settle(d)
 			c := *d
@@ -469,6 +480,16 @@ func (s *session) allocID() uint16 {
 			return s.nextID
 		}
 	}
+}
+
+// awaitRelease records an inbound QoS 2 packet identifier answered with
+// a positive PUBREC, until its PUBREL.
+func (s *session) awaitRelease(id uint16) {
+	s.mu.Lock()
+	if s.inQoS2 != nil {
+		s.inQoS2[id] = struct{}{}
+	}
+	s.mu.Unlock()
 }
 
 // resend returns the inflight deliveries in send order, for a resumed

@@ -19,21 +19,29 @@ import (
 // every member offline, so an offline persistent member's share of the
 // group's messages is not lost with the node's memory.
 
-// shareGroup is one shared subscription (share name, inner filter): the
-// positions owed through it.
+// shareGroup is one shared subscription (share name, inner filter) and,
+// with Options.Store (tracked), the positions owed through it.
 type shareGroup struct {
-	key string // store.GroupKey
-	mu  sync.Mutex
-	own owedSet
+	group, filter string
+	key           string // store.GroupKey
+	tracked       bool
+	mu            sync.Mutex
+	own           owedSet
 }
 
 func (g *shareGroup) owe(pos Position) {
+	if !g.tracked {
+		return
+	}
 	g.mu.Lock()
 	g.own.add(pos)
 	g.mu.Unlock()
 }
 
 func (g *shareGroup) settle(pos Position) {
+	if !g.tracked {
+		return
+	}
 	g.mu.Lock()
 	g.own.remove(pos)
 	g.mu.Unlock()
@@ -53,12 +61,11 @@ func (g *shareGroup) idle() bool {
 	return len(g.own.owed) == 0 && len(g.own.kept) == 0
 }
 
-// shareGroup returns the tracker of (group, filter), creating it; nil
-// without a Store, where nothing is replayed.
+// shareGroup returns the shareGroup of (group, filter), creating it.
+// Without a Store (nothing is replayed) it tracks no positions, and is
+// forgotten when its last member leaves (Server.unsubscribe); with one,
+// dirtyGroups sweeps it.
 func (s *Server) shareGroup(group, filter string) *shareGroup {
-	if !s.persistent() {
-		return nil
-	}
 	k := [2]string{group, filter}
 	s.gmu.RLock()
 	g := s.groups[k]
@@ -69,7 +76,7 @@ func (s *Server) shareGroup(group, filter string) *shareGroup {
 	s.gmu.Lock()
 	defer s.gmu.Unlock()
 	if g = s.groups[k]; g == nil {
-		g = &shareGroup{key: store.GroupKey(group, filter)}
+		g = &shareGroup{group: group, filter: filter, key: store.GroupKey(group, filter), tracked: s.persistent()}
 		s.groups[k] = g
 	}
 	return g
@@ -104,19 +111,24 @@ func (s *Server) dirtyGroups() []*shareGroup {
 // groupKey is the store.GroupKey of the shared subscription d came
 // through, "" for none.
 func (d *delivery) groupKey() string {
-	if d.group == "" {
+	if d.sg == nil {
 		return ""
 	}
-	return store.GroupKey(d.group, d.filter)
+	return d.sg.key
 }
 
-func splitGroupKey(k string) (group, filter string) {
-	for i := 0; i < len(k); i++ {
-		if k[i] == 0 {
-			return k[:i], k[i+1:]
-		}
+// unsubscribe removes client's subscription to filter (as subscribed,
+// "$share/…" included) from the tree and reports whether it was there.
+// Without a Store, a shared subscription left without members is
+// forgotten (a later delivery through it would make a new one).
+func (s *Server) unsubscribe(client, filter string) bool {
+	found := s.tree.Unsubscribe(client, filter)
+	if group, f, ok := pubsub.ParseShared(filter); ok && group != "" && !s.persistent() && len(s.tree.SharedMembers(group, f)) == 0 {
+		s.gmu.Lock()
+		delete(s.groups, [2]string{group, f})
+		s.gmu.Unlock()
 	}
-	return k, ""
+	return found
 }
 
 // sharedSubs returns sess's shared subscriptions.
@@ -144,7 +156,7 @@ func (s *Server) takeOverShared(sess *session) {
 			if o == sess || o.online.Load() {
 				continue
 			}
-			s.moveShared(o.takeShared(func(group, filter string) bool { return group == sub.Group && filter == sub.Filter }),
+			s.moveShared(o.takeShared(func(g *shareGroup) bool { return g.group == sub.Group && g.filter == sub.Filter }),
 				func(int, delivery) pubsub.Subscription { return sub })
 		}
 	}

@@ -49,11 +49,9 @@ func (s *Store) PutDelayed(id DelayedID, m *pubsub.Message, client string, pid u
 	defer b.Close()
 	b.Set(delayedKey(prefixDelayed, id.At, id.Seq), v, nil)
 	if pid != 0 {
-		in, err := json.Marshal(Position{})
-		if err != nil {
+		if err := setInbound(b, client, pid, Position{}); err != nil {
 			return err
 		}
-		b.Set(pidKey(prefixInbound, client, pid), in, nil)
 	}
 	return b.Commit(pebble.Sync)
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -29,6 +30,12 @@ const (
 // GroupKey names a shared subscription (share name and inner filter) in
 // the store: group and filter joined by 0x00, which neither may contain.
 func GroupKey(group, filter string) string { return group + "\x00" + filter }
+
+// SplitGroupKey is GroupKey's inverse.
+func SplitGroupKey(k string) (group, filter string) {
+	group, filter, _ = strings.Cut(k, "\x00")
+	return group, filter
+}
 
 // Errors.
 var (
@@ -460,11 +467,21 @@ func (s *Store) DeleteDone(client string, pos []Position) error {
 // (publisher and packet identifier) in the shard from from on
 // (frontends/mqtt restore).
 func (s *Store) PutInbound(client string, pid uint16, from Position) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := setInbound(b, client, pid, from); err != nil {
+		return err
+	}
+	return b.Commit(pebble.Sync)
+}
+
+// setInbound adds an inbound packet identifier's record to b.
+func setInbound(b *pebble.Batch, client string, pid uint16, from Position) error {
 	v, err := json.Marshal(from)
 	if err != nil {
 		return err
 	}
-	return s.db.Set(pidKey(prefixInbound, client, pid), v, pebble.Sync)
+	return b.Set(pidKey(prefixInbound, client, pid), v, nil)
 }
 
 // DeleteInbound forgets pid (PUBREL received), durably before the PUBCOMP
