@@ -45,10 +45,10 @@ package mqtt
 //     250 ms) until the online sessions it feeds have room for it in their
 //     queues (woken when a writer takes from a queue): a backlog arrives
 //     much faster than a client drains it, and would otherwise overflow
-//     Options.MaxQueued (tail drop). Retained messages are not waited for. A peer that
-//     is down is retried with backoff (100 ms to 10 s) and never blocks
-//     local traffic; an idle stream carries a heartbeat every 5 s and a
-//     puller that hears nothing for 30 s reconnects.
+//     Options.MaxQueued (tail drop); retained messages are not waited for.
+//     A peer that is down is retried with backoff (100 ms to 10 s) and
+//     never blocks local traffic; an idle stream carries a heartbeat every
+//     5 s and a puller that hears nothing for 30 s reconnects.
 //   - First contact. A peer B has no cursor of yet is read from its shards'
 //     high watermarks (new messages only), a shard that appears later from
 //     its low watermark; a cursor above a shard's high watermark (the shard
@@ -61,9 +61,10 @@ package mqtt
 // does, though its filter reaches them a network round trip later.
 //
 // What remains:
-//   - The read again starts at B's cursor, which may lag A's writes: a new
-//     subscription can also get a few messages A stored shortly before its
-//     SUBACK (those B had not pulled yet). A subscription made while B has
+//   - The read again starts at B's cursor as it was up to a second before
+//     the subscription (Since is taken again every second), which also
+//     lags A's writes: a new subscription can also get messages A stored
+//     shortly before its SUBACK. A subscription made while B has
 //     no stream to A (A down, or B starting) gets A's messages from the
 //     stream's start (B's cursors), and on a first contact only new ones.
 //     The read again is not persisted: if B crashes before storing what it

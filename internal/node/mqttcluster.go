@@ -239,7 +239,8 @@ func (c *mqttCluster) routesLoop() {
 // cursors serve as Since for the next change (fresh; since for the peers
 // whose stream sent these filters); if not, the filters are computed now,
 // after the cursors were taken. Cursors only grow, so an older Since
-// stays right, and only costs a longer read.
+// stays right, and only costs a longer read (a stream that starts lower,
+// on a peer that lost records, lowers Since with them: lowerSince).
 func (c *mqttCluster) refreshRoutes() []string {
 	snap := c.cursorSnapshot()
 	v := c.srv.RoutesVersion()
@@ -301,6 +302,29 @@ func (c *mqttCluster) sendFilters(peer uint64) ([]string, map[string]uint64, <-c
 	}
 	c.sent[peer] = c.gen
 	return c.filters, since, c.changed
+}
+
+// lowerSince lowers peer's Since to the cursors its stream starts from
+// where they are lower (the peer lost records: a cursor above a shard's
+// high watermark restarts at its low one), so that Since stays at or below
+// the cursors.
+func (c *mqttCluster) lowerSince(peer uint64, start map[string]uint64) {
+	c.fmu.Lock()
+	defer c.fmu.Unlock()
+	for _, m := range []map[uint64]map[string]uint64{c.since, c.fresh} {
+		var lowered map[string]uint64
+		for name, off := range start {
+			if cur, ok := m[peer][name]; ok && off < cur {
+				if lowered == nil {
+					lowered = maps(m[peer]) // shared with the requests sent
+				}
+				lowered[name] = off
+			}
+		}
+		if lowered != nil {
+			m[peer] = lowered
+		}
+	}
 }
 
 // ---- peers ----
@@ -484,6 +508,7 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 	}
 	c.dirty = true
 	c.cmu.Unlock()
+	c.lowerSince(peer, hello.Start)
 	c.m.connected.WithLabelValues(label).Set(1)
 	c.log.Info("MQTT routing: pulling from peer", "peer", peer, "filters", len(filters), "fresh", !known)
 	// A peer that stops answering without closing the connection (the
