@@ -1323,27 +1323,18 @@ func (b *Bookie) compact(id uint64) error {
 	var out []byte
 	moves := map[movedKey]location{}
 	var size int64
-	var c *rangeCursor
-	defer func() {
-		if c != nil {
-			c.close()
-		}
-	}()
+	c, err := newRangeCursor(b.db, 0, true)
+	if err != nil {
+		dst.Close()
+		return err
+	}
+	defer c.close()
 	for off := 0; off < len(data); {
 		l, e, payload, n, ok := decodeLogRecord(data[off:])
 		if !ok {
 			break // the unsynced tail of a log written before a crash
 		}
-		if c == nil || c.ledger != l {
-			if c != nil {
-				c.close()
-			}
-			if c, err = newRangeCursor(b.db, l); err != nil {
-				dst.Close()
-				return err
-			}
-		}
-		loc, found, err := c.find(e)
+		loc, found, err := c.find(l, e)
 		if err != nil {
 			dst.Close()
 			return err

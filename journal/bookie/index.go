@@ -121,43 +121,52 @@ func (r rangeVal) find(entry uint64) (location, bool) {
 	return location{log: r.log(), offset: e.offset, length: e.length}, true
 }
 
-// rangeCursor finds entries of one ledger through an iterator over its
-// index keys, keeping the last record it read.
+// rangeCursor finds entries through an iterator over index keys,
+// keeping the last record it read.
 type rangeCursor struct {
 	it     *pebble.Iterator
-	ledger uint64
 	key    []byte
 	val    []byte // a copy of the current record's value
 	cur    rangeVal
+	ledger uint64 // of cur
 	first  uint64
 }
 
-func newRangeCursor(db *pebble.DB, ledger uint64) (*rangeCursor, error) {
+// newRangeCursor makes a cursor over the records of ledger, or with
+// all=true over every record.
+func newRangeCursor(db *pebble.DB, ledger uint64, all bool) (*rangeCursor, error) {
 	lo, hi := ledgerIndexBounds(ledger)
+	if all {
+		lo, hi = []byte{prefixRange}, []byte{prefixRange + 1}
+	}
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return nil, err
 	}
-	return &rangeCursor{it: it, ledger: ledger}, nil
+	return &rangeCursor{it: it}, nil
 }
 
 func (c *rangeCursor) close() error { return c.it.Close() }
 
-// find returns the location of entry, ok=false if the index does not
-// hold it.
-func (c *rangeCursor) find(entry uint64) (loc location, ok bool, err error) {
-	if c.cur == nil || entry < c.first || entry > c.cur.last() {
+// find returns the location of entry of ledger, ok=false if the index
+// does not hold it.
+func (c *rangeCursor) find(ledger, entry uint64) (loc location, ok bool, err error) {
+	if c.cur == nil || c.ledger != ledger || entry < c.first || entry > c.cur.last() {
 		// The record with the greatest first entry not above entry.
-		c.key = append(rangeKeyInto(c.key, c.ledger, entry), 0)
+		c.key = append(rangeKeyInto(c.key, ledger, entry), 0)
 		c.cur = nil
 		if !c.it.SeekLT(c.key) {
 			return location{}, false, c.it.Error()
+		}
+		k := c.it.Key()
+		if len(k) != 17 || binary.BigEndian.Uint64(k[1:]) != ledger {
+			return location{}, false, nil // another ledger's (all=true)
 		}
 		c.val = append(c.val[:0], c.it.Value()...)
 		if c.cur, err = decodeRange(c.val); err != nil {
 			return location{}, false, err
 		}
-		c.first = binary.BigEndian.Uint64(c.it.Key()[9:])
+		c.ledger, c.first = ledger, binary.BigEndian.Uint64(k[9:])
 	}
 	loc, ok = c.cur.find(entry)
 	return loc, ok, nil
@@ -165,12 +174,12 @@ func (c *rangeCursor) find(entry uint64) (loc location, ok bool, err error) {
 
 // lookup returns the index location of an entry.
 func (b *Bookie) lookup(ledger, entry uint64) (location, bool, error) {
-	c, err := newRangeCursor(b.db, ledger)
+	c, err := newRangeCursor(b.db, ledger, false)
 	if err != nil {
 		return location{}, false, err
 	}
 	defer c.close()
-	return c.find(entry)
+	return c.find(ledger, entry)
 }
 
 // indexRun is a run of adds of one ledger being gathered by apply: its

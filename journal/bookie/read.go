@@ -117,7 +117,7 @@ type rangeItem struct {
 // applied. missing is true when the batch ends because the entry after
 // its last is not held.
 func (b *Bookie) rangeLocate(ledger, next, last, stride uint64) (items []rangeItem, missing bool, err error) {
-	c, err := newRangeCursor(b.db, ledger)
+	c, err := newRangeCursor(b.db, ledger, false)
 	if err != nil {
 		return nil, false, err
 	}
@@ -126,7 +126,7 @@ func (b *Bookie) rangeLocate(ledger, next, last, stride uint64) (items []rangeIt
 	for e := next; ; e += stride {
 		item := rangeItem{entry: e}
 		var found bool
-		if item.loc, found, err = c.find(e); err != nil {
+		if item.loc, found, err = c.find(ledger, e); err != nil {
 			return nil, false, err
 		}
 		item.stored = found
