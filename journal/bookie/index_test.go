@@ -87,8 +87,11 @@ func TestIndexRanges(t *testing.T) {
 	if err := checkpointApplied(b); err != nil {
 		t.Fatal(err)
 	}
-	if firsts, entries := rangeRecords(t, b, 1); len(entries) != 1000 || len(firsts) > 1000/rangeMaxEntries+10 {
-		t.Fatalf("ledger 1: %d entries in %d index records; want 1000 in at most %d", len(entries), len(firsts), 1000/rangeMaxEntries+10)
+	// Records split at rangeMaxEntries, at entry-log rolls and between
+	// applies (each batch of 100 may be one, on a slow machine): far fewer
+	// than one per entry either way.
+	if firsts, entries := rangeRecords(t, b, 1); len(entries) != 1000 || len(firsts) > 50 {
+		t.Fatalf("ledger 1: %d entries in %d index records; want 1000 in at most 50", len(entries), len(firsts))
 	}
 	// Recovery rewrites a run inside a record, one across two records
 	// and the last entry.
