@@ -256,13 +256,35 @@ func onlineSub(sub pubsub.Subscription) bool { return sub.Owner.(*session).onlin
 // non-shared subscriptions (highest QoS, every subscription identifier,
 // MQTT 5.0 §3.3.4) and one per shared group. It returns how many
 // deliveries were queued.
+// mergeScan is how many deliveries of one message deliver scans to find a
+// session's before it builds a map.
+const mergeScan = 16
+
 func (s *Server) deliver(m *pubsub.Message, pos Position, subs []pubsub.Subscription, keep func(pubsub.Subscription) bool) int {
 	if len(subs) == 0 {
 		return 0
 	}
+	// Most messages match a few subscriptions: the deliveries start in
+	// arrays on the stack, and a session's non-shared delivery is found by
+	// scanning owners; a map (merged) only past mergeScan deliveries.
+	var dsBuf [4]delivery
+	var ownersBuf [4]*session
+	ds, owners := dsBuf[:0], ownersBuf[:0]
 	var merged map[*session]int // index into ds of a session's non-shared delivery
-	ds := make([]delivery, 0, len(subs))
-	owners := make([]*session, 0, len(subs))
+	own := func(sess *session) int {
+		if merged != nil {
+			if i, ok := merged[sess]; ok {
+				return i
+			}
+			return -1
+		}
+		for i, o := range owners {
+			if o == sess && ds[i].sg == nil {
+				return i
+			}
+		}
+		return -1
+	}
 	for _, sub := range subs {
 		sess := sub.Owner.(*session)
 		if sub.Group == "" && sub.NoLocal && sess.id == m.Publisher {
@@ -273,10 +295,7 @@ func (s *Server) deliver(m *pubsub.Message, pos Position, subs []pubsub.Subscrip
 		}
 		qos := min(m.QoS, sub.QoS)
 		if sub.Group == "" {
-			if merged == nil {
-				merged = map[*session]int{}
-			}
-			if i, ok := merged[sess]; ok {
+			if i := own(sess); i >= 0 {
 				d := &ds[i]
 				d.qos = max(d.qos, qos)
 				d.retain = d.retain || (m.Retain && sub.RetainAsPublished)
@@ -285,7 +304,17 @@ func (s *Server) deliver(m *pubsub.Message, pos Position, subs []pubsub.Subscrip
 				}
 				continue
 			}
-			merged[sess] = len(ds)
+			if merged == nil && len(ds) >= mergeScan {
+				merged = make(map[*session]int, len(subs))
+				for i, o := range owners {
+					if ds[i].sg == nil {
+						merged[o] = i
+					}
+				}
+			}
+			if merged != nil {
+				merged[sess] = len(ds)
+			}
 		}
 		d := delivery{msg: m, qos: qos, retain: m.Retain && sub.RetainAsPublished, pos: pos}
 		if sub.Group != "" {
