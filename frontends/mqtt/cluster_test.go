@@ -238,3 +238,30 @@ func TestClusterRescan(t *testing.T) {
 		t.Fatalf("Scan from 7 = %v up to %d, want %v up to 10", payloads(recs), next, want)
 	}
 }
+
+// BenchmarkInjectForwarded: batches of 64 forwarded QoS 1 records (128 B)
+// stored on the memory engine and queued for one online QoS 0 subscriber,
+// whose queue is taken after each batch.
+//
+//	go test -run '^$' -bench InjectForwarded -benchmem ./frontends/mqtt
+func BenchmarkInjectForwarded(b *testing.B) {
+	s := startBroker(b, nil, nil)
+	c := &conn{}
+	sess := newSession("sub")
+	sess.bind(c, 0)
+	s.tree.Subscribe(pubsub.Subscription{Client: "sub", Filter: "bench/#", Owner: sess}) // QoS 0: take settles
+	recs := make([]shard.Record, 64)
+	for i := range recs {
+		recs[i] = EncodeRecord(&pubsub.Message{Topic: "bench/" + strconv.Itoa(i%4), QoS: 1, Publisher: "pub",
+			Payload: make([]byte, 128), Time: time.Now()})
+	}
+	ctx := context.Background()
+	var out []*delivery
+	b.ResetTimer()
+	for range b.N / len(recs) {
+		if _, err := s.InjectForwarded(ctx, 1, recs); err != nil {
+			b.Fatal(err)
+		}
+		out, _ = sess.take(c, 1<<20, 1<<20, time.Now(), out[:0])
+	}
+}
