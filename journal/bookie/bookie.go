@@ -100,9 +100,9 @@ type applyState struct {
 	sealed     []*entryLog // rolled since the last checkpoint, not yet synced
 	nextLog    uint64
 	buf        []byte
-	// lastEntry is the greatest entry the index holds per ledger (-1:
+	// lastEntry is the greatest entry the index holds per ledger (none:
 	// none), for the ledgers apply wrote since Open (see runWriter.write).
-	lastEntry map[uint64]int64
+	lastEntry map[uint64]lastEntry
 	runs      runWriter
 }
 
@@ -267,7 +267,7 @@ func (b *Bookie) load() error {
 	ap.dirty = map[uint64]struct{}{}
 	ap.usage = map[uint64]*logUsage{}
 	ap.usageDirty = map[uint64]struct{}{}
-	ap.lastEntry = map[uint64]int64{}
+	ap.lastEntry = map[uint64]lastEntry{}
 	ap.runs = runWriter{b: b, runs: map[uint64]*indexRun{}}
 	if err := b.migrateEntryKeys(); err != nil {
 		return fmt.Errorf("bookie: converting the index to range records: %w", err)
@@ -431,7 +431,7 @@ func (b *Bookie) apply(q []applyBatch) error {
 				if err := batch.DeleteRange(lo, hi, nil); err != nil {
 					return err
 				}
-				ap.lastEntry[o.ledger] = -1
+				ap.lastEntry[o.ledger] = lastEntry{}
 				delete(ap.ledgers, o.ledger)
 				ap.dirty[o.ledger] = struct{}{}
 				for id, u := range ap.usage {

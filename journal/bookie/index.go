@@ -267,7 +267,7 @@ func (w *runWriter) write(batch **pebble.Batch, ledger uint64, r *indexRun) erro
 		}
 	}
 	first, end := r.elems[0].entry, r.elems[len(r.elems)-1].entry
-	if last < 0 || first > uint64(last) {
+	if !last.any || first > last.entry {
 		w.key = rangeKeyInto(w.key, ledger, first)
 		w.val = appendRange(w.val[:0], r.log, r.elems)
 		if err := (*batch).Set(w.key, w.val, nil); err != nil {
@@ -276,30 +276,35 @@ func (w *runWriter) write(batch **pebble.Batch, ledger uint64, r *indexRun) erro
 	} else if err := w.b.mergeRun(batch, ledger, r); err != nil {
 		return err
 	}
-	if last < 0 || end > uint64(last) {
-		last = int64(end)
+	if !last.any || end > last.entry {
+		last = lastEntry{entry: end, any: true}
 	}
 	ap.lastEntry[ledger] = last
 	return nil
 }
 
-// indexLastEntry returns the greatest entry the index holds for ledger,
-// -1 if none.
-func (b *Bookie) indexLastEntry(ledger uint64) (int64, error) {
+// lastEntry is the greatest entry the index holds for a ledger, if any.
+type lastEntry struct {
+	entry uint64
+	any   bool
+}
+
+// indexLastEntry returns the greatest entry the index holds for ledger.
+func (b *Bookie) indexLastEntry(ledger uint64) (lastEntry, error) {
 	lo, hi := ledgerIndexBounds(ledger)
 	it, err := b.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
-		return 0, err
+		return lastEntry{}, err
 	}
 	defer it.Close()
 	if !it.Last() {
-		return -1, it.Error()
+		return lastEntry{}, it.Error()
 	}
 	r, err := decodeRange(it.Value())
 	if err != nil {
-		return 0, err
+		return lastEntry{}, err
 	}
-	return int64(r.last()), nil
+	return lastEntry{entry: r.last(), any: true}, nil
 }
 
 // mergeRun writes run r of ledger where it overlaps records of the

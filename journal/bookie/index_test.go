@@ -113,6 +113,21 @@ func TestIndexRanges(t *testing.T) {
 	for e := uint64(20); e > 0; e-- {
 		addBatchSync(t, b, 3, e-1, e, 1, false, orig(3))
 	}
+	// Ledger 4's entries at the top of the id space (above 2^63), one
+	// rewritten by a later apply.
+	want[4] = map[uint64][]byte{}
+	for _, e := range []uint64{1<<63 - 1, 1 << 63, 1<<63 + 1, ^uint64(0) - 1, ^uint64(0)} {
+		if err := addSync(b, 4, e, -1, orig(4)(e), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := checkpointApplied(b); err != nil {
+		t.Fatal(err)
+	}
+	want[4][1<<63] = []byte("rewritten 1<<63")
+	if err := addSync(b, 4, 1<<63, -1, want[4][1<<63], true); err != nil {
+		t.Fatal(err)
+	}
 	check := func(b *Bookie, when string) {
 		t.Helper()
 		if err := checkpointApplied(b); err != nil {
