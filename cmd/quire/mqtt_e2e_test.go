@@ -27,6 +27,19 @@ type mqttNode struct {
 
 func newMQTTNode(t *testing.T) *mqttNode {
 	t.Helper()
+	return newMQTTNodeWith(t, mqttNodeOpts{})
+}
+
+// mqttNodeOpts are what a test node's [mqtt] section holds beyond TCP.
+type mqttNodeOpts struct {
+	tls, ws, wss string // listener addresses, "" for none
+	extra        string // TOML at the end of the [mqtt] section, which ends the file
+}
+
+// newMQTTNodeWith writes the config of a single node (file engine, batch
+// sync) with the MQTT listeners and settings of o; it does not start it.
+func newMQTTNodeWith(t *testing.T, o mqttNodeOpts) *mqttNode {
+	t.Helper()
 	dir := t.TempDir()
 	addrs := freeAddrs(t, 3)
 	n := &mqttNode{dir: dir, admin: addrs[1], tcp: addrs[2]}
@@ -44,11 +57,11 @@ default_engine = "file"
 sync = "batch"
 [mqtt]
 tcp = %q
-tls = ""
-ws = ""
-wss = ""
+tls = %q
+ws = %q
+wss = %q
 quic = ""
-`, filepath.Join(dir, "data"), addrs[0], addrs[0], n.admin, n.tcp))
+%s`, filepath.Join(dir, "data"), addrs[0], addrs[0], n.admin, n.tcp, o.tls, o.ws, o.wss, o.extra))
 	return n
 }
 

@@ -98,22 +98,13 @@ topics = ["users/#", "secret/#"]
 func newFeatNode(t *testing.T, extra string) *featNode {
 	t.Helper()
 	addrs := freeAddrs(t, 3)
-	n := &featNode{mqttNode: newMQTTNode(t), tls: addrs[0], ws: addrs[1], wss: addrs[2]}
+	n := &featNode{tls: addrs[0], ws: addrs[1], wss: addrs[2]}
 	var keyFile string
-	n.caFile, keyFile, n.ca, n.caKey = issueCert(t, n.dir, "mqtt-ca", nil, nil)
+	n.caFile, keyFile, n.ca, n.caKey = issueCert(t, t.TempDir(), "mqtt-ca", nil, nil)
 	n.roots = x509.NewCertPool()
 	n.roots.AddCert(n.ca)
-	b, err := os.ReadFile(n.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const off = "tls = \"\"\nws = \"\"\nwss = \"\"\n" // newMQTTNode's [mqtt] section, which ends the file
-	if !strings.Contains(string(b), off) || !strings.HasSuffix(string(b), "quic = \"\"\n") {
-		t.Fatalf("newMQTTNode's config changed shape:\n%s", b)
-	}
-	cfg := strings.Replace(string(b), off, fmt.Sprintf("tls = %q\nws = %q\nwss = %q\n", n.tls, n.ws, n.wss), 1) +
-		fmt.Sprintf("tls_cert_file = %q\ntls_key_file = %q\n", n.caFile, keyFile) + extra
-	writeConfig(t, n.dir, filepath.Base(n.cfg), cfg)
+	n.mqttNode = newMQTTNodeWith(t, mqttNodeOpts{tls: n.tls, ws: n.ws, wss: n.wss,
+		extra: fmt.Sprintf("tls_cert_file = %q\ntls_key_file = %q\n", n.caFile, keyFile) + extra})
 	t.Cleanup(func() {
 		if t.Failed() && n.p != nil {
 			out := n.p.stderr.String()
@@ -436,9 +427,6 @@ func payloads(ms []*paho.Publish) []string {
 	return s
 }
 
-func u32(v uint32) *uint32 { return &v }
-func u16(v uint16) *uint16 { return &v }
-
 // TestMQTTFeatures runs each feature of the issue against one node; the
 // subtests are independent (own client ids and topics) and run in order.
 func TestMQTTFeatures(t *testing.T) {
@@ -637,8 +625,8 @@ func featTopicAliasIn(t *testing.T, n *featNode) {
 		t.Fatal("CONNACK has no Topic Alias Maximum")
 	}
 	sub.sub(t, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "tai/#", QoS: 1}}})
-	pub.pub(t, &paho.Publish{Topic: "tai/long/topic", QoS: 1, Payload: []byte("1"), Properties: &paho.PublishProperties{TopicAlias: u16(3)}})
-	pub.pub(t, &paho.Publish{QoS: 1, Payload: []byte("2"), Properties: &paho.PublishProperties{TopicAlias: u16(3)}})
+	pub.pub(t, &paho.Publish{Topic: "tai/long/topic", QoS: 1, Payload: []byte("1"), Properties: &paho.PublishProperties{TopicAlias: paho.Uint16(3)}})
+	pub.pub(t, &paho.Publish{QoS: 1, Payload: []byte("2"), Properties: &paho.PublishProperties{TopicAlias: paho.Uint16(3)}})
 	for _, want := range []string{"1", "2"} {
 		if m := sub.next(t); m.Topic != "tai/long/topic" || string(m.Payload) != want {
 			t.Fatalf("got %q on %q, want %q on tai/long/topic", m.Payload, m.Topic, want)
@@ -650,7 +638,7 @@ func featTopicAliasIn(t *testing.T, n *featNode) {
 // the topic with an alias once, then the alias alone.
 func featTopicAliasOut(t *testing.T, n *featNode) {
 	sub := n.connectV5(t, &paho.Connect{ClientID: "tao-sub", CleanStart: true,
-		Properties: &paho.ConnectProperties{TopicAliasMaximum: u16(4)}}, fopts{})
+		Properties: &paho.ConnectProperties{TopicAliasMaximum: paho.Uint16(4)}}, fopts{})
 	pub := n.v5c(t, "tao-pub")
 	sub.sub(t, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "tao/#", QoS: 1}}})
 	for i := range 3 {
@@ -676,16 +664,16 @@ func featTopicAliasOut(t *testing.T, n *featNode) {
 // offline is not delivered; one that has not expired arrives with the
 // remaining interval.
 func featMessageExpiry(t *testing.T, n *featNode) {
-	persistent := &paho.Connect{ClientID: "exp-sub", Properties: &paho.ConnectProperties{SessionExpiryInterval: u32(600)}}
+	persistent := &paho.Connect{ClientID: "exp-sub", Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(600)}}
 	s := n.connectV5(t, persistent, fopts{})
 	s.sub(t, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "exp/#", QoS: 1}}})
 	s.Disconnect(&paho.Disconnect{})
 	pub := n.v5c(t, "exp-pub")
 	before := n.metric(t, `quire_mqtt_messages_dropped_total{reason="expired"}`)
-	pub.pub(t, &paho.Publish{Topic: "exp/short", QoS: 1, Payload: []byte("short"), Properties: &paho.PublishProperties{MessageExpiry: u32(1)}})
-	pub.pub(t, &paho.Publish{Topic: "exp/long", QoS: 1, Payload: []byte("long"), Properties: &paho.PublishProperties{MessageExpiry: u32(3600)}})
-	pub.pub(t, &paho.Publish{Topic: "expret/short", QoS: 1, Retain: true, Payload: []byte("short"), Properties: &paho.PublishProperties{MessageExpiry: u32(1)}})
-	pub.pub(t, &paho.Publish{Topic: "expret/long", QoS: 1, Retain: true, Payload: []byte("long"), Properties: &paho.PublishProperties{MessageExpiry: u32(3600)}})
+	pub.pub(t, &paho.Publish{Topic: "exp/short", QoS: 1, Payload: []byte("short"), Properties: &paho.PublishProperties{MessageExpiry: paho.Uint32(1)}})
+	pub.pub(t, &paho.Publish{Topic: "exp/long", QoS: 1, Payload: []byte("long"), Properties: &paho.PublishProperties{MessageExpiry: paho.Uint32(3600)}})
+	pub.pub(t, &paho.Publish{Topic: "expret/short", QoS: 1, Retain: true, Payload: []byte("short"), Properties: &paho.PublishProperties{MessageExpiry: paho.Uint32(1)}})
+	pub.pub(t, &paho.Publish{Topic: "expret/long", QoS: 1, Retain: true, Payload: []byte("long"), Properties: &paho.PublishProperties{MessageExpiry: paho.Uint32(3600)}})
 	time.Sleep(2500 * time.Millisecond) // the 1 s expiry passes
 	// A retained message expires too (MQTT 5.0 §3.3.2.3.3).
 	late := n.v5c(t, "exp-late")
@@ -710,27 +698,38 @@ func featMessageExpiry(t *testing.T, n *featNode) {
 	if d := n.metric(t, `quire_mqtt_messages_dropped_total{reason="expired"}`) - before; d < 1 {
 		t.Fatalf("expired drops %v, want at least the queued one", d)
 	}
-	s.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: u32(0)}})
+	s.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: paho.Uint32(0)}})
 }
 
 // featReceiveMaximum: the server has at most Receive Maximum QoS 1
 // messages unacknowledged at a client; acknowledging frees room.
 func featReceiveMaximum(t *testing.T, n *featNode) {
 	c := n.connectV5(t, &paho.Connect{ClientID: "rm-sub", CleanStart: true,
-		Properties: &paho.ConnectProperties{ReceiveMaximum: u16(2)}}, fopts{manual: true})
+		Properties: &paho.ConnectProperties{ReceiveMaximum: paho.Uint16(2)}}, fopts{manual: true})
 	c.sub(t, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "rm/t", QoS: 1}}})
-	pub := n.v5c(t, "rm-pub")
+	heldAt(t, c, n.v5c(t, "rm-pub"), "rm/t", 2, "Receive Maximum 2")
+}
+
+// heldAt publishes five QoS 1 messages to topic with pub and checks that
+// c, subscribed to it and acknowledging by hand, has at most bound of them
+// unacknowledged (the reason: why), and that each acknowledgement lets the
+// next one go, in order.
+func heldAt(t *testing.T, c, pub *fclient, topic string, bound int, why string) {
+	t.Helper()
 	for i := range 5 {
-		pub.pub(t, &paho.Publish{Topic: "rm/t", QoS: 1, Payload: []byte{byte('0' + i)}})
+		pub.pub(t, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte{byte('0' + i)}})
 	}
-	got := []*paho.Publish{c.next(t), c.next(t)}
+	var got []*paho.Publish
+	for range bound {
+		got = append(got, c.next(t))
+	}
 	select {
 	case m := <-c.msgs:
-		t.Fatalf("a third unacknowledged message %q with Receive Maximum 2", m.Payload)
+		t.Fatalf("unacknowledged message %d (%q) with %s", bound+1, m.Payload, why)
 	case <-time.After(time.Second):
 	}
 	for len(got) < 5 {
-		if err := c.Ack(got[len(got)-2]); err != nil {
+		if err := c.Ack(got[len(got)-bound]); err != nil {
 			t.Fatal(err)
 		}
 		got = append(got, c.next(t))
@@ -738,7 +737,7 @@ func featReceiveMaximum(t *testing.T, n *featNode) {
 	if p := strings.Join(payloads(got), ""); p != "01234" {
 		t.Fatalf("order %q", p)
 	}
-	for _, m := range got[3:] {
+	for _, m := range got[5-bound:] {
 		c.Ack(m)
 	}
 }
@@ -747,7 +746,7 @@ func featReceiveMaximum(t *testing.T, n *featNode) {
 // Size is not sent to it (and counted); the next one is.
 func featMaxPacketClient(t *testing.T, n *featNode) {
 	c := n.connectV5(t, &paho.Connect{ClientID: "mps-sub", CleanStart: true,
-		Properties: &paho.ConnectProperties{MaximumPacketSize: u32(512)}}, fopts{})
+		Properties: &paho.ConnectProperties{MaximumPacketSize: paho.Uint32(512)}}, fopts{})
 	c.sub(t, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "mps/t", QoS: 1}}})
 	pub := n.v5c(t, "mps-pub")
 	before := n.metric(t, `quire_mqtt_messages_dropped_total{reason="packet_too_large"}`)
@@ -816,7 +815,7 @@ func featAssignedID(t *testing.T, n *featNode) {
 // featTakeover: a second CONNECT with the same client id gets the session;
 // the first connection gets DISCONNECT 0x8E with a Reason String.
 func featTakeover(t *testing.T, n *featNode) {
-	persistent := &paho.Connect{ClientID: "to-same", Properties: &paho.ConnectProperties{SessionExpiryInterval: u32(600)}}
+	persistent := &paho.Connect{ClientID: "to-same", Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(600)}}
 	first := n.connectV5(t, persistent, fopts{})
 	first.sub(t, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "to/t", QoS: 1}}})
 	before := n.metric(t, "quire_mqtt_session_takeovers_total")
@@ -835,7 +834,7 @@ func featTakeover(t *testing.T, n *featNode) {
 	if m := second.next(t); string(m.Payload) != "to the new connection" {
 		t.Fatalf("got %q", m.Payload)
 	}
-	second.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: u32(0)}})
+	second.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: paho.Uint32(0)}})
 }
 
 // featSessionExpiry: a session outlives its connection for its Session
@@ -847,7 +846,7 @@ func featSessionExpiry(t *testing.T, n *featNode) {
 	}{{1, false}, {600, true}} {
 		id := fmt.Sprintf("se-%d", tc.expiry)
 		cp := func() *paho.Connect {
-			return &paho.Connect{ClientID: id, Properties: &paho.ConnectProperties{SessionExpiryInterval: u32(tc.expiry)}}
+			return &paho.Connect{ClientID: id, Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(tc.expiry)}}
 		}
 		c := n.connectV5(t, cp(), fopts{})
 		c.sub(t, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "se/t", QoS: 1}}})
@@ -857,7 +856,7 @@ func featSessionExpiry(t *testing.T, n *featNode) {
 		if c.ack.SessionPresent != tc.present {
 			t.Fatalf("expiry %d s: Session Present %v after 2.5 s offline", tc.expiry, c.ack.SessionPresent)
 		}
-		c.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: u32(0)}})
+		c.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: paho.Uint32(0)}})
 	}
 }
 
@@ -868,9 +867,9 @@ func featWillDelay(t *testing.T, n *featNode) {
 	watch := n.v5c(t, "will-watch")
 	watch.sub(t, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "will/#", QoS: 1}}})
 	willConnect := func(id string, delay uint32) *paho.Connect {
-		return &paho.Connect{ClientID: id, Properties: &paho.ConnectProperties{SessionExpiryInterval: u32(600)},
+		return &paho.Connect{ClientID: id, Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(600)},
 			WillMessage:    &paho.WillMessage{Topic: "will/" + id, QoS: 1, Payload: []byte("gone " + id)},
-			WillProperties: &paho.WillProperties{WillDelayInterval: u32(delay)}}
+			WillProperties: &paho.WillProperties{WillDelayInterval: paho.Uint32(delay)}}
 	}
 	// Reconnects within 60 s: no will; then a normal DISCONNECT: no will.
 	c := n.connectV5(t, willConnect("will-back", 60), fopts{})
@@ -879,7 +878,7 @@ func featWillDelay(t *testing.T, n *featNode) {
 	if !c.ack.SessionPresent {
 		t.Fatal("Session Present 0 within the will delay")
 	}
-	c.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: u32(0)}})
+	c.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: paho.Uint32(0)}})
 	// Drops for good: the will comes after 2 s.
 	c = n.connectV5(t, willConnect("will-late", 2), fopts{})
 	dropped := time.Now()
@@ -1062,7 +1061,7 @@ func featAuthACL(t *testing.T, n *featNode) {
 // the rest are dropped and counted.
 func featQueueLimit(t *testing.T, n *featNode) {
 	cp := func() *paho.Connect {
-		return &paho.Connect{ClientID: "ql-sub", Properties: &paho.ConnectProperties{SessionExpiryInterval: u32(600)}}
+		return &paho.Connect{ClientID: "ql-sub", Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(600)}}
 	}
 	s := n.connectV5(t, cp(), fopts{})
 	s.sub(t, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "ql/t", QoS: 1}}})
@@ -1084,7 +1083,7 @@ func featQueueLimit(t *testing.T, n *featNode) {
 	if d := n.metric(t, `quire_mqtt_messages_dropped_total{reason="queue_full"}`) - before; d != 30 {
 		t.Fatalf("queue_full drops %v, want 30", d)
 	}
-	s.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: u32(0)}})
+	s.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: paho.Uint32(0)}})
 }
 
 // featBadInput: malformed packets from raw connections close only that
