@@ -138,7 +138,10 @@ func (o *owedSet) cursors(frontiers map[string]uint64, explicit bool) (set map[s
 }
 
 // owe records that d is queued or inflight: owed to the session, or to
-// the shared subscription it came through. s.mu is held.
+// the shared subscription it came through. s.mu is held. A session that
+// is not stored keeps no positions of its own (nothing reads them): it
+// becomes stored only when created, at its first CONNECT, before it has
+// subscriptions (a session with expiry 0 ends with its connection).
 func (s *session) owe(d *delivery) {
 	switch {
 	case s.ended:
@@ -146,7 +149,7 @@ func (s *session) owe(d *delivery) {
 		s.copyChanged(d)
 	case d.sg != nil:
 		d.sg.owe(d.pos)
-	default:
+	case s.stored.Load():
 		s.own.add(d.pos)
 	}
 }
@@ -159,7 +162,7 @@ func (s *session) settle(d *delivery) {
 		s.copyChanged(d)
 	case d.sg != nil:
 		d.sg.settle(d.pos)
-	default:
+	case s.stored.Load():
 		s.own.remove(d.pos)
 	}
 }

@@ -243,7 +243,7 @@ func (st *ShardStorage) appendEach(ctx context.Context, n int, topic func(int) s
 		}
 		g.idx = append(g.idx, i)
 	}
-	var recs []shard.Record
+	recs := make([]shard.Record, 0, n) // one allocation, for the largest group at most
 	for _, name := range order {
 		g := groups[name]
 		os, err := st.shard(ctx, g.engine, name, true)
