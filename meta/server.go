@@ -207,10 +207,20 @@ func (s *Server) Stop(ctx context.Context) error {
 		s.stream.closeConns() // end dials to peers that are down
 	}
 	if s.raft != nil {
-		// No request reaches Raft from now on (toRaft): wait for those
-		// being handed over.
-		s.raftMu.Lock()
-		s.raftMu.Unlock() //nolint:staticcheck // an empty critical section: a barrier
+		// No request reaches Raft from now on (toRaft): let those being
+		// handed over land first — for a moment at most, as a hand-over
+		// may wait for room in Raft's queues (Shutdown ends that wait).
+		handed := make(chan struct{})
+		go func() {
+			s.raftMu.Lock()
+			s.raftMu.Unlock() //nolint:staticcheck // an empty critical section: a barrier
+			close(handed)
+		}()
+		select {
+		case <-handed:
+		case <-time.After(handOverWait):
+		case <-ctx.Done():
+		}
 		done := make(chan error, 1)
 		go func() { done <- s.raft.Shutdown().Error() }()
 		select {
@@ -490,6 +500,9 @@ func (s *Server) linearize() error {
 	}
 	return nil
 }
+
+// handOverWait bounds Stop's wait for requests being handed to Raft.
+const handOverWait = time.Second
 
 // toRaft runs hand, which hands Raft a request (Apply, Barrier,
 // VerifyLeader, Snapshot), unless the server is stopping; it reports
