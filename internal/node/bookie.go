@@ -72,10 +72,13 @@ func (c *bookieComponent) Stop(context.Context) error {
 	return nil
 }
 
-// grpcMessageLimit is the inner gRPC server's receive limit: room for the
-// bookie's largest entry and the message around it (gRPC's default is 4 MiB).
-func grpcMessageLimit(maxEntry int) grpc.ServerOption {
-	return grpc.MaxRecvMsgSize(max(4<<20, maxEntry+64<<10))
+// grpcServerOptions are the inner gRPC server's options: the bookie
+// transport's (larger socket buffers and flow-control windows, a buffer
+// pool that does not zero what it hands out: bookierpc.GRPCServerOptions),
+// with a receive limit of room for the bookie's largest entry and the
+// message around it (gRPC's default is 4 MiB).
+func grpcServerOptions(maxEntry int) []grpc.ServerOption {
+	return append(bookierpc.GRPCServerOptions(), grpc.MaxRecvMsgSize(max(4<<20, maxEntry+64<<10)))
 }
 
 // nodeBookieOptions are the bookie options of a node's [bookie] section.

@@ -155,7 +155,7 @@ func New(opts Options) (*Node, error) {
 		fatal: make(chan error, 1), phase: "new",
 	}
 	n.initMetrics()
-	n.grpc = newGRPCServer(n.cfg.GRPC.Addr, n.log.With("component", "grpc"), n.report, grpcMessageLimit(n.cfg.Bookie.MaxEntrySize))
+	n.grpc = newGRPCServer(n.cfg.GRPC.Addr, n.log.With("component", "grpc"), n.report, grpcServerOptions(n.cfg.Bookie.MaxEntrySize)...)
 	n.meta, err = newMetaComponent(n.cfg, n.fs, n.dataDir, n.reg, n.grpc, n.log.With("component", "meta"), n.selfNode)
 	if err != nil {
 		return nil, err

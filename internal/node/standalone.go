@@ -117,7 +117,7 @@ func RunBookie(ctx context.Context, o BookieOptions, stopTimeout time.Duration) 
 	if maxEntry <= 0 {
 		maxEntry = 8 << 20
 	}
-	g := newGRPCServer(o.Addr, log.With("component", "grpc"), report, grpcMessageLimit(maxEntry))
+	g := newGRPCServer(o.Addr, log.With("component", "grpc"), report, grpcServerOptions(maxEntry)...)
 	g.label = "--addr"
 	bc := newBookieComponent(bookie.Options{
 		FS:            o.FS,
