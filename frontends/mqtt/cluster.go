@@ -362,6 +362,7 @@ type forwardedMsg struct {
 // for this node's own (persist.go storedInbound, delayed.go released).
 func (f *forwardedMsg) stored(mark shard.Header) shard.Record {
 	r := *f.rec
+	r.Offset = 0 // the engine assigns it
 	r.Headers = make([]shard.Header, 0, len(f.rec.Headers)+1)
 	for _, h := range f.rec.Headers {
 		if h.Key != HeaderQoS2ID && h.Key != HeaderDelayed && h.Key != HeaderOrigin {
