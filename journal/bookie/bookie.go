@@ -52,10 +52,8 @@ type Bookie struct {
 	pending pendingIndex
 
 	// The applier writes synced records to the entry logs and the index.
-	apMu      sync.Mutex // guards apQ, apBytes, apOldest, apClosing
+	apMu      sync.Mutex // guards apQ, apClosing
 	apQ       []applyBatch
-	apBytes   int       // journal bytes of apQ
-	apOldest  time.Time // when apQ last became non-empty
 	apClosing bool
 	apKick    chan struct{}
 	apDone    chan struct{}
@@ -80,13 +78,6 @@ type applyBatch struct {
 // applyMaxBytes bounds the journal bytes of the groups the applier takes
 // at once, so that the inflight bytes they hold are released in steps.
 const applyMaxBytes = 16 << 20
-
-// The applier waits until applyMinBytes of synced groups are queued, or
-// the oldest has waited applyMaxDelay (see applyLoop).
-const (
-	applyMinBytes = 1 << 20
-	applyMaxDelay = 10 * time.Millisecond
-)
 
 // applyState is the state produced by applying journal records, persisted
 // by checkpoints.
@@ -974,24 +965,14 @@ func (b *Bookie) completeLoop() {
 		b.m.addBytes.Add(float64(bytes))
 		b.m.groupSize.Observe(float64(records))
 
-		// The applier waits for applyMinBytes or applyMaxDelay: kick it
-		// when the queue starts or crosses applyMinBytes.
 		b.apMu.Lock()
-		before := b.apBytes
-		if len(b.apQ) == 0 {
-			b.apOldest = time.Now()
-		}
 		for _, jb := range q {
 			b.apQ = append(b.apQ, applyBatch{ops: jb.ops, end: jb.end, bytes: jb.bytes})
-			b.apBytes += jb.bytes
 		}
-		kick := before == 0 || (before < applyMinBytes && b.apBytes >= applyMinBytes)
 		b.apMu.Unlock()
-		if kick {
-			select {
-			case b.apKick <- struct{}{}:
-			default:
-			}
+		select {
+		case b.apKick <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -1046,34 +1027,13 @@ func (b *Bookie) fail(cause error, inflight []op) {
 	b.failOps(err, queued)
 }
 
-// applyLoop applies synced groups to the entry logs and index. It lets
-// them accumulate up to applyMinBytes, or applyMaxDelay after the oldest
-// arrived: reads find them in pending meanwhile, and each apply costs an
-// index commit (a WAL write and a wakeup of Pebble's writer), an entry-log
-// write and a wakeup of this goroutine, which a light load (one writer:
-// a few KiB per group) would otherwise pay per group.
+// applyLoop applies synced groups to the entry logs and index.
 func (b *Bookie) applyLoop() {
 	defer close(b.apDone)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
 	for {
-		b.apMu.Lock()
-		for len(b.apQ) > 0 && !b.apClosing && b.apBytes < applyMinBytes {
-			wait := applyMaxDelay - time.Since(b.apOldest)
-			if wait <= 0 {
-				break
-			}
-			b.apMu.Unlock()
-			timer.Reset(wait)
-			select {
-			case <-b.apKick:
-				timer.Stop()
-			case <-timer.C:
-			}
-			b.apMu.Lock()
-		}
 		// Take the queued groups, up to applyMaxBytes of records (at
 		// least one group), to apply with one index batch.
+		b.apMu.Lock()
 		n, bytes := 0, 0
 		for n < len(b.apQ) && (n == 0 || bytes+b.apQ[n].bytes <= applyMaxBytes) {
 			bytes += b.apQ[n].bytes
@@ -1084,8 +1044,6 @@ func (b *Bookie) applyLoop() {
 		if b.apQ = b.apQ[n:]; len(b.apQ) == 0 {
 			b.apQ = nil
 		}
-		b.apBytes -= bytes
-		b.apOldest = time.Now() // what remains waits no longer than a new group
 		b.apMu.Unlock()
 		if len(q) == 0 {
 			if closing {

@@ -30,8 +30,7 @@
 // syncs, and an add is acknowledged only after an fdatasync that began
 // after its write); a third makes the synced entries readable and calls
 // the callbacks in journal order. Another goroutine
-// applies synced groups (once 1 MiB of them queued, or 10 ms after the
-// oldest, reads finding them in memory meanwhile) to the entry logs (append-only files of entry
+// applies synced groups to the entry logs (append-only files of entry
 // records, in Dir/ledgers) and the index (Pebble, in Dir/index, opened on
 // the same vfs.FS): range records (ledger, first entry) → (log, then
 // entry, offset and length of each entry of a run), plus ledger metadata
