@@ -44,8 +44,18 @@ type result struct {
 	CPUUsPerEntry     float64 `json:"cpu_us_per_entry"`
 	ReadCPUUsPerEntry float64 `json:"read_cpu_us_per_entry,omitempty"`
 
-	BytesPerSync        float64  `json:"bytes_per_sync"`   // the bookies' journal bytes per fdatasync
-	AddsPerRequest      *float64 `json:"adds_per_request"` // adds per AddEntries message the bookies received (batching)
+	BytesPerSync   float64  `json:"bytes_per_sync"`   // the bookies' journal bytes per fdatasync
+	AddsPerRequest *float64 `json:"adds_per_request"` // adds per AddEntries message the bookies received (batching)
+	// In-process bookies: p99 of their journal fdatasyncs and of their
+	// group latency (a group's first add queued to its acknowledgement),
+	// from Prometheus buckets (a factor of 2 apart, interpolated).
+	// --rate: p99 of how late appends were handed to the client
+	// (AppendAsync returned) after their scheduled time: the pacer's own
+	// lag (a writer goroutine not scheduled, or AppendAsync blocked on
+	// --inflight), which the add latency includes.
+	PacerLagP99Ms       *float64 `json:"pacer_lag_p99_ms,omitempty"`
+	BookieSyncP99Ms     *float64 `json:"bookie_sync_p99_ms,omitempty"`
+	BookieGroupP99Ms    *float64 `json:"bookie_group_p99_ms,omitempty"`
 	DiskCeilingMBPerSec *float64 `json:"disk_ceiling_mb_per_sec"`
 	DiskEfficiency      *float64 `json:"disk_efficiency"`
 	ReadEntries         int64    `json:"read_entries,omitempty"`
@@ -65,6 +75,12 @@ func (r *result) print(w io.Writer, asJSON bool) error {
 		r.Mode, r.Ensemble, r.WriteQuorum, r.AckQuorum, r.EntrySize, r.Writers, r.Inflight, r.Ledgers, r.Bookies)
 	fmt.Fprintf(w, "  write: %d entries in %.2fs: %.0f entries/s, %.1f MB/s; add latency p50 %.2f ms, p99 %.2f ms, p999 %.2f ms, max %.2f ms; %.1f CPU-µs/entry\n",
 		r.Entries, r.DurationS, r.EntriesPerSec, r.MBPerSec, r.P50Ms, r.P99Ms, r.P999Ms, r.MaxMs, r.CPUUsPerEntry)
+	if r.PacerLagP99Ms != nil {
+		fmt.Fprintf(w, "  pacer: appends handed to the client p99 %.2f ms after their scheduled time\n", *r.PacerLagP99Ms)
+	}
+	if r.BookieSyncP99Ms != nil && r.BookieGroupP99Ms != nil {
+		fmt.Fprintf(w, "  bookies: journal fdatasync p99 %.2f ms, group (first add queued to ack) p99 %.2f ms\n", *r.BookieSyncP99Ms, *r.BookieGroupP99Ms)
+	}
 	if r.DiskCeilingMBPerSec != nil {
 		fmt.Fprintf(w, "  disk: %.0f journal bytes per fdatasync; raw write+fdatasync ceiling %.1f MB/s; efficiency %.2f (acked MB/s x Qw / ceiling)\n",
 			r.BytesPerSync, *r.DiskCeilingMBPerSec, *r.DiskEfficiency)
@@ -91,6 +107,7 @@ func (r *result) print(w io.Writer, asJSON bool) error {
 type addStats struct {
 	mu        sync.Mutex
 	total     histogram
+	lag       histogram // --rate: AppendAsync returned minus scheduled time
 	interval  histogram
 	entries   int64
 	ivEntries int64
@@ -102,6 +119,12 @@ func (s *addStats) record(d time.Duration) {
 	s.interval.Record(d)
 	s.entries++
 	s.ivEntries++
+	s.mu.Unlock()
+}
+
+func (s *addStats) recordLag(d time.Duration) {
+	s.mu.Lock()
+	s.lag.Record(d)
 	s.mu.Unlock()
 }
 
@@ -215,19 +238,34 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 	res.MBPerSec = float64(st.entries) * float64(c.entrySize) / elapsed.Seconds() / 1e6
 	res.P50Ms, res.P99Ms, res.P999Ms = ms(st.total.Quantile(0.5)), ms(st.total.Quantile(0.99)), ms(st.total.Quantile(0.999))
 	res.MaxMs = ms(st.total.Quantile(1))
+	if c.rate > 0 {
+		lag := ms(st.lag.Quantile(0.99))
+		res.PacerLagP99Ms = &lag
+	}
 	if st.entries > 0 {
 		res.CPUUsPerEntry = float64(writeCPU.Microseconds()) / float64(st.entries)
 	}
 	res.BytesPerSync = syncsAfter.sub(syncsBefore).bytesPerSync()
 	res.AddsPerRequest = syncsAfter.sub(syncsBefore).addsPerRequest()
+	res.BookieSyncP99Ms = syncsAfter.sub(syncsBefore).syncTime.quantileMs(0.99)
+	res.BookieGroupP99Ms = syncsAfter.sub(syncsBefore).groupTime.quantileMs(0.99)
 
+	stopReadProfile := func() error { return nil }
 	if c.mode == "catchup" {
+		if stopReadProfile, err = startCPUProfile(c.readProfile); err != nil {
+			stopProgress()
+			return nil, err
+		}
 		cpu = processCPU()
 		startReaders()
 	}
 	if c.mode != "write" {
 		readWG.Wait()
 		readEl, readCPU := time.Since(readStart), processCPU()-cpu
+		if err := stopReadProfile(); err != nil {
+			stopProgress()
+			return nil, err
+		}
 		if c.mode == "tail" {
 			readEl = max(readEl, elapsed) // the readers started with the writers
 		}
@@ -355,6 +393,9 @@ func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, 
 		if f, err = lw.AppendAsync(ctx, makePayload(header{writer: writer, ledger: ledger, seq: seq, at: at.UnixNano()}, size, fill)); err != nil {
 			err = fmt.Errorf("writer %d: append: %w", writer, err)
 			break
+		}
+		if interval > 0 {
+			st.recordLag(time.Since(at))
 		}
 		pending <- sent{f, at}
 	}

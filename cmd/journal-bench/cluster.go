@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 
 	journalv1 "github.com/quiremq/quire/internal/proto/journal/v1"
@@ -47,6 +48,14 @@ type localBookie struct {
 
 // syncBytesMetric is the bookies' histogram of journal bytes per fdatasync.
 const syncBytesMetric = "quire_bookie_journal_sync_bytes"
+
+// syncTimeMetric and groupTimeMetric are the bookies' histograms of
+// journal fdatasync times and of group latencies (first add queued to
+// acknowledgement).
+const (
+	syncTimeMetric  = "quire_bookie_journal_sync_seconds"
+	groupTimeMetric = "quire_bookie_journal_group_seconds"
+)
 
 // addRequestsMetric and addsMetric count the bookies' AddEntries request
 // messages and the adds in them (bookierpc).
@@ -171,10 +180,73 @@ func (cl *cluster) stop() {
 type syncStats struct {
 	syncs, bytes   float64
 	requests, adds float64
+	// In-process bookies only: their journal fdatasync times and group
+	// latencies (first add queued to acknowledgement), bucket counts
+	// summed over the bookies (nil for remote bookies).
+	syncTime, groupTime promBuckets
 }
 
 func (s syncStats) sub(o syncStats) syncStats {
-	return syncStats{s.syncs - o.syncs, s.bytes - o.bytes, s.requests - o.requests, s.adds - o.adds}
+	return syncStats{s.syncs - o.syncs, s.bytes - o.bytes, s.requests - o.requests, s.adds - o.adds,
+		s.syncTime.sub(o.syncTime), s.groupTime.sub(o.groupTime)}
+}
+
+// promBuckets are a Prometheus histogram's cumulative bucket counts.
+type promBuckets struct {
+	upper []float64 // seconds
+	count []uint64  // cumulative
+}
+
+func (b *promBuckets) add(h interface {
+	GetBucket() []*dto.Bucket
+}) {
+	bs := h.GetBucket()
+	if b.upper == nil {
+		for _, x := range bs {
+			b.upper = append(b.upper, x.GetUpperBound())
+		}
+		b.count = make([]uint64, len(bs))
+	}
+	for i, x := range bs {
+		if i < len(b.count) {
+			b.count[i] += x.GetCumulativeCount()
+		}
+	}
+}
+
+func (b promBuckets) sub(o promBuckets) promBuckets {
+	if len(o.count) != len(b.count) {
+		return b
+	}
+	d := promBuckets{upper: b.upper, count: make([]uint64, len(b.count))}
+	for i := range b.count {
+		d.count[i] = b.count[i] - o.count[i]
+	}
+	return d
+}
+
+// quantileMs is the q quantile in ms, interpolated linearly inside its
+// bucket (so only as precise as the buckets: a factor of 2), or nil
+// without samples.
+func (b promBuckets) quantileMs(q float64) *float64 {
+	if len(b.count) == 0 || b.count[len(b.count)-1] == 0 {
+		return nil
+	}
+	rank := q * float64(b.count[len(b.count)-1])
+	lo, below := 0.0, uint64(0)
+	for i, c := range b.count {
+		if float64(c) >= rank {
+			v := lo
+			if c > below {
+				v += (b.upper[i] - lo) * (rank - float64(below)) / float64(c-below)
+			}
+			v *= 1e3
+			return &v
+		}
+		lo, below = b.upper[i], c
+	}
+	v := lo * 1e3 // beyond the last bucket: its bound
+	return &v
 }
 
 // addsPerRequest is the mean adds per AddEntries request message, or nil
@@ -209,6 +281,10 @@ func (cl *cluster) syncStats(ctx context.Context) (syncStats, error) {
 				case syncBytesMetric:
 					total.syncs += float64(m.GetHistogram().GetSampleCount())
 					total.bytes += m.GetHistogram().GetSampleSum()
+				case syncTimeMetric:
+					total.syncTime.add(m.GetHistogram())
+				case groupTimeMetric:
+					total.groupTime.add(m.GetHistogram())
 				case addRequestsMetric:
 					total.requests += m.GetCounter().GetValue()
 				case addsMetric:

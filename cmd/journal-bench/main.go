@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"time"
 )
@@ -114,6 +115,9 @@ type config struct {
 	rate          float64 // entries/s over all writers; 0: as fast as they can
 	quiet         bool    // no progress lines (tests)
 	cpuProfile    string  // write a CPU profile of the run here
+	readProfile   string  // catchup: a CPU profile of the read phase only
+	memProfile    string  // write an allocation profile of the run here
+	tracePath     string  // write an execution trace of the run here
 }
 
 func main() {
@@ -145,6 +149,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, int) {
 	fs.Float64Var(&c.rate, "rate", 0, "pace the writers to `N` appends/s in all (0: as fast as they can); latency is then measured from each append's scheduled time, so falling behind shows")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the run (in-process bookies included) to `FILE`, for go tool pprof")
+	fs.StringVar(&c.readProfile, "read-cpuprofile", "", "catchup mode: write a CPU profile of the read phase only (the read back of the closed ledgers, bookies included) to `FILE`")
+	fs.StringVar(&c.memProfile, "memprofile", "", "write an allocation profile (allocs) taken at the end of the run to `FILE`, for go tool pprof")
+	fs.StringVar(&c.tracePath, "trace", "", "write an execution trace of the run to `FILE`, for go tool trace (keep the run short: tens of MB per second)")
 	usage := func(w io.Writer) {
 		fmt.Fprint(w, help)
 		fs.SetOutput(w)
@@ -212,6 +219,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("--duration %v: must be positive", c.duration)
 	case c.rate < 0:
 		return fmt.Errorf("--rate %v: must not be negative", c.rate)
+	case c.readProfile != "" && (c.mode != "catchup" || c.cpuProfile != ""):
+		return errors.New("--read-cpuprofile needs --mode catchup and no --cpuprofile (one profile at a time)")
 	case c.rawDisk && len(c.bookieAddrs) > 0 && len(c.bookieMetrics) == 0:
 		return errors.New("--raw-disk with --bookie-addrs needs --bookie-metrics (the bookies' bytes per sync)")
 	}
@@ -228,8 +237,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "journal-bench: %v\n", err)
 		return exitFailed
 	}
+	stopTrace, err := startTrace(c.tracePath)
+	if err != nil {
+		stopProfile()
+		fmt.Fprintf(stderr, "journal-bench: %v\n", err)
+		return exitFailed
+	}
 	res, err := bench(ctx, c, stdout)
+	if perr := stopTrace(); perr != nil && err == nil {
+		err = perr
+	}
 	if perr := stopProfile(); perr != nil && err == nil {
+		err = perr
+	}
+	if perr := writeProfile("allocs", "--memprofile", c.memProfile); perr != nil && err == nil {
 		err = perr
 	}
 	if err != nil {
@@ -246,22 +267,55 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // startCPUProfile starts a CPU profile into path (nothing when path is
 // empty) and returns the function that stops it and closes the file.
 func startCPUProfile(path string) (stop func() error, err error) {
+	return startRecording(path, "--cpuprofile", pprof.StartCPUProfile, pprof.StopCPUProfile)
+}
+
+// startTrace starts an execution trace into path (nothing when path is
+// empty) and returns the function that stops it and closes the file.
+func startTrace(path string) (stop func() error, err error) {
+	return startRecording(path, "--trace", trace.Start, trace.Stop)
+}
+
+// startRecording creates path and starts a recording into it with start
+// (nothing when path is empty); the returned function ends it with end and
+// closes the file. flag names the option in errors.
+func startRecording(path, flag string, start func(io.Writer) error, end func()) (stop func() error, err error) {
 	if path == "" {
 		return func() error { return nil }, nil
 	}
 	f, err := os.Create(path)
 	if err != nil {
-		return nil, fmt.Errorf("--cpuprofile: %w", err)
+		return nil, fmt.Errorf("%s: %w", flag, err)
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
+	if err := start(f); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("--cpuprofile: %w", err)
+		return nil, fmt.Errorf("%s: %w", flag, err)
 	}
 	return func() error {
-		pprof.StopCPUProfile()
+		end()
 		if err := f.Close(); err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
+			return fmt.Errorf("%s: %w", flag, err)
 		}
 		return nil
 	}, nil
+}
+
+// writeProfile writes the named pprof profile to path (nothing when path
+// is empty); flag names the option in errors.
+func writeProfile(name, flag, path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", flag, err)
+	}
+	err = pprof.Lookup(name).WriteTo(f, 0)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", flag, err)
+	}
+	return nil
 }

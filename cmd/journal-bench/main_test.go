@@ -103,11 +103,28 @@ func TestCatchUp(t *testing.T) {
 	}
 }
 
-// --rate paces the writers: about rate x duration appends, no more.
-// --cpuprofile writes a (gzipped) pprof profile of the run.
+// --rate paces the writers: about rate x duration appends, no more, and
+// reports the pacer's lag and the bookies' sync and group latencies.
+// --cpuprofile and --memprofile write (gzipped) pprof profiles of the run,
+// --trace an execution trace.
 func TestRate(t *testing.T) {
-	prof := filepath.Join(t.TempDir(), "cpu.prof")
-	res, _ := runJSON(t, "--cpuprofile", prof, "--duration", "1s", "--rate", "400", "--writers", "2", "--ledgers", "1", "--ensemble", "1", "--write-quorum", "1", "--ack-quorum", "1", "--bookies", "1")
+	dir := t.TempDir()
+	prof, mem, tr := filepath.Join(dir, "cpu.prof"), filepath.Join(dir, "mem.prof"), filepath.Join(dir, "run.trace")
+	res, _ := runJSON(t, "--cpuprofile", prof, "--memprofile", mem, "--trace", tr, "--duration", "1s", "--rate", "400", "--writers", "2", "--ledgers", "1", "--ensemble", "1", "--write-quorum", "1", "--ack-quorum", "1", "--bookies", "1")
+	for _, k := range []string{"pacer_lag_p99_ms", "bookie_sync_p99_ms", "bookie_group_p99_ms"} {
+		if v, ok := res[k].(float64); !ok || v < 0 {
+			t.Errorf("%s = %v, want a latency in ms", k, res[k])
+		}
+	}
+	if g, s := num(t, res, "bookie_group_p99_ms"), num(t, res, "bookie_sync_p99_ms"); g < s/2 {
+		t.Errorf("bookie group p99 %v ms, sync p99 %v ms: a group's latency includes its sync", g, s)
+	}
+	if b, err := os.ReadFile(mem); err != nil || len(b) < 100 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Errorf("--memprofile: %d bytes, err %v: want a gzipped pprof profile", len(b), err)
+	}
+	if b, err := os.ReadFile(tr); err != nil || len(b) < 1000 || !strings.HasPrefix(string(b), "go 1.") {
+		t.Errorf("--trace: %d bytes, err %v: want a Go execution trace", len(b), err)
+	}
 	checkWrite(t, res, 1, 1, 1, 1024)
 	if n := num(t, res, "entries"); n < 300 || n > 400 {
 		t.Errorf("%v appends at --rate 400 for 1s, want about 400 and never more", n)

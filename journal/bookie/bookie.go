@@ -852,7 +852,7 @@ func (b *Bookie) journalLoop() {
 			}
 			b.mu.Lock()
 		}
-		ops := b.queue
+		ops, queued := b.queue, b.oldest
 		b.queue, b.queueBytes, b.urgent = spare, 0, false
 		failed := b.err
 		b.mu.Unlock()
@@ -862,7 +862,7 @@ func (b *Bookie) journalLoop() {
 			b.fail(failed, ops)
 			continue
 		}
-		rest, err := b.jnl.write(ops, b.submit, b.drain)
+		rest, err := b.jnl.write(ops, queued, b.submit, b.drain)
 		if err != nil {
 			b.fail(err, rest)
 		}
@@ -964,6 +964,12 @@ func (b *Bookie) completeLoop() {
 		b.m.adds.Add(float64(adds))
 		b.m.addBytes.Add(float64(bytes))
 		b.m.groupSize.Observe(float64(records))
+		now := time.Now()
+		for i, jb := range q {
+			if i == 0 || jb.queued != q[i-1].queued { // a group written in two files
+				b.m.groupLatency.Observe(now.Sub(jb.queued).Seconds())
+			}
+		}
 
 		b.apMu.Lock()
 		for _, jb := range q {

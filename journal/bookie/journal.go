@@ -242,10 +242,11 @@ func (j *journal) ready(num uint64, f vfs.File) (*jfile, error) {
 // jbatch is a run of records written (not yet synced) to one journal
 // file: the unit handed from the journal writer to the syncer.
 type jbatch struct {
-	f     *jfile
-	ops   []op
-	end   jpos // position just past the batch's last record
-	bytes int
+	f      *jfile
+	ops    []op
+	end    jpos // position just past the batch's last record
+	bytes  int
+	queued time.Time // when the group's oldest record was queued
 }
 
 // write appends the records of ops to the journal files without syncing
@@ -255,13 +256,13 @@ type jbatch struct {
 // that a file's valid records are always complete before the next file
 // holds any. On error it returns the ops that were not handed to submit:
 // the caller fails them.
-func (j *journal) write(ops []op, submit func(jbatch) error, drain func() error) (rest []op, err error) {
+func (j *journal) write(ops []op, queued time.Time, submit func(jbatch) error, drain func() error) (rest []op, err error) {
 	j.buf = j.buf[:0]
 	first := 0
 	for i := range ops {
 		size := int64(ops[i].encodedSize())
 		if pending := int64(len(j.buf)); j.cur.off+pending+size > j.cur.size && j.cur.off+pending > 0 {
-			if err := j.flush(ops[first:i], submit); err != nil {
+			if err := j.flush(ops[first:i], queued, submit); err != nil {
 				return ops[first:], err
 			}
 			first = i
@@ -274,7 +275,7 @@ func (j *journal) write(ops []op, submit func(jbatch) error, drain func() error)
 		}
 		j.buf = appendRecord(j.buf, j.cur.num, &ops[i])
 	}
-	if err := j.flush(ops[first:], submit); err != nil {
+	if err := j.flush(ops[first:], queued, submit); err != nil {
 		return ops[first:], err
 	}
 	return nil, nil
@@ -282,7 +283,7 @@ func (j *journal) write(ops []op, submit func(jbatch) error, drain func() error)
 
 // flush writes the encoded records of ops (in j.buf) at the current
 // position and submits them.
-func (j *journal) flush(ops []op, submit func(jbatch) error) error {
+func (j *journal) flush(ops []op, queued time.Time, submit func(jbatch) error) error {
 	if len(j.buf) == 0 {
 		return nil
 	}
@@ -295,7 +296,7 @@ func (j *journal) flush(ops []op, submit func(jbatch) error) error {
 		j.cur.size = j.cur.off // an oversized record extended the file
 	}
 	j.buf = j.buf[:0]
-	return submit(jbatch{f: j.cur, ops: ops, end: jpos{file: j.cur.num, off: j.cur.off}, bytes: n})
+	return submit(jbatch{f: j.cur, ops: ops, end: jpos{file: j.cur.num, off: j.cur.off}, bytes: n, queued: queued})
 }
 
 // roll switches to the prepared next file; every record of the current
