@@ -1,6 +1,7 @@
 package bookie
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -52,6 +53,37 @@ const (
 // Payloads passed to fn belong to the caller but may share memory with
 // each other; fn must not modify them.
 func (b *Bookie) ReadRange(ledger, first, last, stride uint64, fn func(entry uint64, payload []byte) error) error {
+	return b.readRange(ledger, first, last, stride, true, func(e uint64, rec []byte) error {
+		return fn(e, rec[logHeaderSize:])
+	})
+}
+
+// ReadRangeRecords is ReadRange passing each entry as its entry-log
+// record (see DecodeRecord) instead of its payload, for a server that
+// forwards the records as stored. The records' checksums are NOT checked
+// (their ledger, entry and length are): the receiver checks them, end to
+// end. Records passed to fn may share memory with each other and with the
+// next batch's: fn must copy what it keeps and must not modify them.
+func (b *Bookie) ReadRangeRecords(ledger, first, last, stride uint64, fn func(entry uint64, record []byte) error) error {
+	return b.readRange(ledger, first, last, stride, false, fn)
+}
+
+// RecordHeaderSize is the size of an entry-log record's header: a record
+// is crc32c:4 | length:4 | ledger:8 | entry:8 | payload:length
+// (little-endian), the CRC-32C (Castagnoli) covering the rest of it.
+const RecordHeaderSize = logHeaderSize
+
+// DecodeRecord decodes the entry-log record at the start of buf (as
+// ReadRangeRecords passes them), checking its checksum. n is its size; ok
+// is false when buf does not start with a whole record whose checksum
+// holds.
+func DecodeRecord(buf []byte) (ledger, entry uint64, payload []byte, n int, ok bool) {
+	return decodeLogRecord(buf)
+}
+
+// readRange is ReadRange passing records, their checksums checked when
+// check is set.
+func (b *Bookie) readRange(ledger, first, last, stride uint64, check bool, fn func(entry uint64, record []byte) error) error {
 	if stride == 0 {
 		stride = 1
 	}
@@ -72,12 +104,12 @@ func (b *Bookie) ReadRange(ledger, first, last, stride uint64, fn func(entry uin
 		if err != nil {
 			return err
 		}
-		n, err := b.rangeLoad(ledger, items)
+		n, err := b.rangeLoad(ledger, items, check)
 		if err != nil {
 			return err
 		}
 		for _, it := range items[:n] {
-			if err := fn(it.entry, it.payload); err != nil {
+			if err := fn(it.entry, it.rec); err != nil {
 				return err
 			}
 		}
@@ -104,12 +136,12 @@ func rangeNext(items []rangeItem, next, stride uint64) uint64 {
 }
 
 // rangeItem is one entry of a batch: where it is stored, or (pending, not
-// yet applied) its payload; rangeLoad sets payload.
+// yet applied) its record; rangeLoad sets rec.
 type rangeItem struct {
-	entry   uint64
-	loc     location
-	stored  bool
-	payload []byte
+	entry  uint64
+	loc    location
+	stored bool
+	rec    []byte // its entry-log record
 }
 
 // rangeLocate finds a batch of entries from next on: their locations from
@@ -136,7 +168,7 @@ func (b *Bookie) rangeLocate(ledger, next, last, stride uint64) (items []rangeIt
 			// made — the index is written before pending is cleared, so
 			// a fresh lookup after the pending one finds it.
 			var ok bool
-			if item.payload, ok = b.pendingPayload(ledger, e); !ok {
+			if item.rec, ok = b.pendingRecord(ledger, e); !ok {
 				if item.loc, ok, err = b.lookup(ledger, e); err != nil {
 					return nil, false, err
 				}
@@ -147,28 +179,29 @@ func (b *Bookie) rangeLocate(ledger, next, last, stride uint64) (items []rangeIt
 			}
 		}
 		items = append(items, item)
-		size += int(item.loc.length) + len(item.payload)
+		size += int(item.loc.length) + len(item.rec)
 		if last-e < stride || len(items) >= rangeBatchEntries || size >= rangeBatchBytes {
 			return items, false, nil
 		}
 	}
 }
 
-func (b *Bookie) pendingPayload(ledger, entry uint64) ([]byte, bool) {
+// pendingRecord returns the entry-log record of a pending entry.
+func (b *Bookie) pendingRecord(ledger, entry uint64) ([]byte, bool) {
 	b.readMu.RLock()
 	defer b.readMu.RUnlock()
 	p, ok := b.pending.get(ledger, entry)
 	if !ok {
 		return nil, false
 	}
-	return append([]byte(nil), p...), true
+	return appendLogRecord(nil, ledger, entry, p), true
 }
 
-// rangeLoad reads the payloads of the batch's stored items, coalescing
-// nearby records of one entry log into one read. It returns how many
-// items (from the first) have their payload: fewer than all when an entry
-// was deleted meanwhile.
-func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem) (int, error) {
+// rangeLoad reads the records of the batch's stored items, coalescing
+// nearby records of one entry log into one read, their checksums checked
+// when check is set. It returns how many items (from the first) have
+// their record: fewer than all when an entry was deleted meanwhile.
+func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem, check bool) (int, error) {
 	for i := 0; i < len(items); {
 		if !items[i].stored {
 			i++
@@ -186,7 +219,7 @@ func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem) (int, error) {
 			}
 			end = l.offset + logHeaderSize + int64(l.length)
 		}
-		err := b.readRun(ledger, items[i:j], start, end)
+		err := b.readRun(ledger, items[i:j], start, end, check)
 		if err != nil && vfs.IsNotExist(err) {
 			// Compaction moved these entries and removed their log: read
 			// them one by one through the fresh index (ReadEntry retries).
@@ -198,7 +231,7 @@ func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem) (int, error) {
 				if err != nil {
 					return k, err
 				}
-				items[k].payload = p
+				items[k].rec = appendLogRecord(nil, ledger, items[k].entry, p)
 			}
 			err = nil
 		}
@@ -211,8 +244,9 @@ func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem) (int, error) {
 }
 
 // readRun reads the records of run, which lie in [start, end) of one entry
-// log, with one read, and checks each.
-func (b *Bookie) readRun(ledger uint64, run []rangeItem, start, end int64) error {
+// log, with one read, and checks each: its ledger, entry and length, and
+// its checksum when check is set.
+func (b *Bookie) readRun(ledger uint64, run []rangeItem, start, end int64, check bool) error {
 	id := run[0].loc.log
 	lr, err := b.readers.acquire(id)
 	if err != nil {
@@ -226,11 +260,16 @@ func (b *Bookie) readRun(ledger uint64, run []rangeItem, start, end int64) error
 	for k := range run {
 		it := &run[k]
 		off := it.loc.offset - start
-		l, e, payload, _, ok := decodeLogRecord(buf[off : off+logHeaderSize+int64(it.loc.length)])
-		if !ok || l != ledger || e != it.entry {
+		rec := buf[off : off+logHeaderSize+int64(it.loc.length) : off+logHeaderSize+int64(it.loc.length)]
+		ok := binary.LittleEndian.Uint32(rec[4:]) == it.loc.length &&
+			binary.LittleEndian.Uint64(rec[8:]) == ledger && binary.LittleEndian.Uint64(rec[16:]) == it.entry
+		if ok && check {
+			_, _, _, _, ok = decodeLogRecord(rec)
+		}
+		if !ok {
 			return fmt.Errorf("%w: ledger %d entry %d at entry log %d offset %d", ErrCorrupt, ledger, it.entry, id, it.loc.offset)
 		}
-		it.payload = payload[:len(payload):len(payload)]
+		it.rec = rec
 	}
 	return nil
 }

@@ -27,14 +27,33 @@ type sendError struct{ err error }
 
 func (e sendError) Error() string { return e.err.Error() }
 
-// ReadEntries implements journalv1.BookieServer: bookie.ReadRange, its
-// entries batched into messages, its outcome in the last one.
+// ReadEntries implements journalv1.BookieServer: bookie.ReadRange (or,
+// packed, bookie.ReadRangeRecords), its entries batched into messages, its
+// outcome in the last one.
 func (s *Server) ReadEntries(req *journalv1.ReadEntriesRequest, stream grpc.ServerStreamingServer[journalv1.ReadEntriesResponse]) error {
 	b, _, err := s.bookie()
 	if err != nil {
 		return err
 	}
 	resp := &journalv1.ReadEntriesResponse{Status: journalv1.Status_STATUS_OK}
+	if req.Packed {
+		err = b.ReadRangeRecords(req.Ledger, req.FirstEntry, req.LastEntry, req.Stride, func(_ uint64, rec []byte) error {
+			// A record that does not fit goes in the next message (alone,
+			// when it is larger than a message).
+			if len(resp.Records) > 0 && len(resp.Records)+len(rec) > readMessageBytes {
+				if err := stream.Send(resp); err != nil {
+					return sendError{err}
+				}
+				resp = &journalv1.ReadEntriesResponse{Status: journalv1.Status_STATUS_OK}
+			}
+			if resp.Records == nil {
+				resp.Records = make([]byte, 0, max(readMessageBytes, len(rec)))
+			}
+			resp.Records = append(resp.Records, rec...)
+			return nil
+		})
+		return s.endRead(stream, resp, err)
+	}
 	size := 0
 	err = b.ReadRange(req.Ledger, req.FirstEntry, req.LastEntry, req.Stride, func(e uint64, p []byte) error {
 		resp.Entries = append(resp.Entries, &journalv1.Entry{Entry: e, Payload: p, Crc32C: CRC32C(p)})
@@ -49,6 +68,12 @@ func (s *Server) ReadEntries(req *journalv1.ReadEntriesRequest, stream grpc.Serv
 		size = 0
 		return nil
 	})
+	return s.endRead(stream, resp, err)
+}
+
+// endRead sends resp, the last message of a ReadEntries stream, with the
+// read's outcome err — unless err is a failed Send, which ends the stream.
+func (s *Server) endRead(stream grpc.ServerStreamingServer[journalv1.ReadEntriesResponse], resp *journalv1.ReadEntriesResponse, err error) error {
 	var se sendError
 	if errors.As(err, &se) {
 		return se.err
@@ -67,8 +92,8 @@ var errNoEnd = errors.New("bookierpc: read entries: the stream ended without its
 
 // ReadEntries reads the entries first, first+stride, ... up to last of a
 // ledger (stride 0 means 1) in one stream, calling fn with each in entry
-// order, its payload checked against the crc32c the bookie sent. It
-// returns:
+// order, its payload checked against the crc32c the bookie sent (packed:
+// its entry-log record's, stored with it). It returns:
 //
 //   - nil once fn has seen every entry of the range;
 //   - a *StatusError matching bookie.ErrNoSuchEntry when the bookie
@@ -88,7 +113,7 @@ func (c *Client) ReadEntries(ctx context.Context, ledger, first, last, stride ui
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := c.rpc.ReadEntries(ctx, &journalv1.ReadEntriesRequest{Ledger: ledger, FirstEntry: first, LastEntry: last, Stride: stride})
+	st, err := c.rpc.ReadEntries(ctx, &journalv1.ReadEntriesRequest{Ledger: ledger, FirstEntry: first, LastEntry: last, Stride: stride, Packed: true})
 	if err != nil {
 		return err
 	}
@@ -101,14 +126,12 @@ func (c *Client) ReadEntries(ctx context.Context, ledger, first, last, stride ui
 		if err != nil {
 			return err
 		}
-		for _, e := range r.Entries {
-			if done || e.Entry != next {
-				return fmt.Errorf("bookierpc: read entries of ledger %d: entry %d where %s was due", ledger, e.Entry, due(next, done))
+		// One entry read: checks its place, passes it to fn, advances.
+		got := func(e uint64, p []byte) error {
+			if done || e != next {
+				return fmt.Errorf("bookierpc: read entries of ledger %d: entry %d where %s was due", ledger, e, due(next, done))
 			}
-			if CRC32C(e.Payload) != e.Crc32C {
-				return fmt.Errorf("%w: ledger %d entry %d read back", ErrBadCRC, ledger, e.Entry)
-			}
-			if err := fn(e.Entry, e.Payload); err != nil {
+			if err := fn(e, p); err != nil {
 				return err
 			}
 			if last-next < stride {
@@ -116,6 +139,28 @@ func (c *Client) ReadEntries(ctx context.Context, ledger, first, last, stride ui
 			} else {
 				next += stride
 			}
+			return nil
+		}
+		for _, e := range r.Entries {
+			if CRC32C(e.Payload) != e.Crc32C {
+				return fmt.Errorf("%w: ledger %d entry %d read back", ErrBadCRC, ledger, e.Entry)
+			}
+			if err := got(e.Entry, e.Payload); err != nil {
+				return err
+			}
+		}
+		for recs := r.Records; len(recs) > 0; {
+			l, e, p, n, ok := bookie.DecodeRecord(recs)
+			if !ok {
+				return fmt.Errorf("%w: ledger %d: a record read back after %s (%d bytes left in the message)", ErrBadCRC, ledger, due(next, done), len(recs))
+			}
+			if l != ledger {
+				return fmt.Errorf("bookierpc: read entries of ledger %d: a record of ledger %d", ledger, l)
+			}
+			if err := got(e, p[:len(p):len(p)]); err != nil {
+				return err
+			}
+			recs = recs[n:]
 		}
 		if !r.End {
 			continue

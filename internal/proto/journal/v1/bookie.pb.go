@@ -478,7 +478,11 @@ type ReadEntriesRequest struct {
 	LastEntry uint64 `protobuf:"varint,3,opt,name=last_entry,json=lastEntry,proto3" json:"last_entry,omitempty"`
 	// The step between entries; 0 means 1. A reader of a ledger striped over
 	// E bookies asks each for every E-th entry.
-	Stride        uint64 `protobuf:"varint,4,opt,name=stride,proto3" json:"stride,omitempty"`
+	Stride uint64 `protobuf:"varint,4,opt,name=stride,proto3" json:"stride,omitempty"`
+	// Asks for the entries in ReadEntriesResponse.records instead of
+	// entries. A bookie that does not know this field sends entries: a
+	// reader must accept both.
+	Packed        bool `protobuf:"varint,5,opt,name=packed,proto3" json:"packed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -539,6 +543,13 @@ func (x *ReadEntriesRequest) GetStride() uint64 {
 		return x.Stride
 	}
 	return 0
+}
+
+func (x *ReadEntriesRequest) GetPacked() bool {
+	if x != nil {
+		return x.Packed
+	}
+	return false
 }
 
 // Entry is one entry of a ReadEntries stream.
@@ -614,7 +625,18 @@ type ReadEntriesResponse struct {
 	End bool `protobuf:"varint,4,opt,name=end,proto3" json:"end,omitempty"`
 	// With STATUS_NO_SUCH_ENTRY: the entry the read stopped at, the first of
 	// the range the bookie does not hold.
-	MissingEntry  uint64 `protobuf:"varint,5,opt,name=missing_entry,json=missingEntry,proto3" json:"missing_entry,omitempty"`
+	MissingEntry uint64 `protobuf:"varint,5,opt,name=missing_entry,json=missingEntry,proto3" json:"missing_entry,omitempty"`
+	// With ReadEntriesRequest.packed: the message's entries (instead of
+	// entries), in entry order, as the bookie's entry-log records back to
+	// back, each
+	//
+	//	crc32c:4 | length:4 | ledger:8 | entry:8 | payload:length
+	//
+	// (little-endian; crc32c, Castagnoli, covers the 20 bytes after it and
+	// the payload). The checksum is the one the bookie stored with the
+	// entry, sent as stored: the reader checks it, end to end from the
+	// bookie's disk.
+	Records       []byte `protobuf:"bytes,6,opt,name=records,proto3" json:"records,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -682,6 +704,13 @@ func (x *ReadEntriesResponse) GetMissingEntry() uint64 {
 		return x.MissingEntry
 	}
 	return 0
+}
+
+func (x *ReadEntriesResponse) GetRecords() []byte {
+	if x != nil {
+		return x.Records
+	}
+	return nil
 }
 
 type ReadLACRequest struct {
@@ -1133,24 +1162,26 @@ const file_journal_v1_bookie_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\x0e2\x12.journal.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x18\n" +
 	"\apayload\x18\x03 \x01(\fR\apayload\x12\x16\n" +
-	"\x06crc32c\x18\x04 \x01(\aR\x06crc32c\"\x84\x01\n" +
+	"\x06crc32c\x18\x04 \x01(\aR\x06crc32c\"\x9c\x01\n" +
 	"\x12ReadEntriesRequest\x12\x16\n" +
 	"\x06ledger\x18\x01 \x01(\x04R\x06ledger\x12\x1f\n" +
 	"\vfirst_entry\x18\x02 \x01(\x04R\n" +
 	"firstEntry\x12\x1d\n" +
 	"\n" +
 	"last_entry\x18\x03 \x01(\x04R\tlastEntry\x12\x16\n" +
-	"\x06stride\x18\x04 \x01(\x04R\x06stride\"O\n" +
+	"\x06stride\x18\x04 \x01(\x04R\x06stride\x12\x16\n" +
+	"\x06packed\x18\x05 \x01(\bR\x06packed\"O\n" +
 	"\x05Entry\x12\x14\n" +
 	"\x05entry\x18\x01 \x01(\x04R\x05entry\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x16\n" +
-	"\x06crc32c\x18\x03 \x01(\aR\x06crc32c\"\xbf\x01\n" +
+	"\x06crc32c\x18\x03 \x01(\aR\x06crc32c\"\xd9\x01\n" +
 	"\x13ReadEntriesResponse\x12*\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x12.journal.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12+\n" +
 	"\aentries\x18\x03 \x03(\v2\x11.journal.v1.EntryR\aentries\x12\x10\n" +
 	"\x03end\x18\x04 \x01(\bR\x03end\x12#\n" +
-	"\rmissing_entry\x18\x05 \x01(\x04R\fmissingEntry\">\n" +
+	"\rmissing_entry\x18\x05 \x01(\x04R\fmissingEntry\x12\x18\n" +
+	"\arecords\x18\x06 \x01(\fR\arecords\">\n" +
 	"\x0eReadLACRequest\x12\x16\n" +
 	"\x06ledger\x18\x01 \x01(\x04R\x06ledger\x12\x14\n" +
 	"\x05fence\x18\x02 \x01(\bR\x05fence\"i\n" +
