@@ -2,12 +2,13 @@ package memory
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -179,13 +180,26 @@ func (e *Engine) Close() error {
 	return nil
 }
 
-// entry is one stored record; its offset is implicit (low + index).
+// entry is one stored record; its offset is implicit (low + index). It
+// holds no pointers, so the garbage collector never scans the entries (a
+// full 64 MiB shard of small records is hundreds of thousands), only the
+// few chunk headers: the record's bytes are in chunk number arena of the
+// shard's arena (or, for a large record, in Shard.large), laid out as
+//
+//	key | value | headers: per header uvarint(len key), key, uvarint(len value), value
 type entry struct {
 	ts, maxTS int64 // maxTS: the largest timestamp at or before this entry (since the last reindex)
-	key       []byte
-	value     []byte
-	headers   []shard.Header
 	size      int64
+	// arena is the sequence number of the chunk holding the bytes (of the
+	// current chunk when the record was appended, for a large or empty
+	// one): non-decreasing along the entries, so the chunks below the
+	// first entry's are free.
+	arena          uint64
+	off            uint32 // where the bytes start in the chunk
+	keyLen, valLen uint32
+	hdrLen         uint32 // encoded headers' bytes
+	nHdr           uint32
+	large          bool // the bytes are Shard.large[offset]
 }
 
 // Shard is one in-memory record log.
@@ -196,10 +210,13 @@ type Shard struct {
 	now    func() time.Time
 
 	mu       sync.RWMutex
-	low      uint64 // offset of the first retained record
-	entries  ring   // records low..high-1
-	bytes    int64  // budget bytes retained
-	chunk    []byte // free tail of the current arena chunk
+	low      uint64            // offset of the first retained record
+	entries  ring              // records low..high-1
+	bytes    int64             // budget bytes retained
+	chunks   [][]byte          // the arena: chunk number chunk0+i is chunks[i]; the last is being filled
+	chunk0   uint64            // number of chunks[0]
+	used     int               // bytes used of the last chunk
+	large    map[uint64][]byte // by offset: the bytes of a record above chunkSize/4
 	sealed   bool
 	closed   bool
 	maxDirty bool          // maxTS must be recomputed (records were dropped)
@@ -215,20 +232,102 @@ var (
 // Name returns the shard's name.
 func (s *Shard) Name() string { return s.name }
 
-func (s *Shard) copyBytes(b []byte) []byte {
-	if len(b) == 0 {
+// current is the number of the chunk being filled (of the next one while
+// there is none).
+func (s *Shard) current() uint64 {
+	return s.chunk0 + uint64(max(len(s.chunks), 1)) - 1
+}
+
+// place reserves n bytes for the record at offset and returns them and
+// where they are.
+func (s *Shard) place(offset uint64, n int) (buf []byte, arena uint64, off uint32, large bool) {
+	if n == 0 {
+		return nil, s.current(), 0, false
+	}
+	if n > chunkSize/4 {
+		buf = make([]byte, n)
+		if s.large == nil {
+			s.large = map[uint64][]byte{}
+		}
+		s.large[offset] = buf
+		return buf, s.current(), 0, true
+	}
+	if len(s.chunks) == 0 || chunkSize-s.used < n {
+		s.chunks = append(s.chunks, make([]byte, chunkSize))
+		s.used = 0
+	}
+	off = uint32(s.used)
+	s.used += n
+	return s.chunks[len(s.chunks)-1][off:s.used], s.current(), off, false
+}
+
+// bytesOf returns the bytes of e, the entry at offset.
+func (s *Shard) bytesOf(offset uint64, e *entry) []byte {
+	if e.large {
+		return s.large[offset]
+	}
+	n := e.keyLen + e.valLen + e.hdrLen
+	if n == 0 {
 		return nil
 	}
-	if len(b) > chunkSize/4 {
-		return slices.Clone(b)
+	return s.chunks[e.arena-s.chunk0][e.off : e.off+n]
+}
+
+// encodedHeaders is the size of hs in the arena.
+func encodedHeaders(hs []shard.Header) int {
+	n := 0
+	for _, h := range hs {
+		n += uvarintLen(len(h.Key)) + len(h.Key) + uvarintLen(len(h.Value)) + len(h.Value)
 	}
-	if len(s.chunk) < len(b) {
-		s.chunk = make([]byte, chunkSize)
+	return n
+}
+
+func uvarintLen(n int) int {
+	l := 1
+	for ; n >= 0x80; n >>= 7 {
+		l++
 	}
-	out := s.chunk[:len(b):len(b)]
-	copy(out, b)
-	s.chunk = s.chunk[len(b):]
-	return out
+	return l
+}
+
+// bytesPart returns b[:n] capped, or nil when n is 0 (an empty key, value or
+// header value reads back as nil), and the rest of b.
+func bytesPart(b []byte, n int) (part, rest []byte) {
+	if n == 0 {
+		return nil, b
+	}
+	return b[:n:n], b[n:]
+}
+
+// record rebuilds the record at offset from its entry; its headers are
+// appended to hdrs (the caller's slab), whose grown slice is returned.
+// Header keys are strings over the arena's bytes, which are never written
+// again once appended.
+func (s *Shard) record(offset uint64, e *entry, hdrs []shard.Header) (shard.Record, []shard.Header) {
+	b := s.bytesOf(offset, e)
+	r := shard.Record{Offset: offset, Timestamp: e.ts}
+	r.Key, b = bytesPart(b, int(e.keyLen))
+	r.Value, b = bytesPart(b, int(e.valLen))
+	if e.nHdr == 0 {
+		return r, hdrs
+	}
+	start := len(hdrs)
+	for range e.nHdr {
+		n, k := binary.Uvarint(b)
+		b = b[k:]
+		var key string
+		if n > 0 {
+			key = unsafe.String(&b[0], int(n))
+		}
+		b = b[n:]
+		n, k = binary.Uvarint(b)
+		b = b[k:]
+		var v []byte
+		v, b = bytesPart(b, int(n))
+		hdrs = append(hdrs, shard.Header{Key: key, Value: v})
+	}
+	r.Headers = hdrs[start:len(hdrs):len(hdrs)]
+	return r, hdrs
 }
 
 // Append stores copies of recs.
@@ -261,12 +360,18 @@ func (s *Shard) Append(_ context.Context, recs []shard.Record) (uint64, error) {
 			ts = now
 		}
 		prevMax = max(prevMax, ts)
-		e := entry{ts: ts, maxTS: prevMax, key: s.copyBytes(r.Key), value: s.copyBytes(r.Value), size: int64(r.Size()) + RecordOverhead}
-		if len(r.Headers) > 0 {
-			e.headers = make([]shard.Header, len(r.Headers))
-			for j, h := range r.Headers {
-				e.headers[j] = shard.Header{Key: h.Key, Value: s.copyBytes(h.Value)}
-			}
+		e := entry{ts: ts, maxTS: prevMax, size: int64(r.Size()) + RecordOverhead,
+			keyLen: uint32(len(r.Key)), valLen: uint32(len(r.Value)),
+			hdrLen: uint32(encodedHeaders(r.Headers)), nHdr: uint32(len(r.Headers))}
+		var buf []byte
+		buf, e.arena, e.off, e.large = s.place(first+uint64(i), int(e.keyLen+e.valLen+e.hdrLen))
+		b := buf[copy(buf, r.Key):]
+		b = b[copy(b, r.Value):]
+		for _, h := range r.Headers {
+			b = b[binary.PutUvarint(b, uint64(len(h.Key))):]
+			b = b[copy(b, h.Key):]
+			b = b[binary.PutUvarint(b, uint64(len(h.Value))):]
+			b = b[copy(b, h.Value):]
 		}
 		added += e.size
 		s.entries.push(e)
@@ -306,11 +411,28 @@ func (s *Shard) enforceBudget(keep int) {
 	s.dropFront(n)
 }
 
-// dropFront removes the first n entries.
+// dropFront removes the first n entries and frees the arena chunks no
+// entry left uses.
 func (s *Shard) dropFront(n int) {
+	if len(s.large) > 0 {
+		for i := range n {
+			if s.entries.at(i).large {
+				delete(s.large, s.low+uint64(i))
+			}
+		}
+	}
 	s.entries.dropFront(n)
 	s.low += uint64(n)
 	s.maxDirty = true
+	keep := s.current() // the chunk being filled stays for the next append
+	if s.entries.len() > 0 {
+		keep = s.entries.at(0).arena
+	}
+	for s.chunk0 < keep {
+		s.chunks[0] = nil
+		s.chunks = s.chunks[1:]
+		s.chunk0++
+	}
 }
 
 // Read returns up to lim of the records from offset from.
@@ -329,16 +451,25 @@ func (s *Shard) Read(_ context.Context, from uint64, lim shard.Limits) ([]shard.
 	if lim.MaxRecords > 0 {
 		n = min(n, lim.MaxRecords)
 	}
-	out := make([]shard.Record, 0, n)
-	var bytes int
+	// First the records that fit and their headers, for one slab of them.
+	var bytes, nHdr int
 	for i := idx; i < idx+n; i++ {
 		e := s.entries.at(i)
 		size := int(e.size - RecordOverhead)
-		if lim.MaxBytes > 0 && len(out) > 0 && bytes+size > lim.MaxBytes {
+		if lim.MaxBytes > 0 && i > idx && bytes+size > lim.MaxBytes {
+			n = i - idx
 			break
 		}
 		bytes += size
-		out = append(out, shard.Record{Offset: s.low + uint64(i), Timestamp: e.ts, Key: e.key, Value: e.value, Headers: e.headers})
+		nHdr += int(e.nHdr)
+	}
+	out := make([]shard.Record, n)
+	var hdrs []shard.Header
+	if nHdr > 0 {
+		hdrs = make([]shard.Header, 0, nHdr)
+	}
+	for k := range out {
+		out[k], hdrs = s.record(s.low+uint64(idx+k), s.entries.at(idx+k), hdrs)
 	}
 	return out, nil
 }
@@ -440,7 +571,7 @@ func (s *Shard) Close() error {
 	}
 	s.closed = true
 	s.entries = ring{}
-	s.chunk = nil
+	s.chunks, s.large = nil, nil
 	close(s.notify)
 	return nil
 }
@@ -474,7 +605,6 @@ func (r *ring) push(e entry) {
 
 func (r *ring) dropFront(n int) {
 	for range n {
-		*r.at(0) = entry{} // let the GC free the arena chunks
 		r.head++
 		r.n--
 		if r.head == blockLen {

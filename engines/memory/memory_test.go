@@ -2,6 +2,9 @@ package memory
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -130,4 +133,112 @@ quire_memory_appended_records_total 1
 `), "quire_memory_appended_records_total"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestEntryHoldsNoPointers: the entries are the bulk of a full shard (one per
+// record), and the garbage collector skips memory without pointers; a
+// pointer field would make every collection scan them all again.
+func TestEntryHoldsNoPointers(t *testing.T) {
+	typ := reflect.TypeFor[entry]()
+	for i := range typ.NumField() {
+		switch f := typ.Field(i); f.Type.Kind() {
+		case reflect.Int64, reflect.Uint64, reflect.Uint32, reflect.Bool:
+		default:
+			t.Errorf("entry.%s is a %s: entries must hold no pointers", f.Name, f.Type)
+		}
+	}
+}
+
+// TestArenaModel appends random records (empty, small, and above a
+// quarter chunk, which get memory of their own; keys, values and headers
+// with empty values) under a budget of a few chunks, trims now and then,
+// and checks every read against the records kept in a plain slice; the
+// arena must free the chunks of dropped records.
+func TestArenaModel(t *testing.T) {
+	ctx := context.Background()
+	const budget = 3 * chunkSize
+	e := New(Options{ShardBudgetBytes: budget})
+	defer e.Close()
+	sh, _ := e.Create(ctx, "s")
+	s := sh.(*Shard)
+	rng := rand.New(rand.NewPCG(1, 2))
+	bytesOf := func(n int) []byte {
+		if n == 0 {
+			return nil
+		}
+		b := make([]byte, n)
+		seed := byte(rng.IntN(256))
+		for i := range b {
+			b[i] = seed + byte(i*31) // distinct per record, cheaper than rng per byte
+		}
+		return b
+	}
+	size := func() int {
+		switch rng.IntN(10) {
+		case 0:
+			return 0
+		case 1:
+			return chunkSize/4 + rng.IntN(chunkSize/2) // large
+		default:
+			return rng.IntN(3000)
+		}
+	}
+	var model []shard.Record // model[i] is offset low+i
+	var low uint64
+	for step := range 600 {
+		batch := make([]shard.Record, 1+rng.IntN(8))
+		for i := range batch {
+			r := shard.Record{Timestamp: int64(step), Key: bytesOf(rng.IntN(40)), Value: bytesOf(size())}
+			for h := range rng.IntN(4) {
+				r.Headers = append(r.Headers, shard.Header{Key: fmt.Sprintf("h%d", h), Value: bytesOf(rng.IntN(3) * 7)})
+			}
+			batch[i] = r
+		}
+		first, err := s.Append(ctx, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first != low+uint64(len(model)) {
+			t.Fatalf("step %d: Append at %d, want %d", step, first, low+uint64(len(model)))
+		}
+		model = append(model, batch...)
+		if rng.IntN(20) == 0 {
+			to := low + uint64(rng.IntN(len(model)+1))
+			if err := s.Trim(ctx, to); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, _ := s.Watermarks()
+		model = model[got-low:]
+		low = got
+		if rng.IntN(5) == 0 || step == 599 {
+			from := low + uint64(rng.IntN(len(model)+1))
+			recs, err := s.Read(ctx, from, shard.Limits{MaxRecords: rng.IntN(50)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, r := range recs {
+				w := model[int(from-low)+i]
+				w.Offset = from + uint64(i)
+				if !shardtest.Equal(r, w) {
+					t.Fatalf("step %d: offset %d reads %v, want %v", step, w.Offset, brief(r), brief(w))
+				}
+			}
+		}
+		// Retained bytes stay within the budget plus the last batch, and
+		// the chunks within what they hold plus the one being filled.
+		if s.bytes > budget+int64(len(batch))*(chunkSize+RecordOverhead) {
+			t.Fatalf("step %d: %d bytes retained", step, s.bytes)
+		}
+		if max := int(s.bytes/chunkSize) + 2*len(batch) + 2; len(s.chunks) > max {
+			t.Fatalf("step %d: %d chunks kept for %d bytes", step, len(s.chunks), s.bytes)
+		}
+		if len(s.large) > len(model) {
+			t.Fatalf("step %d: %d large records kept, %d records", step, len(s.large), len(model))
+		}
+	}
+}
+
+func brief(r shard.Record) string {
+	return fmt.Sprintf("{off=%d ts=%d key=%d value=%d headers=%d}", r.Offset, r.Timestamp, len(r.Key), len(r.Value), len(r.Headers))
 }
