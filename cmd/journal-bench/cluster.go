@@ -101,7 +101,7 @@ func startCluster(ctx context.Context, c *config) (_ *cluster, err error) {
 	var wg sync.WaitGroup
 	for i := range c.bookies {
 		wg.Go(func() { // opening a bookie takes a while: in parallel
-			cl.bookies[i], cl.infos[i], errs[i] = startBookie(filepath.Join(dir, fmt.Sprintf("bookie-%d", i)), fmt.Sprintf("bookie-%d", i))
+			cl.bookies[i], cl.infos[i], errs[i] = startBookie(c, filepath.Join(dir, fmt.Sprintf("bookie-%d", i)), fmt.Sprintf("bookie-%d", i))
 		})
 	}
 	wg.Wait()
@@ -134,7 +134,7 @@ func startMeta(ctx context.Context, dir string) (*meta.Server, error) {
 	return s, nil
 }
 
-func startBookie(dir, id string) (*localBookie, client.BookieInfo, error) {
+func startBookie(c *config, dir, id string) (*localBookie, client.BookieInfo, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, client.BookieInfo{}, err
@@ -142,8 +142,9 @@ func startBookie(dir, id string) (*localBookie, client.BookieInfo, error) {
 	reg := prometheus.NewRegistry()
 	b, err := bookie.Open(bookie.Options{
 		FS: vfs.Default, Dir: dir, BookieID: id,
-		Cookies:    bookie.NewFileCookieStore(vfs.Default, dir+".cookies.json"),
-		Registerer: reg,
+		Cookies:       bookie.NewFileCookieStore(vfs.Default, dir+".cookies.json"),
+		Registerer:    reg,
+		IdleGroupWait: c.idleGroupWait,
 	})
 	if err != nil {
 		lis.Close()

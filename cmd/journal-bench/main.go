@@ -112,12 +112,13 @@ type config struct {
 	json          bool
 	rawDisk       bool
 	mode          string
-	rate          float64 // entries/s over all writers; 0: as fast as they can
-	quiet         bool    // no progress lines (tests)
-	cpuProfile    string  // write a CPU profile of the run here
-	readProfile   string  // catchup: a CPU profile of the read phase only
-	memProfile    string  // write an allocation profile of the run here
-	tracePath     string  // write an execution trace of the run here
+	rate          float64       // entries/s over all writers; 0: as fast as they can
+	quiet         bool          // no progress lines (tests)
+	cpuProfile    string        // write a CPU profile of the run here
+	readProfile   string        // catchup: a CPU profile of the read phase only
+	memProfile    string        // write an allocation profile of the run here
+	tracePath     string        // write an execution trace of the run here
+	idleGroupWait time.Duration // in-process bookies' Options.IdleGroupWait
 }
 
 func main() {
@@ -147,6 +148,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, int) {
 	fs.BoolVar(&c.rawDisk, "raw-disk", false, "measure the data directory's write+fdatasync ceiling at the bookies' bytes per sync; report disk_efficiency")
 	fs.StringVar(&c.mode, "mode", "write", "`MODE`: write, catchup (read closed ledgers back) or tail (read while writing)")
 	fs.Float64Var(&c.rate, "rate", 0, "pace the writers to `N` appends/s in all (0: as fast as they can); latency is then measured from each append's scheduled time, so falling behind shows")
+	fs.DurationVar(&c.idleGroupWait, "idle-group-wait", 0, "in-process bookies: how long a journal group waits with the syncer idle before it goes (bookie Options.IdleGroupWait; `DURATION`, 0: at once)")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the run (in-process bookies included) to `FILE`, for go tool pprof")
 	fs.StringVar(&c.readProfile, "read-cpuprofile", "", "catchup mode: write a CPU profile of the read phase only (the read back of the closed ledgers, bookies included) to `FILE`")

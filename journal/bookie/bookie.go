@@ -839,9 +839,17 @@ func (b *Bookie) journalLoop() {
 				b.mu.Lock()
 				continue
 			}
-			wait := b.opts.MaxGroupWait - time.Since(b.oldest)
-			if wait <= 0 || b.urgent || b.closed || b.err != nil || b.queueBytes >= b.opts.MaxGroupBytes || b.syncIdle() {
+			age := time.Since(b.oldest)
+			wait := b.opts.MaxGroupWait - age
+			if wait <= 0 || b.urgent || b.closed || b.err != nil || b.queueBytes >= b.opts.MaxGroupBytes {
 				break
+			}
+			if b.syncIdle() {
+				if idle := b.opts.IdleGroupWait - age; idle > 0 {
+					wait = min(wait, idle)
+				} else {
+					break
+				}
 			}
 			b.mu.Unlock()
 			timer.Reset(wait)
