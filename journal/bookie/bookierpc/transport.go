@@ -30,7 +30,7 @@ func GRPCServerOptions() []grpc.ServerOption {
 		grpc.MaxRecvMsgSize(MaxMessageSize),
 		grpc.ReadBufferSize(transportBuffer), grpc.WriteBufferSize(transportBuffer),
 		grpc.InitialWindowSize(streamWindow), grpc.InitialConnWindowSize(connectionWindow),
-		experimental.BufferPool(bufferPool),
+		experimental.BufferPool(bufferPool), grpc.ForceServerCodecV2(codec{}),
 	}
 }
 
@@ -39,7 +39,7 @@ func dialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithReadBufferSize(transportBuffer), grpc.WithWriteBufferSize(transportBuffer),
 		grpc.WithInitialWindowSize(streamWindow), grpc.WithInitialConnWindowSize(connectionWindow),
-		experimental.WithBufferPool(bufferPool),
+		experimental.WithBufferPool(bufferPool), grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{})),
 	}
 }
 
