@@ -35,9 +35,9 @@ package mqtt
 //     as its topic's rule says, with HeaderOrigin set (InjectForwarded: one
 //     append per shard, durable as the engine promises; each record is
 //     decoded and its topic matched once), sets or clears the retained
-//     message, and queues it for every matching session, exactly as a
-//     local publish. Only then does B advance, and later persist, its
-//     cursor on A's shard. A crash of B between the two means the batch
+//     message (see Retained messages), and queues it for every matching
+//     session, exactly as a local publish. Only then does B advance, and
+//     later persist, its cursor on A's shard. A crash of B between the two means the batch
 //     comes again: duplicates, never a loss (at least once for QoS 1 and
 //     2). A restart of A or B resumes from B's cursors; messages A took
 //     while B was down reach B's persistent sessions when B returns.
@@ -53,6 +53,31 @@ package mqtt
 //     high watermarks (new messages only), a shard that appears later from
 //     its low watermark; a cursor above a shard's high watermark (the shard
 //     was lost, as a memory engine's on restart) restarts at its low one.
+//   - Retained messages: one set for the cluster, a full copy on every
+//     node (the retained store, persisted per node as before), so that a
+//     SUBSCRIBE anywhere is answered locally, before its SUBACK, with the
+//     usual Retain Handling. A's stream carries every retained message
+//     published on A whatever B's filters (Scan; Rescan leaves them out:
+//     they were sent), and B stores it in its shard as any forwarded
+//     record (so its restart replays it), sets it, and delivers it to the
+//     sessions it matches. Two sets of a topic made on two nodes are
+//     ordered by version, (accept time in ms as the record keeps it, node
+//     of origin) (ClusterRetained, store.Retained): a set replaces the
+//     entry only if not older, an origin's own sets in its order (a later
+//     one in the same ms wins), and a clear leaves a tombstone with its
+//     version, so every node ends with the same winner whatever order the
+//     sets reach it in (last writer wins, never a flip back). What a
+//     stream does not carry, the retained messages stored before where it
+//     starts, comes as a snapshot: when B is fresh, or one of its cursors
+//     fell outside a shard's records, A's hello announces one and A sends
+//     every entry of its retained store, tombstones and other nodes'
+//     entries included (any node's copy serves: the versions decide), once
+//     the messages below the stream's start were handed to the store
+//     (AwaitDone). B takes the newer entries (ApplyRetained), syncs its
+//     store, and only then keeps the hello's cursors: a crash before that
+//     takes the snapshot again. The cost is the retained traffic once per
+//     node and a snapshot per first contact; a non-retained message costs
+//     what it did (a header check in Scan), and nothing goes through meta.
 //
 // Order: a topic lives in one shard of A and one of B, and A streams a
 // shard in offset order, so the messages of one topic reach B's
@@ -72,9 +97,15 @@ package mqtt
 //     messages of that range (B's cursor is already past them).
 //   - Shared subscriptions are per node: each node's group gets one copy
 //     of a message, not one per cluster.
-//   - Retained messages reach B only with a matching filter at the time (a
-//     later subscriber on B sees A's retained message only if B stored it
-//     then).
+//   - Retained messages: the versions take the nodes' clocks as in step (a
+//     set within the clock skew after another on a node whose clock is
+//     behind loses), and a set reaches the other nodes a pull later (a
+//     subscription made on B meanwhile gets B's previous entry, then the
+//     new message live if it matches). A snapshot's entries update the
+//     store only (a subscription made before it is not sent them). A
+//     tombstone is dropped at a load once store.TombstoneTTL old: a set older
+//     than the clear that reaches a node only after that, through a
+//     stream that lagged as long, brings the message back there.
 //   - On the memory engine, the records of a topic are lost when its node
 //     restarts, and with them the ones a peer had not pulled yet: those
 //     never reach the peer's subscribers.
@@ -83,7 +114,9 @@ package mqtt
 //
 // Metrics (internal/node): quire_mqtt_cluster_forwarded_messages_total{peer}
 // (pulled from peer and stored here), served_messages_total{peer},
-// lag_records{peer}, peer_errors_total{peer}, peer_connected{peer}.
+// lag_records{peer}, peer_errors_total{peer}, peer_connected{peer},
+// retained_snapshot_entries_total{peer} (entries of peer's snapshots newer
+// than this node's).
 
 import (
 	"context"
@@ -95,6 +128,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quiremq/quire/frontends/mqtt/store"
 	"github.com/quiremq/quire/frontends/pubsub"
 	"github.com/quiremq/quire/shard"
 )
@@ -188,18 +222,28 @@ func (c *ClusterSource) Shards() []ShardMark {
 
 // Scan reads shard name from offset from (at most maxRecords records or
 // about maxBytes) and returns the records that originated on this node
-// (no HeaderOrigin) and whose topic filters matches, and the offset that
-// follows the last record read. A from below the shard's low watermark
-// reads from the low one.
+// (no HeaderOrigin) and are retained messages (every peer keeps them,
+// whatever its filters) or whose topic filters matches, and the offset
+// that follows the last record read. A from below the shard's low
+// watermark reads from the low one.
 func (c *ClusterSource) Scan(ctx context.Context, name string, from uint64, filters *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
-	return c.Rescan(ctx, name, from, math.MaxUint64, filters, nil, maxRecords, maxBytes)
+	return c.scan(ctx, name, from, math.MaxUint64, filters, nil, maxRecords, maxBytes)
 }
 
 // Rescan is Scan for the records below until that filters matches and
 // except (nil: none) does not: those a puller whose filters grew from
-// except to filters was not sent the first time. It returns no more than
-// until.
+// except to filters was not sent the first time (retained messages were:
+// Rescan leaves them out). It returns no more than until.
 func (c *ClusterSource) Rescan(ctx context.Context, name string, from, until uint64, filters, except *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
+	if except == nil {
+		except = NewFilterSet(nil)
+	}
+	return c.scan(ctx, name, from, until, filters, except, maxRecords, maxBytes)
+}
+
+// scan is Scan with except nil (retained messages whatever filters), else
+// Rescan (no retained message).
+func (c *ClusterSource) scan(ctx context.Context, name string, from, until uint64, filters, except *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
 	c.st.mu.RLock()
 	os := c.st.shards[name]
 	c.st.mu.RUnlock()
@@ -223,7 +267,12 @@ func (c *ClusterSource) Rescan(ctx context.Context, name string, from, until uin
 			break
 		}
 		next = r.Offset + 1
-		if forwarded(r) || !filters.Match(string(r.Key)) || except != nil && except.Match(string(r.Key)) {
+		fw, retained := recordFlags(r)
+		switch {
+		case fw:
+			continue
+		case except == nil && retained:
+		case except != nil && retained, !filters.Match(string(r.Key)), except != nil && except.Match(string(r.Key)):
 			continue
 		}
 		out = append(out, *r)
@@ -231,13 +280,56 @@ func (c *ClusterSource) Rescan(ctx context.Context, name string, from, until uin
 	return out, next, nil
 }
 
-func forwarded(r *shard.Record) bool {
+// recordFlags reports whether r was forwarded here (HeaderOrigin) and
+// whether it is a retained message.
+func recordFlags(r *shard.Record) (forwarded, retained bool) {
 	for _, h := range r.Headers {
-		if h.Key == HeaderOrigin {
-			return true
+		switch h.Key {
+		case HeaderOrigin:
+			forwarded = true
+		case HeaderRetain:
+			retained = len(h.Value) == 1 && h.Value[0] == '1'
 		}
 	}
-	return false
+	return forwarded, retained
+}
+
+// recordOrigin is the node a record was published on: its HeaderOrigin;
+// ok false for none (this node's own, or the serving peer's).
+func recordOrigin(r *shard.Record) (id uint64, ok bool) {
+	for _, h := range r.Headers {
+		if h.Key == HeaderOrigin {
+			id, _ = strconv.ParseUint(string(h.Value), 10, 64)
+			return id, true
+		}
+	}
+	return 0, false
+}
+
+// AwaitDone waits, up to d, until every shard of marks has handed every
+// message below its mark to the retained store and the sessions (its
+// frontier reached the mark: ShardStorage.Done). A message is appended
+// before its retained message is set, so a shard's high watermark can run
+// ahead of the retained store for a moment. It reports whether every
+// frontier got there.
+func (c *ClusterSource) AwaitDone(ctx context.Context, marks map[string]uint64, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		f := c.st.Frontiers()
+		behind := false
+		for name, mark := range marks {
+			if at, ok := f[name]; ok && at < mark {
+				behind = true
+			}
+		}
+		if !behind {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // Wait returns when a shard has records at or above its mark in marks, a
@@ -335,17 +427,114 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, recs []shar
 	}
 	// Handed to the sessions in batch order once all are stored.
 	for i, f := range fw {
-		if f.m.Retain {
-			s.stored(ctx, f.m, pos[i])
-			continue
-		}
 		s.m.published[f.m.QoS].Inc()
-		s.deliver(f.m, pos[i], f.subs, nil)
+		subs := f.subs
+		if f.m.Retain {
+			// In origin's order (its shard's): a same-version set
+			// replaces.
+			if _, err := s.setRetained(ctx, f.m, origin, true); err != nil {
+				s.log.Warn("mqtt retained store failed", "topic", f.m.Topic, "origin", origin, "err", err)
+			}
+			subs = s.tree.Match(f.m.Topic, nil, onlineSub)
+		}
+		s.deliver(f.m, pos[i], subs, nil)
 		if s.rs != nil {
 			s.rs.Done(pos[i])
 		}
 	}
 	return len(fw), nil
+}
+
+// ClusterRetained is a retained store that orders the sets of a topic
+// across a cluster (store.Retained): each set carries the node it was
+// published on, and the newest version wins on every node, whatever
+// order the sets arrive in. Without one (Options.Retained another store),
+// a peer's retained message is set as a local one, and there is no
+// snapshot for a new peer.
+type ClusterRetained interface {
+	pubsub.RetainedStore
+	// Node is the origin of the messages Set stores (this node's id).
+	Node() uint64
+	// SetFrom stores m, published on node origin, if it is newer than
+	// the topic's entry (or as new, with ordered: m comes in origin's
+	// order), and reports whether it did.
+	SetFrom(ctx context.Context, m *pubsub.Message, origin uint64, ordered bool) (bool, error)
+	// Entries returns every entry, tombstones (empty payload) included.
+	Entries() []store.RetainedEntry
+	// Sync makes the sets before it durable.
+	Sync() error
+}
+
+var _ ClusterRetained = (*store.Retained)(nil)
+
+// setRetained sets m, published on node origin (0: this node), as its
+// topic's retained message, or clears it, as ClusterRetained.SetFrom.
+func (s *Server) setRetained(ctx context.Context, m *pubsub.Message, origin uint64, ordered bool) (bool, error) {
+	cr, ok := s.opts.Retained.(ClusterRetained)
+	if !ok {
+		return true, s.opts.Retained.Set(ctx, m)
+	}
+	if origin == 0 {
+		origin = cr.Node()
+	}
+	return cr.SetFrom(ctx, m, origin, ordered)
+}
+
+// RetainedSnapshot returns every retained entry of this node, tombstones
+// included, as records (EncodeRecord, with HeaderOrigin naming the node
+// each was published on) for a peer that missed them (ApplyRetained);
+// nil without a ClusterRetained.
+func (s *Server) RetainedSnapshot() []shard.Record {
+	cr, ok := s.opts.Retained.(ClusterRetained)
+	if !ok {
+		return nil
+	}
+	es := cr.Entries()
+	out := make([]shard.Record, len(es))
+	for i, e := range es {
+		r := EncodeRecord(e.Msg)
+		r.Headers = append(r.Headers, shard.Header{Key: HeaderOrigin, Value: []byte(strconv.FormatUint(e.Origin, 10))})
+		out[i] = r
+	}
+	return out
+}
+
+// ApplyRetained sets the entries of peer's RetainedSnapshot that are
+// newer than this node's and returns how many it took. They update the
+// retained store only: they are not stored in a shard nor delivered (a
+// subscription gets them when made). SyncRetained makes them durable.
+func (s *Server) ApplyRetained(ctx context.Context, peer uint64, recs []shard.Record) (int, error) {
+	n := 0
+	for i := range recs {
+		r := &recs[i]
+		m, _, err := decodeRecord(r)
+		if err != nil {
+			s.log.Warn("mqtt: skipping a retained entry that is not an MQTT message", "peer", peer, "err", err)
+			continue
+		}
+		m.PacketID = 0
+		origin, ok := recordOrigin(r)
+		if !ok {
+			origin = peer
+		}
+		took, err := s.setRetained(ctx, m, origin, false)
+		if err != nil {
+			return n, err
+		}
+		if took {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// SyncRetained makes the retained sets made so far durable (they are
+// written without fsync).
+func (s *Server) SyncRetained() error {
+	if cr, ok := s.opts.Retained.(ClusterRetained); ok {
+		return cr.Sync()
+	}
+	return nil
 }
 
 // forwardedMsg is a record InjectForwarded received, its message, and the

@@ -2,6 +2,8 @@ package mqtt
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -10,7 +12,9 @@ import (
 
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/quiremq/quire/frontends/mqtt/store"
 	"github.com/quiremq/quire/frontends/pubsub"
+	"github.com/quiremq/quire/internal/vfs"
 	"github.com/quiremq/quire/shard"
 )
 
@@ -263,5 +267,121 @@ func BenchmarkInjectForwarded(b *testing.B) {
 			b.Fatal(err)
 		}
 		out, _ = sess.take(c, 1<<20, 1<<20, time.Now(), out[:0])
+	}
+}
+
+// clusterRetained returns a tweak giving a server a ClusterRetained store
+// as node id, and the store.
+func clusterRetained(t *testing.T, id uint64) (func(*Options), *store.Retained) {
+	t.Helper()
+	st, err := store.Open(store.Options{FS: vfs.NewMem(), Dir: "mqtt", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	r, err := store.NewClusterRetained(st, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(o *Options) { o.Retained = r }, r
+}
+
+// retainedState is r's entries as "topic=payload/origin", sorted.
+func retainedState(r *store.Retained) []string {
+	var out []string
+	for _, e := range r.Entries() {
+		out = append(out, fmt.Sprintf("%s=%s/%d", e.Msg.Topic, e.Msg.Payload, e.Origin))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A retained message goes to a peer whatever its filters (Scan), and is
+// not read again for new filters (Rescan); a peer keeps, of two sets of a
+// topic, the newer (InjectForwarded, ApplyRetained), and a snapshot
+// (RetainedSnapshot) brings a node with nothing to the same entries.
+func TestClusterRetainedEverywhere(t *testing.T) {
+	ctx := context.Background()
+	tweakA, ra := clusterRetained(t, 1)
+	tweakB, rb := clusterRetained(t, 2)
+	tweakC, rc := clusterRetained(t, 3)
+	a := startBroker(t, nil, tweakA)
+	b := startBroker(t, nil, tweakB)
+	c := startBroker(t, nil, tweakC)
+	now := time.Now()
+	for _, m := range []*pubsub.Message{
+		{Topic: "r/1", Payload: []byte("one"), QoS: 1, Retain: true, Time: now},
+		{Topic: "r/2", Payload: []byte("live"), QoS: 1, Time: now},
+		{Topic: "r/3", Payload: []byte("three"), QoS: 1, Retain: true, Time: now},
+	} {
+		if err := a.publish(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := forwardAll(t, a.Server, b.Server, 1, nil); n != 2 {
+		t.Fatalf("forwarded %d messages to a peer without filters, want the 2 retained ones", n)
+	}
+	if got, want := retainedState(rb), []string{"r/1=one/1", "r/3=three/1"}; !slices.Equal(got, want) {
+		t.Fatalf("b retains %v, want %v", got, want)
+	}
+	src, err := a.ClusterSource()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sm := range src.Shards() {
+		recs, _, err := src.Rescan(ctx, sm.Name, 0, sm.High, NewFilterSet([]string{"#"}), NewFilterSet(nil), 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if string(r.Key) != "r/2" {
+				t.Errorf("Rescan for new filters returned %s, sent already", r.Key)
+			}
+		}
+	}
+
+	// b sets r/1 later than a; a then sets it again, with an older
+	// stamp (its clock behind), and clears r/3.
+	if err := b.publish(ctx, &pubsub.Message{Topic: "r/1", Payload: []byte("b-later"), QoS: 1, Retain: true, Time: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*pubsub.Message{
+		{Topic: "r/1", Payload: []byte("a-older"), QoS: 1, Retain: true, Time: now.Add(time.Minute)},
+		{Topic: "r/3", QoS: 1, Retain: true, Time: now.Add(time.Minute)},
+	} {
+		if err := a.publish(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forwardAll(t, a.Server, b.Server, 1, nil)
+	forwardAll(t, b.Server, a.Server, 2, nil)
+	want := []string{"r/1=b-later/2", "r/3=/1"}
+	for name, r := range map[string]*store.Retained{"a": ra, "b": rb} {
+		if got := retainedState(r); !slices.Equal(got, want) {
+			t.Errorf("%s retains %v, want %v", name, got, want)
+		}
+	}
+	var got []string
+	b.opts.Retained.Match(ctx, "r/#", func(m *pubsub.Message) bool { got = append(got, m.Topic+"="+string(m.Payload)); return true })
+	if !slices.Equal(got, []string{"r/1=b-later"}) {
+		t.Errorf("a subscription on b would get %v", got)
+	}
+
+	// c, with nothing, takes a's snapshot then b's (the same entries:
+	// none newer).
+	for i, from := range []*testBroker{a, b} {
+		n, err := c.ApplyRetained(ctx, uint64(i+1), from.RetainedSnapshot())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wantN := []int{2, 0}[i]; n != wantN {
+			t.Errorf("c took %d entries of node %d's snapshot, want %d", n, i+1, wantN)
+		}
+	}
+	if err := c.SyncRetained(); err != nil {
+		t.Fatal(err)
+	}
+	if got := retainedState(rc); !slices.Equal(got, want) {
+		t.Errorf("c retains %v after the snapshots, want %v", got, want)
 	}
 }

@@ -371,7 +371,8 @@ func (s *Server) restore(ctx context.Context) error {
 			for _, m := range batch {
 				off = m.Pos.Offset + 1
 				if m.Msg.Retain && m.Pos.Offset >= g {
-					if err := s.opts.Retained.Set(ctx, m.Msg); err != nil {
+					// In the shard's order, which is its origin's.
+					if _, err := s.setRetained(ctx, m.Msg, m.Origin, true); err != nil {
 						return err
 					}
 				}

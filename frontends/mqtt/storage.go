@@ -44,6 +44,9 @@ type Stored struct {
 	// Delayed is the stamp of a released delayed publish (delayed.go),
 	// "" for any other message.
 	Delayed string
+	// Origin is the node a message forwarded here was published on
+	// (HeaderOrigin), 0 for this node's own.
+	Origin uint64
 }
 
 // ReplayStorage is a Storage whose messages can be read back, which
@@ -368,7 +371,8 @@ func (st *ShardStorage) Read(ctx context.Context, name string, from uint64, max 
 		if err != nil {
 			return nil, fmt.Errorf("mqtt: shard %s offset %d: %w", name, recs[i].Offset, err)
 		}
-		out = append(out, Stored{Pos: Position{Shard: name, Offset: recs[i].Offset}, Msg: m, Delayed: stamp})
+		origin, _ := recordOrigin(&recs[i])
+		out = append(out, Stored{Pos: Position{Shard: name, Offset: recs[i].Offset}, Msg: m, Delayed: stamp, Origin: origin})
 	}
 	return out, nil
 }

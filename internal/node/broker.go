@@ -172,7 +172,7 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 	if err != nil {
 		return err
 	}
-	retained, err := store.NewRetained(db)
+	retained, err := store.NewClusterRetained(db, b.cfg.NodeID) // the origin of its retained sets (mqtt cluster.go)
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}

@@ -68,6 +68,7 @@ const (
 	forwardRecords  = 512     // records per scan of a shard
 	forwardBytes    = 1 << 20 // bytes per scan of a shard
 	clusterOpTimout = 10 * time.Second
+	snapshotWait    = time.Second // how long a retained snapshot waits for the stored messages below the stream's start to be handed over
 )
 
 var forwarderService = mqttclusterv1.Forwarder_ServiceDesc.ServiceName
@@ -78,6 +79,7 @@ type mqttClusterMetrics struct {
 	lag       *prometheus.GaugeVec   // records of a peer's shards behind this node's cursors
 	errors    *prometheus.CounterVec // failed pulls (connect, stream, store)
 	connected *prometheus.GaugeVec   // 1 while the pull stream of a peer is open
+	snapshot  *prometheus.CounterVec // retained entries of a peer's snapshots taken here
 }
 
 func newMQTTClusterMetrics(reg prometheus.Registerer) *mqttClusterMetrics {
@@ -93,12 +95,15 @@ func newMQTTClusterMetrics(reg prometheus.Registerer) *mqttClusterMetrics {
 			Help: "Failed pulls from a peer (connect, stream or local store errors); each is retried with backoff."}, []string{"peer"}),
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "peer_connected",
 			Help: "1 while this node's pull stream from the peer is open."}, []string{"peer"}),
+		snapshot: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "retained_snapshot_entries_total",
+			Help: "Retained-message entries of a peer's snapshot (sent at first contact) that were newer than this node's and taken."}, []string{"peer"}),
 	}
 	m.forwarded = metrics.Reuse(reg, m.forwarded)
 	m.served = metrics.Reuse(reg, m.served)
 	m.lag = metrics.Reuse(reg, m.lag)
 	m.errors = metrics.Reuse(reg, m.errors)
 	m.connected = metrics.Reuse(reg, m.connected)
+	m.snapshot = metrics.Reuse(reg, m.snapshot)
 	return m
 }
 
@@ -499,6 +504,17 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 	if hello.NodeId != peer {
 		return true, fmt.Errorf("the peer's address answers as node %d", hello.NodeId)
 	}
+	// A peer that stops answering without closing the connection (the
+	// server sends an empty batch at least every pullHeartbeat).
+	silent := time.AfterFunc(pullSilence, cancel)
+	defer silent.Stop()
+	if hello.RetainedSnapshot {
+		// Durable before the cursors are: a crash in between pulls the
+		// snapshot again.
+		if err := c.pullSnapshot(ctx, stream, peer, label, silent); err != nil {
+			return true, err
+		}
+	}
 	c.cmu.Lock()
 	if c.cursors[peer] == nil {
 		c.cursors[peer] = map[string]uint64{}
@@ -511,10 +527,6 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 	c.lowerSince(peer, hello.Start)
 	c.m.connected.WithLabelValues(label).Set(1)
 	c.log.Info("MQTT routing: pulling from peer", "peer", peer, "filters", len(filters), "fresh", !known)
-	// A peer that stops answering without closing the connection (the
-	// server sends an empty batch at least every pullHeartbeat).
-	silent := time.AfterFunc(pullSilence, cancel)
-	defer silent.Stop()
 	lag := map[string]uint64{}
 	var recs []shard.Record
 	for {
@@ -534,14 +546,7 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 		if resp.Shard == "" {
 			continue // a heartbeat
 		}
-		recs = recs[:0]
-		for _, r := range resp.Records {
-			rec := shard.Record{Offset: r.Offset, Timestamp: r.Timestamp, Key: r.Key, Value: r.Value}
-			for _, h := range r.Headers {
-				rec.Headers = append(rec.Headers, shard.Header{Key: h.Key, Value: h.Value})
-			}
-			recs = append(recs, rec)
-		}
+		recs = recordsOf(recs[:0], resp.Records)
 		if len(recs) > 0 {
 			n, err := c.srv.InjectForwarded(ctx, peer, recs)
 			if err != nil {
@@ -562,6 +567,50 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 		}
 		c.m.lag.WithLabelValues(label).Set(float64(sum))
 	}
+}
+
+// pullSnapshot receives the peer's retained snapshot that follows its
+// hello, sets each entry newer than this node's, and makes them durable.
+func (c *mqttCluster) pullSnapshot(ctx context.Context, stream mqttclusterv1.Forwarder_PullClient, peer uint64, label string, silent *time.Timer) error {
+	var recs []shard.Record
+	taken, total := 0, 0
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("receiving the retained snapshot: %w", err)
+		}
+		silent.Reset(pullSilence)
+		if resp.Shard != "" {
+			return errors.New("the peer sent a shard's batch before the end of its retained snapshot")
+		}
+		recs = recordsOf(recs[:0], resp.Retained)
+		n, err := c.srv.ApplyRetained(ctx, peer, recs)
+		if err != nil {
+			return fmt.Errorf("storing the retained snapshot: %w", err)
+		}
+		taken, total = taken+n, total+len(recs)
+		c.m.snapshot.WithLabelValues(label).Add(float64(n))
+		if resp.RetainedDone {
+			break
+		}
+	}
+	if err := c.srv.SyncRetained(); err != nil {
+		return fmt.Errorf("storing the retained snapshot: %w", err)
+	}
+	c.log.Info("MQTT routing: took the peer's retained messages", "peer", peer, "entries", total, "newer", taken)
+	return nil
+}
+
+// recordsOf appends the records of rs to dst.
+func recordsOf(dst []shard.Record, rs []*mqttclusterv1.Record) []shard.Record {
+	for _, r := range rs {
+		rec := shard.Record{Offset: r.Offset, Timestamp: r.Timestamp, Key: r.Key, Value: r.Value}
+		for _, h := range r.Headers {
+			rec.Headers = append(rec.Headers, shard.Header{Key: h.Key, Value: h.Value})
+		}
+		dst = append(dst, rec)
+	}
+	return dst
 }
 
 func maps(m map[string]uint64) map[string]uint64 {
@@ -683,12 +732,19 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 		}
 	}()
 	pos := map[string]uint64{}
+	snapshot := req.Fresh
 	for _, sm := range c.src.Shards() {
 		pos[sm.Name] = startOffset(sm, req.Cursors, req.Fresh)
+		snapshot = snapshot || missed(sm, req.Cursors)
 	}
 	started := maps(pos) // where the stream started on each shard
-	if err := stream.Send(&mqttclusterv1.PullResponse{NodeId: c.self, Start: pos}); err != nil {
+	if err := stream.Send(&mqttclusterv1.PullResponse{NodeId: c.self, Start: pos, RetainedSnapshot: snapshot}); err != nil {
 		return err
+	}
+	if snapshot {
+		if err := c.sendSnapshot(ctx, stream, peer, pos); err != nil {
+			return err
+		}
 	}
 	c.log.Info("MQTT routing: serving a peer", "peer", peer, "filters", len(req.Filters), "fresh", req.Fresh)
 	served := c.m.served.WithLabelValues(label)
@@ -736,6 +792,41 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 		c.src.Wait(ctx, pos, tailWait, updates.wake)
 	}
 	return nil
+}
+
+// sendSnapshot sends this node's retained entries, in batches, to a
+// puller whose stream starts at pos: the retained messages stored below
+// pos, which the stream does not carry. It first waits (up to a second)
+// until the messages below pos were handed to the retained store.
+func (c *mqttCluster) sendSnapshot(ctx context.Context, stream mqttclusterv1.Forwarder_PullServer, peer uint64, pos map[string]uint64) error {
+	if !c.src.AwaitDone(ctx, pos, snapshotWait) {
+		c.log.Warn("MQTT routing: sending the retained snapshot before every stored message was handed over", "peer", peer)
+	}
+	recs := c.srv.RetainedSnapshot()
+	if len(recs) == 0 {
+		return stream.Send(&mqttclusterv1.PullResponse{RetainedDone: true})
+	}
+	for len(recs) > 0 {
+		n, size := 0, 0
+		for n < len(recs) && n < forwardRecords && size < forwardBytes {
+			size += len(recs[n].Key) + len(recs[n].Value)
+			n++
+		}
+		if err := stream.Send(&mqttclusterv1.PullResponse{Retained: protoRecords(recs[:n]), RetainedDone: n == len(recs)}); err != nil {
+			return err
+		}
+		recs = recs[n:]
+	}
+	return nil
+}
+
+// missed reports whether a puller with cursors (its first request's)
+// missed records of shard sm that its stream will not carry: its cursor
+// is below the shard's low watermark (retention removed them) or above
+// its high one (the shard lost records).
+func missed(sm mqtt.ShardMark, cursors map[string]uint64) bool {
+	cur, ok := cursors[sm.Name]
+	return ok && (cur < sm.Low || cur > sm.High)
 }
 
 // filterUpdates holds the filter changes a serving stream received and
@@ -813,16 +904,21 @@ func (c *mqttCluster) rescan(ctx context.Context, stream mqttclusterv1.Forwarder
 // pullResponse is the batch of recs read from shard sm, with the
 // puller's cursor once they are stored.
 func pullResponse(sm mqtt.ShardMark, next uint64, recs []shard.Record) *mqttclusterv1.PullResponse {
-	resp := &mqttclusterv1.PullResponse{Shard: sm.Name, Next: next, High: sm.High, Records: make([]*mqttclusterv1.Record, len(recs))}
+	return &mqttclusterv1.PullResponse{Shard: sm.Name, Next: next, High: sm.High, Records: protoRecords(recs)}
+}
+
+// protoRecords is recs on the wire.
+func protoRecords(recs []shard.Record) []*mqttclusterv1.Record {
+	out := make([]*mqttclusterv1.Record, len(recs))
 	for i := range recs {
 		r := &recs[i]
 		pr := &mqttclusterv1.Record{Offset: r.Offset, Timestamp: r.Timestamp, Key: r.Key, Value: r.Value}
 		for _, h := range r.Headers {
 			pr.Headers = append(pr.Headers, &mqttclusterv1.Header{Key: h.Key, Value: h.Value})
 		}
-		resp.Records[i] = pr
+		out[i] = pr
 	}
-	return resp
+	return out
 }
 
 // startOffset is where a stream starts on shard sm for a puller with

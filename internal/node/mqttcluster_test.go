@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/quiremq/quire/frontends/mqtt"
 	"github.com/quiremq/quire/internal/config"
 	"github.com/quiremq/quire/meta/schema"
+	"github.com/quiremq/quire/shard"
 )
 
 // startCluster starts the nodes of mk's configs (one meta cluster), up to
@@ -178,13 +180,25 @@ func routed(t *testing.T, pub paho3.Client, probeTopic string, recs ...*recorder
 // shards, by origin ("" for published on n).
 func storedCopies(t *testing.T, n *Node, topic string) map[string]int {
 	t.Helper()
+	out := map[string]int{}
+	eachStored(t, n, func(r *shard.Record) {
+		if string(r.Key) == topic {
+			out[recordOrigin(r)]++
+		}
+	})
+	return out
+}
+
+// eachStored calls fn for each record of node n's file-engine MQTT
+// shards.
+func eachStored(t *testing.T, n *Node, fn func(*shard.Record)) {
+	t.Helper()
 	ctx := context.Background()
 	e := n.broker.engines["file"]
 	names, err := e.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]int{}
 	for _, name := range names {
 		if !strings.HasPrefix(name, "mqtt/") {
 			continue
@@ -194,19 +208,19 @@ func storedCopies(t *testing.T, n *Node, topic string) map[string]int {
 			t.Fatal(err)
 		}
 		for _, r := range readShard(t, s) {
-			if string(r.Key) != topic {
-				continue
-			}
-			origin := ""
-			for _, h := range r.Headers {
-				if h.Key == mqtt.HeaderOrigin {
-					origin = string(h.Value)
-				}
-			}
-			out[origin]++
+			fn(&r)
 		}
 	}
-	return out
+}
+
+// recordOrigin is r's HeaderOrigin, "" for none.
+func recordOrigin(r *shard.Record) string {
+	for _, h := range r.Headers {
+		if h.Key == mqtt.HeaderOrigin {
+			return string(h.Value)
+		}
+	}
+	return ""
 }
 
 // TestNodeMQTTClusterRouting: three nodes; QoS 1 messages published on any
@@ -503,5 +517,209 @@ func TestNodeMQTTClusterRouteAtSubscribe(t *testing.T) {
 	}
 	if got := rec.topic("warm/steady"); !slices.Equal(got, seq(0, n)) {
 		t.Errorf("warm/steady: got %v, want 0..%d once each in order", got, n-1)
+	}
+}
+
+// retainedEntry is a node's retained entry of a topic, as its snapshot
+// for a peer holds it (Server.RetainedSnapshot): an empty payload is a
+// tombstone.
+type retainedEntry struct {
+	payload string
+	millis  int64
+	origin  string
+}
+
+// retainedOn returns node n's retained entries by topic.
+func retainedOn(n *Node) map[string]retainedEntry {
+	out := map[string]retainedEntry{}
+	for _, r := range n.broker.mqtt.RetainedSnapshot() {
+		out[string(r.Key)] = retainedEntry{payload: string(r.Value), millis: r.Timestamp, origin: recordOrigin(&r)}
+	}
+	return out
+}
+
+// retainedGot is what a new subscription on node n to filter gets: the
+// messages (all retained, else the test fails) that arrive before a marker
+// the subscriber publishes on marker right after its SUBACK (the retained
+// messages are queued before the SUBACK is sent), by topic.
+func retainedGot(t *testing.T, n *Node, id, filter, marker string) map[string]string {
+	t.Helper()
+	var mu sync.Mutex
+	got := map[string]string{}
+	done := make(chan struct{})
+	c := mqttClient(t, n, id, true, nil)
+	defer c.Disconnect(0)
+	if tok := c.Subscribe(filter, 1, func(_ paho3.Client, m paho3.Message) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case m.Topic() == marker:
+			close(done)
+		case !m.Retained():
+			t.Errorf("%s got %s=%q without the RETAIN flag", id, m.Topic(), m.Payload())
+		default:
+			got[m.Topic()] = string(m.Payload())
+		}
+	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", filter, tok.Error())
+	}
+	if tok := c.Publish(marker, 1, false, "marker"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("%s: the marker did not come back", id)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	out := map[string]string{}
+	for k, v := range got {
+		out[k] = v
+	}
+	return out
+}
+
+func publishRetained(t *testing.T, c paho3.Client, topic, payload string) {
+	t.Helper()
+	if tok := c.Publish(topic, 1, true, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+// TestNodeMQTTClusterRetained: the cluster keeps one retained set. A
+// retained message published on node 1 before anyone subscribed anywhere
+// reaches a later subscriber on node 3, and on node 2, which joins the
+// cluster only afterwards (its first contact takes the peers' retained
+// snapshots); a clear on node 1 reaches both; retained messages set on
+// nodes 1 and 3 at the same time end with the same winner on every node,
+// the one with the later (timestamp, node id); node 2 restarted after
+// sets and a clear made while it was down has them.
+func TestNodeMQTTClusterRetained(t *testing.T) {
+	var late *config.Config
+	_, nodes := startCluster(t, func(t *testing.T) []*config.Config {
+		all := clusterConfigs(t)
+		late = all[1]
+		return []*config.Config{all[0], all[2]} // a quorum of the three voters
+	})
+	n1, n3 := nodes[0], nodes[1]
+	pub1 := mqttClient(t, n1, "pub1", true, nil)
+	pub3 := mqttClient(t, n3, "pub3", true, nil)
+	publishRetained(t, pub1, "dev/1/state", "on")
+	publishRetained(t, pub1, "dev/1/old", "x")
+	publishRetained(t, pub3, "dev/3/state", "on3")
+	want := map[string]string{"dev/1/state": "on", "dev/1/old": "x", "dev/3/state": "on3"}
+	settled := func(n *Node, want map[string]string) func() bool {
+		return func() bool {
+			have := retainedOn(n)
+			for topic, p := range want {
+				if have[topic].payload != p {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitFor(t, "node 3 has node 1's retained messages", settled(n3, want))
+	if got := retainedGot(t, n3, "sub3", "dev/#", "dev/marker"); !reflect.DeepEqual(got, want) {
+		t.Errorf("a new subscriber on node 3 got %v, want %v", got, want)
+	}
+
+	// Node 2 joins: no cursor of either peer, so each sends its snapshot.
+	n2 := restartNode(t, late)
+	waitFor(t, "node 2, joining later, has the retained messages", settled(n2, want))
+	if got := retainedGot(t, n2, "sub2", "dev/#", "dev/marker"); !reflect.DeepEqual(got, want) {
+		t.Errorf("a new subscriber on node 2 got %v, want %v", got, want)
+	}
+	if v := counterSum(t, n2, "quire_mqtt_cluster_retained_snapshot_entries_total", "1") +
+		counterSum(t, n2, "quire_mqtt_cluster_retained_snapshot_entries_total", "3"); v != len(want) {
+		t.Errorf("node 2 took %d entries of its peers' snapshots, want %d (each newer than what it had once)", v, len(want))
+	}
+
+	// A clear on node 1 reaches every node.
+	publishRetained(t, pub1, "dev/1/old", "")
+	delete(want, "dev/1/old")
+	cleared := func(n *Node) func() bool {
+		return func() bool { e, ok := retainedOn(n)["dev/1/old"]; return ok && e.payload == "" }
+	}
+	waitFor(t, "the clear reaches node 2", cleared(n2))
+	waitFor(t, "the clear reaches node 3", cleared(n3))
+	for i, n := range []*Node{n2, n3} {
+		if got := retainedGot(t, n, fmt.Sprintf("after-clear%d", i), "dev/#", "dev/marker"); !reflect.DeepEqual(got, want) {
+			t.Errorf("a new subscriber after the clear got %v, want %v", got, want)
+		}
+	}
+
+	// Concurrent sets of the same topics on nodes 1 and 3.
+	const rounds = 10
+	var wg sync.WaitGroup
+	for i, c := range []paho3.Client{pub1, pub3} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range rounds {
+				if tok := c.Publish(fmt.Sprintf("conflict/%d", k), 1, true, fmt.Sprintf("from%d-%d", 2*i+1, k)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+					t.Error(tok.Error())
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	all := []*Node{n1, n2, n3}
+	agree := func() bool {
+		first := retainedOn(all[0])
+		for k := range rounds {
+			topic := fmt.Sprintf("conflict/%d", k)
+			for _, n := range all[1:] {
+				if e, ok := retainedOn(n)[topic]; !ok || e != first[topic] {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	waitFor(t, "the three nodes agree on the concurrently set topics", agree)
+	checkWinners(t, n2, retainedOn(n1), rounds)
+
+	// Node 2 restarts after sets and a clear made while it was down.
+	if err := n2.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	publishRetained(t, pub1, "dev/1/state", "off")
+	publishRetained(t, pub3, "dev/3/state", "")
+	want = map[string]string{"dev/1/state": "off"}
+	n2 = restartNode(t, late)
+	waitFor(t, "restarted node 2 has the sets and the clear made while it was down", func() bool {
+		have := retainedOn(n2)
+		return have["dev/1/state"].payload == "off" && have["dev/3/state"].payload == "" && have["dev/3/state"].millis != 0
+	})
+	if got := retainedGot(t, n2, "sub2b", "dev/#", "dev/marker"); !reflect.DeepEqual(got, want) {
+		t.Errorf("a new subscriber on restarted node 2 got %v, want %v", got, want)
+	}
+	all[1] = n2
+	waitFor(t, "the three nodes still agree after node 2's restart", agree)
+}
+
+// checkWinners checks that the entry of each conflict/<k> in have is, of
+// the two sets node n stored (forwarded from nodes 1 and 3), the one with
+// the later (timestamp, origin).
+func checkWinners(t *testing.T, n *Node, have map[string]retainedEntry, rounds int) {
+	t.Helper()
+	best := map[string]retainedEntry{}
+	eachStored(t, n, func(r *shard.Record) {
+		if !strings.HasPrefix(string(r.Key), "conflict/") {
+			return
+		}
+		c := retainedEntry{payload: string(r.Value), millis: r.Timestamp, origin: recordOrigin(r)}
+		b, ok := best[string(r.Key)]
+		if !ok || c.millis > b.millis || c.millis == b.millis && c.origin > b.origin {
+			best[string(r.Key)] = c
+		}
+	})
+	for k := range rounds {
+		topic := fmt.Sprintf("conflict/%d", k)
+		if w := best[topic]; w.payload == "" || have[topic] != w {
+			t.Errorf("%s: every node holds %+v, want the later set %+v", topic, have[topic], w)
+		}
 	}
 }

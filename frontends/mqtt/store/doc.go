@@ -26,7 +26,7 @@
 //	'o' client 0x00 pid u16                 → Outbound, JSON: outbound QoS 2 awaiting PUBREC/PUBCOMP
 //	'd' client 0x00 shard 0x00 offset u64   → GroupKey or empty: QoS 2 delivery completed (skip on replay)
 //	'i' client 0x00 pid u16                 → Position, JSON: inbound QoS 2 stored at or after it, awaiting PUBREL
-//	'r' topic                               → pubsub.Message, JSON: retained message
+//	'r' topic                               → pubsub.Message, JSON, with "origin" (node it was published on) and, for a tombstone (empty payload: cleared), "at" (Unix ms recorded): retained entry
 //	'h' group 0x00 filter 0x00 shard         → u64 cursor of a shared subscription (GroupKey)
 //	'D' at u64 seq u64                      → pubsub.Message, JSON: delayed publish due at at (unix ns)
 //	'R' at u64 seq u64                      → Position, JSON: its release began, appended at or after it

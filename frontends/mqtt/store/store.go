@@ -511,24 +511,54 @@ func (s *Store) Inbounds(client string) (map[uint16]Position, error) {
 // retained message without fsync: the broker replays retained messages
 // from the shards past the global cursors after a crash.
 func (s *Store) SetRetained(m *pubsub.Message) error {
-	k := key(prefixRetained, m.Topic)
 	if len(m.Payload) == 0 {
-		return s.db.Delete(k, pebble.NoSync)
+		return s.db.Delete(key(prefixRetained, m.Topic), pebble.NoSync)
 	}
-	v, err := json.Marshal(m)
+	return s.PutRetained(RetainedEntry{Msg: m})
+}
+
+// retainedValue is the JSON of an 'r' key: the message's fields, and the
+// node it was published on and, for a tombstone (empty payload), when it
+// was recorded (Unix ms).
+type retainedValue struct {
+	*pubsub.Message
+	Origin uint64 `json:"origin,omitempty"`
+	At     int64  `json:"at,omitempty"`
+}
+
+// PutRetained stores e as its topic's entry, a tombstone (empty payload)
+// included, without fsync (see SetRetained; Sync).
+func (s *Store) PutRetained(e RetainedEntry) error {
+	v, err := json.Marshal(retainedValue{Message: e.Msg, Origin: e.Origin, At: e.At})
 	if err != nil {
 		return err
 	}
-	return s.db.Set(k, v, pebble.NoSync)
+	return s.db.Set(key(prefixRetained, e.Msg.Topic), v, pebble.NoSync)
 }
 
-// Retained calls fn for each stored retained message.
+// Retained calls fn for each stored retained message (not the
+// tombstones).
 func (s *Store) Retained(fn func(*pubsub.Message) error) error {
-	return s.scan([]byte{prefixRetained}, func(k, v []byte) error {
-		var m pubsub.Message
-		if err := json.Unmarshal(v, &m); err != nil {
-			return fmt.Errorf("%w: retained %q: %v", ErrCorrupt, k[1:], err)
+	return s.RetainedEntries(func(e RetainedEntry) error {
+		if len(e.Msg.Payload) == 0 {
+			return nil
 		}
-		return fn(&m)
+		return fn(e.Msg)
 	})
 }
+
+// RetainedEntries calls fn for each stored retained entry, tombstones
+// included.
+func (s *Store) RetainedEntries(fn func(RetainedEntry) error) error {
+	return s.scan([]byte{prefixRetained}, func(k, v []byte) error {
+		var rv retainedValue
+		if err := json.Unmarshal(v, &rv); err != nil || rv.Message == nil {
+			return fmt.Errorf("%w: retained %q: %v", ErrCorrupt, k[1:], err)
+		}
+		return fn(RetainedEntry{Msg: rv.Message, Origin: rv.Origin, At: rv.At})
+	})
+}
+
+// Sync makes the writes before it durable (the unsynced retained and
+// done-marker writes).
+func (s *Store) Sync() error { return s.db.LogData(nil, pebble.Sync) }

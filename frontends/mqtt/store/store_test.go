@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -315,5 +316,153 @@ func TestDelayedRelease(t *testing.T) {
 	}
 	if got := list(); len(got) != 0 {
 		t.Fatalf("delayed after deleting both %+v", got)
+	}
+}
+
+// retainedState is r's entries as "topic=payload@millis/origin", sorted.
+func retainedState(r *Retained) []string {
+	var out []string
+	for _, e := range r.Entries() {
+		out = append(out, fmt.Sprintf("%s=%s@%d/%d", e.Msg.Topic, e.Msg.Payload, e.Msg.Time.UnixMilli(), e.Origin))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// The sets of a topic from several nodes end with the same entry whatever
+// order they arrive in: the newest (timestamp, origin), a clear included
+// (its tombstone keeps an older set out). Each origin's own sets arrive in
+// its order, and the same set may arrive twice (a snapshot, a stream).
+func TestRetainedLastWriterWins(t *testing.T) {
+	ctx := context.Background()
+	base := time.UnixMilli(1_700_000_000_000)
+	type set struct {
+		m      *pubsub.Message
+		origin uint64
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 50 {
+		var sets []set
+		for range 12 {
+			p := fmt.Sprint(rng.IntN(3)) // "0": a clear
+			if p == "0" {
+				p = ""
+			}
+			sets = append(sets, set{m: &pubsub.Message{Topic: fmt.Sprintf("t/%d", rng.IntN(3)), Payload: []byte(p), Retain: true,
+				Time: base.Add(time.Duration(rng.IntN(5)) * time.Millisecond)}, origin: uint64(1 + rng.IntN(3))})
+		}
+		var states [][]string
+		for range 4 {
+			// Any interleaving of the origins' sequences, each set maybe
+			// twice, the second time as from a snapshot (not ordered).
+			r, err := NewClusterRetained(open(t, vfs.NewMem()), 9)
+			if err != nil {
+				t.Fatal(err)
+			}
+			perm := rng.Perm(len(sets))
+			byOrigin := map[uint64][]int{}
+			for _, i := range perm {
+				byOrigin[sets[i].origin] = append(byOrigin[sets[i].origin], i)
+			}
+			for o := range byOrigin {
+				slices.Sort(byOrigin[o]) // an origin's sets in its order
+			}
+			for len(byOrigin) > 0 {
+				o := uint64(1 + rng.IntN(3))
+				q := byOrigin[o]
+				if len(q) == 0 {
+					delete(byOrigin, o)
+					continue
+				}
+				s := sets[q[0]]
+				byOrigin[o] = q[1:]
+				if _, err := r.SetFrom(ctx, s.m, s.origin, true); err != nil {
+					t.Fatal(err)
+				}
+				if rng.IntN(3) == 0 {
+					again := sets[rng.IntN(len(sets))]
+					if _, err := r.SetFrom(ctx, again.m, again.origin, false); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			states = append(states, retainedState(r))
+		}
+		// The model: per topic the set with the greatest (millis, origin),
+		// the last of its origin's sequence among equals.
+		want := map[string]set{}
+		for _, s := range sets {
+			w, ok := want[s.m.Topic]
+			if !ok || VersionOf(s.m, s.origin).Compare(VersionOf(w.m, w.origin)) >= 0 {
+				want[s.m.Topic] = s
+			}
+		}
+		var model []string
+		for topic, s := range want {
+			model = append(model, fmt.Sprintf("%s=%s@%d/%d", topic, s.m.Payload, s.m.Time.UnixMilli(), s.origin))
+		}
+		slices.Sort(model)
+		for i, st := range states {
+			if !slices.Equal(st, model) {
+				t.Fatalf("round %d, order %d: %v, want %v (sets %v)", round, i, st, model, sets)
+			}
+		}
+	}
+}
+
+// A tombstone and the origins survive a reopen, and keep an older set
+// out; Set is this node's origin; a tombstone recorded more than
+// TombstoneTTL ago is dropped at load; Sync makes the unsynced sets
+// durable.
+func TestRetainedVersionsReopen(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewCrashableMem()
+	s := open(t, fs)
+	r, err := NewClusterRetained(s, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	msg := func(topic, payload string, at time.Time) *pubsub.Message {
+		return &pubsub.Message{Topic: topic, Payload: []byte(payload), Retain: true, Time: at}
+	}
+	if err := r.Set(ctx, msg("a", "local", now)); err != nil {
+		t.Fatal(err)
+	}
+	if took, err := r.SetFrom(ctx, msg("b", "peer", now), 3, false); err != nil || !took {
+		t.Fatal(took, err)
+	}
+	if took, _ := r.SetFrom(ctx, msg("b", "", now.Add(time.Millisecond)), 2, false); !took {
+		t.Fatal("a newer clear was not taken")
+	}
+	if err := s.PutRetained(RetainedEntry{Msg: msg("old", "", now.Add(-time.Hour)), Origin: 2, At: now.Add(-TombstoneTTL - time.Minute).UnixMilli()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	s.Close()
+
+	s = open(t, crashed)
+	defer s.Close()
+	if r, err = NewClusterRetained(s, 7); err != nil {
+		t.Fatal(err)
+	}
+	ms := now.UnixMilli()
+	want := []string{fmt.Sprintf("a=local@%d/7", ms), fmt.Sprintf("b=@%d/2", ms+1)}
+	if got := retainedState(r); !slices.Equal(got, want) {
+		t.Fatalf("after a crash past Sync: %v, want %v (the old tombstone dropped)", got, want)
+	}
+	if took, _ := r.SetFrom(ctx, msg("b", "late", now), 3, true); took {
+		t.Error("a set older than the tombstone was taken")
+	}
+	if r.Len() != 1 {
+		t.Errorf("Len %d, want 1", r.Len())
+	}
+	n := 0
+	s.RetainedEntries(func(RetainedEntry) error { n++; return nil })
+	if n != 2 {
+		t.Errorf("%d retained entries stored, want 2 (the old tombstone deleted)", n)
 	}
 }

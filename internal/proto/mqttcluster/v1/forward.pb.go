@@ -126,7 +126,9 @@ type PullResponse struct {
 	// stream sends every few seconds so that the puller can tell a silent
 	// peer from an idle one).
 	Shard string `protobuf:"bytes,2,opt,name=shard,proto3" json:"shard,omitempty"`
-	// The puller's cursor on shard once the records are stored.
+	// The puller's cursor on shard once the records are stored. Every
+	// retained message published on the server is in its shard's batch,
+	// whatever the filters (each node keeps the cluster's retained set).
 	Next uint64 `protobuf:"varint,3,opt,name=next,proto3" json:"next,omitempty"`
 	// The matching records of [previous cursor, next), in offset order.
 	Records []*Record `protobuf:"bytes,4,rep,name=records,proto3" json:"records,omitempty"`
@@ -136,7 +138,18 @@ type PullResponse struct {
 	Start map[string]uint64 `protobuf:"bytes,5,rep,name=start,proto3" json:"start,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// The shard's high watermark when the batch was read (the puller's lag is
 	// high - next).
-	High          uint64 `protobuf:"varint,6,opt,name=high,proto3" json:"high,omitempty"`
+	High uint64 `protobuf:"varint,6,opt,name=high,proto3" json:"high,omitempty"`
+	// The hello: a snapshot of the server's retained messages follows, before
+	// any batch of a shard (the puller is fresh, or a cursor of it fell outside
+	// a shard's records: what it missed is not streamed). The puller applies
+	// it, makes it durable, and only then stores the cursors of the hello.
+	RetainedSnapshot bool `protobuf:"varint,7,opt,name=retained_snapshot,json=retainedSnapshot,proto3" json:"retained_snapshot,omitempty"`
+	// A batch of the snapshot (shard ""): every retained entry of the server,
+	// tombstones (empty value) included, as EncodeRecord writes the message,
+	// with HeaderOrigin naming the node it was published on.
+	Retained []*Record `protobuf:"bytes,8,rep,name=retained,proto3" json:"retained,omitempty"`
+	// The last batch of the snapshot (shard "").
+	RetainedDone  bool `protobuf:"varint,9,opt,name=retained_done,json=retainedDone,proto3" json:"retained_done,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -211,6 +224,27 @@ func (x *PullResponse) GetHigh() uint64 {
 		return x.High
 	}
 	return 0
+}
+
+func (x *PullResponse) GetRetainedSnapshot() bool {
+	if x != nil {
+		return x.RetainedSnapshot
+	}
+	return false
+}
+
+func (x *PullResponse) GetRetained() []*Record {
+	if x != nil {
+		return x.Retained
+	}
+	return nil
+}
+
+func (x *PullResponse) GetRetainedDone() bool {
+	if x != nil {
+		return x.RetainedDone
+	}
+	return false
 }
 
 // Record is a shard record as frontends/mqtt.EncodeRecord wrote it.
@@ -359,14 +393,17 @@ const file_mqttcluster_v1_forward_proto_rawDesc = "" +
 	"\n" +
 	"SinceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x90\x02\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x96\x03\n" +
 	"\fPullResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\tR\x05shard\x12\x12\n" +
 	"\x04next\x18\x03 \x01(\x04R\x04next\x120\n" +
 	"\arecords\x18\x04 \x03(\v2\x16.mqttcluster.v1.RecordR\arecords\x12=\n" +
 	"\x05start\x18\x05 \x03(\v2'.mqttcluster.v1.PullResponse.StartEntryR\x05start\x12\x12\n" +
-	"\x04high\x18\x06 \x01(\x04R\x04high\x1a8\n" +
+	"\x04high\x18\x06 \x01(\x04R\x04high\x12+\n" +
+	"\x11retained_snapshot\x18\a \x01(\bR\x10retainedSnapshot\x122\n" +
+	"\bretained\x18\b \x03(\v2\x16.mqttcluster.v1.RecordR\bretained\x12#\n" +
+	"\rretained_done\x18\t \x01(\bR\fretainedDone\x1a8\n" +
 	"\n" +
 	"StartEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -410,14 +447,15 @@ var file_mqttcluster_v1_forward_proto_depIdxs = []int32{
 	5, // 1: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
 	2, // 2: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
 	6, // 3: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
-	3, // 4: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
-	0, // 5: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
-	1, // 6: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	2, // 4: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
+	3, // 5: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
+	0, // 6: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
+	1, // 7: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_mqttcluster_v1_forward_proto_init() }
