@@ -28,10 +28,17 @@ func (e *MissingEntryError) Is(target error) bool { return target == ErrNoSuchEn
 // batch's records are read from the entry logs, coalescing records of one
 // log at most rangeMaxGap apart into one read of at most rangeMaxSpan, so
 // a ledger written sequentially is read with large sequential reads.
+//
+// The gap is small: an entry log interleaves the ledgers written at once,
+// and a striped reader wants one of the Qw residue classes (mod E) this
+// bookie holds of its ledger, so the records a read wants may be an
+// eighth of the log's bytes (4 ledgers, Qw 2), and a pread costs about as
+// much as copying 1 KiB from the page cache: past a gap of a record or
+// two, a second read costs less than reading the gap.
 const (
 	rangeBatchEntries = 4096
 	rangeBatchBytes   = 2 << 20
-	rangeMaxGap       = 64 << 10
+	rangeMaxGap       = 2 << 10
 	rangeMaxSpan      = 4 << 20
 )
 
@@ -99,19 +106,15 @@ func (b *Bookie) readRange(ledger, first, last, stride uint64, check bool, fn fu
 	if !known {
 		return fmt.Errorf("%w: ledger %d", ErrNoSuchLedger, ledger)
 	}
+	var scratch []byte // unchecked reads reuse it: fn copies what it keeps
 	for next := first; next <= last; {
 		items, missing, err := b.rangeLocate(ledger, next, last, stride)
 		if err != nil {
 			return err
 		}
-		n, err := b.rangeLoad(ledger, items, check)
+		n, err := b.rangeLoad(ledger, items, check, &scratch, fn)
 		if err != nil {
 			return err
-		}
-		for _, it := range items[:n] {
-			if err := fn(it.entry, it.rec); err != nil {
-				return err
-			}
 		}
 		switch {
 		case n < len(items): // gone while the batch was read (deleted)
@@ -197,13 +200,18 @@ func (b *Bookie) pendingRecord(ledger, entry uint64) ([]byte, bool) {
 	return appendLogRecord(nil, ledger, entry, p), true
 }
 
-// rangeLoad reads the records of the batch's stored items, coalescing
-// nearby records of one entry log into one read, their checksums checked
-// when check is set. It returns how many items (from the first) have
-// their record: fewer than all when an entry was deleted meanwhile.
-func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem, check bool) (int, error) {
+// rangeLoad reads the records of the batch's items, coalescing nearby
+// records of one entry log into one read, their checksums checked when
+// check is set, and passes each to fn in order as soon as its read is
+// done. Unchecked reads read into *scratch, which the next read reuses. It
+// returns how many items (from the first) it passed: fewer than all when
+// an entry was deleted meanwhile.
+func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem, check bool, scratch *[]byte, fn func(entry uint64, rec []byte) error) (int, error) {
 	for i := 0; i < len(items); {
 		if !items[i].stored {
+			if err := fn(items[i].entry, items[i].rec); err != nil {
+				return i, err
+			}
 			i++
 			continue
 		}
@@ -219,7 +227,11 @@ func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem, check bool) (int, e
 			}
 			end = l.offset + logHeaderSize + int64(l.length)
 		}
-		err := b.readRun(ledger, items[i:j], start, end, check)
+		buf := scratch
+		if check {
+			buf = new([]byte)
+		}
+		err := b.readRun(ledger, items[i:j], start, end, check, buf)
 		if err != nil && vfs.IsNotExist(err) {
 			// Compaction moved these entries and removed their log: read
 			// them one by one through the fresh index (ReadEntry retries).
@@ -231,29 +243,39 @@ func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem, check bool) (int, e
 				if err != nil {
 					return k, err
 				}
-				items[k].rec = appendLogRecord(nil, ledger, items[k].entry, p)
+				if err := fn(items[k].entry, appendLogRecord(nil, ledger, items[k].entry, p)); err != nil {
+					return k, err
+				}
 			}
-			err = nil
+			i = j
+			continue
 		}
 		if err != nil {
 			return i, err
 		}
-		i = j
+		for ; i < j; i++ {
+			if err := fn(items[i].entry, items[i].rec); err != nil {
+				return i, err
+			}
+		}
 	}
 	return len(items), nil
 }
 
 // readRun reads the records of run, which lie in [start, end) of one entry
-// log, with one read, and checks each: its ledger, entry and length, and
-// its checksum when check is set.
-func (b *Bookie) readRun(ledger uint64, run []rangeItem, start, end int64, check bool) error {
+// log, with one read into *buf (grown if need be), and checks each: its
+// ledger, entry and length, and its checksum when check is set.
+func (b *Bookie) readRun(ledger uint64, run []rangeItem, start, end int64, check bool, bufp *[]byte) error {
 	id := run[0].loc.log
 	lr, err := b.readers.acquire(id)
 	if err != nil {
 		return err
 	}
 	defer b.readers.release(lr)
-	buf := make([]byte, end-start)
+	if int64(cap(*bufp)) < end-start {
+		*bufp = make([]byte, end-start)
+	}
+	buf := (*bufp)[:end-start]
 	if n, err := lr.f.ReadAt(buf, start); err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
 		return fmt.Errorf("bookie: reading entry log %d: %w", id, err)
 	}
