@@ -583,6 +583,7 @@ type ring struct {
 	blocks [][]entry
 	head   int // index of the first entry within blocks[0]
 	n      int
+	spare  []entry // the last block dropped, for the next push that needs one
 }
 
 const blockLen = 4096
@@ -597,7 +598,12 @@ func (r *ring) at(i int) *entry {
 func (r *ring) push(e entry) {
 	i := r.head + r.n
 	if i/blockLen == len(r.blocks) {
-		r.blocks = append(r.blocks, make([]entry, blockLen))
+		b := r.spare
+		if b == nil {
+			b = make([]entry, blockLen)
+		}
+		r.spare = nil
+		r.blocks = append(r.blocks, b)
 	}
 	r.blocks[i/blockLen][i%blockLen] = e
 	r.n++
@@ -608,6 +614,7 @@ func (r *ring) dropFront(n int) {
 		r.head++
 		r.n--
 		if r.head == blockLen {
+			r.spare = r.blocks[0] // entries hold no pointers: no need to clear it
 			r.blocks[0] = nil
 			r.blocks = r.blocks[1:]
 			r.head = 0

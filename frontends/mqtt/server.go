@@ -241,7 +241,8 @@ func (s *Server) stored(ctx context.Context, m *pubsub.Message, pos Position) {
 			s.log.Warn("mqtt retained store failed", "topic", m.Topic, "err", err)
 		}
 	}
-	s.deliver(m, pos, s.tree.Match(m.Topic, nil, onlineSub), nil)
+	var subs [4]pubsub.Subscription // most messages match a few: no allocation
+	s.deliver(m, pos, s.tree.Match(m.Topic, subs[:0], onlineSub), nil)
 	if s.rs != nil && pos.Shard != "" {
 		s.rs.Done(pos)
 	}

@@ -424,18 +424,21 @@ func (s *session) enqueue(d delivery, maxQueued int) string {
 
 // take moves up to max deliveries from the queue for c to send, giving QoS
 // 1 and 2 ones a packet identifier while fewer than inflightMax are
-// inflight. Expired messages are dropped (counted in expired).
+// inflight. Expired messages are dropped (counted in expired). The QoS 0
+// ones returned are valid until c's next take (conn.sent0).
 func (s *session) take(c *conn, inflightMax, max int, now time.Time, dst []*delivery) (out []*delivery, expired int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conn != c {
 		return dst, 0
 	}
+	clear(c.slab0) // the last take's messages are sent: do not hold them
+	c.slab0 = c.slab0[:0]
 	n := 0
 	for n < len(s.queue) && len(dst) < max {
-		d := s.queue[n]
+		d := &s.queue[n] // copied out below: the queue's array is reused
 		if d.msg.Expired(now) {
-			s.settle(&d)
+			s.settle(d)
 			n++
 			expired++
 			continue
@@ -444,15 +447,16 @@ func (s *session) take(c *conn, inflightMax, max int, now time.Time, dst []*deli
 			if len(s.inflight) >= inflightMax {
 				break
 			}
-			d.id = s.allocID()
+			p := new(delivery)
+			*p = *d
+			p.id = s.allocID()
 			s.seq++
-			d.seq = s.seq
-			p := &d
-			s.inflight[d.id] = p
+			p.seq = s.seq
+			s.inflight[p.id] = p
 			dst = append(dst, p)
 		} else {
-			s.settle(&d)
-			dst = append(dst, &d)
+			s.settle(d)
+			dst = append(dst, c.sent0(d))
 		}
 		n++
 	}
@@ -536,4 +540,23 @@ func (s *session) received(id uint16) *delivery {
 		d.released = true
 	}
 	return d
+}
+
+// slab0Len is how many QoS 0 deliveries of one take live in conn.slab0.
+const slab0Len = 256
+
+// sent0 returns a copy of QoS 0 delivery d for c's writer to send: in
+// c.slab0, reused by every take (one allocation per QoS 0 delivery was
+// most of what the writer allocated), or on the heap past slab0Len.
+func (c *conn) sent0(d *delivery) *delivery {
+	if c.slab0 == nil {
+		c.slab0 = make([]delivery, 0, slab0Len)
+	}
+	if len(c.slab0) == cap(c.slab0) {
+		p := new(delivery)
+		*p = *d
+		return p
+	}
+	c.slab0 = append(c.slab0, *d)
+	return &c.slab0[len(c.slab0)-1]
 }
