@@ -1182,7 +1182,7 @@ func (b *Bookie) checkpoint() error {
 	for _, l := range sealed { // the applier no longer writes them
 		serr := l.f.Sync()
 		if serr == nil {
-			l.dropSynced(l.size)
+			b.readers.synced(l.id, l.size)
 		}
 		if cerr := l.f.Close(); serr == nil {
 			serr = cerr
@@ -1196,7 +1196,7 @@ func (b *Bookie) checkpoint() error {
 	}
 	err = active.f.Sync()
 	if err == nil {
-		active.dropSynced(activeSize)
+		b.readers.synced(active.id, activeSize)
 		err = vfs.SyncDir(b.fs, b.logDir)
 	}
 	if err != nil {

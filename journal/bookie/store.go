@@ -178,7 +178,6 @@ type entryLog struct {
 	id      uint64
 	f       vfs.File
 	size    int64
-	dropped int64 // the synced prefix whose cached pages were dropped (checkpoints only)
 	alloc   int64 // the file's blocks are preallocated up to here
 	started int64 // write-back was started (SyncTo) up to here
 }
@@ -225,24 +224,50 @@ func (l *entryLog) preallocate(n int64) {
 	}
 }
 
-// dropSynced drops the cached pages of the log's records up to size,
-// which a sync has just covered (the checkpoint's snapshot of the log). An entry log is written once and read
-// rarely (recent entries are read from the bookie's clients' caches and
-// from pending), so keeping its pages would only grow the page cache,
-// and every page of a new log would be a fresh page for the kernel to
-// find (writing into recycled pages costs several times less CPU).
-func (l *entryLog) dropSynced(size int64) {
-	dropCache(l.f, l.dropped, size-l.dropped)
-	l.dropped = size
-}
-
 // logReaders caches read handles of entry logs. A handle stays open while a
 // read uses it, even if compaction removes the file meanwhile.
 type logReaders struct {
-	fs  vfs.FS
-	dir string
-	mu  sync.Mutex
-	m   map[uint64]*logReader
+	fs    vfs.FS
+	dir   string
+	mu    sync.Mutex
+	m     map[uint64]*logReader
+	cache *logCache // made on first use
+}
+
+// synced is called when log id has been synced up to size (a checkpoint's
+// snapshot of it): the page cache keeps the last entryLogCacheWindow
+// bytes written, and drops the synced pages behind them (logCache).
+func (r *logReaders) synced(id uint64, size int64) {
+	r.mu.Lock()
+	if r.cache == nil {
+		r.cache = &logCache{window: entryLogCacheWindow, drop: r.dropCache}
+	}
+	c := r.cache
+	r.mu.Unlock()
+	c.synced(id, size)
+}
+
+// dropCache drops the cached pages of [off, off+n) of log id, through its
+// read handle or one opened for it and closed (advice: a log that cannot
+// be opened, e.g. removed, is left alone).
+func (r *logReaders) dropCache(id uint64, off, n int64) {
+	r.mu.Lock()
+	lr := r.m[id]
+	if lr != nil {
+		lr.refs++
+	}
+	r.mu.Unlock()
+	if lr != nil {
+		dropCache(lr.f, off, n)
+		r.release(lr)
+		return
+	}
+	f, err := r.fs.Open(r.fs.PathJoin(r.dir, fileName(id, entryLogExt)))
+	if err != nil {
+		return
+	}
+	dropCache(f, off, n)
+	f.Close()
 }
 
 type logReader struct {
@@ -279,13 +304,17 @@ func (r *logReaders) release(lr *logReader) {
 // forget drops the handle of log id; it is closed once no read uses it.
 func (r *logReaders) forget(id uint64) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if lr := r.m[id]; lr != nil {
 		delete(r.m, id)
 		lr.removed = true
 		if lr.refs == 0 {
 			lr.f.Close()
 		}
+	}
+	c := r.cache
+	r.mu.Unlock()
+	if c != nil {
+		c.forget(id) // after r.mu: synced holds c.mu while it takes r.mu
 	}
 }
 
