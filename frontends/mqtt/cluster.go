@@ -103,9 +103,9 @@ package mqtt
 //     subscription made on B meanwhile gets B's previous entry, then the
 //     new message live if it matches). A snapshot's entries update the
 //     store only (a subscription made before it is not sent them). A
-//     tombstone is dropped at a load once store.TombstoneTTL old: a set older
-//     than the clear that reaches a node only after that, through a
-//     stream that lagged as long, brings the message back there.
+//     tombstone is dropped once recorded store.TombstoneTTL (7 days) ago:
+//     a set older than the clear that reaches a node only after that,
+//     through a stream that lagged as long, brings the message back there.
 //   - On the memory engine, the records of a topic are lost when its node
 //     restarts, and with them the ones a peer had not pulled yet: those
 //     never reach the peer's subscribers.

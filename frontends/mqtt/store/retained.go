@@ -20,15 +20,19 @@ import (
 // (last writer wins), so that every node ends with the same winner
 // whatever order the sets reach it in. A clear (empty payload) leaves a
 // tombstone with its version, so that an older set arriving later does not
-// bring the message back; tombstones are dropped at load once recorded
-// more than TombstoneTTL ago.
+// bring the message back; tombstones are dropped once recorded more than
+// TombstoneTTL ago (at load, and by SetFrom whenever their number doubled
+// since the last purge).
 type Retained struct {
 	st   *Store
 	node uint64 // the origin of Set's messages
 
-	mu      sync.Mutex // orders the version check and the write of a topic
-	mem     *pubsub.MemoryRetained
-	entries map[string]RetainedEntry // topic → its current entry, tombstones included
+	mu         sync.Mutex // orders the version check and the write of a topic
+	mem        *pubsub.MemoryRetained
+	entries    map[string]RetainedEntry // topic → its current entry, tombstones included
+	tombstones int                      // of entries
+	purgeAt    int                      // tombstones past which SetFrom drops the expired ones
+	now        func() time.Time
 }
 
 var _ pubsub.RetainedStore = (*Retained)(nil)
@@ -90,7 +94,7 @@ func NewRetained(st *Store) (*Retained, error) { return NewClusterRetained(st, 0
 // NewClusterRetained loads the retained messages of st; node is this
 // node's id, the origin of the messages Set stores.
 func NewClusterRetained(st *Store, node uint64) (*Retained, error) {
-	r := &Retained{st: st, node: node, mem: pubsub.NewMemoryRetained(nil), entries: map[string]RetainedEntry{}}
+	r := &Retained{st: st, node: node, mem: pubsub.NewMemoryRetained(nil), entries: map[string]RetainedEntry{}, now: time.Now}
 	ctx := context.Background()
 	now := time.Now()
 	var expired, purged []RetainedEntry
@@ -127,8 +131,17 @@ func NewClusterRetained(st *Store, node uint64) (*Retained, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mqtt store: loading retained messages: %w", err)
 	}
+	for _, e := range r.entries {
+		if len(e.Msg.Payload) == 0 {
+			r.tombstones++
+		}
+	}
+	r.purgeAt = max(minPurge, 2*r.tombstones)
 	return r, nil
 }
+
+// minPurge is the fewest tombstones SetFrom purges at.
+const minPurge = 1024
 
 // tombstone is e cleared at now, with e's version.
 func tombstone(e RetainedEntry, now time.Time) RetainedEntry {
@@ -162,13 +175,42 @@ func (r *Retained) SetFrom(ctx context.Context, m *pubsub.Message, origin uint64
 		}
 	}
 	if len(m.Payload) == 0 {
-		e = tombstone(e, time.Now())
+		e = tombstone(e, r.now())
 	}
 	if err := r.st.PutRetained(e); err != nil {
 		return false, fmt.Errorf("mqtt store: retained %q: %w", m.Topic, err)
 	}
+	if cur, ok := r.entries[m.Topic]; ok && len(cur.Msg.Payload) == 0 {
+		r.tombstones--
+	}
+	if len(m.Payload) == 0 {
+		r.tombstones++
+	}
 	r.entries[m.Topic] = e
-	return true, r.mem.Set(ctx, e.Msg)
+	if err := r.mem.Set(ctx, e.Msg); err != nil {
+		return true, err
+	}
+	if r.tombstones >= r.purgeAt {
+		return true, r.purge()
+	}
+	return true, nil
+}
+
+// purge drops the tombstones recorded more than TombstoneTTL ago. r.mu is
+// held.
+func (r *Retained) purge() error {
+	old := r.now().Add(-TombstoneTTL).UnixMilli()
+	for topic, e := range r.entries {
+		if len(e.Msg.Payload) == 0 && e.At < old {
+			if err := r.st.SetRetained(e.Msg); err != nil { // empty payload: delete
+				return fmt.Errorf("mqtt store: dropping the tombstone of %q: %w", topic, err)
+			}
+			delete(r.entries, topic)
+			r.tombstones--
+		}
+	}
+	r.purgeAt = max(minPurge, 2*r.tombstones)
+	return nil
 }
 
 // Entries returns every entry, tombstones included, expired messages left

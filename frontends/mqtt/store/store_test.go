@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -464,5 +465,45 @@ func TestRetainedVersionsReopen(t *testing.T) {
 	s.RetainedEntries(func(RetainedEntry) error { n++; return nil })
 	if n != 2 {
 		t.Errorf("%d retained entries stored, want 2 (the old tombstone deleted)", n)
+	}
+}
+
+// A running store drops the tombstones older than TombstoneTTL once their
+// number doubled since the last purge (at least minPurge), not only at
+// load; younger ones stay.
+func TestRetainedTombstonesPurged(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, vfs.NewMem())
+	defer s.Close()
+	r, err := NewClusterRetained(s, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Now()
+	r.now = func() time.Time { return clock }
+	clear := func(topic string) {
+		t.Helper()
+		if took, err := r.SetFrom(ctx, &pubsub.Message{Topic: topic, Retain: true, Time: clock}, 2, false); err != nil || !took {
+			t.Fatal(took, err)
+		}
+	}
+	for i := range minPurge - 1 {
+		clear(fmt.Sprintf("old/%d", i))
+	}
+	if n := len(r.Entries()); n != minPurge-1 {
+		t.Fatalf("%d entries before the purge, want %d", n, minPurge-1)
+	}
+	clock = clock.Add(TombstoneTTL + time.Minute)
+	clear("new")
+	if got := retainedState(r); len(got) != 1 || !strings.HasPrefix(got[0], "new=@") {
+		t.Fatalf("after the purge: %v, want the young tombstone only", got)
+	}
+	n := 0
+	s.RetainedEntries(func(RetainedEntry) error { n++; return nil })
+	if n != 1 {
+		t.Errorf("%d entries stored after the purge, want 1", n)
+	}
+	if r.tombstones != 1 || r.purgeAt != minPurge {
+		t.Errorf("tombstones %d, next purge at %d; want 1 and %d", r.tombstones, r.purgeAt, minPurge)
 	}
 }
