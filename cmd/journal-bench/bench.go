@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -41,8 +42,14 @@ type result struct {
 	// CPU (user+system) of this process — writers, readers and any
 	// in-process bookies and meta — per acknowledged append and per entry
 	// read: on a shared machine a steadier figure than the rates.
-	CPUUsPerEntry     float64 `json:"cpu_us_per_entry"`
-	ReadCPUUsPerEntry float64 `json:"read_cpu_us_per_entry,omitempty"`
+	CPUUsPerEntry float64 `json:"cpu_us_per_entry"`
+	// Go heap allocation of this process per acknowledged append, and GC
+	// cycles per 100,000 appends, during the write phase: on 2 cores a GC
+	// cycle's mark phase takes one of them, so fewer cycles mean fewer
+	// stretches of half the CPU.
+	AllocBytesPerEntry float64 `json:"alloc_bytes_per_entry"`
+	GCCyclesPer100k    float64 `json:"gc_cycles_per_100k"`
+	ReadCPUUsPerEntry  float64 `json:"read_cpu_us_per_entry,omitempty"`
 
 	BytesPerSync   float64  `json:"bytes_per_sync"`   // the bookies' journal bytes per fdatasync
 	AddsPerRequest *float64 `json:"adds_per_request"` // adds per AddEntries message the bookies received (batching)
@@ -75,6 +82,7 @@ func (r *result) print(w io.Writer, asJSON bool) error {
 		r.Mode, r.Ensemble, r.WriteQuorum, r.AckQuorum, r.EntrySize, r.Writers, r.Inflight, r.Ledgers, r.Bookies)
 	fmt.Fprintf(w, "  write: %d entries in %.2fs: %.0f entries/s, %.1f MB/s; add latency p50 %.2f ms, p99 %.2f ms, p999 %.2f ms, max %.2f ms; %.1f CPU-µs/entry\n",
 		r.Entries, r.DurationS, r.EntriesPerSec, r.MBPerSec, r.P50Ms, r.P99Ms, r.P999Ms, r.MaxMs, r.CPUUsPerEntry)
+	fmt.Fprintf(w, "  heap: %.0f bytes allocated per entry, %.1f GC cycles per 100k entries\n", r.AllocBytesPerEntry, r.GCCyclesPer100k)
 	if r.PacerLagP99Ms != nil {
 		fmt.Fprintf(w, "  pacer: appends handed to the client p99 %.2f ms after their scheduled time\n", *r.PacerLagP99Ms)
 	}
@@ -200,7 +208,7 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 	stopProgress := progress(c, out, &st, rs, progressDone)
 	acked := make([]uint64, c.writers)
 	errs := make([]error, c.writers)
-	start, cpu := time.Now(), processCPU()
+	start, cpu, heap := time.Now(), processCPU(), readHeapStats()
 	deadline := start.Add(c.duration)
 	var wg sync.WaitGroup
 	for w := range c.writers {
@@ -213,7 +221,7 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 		})
 	}
 	wg.Wait()
-	elapsed, writeCPU := time.Since(start), processCPU()-cpu
+	elapsed, writeCPU, heapAfter := time.Since(start), processCPU()-cpu, readHeapStats()
 	if err := errors.Join(errs...); err != nil {
 		stopProgress()
 		return nil, err
@@ -244,6 +252,8 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 	}
 	if st.entries > 0 {
 		res.CPUUsPerEntry = float64(writeCPU.Microseconds()) / float64(st.entries)
+		res.AllocBytesPerEntry = float64(heapAfter.allocBytes-heap.allocBytes) / float64(st.entries)
+		res.GCCyclesPer100k = float64(heapAfter.gcCycles-heap.gcCycles) * 1e5 / float64(st.entries)
 	}
 	res.BytesPerSync = syncsAfter.sub(syncsBefore).bytesPerSync()
 	res.AddsPerRequest = syncsAfter.sub(syncsBefore).addsPerRequest()
@@ -339,6 +349,22 @@ func progress(c *config, out io.Writer, st *addStats, rs *readStats, done chan s
 	return func() {
 		once.Do(func() { close(stop); <-done })
 	}
+}
+
+// heapStats are the process's cumulative heap allocation and GC cycles.
+type heapStats struct{ allocBytes, gcCycles uint64 }
+
+func readHeapStats() heapStats {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	var h heapStats
+	if s[0].Value.Kind() == metrics.KindUint64 {
+		h.allocBytes = s[0].Value.Uint64()
+	}
+	if s[1].Value.Kind() == metrics.KindUint64 {
+		h.gcCycles = s[1].Value.Uint64()
+	}
+	return h
 }
 
 // processCPU is the user+system CPU time this process has used.

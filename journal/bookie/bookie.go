@@ -56,6 +56,7 @@ type Bookie struct {
 	apQ       []applyBatch
 	apClosing bool
 	apKick    chan struct{}
+	opsFree   chan []op // applied groups' op arrays, for the journal goroutine's next queues
 	apDone    chan struct{}
 
 	// applyMu guards ap, the applied state; held by the applier per batch,
@@ -72,8 +73,14 @@ type Bookie struct {
 type applyBatch struct {
 	ops   []op
 	end   jpos
-	bytes int // journal bytes of ops
+	bytes int  // journal bytes of ops
+	group []op // as jbatch.group
 }
+
+// opsFreeArrays is how many applied groups' op arrays wait to be reused:
+// a few groups are in flight between the journal goroutine and the
+// applier at a time.
+const opsFreeArrays = 8
 
 // applyMaxBytes bounds the journal bytes of the groups the applier takes
 // at once, so that the inflight bytes they hold are released in steps.
@@ -116,6 +123,7 @@ func Open(o Options) (*Bookie, error) {
 		writerDone: make(chan struct{}),
 		pending:    pendingIndex{},
 		apKick:     make(chan struct{}, 1),
+		opsFree:    make(chan []op, opsFreeArrays),
 		apDone:     make(chan struct{}),
 		ckptKick:   make(chan struct{}, 1),
 		stop:       make(chan struct{}),
@@ -864,8 +872,8 @@ func (b *Bookie) journalLoop() {
 		b.queue, b.queueBytes, b.urgent = spare, 0, false
 		failed := b.err
 		b.mu.Unlock()
-		// Allocated here, not by appends under mu.
-		spare = make([]op, 0, max(64, len(ops)+len(ops)/4))
+		// Made ready here, not by appends under mu.
+		spare = b.newQueue(max(64, len(ops)))
 		if failed != nil {
 			b.fail(failed, ops)
 			continue
@@ -981,7 +989,7 @@ func (b *Bookie) completeLoop() {
 
 		b.apMu.Lock()
 		for _, jb := range q {
-			b.apQ = append(b.apQ, applyBatch{ops: jb.ops, end: jb.end, bytes: jb.bytes})
+			b.apQ = append(b.apQ, applyBatch{ops: jb.ops, end: jb.end, bytes: jb.bytes, group: jb.group})
 		}
 		b.apMu.Unlock()
 		select {
@@ -1092,6 +1100,39 @@ func (b *Bookie) applyLoop() {
 		b.inflight -= released
 		b.space.Broadcast()
 		b.mu.Unlock()
+		for _, ab := range q {
+			if ab.group != nil {
+				b.recycleOps(ab.group)
+			}
+		}
+	}
+}
+
+// recycleOps hands the array of an applied group's ops back to the
+// journal goroutine for a later queue (nothing refers to the ops any
+// more: answered, applied, out of pending), so that a group's ops are not
+// a new array of pointers for the GC at every group commit.
+func (b *Bookie) recycleOps(ops []op) {
+	ops = ops[:cap(ops)]
+	clear(ops) // the payloads and callbacks
+	select {
+	case b.opsFree <- ops[:0]:
+	default:
+	}
+}
+
+// newQueue returns an empty queue for at least n ops: a recycled array
+// if one is large enough.
+func (b *Bookie) newQueue(n int) []op {
+	for {
+		select {
+		case ops := <-b.opsFree:
+			if cap(ops) >= n {
+				return ops
+			}
+		default:
+			return make([]op, 0, n+n/4)
+		}
 	}
 }
 

@@ -247,6 +247,10 @@ type jbatch struct {
 	end    jpos // position just past the batch's last record
 	bytes  int
 	queued time.Time // when the group's oldest record was queued
+	// group is the whole group's ops on the run that ends it (nil on the
+	// others): once that run is applied, every run of the group is, and
+	// the applier hands the array back to the journal goroutine.
+	group []op
 }
 
 // write appends the records of ops to the journal files without syncing
@@ -262,7 +266,7 @@ func (j *journal) write(ops []op, queued time.Time, submit func(jbatch) error, d
 	for i := range ops {
 		size := int64(ops[i].encodedSize())
 		if pending := int64(len(j.buf)); j.cur.off+pending+size > j.cur.size && j.cur.off+pending > 0 {
-			if err := j.flush(ops[first:i], queued, submit); err != nil {
+			if err := j.flush(ops[first:i], nil, queued, submit); err != nil {
 				return ops[first:], err
 			}
 			first = i
@@ -275,15 +279,15 @@ func (j *journal) write(ops []op, queued time.Time, submit func(jbatch) error, d
 		}
 		j.buf = appendRecord(j.buf, j.cur.num, &ops[i])
 	}
-	if err := j.flush(ops[first:], queued, submit); err != nil {
+	if err := j.flush(ops[first:], ops, queued, submit); err != nil {
 		return ops[first:], err
 	}
 	return nil, nil
 }
 
 // flush writes the encoded records of ops (in j.buf) at the current
-// position and submits them.
-func (j *journal) flush(ops []op, queued time.Time, submit func(jbatch) error) error {
+// position and submits them; group is set on the run that ends the group.
+func (j *journal) flush(ops, group []op, queued time.Time, submit func(jbatch) error) error {
 	if len(j.buf) == 0 {
 		return nil
 	}
@@ -296,7 +300,7 @@ func (j *journal) flush(ops []op, queued time.Time, submit func(jbatch) error) e
 		j.cur.size = j.cur.off // an oversized record extended the file
 	}
 	j.buf = j.buf[:0]
-	return submit(jbatch{f: j.cur, ops: ops, end: jpos{file: j.cur.num, off: j.cur.off}, bytes: n, queued: queued})
+	return submit(jbatch{f: j.cur, ops: ops, end: jpos{file: j.cur.num, off: j.cur.off}, bytes: n, queued: queued, group: group})
 }
 
 // roll switches to the prepared next file; every record of the current

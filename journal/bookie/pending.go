@@ -3,6 +3,7 @@ package bookie
 import (
 	"cmp"
 	"slices"
+	"sync"
 )
 
 // pendingIndex holds the adds whose journal sync completed but which are
@@ -18,6 +19,12 @@ type pendingLedger struct {
 	sorted bool // entry ids strictly increase along ents[head:]
 }
 
+// freePendingLedgers are emptied pendingLedgers (arrays up to
+// maxFreePendingCap entries) for ledgers that get pending adds again.
+var freePendingLedgers = sync.Pool{New: func() any { return &pendingLedger{sorted: true} }}
+
+const maxFreePendingCap = 64 << 10
+
 type pendingEntry struct {
 	entry, seq uint64
 	payload    []byte
@@ -27,7 +34,7 @@ type pendingEntry struct {
 func (p pendingIndex) add(ledger, entry, seq uint64, payload []byte) {
 	pl := p[ledger]
 	if pl == nil {
-		pl = &pendingLedger{sorted: true}
+		pl = freePendingLedgers.Get().(*pendingLedger)
 		p[ledger] = pl
 	}
 	if n := len(pl.ents); n > pl.head && pl.ents[n-1].entry >= entry {
@@ -74,6 +81,14 @@ func (p pendingIndex) applied(ledger, seq uint64) {
 	switch live := len(pl.ents) - pl.head; {
 	case live == 0:
 		delete(p, ledger)
+		// At a moderate rate a ledger's pending adds empty at every
+		// apply: keep its array for the next ledger that gets one rather
+		// than grow a new one each time.
+		clear(pl.ents)
+		pl.ents, pl.head, pl.sorted = pl.ents[:0], 0, true
+		if cap(pl.ents) <= maxFreePendingCap {
+			freePendingLedgers.Put(pl)
+		}
 	case pl.head >= 64 && pl.head >= live:
 		// Move the live adds to the front, so ents does not grow forever.
 		n := copy(pl.ents, pl.ents[pl.head:])

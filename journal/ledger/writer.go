@@ -20,6 +20,7 @@ type Writer struct {
 	next    int64   // next entry id
 	lac     int64   // last add confirmed: highest contiguous acknowledged entry
 	pending []*pend // entries lac+1 .. next-1, in order
+	free    []*pend // acknowledged pends, reused by Add (at most maxFreePends)
 
 	phase         writerPhase
 	lacSent       int64 // highest LAC sent to bookies (piggybacked or explicit)
@@ -38,6 +39,10 @@ const (
 func (p writerPhase) String() string {
 	return [...]string{"writing", "closing", "closed", "stopped"}[p]
 }
+
+// maxFreePends bounds the acknowledged pends a Writer keeps for reuse: a
+// pend per entry was a fifth of the client's allocation per add.
+const maxFreePends = 1024
 
 // pend is an add not yet acknowledged to the caller.
 type pend struct {
@@ -130,7 +135,13 @@ func (w *Writer) Add(data []byte) (int64, []Effect, error) {
 	if w.phase != phaseWriting {
 		return -1, nil, ErrClosed
 	}
-	p := &pend{entry: w.next, data: data}
+	var p *pend
+	if n := len(w.free); n > 0 {
+		p, w.free = w.free[n-1], w.free[:n-1]
+		*p = pend{entry: w.next, data: data}
+	} else {
+		p = &pend{entry: w.next, data: data}
+	}
 	p.acks, p.sent = p.acksBuf[:0], p.sentBuf[:0]
 	w.next++
 	w.pending = append(w.pending, p)
@@ -292,6 +303,12 @@ func (w *Writer) advance(out []Effect) []Effect {
 	}
 	if n > 0 {
 		w.lac += int64(n)
+		for _, p := range w.pending[:n] {
+			if len(w.free) < maxFreePends {
+				*p = pend{} // drop the data: the caller may reuse it
+				w.free = append(w.free, p)
+			}
+		}
 		clear(w.pending[:n])
 		w.pending = w.pending[n:]
 		out = append(out, Acked{From: from, UpTo: w.lac})

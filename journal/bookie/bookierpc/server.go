@@ -324,7 +324,12 @@ func signal(c chan struct{}) {
 func (st *addStream) take() (batch []answer, finished bool, recvErr error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	batch, st.queue, st.spare = st.queue, st.spare, nil
+	if len(st.queue) > 0 {
+		// An empty queue keeps its array: swapped for the spare, it was
+		// dropped (only sent batches are recycled), and the next answers
+		// grew a new one from nothing.
+		batch, st.queue, st.spare = st.queue, st.spare, nil
+	}
 	if st.ended && st.recvErr != nil {
 		return batch, len(batch) == 0, st.recvErr
 	}
