@@ -3,8 +3,10 @@ package node
 // Cross-node MQTT routing, the node's side: the design is described at the
 // top of frontends/mqtt/cluster.go. Here: the routes in meta, the
 // mqttcluster.v1.Forwarder service that streams this node's records to its
-// peers, one puller per peer that stores the peer's records here, and the
-// pullers' cursors in <data_dir>/mqttcluster/cursors.json.
+// peers (after its retained snapshot for a peer that is fresh or missed
+// records: sendSnapshot), one puller per peer that stores the peer's
+// records here (pullSnapshot first, when announced), and the pullers'
+// cursors in <data_dir>/mqttcluster/cursors.json.
 
 import (
 	"context"
