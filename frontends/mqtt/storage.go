@@ -219,8 +219,9 @@ func (st *ShardStorage) Append(ctx context.Context, m *pubsub.Message) (Position
 // AppendBatch implements BatchStorage: one shard Append per shard, with
 // that shard's messages in batch order.
 func (st *ShardStorage) AppendBatch(ctx context.Context, ms []*pubsub.Message, pos []Position, errs []error) {
+	buf := newRecordBuf(ms)
 	st.appendEach(ctx, len(ms), func(i int) string { return ms[i].Topic },
-		func(i int) shard.Record { return EncodeRecord(ms[i]) }, pos, errs)
+		func(i int) shard.Record { return buf.encode(ms[i]) }, pos, errs)
 }
 
 // appendEach is AppendBatch for n records: record i, rec(i), goes to
@@ -435,12 +436,47 @@ var digits = [3][]byte{[]byte("0"), []byte("1"), []byte("2")}
 
 // EncodeRecord is the shard record of m (see ShardStorage).
 func EncodeRecord(m *pubsub.Message) shard.Record {
-	r := shard.Record{Timestamp: m.Time.UnixMilli(), Key: []byte(m.Topic), Value: m.Payload,
-		Headers: make([]shard.Header, 1, 4)}
-	add := func(k, v string) { r.Headers = append(r.Headers, shard.Header{Key: k, Value: []byte(v)}) }
-	r.Headers[0] = shard.Header{Key: HeaderQoS, Value: digits[m.QoS%3]}
+	b := recordBuf{hdrs: make([]shard.Header, 0, 4), bytes: make([]byte, 0, len(m.Topic)+len(m.Publisher))}
+	return b.encode(m)
+}
+
+// recordBuf holds the headers and the copied strings of the records
+// encoded into it: AppendBatch encodes a batch into one (two allocations
+// per batch instead of three per message). Its records share its memory;
+// engines copy what they store.
+type recordBuf struct {
+	hdrs  []shard.Header
+	bytes []byte
+}
+
+// newRecordBuf returns a recordBuf sized for the usual headers of ms (QoS,
+// retain, publisher) and their topics and publishers.
+func newRecordBuf(ms []*pubsub.Message) *recordBuf {
+	n := 0
+	for _, m := range ms {
+		n += len(m.Topic) + len(m.Publisher)
+	}
+	return &recordBuf{hdrs: make([]shard.Header, 0, 3*len(ms)), bytes: make([]byte, 0, n)}
+}
+
+// str returns a copy of v in b.bytes. Past their capacity a new array is
+// taken: the records encoded before keep the old one.
+func (b *recordBuf) str(v string) []byte {
+	if len(b.bytes)+len(v) > cap(b.bytes) {
+		b.bytes = make([]byte, 0, max(len(v), 2*cap(b.bytes), 64))
+	}
+	n := len(b.bytes)
+	b.bytes = append(b.bytes, v...)
+	return b.bytes[n:len(b.bytes):len(b.bytes)]
+}
+
+func (b *recordBuf) encode(m *pubsub.Message) shard.Record {
+	start := len(b.hdrs)
+	r := shard.Record{Timestamp: m.Time.UnixMilli(), Key: b.str(m.Topic), Value: m.Payload}
+	add := func(k, v string) { b.hdrs = append(b.hdrs, shard.Header{Key: k, Value: b.str(v)}) }
+	b.hdrs = append(b.hdrs, shard.Header{Key: HeaderQoS, Value: digits[m.QoS%3]})
 	if m.Retain {
-		r.Headers = append(r.Headers, shard.Header{Key: HeaderRetain, Value: digits[1]})
+		b.hdrs = append(b.hdrs, shard.Header{Key: HeaderRetain, Value: digits[1]})
 	}
 	if m.Publisher != "" {
 		add(HeaderPublisher, m.Publisher)
@@ -455,7 +491,7 @@ func EncodeRecord(m *pubsub.Message) shard.Record {
 		add(HeaderResponseTopic, m.ResponseTopic)
 	}
 	if m.CorrelationData != nil {
-		r.Headers = append(r.Headers, shard.Header{Key: HeaderCorrelationData, Value: m.CorrelationData})
+		b.hdrs = append(b.hdrs, shard.Header{Key: HeaderCorrelationData, Value: m.CorrelationData})
 	}
 	if !m.Expiry.IsZero() {
 		add(HeaderExpiry, strconv.FormatInt(m.Expiry.UnixMilli(), 10))
@@ -474,6 +510,7 @@ func EncodeRecord(m *pubsub.Message) shard.Record {
 		}
 		add(k, h.Value)
 	}
+	r.Headers = b.hdrs[start:len(b.hdrs):len(b.hdrs)]
 	return r
 }
 
