@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/quiremq/quire/internal/vfs"
 )
@@ -106,13 +107,23 @@ func (b *Bookie) readRange(ledger, first, last, stride uint64, check bool, fn fu
 	if !known {
 		return fmt.Errorf("%w: ledger %d", ErrNoSuchLedger, ledger)
 	}
-	var scratch []byte // unchecked reads reuse it: fn copies what it keeps
+	// Unchecked reads reuse one buffer (fn copies what it keeps), kept
+	// from one read to the next.
+	scratch, _ := rangeScratch.Get().(*[]byte)
+	if scratch == nil {
+		scratch = new([]byte)
+	}
+	defer func() {
+		if cap(*scratch) <= rangeMaxSpan {
+			rangeScratch.Put(scratch)
+		}
+	}()
 	for next := first; next <= last; {
 		items, missing, err := b.rangeLocate(ledger, next, last, stride)
 		if err != nil {
 			return err
 		}
-		n, err := b.rangeLoad(ledger, items, check, &scratch, fn)
+		n, err := b.rangeLoad(ledger, items, check, scratch, fn)
 		if err != nil {
 			return err
 		}
@@ -130,6 +141,9 @@ func (b *Bookie) readRange(ledger, first, last, stride uint64, check bool, fn fu
 	}
 	return nil
 }
+
+// rangeScratch holds the buffers of unchecked range reads.
+var rangeScratch sync.Pool
 
 func rangeNext(items []rangeItem, next, stride uint64) uint64 {
 	if len(items) == 0 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"google.golang.org/grpc"
 
@@ -21,6 +22,27 @@ const (
 	readMessageEntries = 2048
 	entryOverhead      = 24 // an Entry's fields besides the payload, roughly
 )
+
+// records holds the buffers of packed ReadEntries messages, reused once a
+// message is sent.
+var records recordsPool
+
+type recordsPool struct{ p sync.Pool }
+
+// get returns an empty buffer for a message, with room for at least n
+// bytes.
+func (r *recordsPool) get(n int) []byte {
+	if b, ok := r.p.Get().(*[]byte); ok && cap(*b) >= n {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, max(readMessageBytes, n))
+}
+
+func (r *recordsPool) put(b []byte) {
+	if cap(b) == readMessageBytes {
+		r.p.Put(&b)
+	}
+}
 
 // sendError marks a failed Send inside ReadRange's callback.
 type sendError struct{ err error }
@@ -44,14 +66,18 @@ func (s *Server) ReadEntries(req *journalv1.ReadEntriesRequest, stream grpc.Serv
 				if err := stream.Send(resp); err != nil {
 					return sendError{err}
 				}
-				resp = &journalv1.ReadEntriesResponse{Status: journalv1.Status_STATUS_OK}
+				// Send has encoded it (a bookie's gRPC server has no stats
+				// handler that would keep the message): its buffer serves
+				// the next one.
+				resp = &journalv1.ReadEntriesResponse{Status: journalv1.Status_STATUS_OK, Records: resp.Records[:0]}
 			}
 			if resp.Records == nil {
-				resp.Records = make([]byte, 0, max(readMessageBytes, len(rec)))
+				resp.Records = records.get(len(rec))
 			}
 			resp.Records = append(resp.Records, rec...)
 			return nil
 		})
+		defer records.put(resp.Records)
 		return s.endRead(stream, resp, err)
 	}
 	size := 0
