@@ -108,15 +108,18 @@
 //	  CRC32C over bytes 4..24+length.
 //
 // and a read checks the checksum and that ledger and entry are the ones
-// asked for (ErrCorrupt otherwise). The applier writes the groups it takes
+// asked for (ErrCorrupt otherwise; ReadRangeRecords, which hands out the
+// records as stored, leaves the checksum to the receiver). The applier writes the groups it takes
 // (up to 16 MiB of records at once) with one index batch; entry logs are
 // preallocated 8 MiB ahead of their writes, their write-back is started
 // (sync_file_range) each MiB as the applier writes them, so that a
 // checkpoint's fsync has little left to flush and does not stall the
 // journal's fdatasyncs behind a burst of tens of MB, and a checkpoint drops the
-// pages it synced from the page cache (on Linux): appending to a
-// preallocated file in recycled pages costs the kernel a fraction of the
-// CPU of growing the page cache with fresh ones. The index keys are listed in store.go
+// synced pages that lie more than entryLogCacheWindow (512 MiB of log
+// data) behind the newest from the page cache (on Linux; cache_window.go):
+// appending to a preallocated file in recycled pages costs the kernel a
+// fraction of the CPU of growing the page cache with fresh ones, and the
+// newest data, which catch-up readers read, stays cached. The index keys are listed in store.go
 // ('r' entry locations, 'l' ledger metadata, 'u' live bytes per ledger of
 // each entry log, 'c' the checkpoint position, 'n' the next log id). An
 // entry's location is in a range record, one key per run of up to 256
