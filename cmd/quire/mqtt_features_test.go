@@ -14,17 +14,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -46,6 +40,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/quiremq/quire/frontends/mqtt/packet"
+	"github.com/quiremq/quire/internal/testcert"
 )
 
 // Limits of the feature node's config.
@@ -60,10 +55,9 @@ const (
 type featNode struct {
 	*mqttNode
 	tls, ws, wss string
-	caFile       string // the server's self-signed certificate, also the client CA
-	ca           *x509.Certificate
-	caKey        *ecdsa.PrivateKey
-	roots        *x509.CertPool
+	ca           *testcert.Authority // the server's certificate, also the client CA
+	caFile       string              // ca.CertFile
+	roots        *x509.CertPool      // ca.Pool
 }
 
 func startFeatNode(t *testing.T) *featNode {
@@ -99,12 +93,10 @@ func newFeatNode(t *testing.T, extra string) *featNode {
 	t.Helper()
 	addrs := freeAddrs(t, 3)
 	n := &featNode{tls: addrs[0], ws: addrs[1], wss: addrs[2]}
-	var keyFile string
-	n.caFile, keyFile, n.ca, n.caKey = issueCert(t, t.TempDir(), "mqtt-ca", nil, nil)
-	n.roots = x509.NewCertPool()
-	n.roots.AddCert(n.ca)
+	n.ca = testcert.NewAuthority(t, "mqtt-ca")
+	n.caFile, n.roots = n.ca.CertFile, n.ca.Pool
 	n.mqttNode = newMQTTNodeWith(t, mqttNodeOpts{tls: n.tls, ws: n.ws, wss: n.wss,
-		extra: fmt.Sprintf("tls_cert_file = %q\ntls_key_file = %q\n", n.caFile, keyFile) + extra})
+		extra: fmt.Sprintf("tls_cert_file = %q\ntls_key_file = %q\n", n.caFile, n.ca.KeyFile) + extra})
 	t.Cleanup(func() {
 		if t.Failed() && n.p != nil {
 			out := n.p.stderr.String()
@@ -112,47 +104,6 @@ func newFeatNode(t *testing.T, extra string) *featNode {
 		}
 	})
 	return n
-}
-
-// issueCert writes a certificate and its key as name.pem and
-// name-key.pem: with a nil parent a self-signed CA that also serves
-// 127.0.0.1 and localhost, else a client certificate with CommonName name
-// signed by parent.
-func issueCert(t *testing.T, dir, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (certFile, keyFile string, cert *x509.Certificate, key *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	if parent == nil {
-		tmpl.IPAddresses, tmpl.DNSNames = []net.IP{net.IPv4(127, 0, 0, 1)}, []string{"localhost"}
-		tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
-		tmpl.KeyUsage |= x509.KeyUsageCertSign
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-	for f, b := range map[string]*pem.Block{certFile: {Type: "CERTIFICATE", Bytes: der}, keyFile: {Type: "EC PRIVATE KEY", Bytes: kder}} {
-		if err := os.WriteFile(f, pem.EncodeToMemory(b), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if cert, err = x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile, cert, key
 }
 
 // metric is the value of one /metrics sample (name with its labels, as
@@ -1379,10 +1330,8 @@ func TestMQTTClientCertAndAuthHook(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeConfig(t, n.dir, filepath.Base(n.cfg), string(b)+fmt.Sprintf("tls_client_ca_file = %q\nauth_hook_url = %q\n", n.caFile, hook.URL))
-	devCert, devKey, _, _ := issueCert(t, n.dir, "device-7", n.ca, n.caKey)
-	rogueDir := t.TempDir()
-	_, _, rogueCA, rogueCAKey := issueCert(t, rogueDir, "rogue-ca", nil, nil)
-	rogueCert, rogueKey, _, _ := issueCert(t, rogueDir, "device-7", rogueCA, rogueCAKey)
+	devCert, devKey := n.ca.Issue(t, "device-7")
+	rogueCert, rogueKey := testcert.NewAuthority(t, "rogue-ca").Issue(t, "device-7")
 	n.start(t)
 
 	got := make(chan string, 10)
