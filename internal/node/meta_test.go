@@ -21,7 +21,7 @@ import (
 )
 
 // freeAddrs returns n loopback addresses whose ports are free right now.
-func freeAddrs(t *testing.T, n int) []string {
+func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
 	var out []string
 	var ls []net.Listener
@@ -131,7 +131,7 @@ func TestNodeMigratesTopicsJSON(t *testing.T) {
 }
 
 // clusterConfigs returns the configs of a three-node cluster on loopback.
-func clusterConfigs(t *testing.T) []*config.Config {
+func clusterConfigs(t testing.TB) []*config.Config {
 	addrs := freeAddrs(t, 3)
 	var voters []string
 	for i, a := range addrs {

@@ -1,11 +1,7 @@
 package node
 
 import (
-	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,45 +11,17 @@ import (
 	"github.com/quiremq/quire/internal/config"
 )
 
-// benchCluster starts a three-node cluster for a benchmark.
+// benchCluster starts a three-node cluster (clusterConfigs) for a
+// benchmark, with queues long enough that a burst may queue up entirely:
+// throughput is measured, not the drop policy.
 func benchCluster(b *testing.B) []*Node {
 	b.Helper()
-	var addrs, voters []string
-	for i := range 3 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
+	_, nodes := startCluster(b, func(tb testing.TB) []*config.Config {
+		cfgs := clusterConfigs(tb)
+		for _, c := range cfgs {
+			c.MQTT.MaxQueued = 1 << 20
 		}
-		addrs = append(addrs, l.Addr().String())
-		voters = append(voters, fmt.Sprintf("%d@%s", i+1, l.Addr()))
-		l.Close()
-	}
-	nodes := make([]*Node, 3)
-	errc := make(chan error, 3)
-	for i := range nodes {
-		c := testConfig(b.TempDir())
-		c.NodeID, c.GRPC.Addr, c.MetaAddrs = uint64(i+1), addrs[i], voters
-		c.Meta.HeartbeatTimeout = config.Duration(500 * time.Millisecond)
-		c.Meta.ElectionTimeout = config.Duration(500 * time.Millisecond)
-		c.Meta.LeaderLeaseTimeout = config.Duration(250 * time.Millisecond)
-		// Throughput, not the drop policy: a burst may queue up entirely.
-		c.MQTT.MaxQueued = 1 << 20
-		n, err := New(Options{Config: c, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err != nil {
-			b.Fatal(err)
-		}
-		nodes[i] = n
-		go func() { errc <- n.Start(context.Background()) }()
-	}
-	for range nodes {
-		if err := <-errc; err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.Cleanup(func() {
-		for _, n := range nodes {
-			n.Stop(context.Background())
-		}
+		return cfgs
 	})
 	return nodes
 }

@@ -23,7 +23,7 @@ import (
 
 // startCluster starts the nodes of mk's configs (one meta cluster), up to
 // three times.
-func startCluster(t *testing.T, mk func(*testing.T) []*config.Config) ([]*config.Config, []*Node) {
+func startCluster(t testing.TB, mk func(testing.TB) []*config.Config) ([]*config.Config, []*Node) {
 	t.Helper()
 	ctx := context.Background()
 	for try := 0; ; try++ {
@@ -374,7 +374,7 @@ func counterSum(t *testing.T, n *Node, name, peer string) int {
 
 // twoNodeConfigs are the first two of clusterConfigs, as a two-voter
 // cluster.
-func twoNodeConfigs(t *testing.T) []*config.Config {
+func twoNodeConfigs(t testing.TB) []*config.Config {
 	cfgs := clusterConfigs(t)[:2]
 	for _, c := range cfgs {
 		c.MetaAddrs = c.MetaAddrs[:2]
@@ -597,7 +597,7 @@ func publishRetained(t *testing.T, c paho3.Client, topic, payload string) {
 // sets and a clear made while it was down has them.
 func TestNodeMQTTClusterRetained(t *testing.T) {
 	var late *config.Config
-	_, nodes := startCluster(t, func(t *testing.T) []*config.Config {
+	_, nodes := startCluster(t, func(t testing.TB) []*config.Config {
 		all := clusterConfigs(t)
 		late = all[1]
 		return []*config.Config{all[0], all[2]} // a quorum of the three voters

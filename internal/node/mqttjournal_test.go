@@ -17,7 +17,7 @@ import (
 // its shards, which must fence nobody), and a subscriber on each node gets
 // every message once, in each publisher's order.
 func TestMQTTJournalEngineCluster(t *testing.T) {
-	cfgs, nodes := startCluster(t, func(t *testing.T) []*config.Config {
+	cfgs, nodes := startCluster(t, func(t testing.TB) []*config.Config {
 		cfgs := clusterConfigs(t)
 		for _, c := range cfgs {
 			c.Storage.DefaultEngine = "journal"

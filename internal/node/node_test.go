@@ -72,7 +72,7 @@ func testConfig(dir string) *config.Config {
 	return c
 }
 
-func newNode(t *testing.T, cfg *config.Config, logs io.Writer) *Node {
+func newNode(t testing.TB, cfg *config.Config, logs io.Writer) *Node {
 	t.Helper()
 	if logs == nil {
 		logs = io.Discard
