@@ -63,6 +63,7 @@ type result struct {
 	PacerLagP99Ms       *float64 `json:"pacer_lag_p99_ms,omitempty"`
 	BookieSyncP99Ms     *float64 `json:"bookie_sync_p99_ms,omitempty"`
 	BookieGroupP99Ms    *float64 `json:"bookie_group_p99_ms,omitempty"`
+	BookieAddP99Ms      *float64 `json:"bookie_add_p99_ms,omitempty"` // an add handed to a bookie to its acknowledgement
 	DiskCeilingMBPerSec *float64 `json:"disk_ceiling_mb_per_sec"`
 	DiskEfficiency      *float64 `json:"disk_efficiency"`
 	ReadEntries         int64    `json:"read_entries,omitempty"`
@@ -86,8 +87,9 @@ func (r *result) print(w io.Writer, asJSON bool) error {
 	if r.PacerLagP99Ms != nil {
 		fmt.Fprintf(w, "  pacer: appends handed to the client p99 %.2f ms after their scheduled time\n", *r.PacerLagP99Ms)
 	}
-	if r.BookieSyncP99Ms != nil && r.BookieGroupP99Ms != nil {
-		fmt.Fprintf(w, "  bookies: journal fdatasync p99 %.2f ms, group (first add queued to ack) p99 %.2f ms\n", *r.BookieSyncP99Ms, *r.BookieGroupP99Ms)
+	if r.BookieSyncP99Ms != nil && r.BookieGroupP99Ms != nil && r.BookieAddP99Ms != nil {
+		fmt.Fprintf(w, "  bookies: journal fdatasync p99 %.2f ms, group (first add queued to ack) p99 %.2f ms, add (handed to the bookie to ack) p99 %.2f ms\n",
+			*r.BookieSyncP99Ms, *r.BookieGroupP99Ms, *r.BookieAddP99Ms)
 	}
 	if r.DiskCeilingMBPerSec != nil {
 		fmt.Fprintf(w, "  disk: %.0f journal bytes per fdatasync; raw write+fdatasync ceiling %.1f MB/s; efficiency %.2f (acked MB/s x Qw / ceiling)\n",
@@ -259,6 +261,7 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 	res.AddsPerRequest = syncsAfter.sub(syncsBefore).addsPerRequest()
 	res.BookieSyncP99Ms = syncsAfter.sub(syncsBefore).syncTime.quantileMs(0.99)
 	res.BookieGroupP99Ms = syncsAfter.sub(syncsBefore).groupTime.quantileMs(0.99)
+	res.BookieAddP99Ms = syncsAfter.sub(syncsBefore).addTime.quantileMs(0.99)
 
 	stopReadProfile := func() error { return nil }
 	if c.mode == "catchup" {

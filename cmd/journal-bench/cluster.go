@@ -55,6 +55,7 @@ const syncBytesMetric = "quire_bookie_journal_sync_bytes"
 const (
 	syncTimeMetric  = "quire_bookie_journal_sync_seconds"
 	groupTimeMetric = "quire_bookie_journal_group_seconds"
+	addTimeMetric   = "quire_bookie_add_seconds" // an add handed to the bookie to its acknowledgement
 )
 
 // addRequestsMetric and addsMetric count the bookies' AddEntries request
@@ -181,15 +182,15 @@ func (cl *cluster) stop() {
 type syncStats struct {
 	syncs, bytes   float64
 	requests, adds float64
-	// In-process bookies only: their journal fdatasync times and group
-	// latencies (first add queued to acknowledgement), bucket counts
-	// summed over the bookies (nil for remote bookies).
-	syncTime, groupTime promBuckets
+	// In-process bookies only: their journal fdatasync times, group
+	// latencies (first add queued to acknowledgement) and add latencies,
+	// bucket counts summed over the bookies (nil for remote bookies).
+	syncTime, groupTime, addTime promBuckets
 }
 
 func (s syncStats) sub(o syncStats) syncStats {
 	return syncStats{s.syncs - o.syncs, s.bytes - o.bytes, s.requests - o.requests, s.adds - o.adds,
-		s.syncTime.sub(o.syncTime), s.groupTime.sub(o.groupTime)}
+		s.syncTime.sub(o.syncTime), s.groupTime.sub(o.groupTime), s.addTime.sub(o.addTime)}
 }
 
 // promBuckets are a Prometheus histogram's cumulative bucket counts.
@@ -286,6 +287,8 @@ func (cl *cluster) syncStats(ctx context.Context) (syncStats, error) {
 					total.syncTime.add(m.GetHistogram())
 				case groupTimeMetric:
 					total.groupTime.add(m.GetHistogram())
+				case addTimeMetric:
+					total.addTime.add(m.GetHistogram())
 				case addRequestsMetric:
 					total.requests += m.GetCounter().GetValue()
 				case addsMetric:

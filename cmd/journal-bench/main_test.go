@@ -111,13 +111,16 @@ func TestRate(t *testing.T) {
 	dir := t.TempDir()
 	prof, mem, tr := filepath.Join(dir, "cpu.prof"), filepath.Join(dir, "mem.prof"), filepath.Join(dir, "run.trace")
 	res, _ := runJSON(t, "--cpuprofile", prof, "--memprofile", mem, "--trace", tr, "--duration", "1s", "--rate", "400", "--writers", "2", "--ledgers", "1", "--ensemble", "1", "--write-quorum", "1", "--ack-quorum", "1", "--bookies", "1")
-	for _, k := range []string{"pacer_lag_p99_ms", "bookie_sync_p99_ms", "bookie_group_p99_ms"} {
+	for _, k := range []string{"pacer_lag_p99_ms", "bookie_sync_p99_ms", "bookie_group_p99_ms", "bookie_add_p99_ms"} {
 		if v, ok := res[k].(float64); !ok || v < 0 {
 			t.Errorf("%s = %v, want a latency in ms", k, res[k])
 		}
 	}
 	if g, s := num(t, res, "bookie_group_p99_ms"), num(t, res, "bookie_sync_p99_ms"); g < s/2 {
 		t.Errorf("bookie group p99 %v ms, sync p99 %v ms: a group's latency includes its sync", g, s)
+	}
+	if a, p := num(t, res, "bookie_add_p99_ms"), num(t, res, "p99_ms"); a > 2*p+1 {
+		t.Errorf("bookie add p99 %v ms above the client's add p99 %v ms: the client's latency includes the bookie's", a, p)
 	}
 	if b, err := os.ReadFile(mem); err != nil || len(b) < 100 || b[0] != 0x1f || b[1] != 0x8b {
 		t.Errorf("--memprofile: %d bytes, err %v: want a gzipped pprof profile", len(b), err)

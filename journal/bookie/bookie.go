@@ -36,6 +36,7 @@ type Bookie struct {
 	queue      []op
 	queueBytes int
 	oldest     time.Time
+	epoch      time.Time // op.queued counts from here
 	urgent     bool
 	inflight   int64 // bytes accepted but not yet applied
 	seq        uint64
@@ -115,6 +116,7 @@ func Open(o Options) (*Bookie, error) {
 	fs := o.FS
 	b := &Bookie{
 		opts:       o,
+		epoch:      time.Now(),
 		fs:         fs,
 		logDir:     fs.PathJoin(o.Dir, ledgersDir),
 		m:          newMetrics(o.Registerer),
@@ -490,7 +492,8 @@ func (b *Bookie) applyWriteBuf() error {
 // Adding an entry that exists replaces it. AddEntries adds many at once,
 // more cheaply.
 func (b *Bookie) AddEntry(ledger, entry uint64, lac int64, payload []byte, recovery bool, done func(error)) {
-	o := op{kind: kindAdd, recovery: recovery, ledger: ledger, entry: entry, lac: lac, payload: payload, done: done}
+	o := op{kind: kindAdd, recovery: recovery, ledger: ledger, entry: entry, lac: lac, payload: payload, done: done,
+		queued: int64(time.Since(b.epoch))}
 	b.mu.Lock()
 	b.addLocked(&o, nil)
 	b.mu.Unlock()
@@ -531,13 +534,14 @@ func (b *Bookie) AddEntries(adds []AddReq, done func(i int, err error)) {
 	if len(adds) == 0 {
 		return
 	}
+	queued := int64(time.Since(b.epoch))
 	b.mu.Lock()
 	b.queue = slices.Grow(b.queue, len(adds))
 	var last *ledgerMeta // the previous add's ledger: batches are mostly one ledger
 	for i := range adds {
 		a := &adds[i]
 		o := op{kind: kindAdd, recovery: a.Recovery, ledger: a.Ledger, entry: a.Entry, lac: a.LAC,
-			payload: a.Payload, batchDone: done, idx: i}
+			payload: a.Payload, batchDone: done, idx: i, queued: queued}
 		if last != nil && adds[i-1].Ledger != a.Ledger {
 			last = nil
 		}
@@ -966,6 +970,7 @@ func (b *Bookie) completeLoop() {
 		}
 		b.readMu.Unlock()
 		var adds, bytes, records int
+		synced := int64(time.Since(b.epoch))
 		for _, jb := range q {
 			records += len(jb.ops)
 			for i := range jb.ops {
@@ -973,6 +978,7 @@ func (b *Bookie) completeLoop() {
 				if o.kind == kindAdd {
 					adds++
 					bytes += len(o.payload)
+					b.m.addLatency.Observe(float64(synced-o.queued) / 1e9)
 				}
 				o.finish(nil)
 			}

@@ -14,6 +14,7 @@ type bookieMetrics struct {
 	syncs         prometheus.Counter
 	syncLatency   prometheus.Histogram
 	groupLatency  prometheus.Histogram
+	addLatency    prometheus.Histogram
 	syncBytes     prometheus.Histogram
 	groupSize     prometheus.Histogram
 	fences        prometheus.Counter
@@ -41,6 +42,9 @@ func newMetrics(r prometheus.Registerer) *bookieMetrics {
 		groupLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "journal_group_seconds", Help: "Time from the first add of a journal group being queued to the group's acknowledgement (group wait, write, fdatasync): the bookie's add latency for the group's oldest add.",
 			Buckets: metrics.LatencyBuckets}),
+		addLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "add_seconds", Help: "Time from an add being handed to the bookie (AddEntry/AddEntries) to its acknowledgement.",
+			Buckets: metrics.LatencyBuckets}),
 		syncBytes: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "journal_sync_bytes", Help: "Bytes written per journal fdatasync.",
 			Buckets: prometheus.ExponentialBuckets(256, 2, 16)}),
@@ -66,6 +70,7 @@ func newMetrics(r prometheus.Registerer) *bookieMetrics {
 	m.syncs = metrics.Reuse(r, m.syncs)
 	m.syncLatency = metrics.Reuse(r, m.syncLatency)
 	m.groupLatency = metrics.Reuse(r, m.groupLatency)
+	m.addLatency = metrics.Reuse(r, m.addLatency)
 	m.syncBytes = metrics.Reuse(r, m.syncBytes)
 	m.groupSize = metrics.Reuse(r, m.groupSize)
 	m.fences = metrics.Reuse(r, m.fences)

@@ -42,6 +42,7 @@ type op struct {
 	lac      int64
 	payload  []byte
 	seq      uint64 // identifies a pending add in the read map
+	queued   int64  // adds: when AddEntry/AddEntries took it, ns since Bookie.epoch (add latency metric)
 	// While in flight, one of: done, or batchDone with the add's index in
 	// its AddEntries batch (one callback shared by the batch, no closure
 	// per add).
