@@ -85,6 +85,9 @@ type GRPC struct {
 // Prometheus /metrics.
 type Admin struct {
 	Addr string `toml:"addr"`
+	// Pprof serves Go's runtime profiles (CPU, heap, goroutines, execution
+	// trace) under /debug/pprof/ on the admin address. Off by default.
+	Pprof bool `toml:"pprof"`
 }
 
 // MQTT holds the MQTT listener addresses; "" turns a listener off. The TLS

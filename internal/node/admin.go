@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -39,6 +40,7 @@ type adminDeps struct {
 	gatherer prometheus.Gatherer
 	reg      prometheus.Registerer
 	log      *slog.Logger
+	pprof    bool // serve /debug/pprof/ (config admin.pprof)
 }
 
 // maxBody bounds request bodies of the admin API.
@@ -67,6 +69,13 @@ func newAdminHandler(d adminDeps) http.Handler {
 	mux.HandleFunc("POST /api/v1/topics", h.createTopic)
 	mux.HandleFunc("GET /api/v1/topics/{name...}", h.getTopic)
 	mux.HandleFunc("DELETE /api/v1/topics/{name...}", h.deleteTopic)
+	if d.pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index) // and the named profiles: heap, goroutine, ...
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (see GET /api/v1/cluster, /api/v1/topics, /healthz, /readyz, /metrics)", r.Method, r.URL.Path))
 	})

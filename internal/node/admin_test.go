@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -28,7 +29,10 @@ type adminFixture struct {
 	mreg   *prometheus.Registry
 }
 
-func newAdminFixture(t *testing.T) *adminFixture {
+func newAdminFixture(t *testing.T) *adminFixture { return newAdminFixtureWith(t, false) }
+
+// newAdminFixtureWith is newAdminFixture with /debug/pprof/ served or not.
+func newAdminFixtureWith(t *testing.T, pprof bool) *adminFixture {
 	t.Helper()
 	f := &adminFixture{mreg: prometheus.NewRegistry()}
 	mem, disk := memory.New(memory.Options{}), memory.New(memory.Options{})
@@ -63,6 +67,7 @@ func newAdminFixture(t *testing.T) *adminFixture {
 		gatherer: f.mreg,
 		reg:      f.mreg,
 		log:      slog.New(slog.DiscardHandler),
+		pprof:    pprof,
 	})
 	f.srv = httptest.NewServer(h)
 	t.Cleanup(f.srv.Close)
@@ -232,6 +237,32 @@ func TestAdminMetrics(t *testing.T) {
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// With admin.pprof the runtime profiles are served under /debug/pprof/
+// (a CPU profile is a gzipped protobuf); without it they are not found.
+func TestAdminPprof(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		f := newAdminFixtureWith(t, on)
+		for _, path := range []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=1", "/debug/pprof/profile?seconds=1"} {
+			resp, err := http.Get(f.srv.URL + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch {
+			case !on && resp.StatusCode != http.StatusNotFound:
+				t.Errorf("pprof off: GET %s = %d", path, resp.StatusCode)
+			case on && resp.StatusCode != http.StatusOK:
+				t.Errorf("pprof on: GET %s = %d %s", path, resp.StatusCode, body)
+			case on && strings.Contains(path, "profile") && !bytes.HasPrefix(body, []byte{0x1f, 0x8b}):
+				t.Errorf("pprof on: GET %s is not a gzipped profile: % x", path, body[:min(len(body), 8)])
+			case on && strings.Contains(path, "goroutine") && !strings.Contains(string(body), "goroutine profile:"):
+				t.Errorf("pprof on: GET %s = %.200s", path, body)
+			}
 		}
 	}
 }

@@ -187,6 +187,7 @@ func New(opts Options) (*Node, error) {
 		gatherer: n.reg,
 		reg:      n.reg,
 		log:      n.log.With("component", "admin"),
+		pprof:    n.cfg.Admin.Pprof,
 	})
 	// Start order: common servers → meta → journal → broker.
 	comps := []Component{n.grpc, n.admin, n.meta}
