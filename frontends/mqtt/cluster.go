@@ -109,8 +109,16 @@ package mqtt
 //   - On the memory engine, the records of a topic are lost when its node
 //     restarts, and with them the ones a peer had not pulled yet: those
 //     never reach the peer's subscribers.
-//   - Sessions are node-local: a client that reconnects to another node
-//     starts a new session there.
+//   - A session is taken over across nodes (directory.go: the owner is in
+//     meta, the old node closes the connection with 0x8E and ends its
+//     copy before the new node's CONNACK; a node that was down drops, at
+//     its start, the sessions another node owns now), but its state does
+//     not follow: the new node starts it empty (Session Present 0), and
+//     what the old node still owed the client is dropped with its copy.
+//     Two CONNECTs of one client id racing on two nodes may leave both
+//     with a copy (the claim and the bind are not one step); a Release
+//     that did not arrive (the old node up but unreachable) leaves its
+//     copy until it expires.
 //
 // Metrics (internal/node): quire_mqtt_cluster_forwarded_messages_total{peer}
 // (pulled from peer and stored here), served_messages_total{peer},

@@ -103,6 +103,10 @@ type Options struct {
 	// the rate), by slowing its reads (ratelimit.go).
 	MaxPublishRate float64
 	PublishBurst   int
+	// Sessions, on a node of a cluster, says which node owns each session
+	// and takes sessions over from other nodes (directory.go). Nil: the
+	// sessions are this server's alone.
+	Sessions SessionDirectory
 }
 
 // Defaults.

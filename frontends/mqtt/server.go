@@ -82,6 +82,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		s.stopFlush, s.flushDone = make(chan struct{}), make(chan struct{})
 		go s.flushLoop(s.stopFlush, s.flushDone)
+		s.dropForeign(ctx) // taken over by other nodes while this one was down
 	}
 	s.delayed = newDelayer(s)
 	if err := s.delayed.restore(ctx); err != nil {
@@ -342,8 +343,11 @@ func (s *Server) deliver(m *pubsub.Message, pos Position, subs []pubsub.Subscrip
 // connection if it has one (that connection gets DISCONNECT 0x8E and is
 // closed before attach goes on, MQTT 5.0 §3.1.4). With cleanStart, an
 // existing session ends and a new one begins. It reports whether an
-// existing session was resumed (CONNACK Session Present).
+// existing session was resumed (CONNACK Session Present). On a cluster
+// (Options.Sessions) the session is first claimed from the node that owned
+// it, whose copy ends (directory.go).
 func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStart bool, expiry time.Duration) (*session, bool, error) {
+	s.claim(ctx, clientID, cleanStart) // another node's copy ends first (directory.go)
 	for {
 		s.mu.Lock()
 		if s.stopped {

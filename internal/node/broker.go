@@ -180,7 +180,11 @@ func (b *broker) startMQTT(ctx context.Context, router *shard.Router) error {
 	if err != nil {
 		return errors.Join(err, db.Close())
 	}
-	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Storage: mqtt.NewShardStorage(router, 0).NodeScoped(b.cfg.NodeID, journal.Name), Store: db, Retained: retained,
+	var sessions mqtt.SessionDirectory // which node owns a session (mqttsessions.go)
+	if b.meta != nil {
+		sessions = newSessionDirectory(b.cfg.NodeID, b.meta.kv, b.reg, log)
+	}
+	srv, err := mqtt.NewServer(mqtt.Options{Listeners: ls, Sessions: sessions, Storage: mqtt.NewShardStorage(router, 0).NodeScoped(b.cfg.NodeID, journal.Name), Store: db, Retained: retained,
 		Auth: authn, ACL: acl, SCRAM: scram, Version: "quire " + version.Get().String(),
 		MaxInflight: b.cfg.MQTT.MaxInflight, MaxQueued: b.cfg.MQTT.MaxQueued, MaxPacketSize: b.cfg.MQTT.MaxPacketSize,
 		MaxPublishRate: b.cfg.MQTT.MaxPublishRate, MaxKeepAlive: uint16(b.cfg.MQTT.MaxKeepAlive), Registerer: b.reg, Logger: log})

@@ -29,6 +29,115 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ReleaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's node id.
+	NodeId   uint64 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	ClientId string `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// The new connection's Clean Start: without it the session goes on
+	// there, and a delayed will pending here is dropped (as a local takeover
+	// drops it); with it the session ends and the will is published.
+	CleanStart    bool `protobuf:"varint,3,opt,name=clean_start,json=cleanStart,proto3" json:"clean_start,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseRequest) Reset() {
+	*x = ReleaseRequest{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseRequest) ProtoMessage() {}
+
+func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseRequest) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ReleaseRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *ReleaseRequest) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *ReleaseRequest) GetCleanStart() bool {
+	if x != nil {
+		return x.CleanStart
+	}
+	return false
+}
+
+type ReleaseResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server held the session (and ended it).
+	Released      bool `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseResponse) Reset() {
+	*x = ReleaseResponse{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseResponse) ProtoMessage() {}
+
+func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseResponse) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReleaseResponse) GetReleased() bool {
+	if x != nil {
+		return x.Released
+	}
+	return false
+}
+
 type PullRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The puller's node id (first request).
@@ -55,7 +164,7 @@ type PullRequest struct {
 
 func (x *PullRequest) Reset() {
 	*x = PullRequest{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[0]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -67,7 +176,7 @@ func (x *PullRequest) String() string {
 func (*PullRequest) ProtoMessage() {}
 
 func (x *PullRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[0]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -80,7 +189,7 @@ func (x *PullRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullRequest.ProtoReflect.Descriptor instead.
 func (*PullRequest) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{0}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PullRequest) GetNodeId() uint64 {
@@ -156,7 +265,7 @@ type PullResponse struct {
 
 func (x *PullResponse) Reset() {
 	*x = PullResponse{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[1]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -168,7 +277,7 @@ func (x *PullResponse) String() string {
 func (*PullResponse) ProtoMessage() {}
 
 func (x *PullResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[1]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -181,7 +290,7 @@ func (x *PullResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullResponse.ProtoReflect.Descriptor instead.
 func (*PullResponse) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{1}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PullResponse) GetNodeId() uint64 {
@@ -261,7 +370,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -273,7 +382,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -286,7 +395,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{2}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Record) GetOffset() uint64 {
@@ -334,7 +443,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +455,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +468,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{3}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Header) GetKey() string {
@@ -380,7 +489,14 @@ var File_mqttcluster_v1_forward_proto protoreflect.FileDescriptor
 
 const file_mqttcluster_v1_forward_proto_rawDesc = "" +
 	"\n" +
-	"\x1cmqttcluster/v1/forward.proto\x12\x0emqttcluster.v1\"\xce\x02\n" +
+	"\x1cmqttcluster/v1/forward.proto\x12\x0emqttcluster.v1\"g\n" +
+	"\x0eReleaseRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x1f\n" +
+	"\vclean_start\x18\x03 \x01(\bR\n" +
+	"cleanStart\"-\n" +
+	"\x0fReleaseResponse\x12\x1a\n" +
+	"\breleased\x18\x01 \x01(\bR\breleased\"\xce\x02\n" +
 	"\vPullRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12B\n" +
 	"\acursors\x18\x02 \x03(\v2(.mqttcluster.v1.PullRequest.CursorsEntryR\acursors\x12\x14\n" +
@@ -416,9 +532,10 @@ const file_mqttcluster_v1_forward_proto_rawDesc = "" +
 	"\aheaders\x18\x05 \x03(\v2\x16.mqttcluster.v1.HeaderR\aheaders\"0\n" +
 	"\x06Header\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value2R\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value2\x9e\x01\n" +
 	"\tForwarder\x12E\n" +
-	"\x04Pull\x12\x1b.mqttcluster.v1.PullRequest\x1a\x1c.mqttcluster.v1.PullResponse(\x010\x01BFZDgithub.com/quiremq/quire/internal/proto/mqttcluster/v1;mqttclusterv1b\x06proto3"
+	"\x04Pull\x12\x1b.mqttcluster.v1.PullRequest\x1a\x1c.mqttcluster.v1.PullResponse(\x010\x01\x12J\n" +
+	"\aRelease\x12\x1e.mqttcluster.v1.ReleaseRequest\x1a\x1f.mqttcluster.v1.ReleaseResponseBFZDgithub.com/quiremq/quire/internal/proto/mqttcluster/v1;mqttclusterv1b\x06proto3"
 
 var (
 	file_mqttcluster_v1_forward_proto_rawDescOnce sync.Once
@@ -432,27 +549,31 @@ func file_mqttcluster_v1_forward_proto_rawDescGZIP() []byte {
 	return file_mqttcluster_v1_forward_proto_rawDescData
 }
 
-var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_mqttcluster_v1_forward_proto_goTypes = []any{
-	(*PullRequest)(nil),  // 0: mqttcluster.v1.PullRequest
-	(*PullResponse)(nil), // 1: mqttcluster.v1.PullResponse
-	(*Record)(nil),       // 2: mqttcluster.v1.Record
-	(*Header)(nil),       // 3: mqttcluster.v1.Header
-	nil,                  // 4: mqttcluster.v1.PullRequest.CursorsEntry
-	nil,                  // 5: mqttcluster.v1.PullRequest.SinceEntry
-	nil,                  // 6: mqttcluster.v1.PullResponse.StartEntry
+	(*ReleaseRequest)(nil),  // 0: mqttcluster.v1.ReleaseRequest
+	(*ReleaseResponse)(nil), // 1: mqttcluster.v1.ReleaseResponse
+	(*PullRequest)(nil),     // 2: mqttcluster.v1.PullRequest
+	(*PullResponse)(nil),    // 3: mqttcluster.v1.PullResponse
+	(*Record)(nil),          // 4: mqttcluster.v1.Record
+	(*Header)(nil),          // 5: mqttcluster.v1.Header
+	nil,                     // 6: mqttcluster.v1.PullRequest.CursorsEntry
+	nil,                     // 7: mqttcluster.v1.PullRequest.SinceEntry
+	nil,                     // 8: mqttcluster.v1.PullResponse.StartEntry
 }
 var file_mqttcluster_v1_forward_proto_depIdxs = []int32{
-	4, // 0: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
-	5, // 1: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
-	2, // 2: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
-	6, // 3: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
-	2, // 4: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
-	3, // 5: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
-	0, // 6: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
-	1, // 7: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
+	6, // 0: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
+	7, // 1: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
+	4, // 2: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
+	8, // 3: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
+	4, // 4: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
+	5, // 5: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
+	2, // 6: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
+	0, // 7: mqttcluster.v1.Forwarder.Release:input_type -> mqttcluster.v1.ReleaseRequest
+	3, // 8: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
+	1, // 9: mqttcluster.v1.Forwarder.Release:output_type -> mqttcluster.v1.ReleaseResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
 	6, // [6:6] is the sub-list for extension type_name
 	6, // [6:6] is the sub-list for extension extendee
 	0, // [0:6] is the sub-list for field type_name
@@ -469,7 +590,7 @@ func file_mqttcluster_v1_forward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mqttcluster_v1_forward_proto_rawDesc), len(file_mqttcluster_v1_forward_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

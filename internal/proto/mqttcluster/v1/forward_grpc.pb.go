@@ -27,7 +27,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Forwarder_Pull_FullMethodName = "/mqttcluster.v1.Forwarder/Pull"
+	Forwarder_Pull_FullMethodName    = "/mqttcluster.v1.Forwarder/Pull"
+	Forwarder_Release_FullMethodName = "/mqttcluster.v1.Forwarder/Release"
 )
 
 // ForwarderClient is the client API for Forwarder service.
@@ -41,6 +42,11 @@ type ForwarderClient interface {
 	// may carry no record (everything in its range was skipped) and only
 	// advance the cursor. The first response is a hello naming the server.
 	Pull(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PullRequest, PullResponse], error)
+	// Release: the caller took the MQTT session of a client id over (it owns
+	// it in meta now, see internal/node/mqttsessions.go). The server closes
+	// the client's connection as a local takeover does (v5: DISCONNECT 0x8E)
+	// and ends its copy of the session, then answers.
+	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 }
 
 type forwarderClient struct {
@@ -64,6 +70,16 @@ func (c *forwarderClient) Pull(ctx context.Context, opts ...grpc.CallOption) (gr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Forwarder_PullClient = grpc.BidiStreamingClient[PullRequest, PullResponse]
 
+func (c *forwarderClient) Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseResponse)
+	err := c.cc.Invoke(ctx, Forwarder_Release_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ForwarderServer is the server API for Forwarder service.
 // All implementations must embed UnimplementedForwarderServer
 // for forward compatibility.
@@ -75,6 +91,11 @@ type ForwarderServer interface {
 	// may carry no record (everything in its range was skipped) and only
 	// advance the cursor. The first response is a hello naming the server.
 	Pull(grpc.BidiStreamingServer[PullRequest, PullResponse]) error
+	// Release: the caller took the MQTT session of a client id over (it owns
+	// it in meta now, see internal/node/mqttsessions.go). The server closes
+	// the client's connection as a local takeover does (v5: DISCONNECT 0x8E)
+	// and ends its copy of the session, then answers.
+	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	mustEmbedUnimplementedForwarderServer()
 }
 
@@ -87,6 +108,9 @@ type UnimplementedForwarderServer struct{}
 
 func (UnimplementedForwarderServer) Pull(grpc.BidiStreamingServer[PullRequest, PullResponse]) error {
 	return status.Error(codes.Unimplemented, "method Pull not implemented")
+}
+func (UnimplementedForwarderServer) Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
 }
 func (UnimplementedForwarderServer) mustEmbedUnimplementedForwarderServer() {}
 func (UnimplementedForwarderServer) testEmbeddedByValue()                   {}
@@ -116,13 +140,36 @@ func _Forwarder_Pull_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Forwarder_PullServer = grpc.BidiStreamingServer[PullRequest, PullResponse]
 
+func _Forwarder_Release_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ForwarderServer).Release(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Forwarder_Release_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ForwarderServer).Release(ctx, req.(*ReleaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Forwarder_ServiceDesc is the grpc.ServiceDesc for Forwarder service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var Forwarder_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "mqttcluster.v1.Forwarder",
 	HandlerType: (*ForwarderServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Release",
+			Handler:    _Forwarder_Release_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Pull",
