@@ -44,7 +44,9 @@
 # broker's RSS is read again); MQTT (4: every client speaks 3.1.1; 5: MQTT 5.0); ROUNDS (1: the
 # whole broker sequence is run that many times, and the table shows each
 # broker's median run: on a shared machine, load from elsewhere then hits
-# every broker alike); OUT (a new directory under /tmp), where results.jsonl,
+# every broker alike); QUIRE_B (a second quire binary, e.g. one built from
+# an older commit: brokers "quireb-memory" and "quireb-durable" run it, for
+# an A/B comparison within one run); OUT (a new directory under /tmp), where results.jsonl,
 # table.md and each broker's log are kept.
 #
 # The idle test: the broker starts (memory setup), its RSS is read after 2 s,
@@ -152,8 +154,9 @@ start_broker() {
 	mkdir -p "$dir"
 	port=$(free_port)
 	case $broker in
-	quire)
-		local engine=memory grpc
+	quire | quireb)
+		local engine=memory grpc quire=$bin/quire
+		[[ $broker == quireb ]] && quire=${QUIRE_B:?QUIRE_B names the quireb binary}
 		[[ $setup == durable ]] && engine=file
 		grpc=$(free_port)
 		admin=$(free_port)
@@ -184,7 +187,7 @@ start_broker() {
 			[storage.file]
 			sync = "batch"
 		EOF
-		"$bin/quire" start --config "$dir/quire.toml" >"$OUT/$name.log" 2>&1 &
+		"$quire" start --config "$dir/quire.toml" >"$OUT/$name.log" 2>&1 &
 		;;
 	mosquitto)
 		local persist=false
