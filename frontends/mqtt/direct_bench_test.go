@@ -11,7 +11,8 @@ import (
 // subscriber: a publisher sends a PUBLISH and waits until the subscriber
 // has read it, one message every 300 µs (sendDirect's case), over TCP.
 // Metric µs/delivery is one trip publisher → broker → subscriber, clients
-// included. QoS 1 is acknowledged both ways, outside the trip.
+// included; direct/delivery is the share conn.sendDirect wrote. QoS 1 is
+// acknowledged both ways, outside the trip.
 func BenchmarkDeliverIdle(b *testing.B) {
 	for _, qos := range []packet.QoS{packet.QoS0, packet.QoS1} {
 		b.Run("qos"+string(rune('0'+qos)), func(b *testing.B) {
@@ -48,6 +49,10 @@ func BenchmarkDeliverIdle(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(trips.Microseconds())/float64(b.N), "µs/delivery")
+			br.mu.Lock()
+			sess := br.sessions["sub"]
+			br.mu.Unlock()
+			b.ReportMetric(float64(sess.owner().directSent.Load())/float64(b.N), "direct/delivery")
 		})
 	}
 }
