@@ -899,6 +899,11 @@ func featShared(t *testing.T, n *featNode) {
 			t.Fatalf("%d of 20 shared messages delivered", len(seen))
 		}
 	}
+	for _, p := range want {
+		if seen[p] == "" {
+			t.Fatalf("%s never delivered (got %v)", p, seen)
+		}
+	}
 	if len(slowGot) == 0 || len(slowGot) == 20 {
 		t.Fatalf("one member got %d of 20: no dispatch across members", len(slowGot))
 	}
