@@ -111,10 +111,22 @@ package mqtt
 //     never reach the peer's subscribers.
 //   - A session is taken over across nodes (directory.go: the owner is in
 //     meta, the old node closes the connection with 0x8E and ends its
-//     copy before the new node's CONNACK; a node that was down drops, at
-//     its start, the sessions another node owns now), but its state does
-//     not follow: the new node starts it empty (Session Present 0), and
-//     what the old node still owed the client is dropped with its copy.
+//     copy before the new node's CONNACK, handing its state over without
+//     Clean Start; a node that was down drops, at its start, the sessions
+//     another node owns now). What is not handed over: the messages owed
+//     through shared subscriptions (they stay with the group on the old
+//     node), and, when the old node is down or does not answer, the whole
+//     state (the new node starts the session empty, Session Present 0).
+//     Messages published on the old node between its release and the
+//     new node's route reaching it are delivered when that route's read
+//     again covers them (from a Since no lower than what the session was
+//     handed, raiseSince in internal/node), the handed-over copies that the
+//     old node's stream forwards as well are not queued twice
+//     (handedSkips, for a minute), but such a copy stored on the old node
+//     on behalf of a third node can come twice (at least once). The
+//     copies are stored by value on the new node; an inbound QoS 2 id
+//     handed over is not stored there (a restart of the new node forgets
+//     it).
 //     Two CONNECTs of one client id racing on two nodes may leave both
 //     with a copy (the claim and the bind are not one step); a Release
 //     that did not arrive (the old node up but unreachable) leaves its
@@ -445,7 +457,7 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, recs []shar
 			}
 			subs = s.tree.Match(f.m.Topic, nil, onlineSub)
 		}
-		s.deliver(f.m, pos[i], subs, nil)
+		s.deliver(f.m, pos[i], subs, s.handed.keep(origin, f.m.Topic, f.rec.Offset))
 		if s.rs != nil {
 			s.rs.Done(pos[i])
 		}

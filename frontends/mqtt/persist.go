@@ -442,15 +442,8 @@ func (s *Server) restoreSession(ctx context.Context, rec *store.Session) (*resto
 	sess.version = rec.Version
 	sess.expiry = time.Duration(rec.ExpirySeconds) * time.Second
 	r := &restored{sess: sess, rec: rec, skip: map[Position]bool{}}
-	for _, sub := range rec.Subs {
-		group, filter, ok := pubsub.ParseShared(sub.Filter)
-		if !ok {
-			return nil, fmt.Errorf("%w: bad filter %q", store.ErrCorrupt, sub.Filter)
-		}
-		ps := pubsub.Subscription{Client: rec.ClientID, Filter: filter, Group: group, QoS: sub.QoS, NoLocal: sub.NoLocal,
-			RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID, Owner: sess}
-		s.tree.Subscribe(ps)
-		sess.subs[sub.Filter] = ps
+	if err := s.restoreSubs(sess, rec); err != nil {
+		return nil, err
 	}
 	ids, err := st.Inbounds(rec.ClientID)
 	if err != nil {
@@ -544,6 +537,21 @@ func (s *Server) restoreSession(ctx context.Context, rec *store.Session) (*resto
 	s.sessions[rec.ClientID] = sess
 	s.mu.Unlock()
 	return r, nil
+}
+
+// restoreSubs subscribes sess to the subscriptions of rec.
+func (s *Server) restoreSubs(sess *session, rec *store.Session) error {
+	for _, sub := range rec.Subs {
+		group, filter, ok := pubsub.ParseShared(sub.Filter)
+		if !ok {
+			return fmt.Errorf("%w: bad filter %q", store.ErrCorrupt, sub.Filter)
+		}
+		ps := pubsub.Subscription{Client: rec.ClientID, Filter: filter, Group: group, QoS: sub.QoS, NoLocal: sub.NoLocal,
+			RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID, Owner: sess}
+		s.tree.Subscribe(ps)
+		sess.subs[sub.Filter] = ps
+	}
+	return nil
 }
 
 // persistOutbound stores the packet-id state of the QoS 2 deliveries of

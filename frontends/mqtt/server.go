@@ -47,6 +47,7 @@ type Server struct {
 	delayed     *delayer               // $delayed/ publishes (delayed.go); set by Start
 	sysDone     chan struct{}          // closed when the $SYS loop (sys.go) ends
 	sysRetained *pubsub.MemoryRetained // the latest $SYS values
+	handed      handedSkips            // messages of sessions handed over here, not to be queued twice (directory.go)
 }
 
 // NewServer checks opts and returns a stopped Server.
@@ -345,9 +346,10 @@ func (s *Server) deliver(m *pubsub.Message, pos Position, subs []pubsub.Subscrip
 // existing session ends and a new one begins. It reports whether an
 // existing session was resumed (CONNACK Session Present). On a cluster
 // (Options.Sessions) the session is first claimed from the node that owned
-// it, whose copy ends (directory.go).
+// it, whose copy ends and, without cleanStart, whose state is taken over
+// here (directory.go).
 func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStart bool, expiry time.Duration) (*session, bool, error) {
-	s.claim(ctx, clientID, cleanStart) // another node's copy ends first (directory.go)
+	state := s.claim(ctx, clientID, cleanStart) // another node's copy ends first, its state comes here (directory.go)
 	for {
 		s.mu.Lock()
 		if s.stopped {
@@ -355,6 +357,9 @@ func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStar
 			return nil, false, errors.New("mqtt: server stopping")
 		}
 		old := s.sessions[clientID]
+		if old == nil && state != nil {
+			old, state = s.importLocked(clientID, state), nil
+		}
 		if old != nil {
 			if oc := old.owner(); oc != nil && oc != c {
 				s.mu.Unlock()

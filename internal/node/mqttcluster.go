@@ -137,6 +137,7 @@ type mqttCluster struct {
 	fresh   map[uint64]map[string]uint64 // peer → cursors taken before filters were computed or last found current
 	since   map[uint64]map[string]uint64 // peer → cursors taken before filters were, as its stream last sent them (sent)
 	sent    map[uint64]uint64            // peer → gen its stream last sent
+	floor   map[uint64]sinceFloor        // peer → the lowest Since of its next change (raiseSince)
 	changed chan struct{}                // closed and replaced when filters change
 
 	cmu     sync.Mutex
@@ -166,7 +167,7 @@ func startMQTTCluster(srv *mqtt.Server, self uint64, kv func() meta.KV, fs vfs.F
 	}
 	c := &mqttCluster{self: self, srv: srv, src: src, kv: kv, fs: fs, path: fs.PathJoin(dir, mqttClusterCursors),
 		log: log.With("component", "mqtt-cluster"), m: m, changed: make(chan struct{}), pullers: map[uint64]*puller{},
-		cursors: map[uint64]map[string]uint64{}, since: map[uint64]map[string]uint64{}, sent: map[uint64]uint64{}}
+		cursors: map[uint64]map[string]uint64{}, since: map[uint64]map[string]uint64{}, sent: map[uint64]uint64{}, floor: map[uint64]sinceFloor{}}
 	if err := c.loadCursors(); err != nil {
 		return nil, err
 	}
@@ -308,7 +309,51 @@ func (c *mqttCluster) sendFilters(peer uint64) ([]string, map[string]uint64, <-c
 		c.since[peer] = since
 	}
 	c.sent[peer] = c.gen
+	if f, ok := c.floor[peer]; ok && c.gen > f.gen {
+		// The change made after the floor was set goes out now.
+		delete(c.floor, peer)
+		raised := maps(since)
+		for name, off := range f.cursors {
+			// A shard without a Since (made on the peer after the
+			// stream started) would be read again from the stream's
+			// start on it.
+			if cur, ok := raised[name]; !ok || cur < off {
+				raised[name] = off
+			}
+		}
+		since = raised
+	}
 	return c.filters, since, c.changed
+}
+
+// sinceFloor is the lowest Since of a peer's next filter change.
+type sinceFloor struct {
+	cursors map[string]uint64
+	gen     uint64 // the filters' gen when it was set
+}
+
+// raiseSince has the next filter change sent to peer carry a Since no
+// lower than floor on its shards: a session handed over to this node
+// (mqttsessions.go) had been handed the peer's messages below floor, so
+// the read again for its filters, new here, starts there. Another
+// subscription made here before that change is sent and whose filter the
+// same change adds may then miss the peer's messages below floor that
+// were published after its SUBACK (a narrow window).
+func (c *mqttCluster) raiseSince(peer uint64, floor map[string]uint64) {
+	if len(floor) == 0 {
+		return
+	}
+	c.fmu.Lock()
+	defer c.fmu.Unlock()
+	f, ok := c.floor[peer]
+	if !ok {
+		f = sinceFloor{cursors: map[string]uint64{}}
+	}
+	f.gen = c.gen
+	for name, off := range floor {
+		f.cursors[name] = max(f.cursors[name], off)
+	}
+	c.floor[peer] = f
 }
 
 // lowerSince lowers peer's Since to the cursors its stream starts from
@@ -962,6 +1007,9 @@ func (b *broker) startMQTTCluster(srv *mqtt.Server) error {
 		return fmt.Errorf("mqtt cluster routing: %w", err)
 	}
 	b.cluster = c
+	if d, ok := srv.SessionDirectory().(*sessionDirectory); ok {
+		d.cluster.Store(c) // raiseSince after a handover
+	}
 	b.meta.grpc.late.RegisterService(&mqttclusterv1.Forwarder_ServiceDesc, c)
 	b.meta.grpc.setServing(forwarderService, true)
 	return nil
@@ -974,6 +1022,9 @@ func (b *broker) stopMQTTCluster() error {
 	}
 	b.meta.grpc.setServing(forwarderService, false)
 	b.meta.grpc.late.detach(forwarderService)
+	if d, ok := b.cluster.srv.SessionDirectory().(*sessionDirectory); ok {
+		d.cluster.Store(nil)
+	}
 	err := b.cluster.stop()
 	b.cluster = nil
 	return err

@@ -7,10 +7,12 @@ package node
 // does not own the session (a low-rate Raft write: CONNECTs, not
 // messages). The previous owner is then asked, through the Forwarder
 // service's Release RPC, to close the client's connection and end its copy
-// of the session; CONNACK waits for its answer, at most releaseTimeout. A
-// session without a record (made while the node was alone) is released by
-// every node that is up. A node that was down (or did not answer) drops, at
-// its next start, the restored sessions that meta says another node owns.
+// of the session, returning its state when the CONNECT has no Clean Start
+// (installed here by frontends/mqtt); CONNACK waits for its answer, at
+// most releaseTimeout. A session without a record (made while the node was
+// alone) is released by every node that is up. A node that was down (or
+// did not answer) drops, at its next start, the restored sessions that
+// meta says another node owns.
 //
 // While the node is alone in the cluster nothing is read or written per
 // CONNECT (the node list is read at most every peerPoll): a single node
@@ -22,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,6 +66,8 @@ type sessionDirectory struct {
 	mu      sync.Mutex // held while the node list is read
 	peers   []schema.NodeState
 	peersAt time.Time
+
+	cluster atomic.Pointer[mqttCluster] // while routing runs: raises Since after a handover
 }
 
 var _ mqtt.SessionDirectory = (*sessionDirectory)(nil)
@@ -100,17 +105,17 @@ func (d *sessionDirectory) others(ctx context.Context) ([]schema.NodeState, erro
 }
 
 // Claim implements mqtt.SessionDirectory.
-func (d *sessionDirectory) Claim(ctx context.Context, clientID string, cleanStart bool) error {
+func (d *sessionDirectory) Claim(ctx context.Context, clientID string, cleanStart bool) ([]byte, error) {
 	peers, err := d.others(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(peers) == 0 {
-		return nil // alone: every session is this node's
+		return nil, nil // alone: every session is this node's
 	}
 	kv := d.kv()
 	if kv == nil {
-		return errors.New("meta is not running")
+		return nil, errors.New("meta is not running")
 	}
 	key := MQTTSessionKey(clientID)
 	var prev uint64
@@ -121,12 +126,12 @@ func (d *sessionDirectory) Claim(ctx context.Context, clientID string, cleanStar
 			prev, rec.Version = 0, 0
 		case err != nil:
 			d.claims.WithLabelValues("failed").Inc()
-			return fmt.Errorf("reading the owner of the session: %w", err)
+			return nil, fmt.Errorf("reading the owner of the session: %w", err)
 		default:
 			prev = rec.Value.Node
 		}
 		if prev == d.self {
-			return nil
+			return nil, nil
 		}
 		_, err = schema.CAS(ctx, kv, key, rec.Version, mqttSessionOwner{ClientID: clientID, Node: d.self, ClaimedAt: time.Now().UTC()})
 		if errors.Is(err, meta.ErrVersionMismatch) {
@@ -134,7 +139,7 @@ func (d *sessionDirectory) Claim(ctx context.Context, clientID string, cleanStar
 		}
 		if err != nil {
 			d.claims.WithLabelValues("failed").Inc()
-			return fmt.Errorf("claiming the session: %w", err)
+			return nil, fmt.Errorf("claiming the session: %w", err)
 		}
 		break
 	}
@@ -148,17 +153,18 @@ func (d *sessionDirectory) Claim(ctx context.Context, clientID string, cleanStar
 	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
 	defer cancel()
 	type answer struct {
-		released bool
-		err      error
+		peer uint64
+		resp *mqttclusterv1.ReleaseResponse
+		err  error
 	}
 	answers := make(chan answer, len(targets))
 	for _, p := range targets {
 		go func() {
-			released, err := d.release(ctx, peerAddr(p.Node), clientID, cleanStart)
+			resp, err := d.release(ctx, peerAddr(p.Node), clientID, cleanStart)
 			if err != nil {
 				err = fmt.Errorf("node %d: %w", p.Node.ID, err)
 			}
-			answers <- answer{released, err}
+			answers <- answer{p.Node.ID, resp, err}
 		}()
 	}
 	outcome := "absent"
@@ -166,6 +172,7 @@ func (d *sessionDirectory) Claim(ctx context.Context, clientID string, cleanStar
 		outcome = "unreachable" // down: it drops the session at its next start
 	}
 	var errs []error
+	var state []byte
 	for range targets {
 		a := <-answers
 		switch {
@@ -174,8 +181,12 @@ func (d *sessionDirectory) Claim(ctx context.Context, clientID string, cleanStar
 			if prev != 0 {
 				outcome = "unreachable"
 			}
-		case a.released:
+		case a.resp.Released:
 			outcome = "released"
+			if a.resp.State != nil {
+				state = a.resp.State // one node held the session
+				d.raiseSince(a.peer, a.resp)
+			}
 		}
 	}
 	d.claims.WithLabelValues(outcome).Inc()
@@ -184,21 +195,36 @@ func (d *sessionDirectory) Claim(ctx context.Context, clientID string, cleanStar
 	} else {
 		d.log.Debug("mqtt session claimed", "client_id", clientID, "from", prev, "outcome", outcome)
 	}
-	return nil
+	return state, nil
 }
 
 // release asks the node at addr to release clientID's session.
-func (d *sessionDirectory) release(ctx context.Context, addr, clientID string, cleanStart bool) (bool, error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func (d *sessionDirectory) release(ctx context.Context, addr, clientID string, cleanStart bool) (*mqttclusterv1.ReleaseResponse, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	defer cc.Close()
-	resp, err := mqttclusterv1.NewForwarderClient(cc).Release(ctx, &mqttclusterv1.ReleaseRequest{NodeId: d.self, ClientId: clientID, CleanStart: cleanStart})
-	if err != nil {
-		return false, err
+	return mqttclusterv1.NewForwarderClient(cc).Release(ctx, &mqttclusterv1.ReleaseRequest{NodeId: d.self, ClientId: clientID, CleanStart: cleanStart})
+}
+
+// raiseSince has the next filter change sent to each node carry a Since
+// no lower than what the session handed over by peer had been handed of
+// that node's messages (resp's frontiers for peer, its cursors for the
+// others): the read again for the session's filters, new here, must not
+// bring those twice.
+func (d *sessionDirectory) raiseSince(peer uint64, resp *mqttclusterv1.ReleaseResponse) {
+	c := d.cluster.Load()
+	if c == nil {
+		return
 	}
-	return resp.Released, nil
+	c.raiseSince(peer, resp.Frontiers)
+	for _, pc := range resp.Cursors {
+		if pc.NodeId != d.self {
+			c.raiseSince(pc.NodeId, pc.Cursors)
+		}
+	}
 }
 
 // Foreign implements mqtt.SessionDirectory: it reads every owner record
@@ -232,12 +258,21 @@ func (d *sessionDirectory) Foreign(ctx context.Context, clientIDs []string) ([]s
 // Release implements the Forwarder service's Release: another node took
 // the session over.
 func (c *mqttCluster) Release(ctx context.Context, r *mqttclusterv1.ReleaseRequest) (*mqttclusterv1.ReleaseResponse, error) {
-	released, err := c.srv.ReleaseSession(ctx, r.ClientId, r.CleanStart)
+	// Taken before the state: what lies below was handed to the session.
+	frontiers, cursors := c.src.Frontiers(), c.cursorSnapshot()
+	state, released, err := c.srv.ReleaseSession(ctx, r.ClientId, r.CleanStart, c.self)
 	if err != nil {
 		return nil, err
 	}
+	resp := &mqttclusterv1.ReleaseResponse{Released: released, State: state}
 	if released {
-		c.log.Info("mqtt session released to another node", "client_id", r.ClientId, "node", r.NodeId)
+		c.log.Info("mqtt session released to another node", "client_id", r.ClientId, "node", r.NodeId, "state_bytes", len(state))
 	}
-	return &mqttclusterv1.ReleaseResponse{Released: released}, nil
+	if state != nil {
+		resp.Frontiers = frontiers
+		for peer, cs := range cursors {
+			resp.Cursors = append(resp.Cursors, &mqttclusterv1.PeerCursors{NodeId: peer, Cursors: cs})
+		}
+	}
+	return resp, nil
 }

@@ -107,10 +107,11 @@ func (c *v5conn) takenOver(t *testing.T, what string) {
 }
 
 // TestNodeMQTTSessionTakeover: a client id connected to node 1 connects
-// again to node 2: node 1 sends DISCONNECT 0x8E (MQTT 5.0 §3.1.4) and ends
-// its copy of the session (it queues nothing more for it), meta records
-// node 2 as the owner, and what is published afterwards reaches the client
-// on node 2 once.
+// again to node 2 (Clean Start 0): node 1 sends DISCONNECT 0x8E (MQTT 5.0
+// §3.1.4) and ends its copy of the session (it queues nothing more for
+// it), meta records node 2 as the owner, the session goes on there
+// (Session Present 1, its subscription with it), and what is published
+// afterwards reaches the client on node 2 once.
 func TestNodeMQTTSessionTakeover(t *testing.T) {
 	_, nodes := startCluster(t, twoNodeConfigs)
 	before := mqttSessions(t, nodes[0])
@@ -125,8 +126,8 @@ func TestNodeMQTTSessionTakeover(t *testing.T) {
 
 	second := connectV5(t, nodes[1], "mover")
 	first.takenOver(t, "the first connection")
-	if second.ack.SessionPresent {
-		t.Error("Session Present 1 on node 2, which has no state of the session")
+	if !second.ack.SessionPresent {
+		t.Error("Session Present 0 on node 2: the session's state did not follow")
 	}
 	if got := sessionOwner(t, nodes[1], "mover"); got != 2 {
 		t.Fatalf("owner of the session in meta = %d, want 2", got)
@@ -136,39 +137,12 @@ func TestNodeMQTTSessionTakeover(t *testing.T) {
 		t.Fatalf("node 1 holds %d sessions after the takeover, want %d", got, before)
 	}
 
-	second.subscribe(t, "take/#")
+	// The subscription followed the session: once node 2's route reached
+	// node 1, node 1's messages reach the client on node 2.
 	pub := mqttClient(t, nodes[0], "mover-pub", true, nil)
-	// Wait for node 2's route to reach node 1.
-	for i := 0; ; i++ {
-		publish(t, pub, "take/probe", i, i+1)
-		select {
-		case <-second.msgs:
-		case <-time.After(200 * time.Millisecond):
-			if i > 100 {
-				t.Fatal("no probe reached the client on node 2")
-			}
-			continue
-		}
-		break
-	}
-	drain(second.msgs, 300*time.Millisecond)
-	const n = 20
-	publish(t, pub, "take/x", 0, n)
-	for i := range n {
-		select {
-		case m := <-second.msgs:
-			if m.Topic != "take/x" || string(m.Payload) != strconv.Itoa(i) {
-				t.Fatalf("message %d: %s %q", i, m.Topic, m.Payload)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("message %d did not reach the client on node 2", i)
-		}
-	}
-	select {
-	case m := <-second.msgs:
-		t.Fatalf("a message more: %s %q", m.Topic, m.Payload)
-	case <-time.After(300 * time.Millisecond):
-	}
+	second.routed(t, pub, "take/probe")
+	publish(t, pub, "take/x", 0, 20)
+	second.expect(t, "take/x", 20)
 	select {
 	case m := <-first.msgs:
 		if m.Topic == "take/x" {
@@ -180,11 +154,51 @@ func TestNodeMQTTSessionTakeover(t *testing.T) {
 	// And back: node 2 releases it to node 1.
 	third := connectV5(t, nodes[0], "mover")
 	second.takenOver(t, "the connection on node 2")
-	if third.ack.SessionPresent {
-		t.Error("Session Present 1 on node 1, whose copy ended")
+	if !third.ack.SessionPresent {
+		t.Error("Session Present 0 on node 1: the session's state did not follow back")
 	}
 	if got := sessionOwner(t, nodes[0], "mover"); got != 1 {
 		t.Fatalf("owner of the session in meta = %d, want 1", got)
+	}
+}
+
+// routed waits until a probe published through pub on probeTopic reaches
+// c (its route reached pub's node), then drains c.
+func (c *v5conn) routed(t *testing.T, pub paho3.Client, probeTopic string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		publish(t, pub, probeTopic, i, i+1)
+		select {
+		case <-c.msgs:
+		case <-time.After(200 * time.Millisecond):
+			if i > 100 {
+				t.Fatalf("no probe on %s reached the client", probeTopic)
+			}
+			continue
+		}
+		break
+	}
+	drain(c.msgs, 300*time.Millisecond)
+}
+
+// expect checks that c gets the QoS 1 messages "0".."n-1" on topic, in
+// order, and nothing more.
+func (c *v5conn) expect(t *testing.T, topic string, n int) {
+	t.Helper()
+	for i := range n {
+		select {
+		case m := <-c.msgs:
+			if m.Topic != topic || string(m.Payload) != strconv.Itoa(i) || m.QoS != 1 {
+				t.Fatalf("message %d: %s %q QoS %d, want %s %q QoS 1", i, m.Topic, m.Payload, m.QoS, topic, strconv.Itoa(i))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d on %s did not come", i, topic)
+		}
+	}
+	select {
+	case m := <-c.msgs:
+		t.Fatalf("a message more: %s %q", m.Topic, m.Payload)
+	case <-time.After(300 * time.Millisecond):
 	}
 }
 
@@ -249,4 +263,35 @@ func TestNodeMQTTSessionTakeoverOwnerDown(t *testing.T) {
 	if got := mqttSessions(t, n1); got != 1 { // the publisher's
 		t.Fatalf("node 1 holds %d sessions, want 1 (the publisher's)", got)
 	}
+}
+
+// TestNodeMQTTSessionHandover: the QoS 1 messages queued on node 1 for an
+// offline session are delivered, once each and in order, when the client
+// comes back through node 2 (Session Present 1), and its subscription
+// follows: node 1 queues nothing more, node 2 gets the later messages.
+func TestNodeMQTTSessionHandover(t *testing.T) {
+	_, nodes := startCluster(t, twoNodeConfigs)
+	pub := mqttClient(t, nodes[0], "owed-pub", true, nil)
+	conns := gaugeValue(t, nodes[0], "quire_mqtt_connections")
+	first := connectV5(t, nodes[0], "owed")
+	first.subscribe(t, "owed/#")
+	if err := first.Disconnect(&paho.Disconnect{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node 1 sees the client go", func() bool { return gaugeValue(t, nodes[0], "quire_mqtt_connections") == conns })
+	const n = 10
+	publish(t, pub, "owed/x", 0, n) // queued for the offline session on node 1
+
+	second := connectV5(t, nodes[1], "owed")
+	if !second.ack.SessionPresent {
+		t.Fatal("Session Present 0 on node 2: the session's state did not follow")
+	}
+	second.expect(t, "owed/x", n)
+	if got := mqttSessions(t, nodes[0]); got != 1 { // the publisher's
+		t.Fatalf("node 1 holds %d sessions after the handover, want 1 (the publisher's)", got)
+	}
+	// Later messages come through node 2's route, once each.
+	second.routed(t, pub, "owed/probe")
+	publish(t, pub, "owed/y", 0, n)
+	second.expect(t, "owed/y", n)
 }

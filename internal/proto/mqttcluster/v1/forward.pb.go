@@ -35,8 +35,9 @@ type ReleaseRequest struct {
 	NodeId   uint64 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	ClientId string `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	// The new connection's Clean Start: without it the session goes on
-	// there, and a delayed will pending here is dropped (as a local takeover
-	// drops it); with it the session ends and the will is published.
+	// there (its state is returned), and a delayed will pending here is
+	// dropped (as a local takeover drops it); with it the session ends and
+	// the will is published.
 	CleanStart    bool `protobuf:"varint,3,opt,name=clean_start,json=cleanStart,proto3" json:"clean_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -96,7 +97,21 @@ func (x *ReleaseRequest) GetCleanStart() bool {
 type ReleaseResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The server held the session (and ended it).
-	Released      bool `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	Released bool `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	// Without clean_start, the session's state as the server held it, for
+	// the caller to go on with (frontends/mqtt.Server.ReleaseSession's
+	// encoding: subscriptions, expiry, every QoS 1/2 message still owed by
+	// value, inbound QoS 2 ids awaiting PUBREL).
+	State []byte `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// With state: what the session was handed of the server's messages.
+	// Below frontiers (the server's shards), every message published on the
+	// server was queued for the session if it matched, so it is in state or
+	// was acknowledged; below cursors (the server's cursors on its peers'
+	// shards), every message forwarded to the server was. The caller's next
+	// request to a node that adds a filter carries a Since no lower than
+	// these, so that the read again does not bring those messages twice.
+	Frontiers     map[string]uint64 `protobuf:"bytes,3,rep,name=frontiers,proto3" json:"frontiers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Cursors       []*PeerCursors    `protobuf:"bytes,4,rep,name=cursors,proto3" json:"cursors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -138,6 +153,79 @@ func (x *ReleaseResponse) GetReleased() bool {
 	return false
 }
 
+func (x *ReleaseResponse) GetState() []byte {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *ReleaseResponse) GetFrontiers() map[string]uint64 {
+	if x != nil {
+		return x.Frontiers
+	}
+	return nil
+}
+
+func (x *ReleaseResponse) GetCursors() []*PeerCursors {
+	if x != nil {
+		return x.Cursors
+	}
+	return nil
+}
+
+type PeerCursors struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Cursors       map[string]uint64      `protobuf:"bytes,2,rep,name=cursors,proto3" json:"cursors,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerCursors) Reset() {
+	*x = PeerCursors{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerCursors) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerCursors) ProtoMessage() {}
+
+func (x *PeerCursors) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerCursors.ProtoReflect.Descriptor instead.
+func (*PeerCursors) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PeerCursors) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *PeerCursors) GetCursors() map[string]uint64 {
+	if x != nil {
+		return x.Cursors
+	}
+	return nil
+}
+
 type PullRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The puller's node id (first request).
@@ -164,7 +252,7 @@ type PullRequest struct {
 
 func (x *PullRequest) Reset() {
 	*x = PullRequest{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -176,7 +264,7 @@ func (x *PullRequest) String() string {
 func (*PullRequest) ProtoMessage() {}
 
 func (x *PullRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -189,7 +277,7 @@ func (x *PullRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullRequest.ProtoReflect.Descriptor instead.
 func (*PullRequest) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{2}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PullRequest) GetNodeId() uint64 {
@@ -265,7 +353,7 @@ type PullResponse struct {
 
 func (x *PullResponse) Reset() {
 	*x = PullResponse{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -277,7 +365,7 @@ func (x *PullResponse) String() string {
 func (*PullResponse) ProtoMessage() {}
 
 func (x *PullResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -290,7 +378,7 @@ func (x *PullResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullResponse.ProtoReflect.Descriptor instead.
 func (*PullResponse) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{3}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PullResponse) GetNodeId() uint64 {
@@ -370,7 +458,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[4]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +470,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[4]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +483,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{4}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Record) GetOffset() uint64 {
@@ -443,7 +531,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[5]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +543,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[5]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +556,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{5}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Header) GetKey() string {
@@ -494,9 +582,21 @@ const file_mqttcluster_v1_forward_proto_rawDesc = "" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x1f\n" +
 	"\vclean_start\x18\x03 \x01(\bR\n" +
-	"cleanStart\"-\n" +
+	"cleanStart\"\x86\x02\n" +
 	"\x0fReleaseResponse\x12\x1a\n" +
-	"\breleased\x18\x01 \x01(\bR\breleased\"\xce\x02\n" +
+	"\breleased\x18\x01 \x01(\bR\breleased\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\fR\x05state\x12L\n" +
+	"\tfrontiers\x18\x03 \x03(\v2..mqttcluster.v1.ReleaseResponse.FrontiersEntryR\tfrontiers\x125\n" +
+	"\acursors\x18\x04 \x03(\v2\x1b.mqttcluster.v1.PeerCursorsR\acursors\x1a<\n" +
+	"\x0eFrontiersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xa6\x01\n" +
+	"\vPeerCursors\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12B\n" +
+	"\acursors\x18\x02 \x03(\v2(.mqttcluster.v1.PeerCursors.CursorsEntryR\acursors\x1a:\n" +
+	"\fCursorsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xce\x02\n" +
 	"\vPullRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12B\n" +
 	"\acursors\x18\x02 \x03(\v2(.mqttcluster.v1.PullRequest.CursorsEntryR\acursors\x12\x14\n" +
@@ -549,34 +649,40 @@ func file_mqttcluster_v1_forward_proto_rawDescGZIP() []byte {
 	return file_mqttcluster_v1_forward_proto_rawDescData
 }
 
-var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_mqttcluster_v1_forward_proto_goTypes = []any{
 	(*ReleaseRequest)(nil),  // 0: mqttcluster.v1.ReleaseRequest
 	(*ReleaseResponse)(nil), // 1: mqttcluster.v1.ReleaseResponse
-	(*PullRequest)(nil),     // 2: mqttcluster.v1.PullRequest
-	(*PullResponse)(nil),    // 3: mqttcluster.v1.PullResponse
-	(*Record)(nil),          // 4: mqttcluster.v1.Record
-	(*Header)(nil),          // 5: mqttcluster.v1.Header
-	nil,                     // 6: mqttcluster.v1.PullRequest.CursorsEntry
-	nil,                     // 7: mqttcluster.v1.PullRequest.SinceEntry
-	nil,                     // 8: mqttcluster.v1.PullResponse.StartEntry
+	(*PeerCursors)(nil),     // 2: mqttcluster.v1.PeerCursors
+	(*PullRequest)(nil),     // 3: mqttcluster.v1.PullRequest
+	(*PullResponse)(nil),    // 4: mqttcluster.v1.PullResponse
+	(*Record)(nil),          // 5: mqttcluster.v1.Record
+	(*Header)(nil),          // 6: mqttcluster.v1.Header
+	nil,                     // 7: mqttcluster.v1.ReleaseResponse.FrontiersEntry
+	nil,                     // 8: mqttcluster.v1.PeerCursors.CursorsEntry
+	nil,                     // 9: mqttcluster.v1.PullRequest.CursorsEntry
+	nil,                     // 10: mqttcluster.v1.PullRequest.SinceEntry
+	nil,                     // 11: mqttcluster.v1.PullResponse.StartEntry
 }
 var file_mqttcluster_v1_forward_proto_depIdxs = []int32{
-	6, // 0: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
-	7, // 1: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
-	4, // 2: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
-	8, // 3: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
-	4, // 4: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
-	5, // 5: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
-	2, // 6: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
-	0, // 7: mqttcluster.v1.Forwarder.Release:input_type -> mqttcluster.v1.ReleaseRequest
-	3, // 8: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
-	1, // 9: mqttcluster.v1.Forwarder.Release:output_type -> mqttcluster.v1.ReleaseResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7,  // 0: mqttcluster.v1.ReleaseResponse.frontiers:type_name -> mqttcluster.v1.ReleaseResponse.FrontiersEntry
+	2,  // 1: mqttcluster.v1.ReleaseResponse.cursors:type_name -> mqttcluster.v1.PeerCursors
+	8,  // 2: mqttcluster.v1.PeerCursors.cursors:type_name -> mqttcluster.v1.PeerCursors.CursorsEntry
+	9,  // 3: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
+	10, // 4: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
+	5,  // 5: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
+	11, // 6: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
+	5,  // 7: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
+	6,  // 8: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
+	3,  // 9: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
+	0,  // 10: mqttcluster.v1.Forwarder.Release:input_type -> mqttcluster.v1.ReleaseRequest
+	4,  // 11: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
+	1,  // 12: mqttcluster.v1.Forwarder.Release:output_type -> mqttcluster.v1.ReleaseResponse
+	11, // [11:13] is the sub-list for method output_type
+	9,  // [9:11] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_mqttcluster_v1_forward_proto_init() }
@@ -590,7 +696,7 @@ func file_mqttcluster_v1_forward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mqttcluster_v1_forward_proto_rawDesc), len(file_mqttcluster_v1_forward_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
