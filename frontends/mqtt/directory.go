@@ -47,8 +47,8 @@ type SessionDirectory interface {
 	Foreign(ctx context.Context, clientIDs []string) ([]string, error)
 }
 
-// claimTimeout bounds a claim when the CONNECT's own deadline is later.
-const claimTimeout = 5 * time.Second
+// foreignTimeout bounds SessionDirectory.Foreign at Start.
+const foreignTimeout = 5 * time.Second
 
 // claim runs Options.Sessions.Claim for a CONNECT (attach) and returns
 // the state handed over, nil if none.
@@ -57,8 +57,8 @@ func (s *Server) claim(ctx context.Context, clientID string, cleanStart bool) []
 	if d == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, claimTimeout)
-	defer cancel()
+	// ctx is the CONNECT's (Options.ConnectTimeout): no timer of its own,
+	// which a node alone in its cluster would make for nothing.
 	state, err := d.Claim(ctx, clientID, cleanStart)
 	if err != nil {
 		s.log.Warn("mqtt session claim failed; the connection goes on", "client_id", clientID, "err", err)
@@ -230,7 +230,7 @@ func (s *Server) dropForeign(ctx context.Context) {
 	if len(ids) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, claimTimeout)
+	ctx, cancel := context.WithTimeout(ctx, foreignTimeout)
 	defer cancel()
 	foreign, err := d.Foreign(ctx, ids)
 	if err != nil {
