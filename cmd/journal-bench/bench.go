@@ -29,9 +29,11 @@ type result struct {
 	Inflight    int     `json:"inflight"`
 	Ledgers     int     `json:"ledgers"`
 	Rate        float64 `json:"rate,omitempty"` // --rate: appends/s asked for
-	DurationS   float64 `json:"duration_s"`     // of the write phase, to the last acknowledgement
+	WarmupS     float64 `json:"warmup_s"`       // --warmup: appends issued before it are left out of every figure
+	DurationS   float64 `json:"duration_s"`     // of the measured write phase, to the last acknowledgement
 
-	Entries       int64   `json:"entries"` // acknowledged appends
+	Entries       int64   `json:"entries"`        // acknowledged appends (measured)
+	WarmupEntries int64   `json:"warmup_entries"` // acknowledged appends of the warm-up (read back in read modes)
 	EntriesPerSec float64 `json:"entries_per_sec"`
 	MBPerSec      float64 `json:"mb_per_sec"` // acknowledged payload, 1e6 bytes
 	P50Ms         float64 `json:"p50_ms"`     // add latency: AppendAsync to acknowledgement
@@ -120,14 +122,21 @@ type addStats struct {
 	lag       histogram // --rate: AppendAsync returned minus scheduled time
 	interval  histogram
 	entries   int64
+	warm      int64 // acknowledged warm-up appends
 	ivEntries int64
 }
 
-func (s *addStats) record(d time.Duration) {
+// record adds one acknowledged append that took d to the current second
+// and, if measured (issued after the warm-up), to the totals.
+func (s *addStats) record(d time.Duration, measured bool) {
 	s.mu.Lock()
-	s.total.Record(d)
+	if measured {
+		s.total.Record(d)
+		s.entries++
+	} else {
+		s.warm++
+	}
 	s.interval.Record(d)
-	s.entries++
 	s.ivEntries++
 	s.mu.Unlock()
 }
@@ -183,10 +192,6 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 		}
 	}
 	fill := filler(c.entrySize)
-	syncsBefore, err := cl.syncStats(ctx)
-	if err != nil {
-		return nil, err
-	}
 
 	// Tail mode: one reader per ledger follows it from entry 0.
 	rs := &readStats{recordAt: c.mode == "tail"}
@@ -210,8 +215,9 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 	stopProgress := progress(c, out, &st, rs, progressDone)
 	acked := make([]uint64, c.writers)
 	errs := make([]error, c.writers)
-	start, cpu, heap := time.Now(), processCPU(), readHeapStats()
-	deadline := start.Add(c.duration)
+	start := time.Now()
+	from := start.Add(c.warmup) // the measured phase: appends issued from here on
+	deadline := from.Add(c.duration)
 	var wg sync.WaitGroup
 	for w := range c.writers {
 		wg.Go(func() {
@@ -219,12 +225,15 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 			if c.rate > 0 {
 				interval = time.Duration(float64(time.Second) * float64(c.writers) / c.rate)
 			}
-			acked[w], errs[w] = write(ctx, lws[w%c.ledgers], uint32(w), uint32(w%c.ledgers), c.entrySize, c.inflight, fill, start, interval, deadline, &st)
+			acked[w], errs[w] = write(ctx, lws[w%c.ledgers], uint32(w), uint32(w%c.ledgers), c.entrySize, c.inflight, fill, start, from, interval, deadline, &st)
 		})
 	}
+	time.Sleep(time.Until(from))
+	cpu, heap := processCPU(), readHeapStats()
+	syncsBefore, syncErr := cl.syncStats(ctx)
 	wg.Wait()
-	elapsed, writeCPU, heapAfter := time.Since(start), processCPU()-cpu, readHeapStats()
-	if err := errors.Join(errs...); err != nil {
+	elapsed, writeCPU, heapAfter := time.Since(from), processCPU()-cpu, readHeapStats()
+	if err := errors.Join(append(errs, syncErr)...); err != nil {
 		stopProgress()
 		return nil, err
 	}
@@ -242,8 +251,8 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 			return nil, fmt.Errorf("close ledger %d: %w", lw.ID(), err)
 		}
 	}
-	res.DurationS = elapsed.Seconds()
-	res.Entries = st.entries
+	res.WarmupS, res.DurationS = c.warmup.Seconds(), elapsed.Seconds()
+	res.Entries, res.WarmupEntries = st.entries, st.warm
 	res.EntriesPerSec = float64(st.entries) / elapsed.Seconds()
 	res.MBPerSec = float64(st.entries) * float64(c.entrySize) / elapsed.Seconds() / 1e6
 	res.P50Ms, res.P99Ms, res.P999Ms = ms(st.total.Quantile(0.5)), ms(st.total.Quantile(0.99)), ms(st.total.Quantile(0.999))
@@ -383,7 +392,10 @@ func processCPU() time.Duration {
 // flight, and returns how many were acknowledged. With interval > 0 the
 // appends are paced: append i is due at start + i·interval, and its
 // latency counts from then.
-func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, size, inflight int, fill []byte, start time.Time, interval time.Duration, deadline time.Time, st *addStats) (uint64, error) {
+// write appends until deadline, from start (at interval under --rate);
+// appends issued before from are warm-up: acknowledged and counted in
+// acked (they are read back), left out of st's totals.
+func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, size, inflight int, fill []byte, start, from time.Time, interval time.Duration, deadline time.Time, st *addStats) (uint64, error) {
 	type sent struct {
 		f  *client.Future
 		at time.Time
@@ -400,7 +412,7 @@ func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, 
 				}
 				continue
 			}
-			st.record(time.Since(s.at))
+			st.record(time.Since(s.at), !s.at.Before(from))
 			acked++
 		}
 		errc <- first
@@ -423,7 +435,7 @@ func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, 
 			err = fmt.Errorf("writer %d: append: %w", writer, err)
 			break
 		}
-		if interval > 0 {
+		if interval > 0 && !at.Before(from) {
 			st.recordLag(time.Since(at))
 		}
 		pending <- sent{f, at}

@@ -49,7 +49,8 @@ example 'quire bookie' processes). In both cases ledger metadata lives in
 the in-process meta: the bookies need no meta of their own, so no
 --meta-addrs is needed. W writers (--writers) append --entry-size entries to
 --ledgers ledgers (writer w appends to ledger w mod L) with up to --inflight
-appends each in flight, for --duration.
+appends each in flight, for --warmup (1s; left out of every figure) and
+then the measured --duration.
 
 Flags:
 `
@@ -69,6 +70,7 @@ acknowledged, each writer's entries in the order it appended them.
 Output: a progress line every second, then a summary. With --json the last
 line is one JSON object: entries_per_sec, mb_per_sec, p50_ms, p99_ms,
 p999_ms, ensemble, write_quorum, ack_quorum, entry_size, duration_s,
+warmup_s,
 bytes_per_sync, disk_ceiling_mb_per_sec and disk_efficiency (null without
 --raw-disk), cpu_us_per_entry (this process's CPU, in-process bookies
 included, per append: steadier than rates on a shared machine),
@@ -108,6 +110,7 @@ type config struct {
 	inflight      int
 	ledgers       int
 	duration      time.Duration
+	warmup        time.Duration
 	dataDir       string
 	json          bool
 	rawDisk       bool
@@ -142,7 +145,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*config, int) {
 	fs.IntVar(&c.writers, "writers", 4, "`W` concurrent writers")
 	fs.IntVar(&c.inflight, "inflight", 256, "appends `N` each writer keeps in flight")
 	fs.IntVar(&c.ledgers, "ledgers", 4, "`L` ledgers written at once (writer w appends to ledger w mod L; at most --writers)")
-	fs.DurationVar(&c.duration, "duration", 10*time.Second, "how long the writers append (`DURATION`, e.g. 10s)")
+	fs.DurationVar(&c.duration, "duration", 10*time.Second, "how long the writers append (`DURATION`, e.g. 10s), after --warmup")
+	fs.DurationVar(&c.warmup, "warmup", time.Second, "how long the writers append before the measured --duration (`DURATION`; 0: none); the warm-up's appends are read back in catchup mode but left out of every figure (connections, first journal syncs and rolls, the Go heap growing)")
 	fs.StringVar(&c.dataDir, "data-dir", "", "`DIR` under which the run's directory is made (bookies, meta, the raw-disk file) and removed after; default the system temp dir")
 	fs.BoolVar(&c.json, "json", false, "print the summary as one JSON object on the last line")
 	fs.BoolVar(&c.rawDisk, "raw-disk", false, "measure the data directory's write+fdatasync ceiling at the bookies' bytes per sync; report disk_efficiency")
@@ -219,6 +223,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("--ledgers %d is more than --writers %d (a ledger without a writer)", c.ledgers, c.writers)
 	case c.duration <= 0:
 		return fmt.Errorf("--duration %v: must be positive", c.duration)
+	case c.warmup < 0:
+		return fmt.Errorf("--warmup %v: must not be negative", c.warmup)
 	case c.rate < 0:
 		return fmt.Errorf("--rate %v: must not be negative", c.rate)
 	case c.readProfile != "" && (c.mode != "catchup" || c.cpuProfile != ""):

@@ -95,8 +95,8 @@ func TestCatchUp(t *testing.T) {
 	if res["disk_ceiling_mb_per_sec"] != nil || res["disk_efficiency"] != nil {
 		t.Errorf("disk fields without --raw-disk: %v, %v", res["disk_ceiling_mb_per_sec"], res["disk_efficiency"])
 	}
-	if num(t, res, "read_entries") != num(t, res, "entries") || res["read_matches_writes"] != true {
-		t.Errorf("read %v entries (matches: %v), %v acknowledged", res["read_entries"], res["read_matches_writes"], res["entries"])
+	if num(t, res, "read_entries") != num(t, res, "entries")+num(t, res, "warmup_entries") || res["read_matches_writes"] != true {
+		t.Errorf("read %v entries (matches: %v), %v + %v (warm-up) acknowledged", res["read_entries"], res["read_matches_writes"], res["entries"], res["warmup_entries"])
 	}
 	if num(t, res, "read_mb_per_sec") <= 0 {
 		t.Errorf("read_mb_per_sec %v", res["read_mb_per_sec"])
@@ -137,12 +137,33 @@ func TestRate(t *testing.T) {
 	}
 }
 
+// --warmup: the appends issued before it are acknowledged and read back
+// (catchup mode), but left out of the figures: at --rate 400, a 1s warm-up
+// and 1s measured, about 400 appends counted and about 800 read.
+func TestWarmup(t *testing.T) {
+	res, _ := runJSON(t, "--mode", "catchup", "--warmup", "1s", "--duration", "1s", "--rate", "400", "--writers", "2", "--ledgers", "1",
+		"--ensemble", "1", "--write-quorum", "1", "--ack-quorum", "1", "--bookies", "1")
+	if w := num(t, res, "warmup_s"); w != 1 {
+		t.Errorf("warmup_s %v, want 1", w)
+	}
+	n, read := num(t, res, "entries"), num(t, res, "read_entries")
+	if n < 300 || n > 400 {
+		t.Errorf("%v appends counted at --rate 400 for 1s after the warm-up, want about 400 and never more", n)
+	}
+	if w := num(t, res, "warmup_entries"); w < 300 || w > 400 || read != n+w {
+		t.Errorf("%v entries read back, %v counted, %v in the warm-up: want the warm-up's ~400 on top", read, n, w)
+	}
+	if d := num(t, res, "duration_s"); d < 0.9 || d > 1.9 {
+		t.Errorf("duration_s %v: want the measured second, not the warm-up", d)
+	}
+}
+
 // Tail mode reads while writing and ends with every acknowledged entry read.
 func TestTail(t *testing.T) {
 	res, _ := runJSON(t, "--mode", "tail", "--duration", "1s", "--writers", "2", "--ledgers", "1", "--inflight", "16", "--ensemble", "2", "--write-quorum", "2", "--bookies", "2")
 	checkWrite(t, res, 2, 2, 2, 1024)
-	if num(t, res, "read_entries") != num(t, res, "entries") || res["read_matches_writes"] != true {
-		t.Errorf("read %v entries, %v acknowledged", res["read_entries"], res["entries"])
+	if num(t, res, "read_entries") != num(t, res, "entries")+num(t, res, "warmup_entries") || res["read_matches_writes"] != true {
+		t.Errorf("read %v entries, %v + %v (warm-up) acknowledged", res["read_entries"], res["entries"], res["warmup_entries"])
 	}
 	if p50, p99 := num(t, res, "tail_p50_ms"), num(t, res, "tail_p99_ms"); !(0 < p50 && p50 <= p99) {
 		t.Errorf("tail latency p50 %v p99 %v", p50, p99)
@@ -155,7 +176,7 @@ func TestUsage(t *testing.T) {
 		t.Fatalf("--help: exit %d", code)
 	}
 	for _, f := range []string{"--bookies", "--bookie-addrs", "--bookie-metrics", "--ensemble", "--write-quorum", "--ack-quorum",
-		"--entry-size", "--writers", "--inflight", "--ledgers", "--duration", "--data-dir", "--json", "--raw-disk", "--mode",
+		"--entry-size", "--writers", "--inflight", "--ledgers", "--duration", "--warmup", "--data-dir", "--json", "--raw-disk", "--mode",
 		"catchup", "tail", "disk_efficiency", "Examples:"} {
 		if !strings.Contains(out.String(), strings.TrimPrefix(f, "-")) {
 			t.Errorf("--help does not mention %s", f)
@@ -173,6 +194,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"--bookie-addrs", "a:1,b:2,c:3", "--raw-disk"}, "needs --bookie-metrics"},
 		{[]string{"--duration", "0s"}, "must be positive"},
 		{[]string{"--rate", "-1"}, "must not be negative"},
+		{[]string{"--warmup", "-1s"}, "--warmup -1s: must not be negative"},
 		{[]string{"extra"}, "unexpected argument"},
 		{[]string{"--nope"}, "flag provided but not defined"},
 	} {
