@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -174,12 +177,33 @@ func startBookies(t testing.TB, n int) []*bookieProc {
 	return bs
 }
 
+// freeAddr returns a loopback address whose port is free now and lies
+// below the kernel's ephemeral port range: a bookie restarts on its own
+// address (the address is its id in ledger metadata), and a port from that
+// range can meanwhile become the local port of any process's outgoing
+// connection (a restart once failed with "address already in use" that
+// way); below it, only a listener that asks for the port can take it.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	p := startProxy(t, "")
-	a := p.addr()
-	p.close()
-	return a
+	low := 32768 // Linux's default ip_local_port_range starts here
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 12000 {
+				low = n
+			}
+		}
+	}
+	for range 100 {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(low-10000)))
+		if err != nil {
+			continue // taken
+		}
+		a := l.Addr().String()
+		l.Close()
+		return a
+	}
+	t.Fatalf("no free port in [10000, %d) after 100 tries", low)
+	return ""
 }
 
 func (b *bookieProc) start(bin string) error {
@@ -235,11 +259,20 @@ func (b *bookieProc) kill9() {
 	p.kill()
 }
 
+// restart starts the bookie again on its address; if something else holds
+// the address for a moment ("address already in use"), it tries again for
+// up to two seconds.
 func (b *bookieProc) restart() error {
-	if err := b.start(quireBinary(b.t)); err != nil {
-		return err
+	for attempt := 0; ; attempt++ {
+		err := b.start(quireBinary(b.t))
+		if err == nil {
+			err = b.waitServing()
+		}
+		if err == nil || attempt == 9 || !strings.Contains(err.Error(), "address already in use") {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	return b.waitServing()
 }
 
 // stop and cont send SIGSTOP and SIGCONT: a hung bookie, whose
