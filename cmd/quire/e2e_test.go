@@ -26,6 +26,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/quiremq/quire/internal/node/adminapi"
+	"github.com/quiremq/quire/internal/testaddr"
 	"github.com/quiremq/quire/journal/bookie"
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
 )
@@ -220,24 +221,9 @@ func mustCtl(t *testing.T, args ...string) string {
 	return out
 }
 
-// freeAddrs returns n loopback addresses with ports free right now.
-func freeAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	var addrs []string
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		addrs = append(addrs, l.Addr().String())
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return addrs
-}
+// freeAddrs returns n loopback addresses whose ports are free right now,
+// below the ephemeral range: nodes restart on them (testaddr.Loopback).
+func freeAddrs(t *testing.T, n int) []string { return testaddr.Loopback(t, n) }
 
 func writeConfig(t *testing.T, dir, name, content string) string {
 	t.Helper()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,28 +15,14 @@ import (
 	"github.com/quiremq/quire/internal/config"
 	"github.com/quiremq/quire/internal/node/adminapi"
 	"github.com/quiremq/quire/internal/node/topics"
+	"github.com/quiremq/quire/internal/testaddr"
 	"github.com/quiremq/quire/internal/vfs"
 	"github.com/quiremq/quire/journal/bookie"
 )
 
-// freeAddrs returns n loopback addresses whose ports are free right now.
-func freeAddrs(t testing.TB, n int) []string {
-	t.Helper()
-	var out []string
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().String())
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return out
-}
+// freeAddrs returns n loopback addresses whose ports are free right now,
+// below the ephemeral range: nodes restart on them (testaddr.Loopback).
+func freeAddrs(t testing.TB, n int) []string { return testaddr.Loopback(t, n) }
 
 // A node whose meta has no quorum does not become ready: Start waits for a
 // leader, /readyz answers 503 naming meta meanwhile, and Start fails with

@@ -4,12 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 
+	"github.com/quiremq/quire/internal/testaddr"
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
 )
 
@@ -177,34 +175,11 @@ func startBookies(t testing.TB, n int) []*bookieProc {
 	return bs
 }
 
-// freeAddr returns a loopback address whose port is free now and lies
-// below the kernel's ephemeral port range: a bookie restarts on its own
-// address (the address is its id in ledger metadata), and a port from that
-// range can meanwhile become the local port of any process's outgoing
-// connection (a restart once failed with "address already in use" that
-// way); below it, only a listener that asks for the port can take it.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	low := 32768 // Linux's default ip_local_port_range starts here
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil && n > 12000 {
-				low = n
-			}
-		}
-	}
-	for range 100 {
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 10000+rand.IntN(low-10000)))
-		if err != nil {
-			continue // taken
-		}
-		a := l.Addr().String()
-		l.Close()
-		return a
-	}
-	t.Fatalf("no free port in [10000, %d) after 100 tries", low)
-	return ""
-}
+// freeAddr returns a loopback address for a bookie: a bookie restarts on
+// its own address (the address is its id in ledger metadata), so its port
+// is one outgoing connections cannot take while it is down
+// (testaddr.Loopback).
+func freeAddr(t testing.TB) string { return testaddr.Loopback(t, 1)[0] }
 
 func (b *bookieProc) start(bin string) error {
 	cmd := exec.Command(bin, "bookie", "--data-dir", b.dataDir, "--addr", b.addr,
