@@ -26,7 +26,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/quiremq/quire/frontends/mqtt/packet"
 	"github.com/quiremq/quire/frontends/mqtt/store"
 	"github.com/quiremq/quire/frontends/pubsub"
 )
@@ -92,13 +91,8 @@ func (s *Server) ReleaseSession(ctx context.Context, clientID string, cleanStart
 		}
 		if oc := sess.owner(); oc != nil {
 			s.mu.Unlock()
-			s.m.takeovers.Inc()
-			s.log.Info("mqtt session taken over by another node", "client_id", clientID, "old_remote", oc.remote)
-			oc.kick(packet.SessionTakenOver)
-			select {
-			case <-oc.done:
-			case <-ctx.Done():
-				return nil, false, ctx.Err()
+			if err := s.takeOver(ctx, oc, "mqtt session taken over by another node", "client_id", clientID, "old_remote", oc.remote); err != nil {
+				return nil, false, err
 			}
 			continue
 		}

@@ -363,13 +363,8 @@ func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStar
 		if old != nil {
 			if oc := old.owner(); oc != nil && oc != c {
 				s.mu.Unlock()
-				s.m.takeovers.Inc()
-				s.log.Info("mqtt session taken over", "client_id", clientID, "old_remote", oc.remote, "new_remote", c.remote)
-				oc.kick(packet.SessionTakenOver)
-				select {
-				case <-oc.done:
-				case <-ctx.Done():
-					return nil, false, ctx.Err()
+				if err := s.takeOver(ctx, oc, "mqtt session taken over", "client_id", clientID, "old_remote", oc.remote, "new_remote", c.remote); err != nil {
+					return nil, false, err
 				}
 				continue
 			}
@@ -395,6 +390,21 @@ func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStar
 			}
 		}
 		return sess, present, nil
+	}
+}
+
+// takeOver closes oc, the connection of a session another connection or
+// node takes over (v5: DISCONNECT 0x8E, MQTT 5.0 §3.1.4), logging msg
+// with args, and waits until it is done or ctx ends.
+func (s *Server) takeOver(ctx context.Context, oc *conn, msg string, args ...any) error {
+	s.m.takeovers.Inc()
+	s.log.Info(msg, args...)
+	oc.kick(packet.SessionTakenOver)
+	select {
+	case <-oc.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
