@@ -372,22 +372,3 @@ func PeerCertificate(c net.Conn) *x509.Certificate {
 }
 
 var _ Conn = (*conn)(nil)
-
-// TCPConn returns the plain TCP connection under c (unwrapping through
-// NetConn methods), or nil when c is not one: TLS, WebSocket and QUIC
-// streams frame their bytes, so the socket under them is no place to write.
-func TCPConn(c net.Conn) *net.TCPConn {
-	for c != nil {
-		switch tc := c.(type) {
-		case *net.TCPConn:
-			return tc
-		case *tls.Conn:
-			return nil
-		case interface{ NetConn() net.Conn }:
-			c = tc.NetConn()
-		default:
-			return nil
-		}
-	}
-	return nil
-}

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -48,16 +47,6 @@ type conn struct {
 	remote    string
 	r         *packet.Reader
 
-	// sendMu is held from a take of the session's queue to the write of
-	// what it took (writeLoop, sendDirect): deliveries go out in the
-	// order they were taken.
-	sendMu        sync.Mutex
-	directOK      atomic.Bool        // writeLoop is past its resend: sendDirect may send
-	raw           syscall.RawConn    // the plain TCP socket, for sendDirect's non-blocking writes; nil: none
-	rawOut        prometheus.Counter // quire_mqtt_*_bytes_total of what sendDirect writes
-	direct        [1]*delivery       // sendDirect's take, under sendMu
-	directSent    atomic.Uint64      // deliveries sendDirect wrote
-	lastSend      atomic.Int64       // sinceStart of the last delivery written, by either sender
 	wmu           sync.Mutex
 	w             *packet.Writer
 	wdl           time.Time // the write deadline last armed by flushLocked; under wmu
@@ -102,11 +91,6 @@ func newConn(s *Server, nc listen.Conn) *conn {
 		c.bucket = newTokenBucket(s.opts.MaxPublishRate, s.opts.PublishBurst)
 	}
 	c.w = packet.NewWriter(cc, 0)
-	if tc := listen.TCPConn(nc); tc != nil {
-		if rc, err := tc.SyscallConn(); err == nil {
-			c.raw, c.rawOut = rc, cc.out
-		}
-	}
 	return c
 }
 
@@ -206,16 +190,11 @@ func (c *conn) flushLocked() error {
 	if c.w.Buffered() == 0 {
 		return nil
 	}
-	c.armWriteLocked()
-	return c.w.Flush()
-}
-
-// armWriteLocked moves the write deadline on before a write (rearm).
-func (c *conn) armWriteLocked() {
 	if t, ok := rearm(c.wdl, c.s.opts.WriteTimeout); ok {
 		c.wdl = t
 		c.nc.SetWriteDeadline(t)
 	}
+	return c.w.Flush()
 }
 
 // rearm returns the deadline to arm for timeout from now, and whether the
@@ -979,7 +958,6 @@ func (c *conn) writeLoop(present bool) {
 	defer c.s.wg.Done()
 	defer close(c.writerDone)
 	if present {
-		c.sendMu.Lock()
 		c.wmu.Lock()
 		var err error
 		for _, d := range c.sess.resend() {
@@ -996,13 +974,11 @@ func (c *conn) writeLoop(present bool) {
 			err = c.flushLocked()
 		}
 		c.wmu.Unlock()
-		c.sendMu.Unlock()
 		if err != nil {
 			c.close()
 			return
 		}
 	}
-	c.directOK.Store(c.raw != nil)
 	var batch []*delivery
 	for {
 		select {
@@ -1011,120 +987,36 @@ func (c *conn) writeLoop(present bool) {
 			return
 		}
 		for {
-			var more bool
-			batch, more = c.sendTaken(batch[:0])
-			if !more {
+			var expired int
+			batch, expired = c.sess.take(c, c.inflightMax, 256, time.Now(), batch[:0])
+			if expired > 0 {
+				c.s.m.dropped.WithLabelValues(dropExpired).Add(float64(expired))
+			}
+			if len(batch) == 0 {
 				break
+			}
+			if err := c.persistOutbound(batch); err != nil {
+				c.s.log.Warn("mqtt delivery stopped", "client_id", c.clientID, "err", err)
+				c.close()
+				return
+			}
+			c.wmu.Lock()
+			var err error
+			for _, d := range batch {
+				if err = c.writePublishLocked(d, false); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				err = c.flushLocked()
+			}
+			c.wmu.Unlock()
+			if err != nil {
+				c.close()
+				return
 			}
 		}
 	}
-}
-
-// sendTaken is a pass of writeLoop: it takes up to 256 deliveries and
-// writes them, then flushes (also what sendDirect left buffered). It
-// reports whether it took any and c is still open.
-func (c *conn) sendTaken(batch []*delivery) ([]*delivery, bool) {
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
-	batch, expired := c.sess.take(c, c.inflightMax, 256, time.Now(), batch)
-	if expired > 0 {
-		c.s.m.dropped.WithLabelValues(dropExpired).Add(float64(expired))
-	}
-	if len(batch) > 0 {
-		if err := c.persistOutbound(batch); err != nil {
-			c.s.log.Warn("mqtt delivery stopped", "client_id", c.clientID, "err", err)
-			c.close()
-			return batch, false
-		}
-	}
-	c.wmu.Lock()
-	if len(batch) == 0 && c.w.Buffered() == 0 {
-		c.wmu.Unlock()
-		return batch, false
-	}
-	var err error
-	for _, d := range batch {
-		if err = c.writePublishLocked(d, false); err != nil {
-			break
-		}
-	}
-	if err == nil {
-		err = c.flushLocked()
-	}
-	c.wmu.Unlock()
-	if err != nil {
-		c.close()
-		return batch, false
-	}
-	if len(batch) > 0 {
-		c.lastSend.Store(sinceStart())
-	}
-	return batch, len(batch) > 0
-}
-
-// directGap is how long after its last delivery a connection counts as
-// idle, for sendDirect: closer deliveries are left to the writer, which
-// sends all that queued meanwhile in one write. Under load, one write per
-// message from the publishers' goroutines halved the closed-loop rate
-// (p2p 1 KiB: 280,000 to 145,000 msgs/s).
-const directGap = 100 * time.Microsecond
-
-// clockStart is the origin of sinceStart.
-var clockStart = time.Now()
-
-// sinceStart is a monotonic clock reading.
-func sinceStart() int64 { return int64(time.Since(clockStart)) }
-
-// sendDirect sends the head of the session's queue from the calling
-// goroutine (the publisher's reader, most often) when the writer is idle,
-// instead of waking writeLoop: at a moderate rate that hop was most of a
-// delivery's latency. It writes without waiting (listen.TryWrite): a
-// subscriber that does not read never holds up the caller; what its socket
-// does not take stays buffered for the writer. It takes one delivery under
-// the rules of take (receive maximum, expiry) with sendMu held, so the order
-// of the queue is kept, and reports false when the writer must be woken:
-// it could not send (no plain TCP socket, writer busy or not started, a
-// delivery sent within directGap, replies buffered, state to store first)
-// or left bytes buffered.
-func (c *conn) sendDirect() bool {
-	if !c.directOK.Load() || sinceStart()-c.lastSend.Load() < int64(directGap) || !c.sendMu.TryLock() {
-		return false
-	}
-	defer c.sendMu.Unlock()
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.kicked.Load() || c.w.Buffered() > 0 || (c.s.persistent() && c.sess.stored.Load()) {
-		return false
-	}
-	batch, expired := c.sess.take(c, c.inflightMax, 1, time.Now(), c.direct[:0])
-	if expired > 0 {
-		c.s.m.dropped.WithLabelValues(dropExpired).Add(float64(expired))
-	}
-	if len(batch) == 0 {
-		return true // sent by the writer already, or waiting for room in flight
-	}
-	err := c.writePublishLocked(batch[0], false)
-	batch[0] = nil
-	if err == nil {
-		c.directSent.Add(1)
-		c.lastSend.Store(sinceStart())
-		c.armWriteLocked()
-		err = c.w.FlushSome(c.tryWrite)
-	}
-	if err != nil {
-		c.close()
-		return true
-	}
-	return c.w.Buffered() == 0
-}
-
-// tryWrite is listen.TryWrite on c's socket, counting the bytes written.
-func (c *conn) tryWrite(b []byte) (int, error) {
-	n, err := listen.TryWrite(c.raw, b)
-	if n > 0 {
-		c.rawOut.Add(float64(n))
-	}
-	return n, err
 }
 
 // writePublishLocked encodes one delivery. A message over the client's

@@ -156,7 +156,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func dial(t testing.TB, addr string) net.Conn {
+func dial(t *testing.T, addr string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {

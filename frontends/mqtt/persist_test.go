@@ -266,7 +266,7 @@ func rawConnect(t *testing.T, addr, id string, cleanStart bool) (*rawClient, *pa
 		Properties: packet.Properties{SessionExpiryInterval: 3600}})
 }
 
-func rawOn(t testing.TB, nc net.Conn) *rawClient {
+func rawOn(t *testing.T, nc net.Conn) *rawClient {
 	c := &rawClient{t: t, nc: nc, r: packet.NewReader(nc, 1<<20), w: packet.NewWriter(nc, packet.V5)}
 	c.r.SetVersion(packet.V5)
 	return c

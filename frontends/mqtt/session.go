@@ -414,12 +414,9 @@ func (s *session) enqueue(d delivery, maxQueued int) string {
 	}
 	s.owe(&d)
 	s.queue = append(s.queue, d)
-	c, first := s.conn, len(s.queue) == 1
+	online := s.conn != nil
 	s.mu.Unlock()
-	// Into an empty queue, the caller sends d itself if c's writer is
-	// idle (conn.sendDirect); otherwise, or behind a backlog, the writer
-	// sends it.
-	if c != nil && !(first && c.sendDirect()) {
+	if online {
 		s.wake()
 	}
 	return ""
@@ -517,9 +514,6 @@ func (s *session) resend() []*delivery {
 
 // acked removes an inflight delivery (PUBACK, PUBCOMP, or a failed PUBREC)
 // and returns it, nil if it was not there (or not in the wanted state).
-// The writer is woken only if messages queued for the room it freed: a
-// wake per acknowledgement with nothing queued was a goroutine switch per
-// QoS 1 message for nothing.
 func (s *session) acked(id uint16, wantReleased bool) *delivery {
 	s.mu.Lock()
 	d, ok := s.inflight[id]
@@ -529,9 +523,8 @@ func (s *session) acked(id uint16, wantReleased bool) *delivery {
 	} else {
 		d = nil
 	}
-	waiting := len(s.queue) > 0
 	s.mu.Unlock()
-	if ok && waiting {
+	if ok {
 		s.wake()
 	}
 	return d

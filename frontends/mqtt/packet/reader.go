@@ -268,20 +268,6 @@ func (w *Writer) Flush() error {
 	return err
 }
 
-// FlushSome writes the buffered packets with write, which may take only a
-// first part of them (a non-blocking write to a full socket): the rest
-// stays buffered, in order, for the next Flush or FlushSome.
-func (w *Writer) FlushSome(write func([]byte) (int, error)) error {
-	if w.Buffered() == 0 {
-		return nil
-	}
-	b := *w.buf
-	n, err := write(b)
-	*w.buf = b[:copy(b, b[n:])]
-	w.release()
-	return err
-}
-
 // release gives an empty buffer back to the pool.
 func (w *Writer) release() {
 	if w.buf == nil || len(*w.buf) > 0 {
