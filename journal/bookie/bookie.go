@@ -610,6 +610,8 @@ func (b *Bookie) enqueueLocked(o op, urgent bool) {
 	if urgent || b.queueBytes >= b.opts.MaxGroupBytes {
 		b.urgent = b.urgent || urgent
 		b.kickWriter()
+	} else if b.queueBytes >= writeAheadBytes && b.queueBytes-size < writeAheadBytes {
+		b.kickWriter() // it may go while a sync runs: see writeAheadBytes
 	}
 }
 
@@ -791,11 +793,25 @@ type syncState struct {
 // leave the disk idle (a group still waits while a sync runs, and grows
 // meanwhile). Called with mu held (mu → syncState.mu).
 func (b *Bookie) syncIdle() bool {
+	idle, _ := b.syncState()
+	return idle
+}
+
+// syncState reports whether the syncer is idle (see syncIdle) and whether
+// no written run waits for it (a sync may be running). Called with mu held.
+func (b *Bookie) syncState() (idle, noneWaiting bool) {
 	s := &b.sy
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.q) == 0 && !s.syncing
+	return len(s.q) == 0 && !s.syncing, len(s.q) == 0
 }
+
+// writeAheadBytes: while a sync runs and no written run waits for the
+// next one, a group holding this many bytes is written at once rather
+// than when the sync ends, so that the next sync can start as soon as
+// this one ends instead of after the group's encoding and write (which
+// otherwise leave the disk idle a third of the time at 16 writers).
+const writeAheadBytes = 64 << 10
 
 // submit hands a written run to the syncer; it fails once the bookie
 // failed (the caller then fails the run's ops).
@@ -856,12 +872,15 @@ func (b *Bookie) journalLoop() {
 			if wait <= 0 || b.urgent || b.closed || b.err != nil || b.queueBytes >= b.opts.MaxGroupBytes {
 				break
 			}
-			if b.syncIdle() {
+			idle, noneWaiting := b.syncState()
+			if idle {
 				if idle := b.opts.IdleGroupWait - age; idle > 0 {
 					wait = min(wait, idle)
 				} else {
 					break
 				}
+			} else if noneWaiting && b.queueBytes >= writeAheadBytes {
+				break
 			}
 			b.mu.Unlock()
 			timer.Reset(wait)
@@ -908,6 +927,7 @@ func (b *Bookie) syncLoop() {
 		failed := s.err
 		s.syncing = failed == nil
 		s.mu.Unlock()
+		b.kickWriter() // a group of writeAheadBytes may be written during this sync
 		if failed != nil {
 			b.failBatches(failed, q)
 			q = nil

@@ -24,7 +24,9 @@
 // when its oldest record has waited Options.MaxGroupWait (2 ms) or it holds
 // Options.MaxGroupBytes (512 KiB), whichever comes first, or at once when
 // the syncer is idle (no run written and waiting, no fdatasync running:
-// waiting would only leave the disk idle), and writes it to
+// waiting would only leave the disk idle), or once it holds 64 KiB while a
+// sync runs and no written group waits for the next (writeAheadBytes: the
+// next sync then starts as soon as this one ends), and writes it to
 // the journal file; a second fdatasyncs, back to back, everything written
 // while its previous sync ran (so group N+1 is written while group N
 // syncs, and an add is acknowledged only after an fdatasync that began
