@@ -54,6 +54,16 @@ type Config struct {
 	// voter (the default) is a cluster by itself; every voter of a real
 	// cluster lists the same voters.
 	MetaAddrs []string `toml:"meta_addrs"`
+	// MemoryLimit is the Go runtime's soft memory limit
+	// (runtime/debug.SetMemoryLimit), set when the node starts: a share of
+	// the memory the process may use ("80%": of its cgroup's memory limit,
+	// else of the machine's memory), a size ("2GiB", "1500MB", bytes), or
+	// "0" for none. Near the limit the garbage collector runs more often
+	// instead of letting the heap grow to twice what is live (GOGC=100);
+	// it bounds the runtime's memory only, not memory held outside it. The
+	// GOMEMLIMIT environment variable, when set, wins. See
+	// ParseMemoryLimit.
+	MemoryLimit string `toml:"memory_limit"`
 
 	Meta Meta `toml:"meta"`
 
@@ -480,6 +490,7 @@ func Default() *Config {
 		ClusterName: "quire",
 		DataDir:     "./data",
 		MetaAddrs:   []string{"1@127.0.0.1:1228"},
+		MemoryLimit: "80%",
 		Meta: Meta{
 			HeartbeatTimeout:   Duration(time.Second),
 			ElectionTimeout:    Duration(time.Second),
@@ -639,6 +650,9 @@ func (c *Config) validate() []*Error {
 	}
 	if c.DataDir == "" {
 		bad("data_dir", "must not be empty")
+	}
+	if _, _, err := ParseMemoryLimit(c.MemoryLimit); err != nil {
+		bad("memory_limit", "%v", err)
 	}
 
 	// Meta voters.
@@ -965,3 +979,47 @@ func checkOffload(bad func(key, format string, args ...any), section, target str
 		bad(section+".offload_delete_lag", "must be >= 0 (0 = %s), got %s", zero, lag)
 	}
 }
+
+// MinMemoryLimit is the smallest memory_limit given as a size.
+const MinMemoryLimit = 64 << 20
+
+// ParseMemoryLimit parses memory_limit: "" or "0" (no limit: both
+// results 0), a percentage in (0, 100] of the memory available to the
+// process ("80%"; percent set), or a size of at least MinMemoryLimit bytes
+// (bytes set): an integer with an optional unit B, KB, MB, GB, TB (powers
+// of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. "2GiB" or
+// "1500MB".
+func ParseMemoryLimit(s string) (bytes int64, percent float64, err error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "0" {
+		return 0, 0, nil
+	}
+	if num, ok := strings.CutSuffix(s, "%"); ok {
+		p, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+		if err != nil || !(p > 0 && p <= 100) {
+			return 0, 0, fmt.Errorf("%q: a percentage must be in (0, 100]", s)
+		}
+		return 0, p, nil
+	}
+	i := strings.IndexFunc(s, func(r rune) bool { return r < '0' || r > '9' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], strings.TrimSpace(s[i:])
+	}
+	mult, ok := sizeUnits[strings.ToLower(unit)]
+	n, err := strconv.ParseInt(num, 10, 64)
+	if !ok || err != nil || num == "" {
+		return 0, 0, fmt.Errorf("%q is not \"0\", a percentage such as \"80%%\" or a size such as \"2GiB\" (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)", s)
+	}
+	if n > (1<<63-1)/mult {
+		return 0, 0, fmt.Errorf("%q is too large", s)
+	}
+	if n*mult < MinMemoryLimit {
+		return 0, 0, fmt.Errorf("%q is below the smallest limit, 64MiB", s)
+	}
+	return n * mult, 0, nil
+}
+
+var sizeUnits = map[string]int64{"": 1, "b": 1,
+	"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}

@@ -243,6 +243,8 @@ func TestErrorsNameFileKeyLine(t *testing.T) {
 		{"unparsable duration", "[storage.file]\n\nsync_interval = \"fast\"\n", "storage.file.sync_interval", 3, `invalid duration "fast"`},
 		{"duration as integer", "[storage.file]\nsegment_age = 100\n", "storage.file.segment_age", 2, "a duration must be a string"},
 		{"negative duration", "[storage.file]\nretention_age = \"-1h\"\n", "storage.file.retention_age", 2, "must be >= 0"},
+		{"bad memory limit", "node_id = 1\nmemory_limit = \"lots\"\n", "memory_limit", 2, `"lots" is not "0", a percentage`},
+		{"memory limit as integer", "memory_limit = 1073741824\n", "memory_limit", 1, "cannot decode TOML integer"},
 		{"bad filter", "[[storage.rules]]\nmatch = \"a/#/b\"\nengine = \"memory\"\n", "storage.rules[0].match", 2, "'#' must be the last level"},
 		{"unknown rule engine", "[[storage.rules]]\nmatch = \"a\"\nengine = \"memory\"\n\n[[storage.rules]]\nmatch = \"b\"\nengine = \"kafka\"\n", "storage.rules[1].engine", 7, `unknown engine "kafka" (this build has file, hdfs, journal, memory, s3)`},
 		{"unknown inline rule engine", "[storage]\nrules = [\n  { match = \"x/#\", engine = \"nope\" },\n]\n", "storage.rules[0].engine", 3, `unknown engine "nope"`},
@@ -335,6 +337,57 @@ func TestMissingFile(t *testing.T) {
 	_, err := Load(p, Overrides{})
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(fmt.Sprint(err), p) || !strings.Contains(fmt.Sprint(err), "no such file") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// memory_limit: "0" or nothing, a percentage, or a size with a unit.
+func TestParseMemoryLimit(t *testing.T) {
+	if d := Default().MemoryLimit; d != "80%" {
+		t.Errorf("default memory_limit = %q, want \"80%%\"", d)
+	}
+	for _, c := range []struct {
+		in      string
+		bytes   int64
+		percent float64
+		err     string
+	}{
+		{"", 0, 0, ""},
+		{"0", 0, 0, ""},
+		{"80%", 0, 80, ""},
+		{" 12.5 % ", 0, 12.5, ""},
+		{"100%", 0, 100, ""},
+		{"0%", 0, 0, "a percentage must be in (0, 100]"},
+		{"101%", 0, 0, "a percentage must be in (0, 100]"},
+		{"x%", 0, 0, "a percentage must be in (0, 100]"},
+		{"2GiB", 2 << 30, 0, ""},
+		{"2 gib", 2 << 30, 0, ""},
+		{"1500MB", 1500e6, 0, ""},
+		{"64MiB", 64 << 20, 0, ""},
+		{"1TB", 1e12, 0, ""},
+		{"536870912", 512 << 20, 0, ""},
+		{"536870912B", 512 << 20, 0, ""},
+		{"63MiB", 0, 0, "below the smallest limit"},
+		{"1.5GiB", 0, 0, "is not \"0\""},
+		{"2GB2", 0, 0, "is not \"0\""},
+		{"GiB", 0, 0, "is not \"0\""},
+		{"-1GiB", 0, 0, "is not \"0\""},
+		{"2PiB", 0, 0, "is not \"0\""},
+		{"99999999999TiB", 0, 0, "too large"},
+	} {
+		b, p, err := ParseMemoryLimit(c.in)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("ParseMemoryLimit(%q) = %d, %v, %v; want an error with %q", c.in, b, p, err, c.err)
+			}
+			continue
+		}
+		if err != nil || b != c.bytes || p != c.percent {
+			t.Errorf("ParseMemoryLimit(%q) = %d, %v, %v; want %d, %v", c.in, b, p, err, c.bytes, c.percent)
+		}
+	}
+	c, err := Load(writeFile(t, "memory_limit = \"2GiB\"\n"), Overrides{})
+	if err != nil || c.MemoryLimit != "2GiB" {
+		t.Errorf("Load memory_limit = \"2GiB\": %+v, %v", c, err)
 	}
 }
 

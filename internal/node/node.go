@@ -23,6 +23,13 @@
 // registered node, up or down by its lease, and the meta leader. /readyz is
 // 503 while meta has no leader.
 //
+// Memory: Start sets the Go runtime's soft memory limit
+// (runtime/debug.SetMemoryLimit) from memory_limit — by default 80% of the
+// memory the process may use, its cgroup's limit or the machine's — unless
+// GOMEMLIMIT is set, logs it, exports it as quire_node_memory_limit_bytes,
+// and warns when the memory engine's MQTT shards alone may hold half of it
+// (memlimit.go); Stop puts the previous limit back.
+//
 // Topics are records in meta (topics.MetaStore): a topic created through
 // any node is listed by every node. Its shards, though, stay local to the
 // node it was created through (topics.Topic.Node): other nodes list the
@@ -114,15 +121,18 @@ type Node struct {
 	phase string // new, starting, ready, stopping, stopped
 	lock  io.Closer
 
+	memLimit memLimitState // what Start did to the runtime's memory limit (memlimit.go)
+
 	m nodeMetrics
 }
 
 type nodeMetrics struct {
-	state   *prometheus.GaugeVec
-	startS  *prometheus.GaugeVec
-	ready   prometheus.Gauge
-	info    *prometheus.GaugeVec
-	started prometheus.Gauge
+	state    *prometheus.GaugeVec
+	startS   *prometheus.GaugeVec
+	ready    prometheus.Gauge
+	info     *prometheus.GaugeVec
+	started  prometheus.Gauge
+	memLimit prometheus.Gauge
 }
 
 // ErrConfig marks errors in the configuration given to New (also
@@ -218,8 +228,10 @@ func (n *Node) initMetrics() {
 			Help: "Always 1; labels describe the node."}, []string{"version", "commit", "node_id", "cluster"}),
 		started: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: "node", Name: "start_time_seconds",
 			Help: "When the node became ready, in seconds since the Unix epoch."}),
+		memLimit: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: "node", Name: "memory_limit_bytes",
+			Help: "The Go runtime's soft memory limit in effect since the node started (memory_limit or GOMEMLIMIT), 0 when there is none."}),
 	}
-	metrics.Register(n.reg, n.m.state, n.m.startS, n.m.ready, n.m.info, n.m.started)
+	metrics.Register(n.reg, n.m.state, n.m.startS, n.m.ready, n.m.info, n.m.started, n.m.memLimit)
 	v := version.Get()
 	n.m.info.WithLabelValues(v.Version, v.Commit, strconv.FormatUint(n.cfg.NodeID, 10), n.cfg.ClusterName).Set(1)
 }
@@ -263,6 +275,7 @@ func (n *Node) Start(ctx context.Context) error {
 		n.setPhase("stopped")
 		return err
 	}
+	n.applyMemoryLimit()
 	n.logNotBuilt()
 
 	for i, s := range n.slots {
@@ -279,6 +292,7 @@ func (n *Node) Start(ctx context.Context) error {
 			// Stop what started, in reverse (including s, in case it left
 			// something behind).
 			n.stopSlots(context.WithoutCancel(ctx), i)
+			n.restoreMemoryLimit()
 			n.unlockDataDir()
 			n.setPhase("stopped")
 			return fmt.Errorf("start %s: %w", name, err)
@@ -393,6 +407,7 @@ func (n *Node) Stop(ctx context.Context) error {
 	n.m.ready.Set(0)
 	n.grpc.setServing("", false)
 	err := n.stopSlots(ctx, len(n.slots)-1)
+	n.restoreMemoryLimit()
 	n.unlockDataDir()
 	n.setPhase("stopped")
 	if err != nil {
