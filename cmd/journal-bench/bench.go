@@ -62,20 +62,25 @@ type result struct {
 	// (AppendAsync returned) after their scheduled time: the pacer's own
 	// lag (a writer goroutine not scheduled, or AppendAsync blocked on
 	// --inflight), which the add latency includes.
-	PacerLagP99Ms       *float64 `json:"pacer_lag_p99_ms,omitempty"`
-	BookieSyncP99Ms     *float64 `json:"bookie_sync_p99_ms,omitempty"`
-	BookieGroupP99Ms    *float64 `json:"bookie_group_p99_ms,omitempty"`
-	BookieAddP99Ms      *float64 `json:"bookie_add_p99_ms,omitempty"` // an add handed to a bookie to its acknowledgement
-	DiskCeilingMBPerSec *float64 `json:"disk_ceiling_mb_per_sec"`
-	DiskEfficiency      *float64 `json:"disk_efficiency"`
-	ReadEntries         int64    `json:"read_entries,omitempty"`
-	ReadDurationS       float64  `json:"read_duration_s,omitempty"`
-	ReadEntriesPerSec   float64  `json:"read_entries_per_sec,omitempty"`
-	ReadMBPerSec        float64  `json:"read_mb_per_sec,omitempty"`
-	TailP50Ms           *float64 `json:"tail_p50_ms,omitempty"` // tail mode: append to read
-	TailP99Ms           *float64 `json:"tail_p99_ms,omitempty"`
-	ReadVerifiedEntries int64    `json:"read_verified_entries,omitempty"`
-	ReadMatchesWrites   *bool    `json:"read_matches_writes,omitempty"`
+	PacerLagP99Ms    *float64 `json:"pacer_lag_p99_ms,omitempty"`
+	BookieSyncP99Ms  *float64 `json:"bookie_sync_p99_ms,omitempty"`
+	BookieGroupP99Ms *float64 `json:"bookie_group_p99_ms,omitempty"`
+	BookieAddP99Ms   *float64 `json:"bookie_add_p99_ms,omitempty"` // an add handed to a bookie to its acknowledgement
+	// The add latency stage by stage (stages.go): pacer, mailbox, send,
+	// stream, answer, order, caller; and the measured appends whose
+	// stages the client did not all observe (left out of stages).
+	Stages              []stageSummary `json:"stages,omitempty"`
+	StagesUnobserved    uint64         `json:"stages_unobserved"`
+	DiskCeilingMBPerSec *float64       `json:"disk_ceiling_mb_per_sec"`
+	DiskEfficiency      *float64       `json:"disk_efficiency"`
+	ReadEntries         int64          `json:"read_entries,omitempty"`
+	ReadDurationS       float64        `json:"read_duration_s,omitempty"`
+	ReadEntriesPerSec   float64        `json:"read_entries_per_sec,omitempty"`
+	ReadMBPerSec        float64        `json:"read_mb_per_sec,omitempty"`
+	TailP50Ms           *float64       `json:"tail_p50_ms,omitempty"` // tail mode: append to read
+	TailP99Ms           *float64       `json:"tail_p99_ms,omitempty"`
+	ReadVerifiedEntries int64          `json:"read_verified_entries,omitempty"`
+	ReadMatchesWrites   *bool          `json:"read_matches_writes,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -93,6 +98,7 @@ func (r *result) print(w io.Writer, asJSON bool) error {
 		fmt.Fprintf(w, "  bookies: journal fdatasync p99 %.2f ms, group (first add queued to ack) p99 %.2f ms, add (handed to the bookie to ack) p99 %.2f ms\n",
 			*r.BookieSyncP99Ms, *r.BookieGroupP99Ms, *r.BookieAddP99Ms)
 	}
+	printStages(w, r.Stages)
 	if r.DiskCeilingMBPerSec != nil {
 		fmt.Fprintf(w, "  disk: %.0f journal bytes per fdatasync; raw write+fdatasync ceiling %.1f MB/s; efficiency %.2f (acked MB/s x Qw / ceiling)\n",
 			r.BytesPerSync, *r.DiskCeilingMBPerSec, *r.DiskEfficiency)
@@ -121,18 +127,25 @@ type addStats struct {
 	total     histogram
 	lag       histogram // --rate: AppendAsync returned minus scheduled time
 	interval  histogram
+	stages    stageStats
 	entries   int64
 	warm      int64 // acknowledged warm-up appends
 	ivEntries int64
 }
 
 // record adds one acknowledged append that took d to the current second
-// and, if measured (issued after the warm-up), to the totals.
-func (s *addStats) record(d time.Duration, measured bool) {
+// and, if measured (issued after the warm-up), to the totals; stages are
+// its stages (traceStages), if ok.
+func (s *addStats) record(d time.Duration, measured bool, stages [nStages]time.Duration, ok bool) {
 	s.mu.Lock()
 	if measured {
 		s.total.Record(d)
 		s.entries++
+		if ok {
+			s.stages.record(stages, d)
+		} else {
+			s.stages.missed++
+		}
 	} else {
 		s.warm++
 	}
@@ -261,6 +274,7 @@ func bench(ctx context.Context, c *config, out io.Writer) (*result, error) {
 		lag := ms(st.lag.Quantile(0.99))
 		res.PacerLagP99Ms = &lag
 	}
+	res.Stages, res.StagesUnobserved = st.stages.summary(), st.stages.missed
 	if st.entries > 0 {
 		res.CPUUsPerEntry = float64(writeCPU.Microseconds()) / float64(st.entries)
 		res.AllocBytesPerEntry = float64(heapAfter.allocBytes-heap.allocBytes) / float64(st.entries)
@@ -412,7 +426,9 @@ func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, 
 				}
 				continue
 			}
-			st.record(time.Since(s.at), !s.at.Before(from))
+			seen := time.Now()
+			stages, ok := traceStages(s.at, s.f.Trace(), seen)
+			st.record(seen.Sub(s.at), !s.at.Before(from), stages, ok)
 			acked++
 		}
 		errc <- first

@@ -132,6 +132,7 @@ func TestRate(t *testing.T) {
 	if n := num(t, res, "entries"); n < 300 || n > 400 {
 		t.Errorf("%v appends at --rate 400 for 1s, want about 400 and never more", n)
 	}
+	checkStages(t, res)
 	if b, err := os.ReadFile(prof); err != nil || len(b) < 100 || b[0] != 0x1f || b[1] != 0x8b {
 		t.Errorf("--cpuprofile: %d bytes, err %v: want a gzipped pprof profile", len(b), err)
 	}

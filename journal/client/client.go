@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 
@@ -46,6 +47,10 @@ type Options struct {
 	// Logger receives ensemble changes, failures and recoveries. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// Registerer receives quire_journal_client_add_stage_seconds (where
+	// an append's latency goes: trace.go); nil registers nothing and
+	// observes nothing.
+	Registerer prometheus.Registerer
 }
 
 // EnsureDefaults fills zero fields with their defaults and returns o.
@@ -110,6 +115,8 @@ type Client struct {
 	conns  map[string]*bookierpc.Client
 	adds   map[string]*bookieConn // the shared add stream per bookie
 	closed bool
+
+	stages *stageMetrics // nil without Options.Registerer
 }
 
 // New returns a client.
@@ -120,7 +127,8 @@ func New(o Options) (*Client, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Client{opts: o, store: schema.Store{KV: o.Meta}, log: o.Logger, ctx: ctx, cancel: cancel,
-		addrs: map[string]string{}, conns: map[string]*bookierpc.Client{}, adds: map[string]*bookieConn{}}, nil
+		addrs: map[string]string{}, conns: map[string]*bookierpc.Client{}, adds: map[string]*bookieConn{},
+		stages: newStageMetrics(o.Registerer)}, nil
 }
 
 // Close closes the bookie connections. Writers and readers of the client

@@ -76,10 +76,13 @@ type link struct {
 	waiting     bool      // stuck with no replacement: logged once
 }
 
-// linkResult is one add's answer: err nil once the bookie synced it.
+// linkResult is one add's answer: err nil once the bookie synced it;
+// sent and answered are its round trip on the stream (stamps, trace.go; 0
+// for an add failed without an answer).
 type linkResult struct {
-	entry int64
-	err   error
+	entry          int64
+	err            error
+	sent, answered int64
 }
 
 func newLink(c *Client, bookie string, ready func(*link)) *link {
@@ -87,10 +90,12 @@ func newLink(c *Client, bookie string, ready func(*link)) *link {
 }
 
 // answer queues an add's answer and wakes the owner if it was idle.
-func (l *link) answer(entry int64, err error) {
+func (l *link) answer(entry int64, err error) { l.answerAt(linkResult{entry: entry, err: err}) }
+
+func (l *link) answerAt(r linkResult) {
 	l.rmu.Lock()
 	wake := len(l.results) == 0
-	l.results = append(l.results, linkResult{entry, err})
+	l.results = append(l.results, r)
 	l.rmu.Unlock()
 	if wake {
 		l.ready(l)
@@ -261,7 +266,7 @@ func (bc *bookieConn) result(r bookierpc.AddResult) {
 	}
 	l.settle()
 	bc.mu.Unlock()
-	l.answer(int64(r.Entry), err)
+	l.answerAt(linkResult{entry: int64(r.Entry), err: err, sent: stamp(r.Sent), answered: stamp(r.Answered)})
 }
 
 // Redial backoff of a conn whose stream broke: from minRedial, doubling up

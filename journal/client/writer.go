@@ -24,6 +24,14 @@ type Future struct {
 	err   error
 	data  []byte // the append's data until the loop takes it (evAdd)
 	crc   uint32 // CRC-32C of the data: once per entry, not per copy
+	trace trace  // appended set by AppendAsync, the rest by the loop
+}
+
+// Trace returns when the append passed each stage on its way through the
+// client (AddTrace); valid once Done is closed.
+func (f *Future) Trace() AddTrace {
+	<-f.done
+	return f.trace.export()
 }
 
 // Done is closed once the append is acknowledged or failed.
@@ -80,6 +88,8 @@ type LedgerWriter struct {
 	closers    []chan error
 	done       bool
 	results    []linkResult // reused by take
+	qa         int32        // the ack quorum, for traces
+	stages     *stageMetrics
 
 	endOnce sync.Once
 	endErr  error // why the loop ended (nil after Close)
@@ -112,7 +122,7 @@ func (c *Client) newWriter(rec schema.Record[schema.Ledger], live []BookieInfo) 
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &LedgerWriter{c: c, id: md.ID, createdAt: rec.Value.CreatedAt, box: newMailbox[wevent](),
 		sem: make(chan struct{}, c.opts.MaxInflight), ctx: ctx, cancel: cancel, exited: make(chan struct{}),
-		m: m, links: map[string]*link{}, live: live}
+		m: m, links: map[string]*link{}, live: live, qa: int32(md.AckQuorum), stages: c.stages}
 	w.lac.Store(-1)
 	go w.loop()
 	return w, nil
@@ -146,7 +156,7 @@ func (w *LedgerWriter) AppendAsync(ctx context.Context, data []byte) (*Future, e
 	case <-w.exited:
 		return nil, w.exitErr()
 	}
-	f := &Future{done: make(chan struct{}), entry: -1, data: data, crc: bookierpc.CRC32C(data)}
+	f := &Future{done: make(chan struct{}), entry: -1, data: data, crc: bookierpc.CRC32C(data), trace: trace{appended: nanotime()}}
 	if !w.box.push(evAdd{f}) {
 		<-w.sem
 		return nil, w.exitErr()
@@ -257,6 +267,7 @@ func (w *LedgerWriter) handle(ev wevent, now time.Time) {
 			w.base = e
 		}
 		ev.fut.entry = e
+		ev.fut.trace.taken = stamp(now)
 		w.futs = append(w.futs, ev.fut)
 		w.exec(effs, now)
 	case evLink:
@@ -264,6 +275,9 @@ func (w *LedgerWriter) handle(ev wevent, now time.Time) {
 		w.results = ev.l.take(w.results)
 		for _, r := range w.results {
 			st := statusOf(r.err)
+			if st == ledger.StatusOK {
+				w.traceAck(r, now)
+			}
 			if l := w.links[b]; l != nil {
 				l.answered(now)
 				if st == ledger.StatusUnknown {
@@ -306,6 +320,19 @@ func (w *LedgerWriter) handle(ev wevent, now time.Time) {
 		w.exec(w.m.Stop(ErrAbandoned), now)
 		w.finish(ErrAbandoned)
 		close(ev.reply)
+	}
+}
+
+// traceAck counts an acknowledgement towards its pending entry's ack
+// quorum; the one that completes it stamps the entry's trace.
+func (w *LedgerWriter) traceAck(r linkResult, now time.Time) {
+	i := r.entry - w.base
+	if i < 0 || i >= int64(len(w.futs)) || w.futs[i] == nil {
+		return
+	}
+	t := &w.futs[i].trace
+	if t.acks++; t.acks == w.qa {
+		t.sent, t.answered, t.quorum = r.sent, r.answered, stamp(now)
 	}
 }
 
@@ -435,9 +462,14 @@ func (w *LedgerWriter) exec(effs []ledger.Effect, now time.Time) {
 				w.c.log.Info("journal/client: ensemble change", "ledger", w.id, "metadata", e.New.String())
 			}
 		case ledger.Acked:
+			acked := stamp(now)
 			for x := e.From; x <= e.UpTo; x++ {
 				f := w.futs[x-w.base]
 				w.futs[x-w.base] = nil
+				f.trace.acked = acked
+				if w.stages != nil && x%stageSample == 0 {
+					w.stages.observe(&f.trace)
+				}
 				close(f.done)
 				<-w.sem
 			}

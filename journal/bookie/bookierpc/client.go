@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -128,9 +129,15 @@ type Add struct {
 // once the bookie has synced the entry, a *StatusError if the bookie
 // refused it, or the stream's error if the stream ended before the answer
 // (the add may or may not be stored: treat it like a timeout).
+//
+// Sent and Answered time the add's round trip on the stream, for latency
+// breakdowns: Sent is when the message carrying it was handed to gRPC,
+// Answered when the message carrying its answer was received (zero for
+// an add failed with the stream).
 type AddResult struct {
 	Add
-	Err error
+	Err            error
+	Sent, Answered time.Time
 }
 
 // ErrStreamClosed is returned by AddStream.Add after Close or once the
@@ -167,6 +174,7 @@ type AddStream struct {
 // slot is one add sent on a stream, answered or not.
 type slot struct {
 	add      Add
+	sent     time.Time
 	answered bool
 }
 
@@ -227,8 +235,9 @@ func (s *AddStream) sendPacked(adds []Add, msg *journalv1.AddRequest) error {
 		s.mu.Unlock()
 		return errors.Join(ErrStreamClosed, err)
 	}
+	now := time.Now()
 	for _, a := range adds {
-		s.pending = append(s.pending, slot{add: a})
+		s.pending = append(s.pending, slot{add: a, sent: now})
 	}
 	s.n += len(adds)
 	s.mu.Unlock()
@@ -294,7 +303,7 @@ func (s *AddStream) Withdraw(match func(*Add) bool, into []Add) []Add {
 		sl := &s.pending[i]
 		if !sl.answered && match(&sl.add) {
 			into = append(into, sl.add)
-			sl.answered, sl.add = true, Add{}
+			sl.answered, sl.add, sl.sent = true, Add{}, time.Time{}
 			s.n--
 		}
 	}
@@ -346,6 +355,7 @@ func (s *AddStream) recvLoop() {
 // answerPacked matches the packed answers of b to their adds and appends
 // their results to into.
 func (s *AddStream) answerPacked(b []byte, into []AddResult) ([]AddResult, error) {
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for len(b) > 0 {
@@ -369,8 +379,8 @@ func (s *AddStream) answerPacked(b []byte, into []AddResult) ([]AddResult, error
 			return into, fmt.Errorf("bookierpc: add stream: add %d is ledger %d entry %d, answered as ledger %d entry %d",
 				a.seq, sl.add.Ledger, sl.add.Entry, a.ledger, a.entry)
 		}
-		into = append(into, AddResult{Add: sl.add, Err: errorOf(a.status, a.msg)})
-		sl.answered, sl.add = true, Add{}
+		into = append(into, AddResult{Add: sl.add, Err: errorOf(a.status, a.msg), Sent: sl.sent, Answered: now})
+		sl.answered, sl.add, sl.sent = true, Add{}, time.Time{}
 		s.n--
 	}
 	s.trim()
