@@ -1,0 +1,370 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quiremq/quire/journal/bookie/bookierpc"
+	"github.com/quiremq/quire/journal/ledger"
+	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
+)
+
+// Re-replication. A ledger whose bookie is lost for good keeps fewer
+// copies of the entries that bookie held: Qa−1 of an entry acknowledged by
+// Qa bookies, and a second loss can take the last one (Kafka's 2013 loss
+// after its in-sync replicas shrank). Rereplicate restores them, as
+// BookKeeper's autorecovery does: for every fragment of a closed ledger
+// whose ensemble names a lost bookie, it picks a live bookie on a node the
+// fragment does not use, copies to it every entry of the fragment whose
+// write set held the lost bookie (read from the other bookies of that
+// write set, written as recovery adds and synced), and only then CASes the
+// metadata with the replacement in the lost bookie's place. A crash or an
+// error before the CAS leaves the metadata as it was (the copies made are
+// unreferenced garbage on the replacement); a CAS that finds the ledger
+// changed starts over from the new metadata.
+//
+// Only CLOSED ledgers are re-replicated: an open ledger's fragments belong
+// to its writer, whose ensemble changes and close CAS the same record
+// (its own ensemble change already replaces a failed bookie of the last
+// fragment, and recovery closes a ledger whose writer is gone; the
+// earlier fragments are re-replicated once it is closed).
+//
+// The Auditor decides which bookies are lost: those the directory has not
+// listed as live for a grace period (a restarting bookie is not lost).
+
+// ErrNotClosed is returned by Rereplicate for a ledger that is not CLOSED.
+var ErrNotClosed = errors.New("journal/client: ledger is not closed")
+
+// ErrNoLiveCopy is returned by Rereplicate when no live bookie of an
+// entry's write set holds it: the entry cannot be copied (it was lost, or
+// its bookies are down at the moment).
+var ErrNoLiveCopy = errors.New("journal/client: no live copy of an entry")
+
+// Rereplicate restores the copies that closed ledger id kept on the
+// bookies lost reports, and returns the number of entries copied. It
+// does nothing (0, nil) when no fragment names a lost bookie.
+func (c *Client) Rereplicate(ctx context.Context, id uint64, lost func(bookie string) bool) (int, error) {
+	copied := 0
+	for attempt := 0; ; attempt++ {
+		rec, err := c.store.Ledger(ctx, id)
+		if errors.Is(err, meta.ErrNotFound) {
+			return copied, fmt.Errorf("%w: %d", ErrNoSuchLedger, id)
+		}
+		if err != nil {
+			return copied, err
+		}
+		md := ToMetadata(rec)
+		if md.State != ledger.StateClosed {
+			return copied, fmt.Errorf("%w: ledger %d is %s", ErrNotClosed, id, md.State)
+		}
+		if !slices.ContainsFunc(md.Fragments, func(f ledger.Fragment) bool { return slices.ContainsFunc(f.Bookies, lost) }) {
+			return copied, nil
+		}
+		live, err := c.live(ctx)
+		if err != nil {
+			return copied, err
+		}
+		next := md.Clone()
+		for fi := range next.Fragments {
+			f := &next.Fragments[fi]
+			first, last := f.FirstEntry, md.LastEntry
+			if fi+1 < len(next.Fragments) {
+				last = next.Fragments[fi+1].FirstEntry - 1
+			}
+			for j, b := range f.Bookies {
+				if !lost(b) {
+					continue
+				}
+				cands := slices.DeleteFunc(replacements(live, f.Bookies, b), lost)
+				if len(cands) == 0 {
+					return copied, fmt.Errorf("%w: no live bookie on another node to replace %s in ledger %d", ErrNotEnoughBookies, b, id)
+				}
+				r := cands[(int(id)+fi+j)%len(cands)]
+				n, err := c.copyFragment(ctx, &md, fi, j, first, last, r, lost)
+				copied += n
+				if err != nil {
+					return copied, fmt.Errorf("journal/client: re-replicating ledger %d fragment %d from %s to %s: %w", id, fi, b, r, err)
+				}
+				c.log.Info("journal/client: fragment re-replicated", "ledger", id, "fragment", fi, "lost", b, "replacement", r, "entries", n)
+				f.Bookies[j] = r
+			}
+		}
+		_, err = c.store.CASLedger(ctx, md.Version, FromMetadata(next, rec.Value.CreatedAt))
+		if errors.Is(err, meta.ErrVersionMismatch) && attempt < 3 {
+			continue // changed meanwhile (deleted, or re-replicated elsewhere): look again
+		}
+		if err != nil {
+			return copied, fmt.Errorf("journal/client: re-replicating ledger %d: metadata: %w", id, err)
+		}
+		return copied, nil
+	}
+}
+
+// copyFragment copies to bookie to every entry of fragment fi of md (its
+// entries first..last) whose write set holds the fragment's bookie at
+// index j, read from the other members of the write set that lost does
+// not report; it returns once the copies are synced (or one failed).
+func (c *Client) copyFragment(ctx context.Context, md *ledger.Metadata, fi, j int, first, last int64, to string, lost func(string) bool) (int, error) {
+	if last < first {
+		return 0, nil
+	}
+	cc, err := c.bookie(to)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		addErr error
+	)
+	st, err := cc.AddStream(ctx, func(r bookierpc.AddResult) {
+		if r.Err != nil {
+			mu.Lock()
+			addErr = errors.Join(addErr, fmt.Errorf("entry %d: %w", r.Entry, r.Err))
+			mu.Unlock()
+		}
+		wg.Done()
+	})
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	copied := 0
+	add := func(e int64, p []byte) error {
+		wg.Add(1)
+		if err := st.Add(bookierpc.Add{Ledger: md.ID, Entry: uint64(e), LAC: md.LastEntry, Payload: p, Recovery: true}); err != nil {
+			wg.Done()
+			return err
+		}
+		copied++
+		return nil
+	}
+	ens := md.Fragments[fi].Bookies
+	E, Qw := int64(md.Ensemble), md.WriteQuorum
+	var copyErr error
+	// The entries whose write set holds index j are those of the Qw residue
+	// classes e mod E = j−k (k < Qw: j is the k-th of the set); each class
+	// is read with a strided range read from a member of its write set.
+	for k := range Qw {
+		res := ((int64(j)-int64(k))%E + E) % E
+		from := first + ((res-first%E)%E+E)%E
+		var srcs []string
+		for m := range Qw {
+			if s := ens[(res+int64(m))%E]; m != k && !lost(s) {
+				srcs = append(srcs, s)
+			}
+		}
+		got := func(e int64, p []byte) {
+			if e == from && copyErr == nil {
+				if copyErr = add(e, p); copyErr == nil {
+					from += E
+				}
+			}
+		}
+		for from <= last && copyErr == nil {
+			for _, s := range srcs {
+				for from <= last && copyErr == nil {
+					before := from
+					_ = c.readRange(ctx, s, md.ID, from, min(last, from+E*(rereplicateChunk-1)), E, got)
+					if from == before {
+						break // a hole or an error here: the next source
+					}
+				}
+			}
+			if from > last || copyErr != nil {
+				break
+			}
+			// No source's range read passes this entry (holes where
+			// another holds it, streams cut): read it alone.
+			var p []byte
+			for _, s := range srcs {
+				if b, err := c.readEntry(ctx, s, md.ID, from, false); err == nil {
+					p = b
+					break
+				}
+			}
+			if p == nil {
+				copyErr = fmt.Errorf("%w: ledger %d entry %d (sources %v)", ErrNoLiveCopy, md.ID, from, srcs)
+				break
+			}
+			if copyErr = add(from, p); copyErr == nil {
+				from += E
+			}
+		}
+		if copyErr != nil {
+			break
+		}
+	}
+	wg.Wait()
+	return copied, errors.Join(copyErr, addErr)
+}
+
+// rereplicateChunk is how many entries one range read of a copy asks
+// for: a range read is bounded as a whole by Options.RequestTimeout.
+const rereplicateChunk = 4096
+
+// Auditor finds closed ledgers that keep copies on lost bookies and
+// re-replicates them (Rereplicate). A bookie is lost once the directory
+// has not listed it as live for Grace, measured from the first Check that
+// missed it. Several auditors (one per node) may run at once: the
+// metadata CAS makes each ledger's re-replication happen once; a loser's
+// copies are left unreferenced.
+type Auditor struct {
+	c     *Client
+	grace time.Duration
+	now   func() time.Time
+
+	mu      sync.Mutex
+	missing map[string]time.Time // bookie → first Check that missed it
+
+	underReplicated prometheus.Gauge
+	copied          prometheus.Counter
+	rereplicated    prometheus.Counter
+	failures        prometheus.Counter
+}
+
+// AuditResult is what one Check found and did.
+type AuditResult struct {
+	Ledgers         int      // ledgers in meta
+	UnderReplicated int      // ledgers that name a bookie missing from the directory
+	Lost            []string // bookies missing for Grace or longer
+	Rereplicated    int      // ledgers whose lost copies were restored
+	Entries         int      // entries copied
+	Waiting         int      // open ledgers naming a lost bookie (re-replicated once closed)
+}
+
+// NewAuditor returns an auditor over c that counts a bookie lost after
+// grace; reg (may be nil) receives quire_journal_underreplicated_ledgers,
+// quire_journal_rereplicated_ledgers_total,
+// quire_journal_rereplicated_entries_total and
+// quire_journal_rereplication_failures_total.
+func (c *Client) NewAuditor(grace time.Duration, reg prometheus.Registerer) *Auditor {
+	a := &Auditor{c: c, grace: grace, now: time.Now, missing: map[string]time.Time{},
+		underReplicated: prometheus.NewGauge(prometheus.GaugeOpts{Name: "quire_journal_underreplicated_ledgers",
+			Help: "Ledgers whose metadata names a bookie that is not live, at the last audit."}),
+		rereplicated: prometheus.NewCounter(prometheus.CounterOpts{Name: "quire_journal_rereplicated_ledgers_total",
+			Help: "Closed ledgers whose copies on lost bookies were restored on others."}),
+		copied: prometheus.NewCounter(prometheus.CounterOpts{Name: "quire_journal_rereplicated_entries_total",
+			Help: "Entries copied to replacement bookies by re-replication."}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "quire_journal_rereplication_failures_total",
+			Help: "Ledger re-replications that failed (retried at the next audit)."}),
+	}
+	if reg != nil {
+		for _, col := range []prometheus.Collector{a.underReplicated, a.rereplicated, a.copied, a.failures} {
+			_ = reg.Register(col)
+		}
+	}
+	return a
+}
+
+// Check runs one audit: it lists the live bookies and every ledger, and
+// re-replicates the closed ledgers that name a lost bookie. Errors of
+// single ledgers are joined into the error; the others go on.
+func (a *Auditor) Check(ctx context.Context) (AuditResult, error) {
+	var res AuditResult
+	live, err := a.c.live(ctx)
+	if err != nil {
+		return res, err
+	}
+	isLive := map[string]bool{}
+	for _, b := range live {
+		isLive[b.ID] = true
+	}
+	recs, _, err := schema.List[schema.Ledger](ctx, a.c.store.KV, schema.PrefixLedgers, false)
+	if err != nil {
+		return res, err
+	}
+	res.Ledgers = len(recs)
+	now := a.now()
+	a.mu.Lock()
+	seen := map[string]bool{}
+	for _, r := range recs {
+		for _, f := range r.Value.Fragments {
+			for _, b := range f.Bookies {
+				if !isLive[b] {
+					seen[b] = true
+					if _, ok := a.missing[b]; !ok {
+						a.missing[b] = now
+					}
+				}
+			}
+		}
+	}
+	for b := range a.missing {
+		if !seen[b] {
+			delete(a.missing, b) // live again, or named by no ledger
+		}
+	}
+	lostSet := map[string]bool{}
+	for b, since := range a.missing {
+		if now.Sub(since) >= a.grace {
+			lostSet[b] = true
+			res.Lost = append(res.Lost, b)
+		}
+	}
+	a.mu.Unlock()
+	slices.Sort(res.Lost)
+	lost := func(b string) bool { return lostSet[b] }
+	var errs []error
+	for _, r := range recs {
+		names := func(pred func(string) bool) bool {
+			return slices.ContainsFunc(r.Value.Fragments, func(f schema.Fragment) bool { return slices.ContainsFunc(f.Bookies, pred) })
+		}
+		if !names(func(b string) bool { return !isLive[b] }) {
+			continue
+		}
+		res.UnderReplicated++
+		if !names(lost) {
+			continue
+		}
+		if r.Value.State != schema.LedgerState(ledger.StateClosed) {
+			res.Waiting++
+			continue
+		}
+		n, err := a.c.Rereplicate(ctx, r.Value.ID, lost)
+		res.Entries += n
+		a.copied.Add(float64(n))
+		if err != nil {
+			if errors.Is(err, ErrNoSuchLedger) {
+				continue // deleted meanwhile
+			}
+			a.failures.Inc()
+			errs = append(errs, err)
+			continue
+		}
+		res.Rereplicated++
+		a.rereplicated.Inc()
+	}
+	a.underReplicated.Set(float64(res.UnderReplicated - res.Rereplicated))
+	return res, errors.Join(errs...)
+}
+
+// Run calls Check every interval until ctx ends, logging what it did.
+func (a *Auditor) Run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		res, err := a.Check(ctx)
+		if err != nil && ctx.Err() == nil {
+			a.c.log.Warn("journal/client: audit: re-replication failed", "err", err, "lost", res.Lost)
+		}
+		if res.Rereplicated > 0 || res.Waiting > 0 {
+			a.c.log.Info("journal/client: audit", "ledgers", res.Ledgers, "under_replicated", res.UnderReplicated,
+				"lost", res.Lost, "rereplicated", res.Rereplicated, "entries", res.Entries, "waiting_open", res.Waiting)
+		}
+	}
+}
