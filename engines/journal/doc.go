@@ -55,6 +55,17 @@
 // shard record (the commit point), then the log and its ledgers; a Create
 // of the same name removes a log an interrupted delete left.
 //
+// # Re-replication
+//
+// With Options.RereplicateAfter (the node's [storage.journal]
+// rereplicate_after, default 2m), the engine runs a journal/client Auditor
+// every AuditInterval: a bookie missing from the directory that long is
+// lost, and every closed ledger in meta that names it (not only this
+// engine's shards) has the entries it held copied to another bookie and
+// its metadata CASed to name that one (client.Rereplicate). Every node
+// running the engine audits; the CAS makes each ledger's re-replication
+// happen once.
+//
 // # Offload
 //
 // With Options.Offload, a pass every Offload.Interval copies each closed

@@ -49,8 +49,9 @@ type Engine struct {
 	stopRetention chan struct{} // closed by Close; stops the offloader too
 	retentionDone chan struct{}
 	offloadDone   chan struct{}
-	offloadCtx    context.Context // the offload passes' work; cancelled by Close
+	offloadCtx    context.Context // the offload passes' and the auditor's work; cancelled by Close
 	stopOffload   context.CancelFunc
+	auditDone     chan struct{} // the auditor (Options.RereplicateAfter) stopped
 }
 
 var (
@@ -74,6 +75,16 @@ func Open(o Options) (*Engine, error) {
 		go e.every(o.RetentionInterval, e.retentionDone, e.retain) // Options.RetentionAge on the open shards
 	} else {
 		close(e.retentionDone)
+	}
+	e.auditDone = make(chan struct{})
+	if o.RereplicateAfter > 0 {
+		a := o.Client.NewAuditor(o.RereplicateAfter, o.Registerer)
+		go func() {
+			defer close(e.auditDone)
+			a.Run(e.offloadCtx, o.AuditInterval) // cancelled by Close
+		}()
+	} else {
+		close(e.auditDone)
 	}
 	if o.Offload != nil && !o.noOffloadLoop {
 		go e.every(o.Offload.Interval, e.offloadDone, e.offloadPass)
@@ -280,6 +291,7 @@ func (e *Engine) Close() error {
 	e.stopOffload() // a pass in the middle of a ledger's upload
 	<-e.retentionDone
 	<-e.offloadDone
+	<-e.auditDone
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), e.o.OpTimeout)

@@ -100,6 +100,13 @@ type Options struct {
 	// open shards (0: keep forever). Default RetentionInterval 1m.
 	RetentionAge      time.Duration
 	RetentionInterval time.Duration
+	// RereplicateAfter runs a client.Auditor: a bookie that the directory
+	// has not listed as live for this long is lost, and the closed ledgers
+	// that name it are copied to other bookies (client.Rereplicate), every
+	// AuditInterval (default RereplicateAfter/4, within 1s..30s). 0: no
+	// auditor.
+	RereplicateAfter time.Duration
+	AuditInterval    time.Duration
 	// Offload, when set, copies the closed ledgers of the open shards to
 	// an object store and drops them from the log after its DeleteLag;
 	// reads below the log's first ledger come from the objects.
@@ -133,6 +140,9 @@ func (o *Options) EnsureDefaults() *Options {
 	if o.RetentionInterval <= 0 {
 		o.RetentionInterval = time.Minute
 	}
+	if o.AuditInterval <= 0 {
+		o.AuditInterval = min(30*time.Second, max(time.Second, o.RereplicateAfter/4))
+	}
 	if o.CacheBytes <= 0 {
 		o.CacheBytes = 4 << 20
 	}
@@ -156,8 +166,8 @@ func (o *Options) Validate() error {
 	if o.Client == nil || o.Meta == nil {
 		return errors.New("journal engine: Options.Client and Options.Meta are required")
 	}
-	if o.RollBytes < 0 || o.RollEntries < 0 || o.RollAge < 0 || o.RetentionAge < 0 {
-		return errors.New("journal engine: roll and retention limits must be >= 0")
+	if o.RollBytes < 0 || o.RollEntries < 0 || o.RollAge < 0 || o.RetentionAge < 0 || o.RereplicateAfter < 0 {
+		return errors.New("journal engine: roll, retention and re-replication limits must be >= 0")
 	}
 	if o.Offload != nil {
 		if err := o.Offload.validate(); err != nil {

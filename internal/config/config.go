@@ -382,6 +382,10 @@ type JournalStorage struct {
 	// OffloadDeleteLag is how long a ledger stays on the bookies after
 	// its offload; "0s" drops it at once.
 	OffloadDeleteLag Duration `toml:"offload_delete_lag"`
+	// RereplicateAfter: a bookie missing from meta's live bookies this
+	// long is lost, and the copies closed ledgers kept on it are made
+	// again on other bookies (journal/client.Auditor); "0s" = never.
+	RereplicateAfter Duration `toml:"rereplicate_after"`
 }
 
 // Quorum is a journal replication: E, Qw, Qa.
@@ -525,9 +529,10 @@ func Default() *Config {
 
 				OffloadDeleteLag: Duration(time.Hour),
 			},
-			Journal: JournalStorage{LedgerBytes: 256 << 20, RetentionAge: Duration(168 * time.Hour), OffloadDeleteLag: Duration(time.Hour)},
-			S3:      S3Storage{FlushInterval: Duration(50 * time.Millisecond), FlushBytes: 8 << 20},
-			HDFS:    HDFSStorage{Path: "/quire"},
+			Journal: JournalStorage{LedgerBytes: 256 << 20, RetentionAge: Duration(168 * time.Hour), OffloadDeleteLag: Duration(time.Hour),
+				RereplicateAfter: Duration(2 * time.Minute)},
+			S3:   S3Storage{FlushInterval: Duration(50 * time.Millisecond), FlushBytes: 8 << 20},
+			HDFS: HDFSStorage{Path: "/quire"},
 		},
 	}
 }
@@ -858,6 +863,9 @@ func (c *Config) validate() []*Error {
 	}
 	if j.RetentionAge < 0 {
 		bad("storage.journal.retention_age", "must be >= 0 (0 = keep forever), got %s", j.RetentionAge)
+	}
+	if j.RereplicateAfter < 0 {
+		bad("storage.journal.rereplicate_after", "must be >= 0 (0 = never), got %s", j.RereplicateAfter)
 	}
 	checkOffload(bad, "storage.journal", j.Offload, j.OffloadDeleteLag, "drop at once")
 	if c.Storage.Memory.ShardBudgetBytes <= 0 {

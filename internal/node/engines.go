@@ -276,9 +276,10 @@ func openJournalEngine(cfg *config.Config, kv meta.KV, offload *journal.OffloadO
 		RollAge:     jc.LedgerAge.Std(),
 		Registerer:  reg,
 		// Retention of the shards this node has open (those it writes).
-		RetentionAge: jc.RetentionAge.Std(),
-		Offload:      offload,
-		Logger:       log,
+		RetentionAge:     jc.RetentionAge.Std(),
+		RereplicateAfter: jc.RereplicateAfter.Std(),
+		Offload:          offload,
+		Logger:           log,
 	})
 	if err != nil {
 		cl.Close()

@@ -102,6 +102,17 @@
 // recovery starts. Aborted becomes an error matching ErrRecoveryAborted;
 // nothing unsafe was done and Recover may simply be called again.
 //
+// # Re-replication
+//
+// Rereplicate restores the copies a CLOSED ledger kept on lost bookies:
+// per fragment naming one, a live bookie on a node the fragment does not
+// use receives every entry whose write set held the lost one (strided
+// range reads from the write set's other members, recovery adds, synced),
+// then the metadata is CASed with the replacement. An Auditor
+// (NewAuditor, Check, Run) counts a bookie lost once the directory has
+// missed it for a grace period and re-replicates every closed ledger
+// naming it (rereplicate.go).
+//
 // # Logs
 //
 // A shard's log is schema.Log: its ledger ids in order. Offsets are dense
