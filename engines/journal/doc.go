@@ -60,9 +60,10 @@
 // With Options.RereplicateAfter (the node's [storage.journal]
 // rereplicate_after, default 2m), the engine runs a journal/client Auditor
 // every AuditInterval: a bookie missing from the directory that long is
-// lost, and every closed ledger in meta that names it (not only this
-// engine's shards) has the entries it held copied to another bookie and
-// its metadata CASed to name that one (client.Rereplicate). Every node
+// lost, and every ledger in meta that names it in a final fragment (all
+// of a closed ledger, all but the writer's last of an open one; not only
+// this engine's shards) has the entries it held copied to another bookie
+// and its metadata CASed to name that one (client.Rereplicate). Every node
 // running the engine audits; the CAS makes each ledger's re-replication
 // happen once.
 //

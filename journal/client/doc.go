@@ -104,14 +104,16 @@
 //
 // # Re-replication
 //
-// Rereplicate restores the copies a CLOSED ledger kept on lost bookies:
-// per fragment naming one, a live bookie on a node the fragment does not
-// use receives every entry whose write set held the lost one (strided
-// range reads from the write set's other members, recovery adds, synced),
-// then the metadata is CASed with the replacement. An Auditor
-// (NewAuditor, Check, Run) counts a bookie lost once the directory has
-// missed it for a grace period and re-replicates every closed ledger
-// naming it (rereplicate.go).
+// Rereplicate restores the copies a ledger kept on lost bookies in its
+// final fragments (all of a CLOSED ledger, all but the writer's last of
+// an OPEN one): per fragment naming one, a live bookie on a node the
+// fragment does not use receives every entry whose write set held the
+// lost one (strided range reads from the write set's other members,
+// recovery adds, synced), then the metadata is CASed with the
+// replacement (an OPEN ledger's writer adopts it at its next CAS). An
+// Auditor (NewAuditor, Check, Run) counts a bookie lost once the
+// directory has missed it for a grace period and re-replicates every
+// ledger naming it (rereplicate.go).
 //
 // # Logs
 //

@@ -30,17 +30,21 @@ import (
 // unreferenced garbage on the replacement); a CAS that finds the ledger
 // changed starts over from the new metadata.
 //
-// Only CLOSED ledgers are re-replicated: an open ledger's fragments belong
-// to its writer, whose ensemble changes and close CAS the same record
-// (its own ensemble change already replaces a failed bookie of the last
-// fragment, and recovery closes a ledger whose writer is gone; the
-// earlier fragments are re-replicated once it is closed).
+// Of an OPEN ledger only the fragments before the last are
+// re-replicated: their entries were all acknowledged before the ensemble
+// change that ended them, and the last fragment is the writer's (its own
+// ensemble change replaces a failed bookie there once it writes again,
+// and recovery closes a ledger whose writer is gone). The writer's next
+// CAS then finds the metadata changed while OPEN and adopts it
+// (ledger.Writer.CASDone) before it retries. A ledger in recovery is left
+// alone (ErrNotFinal) until it is closed.
 //
 // The Auditor decides which bookies are lost: those the directory has not
 // listed as live for a grace period (a restarting bookie is not lost).
 
-// ErrNotClosed is returned by Rereplicate for a ledger that is not CLOSED.
-var ErrNotClosed = errors.New("journal/client: ledger is not closed")
+// ErrNotFinal is returned by Rereplicate for a ledger in recovery: its
+// fragments are not final until the recovery closes it.
+var ErrNotFinal = errors.New("journal/client: ledger in recovery")
 
 // ErrNoLiveCopy is returned by Rereplicate when no live bookie of an
 // entry's write set holds it: the entry cannot be copied (it was lost, or
@@ -61,10 +65,18 @@ func (c *Client) Rereplicate(ctx context.Context, id uint64, lost func(bookie st
 			return copied, err
 		}
 		md := ToMetadata(rec)
-		if md.State != ledger.StateClosed {
-			return copied, fmt.Errorf("%w: ledger %d is %s", ErrNotClosed, id, md.State)
+		// The fragments whose entries are final: all of a closed ledger;
+		// of an open one, all but the last (its writer's), whose entries
+		// were acknowledged before the ensemble change that ended them.
+		final := len(md.Fragments)
+		switch md.State {
+		case ledger.StateClosed:
+		case ledger.StateOpen:
+			final--
+		default:
+			return copied, fmt.Errorf("%w: ledger %d is %s", ErrNotFinal, id, md.State)
 		}
-		if !slices.ContainsFunc(md.Fragments, func(f ledger.Fragment) bool { return slices.ContainsFunc(f.Bookies, lost) }) {
+		if !slices.ContainsFunc(md.Fragments[:final], func(f ledger.Fragment) bool { return slices.ContainsFunc(f.Bookies, lost) }) {
 			return copied, nil
 		}
 		live, err := c.live(ctx)
@@ -72,7 +84,7 @@ func (c *Client) Rereplicate(ctx context.Context, id uint64, lost func(bookie st
 			return copied, err
 		}
 		next := md.Clone()
-		for fi := range next.Fragments {
+		for fi := range final {
 			f := &next.Fragments[fi]
 			first, last := f.FirstEntry, md.LastEntry
 			if fi+1 < len(next.Fragments) {
@@ -141,7 +153,7 @@ func (c *Client) copyFragment(ctx context.Context, md *ledger.Metadata, fi, j in
 	copied := 0
 	add := func(e int64, p []byte) error {
 		wg.Add(1)
-		if err := st.Add(bookierpc.Add{Ledger: md.ID, Entry: uint64(e), LAC: md.LastEntry, Payload: p, Recovery: true}); err != nil {
+		if err := st.Add(bookierpc.Add{Ledger: md.ID, Entry: uint64(e), LAC: last, Payload: p, Recovery: true}); err != nil {
 			wg.Done()
 			return err
 		}
@@ -212,8 +224,8 @@ func (c *Client) copyFragment(ctx context.Context, md *ledger.Metadata, fi, j in
 // for: a range read is bounded as a whole by Options.RequestTimeout.
 const rereplicateChunk = 4096
 
-// Auditor finds closed ledgers that keep copies on lost bookies and
-// re-replicates them (Rereplicate). A bookie is lost once the directory
+// Auditor finds ledgers that keep copies on lost bookies and re-replicates
+// them (Rereplicate). A bookie is lost once the directory
 // has not listed it as live for Grace, measured from the first Check that
 // missed it. Several auditors (one per node) may run at once: the
 // metadata CAS makes each ledger's re-replication happen once; a loser's
@@ -239,7 +251,7 @@ type AuditResult struct {
 	Lost            []string // bookies missing for Grace or longer
 	Rereplicated    int      // ledgers whose lost copies were restored
 	Entries         int      // entries copied
-	Waiting         int      // open ledgers naming a lost bookie (re-replicated once closed)
+	Waiting         int      // ledgers naming a lost bookie where Rereplicate may not replace it (an open ledger's last fragment, a ledger in recovery)
 }
 
 // NewAuditor returns an auditor over c that counts a bookie lost after
@@ -267,7 +279,7 @@ func (c *Client) NewAuditor(grace time.Duration, reg prometheus.Registerer) *Aud
 }
 
 // Check runs one audit: it lists the live bookies and every ledger, and
-// re-replicates the closed ledgers that name a lost bookie. Errors of
+// re-replicates the ledgers that name a lost bookie in a final fragment. Errors of
 // single ledgers are joined into the error; the others go on.
 func (a *Auditor) Check(ctx context.Context) (AuditResult, error) {
 	var res AuditResult
@@ -326,7 +338,16 @@ func (a *Auditor) Check(ctx context.Context) (AuditResult, error) {
 		if !names(lost) {
 			continue
 		}
-		if r.Value.State != schema.LedgerState(ledger.StateClosed) {
+		switch r.Value.State {
+		case schema.LedgerState(ledger.StateClosed):
+		case schema.LedgerState(ledger.StateOpen):
+			if fs := r.Value.Fragments; slices.ContainsFunc(fs[len(fs)-1].Bookies, lost) {
+				res.Waiting++ // the writer's fragment: its ensemble change, or recovery
+				if !slices.ContainsFunc(fs[:len(fs)-1], func(f schema.Fragment) bool { return slices.ContainsFunc(f.Bookies, lost) }) {
+					continue
+				}
+			}
+		default:
 			res.Waiting++
 			continue
 		}

@@ -127,19 +127,21 @@ func TestAuditorRereplicatesLostBookie(t *testing.T) {
 	}
 }
 
-// TestRereplicateRefusesOpenLedgerAndMissingCopy: an open ledger is left
-// to its writer (ErrNotClosed), and a closed ledger whose entry has no
-// live copy fails with ErrNoLiveCopy and leaves the metadata alone.
-func TestRereplicateRefusesOpenLedgerAndMissingCopy(t *testing.T) {
-	c := newCluster(t, 4, "")
-	cl := c.client(Options{RequestTimeout: time.Second})
+// TestRereplicateOpenLedgerAndMissingCopy: an open ledger's last
+// fragment is its writer's (nothing done); after an ensemble change its
+// earlier fragment is re-replicated, and the writer's later close adopts
+// the changed metadata. A ledger whose entry has no live copy fails with
+// ErrNoLiveCopy and leaves the metadata alone.
+func TestRereplicateOpenLedgerAndMissingCopy(t *testing.T) {
+	c := newCluster(t, 5, "")
+	cl := c.client(Options{RequestTimeout: time.Second, AddTimeout: time.Second})
 	ctx := testCtx(t)
 	w, err := cl.CreateLedger(ctx, 3, 2, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := newHistory()
-	for i, err := range appendAll(t, w, h, 30, 10) {
+	for i, err := range appendAll(t, w, h, 100, 10) {
 		if err != nil {
 			t.Fatal(i, err)
 		}
@@ -150,9 +152,54 @@ func TestRereplicateRefusesOpenLedgerAndMissingCopy(t *testing.T) {
 	}
 	ens := md.Fragments[0].Bookies
 	lostOne := func(b string) bool { return b == ens[0] }
-	if _, err := cl.Rereplicate(ctx, w.ID(), lostOne); !errors.Is(err, ErrNotClosed) {
-		t.Fatalf("open ledger: %v, want ErrNotClosed", err)
+	if n, err := cl.Rereplicate(ctx, w.ID(), lostOne); n != 0 || err != nil {
+		t.Fatalf("open ledger, one fragment: %d, %v; want nothing done", n, err)
 	}
+	c.byID(ens[0]).kill()
+	c.liveExcept(ens[0])
+	for i, err := range appendAll(t, w, h, 100, 10) { // the ensemble changes
+		if err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	n, err := cl.Rereplicate(ctx, w.ID(), lostOne)
+	if err != nil || n == 0 {
+		t.Fatalf("open ledger after an ensemble change: %d, %v", n, err)
+	}
+	for i, err := range appendAll(t, w, h, 50, 10) {
+		if err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatalf("close after the metadata changed under the writer: %v", err)
+	}
+	after, err := cl.Metadata(ctx, w.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.State != ledger.StateClosed || after.LastEntry != 249 ||
+		slices.ContainsFunc(after.Fragments, func(f ledger.Fragment) bool { return slices.Contains(f.Bookies, ens[0]) }) {
+		t.Fatalf("after re-replication and close: %s", after)
+	}
+	checkCopies(t, cl, after, 249, h)
+	firstDead := ens[0]
+
+	// A second ledger, closed, loses two bookies of its ensemble: the
+	// entries they shared have no copy left.
+	w, err = cl.CreateLedger(ctx, 3, 2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, err := range appendAll(t, w, newHistory(), 30, 10) {
+		if err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	if md, err = cl.Metadata(ctx, w.ID()); err != nil {
+		t.Fatal(err)
+	}
+	ens = md.Fragments[0].Bookies
 	if err := w.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -160,16 +207,16 @@ func TestRereplicateRefusesOpenLedgerAndMissingCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Two bookies of the ensemble gone: the entries they shared (those
-	// with both in their write set) have no copy left.
-	c.byID(ens[0]).kill()
-	c.byID(ens[1]).kill()
-	c.liveExcept(ens[0], ens[1])
+	dead := []string{ens[0], ens[1]}
+	for _, b := range dead {
+		c.byID(b).kill()
+	}
+	c.liveExcept(append(dead, firstDead)...)
 	lostTwo := func(b string) bool { return b == ens[0] || b == ens[1] }
 	if _, err := cl.Rereplicate(ctx, w.ID(), lostTwo); !errors.Is(err, ErrNoLiveCopy) {
 		t.Fatalf("no live copy: %v, want ErrNoLiveCopy", err)
 	}
-	after, err := cl.Metadata(ctx, w.ID())
+	after, err = cl.Metadata(ctx, w.ID())
 	if err != nil {
 		t.Fatal(err)
 	}
