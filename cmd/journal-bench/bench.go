@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/quiremq/quire/internal/hist"
 	"github.com/quiremq/quire/journal/client"
 )
 
@@ -124,9 +125,9 @@ func (r *result) print(w io.Writer, asJSON bool) error {
 // addStats collects acknowledged appends: totals and the current second.
 type addStats struct {
 	mu        sync.Mutex
-	total     histogram
-	lag       histogram // --rate: AppendAsync returned minus scheduled time
-	interval  histogram
+	total     hist.Histogram
+	lag       hist.Histogram // --rate: AppendAsync returned minus scheduled time
+	interval  hist.Histogram
 	stages    stageStats
 	entries   int64
 	warm      int64 // acknowledged warm-up appends
@@ -162,11 +163,11 @@ func (s *addStats) recordLag(d time.Duration) {
 
 // takeInterval returns the current second's count and histogram and
 // starts the next.
-func (s *addStats) takeInterval() (int64, histogram) {
+func (s *addStats) takeInterval() (int64, hist.Histogram) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n, h := s.ivEntries, s.interval
-	s.ivEntries, s.interval = 0, histogram{}
+	s.ivEntries, s.interval = 0, hist.Histogram{}
 	return n, h
 }
 
@@ -175,7 +176,7 @@ type readStats struct {
 	entries  atomic.Int64
 	ivStart  atomic.Int64 // entries at the start of the current second
 	mu       sync.Mutex
-	tail     histogram // tail mode: append to read
+	tail     hist.Histogram // tail mode: append to read
 	recordAt bool
 }
 

@@ -13,8 +13,8 @@
 // mode checks that it reads back exactly what was acknowledged, in order.
 //
 // This package is flags, load generation and reporting; the cluster it
-// runs on is cluster.go, the disk ceiling rawdisk.go, the latency
-// histogram hist.go.
+// runs on is cluster.go, the disk ceiling rawdisk.go, the stages of the
+// add latency stages.go; the latency histogram is internal/hist.
 package main
 
 import (

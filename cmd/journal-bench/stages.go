@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/quiremq/quire/internal/hist"
 	"github.com/quiremq/quire/journal/client"
 )
 
@@ -27,7 +28,7 @@ const stageSample = 8
 // stageStats collects the stages of measured appends; guarded by
 // addStats.mu.
 type stageStats struct {
-	hists   [nStages]histogram
+	hists   [nStages]hist.Histogram
 	samples []stageVec
 	seen    uint64 // appends with every stage observed
 	missed  uint64 // appends acknowledged with a stage not observed

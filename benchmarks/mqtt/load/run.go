@@ -10,6 +10,7 @@ import (
 
 	"github.com/quiremq/quire/benchmarks/mqtt/client"
 	"github.com/quiremq/quire/frontends/mqtt/packet"
+	"github.com/quiremq/quire/internal/hist"
 )
 
 // publisher is one publishing client and what became of its messages.
@@ -42,7 +43,7 @@ type subscriber struct {
 	dups    uint64
 	foreign uint64 // payloads from no publisher of this run
 	inWin   uint64 // deliveries received inside the measured window
-	hist    Histogram
+	hist    hist.Histogram
 }
 
 // run is the state of one Run.
@@ -389,7 +390,7 @@ func (r *run) result(measured time.Duration) *Result {
 	res := &Result{Scenario: r.cfg.Scenario, QoS: int(r.cfg.QoS), Size: r.cfg.Size, Clients: r.cfg.Clients,
 		Publishers: len(r.pubs), Subscribers: len(r.subs), Window: r.cfg.Window, Rate: r.cfg.Rate,
 		Warmup: r.cfg.Warmup.Seconds(), Duration: measured.Seconds()}
-	var h Histogram
+	var h hist.Histogram
 	var inWin uint64
 	for _, p := range r.pubs {
 		res.Sent += p.sent.Load()
