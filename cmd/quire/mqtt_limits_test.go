@@ -29,10 +29,11 @@ func TestMQTTLimitsAndReauth(t *testing.T) {
 acl_default = "allow"
 max_inflight = %d
 max_publish_rate = %d
+max_keep_alive = %d
 [[mqtt.users]]
 name = "carol"
 scram_sha256 = %q
-`, limitsInflight, limitsRate, cred.String()))
+`, limitsInflight, limitsRate, limitsKeepAlive, cred.String()))
 	n.start(t)
 	for _, tc := range []struct {
 		name string
@@ -41,8 +42,43 @@ scram_sha256 = %q
 		{"max-inflight", limitMaxInflight},
 		{"max-publish-rate", limitPublishRate},
 		{"scram-reauthentication", limitSCRAMReauth},
+		{"server-keep-alive", limitServerKeepAlive},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, n) })
+	}
+}
+
+// limitsKeepAlive is the node's max_keep_alive in seconds.
+const limitsKeepAlive = 30
+
+// limitServerKeepAlive: max_keep_alive caps a v5 client's keep alive,
+// told in CONNACK's Server Keep Alive (MQTT 5.0 §3.2.2.3.14); a client
+// asking for at most the cap keeps its own. (A client asking for none, 0,
+// is capped too: TestNodeMQTTMaxKeepAlive; connectV5 never asks for 0.)
+func limitServerKeepAlive(t *testing.T, n *featNode) {
+	for _, tc := range []struct {
+		asked uint16
+		want  *uint16 // nil: no Server Keep Alive in CONNACK
+	}{
+		{asked: 600, want: paho.Uint16(limitsKeepAlive)},
+		{asked: limitsKeepAlive + 1, want: paho.Uint16(limitsKeepAlive)},
+		{asked: limitsKeepAlive},
+		{asked: 10},
+	} {
+		c := n.connectV5(t, &paho.Connect{ClientID: fmt.Sprintf("ska-%d", tc.asked), CleanStart: true, KeepAlive: tc.asked}, fopts{})
+		if c.err != nil {
+			t.Fatal(c.err)
+		}
+		var got *uint16
+		if c.ack.Properties != nil {
+			got = c.ack.Properties.ServerKeepAlive
+		}
+		switch {
+		case tc.want == nil && got != nil && *got != tc.asked:
+			t.Errorf("keep alive %d: Server Keep Alive %d, want none (or %d)", tc.asked, *got, tc.asked)
+		case tc.want != nil && (got == nil || *got != *tc.want):
+			t.Errorf("keep alive %d: Server Keep Alive %v, want %d", tc.asked, got, *tc.want)
+		}
 	}
 }
 
