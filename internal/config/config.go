@@ -220,6 +220,11 @@ type Bookie struct {
 	// data_dir as a whole is detected too). A file path keeps the cookies in
 	// that file instead, as `quire bookie` does.
 	CookieStore string `toml:"cookie_store"`
+	// GCInterval: this often the node's bookie deletes the ledgers it
+	// holds that meta no longer has (deleted while the bookie was down or
+	// unreachable), once two passes in a row found them missing; "0s" =
+	// never.
+	GCInterval Duration `toml:"gc_interval"`
 }
 
 // MaxBookieEntrySize is the largest bookie.max_entry_size (the bookie's
@@ -515,6 +520,7 @@ func Default() *Config {
 			MaxGroupWait:  Duration(2 * time.Millisecond),
 			MaxGroupBytes: 512 << 10,
 			MaxEntrySize:  8 << 20,
+			GCInterval:    Duration(10 * time.Minute),
 		},
 		Storage: Storage{
 			DefaultEngine: "file",
@@ -747,6 +753,9 @@ func (c *Config) validate() []*Error {
 	}
 	if c.Bookie.MaxGroupBytes < 4096 {
 		bad("bookie.max_group_bytes", "must be >= 4096, got %d", c.Bookie.MaxGroupBytes)
+	}
+	if c.Bookie.GCInterval < 0 {
+		bad("bookie.gc_interval", "must be >= 0 (0 = never), got %s", c.Bookie.GCInterval)
 	}
 	if c.Bookie.MaxEntrySize <= 0 || c.Bookie.MaxEntrySize > MaxBookieEntrySize {
 		bad("bookie.max_entry_size", "must be from 1 to %d, got %d", MaxBookieEntrySize, c.Bookie.MaxEntrySize)

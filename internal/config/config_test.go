@@ -161,7 +161,8 @@ engine = "file"
 	want.MQTT.WS = ""
 	want.Storage.DefaultEngine = "memory"
 	want.Bookie = Bookie{Enabled: false, JournalDir: "/fast/journal", MaxGroupWait: Duration(time.Millisecond),
-		MaxGroupBytes: 256 << 10, MaxEntrySize: 8 << 20, CookieStore: "/etc/quire/cookies.json"}
+		MaxGroupBytes: 256 << 10, MaxEntrySize: 8 << 20, CookieStore: "/etc/quire/cookies.json",
+		GCInterval: Duration(10 * time.Minute)}
 	want.Storage.File.Sync = "interval"
 	want.Storage.File.SyncInterval = Duration(250 * time.Millisecond)
 	want.Storage.File.RetentionAge = 0

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/quiremq/quire/internal/config"
@@ -14,6 +16,8 @@ import (
 	"github.com/quiremq/quire/internal/vfs"
 	"github.com/quiremq/quire/journal/bookie"
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
+	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
 )
 
 // Where the node's bookie keeps its data, under data_dir.
@@ -30,6 +34,13 @@ type bookieComponent struct {
 	grpc   *grpcServer
 	log    *slog.Logger
 	bookie *bookie.Bookie
+
+	// Garbage collection (gcLoop), with gcMeta set.
+	gcMeta     func() meta.KV // nil before meta starts
+	gcInterval time.Duration
+	gcStop     context.CancelFunc
+	gcDone     chan struct{}
+	gcDeleted  prometheus.Counter
 }
 
 // newBookieComponent builds the bookie component and registers its service
@@ -55,12 +66,104 @@ func (c *bookieComponent) Start(context.Context) error {
 	o.EnsureDefaults()
 	c.log.Info("bookie open", "bookie_id", o.BookieID, "dir", o.Dir, "journal_dir", o.JournalDir,
 		"max_group_wait", o.MaxGroupWait, "max_group_bytes", o.MaxGroupBytes)
+	if c.gcMeta != nil && c.gcInterval > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		c.gcStop, c.gcDone = cancel, make(chan struct{})
+		go c.gcLoop(ctx, b)
+	}
 	return nil
+}
+
+// collectGarbage makes the bookie delete, every interval, the ledgers it
+// holds that meta no longer has (see gcPass); reg receives
+// quire_bookie_gc_deleted_ledgers_total.
+func (c *bookieComponent) collectGarbage(kv func() meta.KV, interval time.Duration, reg prometheus.Registerer) {
+	c.gcMeta, c.gcInterval = kv, interval
+	c.gcDeleted = prometheus.NewCounter(prometheus.CounterOpts{Name: "quire_bookie_gc_deleted_ledgers_total",
+		Help: "Ledgers the bookie deleted because meta no longer had them (deleted while the bookie was away)."})
+	if reg != nil {
+		_ = reg.Register(c.gcDeleted)
+	}
+}
+
+func (c *bookieComponent) gcLoop(ctx context.Context, b *bookie.Bookie) {
+	defer close(c.gcDone)
+	t := time.NewTicker(c.gcInterval)
+	defer t.Stop()
+	var suspects map[uint64]bool
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		next, err := c.gcPass(ctx, b, suspects)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("bookie garbage collection: pass failed", "err", err)
+			}
+			continue
+		}
+		suspects = next
+	}
+}
+
+// gcPass deletes the ledgers b holds that meta has no record of and that
+// the previous pass (suspects) found missing too, and returns the ones
+// found missing now. The bookie's list is read before meta's: a ledger's
+// record is created before any of its entries is added, and ledger ids are
+// never reused, so a ledger the bookie held before meta was read and that
+// meta does not have was deleted (a bookie that was down or unreachable
+// missed the deletion, journal/client.DeleteLedger). The second pass is a
+// margin for a read of meta that lags (a follower's): a ledger created
+// just before the first pass is there by the second.
+func (c *bookieComponent) gcPass(ctx context.Context, b *bookie.Bookie, suspects map[uint64]bool) (map[uint64]bool, error) {
+	held := b.Ledgers()
+	if len(held) == 0 {
+		return nil, nil
+	}
+	kv := c.gcMeta()
+	if kv == nil {
+		return suspects, errors.New("meta is not running")
+	}
+	recs, _, err := schema.List[schema.Ledger](ctx, kv, schema.PrefixLedgers, false)
+	if err != nil {
+		return suspects, err
+	}
+	known := make(map[uint64]bool, len(recs))
+	for _, r := range recs {
+		known[r.Value.ID] = true
+	}
+	missing := map[uint64]bool{}
+	var deleted []uint64
+	for _, id := range held {
+		if known[id] {
+			continue
+		}
+		if !suspects[id] {
+			missing[id] = true
+			continue
+		}
+		if err := b.DeleteLedger(id); err != nil {
+			return missing, fmt.Errorf("deleting ledger %d: %w", id, err)
+		}
+		deleted = append(deleted, id)
+		c.gcDeleted.Inc()
+	}
+	if len(deleted) > 0 {
+		c.log.Info("bookie garbage collection: deleted ledgers meta no longer has", "ledgers", deleted)
+	}
+	return missing, nil
 }
 
 func (c *bookieComponent) Stop(context.Context) error {
 	if c.bookie == nil {
 		return nil
+	}
+	if c.gcStop != nil {
+		c.gcStop()
+		<-c.gcDone
+		c.gcStop = nil
 	}
 	c.grpc.setServing(journalv1.Bookie_ServiceDesc.ServiceName, false)
 	err := c.bookie.Close()

@@ -182,6 +182,7 @@ func New(opts Options) (*Node, error) {
 		blog := n.log.With("component", "bookie")
 		bo.Logf = func(format string, args ...any) { blog.Warn(fmt.Sprintf(format, args...)) }
 		n.bookie = newBookieComponent(bo, n.grpc, blog)
+		n.bookie.collectGarbage(n.meta.kv, n.cfg.Bookie.GCInterval.Std(), n.reg)
 	}
 	n.admin = &adminServer{addr: n.cfg.Admin.Addr, log: n.log.With("component", "admin"), report: n.report}
 	n.broker = newBroker(n.cfg, n.fs, n.dataDir, n.reg, n.log.With("component", "broker"), n.meta)

@@ -684,6 +684,19 @@ func (b *Bookie) DeleteLedger(ledger uint64) error {
 	})
 }
 
+// Ledgers returns the ledgers the bookie holds (entries, a fence or a
+// LAC), ascending.
+func (b *Bookie) Ledgers() []uint64 {
+	b.mu.Lock()
+	ids := make([]uint64, 0, len(b.ledgers))
+	for id := range b.ledgers {
+		ids = append(ids, id)
+	}
+	b.mu.Unlock()
+	slices.Sort(ids)
+	return ids
+}
+
 // ReadLAC returns the ledger's LAC: the highest of the LACs piggybacked on
 // its adds and written explicitly, -1 if none. With fence it fences the
 // ledger first (as Fence). It returns ErrNoSuchLedger for an unknown ledger.
