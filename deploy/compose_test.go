@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/quiremq/quire/engines/objstore/s3store"
 	"github.com/quiremq/quire/engines/objstore/s3test"
+	"github.com/quiremq/quire/internal/testaddr"
 )
 
 // TestCompose brings up docker-compose.yml with locally built images and
@@ -44,7 +44,9 @@ func TestCompose(t *testing.T) {
 	minioImage := "quire-minio:" + tag
 	buildImages(t, quireImage, minioImage)
 
-	ports := freePorts(t, 7)
+	// Ports Docker publishes on every interface, below the ephemeral range
+	// (where outgoing connections could take them before Docker binds them).
+	ports := testaddr.Ports(t, "0.0.0.0", 7)
 	project := "quiretest" + tag[5:]
 	env := append(os.Environ(),
 		"QUIRE_IMAGE="+quireImage, "MINIO_IMAGE="+minioImage,
@@ -333,25 +335,6 @@ func buildImages(t *testing.T, quireImage, minioImage string) {
 		t.Fatal(err)
 	}
 	docker(mctx, filepath.Join(root, "deploy", "Dockerfile.minio"), minioImage)
-}
-
-// freePorts returns n distinct free TCP ports below the ephemeral range
-// (where outgoing connections could take them before Docker binds them).
-func freePorts(t *testing.T, n int) []string {
-	t.Helper()
-	var ps []string
-	for p := 20000 + os.Getpid()%8000; len(ps) < n && p < 32000; p++ {
-		l, err := net.Listen("tcp4", "0.0.0.0:"+strconv.Itoa(p))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		ps = append(ps, strconv.Itoa(p))
-	}
-	if len(ps) < n {
-		t.Fatal("no free ports")
-	}
-	return ps
 }
 
 func clusterState(adminPort string) (up int, leader uint64, err error) {
