@@ -47,6 +47,10 @@ type Options struct {
 	// Logger receives ensemble changes, failures and recoveries. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// QuarantineTime is how long a bookie that answered STATUS_FAILED
+	// (its storage failed) is kept out of new ensembles while others
+	// suffice (quarantine.go). Default 10m; negative: never.
+	QuarantineTime time.Duration
 	// Registerer receives quire_journal_client_add_stage_seconds (where
 	// an append's latency goes: trace.go); nil registers nothing and
 	// observes nothing.
@@ -66,6 +70,9 @@ func (o *Options) EnsureDefaults() *Options {
 	}
 	if o.MaxInflight <= 0 {
 		o.MaxInflight = 4096
+	}
+	if o.QuarantineTime == 0 {
+		o.QuarantineTime = 10 * time.Minute
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -117,6 +124,9 @@ type Client struct {
 	closed bool
 
 	stages *stageMetrics // nil without Options.Registerer
+
+	qmu        sync.Mutex
+	quarantine map[string]time.Time // bookie → until (quarantine.go)
 }
 
 // New returns a client.
@@ -128,7 +138,7 @@ func New(o Options) (*Client, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Client{opts: o, store: schema.Store{KV: o.Meta}, log: o.Logger, ctx: ctx, cancel: cancel,
 		addrs: map[string]string{}, conns: map[string]*bookierpc.Client{}, adds: map[string]*bookieConn{},
-		stages: newStageMetrics(o.Registerer)}, nil
+		stages: newStageMetrics(o.Registerer), quarantine: map[string]time.Time{}}, nil
 }
 
 // Close closes the bookie connections. Writers and readers of the client
@@ -240,7 +250,11 @@ func (c *Client) CreateLedger(ctx context.Context, e, qw, qa int) (*LedgerWriter
 	if err != nil {
 		return nil, err
 	}
-	ens, err := pickEnsemble(live, e, int(c.pick.Add(1)-1))
+	start := int(c.pick.Add(1) - 1)
+	ens, err := pickEnsemble(c.healthy(live), e, start)
+	if errors.Is(err, ErrNotEnoughBookies) {
+		ens, err = pickEnsemble(live, e, start) // quarantined ones too, rather than none
+	}
 	if err != nil {
 		return nil, err
 	}

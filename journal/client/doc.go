@@ -102,6 +102,13 @@
 // recovery starts. Aborted becomes an error matching ErrRecoveryAborted;
 // nothing unsafe was done and Recover may simply be called again.
 //
+// # Quarantine
+//
+// A bookie that answers an add with STATUS_FAILED (its storage failed: it
+// takes no writes until restarted, though it stays live for reads) is
+// kept out of new ensembles for Options.QuarantineTime while the others
+// suffice, and listed last among replacements (quarantine.go).
+//
 // # Re-replication
 //
 // Rereplicate restores the copies a ledger kept on lost bookies in its

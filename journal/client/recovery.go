@@ -36,7 +36,7 @@ func (c *Client) Recover(ctx context.Context, id uint64) (int64, error) {
 	// Qa then aborts).
 	var avail []string
 	if live, err := c.live(ctx); err == nil {
-		avail = replacements(live, md.Fragments[len(md.Fragments)-1].Bookies, "")
+		avail = c.healthyFirst(replacements(live, md.Fragments[len(md.Fragments)-1].Bookies, ""))
 	}
 	m, effs, err := ledger.NewRecovery(md, ledger.RecoveryOptions{ReadAhead: 16, Available: avail})
 	if err != nil {
@@ -88,6 +88,7 @@ func (c *Client) Recover(ctx context.Context, id uint64) (int64, error) {
 					if l != nil {
 						l.answered(time.Now())
 					}
+					c.quarantineOnFailure(ev.l.bookie, r.err)
 					rv.exec(m.AddResult(ev.l.bookie, r.entry, statusOf(r.err)))
 				}
 				clear(results)

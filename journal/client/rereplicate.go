@@ -94,7 +94,7 @@ func (c *Client) Rereplicate(ctx context.Context, id uint64, lost func(bookie st
 				if !lost(b) {
 					continue
 				}
-				cands := slices.DeleteFunc(replacements(live, f.Bookies, b), lost)
+				cands := slices.DeleteFunc(replacements(c.healthy(live), f.Bookies, b), lost)
 				if len(cands) == 0 {
 					return copied, fmt.Errorf("%w: no live bookie on another node to replace %s in ledger %d", ErrNotEnoughBookies, b, id)
 				}

@@ -115,7 +115,7 @@ type (
 func (c *Client) newWriter(rec schema.Record[schema.Ledger], live []BookieInfo) (*LedgerWriter, error) {
 	md := ToMetadata(rec)
 	ens := md.Fragments[len(md.Fragments)-1].Bookies
-	m, err := ledger.NewWriter(md, replacements(live, ens, ""))
+	m, err := ledger.NewWriter(md, c.healthyFirst(replacements(live, ens, "")))
 	if err != nil {
 		return nil, err
 	}
@@ -281,6 +281,7 @@ func (w *LedgerWriter) handle(ev wevent, now time.Time) {
 			if l := w.links[b]; l != nil {
 				l.answered(now)
 				if st == ledger.StatusUnknown {
+					w.c.quarantineOnFailure(b, r.err)
 					w.c.log.Warn("journal/client: add failed, replacing bookie", "ledger", w.id, "bookie", b, "entry", r.entry, "err", r.err)
 					l.abort()
 					delete(w.links, b)
@@ -338,7 +339,7 @@ func (w *LedgerWriter) traceAck(r linkResult, now time.Time) {
 
 func (w *LedgerWriter) setAvailable() []ledger.Effect {
 	md := w.m.Metadata()
-	return w.m.SetAvailable(replacements(w.live, md.Fragments[len(md.Fragments)-1].Bookies, ""))
+	return w.m.SetAvailable(w.c.healthyFirst(replacements(w.live, md.Fragments[len(md.Fragments)-1].Bookies, "")))
 }
 
 func (w *LedgerWriter) fail(f *Future, err error) {
