@@ -63,18 +63,9 @@ func TestQuarantineFailedBookie(t *testing.T) {
 		t.Fatalf("bookie %s answered STATUS_FAILED but is not quarantined", bad.info.ID)
 	}
 	for range 8 {
-		lw, err := cl.CreateLedger(ctx, 3, 2, 2)
-		if err != nil {
-			t.Fatal(err)
+		if placedOn(t, cl, bad.info.ID) {
+			t.Fatal("a new ledger placed on the quarantined bookie")
 		}
-		md, err := cl.Metadata(ctx, lw.ID())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if slices.Contains(md.Fragments[0].Bookies, bad.info.ID) {
-			t.Fatalf("ledger %d placed on the quarantined bookie: %s", lw.ID(), md)
-		}
-		lw.Abandon()
 	}
 	lw, err := cl.CreateLedger(ctx, 4, 2, 2)
 	if err != nil {
@@ -86,18 +77,9 @@ func TestQuarantineFailedBookie(t *testing.T) {
 	plain := c.client(Options{QuarantineTime: -1})
 	placed := 0
 	for range 8 {
-		lw, err := plain.CreateLedger(ctx, 3, 2, 2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		md, err := plain.Metadata(ctx, lw.ID())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if slices.Contains(md.Fragments[0].Bookies, bad.info.ID) {
+		if placedOn(t, plain, bad.info.ID) {
 			placed++
 		}
-		lw.Abandon()
 	}
 	if placed == 0 {
 		t.Fatal("the control client never placed a ledger on the failing bookie")
@@ -106,4 +88,21 @@ func TestQuarantineFailedBookie(t *testing.T) {
 	if cl.quarantined("elsewhere:1") {
 		t.Fatal("quarantined without STATUS_FAILED")
 	}
+}
+
+// placedOn creates (and abandons) an E3/Qw2/Qa2 ledger with cl and reports
+// whether its ensemble holds bookie.
+func placedOn(t *testing.T, cl *Client, bookie string) bool {
+	t.Helper()
+	ctx := testCtx(t)
+	lw, err := cl.CreateLedger(ctx, 3, 2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lw.Abandon()
+	md, err := cl.Metadata(ctx, lw.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return slices.Contains(md.Fragments[0].Bookies, bookie)
 }
