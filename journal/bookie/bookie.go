@@ -173,7 +173,7 @@ func (b *Bookie) open() error {
 	if err := b.load(); err != nil {
 		return err
 	}
-	b.jnl = &journal{fs: fs, dir: o.JournalDir, opts: o, onRoll: b.maybeCheckpoint, needCheckpoint: b.kickCheckpoint}
+	b.jnl = &journal{fs: fs, dir: o.JournalDir, opts: o, m: b.m, onRoll: b.maybeCheckpoint, needCheckpoint: b.kickCheckpoint}
 	b.jnl.cond = sync.NewCond(&b.jnl.mu)
 	// Replay the journal from the checkpoint into the entry logs and index.
 	var batch []op

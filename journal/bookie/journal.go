@@ -26,6 +26,7 @@ type journal struct {
 	rolled     atomic.Int64 // files started since the last checkpoint
 	recycled   atomic.Int64 // files reused (for tests)
 	zeroFilled atomic.Int64 // files zero-filled (for tests)
+	m          *bookieMetrics
 	onRoll     func()       // called after a roll (kicks a checkpoint)
 	// needCheckpoint kicks a checkpoint (ckptKicked already counts it):
 	// called when the files to recycle run out.
@@ -176,6 +177,7 @@ func (j *journal) prepare(num uint64, checkpoint bool) (*jfile, error) {
 		if err = j.fs.Rename(j.path(old), j.path(num)); err == nil {
 			f, err = j.fs.OpenReadWrite(j.path(num), vfs.CategoryJournal)
 			j.recycled.Add(1)
+			j.m.journalFiles.WithLabelValues("recycled").Inc()
 		}
 	}
 	j.mu.Unlock()
@@ -232,6 +234,7 @@ func (j *journal) ready(num uint64, f vfs.File) (*jfile, error) {
 			return fail(err)
 		}
 		j.zeroFilled.Add(1)
+		j.m.journalFiles.WithLabelValues("zero_filled").Inc()
 	}
 	if err := vfs.SyncDir(j.fs, j.dir); err != nil {
 		return fail(err)

@@ -23,6 +23,10 @@ type bookieMetrics struct {
 	compactions   prometheus.Counter
 	deletedLogs   prometheus.Counter
 	failed        prometheus.Gauge
+	// journalFiles counts journal files started, by how they were made
+	// ready: "recycled" (a retired file reused) or "zero_filled" (a new
+	// file written with zeros first: twice the disk writes while it runs).
+	journalFiles *prometheus.CounterVec
 }
 
 func newMetrics(r prometheus.Registerer) *bookieMetrics {
@@ -63,6 +67,8 @@ func newMetrics(r prometheus.Registerer) *bookieMetrics {
 			Name: "entry_logs_deleted_total", Help: "Entry logs deleted whole because no entry in them was live."}),
 		failed: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "failed", Help: "1 while the bookie refuses writes after a journal failure."}),
+		journalFiles: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "journal_files_total", Help: "Journal files made ready, by how: recycled (a retired file reused) or zero_filled (a new file written with zeros first)."}, []string{"how"}),
 	}
 	m.adds = metrics.Reuse(r, m.adds)
 	m.addErrors = metrics.Reuse(r, m.addErrors)
@@ -79,5 +85,6 @@ func newMetrics(r prometheus.Registerer) *bookieMetrics {
 	m.compactions = metrics.Reuse(r, m.compactions)
 	m.deletedLogs = metrics.Reuse(r, m.deletedLogs)
 	m.failed = metrics.Reuse(r, m.failed)
+	m.journalFiles = metrics.Reuse(r, m.journalFiles)
 	return m
 }
