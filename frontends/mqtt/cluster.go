@@ -112,11 +112,25 @@ package mqtt
 //   - A session is taken over across nodes (directory.go: the owner is in
 //     meta, the old node closes the connection with 0x8E and ends its
 //     copy before the new node's CONNACK, handing its state over without
-//     Clean Start; a node that was down drops, at its start, the sessions
-//     another node owns now). What is not handed over: the messages owed
-//     through shared subscriptions (they stay with the group on the old
-//     node), and, when the old node is down or does not answer, the whole
-//     state (the new node starts the session empty, Session Present 0).
+//     Clean Start as a protobuf SessionState; a node that was down drops,
+//     at its start, the sessions another node owns now). The handover is
+//     two-phase: the old node keeps the state it returned, stored, until
+//     the new node stored the session (inbound QoS 2 ids included) and
+//     tells it to forget it; a Release again gets the same state. What is
+//     not handed over: the messages owed through shared subscriptions
+//     (they stay with the group on the old node), and, when the old node
+//     is down, the whole state (the new node starts the session empty,
+//     Session Present 0). An old node that is up but does not answer has
+//     the CONNECT refused (ErrHandoverIncomplete) for up to a minute
+//     (internal/node handoverPatience), after which the session starts
+//     empty there; the state it kept is dropped after HandoverTTL (10
+//     minutes, logged), or taken back if the client returns to it first.
+//     The record of a Release that did not answer is kept in the new
+//     node's memory only: after its restart, or when the client goes to
+//     a third node meanwhile, that state is not asked for again (it
+//     expires on the old node). A new node that stored the session but
+//     could not tell the old one leaves the old one's copy until it
+//     expires (storage only: it is not a session there).
 //     Messages published on the old node between its release and the
 //     new node's route reaching it are delivered when that route's read
 //     again covers them (from a Since no lower than what the session was
@@ -124,13 +138,14 @@ package mqtt
 //     old node's stream forwards as well are not queued twice
 //     (handedSkips, for a minute), but such a copy stored on the old node
 //     on behalf of a third node can come twice (at least once). The
-//     copies are stored by value on the new node; an inbound QoS 2 id
-//     handed over is not stored there (a restart of the new node forgets
-//     it).
-//     Two CONNECTs of one client id racing on two nodes may leave both
-//     with a copy (the claim and the bind are not one step); a Release
-//     that did not arrive (the old node up but unreachable) leaves its
-//     copy until it expires.
+//     copies are stored by value on the new node.
+//     Two CONNECTs of one client id racing on two nodes: meta orders
+//     their claims, and a Release that reaches a node binding an older
+//     claim is answered "retry" until that CONNECT is bound, then takes
+//     it over (0x8E): one connection and one copy remain, on the node
+//     meta names. With Clean Start, an old node that does not answer
+//     keeps its copy (and its connection, if any) until it expires, as
+//     does a claim that meta refused (the CONNECT goes on).
 //
 // Metrics (internal/node): quire_mqtt_cluster_forwarded_messages_total{peer}
 // (pulled from peer and stored here), served_messages_total{peer},

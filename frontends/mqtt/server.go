@@ -12,6 +12,7 @@ import (
 	"github.com/quiremq/quire/frontends/listen"
 	"github.com/quiremq/quire/frontends/mqtt/packet"
 	"github.com/quiremq/quire/frontends/pubsub"
+	mqttclusterv1 "github.com/quiremq/quire/internal/proto/mqttcluster/v1"
 )
 
 // Server is an MQTT broker. Create it with NewServer, then Start and Stop.
@@ -44,10 +45,12 @@ type Server struct {
 	groups       map[[2]string]*shareGroup // shared subscriptions' owed positions by share name and filter (shared.go)
 	groupFlushes int                       // dirtyGroups calls, under gmu
 
-	delayed     *delayer               // $delayed/ publishes (delayed.go); set by Start
-	sysDone     chan struct{}          // closed when the $SYS loop (sys.go) ends
-	sysRetained *pubsub.MemoryRetained // the latest $SYS values
-	handed      handedSkips            // messages of sessions handed over here, not to be queued twice (directory.go)
+	delayed     *delayer                    // $delayed/ publishes (delayed.go); set by Start
+	sysDone     chan struct{}               // closed when the $SYS loop (sys.go) ends
+	sysRetained *pubsub.MemoryRetained      // the latest $SYS values
+	handed      handedSkips                 // messages of sessions handed over here, not to be queued twice (directory.go)
+	pending     map[string]*pendingHandover // sessions handed over to other nodes, not confirmed yet (directory.go); under mu
+	handoverTTL time.Duration               // how long pending ones are kept (HandoverTTL; tests shorten it)
 }
 
 // NewServer checks opts and returns a stopped Server.
@@ -57,7 +60,8 @@ func NewServer(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, log: opts.Logger.With("component", "mqtt"), tree: pubsub.NewTree(),
-		sessions: map[string]*session{}, conns: map[*conn]struct{}{}, groups: map[[2]string]*shareGroup{}, sysRetained: pubsub.NewMemoryRetained(nil)}
+		sessions: map[string]*session{}, conns: map[*conn]struct{}{}, groups: map[[2]string]*shareGroup{}, sysRetained: pubsub.NewMemoryRetained(nil),
+		pending: map[string]*pendingHandover{}, handoverTTL: HandoverTTL}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = newMetrics(opts.Registerer, s)
 	if opts.Store != nil {
@@ -84,6 +88,9 @@ func (s *Server) Start(ctx context.Context) error {
 		s.stopFlush, s.flushDone = make(chan struct{}), make(chan struct{})
 		go s.flushLoop(s.stopFlush, s.flushDone)
 		s.dropForeign(ctx) // taken over by other nodes while this one was down
+		if err := s.restorePending(); err != nil {
+			return fmt.Errorf("mqtt: restoring sessions handed over: %w", err)
+		}
 	}
 	s.delayed = newDelayer(s)
 	if err := s.delayed.restore(ctx); err != nil {
@@ -176,6 +183,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		sess.stopTimers()
 	}
 	s.mu.Unlock()
+	s.stopPending()
 	if s.stopFlush != nil {
 		close(s.stopFlush)
 		<-s.flushDone
@@ -347,24 +355,42 @@ func (s *Server) deliver(m *pubsub.Message, pos Position, subs []pubsub.Subscrip
 // existing session was resumed (CONNACK Session Present). On a cluster
 // (Options.Sessions) the session is first claimed from the node that owned
 // it, whose copy ends and, without cleanStart, whose state is taken over
-// here (directory.go).
+// here and stored before that node is told to forget it (directory.go).
 func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStart bool, expiry time.Duration) (*session, bool, error) {
-	state := s.claim(ctx, clientID, cleanStart) // another node's copy ends first, its state comes here (directory.go)
+	state, done, err := s.claim(ctx, clientID, cleanStart) // another node's copy ends first, its state comes here (directory.go)
+	if err != nil {
+		done(false)
+		return nil, false, err
+	}
+	sess, present, imported, err := s.bindSession(ctx, c, clientID, cleanStart, expiry, state)
+	if err == nil && imported {
+		err = s.storeInbound(sess)
+	}
+	done(err == nil)
+	return sess, present, err
+}
+
+// bindSession is attach once the session is claimed: state, if not nil,
+// is the session handed over by another node (imported reports whether
+// it was installed).
+func (s *Server) bindSession(ctx context.Context, c *conn, clientID string, cleanStart bool, expiry time.Duration,
+	state *mqttclusterv1.SessionState) (sess *session, present, imported bool, err error) {
 	for {
 		s.mu.Lock()
 		if s.stopped {
 			s.mu.Unlock()
-			return nil, false, errors.New("mqtt: server stopping")
+			return nil, false, false, errors.New("mqtt: server stopping")
 		}
 		old := s.sessions[clientID]
 		if old == nil && state != nil {
 			old, state = s.importLocked(clientID, state), nil
+			imported = old != nil
 		}
 		if old != nil {
 			if oc := old.owner(); oc != nil && oc != c {
 				s.mu.Unlock()
 				if err := s.takeOver(ctx, oc, "mqtt session taken over", "client_id", clientID, "old_remote", oc.remote, "new_remote", c.remote); err != nil {
-					return nil, false, err
+					return nil, false, false, err
 				}
 				continue
 			}
@@ -386,10 +412,10 @@ func (s *Server) attach(ctx context.Context, c *conn, clientID string, cleanStar
 			// Durable before CONNACK: a client told Session Present
 			// after a restart must find it.
 			if err := s.startStoring(sess); err != nil {
-				return nil, false, err
+				return nil, false, false, err
 			}
 		}
-		return sess, present, nil
+		return sess, present, imported, nil
 	}
 }
 

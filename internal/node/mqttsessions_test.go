@@ -60,9 +60,19 @@ type v5conn struct {
 
 func connectV5(t *testing.T, n *Node, id string) *v5conn {
 	t.Helper()
+	c, err := dialV5(t, n, id)
+	if err != nil {
+		t.Fatalf("connect %q: %v", id, err)
+	}
+	return c
+}
+
+// dialV5 is connectV5 returning the CONNECT's error (a refusal too).
+func dialV5(t *testing.T, n *Node, id string) (*v5conn, error) {
+	t.Helper()
 	nc, err := net.Dial("tcp", n.MQTTAddr("tcp").String())
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	c := &v5conn{msgs: make(chan *paho.Publish, 1000), disconnected: make(chan *paho.Disconnect, 1)}
 	c.Client = paho.NewClient(paho.ClientConfig{
@@ -78,10 +88,11 @@ func connectV5(t *testing.T, n *Node, id string) *v5conn {
 	expiry := uint32(300)
 	c.ack, err = c.Connect(ctx, &paho.Connect{ClientID: id, KeepAlive: 30, Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry}})
 	if err != nil {
-		t.Fatalf("connect %q: %v", id, err)
+		nc.Close()
+		return nil, err
 	}
 	t.Cleanup(func() { c.Disconnect(&paho.Disconnect{}) })
-	return c
+	return c, nil
 }
 
 func (c *v5conn) subscribe(t *testing.T, filter string) {

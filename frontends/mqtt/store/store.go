@@ -25,6 +25,7 @@ const (
 	prefixInbound  = 'i' // i<client>\x00<pid u16 BE>      → Position (JSON)
 	prefixRetained = 'r' // r<topic>                       → pubsub.Message (JSON)
 	prefixGroup    = 'h' // h<group>\x00<filter>\x00<shard> → u64 BE offset
+	prefixHandover = 'x' // x<client>                      → Handover (JSON)
 )
 
 // GroupKey names a shared subscription (share name and inner filter) in
@@ -505,6 +506,41 @@ func (s *Store) Inbounds(client string) (map[uint16]Position, error) {
 		return nil
 	})
 	return ids, err
+}
+
+// Handover is a session this node handed over to another node of its
+// cluster, kept until that node confirms it stored it (or Until passes),
+// so that a Release whose reply was lost can be answered again.
+type Handover struct {
+	To    uint64 `json:"to"`    // the node it was handed to
+	Until int64  `json:"until"` // Unix ms: dropped after it
+	State []byte `json:"state"` // the state as handed over (frontends/mqtt's encoding)
+}
+
+// PutHandover stores client's handover, durably (before the session's
+// records are deleted).
+func (s *Store) PutHandover(client string, h *Handover) error {
+	v, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	return s.db.Set(key(prefixHandover, client), v, pebble.Sync)
+}
+
+// DeleteHandover forgets client's handover.
+func (s *Store) DeleteHandover(client string) error {
+	return s.db.Delete(key(prefixHandover, client), pebble.Sync)
+}
+
+// Handovers calls fn for each stored handover.
+func (s *Store) Handovers(fn func(client string, h *Handover) error) error {
+	return s.scan([]byte{prefixHandover}, func(k, v []byte) error {
+		var h Handover
+		if err := json.Unmarshal(v, &h); err != nil {
+			return fmt.Errorf("%w: handover %q: %v", ErrCorrupt, k[1:], err)
+		}
+		return fn(string(k[1:]), &h)
+	})
 }
 
 // SetRetained stores (or, with an empty payload, deletes) topic's

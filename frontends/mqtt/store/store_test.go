@@ -507,3 +507,38 @@ func TestRetainedTombstonesPurged(t *testing.T) {
 		t.Errorf("tombstones %d, next purge at %d; want 1 and %d", r.tombstones, r.purgeAt, minPurge)
 	}
 }
+
+// A handover is kept apart from the session's records (DeleteSession
+// leaves it), survives a reopen, and goes with DeleteHandover.
+func TestHandovers(t *testing.T) {
+	fs := vfs.NewMem()
+	s := open(t, fs)
+	if err := s.PutSession(&Session{ClientID: "a"}, nil, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutHandover("a", &Handover{To: 2, Until: 42, State: []byte{1, 2}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteSession("a"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = open(t, fs)
+	defer s.Close()
+	list := func() map[string]Handover {
+		out := map[string]Handover{}
+		if err := s.Handovers(func(c string, h *Handover) error { out[c] = *h; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if got := list(); len(got) != 1 || got["a"].To != 2 || got["a"].Until != 42 || string(got["a"].State) != "\x01\x02" {
+		t.Fatalf("handovers after DeleteSession and a reopen: %+v", got)
+	}
+	if err := s.DeleteHandover("a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); len(got) != 0 {
+		t.Fatalf("handovers after DeleteHandover: %+v", got)
+	}
+}

@@ -38,7 +38,11 @@ type ReleaseRequest struct {
 	// there (its state is returned), and a delayed will pending here is
 	// dropped (as a local takeover drops it); with it the session ends and
 	// the will is published.
-	CleanStart    bool `protobuf:"varint,3,opt,name=clean_start,json=cleanStart,proto3" json:"clean_start,omitempty"`
+	CleanStart bool `protobuf:"varint,3,opt,name=clean_start,json=cleanStart,proto3" json:"clean_start,omitempty"`
+	// The version of the caller's owner record in meta, as its claim wrote
+	// (or read) it: a CONNECT of the client id that the server is binding
+	// under a claim older than this one answers retry.
+	ClaimVersion  uint64 `protobuf:"varint,4,opt,name=claim_version,json=claimVersion,proto3" json:"claim_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -94,24 +98,26 @@ func (x *ReleaseRequest) GetCleanStart() bool {
 	return false
 }
 
+func (x *ReleaseRequest) GetClaimVersion() uint64 {
+	if x != nil {
+		return x.ClaimVersion
+	}
+	return 0
+}
+
 type ReleaseResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The server held the session (and ended it).
+	// The server held the session (and ended it), or still keeps the state
+	// it handed this caller (a Release again).
 	Released bool `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
 	// Without clean_start, the session's state as the server held it, for
-	// the caller to go on with (frontends/mqtt.Server.ReleaseSession's
-	// encoding: subscriptions, expiry, every QoS 1/2 message still owed by
-	// value, inbound QoS 2 ids awaiting PUBREL).
-	State []byte `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	// With state: what the session was handed of the server's messages.
-	// Below frontiers (the server's shards), every message published on the
-	// server was queued for the session if it matched, so it is in state or
-	// was acknowledged; below cursors (the server's cursors on its peers'
-	// shards), every message forwarded to the server was. The caller's next
-	// request to a node that adds a filter carries a Since no lower than
-	// these, so that the read again does not bring those messages twice.
-	Frontiers     map[string]uint64 `protobuf:"bytes,3,rep,name=frontiers,proto3" json:"frontiers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	Cursors       []*PeerCursors    `protobuf:"bytes,4,rep,name=cursors,proto3" json:"cursors,omitempty"`
+	// the caller to go on with.
+	Session *SessionState `protobuf:"bytes,5,opt,name=session,proto3" json:"session,omitempty"`
+	// The server is itself binding a CONNECT of the client id under an
+	// older claim (a lower claim_version, or one not yet written): the
+	// caller calls again shortly, and the server, bound by then, closes that
+	// connection and releases the session (one owner at a time).
+	Retry         bool `protobuf:"varint,6,opt,name=retry,proto3" json:"retry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -153,25 +159,590 @@ func (x *ReleaseResponse) GetReleased() bool {
 	return false
 }
 
-func (x *ReleaseResponse) GetState() []byte {
+func (x *ReleaseResponse) GetSession() *SessionState {
 	if x != nil {
-		return x.State
+		return x.Session
 	}
 	return nil
 }
 
-func (x *ReleaseResponse) GetFrontiers() map[string]uint64 {
+func (x *ReleaseResponse) GetRetry() bool {
+	if x != nil {
+		return x.Retry
+	}
+	return false
+}
+
+type ForgetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's node id: the state is dropped only if it was handed to it.
+	NodeId        uint64 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	ClientId      string `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetRequest) Reset() {
+	*x = ForgetRequest{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetRequest) ProtoMessage() {}
+
+func (x *ForgetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetRequest.ProtoReflect.Descriptor instead.
+func (*ForgetRequest) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ForgetRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *ForgetRequest) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+type ForgetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server kept a state for the caller, and dropped it.
+	Forgotten     bool `protobuf:"varint,1,opt,name=forgotten,proto3" json:"forgotten,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetResponse) Reset() {
+	*x = ForgetResponse{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetResponse) ProtoMessage() {}
+
+func (x *ForgetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetResponse.ProtoReflect.Descriptor instead.
+func (*ForgetResponse) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ForgetResponse) GetForgotten() bool {
+	if x != nil {
+		return x.Forgotten
+	}
+	return false
+}
+
+// SessionState is an MQTT session handed over from one node to another
+// (frontends/mqtt directory.go).
+type SessionState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The layout's version (frontends/mqtt handoverFormat): a node refuses a
+	// state of another format rather than read it wrong.
+	Format   uint32 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
+	ClientId string `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// The protocol version of the session's last connection (3, 4 or 5).
+	ProtocolVersion uint32 `protobuf:"varint,3,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	// The session expiry in force.
+	ExpirySeconds uint32          `protobuf:"varint,4,opt,name=expiry_seconds,json=expirySeconds,proto3" json:"expiry_seconds,omitempty"`
+	Subscriptions []*Subscription `protobuf:"bytes,5,rep,name=subscriptions,proto3" json:"subscriptions,omitempty"`
+	// Every QoS 1 and 2 message the session is owed through a non-shared
+	// subscription, by value: inflight ones (packet_id set) in send order,
+	// then the queued ones.
+	Owed []*OwedMessage `protobuf:"bytes,6,rep,name=owed,proto3" json:"owed,omitempty"`
+	// Inbound QoS 2 packet identifiers answered with PUBREC, awaiting PUBREL.
+	InboundQos2 []uint32 `protobuf:"varint,7,rep,packed,name=inbound_qos2,json=inboundQos2,proto3" json:"inbound_qos2,omitempty"`
+	// The node that handed the session over: the origin its peers know its
+	// messages by.
+	Origin uint64 `protobuf:"varint,8,opt,name=origin,proto3" json:"origin,omitempty"`
+	// What the session was handed of the origin's messages. Below frontiers
+	// (origin's shards), every message published on origin was queued for
+	// the session if it matched, so it is in owed or was acknowledged; below
+	// cursors (origin's cursors on its peers' shards), every message
+	// forwarded to origin was. The new owner's next request to a node that
+	// adds a filter carries a Since no lower than these, so that the read
+	// again does not bring those messages twice.
+	Frontiers     map[string]uint64 `protobuf:"bytes,9,rep,name=frontiers,proto3" json:"frontiers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Cursors       []*PeerCursors    `protobuf:"bytes,10,rep,name=cursors,proto3" json:"cursors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionState) Reset() {
+	*x = SessionState{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionState) ProtoMessage() {}
+
+func (x *SessionState) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionState.ProtoReflect.Descriptor instead.
+func (*SessionState) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SessionState) GetFormat() uint32 {
+	if x != nil {
+		return x.Format
+	}
+	return 0
+}
+
+func (x *SessionState) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *SessionState) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *SessionState) GetExpirySeconds() uint32 {
+	if x != nil {
+		return x.ExpirySeconds
+	}
+	return 0
+}
+
+func (x *SessionState) GetSubscriptions() []*Subscription {
+	if x != nil {
+		return x.Subscriptions
+	}
+	return nil
+}
+
+func (x *SessionState) GetOwed() []*OwedMessage {
+	if x != nil {
+		return x.Owed
+	}
+	return nil
+}
+
+func (x *SessionState) GetInboundQos2() []uint32 {
+	if x != nil {
+		return x.InboundQos2
+	}
+	return nil
+}
+
+func (x *SessionState) GetOrigin() uint64 {
+	if x != nil {
+		return x.Origin
+	}
+	return 0
+}
+
+func (x *SessionState) GetFrontiers() map[string]uint64 {
 	if x != nil {
 		return x.Frontiers
 	}
 	return nil
 }
 
-func (x *ReleaseResponse) GetCursors() []*PeerCursors {
+func (x *SessionState) GetCursors() []*PeerCursors {
 	if x != nil {
 		return x.Cursors
 	}
 	return nil
+}
+
+// Subscription is one of a session's subscriptions with its options.
+type Subscription struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As subscribed, "$share/{group}/" included.
+	Filter            string `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	Qos               uint32 `protobuf:"varint,2,opt,name=qos,proto3" json:"qos,omitempty"`
+	NoLocal           bool   `protobuf:"varint,3,opt,name=no_local,json=noLocal,proto3" json:"no_local,omitempty"`
+	RetainAsPublished bool   `protobuf:"varint,4,opt,name=retain_as_published,json=retainAsPublished,proto3" json:"retain_as_published,omitempty"`
+	RetainHandling    uint32 `protobuf:"varint,5,opt,name=retain_handling,json=retainHandling,proto3" json:"retain_handling,omitempty"`
+	// The subscription identifier, 0 for none.
+	Id            uint32 `protobuf:"varint,6,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Subscription) Reset() {
+	*x = Subscription{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Subscription) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Subscription) ProtoMessage() {}
+
+func (x *Subscription) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Subscription.ProtoReflect.Descriptor instead.
+func (*Subscription) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Subscription) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+func (x *Subscription) GetQos() uint32 {
+	if x != nil {
+		return x.Qos
+	}
+	return 0
+}
+
+func (x *Subscription) GetNoLocal() bool {
+	if x != nil {
+		return x.NoLocal
+	}
+	return false
+}
+
+func (x *Subscription) GetRetainAsPublished() bool {
+	if x != nil {
+		return x.RetainAsPublished
+	}
+	return false
+}
+
+func (x *Subscription) GetRetainHandling() uint32 {
+	if x != nil {
+		return x.RetainHandling
+	}
+	return 0
+}
+
+func (x *Subscription) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// OwedMessage is a QoS 1 or 2 message owed to a session.
+type OwedMessage struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Message *Message               `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	// The QoS it is delivered with, and its RETAIN flag as delivered.
+	Qos             uint32   `protobuf:"varint,2,opt,name=qos,proto3" json:"qos,omitempty"`
+	Retain          bool     `protobuf:"varint,3,opt,name=retain,proto3" json:"retain,omitempty"`
+	SubscriptionIds []uint32 `protobuf:"varint,4,rep,packed,name=subscription_ids,json=subscriptionIds,proto3" json:"subscription_ids,omitempty"`
+	// Set once sent: its packet identifier, send order and, for QoS 2,
+	// whether PUBREC came (PUBREL sent).
+	PacketId uint32 `protobuf:"varint,5,opt,name=packet_id,json=packetId,proto3" json:"packet_id,omitempty"`
+	Seq      uint64 `protobuf:"varint,6,opt,name=seq,proto3" json:"seq,omitempty"`
+	Released bool   `protobuf:"varint,7,opt,name=released,proto3" json:"released,omitempty"`
+	// The message is stored in origin's shards at origin_offset (of its
+	// topic's shard): the copy origin's stream may forward to the new owner
+	// as well, which is then not queued for the session a second time.
+	Stored        bool   `protobuf:"varint,8,opt,name=stored,proto3" json:"stored,omitempty"`
+	OriginOffset  uint64 `protobuf:"varint,9,opt,name=origin_offset,json=originOffset,proto3" json:"origin_offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OwedMessage) Reset() {
+	*x = OwedMessage{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OwedMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OwedMessage) ProtoMessage() {}
+
+func (x *OwedMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OwedMessage.ProtoReflect.Descriptor instead.
+func (*OwedMessage) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *OwedMessage) GetMessage() *Message {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+func (x *OwedMessage) GetQos() uint32 {
+	if x != nil {
+		return x.Qos
+	}
+	return 0
+}
+
+func (x *OwedMessage) GetRetain() bool {
+	if x != nil {
+		return x.Retain
+	}
+	return false
+}
+
+func (x *OwedMessage) GetSubscriptionIds() []uint32 {
+	if x != nil {
+		return x.SubscriptionIds
+	}
+	return nil
+}
+
+func (x *OwedMessage) GetPacketId() uint32 {
+	if x != nil {
+		return x.PacketId
+	}
+	return 0
+}
+
+func (x *OwedMessage) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *OwedMessage) GetReleased() bool {
+	if x != nil {
+		return x.Released
+	}
+	return false
+}
+
+func (x *OwedMessage) GetStored() bool {
+	if x != nil {
+		return x.Stored
+	}
+	return false
+}
+
+func (x *OwedMessage) GetOriginOffset() uint64 {
+	if x != nil {
+		return x.OriginOffset
+	}
+	return 0
+}
+
+// Message is a published MQTT message (frontends/pubsub.Message).
+type Message struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Topic   string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Payload []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	// The QoS it was published with.
+	Qos             uint32    `protobuf:"varint,3,opt,name=qos,proto3" json:"qos,omitempty"`
+	Retain          bool      `protobuf:"varint,4,opt,name=retain,proto3" json:"retain,omitempty"`
+	PayloadFormat   uint32    `protobuf:"varint,5,opt,name=payload_format,json=payloadFormat,proto3" json:"payload_format,omitempty"`
+	ContentType     string    `protobuf:"bytes,6,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	ResponseTopic   string    `protobuf:"bytes,7,opt,name=response_topic,json=responseTopic,proto3" json:"response_topic,omitempty"`
+	CorrelationData []byte    `protobuf:"bytes,8,opt,name=correlation_data,json=correlationData,proto3" json:"correlation_data,omitempty"`
+	UserProperties  []*Header `protobuf:"bytes,9,rep,name=user_properties,json=userProperties,proto3" json:"user_properties,omitempty"`
+	// Unix ms; 0: never expires.
+	ExpiryUnixMs int64 `protobuf:"varint,10,opt,name=expiry_unix_ms,json=expiryUnixMs,proto3" json:"expiry_unix_ms,omitempty"`
+	// The publishing client id ("" for the broker).
+	Publisher string `protobuf:"bytes,11,opt,name=publisher,proto3" json:"publisher,omitempty"`
+	// When the broker accepted it (Unix ms).
+	TimeUnixMs    int64 `protobuf:"varint,12,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Message) Reset() {
+	*x = Message{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Message) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Message) ProtoMessage() {}
+
+func (x *Message) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Message.ProtoReflect.Descriptor instead.
+func (*Message) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Message) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *Message) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *Message) GetQos() uint32 {
+	if x != nil {
+		return x.Qos
+	}
+	return 0
+}
+
+func (x *Message) GetRetain() bool {
+	if x != nil {
+		return x.Retain
+	}
+	return false
+}
+
+func (x *Message) GetPayloadFormat() uint32 {
+	if x != nil {
+		return x.PayloadFormat
+	}
+	return 0
+}
+
+func (x *Message) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *Message) GetResponseTopic() string {
+	if x != nil {
+		return x.ResponseTopic
+	}
+	return ""
+}
+
+func (x *Message) GetCorrelationData() []byte {
+	if x != nil {
+		return x.CorrelationData
+	}
+	return nil
+}
+
+func (x *Message) GetUserProperties() []*Header {
+	if x != nil {
+		return x.UserProperties
+	}
+	return nil
+}
+
+func (x *Message) GetExpiryUnixMs() int64 {
+	if x != nil {
+		return x.ExpiryUnixMs
+	}
+	return 0
+}
+
+func (x *Message) GetPublisher() string {
+	if x != nil {
+		return x.Publisher
+	}
+	return ""
+}
+
+func (x *Message) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
 }
 
 type PeerCursors struct {
@@ -184,7 +755,7 @@ type PeerCursors struct {
 
 func (x *PeerCursors) Reset() {
 	*x = PeerCursors{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -196,7 +767,7 @@ func (x *PeerCursors) String() string {
 func (*PeerCursors) ProtoMessage() {}
 
 func (x *PeerCursors) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[2]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -209,7 +780,7 @@ func (x *PeerCursors) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerCursors.ProtoReflect.Descriptor instead.
 func (*PeerCursors) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{2}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PeerCursors) GetNodeId() uint64 {
@@ -252,7 +823,7 @@ type PullRequest struct {
 
 func (x *PullRequest) Reset() {
 	*x = PullRequest{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +835,7 @@ func (x *PullRequest) String() string {
 func (*PullRequest) ProtoMessage() {}
 
 func (x *PullRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[3]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +848,7 @@ func (x *PullRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullRequest.ProtoReflect.Descriptor instead.
 func (*PullRequest) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{3}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PullRequest) GetNodeId() uint64 {
@@ -353,7 +924,7 @@ type PullResponse struct {
 
 func (x *PullResponse) Reset() {
 	*x = PullResponse{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[4]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +936,7 @@ func (x *PullResponse) String() string {
 func (*PullResponse) ProtoMessage() {}
 
 func (x *PullResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[4]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +949,7 @@ func (x *PullResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullResponse.ProtoReflect.Descriptor instead.
 func (*PullResponse) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{4}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PullResponse) GetNodeId() uint64 {
@@ -458,7 +1029,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[5]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +1041,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[5]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +1054,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{5}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Record) GetOffset() uint64 {
@@ -531,7 +1102,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[6]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +1114,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[6]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,7 +1127,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{6}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Header) GetKey() string {
@@ -577,20 +1148,69 @@ var File_mqttcluster_v1_forward_proto protoreflect.FileDescriptor
 
 const file_mqttcluster_v1_forward_proto_rawDesc = "" +
 	"\n" +
-	"\x1cmqttcluster/v1/forward.proto\x12\x0emqttcluster.v1\"g\n" +
+	"\x1cmqttcluster/v1/forward.proto\x12\x0emqttcluster.v1\"\x8c\x01\n" +
 	"\x0eReleaseRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x1f\n" +
 	"\vclean_start\x18\x03 \x01(\bR\n" +
-	"cleanStart\"\x86\x02\n" +
+	"cleanStart\x12#\n" +
+	"\rclaim_version\x18\x04 \x01(\x04R\fclaimVersion\"\xa8\x01\n" +
 	"\x0fReleaseResponse\x12\x1a\n" +
-	"\breleased\x18\x01 \x01(\bR\breleased\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\fR\x05state\x12L\n" +
-	"\tfrontiers\x18\x03 \x03(\v2..mqttcluster.v1.ReleaseResponse.FrontiersEntryR\tfrontiers\x125\n" +
-	"\acursors\x18\x04 \x03(\v2\x1b.mqttcluster.v1.PeerCursorsR\acursors\x1a<\n" +
+	"\breleased\x18\x01 \x01(\bR\breleased\x126\n" +
+	"\asession\x18\x05 \x01(\v2\x1c.mqttcluster.v1.SessionStateR\asession\x12\x14\n" +
+	"\x05retry\x18\x06 \x01(\bR\x05retryJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04J\x04\b\x04\x10\x05R\x05stateR\tfrontiersR\acursors\"E\n" +
+	"\rForgetRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\".\n" +
+	"\x0eForgetResponse\x12\x1c\n" +
+	"\tforgotten\x18\x01 \x01(\bR\tforgotten\"\x85\x04\n" +
+	"\fSessionState\x12\x16\n" +
+	"\x06format\x18\x01 \x01(\rR\x06format\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12)\n" +
+	"\x10protocol_version\x18\x03 \x01(\rR\x0fprotocolVersion\x12%\n" +
+	"\x0eexpiry_seconds\x18\x04 \x01(\rR\rexpirySeconds\x12B\n" +
+	"\rsubscriptions\x18\x05 \x03(\v2\x1c.mqttcluster.v1.SubscriptionR\rsubscriptions\x12/\n" +
+	"\x04owed\x18\x06 \x03(\v2\x1b.mqttcluster.v1.OwedMessageR\x04owed\x12!\n" +
+	"\finbound_qos2\x18\a \x03(\rR\vinboundQos2\x12\x16\n" +
+	"\x06origin\x18\b \x01(\x04R\x06origin\x12I\n" +
+	"\tfrontiers\x18\t \x03(\v2+.mqttcluster.v1.SessionState.FrontiersEntryR\tfrontiers\x125\n" +
+	"\acursors\x18\n" +
+	" \x03(\v2\x1b.mqttcluster.v1.PeerCursorsR\acursors\x1a<\n" +
 	"\x0eFrontiersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xa6\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xbc\x01\n" +
+	"\fSubscription\x12\x16\n" +
+	"\x06filter\x18\x01 \x01(\tR\x06filter\x12\x10\n" +
+	"\x03qos\x18\x02 \x01(\rR\x03qos\x12\x19\n" +
+	"\bno_local\x18\x03 \x01(\bR\anoLocal\x12.\n" +
+	"\x13retain_as_published\x18\x04 \x01(\bR\x11retainAsPublished\x12'\n" +
+	"\x0fretain_handling\x18\x05 \x01(\rR\x0eretainHandling\x12\x0e\n" +
+	"\x02id\x18\x06 \x01(\rR\x02id\"\x9d\x02\n" +
+	"\vOwedMessage\x121\n" +
+	"\amessage\x18\x01 \x01(\v2\x17.mqttcluster.v1.MessageR\amessage\x12\x10\n" +
+	"\x03qos\x18\x02 \x01(\rR\x03qos\x12\x16\n" +
+	"\x06retain\x18\x03 \x01(\bR\x06retain\x12)\n" +
+	"\x10subscription_ids\x18\x04 \x03(\rR\x0fsubscriptionIds\x12\x1b\n" +
+	"\tpacket_id\x18\x05 \x01(\rR\bpacketId\x12\x10\n" +
+	"\x03seq\x18\x06 \x01(\x04R\x03seq\x12\x1a\n" +
+	"\breleased\x18\a \x01(\bR\breleased\x12\x16\n" +
+	"\x06stored\x18\b \x01(\bR\x06stored\x12#\n" +
+	"\rorigin_offset\x18\t \x01(\x04R\foriginOffset\"\xa6\x03\n" +
+	"\aMessage\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\x12\x10\n" +
+	"\x03qos\x18\x03 \x01(\rR\x03qos\x12\x16\n" +
+	"\x06retain\x18\x04 \x01(\bR\x06retain\x12%\n" +
+	"\x0epayload_format\x18\x05 \x01(\rR\rpayloadFormat\x12!\n" +
+	"\fcontent_type\x18\x06 \x01(\tR\vcontentType\x12%\n" +
+	"\x0eresponse_topic\x18\a \x01(\tR\rresponseTopic\x12)\n" +
+	"\x10correlation_data\x18\b \x01(\fR\x0fcorrelationData\x12?\n" +
+	"\x0fuser_properties\x18\t \x03(\v2\x16.mqttcluster.v1.HeaderR\x0euserProperties\x12$\n" +
+	"\x0eexpiry_unix_ms\x18\n" +
+	" \x01(\x03R\fexpiryUnixMs\x12\x1c\n" +
+	"\tpublisher\x18\v \x01(\tR\tpublisher\x12 \n" +
+	"\ftime_unix_ms\x18\f \x01(\x03R\n" +
+	"timeUnixMs\"\xa6\x01\n" +
 	"\vPeerCursors\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12B\n" +
 	"\acursors\x18\x02 \x03(\v2(.mqttcluster.v1.PeerCursors.CursorsEntryR\acursors\x1a:\n" +
@@ -632,10 +1252,11 @@ const file_mqttcluster_v1_forward_proto_rawDesc = "" +
 	"\aheaders\x18\x05 \x03(\v2\x16.mqttcluster.v1.HeaderR\aheaders\"0\n" +
 	"\x06Header\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value2\x9e\x01\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value2\xe7\x01\n" +
 	"\tForwarder\x12E\n" +
 	"\x04Pull\x12\x1b.mqttcluster.v1.PullRequest\x1a\x1c.mqttcluster.v1.PullResponse(\x010\x01\x12J\n" +
-	"\aRelease\x12\x1e.mqttcluster.v1.ReleaseRequest\x1a\x1f.mqttcluster.v1.ReleaseResponseBFZDgithub.com/quiremq/quire/internal/proto/mqttcluster/v1;mqttclusterv1b\x06proto3"
+	"\aRelease\x12\x1e.mqttcluster.v1.ReleaseRequest\x1a\x1f.mqttcluster.v1.ReleaseResponse\x12G\n" +
+	"\x06Forget\x12\x1d.mqttcluster.v1.ForgetRequest\x1a\x1e.mqttcluster.v1.ForgetResponseBFZDgithub.com/quiremq/quire/internal/proto/mqttcluster/v1;mqttclusterv1b\x06proto3"
 
 var (
 	file_mqttcluster_v1_forward_proto_rawDescOnce sync.Once
@@ -649,40 +1270,53 @@ func file_mqttcluster_v1_forward_proto_rawDescGZIP() []byte {
 	return file_mqttcluster_v1_forward_proto_rawDescData
 }
 
-var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_mqttcluster_v1_forward_proto_goTypes = []any{
 	(*ReleaseRequest)(nil),  // 0: mqttcluster.v1.ReleaseRequest
 	(*ReleaseResponse)(nil), // 1: mqttcluster.v1.ReleaseResponse
-	(*PeerCursors)(nil),     // 2: mqttcluster.v1.PeerCursors
-	(*PullRequest)(nil),     // 3: mqttcluster.v1.PullRequest
-	(*PullResponse)(nil),    // 4: mqttcluster.v1.PullResponse
-	(*Record)(nil),          // 5: mqttcluster.v1.Record
-	(*Header)(nil),          // 6: mqttcluster.v1.Header
-	nil,                     // 7: mqttcluster.v1.ReleaseResponse.FrontiersEntry
-	nil,                     // 8: mqttcluster.v1.PeerCursors.CursorsEntry
-	nil,                     // 9: mqttcluster.v1.PullRequest.CursorsEntry
-	nil,                     // 10: mqttcluster.v1.PullRequest.SinceEntry
-	nil,                     // 11: mqttcluster.v1.PullResponse.StartEntry
+	(*ForgetRequest)(nil),   // 2: mqttcluster.v1.ForgetRequest
+	(*ForgetResponse)(nil),  // 3: mqttcluster.v1.ForgetResponse
+	(*SessionState)(nil),    // 4: mqttcluster.v1.SessionState
+	(*Subscription)(nil),    // 5: mqttcluster.v1.Subscription
+	(*OwedMessage)(nil),     // 6: mqttcluster.v1.OwedMessage
+	(*Message)(nil),         // 7: mqttcluster.v1.Message
+	(*PeerCursors)(nil),     // 8: mqttcluster.v1.PeerCursors
+	(*PullRequest)(nil),     // 9: mqttcluster.v1.PullRequest
+	(*PullResponse)(nil),    // 10: mqttcluster.v1.PullResponse
+	(*Record)(nil),          // 11: mqttcluster.v1.Record
+	(*Header)(nil),          // 12: mqttcluster.v1.Header
+	nil,                     // 13: mqttcluster.v1.SessionState.FrontiersEntry
+	nil,                     // 14: mqttcluster.v1.PeerCursors.CursorsEntry
+	nil,                     // 15: mqttcluster.v1.PullRequest.CursorsEntry
+	nil,                     // 16: mqttcluster.v1.PullRequest.SinceEntry
+	nil,                     // 17: mqttcluster.v1.PullResponse.StartEntry
 }
 var file_mqttcluster_v1_forward_proto_depIdxs = []int32{
-	7,  // 0: mqttcluster.v1.ReleaseResponse.frontiers:type_name -> mqttcluster.v1.ReleaseResponse.FrontiersEntry
-	2,  // 1: mqttcluster.v1.ReleaseResponse.cursors:type_name -> mqttcluster.v1.PeerCursors
-	8,  // 2: mqttcluster.v1.PeerCursors.cursors:type_name -> mqttcluster.v1.PeerCursors.CursorsEntry
-	9,  // 3: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
-	10, // 4: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
-	5,  // 5: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
-	11, // 6: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
-	5,  // 7: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
-	6,  // 8: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
-	3,  // 9: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
-	0,  // 10: mqttcluster.v1.Forwarder.Release:input_type -> mqttcluster.v1.ReleaseRequest
-	4,  // 11: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
-	1,  // 12: mqttcluster.v1.Forwarder.Release:output_type -> mqttcluster.v1.ReleaseResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	4,  // 0: mqttcluster.v1.ReleaseResponse.session:type_name -> mqttcluster.v1.SessionState
+	5,  // 1: mqttcluster.v1.SessionState.subscriptions:type_name -> mqttcluster.v1.Subscription
+	6,  // 2: mqttcluster.v1.SessionState.owed:type_name -> mqttcluster.v1.OwedMessage
+	13, // 3: mqttcluster.v1.SessionState.frontiers:type_name -> mqttcluster.v1.SessionState.FrontiersEntry
+	8,  // 4: mqttcluster.v1.SessionState.cursors:type_name -> mqttcluster.v1.PeerCursors
+	7,  // 5: mqttcluster.v1.OwedMessage.message:type_name -> mqttcluster.v1.Message
+	12, // 6: mqttcluster.v1.Message.user_properties:type_name -> mqttcluster.v1.Header
+	14, // 7: mqttcluster.v1.PeerCursors.cursors:type_name -> mqttcluster.v1.PeerCursors.CursorsEntry
+	15, // 8: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
+	16, // 9: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
+	11, // 10: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
+	17, // 11: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
+	11, // 12: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
+	12, // 13: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
+	9,  // 14: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
+	0,  // 15: mqttcluster.v1.Forwarder.Release:input_type -> mqttcluster.v1.ReleaseRequest
+	2,  // 16: mqttcluster.v1.Forwarder.Forget:input_type -> mqttcluster.v1.ForgetRequest
+	10, // 17: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
+	1,  // 18: mqttcluster.v1.Forwarder.Release:output_type -> mqttcluster.v1.ReleaseResponse
+	3,  // 19: mqttcluster.v1.Forwarder.Forget:output_type -> mqttcluster.v1.ForgetResponse
+	17, // [17:20] is the sub-list for method output_type
+	14, // [14:17] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_mqttcluster_v1_forward_proto_init() }
@@ -696,7 +1330,7 @@ func file_mqttcluster_v1_forward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mqttcluster_v1_forward_proto_rawDesc), len(file_mqttcluster_v1_forward_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

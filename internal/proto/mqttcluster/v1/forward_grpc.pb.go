@@ -29,6 +29,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Forwarder_Pull_FullMethodName    = "/mqttcluster.v1.Forwarder/Pull"
 	Forwarder_Release_FullMethodName = "/mqttcluster.v1.Forwarder/Release"
+	Forwarder_Forget_FullMethodName  = "/mqttcluster.v1.Forwarder/Forget"
 )
 
 // ForwarderClient is the client API for Forwarder service.
@@ -45,8 +46,14 @@ type ForwarderClient interface {
 	// Release: the caller took the MQTT session of a client id over (it owns
 	// it in meta now, see internal/node/mqttsessions.go). The server closes
 	// the client's connection as a local takeover does (v5: DISCONNECT 0x8E)
-	// and ends its copy of the session, then answers.
+	// and ends its copy of the session, then answers. Without clean_start
+	// the handover is two-phase: the server keeps the state it returned
+	// (durably) until the caller's Forget, or for a bounded time, and a
+	// Release again from the same caller returns the same state.
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
+	// Forget: the caller stored the session state a Release returned (the
+	// session runs there now): the server drops the copy it kept.
+	Forget(ctx context.Context, in *ForgetRequest, opts ...grpc.CallOption) (*ForgetResponse, error)
 }
 
 type forwarderClient struct {
@@ -80,6 +87,16 @@ func (c *forwarderClient) Release(ctx context.Context, in *ReleaseRequest, opts 
 	return out, nil
 }
 
+func (c *forwarderClient) Forget(ctx context.Context, in *ForgetRequest, opts ...grpc.CallOption) (*ForgetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForgetResponse)
+	err := c.cc.Invoke(ctx, Forwarder_Forget_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ForwarderServer is the server API for Forwarder service.
 // All implementations must embed UnimplementedForwarderServer
 // for forward compatibility.
@@ -94,8 +111,14 @@ type ForwarderServer interface {
 	// Release: the caller took the MQTT session of a client id over (it owns
 	// it in meta now, see internal/node/mqttsessions.go). The server closes
 	// the client's connection as a local takeover does (v5: DISCONNECT 0x8E)
-	// and ends its copy of the session, then answers.
+	// and ends its copy of the session, then answers. Without clean_start
+	// the handover is two-phase: the server keeps the state it returned
+	// (durably) until the caller's Forget, or for a bounded time, and a
+	// Release again from the same caller returns the same state.
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
+	// Forget: the caller stored the session state a Release returned (the
+	// session runs there now): the server drops the copy it kept.
+	Forget(context.Context, *ForgetRequest) (*ForgetResponse, error)
 	mustEmbedUnimplementedForwarderServer()
 }
 
@@ -111,6 +134,9 @@ func (UnimplementedForwarderServer) Pull(grpc.BidiStreamingServer[PullRequest, P
 }
 func (UnimplementedForwarderServer) Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
+}
+func (UnimplementedForwarderServer) Forget(context.Context, *ForgetRequest) (*ForgetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Forget not implemented")
 }
 func (UnimplementedForwarderServer) mustEmbedUnimplementedForwarderServer() {}
 func (UnimplementedForwarderServer) testEmbeddedByValue()                   {}
@@ -158,6 +184,24 @@ func _Forwarder_Release_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Forwarder_Forget_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForgetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ForwarderServer).Forget(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Forwarder_Forget_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ForwarderServer).Forget(ctx, req.(*ForgetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Forwarder_ServiceDesc is the grpc.ServiceDesc for Forwarder service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -168,6 +212,10 @@ var Forwarder_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Release",
 			Handler:    _Forwarder_Release_Handler,
+		},
+		{
+			MethodName: "Forget",
+			Handler:    _Forwarder_Forget_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

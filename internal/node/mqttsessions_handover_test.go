@@ -1,0 +1,187 @@
+package node
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quiremq/quire/frontends/mqtt/packet"
+	"github.com/quiremq/quire/frontends/mqtt/store"
+)
+
+// sessionDirectoryOf is node n's mqtt.SessionDirectory.
+func sessionDirectoryOf(t *testing.T, n *Node) *sessionDirectory {
+	t.Helper()
+	d, ok := n.broker.mqtt.SessionDirectory().(*sessionDirectory)
+	if !ok {
+		t.Fatal("the node has no session directory")
+	}
+	return d
+}
+
+// keptHandovers are the client ids whose state node n keeps for the node
+// it released them to (not confirmed yet).
+func keptHandovers(t *testing.T, n *Node) []string {
+	t.Helper()
+	var out []string
+	if err := n.broker.mqttDB.Handovers(func(client string, _ *store.Handover) error { out = append(out, client); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestNodeMQTTSessionHandoverReplyLost: node 1 released a session whose
+// QoS 1 messages it owed, and its Release reply was lost. It kept the
+// state: once, the CONNECT's own call again gets it; for longer, the
+// CONNECT on node 2 is refused (node 1 is up and may hold the state) and
+// the client's next CONNECT gets it. Either way every owed message
+// arrives, once and in order, and node 1 forgets its copy once node 2
+// stored the session.
+func TestNodeMQTTSessionHandoverReplyLost(t *testing.T) {
+	_, nodes := startCluster(t, twoNodeConfigs)
+	pub := mqttClient(t, nodes[0], "lost-pub", true, nil)
+	d1 := sessionDirectoryOf(t, nodes[0])
+	const n = 10
+	owe := func(id string) {
+		t.Helper()
+		conns := gaugeValue(t, nodes[0], "quire_mqtt_connections")
+		c := connectV5(t, nodes[0], id)
+		c.subscribe(t, "lost/"+id+"/#")
+		c.Disconnect(&paho.Disconnect{})
+		waitFor(t, "node 1 sees "+id+" go", func() bool { return gaugeValue(t, nodes[0], "quire_mqtt_connections") == conns })
+		publish(t, pub, "lost/"+id+"/x", 0, n) // queued for the offline session on node 1
+	}
+	lostReply := status.Error(codes.Unavailable, "reply lost (test)")
+
+	// The first reply is lost.
+	owe("once")
+	var replies atomic.Int32
+	once := func(id string) error {
+		if id == "once" && replies.Add(1) == 1 {
+			return lostReply
+		}
+		return nil
+	}
+	d1.replyFault.Store(&once)
+	c := connectV5(t, nodes[1], "once")
+	if replies.Load() < 2 {
+		t.Fatalf("node 1 answered %d Release calls, want the lost one and another", replies.Load())
+	}
+	if !c.ack.SessionPresent {
+		t.Fatal("Session Present 0 after a lost Release reply: the state did not come")
+	}
+	c.expect(t, "lost/once/x", n)
+
+	// Every reply is lost for a while.
+	owe("later")
+	var lost atomic.Bool
+	lost.Store(true)
+	always := func(string) error {
+		if lost.Load() {
+			return lostReply
+		}
+		return nil
+	}
+	d1.replyFault.Store(&always)
+	if _, err := dialV5(t, nodes[1], "later"); err == nil {
+		t.Fatal("the CONNECT on node 2 was accepted while node 1's replies were lost")
+	}
+	if got := keptHandovers(t, nodes[0]); !slicesContain(got, "later") {
+		t.Fatalf("node 1 keeps the states of %q, want later's among them", got)
+	}
+	lost.Store(false)
+	c = connectV5(t, nodes[1], "later")
+	if !c.ack.SessionPresent {
+		t.Fatal("Session Present 0 on the CONNECT after the lost replies")
+	}
+	c.expect(t, "lost/later/x", n)
+	if got := sessionOwner(t, nodes[1], "later"); got != 2 {
+		t.Fatalf("owner of the session in meta = %d, want 2", got)
+	}
+	waitFor(t, "node 1 forgets the states node 2 stored", func() bool { return len(keptHandovers(t, nodes[0])) == 0 })
+}
+
+func slicesContain(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// TestNodeMQTTSessionRacingConnects: CONNECTs of one client id reach two
+// nodes at the same moment, again and again: each time exactly one
+// connection survives (the other is refused, or closed with 0x8E), meta
+// names the survivor's node as the owner, and the other node keeps no
+// copy of the session. Without the retry of a Release that reaches a node
+// binding an older claim, both connections stay (each node binds its own).
+func TestNodeMQTTSessionRacingConnects(t *testing.T) {
+	_, nodes := startCluster(t, twoNodeConfigs)
+	// Release replies take 50 ms: the claims overlap (the window is a few
+	// ms on an idle machine).
+	slow := func(string) error { time.Sleep(50 * time.Millisecond); return nil }
+	for _, n := range nodes {
+		sessionDirectoryOf(t, n).replyFault.Store(&slow)
+	}
+	base := mqttSessions(t, nodes[0]) + mqttSessions(t, nodes[1])
+	const rounds = 12
+	for i := range rounds {
+		id := fmt.Sprintf("race-%d", i)
+		conns := make([]*v5conn, 2)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for k := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				if c, err := dialV5(t, nodes[k], id); err == nil {
+					conns[k] = c
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		gone := make([]bool, 2)
+		alive := func() []int {
+			var out []int
+			for k, c := range conns {
+				if c == nil || gone[k] {
+					continue
+				}
+				select {
+				case d := <-c.disconnected:
+					if d.ReasonCode != byte(packet.SessionTakenOver) {
+						t.Fatalf("round %d: the connection to node %d got DISCONNECT 0x%02X, want 0x8E", i, k+1, d.ReasonCode)
+					}
+					gone[k] = true
+				default:
+					out = append(out, k)
+				}
+			}
+			return out
+		}
+		waitFor(t, fmt.Sprintf("round %d: one connection left", i), func() bool { return len(alive()) == 1 })
+		time.Sleep(300 * time.Millisecond) // a late takeover would come now
+		left := alive()
+		if len(left) != 1 {
+			t.Fatalf("round %d: %d connections alive", i, len(left))
+		}
+		k := left[0]
+		t.Logf("round %d: node %d's connection survived (the other refused: %v)", i, k+1, conns[1-k] == nil)
+		conns[k].subscribe(t, "race/"+id) // the survivor answers
+		if got := sessionOwner(t, nodes[0], id); got != uint64(k+1) {
+			t.Fatalf("round %d: the connection to node %d survived, meta names node %d", i, k+1, got)
+		}
+		if got := mqttSessions(t, nodes[0]) + mqttSessions(t, nodes[1]); got != base+i+1 {
+			t.Fatalf("round %d: the nodes hold %d sessions, want %d (one per round)", i, got, base+i+1)
+		}
+	}
+}
