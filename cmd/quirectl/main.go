@@ -49,6 +49,9 @@ Commands:
                                   create a topic; without --engine the node's storage
                                   rules pick it (default_engine, [[storage.rules]])
   topic delete NAME               delete a topic and all of its data
+  ledger list [--under-replicated]
+                                  the journal's ledgers: state, E/Qw/Qa, ensembles, and
+                                  the bookies they name that are not live (MISSING)
   passwd NAME                     read a password from stdin and print the [[mqtt.users]]
                                   entry (bcrypt hash, SCRAM-SHA-256 credentials) for NAME
                                   to paste into the config;
@@ -71,6 +74,7 @@ Examples:
   quirectl topic create orders --partitions 3
   quirectl topic create sensors/temp --engine memory
   quirectl topic list --json
+  quirectl ledger list --under-replicated
   quirectl --server 10.0.0.5:58080 topic delete orders
   echo 'wonderland' | quirectl passwd alice >> quire.toml
 `
@@ -140,6 +144,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return c.topicCreate(rest[2:])
 	case "topic delete":
 		return c.topicDelete(rest[2:])
+	case "ledger list":
+		return c.ledgerList(rest[2:])
 	}
 	switch rest[0] {
 	case "passwd":
@@ -150,7 +156,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "help":
 		help(stdout)
 		return exitOK
-	case "cluster", "topic":
+	case "cluster", "topic", "ledger":
 		return c.fail(usageError{fmt.Sprintf("%s: missing or unknown subcommand %q", rest[0], strings.Join(rest[1:], " "))}, help)
 	}
 	return c.fail(usageError{fmt.Sprintf("unknown command %q", rest[0])}, help)
@@ -357,6 +363,37 @@ func (c *cli) topicList(args []string) int {
 					status = fmt.Sprintf("on-node-%d", t.Shards[0].Node)
 				}
 				fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\n", t.Name, t.Engine, t.Partitions, records, status, t.CreatedAt.Format(time.RFC3339))
+			}
+		})
+	})
+}
+
+func (c *cli) ledgerList(args []string) int {
+	fs := c.flagSet("ledger list")
+	under := fs.Bool("under-replicated", false, "only the ledgers naming a bookie that is not live")
+	return c.command(args, fs, "ledger list [--under-replicated] [--json]", 0, func(ctx context.Context, cl *adminapi.Client, _ []string) error {
+		raw, err := cl.Do(ctx, "GET", adminapi.LedgersPath(*under), nil)
+		if err != nil {
+			return err
+		}
+		var ll adminapi.LedgerList
+		return c.emit(raw, &ll, func(w *tabwriter.Writer) {
+			fmt.Fprintf(w, "Live bookies:\t%s\n\n", strings.Join(ll.LiveBookies, ", "))
+			fmt.Fprintln(w, "ID\tSTATE\tE/QW/QA\tLAST\tENSEMBLES\tMISSING")
+			for _, l := range ll.Ledgers {
+				var ens []string
+				for _, f := range l.Fragments {
+					ens = append(ens, fmt.Sprintf("%d:%s", f.FirstEntry, strings.Join(f.Bookies, ",")))
+				}
+				last := "-"
+				if l.State == "CLOSED" {
+					last = fmt.Sprint(l.LastEntry)
+				}
+				missing := strings.Join(l.Missing, ",")
+				if missing == "" {
+					missing = "-"
+				}
+				fmt.Fprintf(w, "%d\t%s\t%d/%d/%d\t%s\t%s\t%s\n", l.ID, l.State, l.Ensemble, l.WriteQuorum, l.AckQuorum, last, strings.Join(ens, " "), missing)
 			}
 		})
 	})

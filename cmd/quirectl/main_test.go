@@ -152,3 +152,32 @@ func TestUsage(t *testing.T) {
 		}
 	}
 }
+
+// ledger list prints a table of the node's answer and asks for only the
+// under-replicated ledgers with --under-replicated.
+func TestLedgerList(t *testing.T) {
+	var queries []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		queries = append(queries, r.URL.RawQuery)
+		if r.URL.Path != "/api/v1/ledgers" {
+			w.WriteHeader(404)
+			return
+		}
+		io.WriteString(w, `{"live_bookies":["a:1","b:1"],"ledgers":[
+			{"id":7,"state":"CLOSED","ensemble":2,"write_quorum":2,"ack_quorum":1,"last_entry":41,
+			 "fragments":[{"first_entry":0,"bookies":["a:1","c:1"]},{"first_entry":30,"bookies":["a:1","b:1"]}],"missing":["c:1"]}]}`)
+	}))
+	defer srv.Close()
+	t.Setenv("QUIRE_SERVER", srv.URL)
+	out, errOut, code := runCtl(t, "ledger", "list", "--under-replicated")
+	if code != 0 || !strings.Contains(out, "Live bookies:  a:1, b:1") ||
+		!strings.Contains(out, "7   CLOSED  2/2/1    41    0:a:1,c:1 30:a:1,b:1  c:1") {
+		t.Errorf("ledger list = %d %q\n%s", code, errOut, out)
+	}
+	if _, _, code := runCtl(t, "ledger", "list"); code != 0 {
+		t.Errorf("ledger list without the flag = %d", code)
+	}
+	if strings.Join(queries, "|") != "under_replicated=true|" {
+		t.Errorf("queries %q", queries)
+	}
+}

@@ -36,7 +36,9 @@ type adminDeps struct {
 	cluster   func() adminapi.Cluster
 	// topics returns the topic service, or nil while the broker is not
 	// running.
-	topics   func() topicService
+	topics func() topicService
+	// ledgers lists the journal ledgers (ledgers.go).
+	ledgers  func(ctx context.Context, underReplicated bool) (adminapi.LedgerList, error)
 	gatherer prometheus.Gatherer
 	reg      prometheus.Registerer
 	log      *slog.Logger
@@ -69,6 +71,7 @@ func newAdminHandler(d adminDeps) http.Handler {
 	mux.HandleFunc("POST /api/v1/topics", h.createTopic)
 	mux.HandleFunc("GET /api/v1/topics/{name...}", h.getTopic)
 	mux.HandleFunc("DELETE /api/v1/topics/{name...}", h.deleteTopic)
+	mux.HandleFunc("GET /api/v1/ledgers", h.listLedgers)
 	if d.pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index) // and the named profiles: heap, goroutine, ...
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
@@ -140,6 +143,24 @@ func (h *adminHandler) readyz(w http.ResponseWriter, _ *http.Request) {
 
 func (h *adminHandler) cluster(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, h.d.cluster())
+}
+
+func (h *adminHandler) listLedgers(w http.ResponseWriter, r *http.Request) {
+	under := false
+	if v := r.URL.Query().Get("under_replicated"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("under_replicated=%q: want true or false", v))
+			return
+		}
+		under = b
+	}
+	l, err := h.d.ledgers(r.Context(), under)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, l)
 }
 
 // service returns the topic service, or answers 503.

@@ -195,6 +195,7 @@ func New(opts Options) (*Node, error) {
 			}
 			return nil
 		},
+		ledgers:  n.Ledgers,
 		gatherer: n.reg,
 		reg:      n.reg,
 		log:      n.log.With("component", "admin"),

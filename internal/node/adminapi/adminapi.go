@@ -13,6 +13,8 @@
 //	POST   /api/v1/topics           CreateTopicRequest -> 201 Topic; 400 bad request, 409 exists
 //	GET    /api/v1/topics/{name}    Topic; 404 when there is none
 //	DELETE /api/v1/topics/{name}    Deleted; 404 when there is none
+//	GET    /api/v1/ledgers          LedgerList: every journal ledger in meta;
+//	                                ?under_replicated=true: only those naming a bookie that is not live
 //
 // Topic names may contain '/', and are written as they are in the path
 // (/api/v1/topics/sensors/temp); escaping them (sensors%2Ftemp) works too.
@@ -72,6 +74,34 @@ type Node struct {
 	Voter bool `json:"voter,omitempty"`
 	// StartedAt is when the node last registered.
 	StartedAt time.Time `json:"started_at,omitzero"`
+}
+
+// Fragment is the ensemble of a ledger from FirstEntry on.
+type Fragment struct {
+	FirstEntry int64    `json:"first_entry"`
+	Bookies    []string `json:"bookies"`
+}
+
+// Ledger is one journal ledger as meta records it.
+type Ledger struct {
+	ID          uint64     `json:"id"`
+	State       string     `json:"state"` // OPEN, IN_RECOVERY, CLOSED
+	Ensemble    int        `json:"ensemble"`
+	WriteQuorum int        `json:"write_quorum"`
+	AckQuorum   int        `json:"ack_quorum"`
+	LastEntry   int64      `json:"last_entry"` // of a CLOSED ledger; -1: empty
+	Fragments   []Fragment `json:"fragments"`
+	// Missing names the bookies of Fragments that are not live now: the
+	// ledger keeps fewer copies of their entries until they return or
+	// the auditor re-replicates it ([storage.journal] rereplicate_after).
+	Missing []string `json:"missing,omitempty"`
+}
+
+// LedgerList is the body of /api/v1/ledgers.
+type LedgerList struct {
+	Ledgers []Ledger `json:"ledgers"`
+	// LiveBookies are the bookies meta lists as live.
+	LiveBookies []string `json:"live_bookies"`
 }
 
 // Cluster is the body of /api/v1/cluster.
@@ -237,6 +267,21 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 		return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
 	}
 	return nil
+}
+
+// Ledgers lists the journal ledgers (only the under-replicated ones with
+// underReplicated).
+func (c *Client) Ledgers(ctx context.Context, underReplicated bool) (LedgerList, error) {
+	var v LedgerList
+	return v, c.call(ctx, http.MethodGet, LedgersPath(underReplicated), nil, &v)
+}
+
+// LedgersPath is the path of the ledger list.
+func LedgersPath(underReplicated bool) string {
+	if underReplicated {
+		return "/api/v1/ledgers?under_replicated=true"
+	}
+	return "/api/v1/ledgers"
 }
 
 // Cluster returns the cluster's state.
