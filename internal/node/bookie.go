@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,7 @@ import (
 	"github.com/quiremq/quire/internal/vfs"
 	"github.com/quiremq/quire/journal/bookie"
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
+	"github.com/quiremq/quire/journal/ledger"
 	"github.com/quiremq/quire/meta"
 	"github.com/quiremq/quire/meta/schema"
 )
@@ -108,9 +110,30 @@ func (c *bookieComponent) gcLoop(ctx context.Context, b *bookie.Bookie) {
 	}
 }
 
-// gcPass deletes the ledgers b holds that meta has no record of and that
-// the previous pass (suspects) found missing too, and returns the ones
-// found missing now. The bookie's list is read before meta's: a ledger's
+// leftover reports whether this bookie's copy of ledger l is garbage:
+// l is CLOSED, no fragment names self, and no re-replication is copying
+// to self (schema.RereplicaKey, under the copier's lease). An open ledger
+// or one in recovery may name self at its next CAS (a writer's ensemble
+// change, a recovery's write-back), so it is never garbage here; a
+// re-replication announces its copies before the first and keeps the
+// announcement until its CAS names self. (A ledger deleted while this
+// bookie was away, or a bookie replaced after it was lost: its copies.)
+func (c *bookieComponent) leftover(ctx context.Context, kv meta.KV, l schema.Ledger, self string) bool {
+	if l.State != schema.LedgerState(ledger.StateClosed) {
+		return false
+	}
+	for _, f := range l.Fragments {
+		if slices.Contains(f.Bookies, self) {
+			return false
+		}
+	}
+	_, err := kv.Get(ctx, schema.RereplicaKey(l.ID, self))
+	return errors.Is(err, meta.ErrNotFound)
+}
+
+// gcPass deletes the ledgers b holds that meta has no record of, or whose
+// copy here is a leftover, and that the previous pass (suspects) found so
+// too, and returns the ones found so now. The bookie's list is read before meta's: a ledger's
 // record is created before any of its entries is added, and ledger ids are
 // never reused, so a ledger the bookie held before meta was read and that
 // meta does not have was deleted (a bookie that was down or unreachable
@@ -130,15 +153,18 @@ func (c *bookieComponent) gcPass(ctx context.Context, b *bookie.Bookie, suspects
 	if err != nil {
 		return suspects, err
 	}
-	known := make(map[uint64]bool, len(recs))
+	known := make(map[uint64]schema.Ledger, len(recs))
 	for _, r := range recs {
-		known[r.Value.ID] = true
+		known[r.Value.ID] = r.Value
 	}
+	self := c.opts.BookieID
 	missing := map[uint64]bool{}
 	var deleted []uint64
 	for _, id := range held {
-		if known[id] {
-			continue
+		if l, ok := known[id]; ok {
+			if !c.leftover(ctx, kv, l, self) {
+				continue
+			}
 		}
 		if !suspects[id] {
 			missing[id] = true
@@ -151,7 +177,7 @@ func (c *bookieComponent) gcPass(ctx context.Context, b *bookie.Bookie, suspects
 		c.gcDeleted.Inc()
 	}
 	if len(deleted) > 0 {
-		c.log.Info("bookie garbage collection: deleted ledgers meta no longer has", "ledgers", deleted)
+		c.log.Info("bookie garbage collection: deleted ledgers meta no longer has or no longer places here", "ledgers", deleted)
 	}
 	return missing, nil
 }

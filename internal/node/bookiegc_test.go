@@ -14,9 +14,11 @@ import (
 )
 
 // TestNodeBookieGC: a ledger whose record left meta while the bookie kept
-// its entries (deleted while the bookie was down) is deleted from the
-// bookie by the second garbage-collection pass that finds it missing; a
-// ledger meta still has is kept.
+// its entries (deleted while the bookie was down), and a closed ledger
+// whose metadata no longer names this bookie, are deleted from the bookie
+// by the second garbage-collection pass that finds them so; a ledger that
+// names it, one being re-replicated to it (announced in meta) and an open
+// one are kept.
 func TestNodeBookieGC(t *testing.T) {
 	cfg := testConfig(t.TempDir())
 	cfg.Bookie.GCInterval = 0 // the passes are run by the test
@@ -24,7 +26,7 @@ func TestNodeBookieGC(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	addr := n.GRPCAddr().String()
-	cl, err := client.New(client.Options{Meta: n.Meta(), Directory: client.NewStaticDirectory(client.BookieInfo{ID: addr, Addr: addr, Node: "n"})})
+	cl, err := client.New(client.Options{Meta: n.Meta(), Directory: client.NewStaticDirectory(client.BookieInfo{ID: n.bookie.opts.BookieID, Addr: addr, Node: "n"})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,20 +51,61 @@ func TestNodeBookieGC(t *testing.T) {
 	if _, err := n.Meta().Delete(ctx, schema.LedgerKey(gone)); err != nil {
 		t.Fatal(err)
 	}
+	// Three more ledgers whose metadata no longer names this bookie (as
+	// after a re-replication replaced it): a closed one (a leftover), a
+	// closed one being copied back here (announced), and an open one.
+	st := schema.Store{KV: n.Meta()}
+	moved := func(closeIt bool) uint64 {
+		w, err := cl.CreateLedger(ctx, 1, 1, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Append(ctx, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if closeIt {
+			err = w.Close(ctx)
+		} else {
+			w.Abandon()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := st.Ledger(ctx, w.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := rec.Value
+		l.Fragments = []schema.Fragment{{FirstEntry: 0, Bookies: []string{"127.0.0.1:1"}}}
+		if _, err := st.CASLedger(ctx, rec.Version, l); err != nil {
+			t.Fatal(err)
+		}
+		return w.ID()
+	}
+	leftover, copying, open := moved(true), moved(true), moved(false)
+	if _, err := n.Meta().Put(ctx, schema.RereplicaKey(copying, n.bookie.opts.BookieID), nil); err != nil {
+		t.Fatal(err)
+	}
 	c := n.bookie
 	b := c.bookie
 	suspects, err := c.gcPass(ctx, b, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !suspects[gone] || suspects[kept] || !slices.Contains(b.Ledgers(), gone) {
-		t.Fatalf("first pass: suspects %v, ledgers %v; want %d suspected and kept for now", suspects, b.Ledgers(), gone)
+	if !suspects[gone] || !suspects[leftover] || len(suspects) != 2 || !slices.Contains(b.Ledgers(), gone) {
+		t.Fatalf("first pass: suspects %v, ledgers %v; want %d and %d suspected and kept for now", suspects, b.Ledgers(), gone, leftover)
 	}
 	if _, err := c.gcPass(ctx, b, suspects); err != nil {
 		t.Fatal(err)
 	}
-	if got := b.Ledgers(); slices.Contains(got, gone) || !slices.Contains(got, kept) {
-		t.Fatalf("after the second pass the bookie holds %v; want %d deleted, %d kept", got, gone, kept)
+	got := b.Ledgers()
+	for _, id := range []uint64{kept, copying, open} {
+		if !slices.Contains(got, id) {
+			t.Fatalf("after the second pass the bookie holds %v; %d was deleted (kept %d, copying %d, open %d)", got, id, kept, copying, open)
+		}
+	}
+	if slices.Contains(got, gone) || slices.Contains(got, leftover) {
+		t.Fatalf("after the second pass the bookie holds %v; want %d and %d deleted", got, gone, leftover)
 	}
 	if _, err := b.ReadEntry(gone, 0, false); !errors.Is(err, bookie.ErrNoSuchEntry) && !errors.Is(err, bookie.ErrNoSuchLedger) {
 		t.Fatalf("read of the deleted ledger: %v", err)
@@ -81,7 +124,7 @@ func TestNodeBookieGCLoop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	addr := n.GRPCAddr().String()
-	cl, err := client.New(client.Options{Meta: n.Meta(), Directory: client.NewStaticDirectory(client.BookieInfo{ID: addr, Addr: addr, Node: "n"})})
+	cl, err := client.New(client.Options{Meta: n.Meta(), Directory: client.NewStaticDirectory(client.BookieInfo{ID: n.bookie.opts.BookieID, Addr: addr, Node: "n"})})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,10 +26,14 @@ import (
 // fragment does not use, copies to it every entry of the fragment whose
 // write set held the lost bookie (read from the other bookies of that
 // write set, written as recovery adds and synced), and only then CASes the
-// metadata with the replacement in the lost bookie's place. A crash or an
-// error before the CAS leaves the metadata as it was (the copies made are
-// unreferenced garbage on the replacement); a CAS that finds the ledger
-// changed starts over from the new metadata.
+// metadata with the replacement in the lost bookie's place. Each copy is
+// announced in meta first (schema.RereplicaKey, under a lease kept alive
+// until the CAS), so that the replacement's garbage collection (a node's
+// [bookie] gc_interval) keeps entries of a closed ledger that does not
+// name it yet. A crash or an error before the CAS leaves the metadata as
+// it was; the copies made are then leftovers that collection deletes
+// once the lease is gone. A CAS that finds the ledger changed starts over
+// from the new metadata.
 //
 // Of an OPEN ledger only the fragments before the last are
 // re-replicated: their entries were all acknowledged before the ensemble
@@ -83,40 +88,136 @@ func (c *Client) Rereplicate(ctx context.Context, id uint64, lost func(bookie st
 		if err != nil {
 			return copied, err
 		}
-		next := md.Clone()
-		for fi := range final {
-			f := &next.Fragments[fi]
-			first, last := f.FirstEntry, md.LastEntry
-			if fi+1 < len(next.Fragments) {
-				last = next.Fragments[fi+1].FirstEntry - 1
-			}
-			for j, b := range f.Bookies {
-				if !lost(b) {
-					continue
-				}
-				cands := slices.DeleteFunc(replacements(c.healthy(live), f.Bookies, b), lost)
-				if len(cands) == 0 {
-					return copied, fmt.Errorf("%w: no live bookie on another node to replace %s in ledger %d", ErrNotEnoughBookies, b, id)
-				}
-				r := cands[(int(id)+fi+j)%len(cands)]
-				n, err := c.copyFragment(ctx, &md, fi, j, first, last, r, lost)
-				copied += n
-				if err != nil {
-					return copied, fmt.Errorf("journal/client: re-replicating ledger %d fragment %d from %s to %s: %w", id, fi, b, r, err)
-				}
-				c.log.Info("journal/client: fragment re-replicated", "ledger", id, "fragment", fi, "lost", b, "replacement", r, "entries", n)
-				f.Bookies[j] = r
-			}
+		cl, err := c.claimReplicas(ctx)
+		if err != nil {
+			return copied, err
 		}
-		_, err = c.store.CASLedger(ctx, md.Version, FromMetadata(next, rec.Value.CreatedAt))
+		n, err := c.rereplicateOnce(cl.ctx, rec, md, final, live, lost, cl)
+		copied += n
+		cl.release()
 		if errors.Is(err, meta.ErrVersionMismatch) && attempt < 3 {
 			continue // changed meanwhile (deleted, or re-replicated elsewhere): look again
 		}
-		if err != nil {
-			return copied, fmt.Errorf("journal/client: re-replicating ledger %d: metadata: %w", id, err)
-		}
-		return copied, nil
+		return copied, err
 	}
+}
+
+// rereplicateOnce copies the final fragments' entries held by lost
+// bookies to replacements, each announced first under cl, and CASes the
+// metadata (meta.ErrVersionMismatch when it changed meanwhile).
+func (c *Client) rereplicateOnce(ctx context.Context, rec schema.Record[schema.Ledger], md ledger.Metadata, final int, live []BookieInfo, lost func(string) bool, cl *replicaClaim) (int, error) {
+	id, copied := md.ID, 0
+	next := md.Clone()
+	for fi := range final {
+		f := &next.Fragments[fi]
+		first, last := f.FirstEntry, md.LastEntry
+		if fi+1 < len(next.Fragments) {
+			last = next.Fragments[fi+1].FirstEntry - 1
+		}
+		for j, b := range f.Bookies {
+			if !lost(b) {
+				continue
+			}
+			cands := slices.DeleteFunc(replacements(c.healthy(live), f.Bookies, b), lost)
+			if len(cands) == 0 {
+				return copied, fmt.Errorf("%w: no live bookie on another node to replace %s in ledger %d", ErrNotEnoughBookies, b, id)
+			}
+			r := cands[(int(id)+fi+j)%len(cands)]
+			if err := cl.announce(ctx, id, r); err != nil {
+				return copied, err
+			}
+			n, err := c.copyFragment(ctx, &md, fi, j, first, last, r, lost)
+			copied += n
+			if err != nil {
+				return copied, fmt.Errorf("journal/client: re-replicating ledger %d fragment %d from %s to %s: %w", id, fi, b, r, err)
+			}
+			c.log.Info("journal/client: fragment re-replicated", "ledger", id, "fragment", fi, "lost", b, "replacement", r, "entries", n)
+			f.Bookies[j] = r
+		}
+	}
+	if err := cl.held(); err != nil {
+		return copied, err // the copies may be collected: no CAS
+	}
+	_, err := c.store.CASLedger(ctx, md.Version, FromMetadata(next, rec.Value.CreatedAt))
+	if errors.Is(err, meta.ErrVersionMismatch) {
+		return copied, err
+	}
+	if err != nil {
+		return copied, fmt.Errorf("journal/client: re-replicating ledger %d: metadata: %w", id, err)
+	}
+	return copied, nil
+}
+
+// rereplicaTTL is the lease of a re-replication's announcements
+// (schema.RereplicaKey), kept alive every third of it while the copies
+// run.
+const rereplicaTTL = 30 * time.Second
+
+// replicaClaim announces, in meta under one lease, the bookies a
+// re-replication copies entries to before its CAS names them, so that
+// their garbage collection does not take the copies for leftovers of a
+// ledger they no longer serve. Losing the lease (meta unreachable for its
+// TTL) cancels ctx and fails held: the CAS must not follow.
+type replicaClaim struct {
+	c      *Client
+	lease  meta.LeaseID
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+	lost   atomic.Bool
+}
+
+func (c *Client) claimReplicas(ctx context.Context) (*replicaClaim, error) {
+	lease, err := c.store.KV.Grant(ctx, rereplicaTTL)
+	if err != nil {
+		return nil, fmt.Errorf("journal/client: re-replication lease: %w", err)
+	}
+	cl := &replicaClaim{c: c, lease: lease, done: make(chan struct{})}
+	cl.ctx, cl.cancel = context.WithCancel(ctx)
+	go func() {
+		defer close(cl.done)
+		t := time.NewTicker(rereplicaTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-cl.ctx.Done():
+				return
+			case <-t.C:
+			}
+			if _, err := c.store.KV.KeepAlive(cl.ctx, lease); err != nil && cl.ctx.Err() == nil {
+				cl.lost.Store(true)
+				cl.cancel()
+				return
+			}
+		}
+	}()
+	return cl, nil
+}
+
+// announce records that id's entries are being copied to bookie.
+func (cl *replicaClaim) announce(ctx context.Context, id uint64, bookie string) error {
+	if _, err := cl.c.store.KV.Put(ctx, schema.RereplicaKey(id, bookie), nil, meta.WithLease(cl.lease)); err != nil {
+		return fmt.Errorf("journal/client: announcing the copy of ledger %d to %s: %w", id, bookie, err)
+	}
+	return nil
+}
+
+// held fails once the lease was lost.
+func (cl *replicaClaim) held() error {
+	if cl.lost.Load() {
+		return errors.New("journal/client: re-replication lease lost (meta unreachable): not recording the copies")
+	}
+	return nil
+}
+
+// release stops the keep-alive and revokes the lease, which deletes the
+// announcements (expiry does it if the revoke fails).
+func (cl *replicaClaim) release() {
+	cl.cancel()
+	<-cl.done
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = cl.c.store.KV.Revoke(ctx, cl.lease)
 }
 
 // copyFragment copies to bookie to every entry of fragment fi of md (its

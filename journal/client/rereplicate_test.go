@@ -2,12 +2,15 @@ package client
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/quiremq/quire/journal/ledger"
+	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
 )
 
 // liveExcept sets the directory to every bookie of c but those named.
@@ -81,6 +84,9 @@ func TestAuditorRereplicatesLostBookie(t *testing.T) {
 		t.Fatalf("within the grace period: %+v", res)
 	}
 	now = now.Add(time.Minute)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	watch := c.kv.Watch(wctx, schema.PrefixRereplicas, 0)
 	res, err = a.Check(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +111,24 @@ func TestAuditorRereplicatesLostBookie(t *testing.T) {
 		t.Fatalf("state or last entry changed: %s", after)
 	}
 	checkCopies(t, cl, after, n-1, h)
+	// The copy was announced for the replacement (so that its garbage
+	// collection keeps it) and the announcement is gone after the CAS.
+	replacement := after.Fragments[0].Bookies[1]
+	key := schema.RereplicaKey(w.ID(), replacement)
+	var put, deleted bool
+	for !deleted {
+		select {
+		case wr := <-watch:
+			for _, ev := range wr.Events {
+				if ev.KV.Key == key {
+					put = put || ev.Type == meta.EventPut
+					deleted = put && ev.Type == meta.EventDelete
+				}
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("announcement %s: put %v, deleted %v", key, put, deleted)
+		}
+	}
 
 	// Nothing left to do.
 	if res, err := a.Check(ctx); err != nil || res.UnderReplicated != 0 || res.Rereplicated != 0 {

@@ -48,6 +48,11 @@ const (
 	PrefixGroups     = "/groups/"
 	PrefixOffsets    = "/offsets/"
 	PrefixCookies    = "/cookies/bookies/"
+	// PrefixRereplicas holds a key per copy in progress of a ledger's
+	// entries to a bookie not yet in its metadata (journal/client
+	// re-replication), under a lease: a bookie's garbage collection keeps
+	// such a ledger's entries.
+	PrefixRereplicas = "/rereplicas/"
 )
 
 // Errors.
@@ -68,6 +73,12 @@ func TopicKey(name string) string {
 	return PrefixTopics + name
 }
 func ShardKey(name string) string { return PrefixShards + name }
+
+// RereplicaKey is the key of a copy of ledger's entries to bookie in
+// progress (PrefixRereplicas).
+func RereplicaKey(ledger uint64, bookie string) string {
+	return idKey(PrefixRereplicas, ledger) + "/" + bookie
+}
 func LogKey(shard string) string  { return PrefixLogs + shard }
 func GroupKey(name string) string { return PrefixGroups + name }
 
