@@ -222,8 +222,8 @@ type Bookie struct {
 	CookieStore string `toml:"cookie_store"`
 	// GCInterval: this often the node's bookie deletes the ledgers it
 	// holds that meta no longer has (deleted while the bookie was down or
-	// unreachable), once two passes in a row found them missing; "0s" =
-	// never.
+	// unreachable) and the closed ledgers that no longer name it, once two
+	// passes in a row found them so; "0s" = never.
 	GCInterval Duration `toml:"gc_interval"`
 }
 
