@@ -26,6 +26,7 @@ import (
 	"github.com/quiremq/quire/journal/bookie/bookierpc"
 	"github.com/quiremq/quire/journal/client"
 	"github.com/quiremq/quire/meta"
+	"github.com/quiremq/quire/meta/schema"
 )
 
 // cluster is what the benchmark runs on: a meta for ledger metadata and a
@@ -91,6 +92,12 @@ func startCluster(ctx context.Context, c *config) (_ *cluster, err error) {
 		return nil, err
 	}
 	if len(c.bookieAddrs) > 0 {
+		// The bookies may also serve a cluster whose meta numbers its
+		// ledgers from 1: ours start far above, so that adds never land
+		// in one of its ledgers.
+		if _, err := schema.Put(ctx, cl.meta, schema.KeyLedgerIDs, schema.Counter{Last: externalLedgerBase}); err != nil {
+			return nil, fmt.Errorf("meta: %w", err)
+		}
 		for _, a := range c.bookieAddrs {
 			cl.infos = append(cl.infos, client.BookieInfo{ID: a, Addr: a})
 		}
@@ -108,6 +115,9 @@ func startCluster(ctx context.Context, c *config) (_ *cluster, err error) {
 	wg.Wait()
 	return cl, errors.Join(errs...)
 }
+
+// externalLedgerBase is where ledger ids start with --bookie-addrs.
+const externalLedgerBase = 1 << 62
 
 // startMeta runs a one-voter meta on disk. Raft traffic never leaves the
 // node, so its transport is the in-memory one.

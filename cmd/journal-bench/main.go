@@ -47,7 +47,11 @@ loopback with its own directory under --data-dir) and a one-voter meta on
 disk for ledger metadata, or, with --bookie-addrs, uses running bookies (for
 example 'quire bookie' processes). In both cases ledger metadata lives in
 the in-process meta: the bookies need no meta of their own, so no
---meta-addrs is needed. W writers (--writers) append --entry-size entries to
+--meta-addrs is needed. With --bookie-addrs the ledger ids start at 2^62,
+so a cluster's bookies ('quire start' nodes) can be measured without
+touching the cluster's ledgers; but their garbage collection ([bookie]
+gc_interval, 10m) deletes the bench's ledgers, unknown to the cluster's
+meta, two passes after they appear: keep such runs shorter than that. W writers (--writers) append --entry-size entries to
 --ledgers ledgers (writer w appends to ledger w mod L) with up to --inflight
 appends each in flight, for --warmup (1s; left out of every figure) and
 then the measured --duration.
