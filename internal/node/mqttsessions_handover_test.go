@@ -1,7 +1,9 @@
 package node
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -183,5 +185,117 @@ func TestNodeMQTTSessionRacingConnects(t *testing.T) {
 		if got := mqttSessions(t, nodes[0]) + mqttSessions(t, nodes[1]); got != base+i+1 {
 			t.Fatalf("round %d: the nodes hold %d sessions, want %d (one per round)", i, got, base+i+1)
 		}
+	}
+}
+
+// rawV5 is a packet-level MQTT 5 client.
+type rawV5 struct {
+	t  *testing.T
+	nc net.Conn
+	r  *packet.Reader
+	w  *packet.Writer
+}
+
+// connectRawV5 connects id to node n with Clean Start 0 and a session
+// expiry of 300 s, and returns the client and its CONNACK (a success).
+func connectRawV5(t *testing.T, n *Node, id string) (*rawV5, *packet.Connack) {
+	t.Helper()
+	nc, err := net.Dial("tcp", n.MQTTAddr("tcp").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	c := &rawV5{t: t, nc: nc, r: packet.NewReader(nc, 1<<20), w: packet.NewWriter(nc, packet.V5)}
+	c.r.SetVersion(packet.V5)
+	c.send(&packet.Connect{Version: packet.V5, ClientID: id, KeepAlive: 60, Properties: packet.Properties{SessionExpiryInterval: 300}})
+	ack, ok := c.read().(*packet.Connack)
+	if !ok || ack.ReasonCode != packet.Success {
+		t.Fatalf("connect %s to node %d: %+v", id, n.cfg.NodeID, ack)
+	}
+	return c, ack
+}
+
+func (c *rawV5) send(p packet.Packet) {
+	c.t.Helper()
+	if err := c.w.WritePacket(p); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.w.Flush(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *rawV5) read() packet.Packet {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	p, err := c.r.ReadPacket()
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	return p
+}
+
+// close disconnects c (normal disconnection: the session stays) and waits
+// until node n has no connection more than before.
+func (c *rawV5) close(n *Node, conns float64) {
+	c.t.Helper()
+	c.send(&packet.Disconnect{})
+	c.nc.Close()
+	waitFor(c.t, "the node sees the client go", func() bool { return gaugeValue(c.t, n, "quire_mqtt_connections") <= conns })
+}
+
+// TestNodeMQTTSessionHandoverInboundQoS2: a client's QoS 2 PUBLISH was
+// stored and answered with PUBREC on node 1, and its PUBREL not sent when
+// the session moved to node 2. Node 2 stores the packet id handed over as
+// its own: after node 2 restarts, the client's PUBLISH resent with DUP is
+// answered with PUBREC and not stored again, its PUBREL completes, and the
+// subscriber gets the message once.
+func TestNodeMQTTSessionHandoverInboundQoS2(t *testing.T) {
+	cfgs, nodes := startCluster(t, clusterConfigs) // three voters: node 2 can restart
+	rec := newRecorder()
+	sub := mqttClient(t, nodes[0], "q2-sub", true, rec)
+	if tok := sub.Subscribe("q2h/#", 2, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	conns1 := gaugeValue(t, nodes[0], "quire_mqtt_connections")
+	c, _ := connectRawV5(t, nodes[0], "q2h")
+	c.send(&packet.Publish{Topic: "q2h/a", QoS: packet.QoS2, PacketID: 7, Payload: []byte("once")})
+	if r, ok := c.read().(*packet.Pubrec); !ok || r.PacketID != 7 {
+		t.Fatalf("got %+v, want PUBREC 7", r)
+	}
+	c.close(nodes[0], conns1)
+
+	conns2 := gaugeValue(t, nodes[1], "quire_mqtt_connections")
+	c, ack := connectRawV5(t, nodes[1], "q2h")
+	if !ack.SessionPresent {
+		t.Fatal("Session Present 0 on node 2: the session did not follow")
+	}
+	c.close(nodes[1], conns2)
+	if err := nodes[1].Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n2 := restartNode(t, cfgs[1])
+
+	// Node 1's subscriber would get what node 2 stores (its route).
+	pub := mqttClient(t, n2, "q2-probe", true, nil)
+	routed(t, pub, "q2h/probe", rec)
+	c, ack = connectRawV5(t, n2, "q2h")
+	if !ack.SessionPresent {
+		t.Fatal("Session Present 0 on node 2 after its restart")
+	}
+	c.send(&packet.Publish{Topic: "q2h/a", QoS: packet.QoS2, PacketID: 7, Dup: true, Payload: []byte("once")})
+	if r, ok := c.read().(*packet.Pubrec); !ok || r.PacketID != 7 {
+		t.Fatalf("got %+v, want PUBREC 7", r)
+	}
+	c.send(&packet.Pubrel{PacketID: 7})
+	if comp, ok := c.read().(*packet.Pubcomp); !ok || comp.ReasonCode != packet.Success {
+		t.Fatalf("got %+v, want PUBCOMP 7 success (the packet id handed over was forgotten)", comp)
+	}
+	if got := storedCopies(t, n2, "q2h/a"); got[""] != 0 {
+		t.Fatalf("node 2 stored the resent PUBLISH as its own: %v", got)
+	}
+	routed(t, pub, "q2h/probe2", rec) // anything node 2 stored before reached node 1
+	if got := rec.topic("q2h/a"); len(got) != 1 || got[0] != "once" {
+		t.Fatalf("the subscriber got %q, want [once]", got)
 	}
 }
