@@ -259,7 +259,7 @@ func offloadPolicy(cfg *config.Config, engine, name string) (bool, time.Duration
 // bookie role), shards replicated (and offloaded, with offload non-nil) as
 // [storage.journal] and the topic's [[storage.rules]] say.
 func openJournalEngine(cfg *config.Config, kv meta.KV, offload *journal.OffloadOptions, reg prometheus.Registerer, log *slog.Logger) (*journal.Engine, error) {
-	cl, err := client.New(client.Options{Meta: kv, Directory: client.MetaDirectory{Store: schema.Store{KV: kv}}, Logger: log})
+	cl, err := client.New(client.Options{Meta: kv, Directory: client.MetaDirectory{Store: schema.Store{KV: kv}}, Logger: log, Registerer: reg})
 	if err != nil {
 		return nil, err
 	}
