@@ -28,8 +28,11 @@ package node
 // the client id under an older claim (or one whose version it does not
 // know yet) answers retry: the caller calls again until that CONNECT is
 // bound, and then closes it (0x8E) and takes the session, as for any
-// takeover. The newer claim never waits for an older one's caller, so
-// two claims do not wait for each other.
+// takeover. A claim is made to wait only by an older one (or one whose
+// version is being written, which is then newer): two claims never wait
+// for each other past that. The CONNECTs of one client id on one node
+// claim one after the other (begin): a second one must not find the
+// session this node's while the first still fetches its state.
 //
 // While the node is alone in the cluster nothing is read or written per
 // CONNECT (the node list is read at most every peerPoll): a single node
