@@ -251,6 +251,16 @@ func (s *AddStream) sendPacked(adds []Add, msg *journalv1.AddRequest) error {
 	if err == nil {
 		return nil
 	}
+	if errors.Is(err, io.EOF) {
+		// The stream has ended (gRPC's SendMsg): why (its status, e.g.
+		// UNAVAILABLE from a bookie detaching) comes from the receiving
+		// side, which ends promptly and fails every add pending with it,
+		// these included.
+		select {
+		case <-s.recvDone:
+		case <-time.After(5 * time.Second):
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {

@@ -231,9 +231,21 @@ func (r *rig) run(cmd string, ad **adder) []string {
 		}
 		ch, err := stream().send(Add{Ledger: l, Entry: e, LAC: lac, Payload: data, Recovery: has("recovery")}, has("badcrc"))
 		if err != nil {
-			return []string{"send: " + statusName(err)}
+			// A stream the server ends at once (no bookie attached) may
+			// fail the add as Add returns or through its answer: either
+			// way the add gets the stream's status.
+			return []string{statusName(err)}
 		}
-		return []string{statusName(<-ch)}
+		res := <-ch
+		if res != nil && StatusOf(res) == journalv1.Status_STATUS_UNSPECIFIED {
+			// The stream failed (not a bookie's answer): the next add
+			// opens a new one once this one's end is visible.
+			select {
+			case <-(*ad).s.Done():
+			case <-time.After(5 * time.Second):
+			}
+		}
+		return []string{statusName(res)}
 	case "adds":
 		l := num("ledger")
 		var chs []chan error
@@ -307,10 +319,17 @@ func (r *rig) run(cmd string, ad **adder) []string {
 	return nil
 }
 
-// endStream waits for the open stream (if any) to end and reports how.
+// endStream waits for the open stream (if any) to end, as the server
+// ends it once the bookie is detached, and reports how. (Closing the
+// sending side at once would race the server's end: a close that reaches
+// it first ends the stream cleanly.)
 func (r *rig) endStream(ad **adder) []string {
 	if *ad == nil {
 		return []string{"ok"}
+	}
+	select {
+	case <-(*ad).s.Done():
+	case <-time.After(5 * time.Second):
 	}
 	err := (*ad).s.Close()
 	*ad = nil
