@@ -86,8 +86,23 @@ func TestPacketTooLargeDisconnectBeforeReset(t *testing.T) {
 		if _, ok := c.read().(*packet.Suback); !ok {
 			t.Fatal("no SUBACK")
 		}
+		sent := func() float64 {
+			return b.metric(t, "quire_mqtt_packets_sent_total", map[string]string{"type": "PUBLISH"})
+		}
+		before := sent()
 		for range 40 {
 			publish5(t, pub, "burst", 1, false, strings.Repeat("b", 1000))
+		}
+		// The 40 deliveries are written to the subscriber's socket (most
+		// stay in the server's send buffer: the client reads nothing yet)
+		// before the oversized packet arrives: on a loaded machine the
+		// writer may still be taking them from the queue otherwise, and
+		// what it has not taken when the connection ends is not sent.
+		for deadline := time.Now().Add(10 * time.Second); sent() < before+40; {
+			if time.Now().After(deadline) {
+				t.Fatalf("attempt %d: %v deliveries written, want 40", i, sent()-before)
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
 		// A PUBLISH of 256 KiB, written in the background: the server
 		// reads only its fixed header.
