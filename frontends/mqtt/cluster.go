@@ -262,7 +262,25 @@ func (c *ClusterSource) Shards() []ShardMark {
 // that follows the last record read. A from below the shard's low
 // watermark reads from the low one.
 func (c *ClusterSource) Scan(ctx context.Context, name string, from uint64, filters *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
-	return c.scan(ctx, name, from, math.MaxUint64, filters, nil, maxRecords, maxBytes)
+	return c.scan(ctx, name, from, math.MaxUint64, &PeerRoute{Filters: filters}, nil, maxRecords, maxBytes)
+}
+
+// PeerRoute is what a peer subscribes to, for ScanFor.
+type PeerRoute struct {
+	Peer    uint64
+	Filters *FilterSet // its non-shared subscriptions' filters
+	// Its shared subscriptions, and the dispatch that chooses, for each
+	// of this node's messages, the node that takes it for a group (nil:
+	// no shared subscription is routed).
+	Groups   *GroupSet
+	Dispatch SharedDispatch
+}
+
+// ScanFor is Scan for a peer's route: a record also goes when Dispatch
+// chose the peer for one of its groups that matches, and then carries
+// HeaderShare naming them (a copy: the shard's records are not touched).
+func (c *ClusterSource) ScanFor(ctx context.Context, name string, from uint64, route *PeerRoute, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
+	return c.scan(ctx, name, from, math.MaxUint64, route, nil, maxRecords, maxBytes)
 }
 
 // Rescan is Scan for the records below until that filters matches and
@@ -270,15 +288,23 @@ func (c *ClusterSource) Scan(ctx context.Context, name string, from uint64, filt
 // except to filters was not sent the first time (retained messages were:
 // Rescan leaves them out). It returns no more than until.
 func (c *ClusterSource) Rescan(ctx context.Context, name string, from, until uint64, filters, except *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
+	return c.RescanFor(ctx, name, from, until, &PeerRoute{Filters: filters}, except, maxRecords, maxBytes)
+}
+
+// RescanFor is Rescan for a peer's route: it also returns the records
+// below until that Dispatch gives the peer for one of route's groups (the
+// groups it added), with HeaderShare naming them.
+func (c *ClusterSource) RescanFor(ctx context.Context, name string, from, until uint64, route *PeerRoute, except *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
 	if except == nil {
 		except = NewFilterSet(nil)
 	}
-	return c.scan(ctx, name, from, until, filters, except, maxRecords, maxBytes)
+	return c.scan(ctx, name, from, until, route, except, maxRecords, maxBytes)
 }
 
-// scan is Scan with except nil (retained messages whatever filters), else
-// Rescan (no retained message).
-func (c *ClusterSource) scan(ctx context.Context, name string, from, until uint64, filters, except *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
+// scan is ScanFor with except nil (retained messages whatever filters),
+// else Rescan (no retained message, and no shared subscription: the
+// stream sent those the first time).
+func (c *ClusterSource) scan(ctx context.Context, name string, from, until uint64, route *PeerRoute, except *FilterSet, maxRecords, maxBytes int) ([]shard.Record, uint64, error) {
 	c.st.mu.RLock()
 	os := c.st.shards[name]
 	c.st.mu.RUnlock()
@@ -296,6 +322,8 @@ func (c *ClusterSource) scan(ctx context.Context, name string, from, until uint6
 	}
 	next := from
 	out := recs[:0:0]
+	filters := route.Filters
+	var subs []pubsub.Subscription
 	for i := range recs {
 		r := &recs[i]
 		if r.Offset >= until {
@@ -303,11 +331,33 @@ func (c *ClusterSource) scan(ctx context.Context, name string, from, until uint6
 		}
 		next = r.Offset + 1
 		fw, retained := recordFlags(r)
-		switch {
-		case fw:
+		if fw || (except != nil && retained) {
 			continue
-		case except == nil && retained:
-		case except != nil && retained, !filters.Match(string(r.Key)), except != nil && except.Match(string(r.Key)):
+		}
+		var share *shard.Header
+		designated := false
+		if route.Dispatch != nil {
+			if subs = route.Groups.match(string(r.Key), subs[:0]); len(subs) > 0 {
+				var h shard.Header
+				h, designated = shareHeader(route.Dispatch, route.Peer, Position{Shard: name, Offset: r.Offset}, subs)
+				share = &h
+			}
+		}
+		if !designated {
+			switch {
+			case except == nil && retained:
+			case !filters.Match(string(r.Key)), except != nil && except.Match(string(r.Key)):
+				continue
+			}
+		}
+		if share != nil {
+			cp := *r
+			cp.Headers = append(r.Headers[:len(r.Headers):len(r.Headers)], *share)
+			if designated && except != nil && except.Match(string(r.Key)) {
+				// Sent before for the non-shared subscriptions.
+				cp.Headers = append(cp.Headers, shareOnly)
+			}
+			out = append(out, cp)
 			continue
 		}
 		out = append(out, *r)
@@ -472,7 +522,7 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, recs []shar
 			}
 			subs = s.tree.Match(f.m.Topic, nil, onlineSub)
 		}
-		s.deliver(f.m, pos[i], subs, s.handed.keep(origin, f.m.Topic, f.rec.Offset))
+		s.deliver(f.m, pos[i], subs, both(sharedTaken(f.rec), s.handed.keep(origin, f.m.Topic, f.rec.Offset)))
 		if s.rs != nil {
 			s.rs.Done(pos[i])
 		}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quiremq/quire/frontends/listen"
@@ -51,6 +52,8 @@ type Server struct {
 	handed      handedSkips                 // messages of sessions handed over here, not to be queued twice (directory.go)
 	pending     map[string]*pendingHandover // sessions handed over to other nodes, not confirmed yet (directory.go); under mu
 	handoverTTL time.Duration               // how long pending ones are kept (HandoverTTL; tests shorten it)
+
+	dispatch atomic.Pointer[clusterDispatch] // a cluster's choice of the node of a shared subscription (shared.go)
 }
 
 // NewServer checks opts and returns a stopped Server.
@@ -252,7 +255,7 @@ func (s *Server) stored(ctx context.Context, m *pubsub.Message, pos Position) {
 		}
 	}
 	var subs [4]pubsub.Subscription // most messages match a few: no allocation
-	s.deliver(m, pos, s.tree.Match(m.Topic, subs[:0], onlineSub), nil)
+	s.deliver(m, pos, s.tree.Match(m.Topic, subs[:0], onlineSub), s.sharedKeep(pos))
 	if s.rs != nil && pos.Shard != "" {
 		s.rs.Done(pos)
 	}

@@ -1,10 +1,13 @@
 package mqtt
 
 import (
+	"bytes"
+	"slices"
 	"sync"
 
 	"github.com/quiremq/quire/frontends/mqtt/store"
 	"github.com/quiremq/quire/frontends/pubsub"
+	"github.com/quiremq/quire/shard"
 )
 
 // This file keeps the positions owed to shared subscriptions ("$share/
@@ -175,4 +178,198 @@ func (s *Server) moveShared(taken []delivery, to func(int, delivery) pubsub.Subs
 		}
 		s.m.redelivered.Inc()
 	}
+}
+
+// ---- shared subscriptions across a cluster ----
+//
+// In a cluster (cluster.go) a shared subscription's members may be on
+// several nodes, and a message goes to one member in the whole cluster.
+// The node a message was published on, its origin, chooses the node that
+// delivers it to each group (SharedDispatch, internal/node): it delivers
+// it itself only if it chose itself, and streams it to a peer for the
+// peer's group only if it chose that peer, naming the peer's groups that
+// take it in HeaderShare. The peer delivers a forwarded message to those
+// groups only (to its non-shared subscriptions as ever). The policy and
+// what happens while membership changes are in the package doc.
+
+// HeaderShare is added to a record a node streams to a peer that has a
+// shared subscription matching it: the peer's shared subscriptions that
+// take the message, "group/filter" each (a group has no '/'), separated
+// by '\n', maybe none. The peer keeps it on the copy it stores. A record
+// without it goes to every matching group of the peer (a node without a
+// SharedDispatch sent it).
+const HeaderShare = "mqtt.share"
+
+// HeaderShareOnly ("1"), with HeaderShare, says the record is for those
+// shared subscriptions only: the peer's non-shared ones had it already.
+const HeaderShareOnly = "mqtt.share.only"
+
+var shareOnly = shard.Header{Key: HeaderShareOnly, Value: []byte{'1'}}
+
+// SharedDispatch chooses, in a cluster, the node that delivers a message
+// published on this node to a shared subscription (group, filter): one
+// node per message while the group's membership is stable, the same
+// answer for the same position whenever it is asked.
+type SharedDispatch interface {
+	// Takes reports whether node delivers the message stored at pos (a
+	// shard of this node's) to its members of (group, filter).
+	Takes(group, filter string, pos Position, node uint64) bool
+}
+
+// SharedRoute is a shared subscription with a member on this node.
+type SharedRoute struct {
+	Group, Filter string
+	Online        bool // a member has a connection
+}
+
+// Same reports whether r and o are the same shared subscription.
+func (r SharedRoute) Same(o SharedRoute) bool { return r.Group == o.Group && r.Filter == o.Filter }
+
+// clusterDispatch is a SharedDispatch and this node's id in it.
+type clusterDispatch struct {
+	d    SharedDispatch
+	self uint64
+}
+
+// SetSharedDispatch makes the server deliver the messages published here
+// to a shared subscription only when d chose this node (self) for them;
+// nil delivers every one (a single node).
+func (s *Server) SetSharedDispatch(d SharedDispatch, self uint64) {
+	if d == nil {
+		s.dispatch.Store(nil)
+		return
+	}
+	s.dispatch.Store(&clusterDispatch{d: d, self: self})
+}
+
+// sharedKeep is the keep function of the local delivery of the message
+// stored at pos: a shared subscription takes it only if this node was
+// chosen for its group. nil without a dispatch.
+func (s *Server) sharedKeep(pos Position) func(pubsub.Subscription) bool {
+	d := s.dispatch.Load()
+	if d == nil || pos.Shard == "" {
+		return nil
+	}
+	return func(sub pubsub.Subscription) bool {
+		return sub.Group == "" || d.d.Takes(sub.Group, sub.Filter, pos, d.self)
+	}
+}
+
+// ClusterRoutes returns Routes split in two: the distinct filters of the
+// non-shared subscriptions of every session (online or offline), sorted,
+// and the shared subscriptions with a member on this node, sorted by group
+// and filter, each with whether a member is online; and the version of the
+// routes (RoutesVersion: it also moves when a shared subscription gets its
+// first member here or loses its last).
+func (s *Server) ClusterRoutes() (plain []string, groups []SharedRoute, version uint64) {
+	plain, keys, v := s.tree.Routes()
+	if plain == nil {
+		plain = []string{}
+	}
+	groups = make([]SharedRoute, len(keys))
+	for i, k := range keys {
+		groups[i] = SharedRoute{Group: k.Group, Filter: k.Filter}
+	}
+	return plain, s.SharedOnline(groups), v
+}
+
+// SharedOnline returns groups with Online as it is now (a connection
+// coming or going moves no version).
+func (s *Server) SharedOnline(groups []SharedRoute) []SharedRoute {
+	out := slices.Clone(groups)
+	for i := range out {
+		out[i].Online = false
+		for _, m := range s.tree.SharedMembers(out[i].Group, out[i].Filter) {
+			if onlineSub(m) {
+				out[i].Online = true
+				break
+			}
+		}
+	}
+	return out
+}
+
+// GroupSet matches topic names against a peer's shared subscriptions.
+type GroupSet struct{ tree *pubsub.Tree }
+
+// NewGroupSet returns the set of the shared subscriptions routes.
+func NewGroupSet(routes []SharedRoute) *GroupSet {
+	t := pubsub.NewTree()
+	for _, r := range routes {
+		t.Subscribe(pubsub.Subscription{Client: "route", Group: r.Group, Filter: r.Filter})
+	}
+	return &GroupSet{tree: t}
+}
+
+// match appends to dst the groups of the set whose filter matches topic
+// (one subscription each).
+func (g *GroupSet) match(topic string, dst []pubsub.Subscription) []pubsub.Subscription {
+	if g == nil {
+		return dst
+	}
+	return g.tree.Match(topic, dst, nil)
+}
+
+// shareHeader is HeaderShare naming the groups of subs that d chose peer
+// for, for the message at pos; ok false for none.
+func shareHeader(d SharedDispatch, peer uint64, pos Position, subs []pubsub.Subscription) (h shard.Header, ok bool) {
+	b := []byte{} // present, if empty
+	for _, sub := range subs {
+		if !d.Takes(sub.Group, sub.Filter, pos, peer) {
+			continue
+		}
+		if len(b) > 0 {
+			b = append(b, '\n')
+		}
+		b = append(b, sub.Group...)
+		b = append(b, '/')
+		b = append(b, sub.Filter...)
+	}
+	return shard.Header{Key: HeaderShare, Value: b}, len(b) > 0
+}
+
+// sharedTaken returns the keep function of the delivery of a forwarded
+// record r: its shared subscriptions are those HeaderShare names (all
+// without it), its non-shared ones all, none with HeaderShareOnly; nil for
+// all of them.
+func sharedTaken(r *shard.Record) func(pubsub.Subscription) bool {
+	var names []byte
+	only, named := false, false
+	for _, h := range r.Headers {
+		switch h.Key {
+		case HeaderShare:
+			names, named = h.Value, true
+		case HeaderShareOnly:
+			only = true
+		}
+	}
+	if !named && !only {
+		return nil
+	}
+	return func(sub pubsub.Subscription) bool {
+		if sub.Group == "" || !named {
+			return sub.Group != "" || !only
+		}
+		for rest := names; len(rest) > 0; {
+			var line []byte
+			line, rest, _ = bytes.Cut(rest, []byte{'\n'})
+			g, f, _ := bytes.Cut(line, []byte{'/'})
+			if string(g) == sub.Group && string(f) == sub.Filter {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// both is the keep function that accepts what a and b (nil: everything)
+// accept.
+func both(a, b func(pubsub.Subscription) bool) func(pubsub.Subscription) bool {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	return func(sub pubsub.Subscription) bool { return a(sub) && b(sub) }
 }

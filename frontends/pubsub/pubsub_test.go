@@ -250,10 +250,10 @@ func TestTreeFiltersAndChanges(t *testing.T) {
 	tr := NewTree()
 	type sub struct{ client, filter string } // filter as subscribed
 	var subs []sub
-	holders := map[string]int{} // "p:"+filter or "s:"+filter → subscriptions
+	holders := map[string]int{} // "p:"+filter or "s:"+group+"|"+filter → subscriptions
 	index := func(f string) string {
-		if _, inner, _ := ParseShared(f); inner != f {
-			return "s:" + inner
+		if group, inner, _ := ParseShared(f); inner != f {
+			return "s:" + group + "|" + inner
 		}
 		return "p:" + f
 	}
@@ -286,17 +286,30 @@ func TestTreeFiltersAndChanges(t *testing.T) {
 			holders[k]++
 			occupancy = holders[k] == 1
 		}
-		var want []string
+		var want, wantPlain []string
+		var wantGroups []SharedKey
 		for k, n := range holders {
-			if n > 0 {
-				want = append(want, k[2:])
+			if n == 0 {
+				continue
+			}
+			if group, inner, ok := strings.Cut(k[2:], "|"); ok {
+				want = append(want, inner)
+				wantGroups = append(wantGroups, SharedKey{Group: group, Filter: inner})
+			} else {
+				want, wantPlain = append(want, k[2:]), append(wantPlain, k[2:])
 			}
 		}
 		slices.Sort(want)
 		want = slices.Compact(want)
+		slices.Sort(wantPlain)
+		slices.SortFunc(wantGroups, func(a, b SharedKey) int { return strings.Compare(a.Group+"|"+a.Filter, b.Group+"|"+b.Filter) })
 		got, v := tr.Filters()
 		if !slices.Equal(got, want) {
 			t.Fatalf("step %d: Filters = %q, want %q", step, got, want)
+		}
+		plain, groups, rv := tr.Routes()
+		if !slices.Equal(plain, wantPlain) || !slices.Equal(groups, wantGroups) || rv != v {
+			t.Fatalf("step %d: Routes = %q %q (version %d), want %q %q (version %d)", step, plain, groups, rv, wantPlain, wantGroups, v)
 		}
 		closed := false
 		select {
@@ -305,7 +318,7 @@ func TestTreeFiltersAndChanges(t *testing.T) {
 		default:
 		}
 		if occupancy != (v != v0) || occupancy != closed {
-			t.Fatalf("step %d: a filter gained its first or lost its last subscription: %v; version %d → %d; Changed closed: %v",
+			t.Fatalf("step %d: a filter (or a shared group's filter) gained its first or lost its last subscription: %v; version %d → %d; Changed closed: %v",
 				step, occupancy, v0, v, closed)
 		}
 	}

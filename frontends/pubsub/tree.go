@@ -25,10 +25,11 @@
 //
 // # Changes
 //
-// A Tree counts the changes of its filter set (Filters): Version grows
-// whenever a filter gains its first subscription or loses its last, and
-// Changed returns a channel closed at the next such change. A subscriber
-// joining or leaving a filter that others hold is no change. A watcher
+// A Tree counts the changes of its filter set (Filters, Routes): Version
+// grows whenever a filter gains its first subscription or loses its last,
+// or a shared (group, filter) its first member or its last, and Changed
+// returns a channel closed at the next such change. A subscriber joining
+// or leaving a filter (or group) that others hold is no change. A watcher
 // (the broker's cross-node routes) rebuilds only then, and at once.
 //
 // # Locking
@@ -139,11 +140,22 @@ func (t *Tree) Subscribe(s Subscription) (existed bool) {
 		if s.Group != "" {
 			n.order = append(n.order, k)
 		}
-		if len(n.subs) == 1 {
+		if len(n.subs) == 1 || (s.Group != "" && !otherMember(n, s.Group, k)) {
 			t.filtersChanged()
 		}
 	}
 	return existed
+}
+
+// otherMember reports whether a subscription of n other than k's is in
+// group.
+func otherMember(n *node, group, k string) bool {
+	for _, o := range n.order {
+		if o != k && n.subs[o].Group == group {
+			return true
+		}
+	}
+	return false
 }
 
 // filtersChanged records a change of the filter set. t.mu is held.
@@ -197,6 +209,48 @@ func (t *Tree) Filters() (filters []string, version uint64) {
 	return slices.Compact(filters), t.version
 }
 
+// Routes returns what Filters does split in two: the distinct filters of
+// the non-shared subscriptions, and the (group, filter) pairs of the
+// shared ones, each sorted, and the Version they are of.
+func (t *Tree) Routes() (plain []string, groups []SharedKey, version uint64) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var path []string
+	var walk func(n *node, shared bool)
+	walk = func(n *node, shared bool) {
+		if len(n.subs) > 0 {
+			f := strings.Join(path, "/")
+			if !shared {
+				plain = append(plain, f)
+			}
+			for _, s := range n.subs {
+				if shared {
+					groups = append(groups, SharedKey{Group: s.Group, Filter: f})
+				}
+			}
+		}
+		for level, c := range n.children {
+			path = append(path, level)
+			walk(c, shared)
+			path = path[:len(path)-1]
+		}
+	}
+	walk(t.plain, false)
+	walk(t.shared, true)
+	slices.Sort(plain)
+	slices.SortFunc(groups, func(a, b SharedKey) int {
+		if c := strings.Compare(a.Group, b.Group); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Filter, b.Filter)
+	})
+	return plain, slices.Compact(groups), t.version
+}
+
+// SharedKey names a shared subscription: its group and its filter
+// (without "$share/{group}/").
+type SharedKey struct{ Group, Filter string }
+
 // Unsubscribe removes client's subscription to filter (which may be a
 // "$share/…" filter) and reports whether there was one.
 func (t *Tree) Unsubscribe(client, filter string) bool {
@@ -222,9 +276,6 @@ func (t *Tree) Unsubscribe(client, filter string) bool {
 	}
 	delete(n.subs, k)
 	t.count--
-	if len(n.subs) == 0 {
-		t.filtersChanged()
-	}
 	if group != "" {
 		for i, o := range n.order {
 			if o == k {
@@ -232,6 +283,9 @@ func (t *Tree) Unsubscribe(client, filter string) bool {
 				break
 			}
 		}
+	}
+	if len(n.subs) == 0 || (group != "" && !otherMember(n, group, k)) {
+		t.filtersChanged()
 	}
 	// Prune empty nodes bottom-up so that churn does not grow the tree.
 	for i := len(path) - 1; i > 0; i-- {

@@ -43,11 +43,21 @@ const PrefixMQTTRoutes = "/mqtt/routes/"
 // MQTTRouteKey is the key of node id's routes.
 func MQTTRouteKey(id uint64) string { return fmt.Sprintf("%s%020d", PrefixMQTTRoutes, id) }
 
-// mqttRoutes is a node's record under PrefixMQTTRoutes.
+// mqttRoutes is a node's record under PrefixMQTTRoutes: every filter of
+// its sessions (shared ones without "$share/{group}/"), and its shared
+// subscriptions (a peer's Pull stream says them while it is open; these
+// serve while it is not: mqttcluster_shared.go).
 type mqttRoutes struct {
-	Node      uint64    `json:"node"`
-	Filters   []string  `json:"filters"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Node      uint64        `json:"node"`
+	Filters   []string      `json:"filters"`
+	Groups    []routesGroup `json:"groups,omitempty"`
+	UpdatedAt time.Time     `json:"updated_at"`
+}
+
+// routesGroup is a shared subscription in mqttRoutes.
+type routesGroup struct {
+	Group  string `json:"group"`
+	Filter string `json:"filter"`
 }
 
 // Directory and file of the pullers' cursors under data_dir.
@@ -82,6 +92,7 @@ type mqttClusterMetrics struct {
 	errors    *prometheus.CounterVec // failed pulls (connect, stream, store)
 	connected *prometheus.GaugeVec   // 1 while the pull stream of a peer is open
 	snapshot  *prometheus.CounterVec // retained entries of a peer's snapshots taken here
+	epochs    prometheus.Counter     // changes of the nodes a shared subscription's messages go to
 }
 
 func newMQTTClusterMetrics(reg prometheus.Registerer) *mqttClusterMetrics {
@@ -106,6 +117,8 @@ func newMQTTClusterMetrics(reg prometheus.Registerer) *mqttClusterMetrics {
 	m.errors = metrics.Reuse(reg, m.errors)
 	m.connected = metrics.Reuse(reg, m.connected)
 	m.snapshot = metrics.Reuse(reg, m.snapshot)
+	m.epochs = metrics.Reuse(reg, prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "shared_epochs_total",
+		Help: "Changes of the set of nodes that take the messages published here for a shared subscription (a member's node joined, left, connected, went away)."}))
 	return m
 }
 
@@ -128,11 +141,14 @@ type mqttCluster struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	// The filters the pullers send, and the cursors a change's request
+	share *shareDispatch // the node of each message of a shared subscription published here
+
+	// The routes the pullers send, and the cursors a change's request
 	// carries (Since): see routesLoop.
 	fmu     sync.Mutex
-	filters []string
-	gen     uint64                       // changes of filters
+	filters []string                     // of the non-shared subscriptions
+	groups  []mqtt.SharedRoute           // shared subscriptions with a member here
+	gen     uint64                       // changes of filters or groups
 	treeVer uint64                       // the server's RoutesVersion filters were computed or last found current at
 	fresh   map[uint64]map[string]uint64 // peer → cursors taken before filters were computed or last found current
 	since   map[uint64]map[string]uint64 // peer → cursors taken before filters were, as its stream last sent them (sent)
@@ -172,7 +188,10 @@ func startMQTTCluster(srv *mqtt.Server, self uint64, kv func() meta.KV, fs vfs.F
 		return nil, err
 	}
 	c.fresh = c.cursorSnapshot()
-	c.filters, c.treeVer = srv.Routes()
+	c.share = newShareDispatch(self, src.Shards, m.epochs)
+	c.filters, c.groups, c.treeVer = srv.ClusterRoutes()
+	c.share.setGroups(self, c.groups, true)
+	srv.SetSharedDispatch(c.share, self)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(3)
 	go c.routesLoop()
@@ -188,6 +207,7 @@ func (c *mqttCluster) stop() error {
 	c.cancel()
 	c.smu.Unlock()
 	c.wg.Wait()
+	c.srv.SetSharedDispatch(nil, 0) // a single node again: every group here takes every message
 	return c.flushCursors()
 }
 
@@ -201,7 +221,7 @@ func (c *mqttCluster) stop() error {
 // tree's version and takes the cursors again (refreshRoutes).
 func (c *mqttCluster) routesLoop() {
 	defer c.wg.Done()
-	var written []string
+	var written mqttRoutes
 	wrote := false
 	var lastWrite time.Time
 	var writeDue <-chan time.Time // a write waiting for the gap, or a retry
@@ -209,17 +229,17 @@ func (c *mqttCluster) routesLoop() {
 	defer t.Stop()
 	for {
 		changed := c.srv.RoutesChanged()
-		fs := c.refreshRoutes()
-		if writeDue == nil && (!wrote || !slices.Equal(fs, written)) {
+		rs := c.refreshRoutes()
+		if writeDue == nil && (!wrote || !rs.equal(written)) {
 			if wait := time.Until(lastWrite.Add(routeWriteGap)); wait > 0 {
 				writeDue = time.After(wait)
-			} else if err := c.writeRoutes(fs); err != nil {
+			} else if err := c.writeRoutes(rs); err != nil {
 				if c.ctx.Err() == nil {
 					c.log.Warn("writing this node's MQTT routes to meta; retrying", "err", err)
 				}
 				writeDue = time.After(routeWriteGap)
 			} else {
-				written, wrote, lastWrite = fs, true, time.Now()
+				written, wrote, lastWrite = rs, true, time.Now()
 			}
 		}
 		select {
@@ -233,8 +253,9 @@ func (c *mqttCluster) routesLoop() {
 	}
 }
 
-// refreshRoutes rebuilds the filters if the server's routes version moved
-// (closing c.changed if they differ) and returns them.
+// refreshRoutes rebuilds the filters and groups if the server's routes
+// version moved, and the groups' online flags in any case (closing
+// c.changed if they differ), and returns the routes for meta.
 //
 // A change's request carries Since: cursors on the peer's shards taken
 // before any subscription whose filter it adds was made. Everything the
@@ -249,20 +270,26 @@ func (c *mqttCluster) routesLoop() {
 // after the cursors were taken. Cursors only grow, so an older Since
 // stays right, and only costs a longer read (a stream that starts lower,
 // on a peer that lost records, lowers Since with them: lowerSince).
-func (c *mqttCluster) refreshRoutes() []string {
+func (c *mqttCluster) refreshRoutes() mqttRoutes {
 	snap := c.cursorSnapshot()
 	v := c.srv.RoutesVersion()
 	c.fmu.Lock()
 	defer c.fmu.Unlock()
+	var fs []string
+	var groups []mqtt.SharedRoute
 	if v != c.treeVer {
-		var fs []string
-		fs, c.treeVer = c.srv.Routes()
-		if !slices.Equal(fs, c.filters) {
-			c.filters = fs
-			c.gen++
-			close(c.changed)
-			c.changed = make(chan struct{})
-		}
+		fs, groups, c.treeVer = c.srv.ClusterRoutes()
+	} else {
+		fs, groups = c.filters, c.srv.SharedOnline(c.groups)
+	}
+	if !slices.Equal(groups, c.groups) {
+		c.share.setGroups(c.self, groups, true)
+	}
+	if !slices.Equal(fs, c.filters) || !slices.Equal(groups, c.groups) {
+		c.filters, c.groups = fs, groups
+		c.gen++
+		close(c.changed)
+		c.changed = make(chan struct{})
 	}
 	c.fresh = snap
 	for peer, gen := range c.sent {
@@ -270,7 +297,34 @@ func (c *mqttCluster) refreshRoutes() []string {
 			c.since[peer] = snap[peer]
 		}
 	}
-	return c.filters
+	return routesOf(c.self, c.filters, c.groups)
+}
+
+// routesOf is the record in meta of node's routes.
+func routesOf(node uint64, plain []string, groups []mqtt.SharedRoute) mqttRoutes {
+	r := mqttRoutes{Node: node, Filters: slices.Clone(plain)}
+	for _, g := range groups {
+		r.Filters = append(r.Filters, g.Filter)
+		r.Groups = append(r.Groups, routesGroup{Group: g.Group, Filter: g.Filter})
+	}
+	slices.Sort(r.Filters)
+	r.Filters = slices.Compact(r.Filters)
+	return r
+}
+
+// equal reports whether r and o hold the same routes.
+func (r mqttRoutes) equal(o mqttRoutes) bool {
+	return r.Node == o.Node && slices.Equal(r.Filters, o.Filters) && slices.Equal(r.Groups, o.Groups)
+}
+
+// sharedRoutes are the shared subscriptions of r (none online: meta does
+// not say).
+func (r mqttRoutes) sharedRoutes() []mqtt.SharedRoute {
+	out := make([]mqtt.SharedRoute, len(r.Groups))
+	for i, g := range r.Groups {
+		out[i] = mqtt.SharedRoute{Group: g.Group, Filter: g.Filter}
+	}
+	return out
 }
 
 // cursorSnapshot copies the cursors.
@@ -284,7 +338,7 @@ func (c *mqttCluster) cursorSnapshot() map[uint64]map[string]uint64 {
 	return out
 }
 
-func (c *mqttCluster) writeRoutes(fs []string) error {
+func (c *mqttCluster) writeRoutes(rs mqttRoutes) error {
 	kv := c.kv()
 	if kv == nil {
 		return errors.New("meta is not running")
@@ -292,15 +346,17 @@ func (c *mqttCluster) writeRoutes(fs []string) error {
 	ctx, cancel := context.WithTimeout(c.ctx, clusterOpTimout)
 	defer cancel()
 	return schema.RetryNotLeader(ctx, func() error {
-		_, err := schema.Put(ctx, kv, MQTTRouteKey(c.self), mqttRoutes{Node: c.self, Filters: fs, UpdatedAt: time.Now().UTC()})
+		rs.UpdatedAt = time.Now().UTC()
+		_, err := schema.Put(ctx, kv, MQTTRouteKey(c.self), rs)
 		return err
 	})
 }
 
-// sendFilters returns the filter set for peer's stream to send, the
-// cursors to send as Since with it (a later request), and a channel closed
-// when the set changes; the stream is taken to have sent the set.
-func (c *mqttCluster) sendFilters(peer uint64) ([]string, map[string]uint64, <-chan struct{}) {
+// sendFilters returns the request for peer's stream to send: the filter
+// set and the groups, and the cursors to send as Since with them (a later
+// request); and a channel closed when they change. The stream is taken to
+// have sent them.
+func (c *mqttCluster) sendFilters(peer uint64) (*mqttclusterv1.PullRequest, <-chan struct{}) {
 	c.fmu.Lock()
 	defer c.fmu.Unlock()
 	since, ok := c.since[peer]
@@ -323,7 +379,7 @@ func (c *mqttCluster) sendFilters(peer uint64) ([]string, map[string]uint64, <-c
 		}
 		since = raised
 	}
-	return c.filters, since, c.changed
+	return &mqttclusterv1.PullRequest{Filters: c.filters, Groups: protoGroups(c.groups), Since: since}, c.changed
 }
 
 // sinceFloor is the lowest Since of a peer's next filter change.
@@ -408,6 +464,7 @@ func (c *mqttCluster) peersLoop() {
 				}
 			} else {
 				c.syncPullers(nodes)
+				c.syncSharedRoutes(kv, nodes)
 			}
 		}
 		select {
@@ -416,6 +473,31 @@ func (c *mqttCluster) peersLoop() {
 		case <-t.C:
 		}
 	}
+}
+
+// syncSharedRoutes gives the dispatch the shared subscriptions of the
+// registered peers as their routes in meta say (used while a peer has no
+// stream open here), and drops the nodes no longer registered.
+func (c *mqttCluster) syncSharedRoutes(kv meta.KV, nodes []schema.Record[schema.Node]) {
+	ctx, cancel := context.WithTimeout(c.ctx, clusterOpTimout)
+	defer cancel()
+	routes, _, err := schema.List[mqttRoutes](ctx, kv, PrefixMQTTRoutes, true)
+	if err != nil {
+		if c.ctx.Err() == nil {
+			c.log.Debug("listing the MQTT routes in meta", "err", err)
+		}
+		return
+	}
+	registered := map[uint64]bool{c.self: true}
+	for _, n := range nodes {
+		registered[n.Value.ID] = true
+	}
+	for _, r := range routes {
+		if r.Value.Node != c.self && registered[r.Value.Node] {
+			c.share.setGroups(r.Value.Node, r.Value.sharedRoutes(), false)
+		}
+	}
+	c.share.forgetExcept(registered)
 }
 
 func (c *mqttCluster) syncPullers(nodes []schema.Record[schema.Node]) {
@@ -518,10 +600,12 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 	if err != nil {
 		return false, err
 	}
-	filters, _, changed := c.sendFilters(peer)
+	first, changed := c.sendFilters(peer)
+	first.Since = nil
+	filters := first.Filters
 	c.cmu.Lock()
 	cur, known := c.cursors[peer]
-	first := &mqttclusterv1.PullRequest{NodeId: c.self, Fresh: !known, Filters: filters, Cursors: maps(cur)}
+	first.NodeId, first.Fresh, first.Cursors = c.self, !known, maps(cur)
 	c.cmu.Unlock()
 	if err := stream.Send(first); err != nil {
 		return false, err
@@ -534,10 +618,9 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 				return
 			case <-changed:
 			}
-			var fs []string
-			var since map[string]uint64
-			fs, since, changed = c.sendFilters(peer)
-			if err := stream.Send(&mqttclusterv1.PullRequest{Filters: fs, Since: since}); err != nil {
+			var req *mqttclusterv1.PullRequest
+			req, changed = c.sendFilters(peer)
+			if err := stream.Send(req); err != nil {
 				sendErr <- err
 				cancel()
 				return
@@ -765,9 +848,11 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 	}
 	peer := req.NodeId
 	label := strconv.FormatUint(peer, 10)
-	filters := mqtt.NewFilterSet(req.Filters)
-	var updates filterUpdates
-	updates.wake = make(chan struct{}, 1)
+	groups := sharedRoutesOf(req.Groups)
+	route := &mqtt.PeerRoute{Peer: peer, Filters: mqtt.NewFilterSet(req.Filters), Groups: mqtt.NewGroupSet(groups), Dispatch: c.share}
+	c.share.streamOpened(peer, groups)
+	defer c.share.streamClosed(peer)
+	updates := filterUpdates{wake: make(chan struct{}, 1), last: req.Filters, groups: groups}
 	go func() {
 		defer cancel()
 		for {
@@ -775,6 +860,10 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 			if err != nil {
 				return
 			}
+			// The messages stored from now on go by the new groups
+			// (at once: a node that lost its last member of a group
+			// must stop being chosen for it).
+			c.share.streamGroups(peer, sharedRoutesOf(r.Groups))
 			updates.add(r)
 		}
 	}()
@@ -797,11 +886,23 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 	served := c.m.served.WithLabelValues(label)
 	lastSend := time.Now()
 	for ctx.Err() == nil {
-		if fs, since := updates.take(); fs != nil {
-			if err := c.rescan(ctx, stream, pos, since, started, fs, filters, served); err != nil {
-				return err
+		if u, ok := updates.take(); ok {
+			next := &mqtt.PeerRoute{Peer: peer, Filters: route.Filters, Groups: route.Groups, Dispatch: c.share}
+			if u.filters != nil {
+				next.Filters = u.filters
 			}
-			filters = fs
+			if u.groups != nil {
+				next.Groups = mqtt.NewGroupSet(u.groups)
+			}
+			if u.filters != nil || len(u.added) > 0 {
+				// What the new filters and groups take of the range
+				// streamed already.
+				again := &mqtt.PeerRoute{Peer: peer, Filters: next.Filters, Groups: mqtt.NewGroupSet(u.added), Dispatch: c.share}
+				if err := c.rescan(ctx, stream, pos, u.since, started, again, route.Filters, served); err != nil {
+					return err
+				}
+			}
+			route = next
 		}
 		progressed := false
 		for _, sm := range c.src.Shards() {
@@ -815,7 +916,7 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 			if from >= sm.High {
 				continue
 			}
-			recs, next, err := c.src.Scan(ctx, sm.Name, from, filters, forwardRecords, forwardBytes)
+			recs, next, err := c.src.ScanFor(ctx, sm.Name, from, route, forwardRecords, forwardBytes)
 			if err != nil {
 				return err
 			}
@@ -876,26 +977,48 @@ func missed(sm mqtt.ShardMark, cursors map[string]uint64) bool {
 	return ok && (cur < sm.Low || cur > sm.High)
 }
 
-// filterUpdates holds the filter changes a serving stream received and
-// has not applied yet: the newest set, and the lowest Since per shard.
+// filterUpdates holds the route changes a serving stream received and
+// has not applied yet: the newest filters (if they changed), the newest
+// groups, the groups added, and the lowest Since per shard.
 type filterUpdates struct {
 	wake chan struct{} // capacity 1: a change came
 
 	mu      sync.Mutex
-	filters *mqtt.FilterSet
+	last    []string           // the filters last received
+	groups  []mqtt.SharedRoute // the groups last received
+	pending *routeUpdate
+}
+
+// routeUpdate is a pending change of filterUpdates.
+type routeUpdate struct {
+	filters *mqtt.FilterSet    // nil: the filters did not change
+	groups  []mqtt.SharedRoute // nil: the groups did not change
+	added   []mqtt.SharedRoute // groups in groups and in none of the previous ones
 	since   map[string]uint64
 }
 
 func (u *filterUpdates) add(r *mqttclusterv1.PullRequest) {
-	fs := mqtt.NewFilterSet(r.Filters)
+	groups := sharedRoutesOf(r.Groups)
 	u.mu.Lock()
-	if u.filters == nil {
-		u.since = map[string]uint64{}
+	p := u.pending
+	if p == nil {
+		p = &routeUpdate{since: map[string]uint64{}}
+		u.pending = p
 	}
-	u.filters = fs
+	if !slices.Equal(r.Filters, u.last) {
+		p.filters, u.last = mqtt.NewFilterSet(r.Filters), r.Filters
+	}
+	if !slices.Equal(groups, u.groups) {
+		for _, g := range groups {
+			if !slices.ContainsFunc(u.groups, g.Same) {
+				p.added = append(p.added, g)
+			}
+		}
+		p.groups, u.groups = groups, groups
+	}
 	for name, off := range r.Since {
-		if cur, ok := u.since[name]; !ok || off < cur {
-			u.since[name] = off
+		if cur, ok := p.since[name]; !ok || off < cur {
+			p.since[name] = off
 		}
 	}
 	u.mu.Unlock()
@@ -905,23 +1028,28 @@ func (u *filterUpdates) add(r *mqttclusterv1.PullRequest) {
 	}
 }
 
-// take returns the pending change (nil filters: none) and forgets it.
-func (u *filterUpdates) take() (*mqtt.FilterSet, map[string]uint64) {
+// take returns the pending change (ok false: none) and forgets it.
+func (u *filterUpdates) take() (routeUpdate, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	fs, since := u.filters, u.since
-	u.filters, u.since = nil, nil
-	return fs, since
+	p := u.pending
+	u.pending = nil
+	if p == nil {
+		return routeUpdate{}, false
+	}
+	return *p, true
 }
 
-// rescan streams, for a change of the puller's filters from old to fs,
-// the records of [since, pos) of each shard that match fs and not old:
-// the puller has every record below pos that old matches, and none that
-// only fs does, some of which were published after its subscription (see
-// refreshRoutes). A shard the puller had no cursor of is read from where
-// the stream started on it (started): it had received none of it. The
-// batches leave the puller's cursor at pos.
-func (c *mqttCluster) rescan(ctx context.Context, stream mqttclusterv1.Forwarder_PullServer, pos, since, started map[string]uint64, fs, old *mqtt.FilterSet, served prometheus.Counter) error {
+// rescan streams, for a change of the puller's filters from old to
+// route's, the records of [since, pos) of each shard that match route's
+// filters and not old: the puller has every record below pos that old
+// matches, and none that only the new ones do, some of which were
+// published after its subscription (see refreshRoutes); and those of its
+// added groups (route's) that it takes (older than the dispatch's history,
+// or of a group no node had a member of). A shard the puller had no cursor
+// of is read from where the stream started on it (started): it had
+// received none of it. The batches leave the puller's cursor at pos.
+func (c *mqttCluster) rescan(ctx context.Context, stream mqttclusterv1.Forwarder_PullServer, pos, since, started map[string]uint64, route *mqtt.PeerRoute, old *mqtt.FilterSet, served prometheus.Counter) error {
 	for _, sm := range c.src.Shards() {
 		from, ok := since[sm.Name]
 		if !ok {
@@ -929,7 +1057,7 @@ func (c *mqttCluster) rescan(ctx context.Context, stream mqttclusterv1.Forwarder
 		}
 		until := pos[sm.Name]
 		for ok && from < until {
-			recs, next, err := c.src.Rescan(ctx, sm.Name, from, until, fs, old, forwardRecords, forwardBytes)
+			recs, next, err := c.src.RescanFor(ctx, sm.Name, from, until, route, old, forwardRecords, forwardBytes)
 			if err != nil {
 				return err
 			}

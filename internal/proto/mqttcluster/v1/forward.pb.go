@@ -808,7 +808,8 @@ type PullRequest struct {
 	// cursor start at their high watermark (only new messages), instead of at
 	// their low watermark (first request).
 	Fresh bool `protobuf:"varint,3,opt,name=fresh,proto3" json:"fresh,omitempty"`
-	// The puller's subscription filters ("$share/g/" removed), complete.
+	// The puller's filters of non-shared subscriptions, complete (its shared
+	// subscriptions are in groups).
 	Filters []string `protobuf:"bytes,4,rep,name=filters,proto3" json:"filters,omitempty"`
 	// A later request (new filters): the puller's cursors on this server's
 	// shards taken before any of its subscriptions that this request adds a
@@ -816,7 +817,13 @@ type PullRequest struct {
 	// has streamed, the records that match an added filter and none of the
 	// previous ones, so that what was published here after such a
 	// subscription took effect reaches it (see frontends/mqtt/cluster.go).
-	Since         map[string]uint64 `protobuf:"bytes,5,rep,name=since,proto3" json:"since,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Since map[string]uint64 `protobuf:"bytes,5,rep,name=since,proto3" json:"since,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// The puller's shared subscriptions with a member there (every request,
+	// complete, like filters, which leave them out). The server chooses one
+	// node of the cluster per message and group (frontends/mqtt shared.go)
+	// and streams a message for a group only to the node it chose, naming
+	// the groups in the record's header "mqtt.share".
+	Groups        []*SharedGroup `protobuf:"bytes,6,rep,name=groups,proto3" json:"groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -886,6 +893,74 @@ func (x *PullRequest) GetSince() map[string]uint64 {
 	return nil
 }
 
+func (x *PullRequest) GetGroups() []*SharedGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+type SharedGroup struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Group  string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Filter string                 `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
+	// A member has a connection (nodes with one are chosen first).
+	Online        bool `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SharedGroup) Reset() {
+	*x = SharedGroup{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SharedGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SharedGroup) ProtoMessage() {}
+
+func (x *SharedGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SharedGroup.ProtoReflect.Descriptor instead.
+func (*SharedGroup) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SharedGroup) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *SharedGroup) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+func (x *SharedGroup) GetOnline() bool {
+	if x != nil {
+		return x.Online
+	}
+	return false
+}
+
 type PullResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The serving node's id (the hello; 0 afterwards).
@@ -924,7 +999,7 @@ type PullResponse struct {
 
 func (x *PullResponse) Reset() {
 	*x = PullResponse{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[10]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1011,7 @@ func (x *PullResponse) String() string {
 func (*PullResponse) ProtoMessage() {}
 
 func (x *PullResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[10]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1024,7 @@ func (x *PullResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullResponse.ProtoReflect.Descriptor instead.
 func (*PullResponse) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{10}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PullResponse) GetNodeId() uint64 {
@@ -1029,7 +1104,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[11]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1116,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[11]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1129,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{11}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Record) GetOffset() uint64 {
@@ -1102,7 +1177,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[12]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1189,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[12]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1202,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{12}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Header) GetKey() string {
@@ -1216,20 +1291,25 @@ const file_mqttcluster_v1_forward_proto_rawDesc = "" +
 	"\acursors\x18\x02 \x03(\v2(.mqttcluster.v1.PeerCursors.CursorsEntryR\acursors\x1a:\n" +
 	"\fCursorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xce\x02\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x83\x03\n" +
 	"\vPullRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12B\n" +
 	"\acursors\x18\x02 \x03(\v2(.mqttcluster.v1.PullRequest.CursorsEntryR\acursors\x12\x14\n" +
 	"\x05fresh\x18\x03 \x01(\bR\x05fresh\x12\x18\n" +
 	"\afilters\x18\x04 \x03(\tR\afilters\x12<\n" +
-	"\x05since\x18\x05 \x03(\v2&.mqttcluster.v1.PullRequest.SinceEntryR\x05since\x1a:\n" +
+	"\x05since\x18\x05 \x03(\v2&.mqttcluster.v1.PullRequest.SinceEntryR\x05since\x123\n" +
+	"\x06groups\x18\x06 \x03(\v2\x1b.mqttcluster.v1.SharedGroupR\x06groups\x1a:\n" +
 	"\fCursorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a8\n" +
 	"\n" +
 	"SinceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x96\x03\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"S\n" +
+	"\vSharedGroup\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
+	"\x06filter\x18\x02 \x01(\tR\x06filter\x12\x16\n" +
+	"\x06online\x18\x03 \x01(\bR\x06online\"\x96\x03\n" +
 	"\fPullResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\tR\x05shard\x12\x12\n" +
@@ -1270,7 +1350,7 @@ func file_mqttcluster_v1_forward_proto_rawDescGZIP() []byte {
 	return file_mqttcluster_v1_forward_proto_rawDescData
 }
 
-var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_mqttcluster_v1_forward_proto_goTypes = []any{
 	(*ReleaseRequest)(nil),  // 0: mqttcluster.v1.ReleaseRequest
 	(*ReleaseResponse)(nil), // 1: mqttcluster.v1.ReleaseResponse
@@ -1282,41 +1362,43 @@ var file_mqttcluster_v1_forward_proto_goTypes = []any{
 	(*Message)(nil),         // 7: mqttcluster.v1.Message
 	(*PeerCursors)(nil),     // 8: mqttcluster.v1.PeerCursors
 	(*PullRequest)(nil),     // 9: mqttcluster.v1.PullRequest
-	(*PullResponse)(nil),    // 10: mqttcluster.v1.PullResponse
-	(*Record)(nil),          // 11: mqttcluster.v1.Record
-	(*Header)(nil),          // 12: mqttcluster.v1.Header
-	nil,                     // 13: mqttcluster.v1.SessionState.FrontiersEntry
-	nil,                     // 14: mqttcluster.v1.PeerCursors.CursorsEntry
-	nil,                     // 15: mqttcluster.v1.PullRequest.CursorsEntry
-	nil,                     // 16: mqttcluster.v1.PullRequest.SinceEntry
-	nil,                     // 17: mqttcluster.v1.PullResponse.StartEntry
+	(*SharedGroup)(nil),     // 10: mqttcluster.v1.SharedGroup
+	(*PullResponse)(nil),    // 11: mqttcluster.v1.PullResponse
+	(*Record)(nil),          // 12: mqttcluster.v1.Record
+	(*Header)(nil),          // 13: mqttcluster.v1.Header
+	nil,                     // 14: mqttcluster.v1.SessionState.FrontiersEntry
+	nil,                     // 15: mqttcluster.v1.PeerCursors.CursorsEntry
+	nil,                     // 16: mqttcluster.v1.PullRequest.CursorsEntry
+	nil,                     // 17: mqttcluster.v1.PullRequest.SinceEntry
+	nil,                     // 18: mqttcluster.v1.PullResponse.StartEntry
 }
 var file_mqttcluster_v1_forward_proto_depIdxs = []int32{
 	4,  // 0: mqttcluster.v1.ReleaseResponse.session:type_name -> mqttcluster.v1.SessionState
 	5,  // 1: mqttcluster.v1.SessionState.subscriptions:type_name -> mqttcluster.v1.Subscription
 	6,  // 2: mqttcluster.v1.SessionState.owed:type_name -> mqttcluster.v1.OwedMessage
-	13, // 3: mqttcluster.v1.SessionState.frontiers:type_name -> mqttcluster.v1.SessionState.FrontiersEntry
+	14, // 3: mqttcluster.v1.SessionState.frontiers:type_name -> mqttcluster.v1.SessionState.FrontiersEntry
 	8,  // 4: mqttcluster.v1.SessionState.cursors:type_name -> mqttcluster.v1.PeerCursors
 	7,  // 5: mqttcluster.v1.OwedMessage.message:type_name -> mqttcluster.v1.Message
-	12, // 6: mqttcluster.v1.Message.user_properties:type_name -> mqttcluster.v1.Header
-	14, // 7: mqttcluster.v1.PeerCursors.cursors:type_name -> mqttcluster.v1.PeerCursors.CursorsEntry
-	15, // 8: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
-	16, // 9: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
-	11, // 10: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
-	17, // 11: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
-	11, // 12: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
-	12, // 13: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
-	9,  // 14: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
-	0,  // 15: mqttcluster.v1.Forwarder.Release:input_type -> mqttcluster.v1.ReleaseRequest
-	2,  // 16: mqttcluster.v1.Forwarder.Forget:input_type -> mqttcluster.v1.ForgetRequest
-	10, // 17: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
-	1,  // 18: mqttcluster.v1.Forwarder.Release:output_type -> mqttcluster.v1.ReleaseResponse
-	3,  // 19: mqttcluster.v1.Forwarder.Forget:output_type -> mqttcluster.v1.ForgetResponse
-	17, // [17:20] is the sub-list for method output_type
-	14, // [14:17] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	13, // 6: mqttcluster.v1.Message.user_properties:type_name -> mqttcluster.v1.Header
+	15, // 7: mqttcluster.v1.PeerCursors.cursors:type_name -> mqttcluster.v1.PeerCursors.CursorsEntry
+	16, // 8: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
+	17, // 9: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
+	10, // 10: mqttcluster.v1.PullRequest.groups:type_name -> mqttcluster.v1.SharedGroup
+	12, // 11: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
+	18, // 12: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
+	12, // 13: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
+	13, // 14: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
+	9,  // 15: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
+	0,  // 16: mqttcluster.v1.Forwarder.Release:input_type -> mqttcluster.v1.ReleaseRequest
+	2,  // 17: mqttcluster.v1.Forwarder.Forget:input_type -> mqttcluster.v1.ForgetRequest
+	11, // 18: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
+	1,  // 19: mqttcluster.v1.Forwarder.Release:output_type -> mqttcluster.v1.ReleaseResponse
+	3,  // 20: mqttcluster.v1.Forwarder.Forget:output_type -> mqttcluster.v1.ForgetResponse
+	18, // [18:21] is the sub-list for method output_type
+	15, // [15:18] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_mqttcluster_v1_forward_proto_init() }
@@ -1330,7 +1412,7 @@ func file_mqttcluster_v1_forward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mqttcluster_v1_forward_proto_rawDesc), len(file_mqttcluster_v1_forward_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
