@@ -9,16 +9,21 @@ package mqtt
 //
 //   - Routes. Each node keeps the distinct filters of its sessions, online
 //     and offline persistent ones, shared subscriptions by their inner
-//     filter (RouteFilters: the subscription tree's filter set), and
-//     records them in meta under /mqtt/routes/<node id> (a low-rate fact,
-//     rewritten only when the set changed, at most every 250 ms). A stopped
-//     node's routes stay. The set is rebuilt only when the tree reports a
-//     change (pubsub.Tree.Version, RoutesChanged), at once.
+//     filter (RouteFilters: the subscription tree's filter set), and its
+//     shared subscriptions (ClusterRoutes), and records them in meta under
+//     /mqtt/routes/<node id> (a low-rate fact, rewritten only when the set
+//     changed, at most every 250 ms). A stopped node's routes stay. The set
+//     is rebuilt only when the tree reports a change (pubsub.Tree.Version,
+//     RoutesChanged), at once.
+//   - Shared subscriptions: one member in the cluster per message (the
+//     origin chooses the node; doc.go, "Shared subscriptions in a
+//     cluster", shared.go).
 //   - Pull. Node B opens one stream (mqttcluster.v1.Forwarder/Pull) to each
 //     peer A registered in meta, sending its filters (again, at once,
 //     whenever they change) and its cursor per shard of A. A scans its open
-//     MQTT shards from those cursors (ClusterSource.Scan) and streams the
-//     records that match B's filters and originated on A: a record B stored
+//     MQTT shards from those cursors (ClusterSource.ScanFor) and streams the
+//     records that match B's non-shared filters or that A chose B for for
+//     one of B's shared subscriptions, and originated on A: a record B stored
 //     on behalf of a peer carries HeaderOrigin and is never forwarded
 //     again, so there are no loops and each message crosses one hop. A
 //     batch that matched nothing still moves B's cursor.
@@ -95,8 +100,6 @@ package mqtt
 //     The read again is not persisted: if B crashes before storing what it
 //     brought, a subscription made just before the crash misses the
 //     messages of that range (B's cursor is already past them).
-//   - Shared subscriptions are per node: each node's group gets one copy
-//     of a message, not one per cluster.
 //   - Retained messages: the versions take the nodes' clocks as in step (a
 //     set within the clock skew after another on a node whose clock is
 //     behind loses), and a set reaches the other nodes a pull later (a
@@ -151,7 +154,9 @@ package mqtt
 // (pulled from peer and stored here), served_messages_total{peer},
 // lag_records{peer}, peer_errors_total{peer}, peer_connected{peer},
 // retained_snapshot_entries_total{peer} (entries of peer's snapshots newer
-// than this node's).
+// than this node's), shared_epochs_total (changes of the nodes a shared
+// subscription's messages published here go to), shared_redirected_total
+// and shared_unroutable_total (orphans sent elsewhere, or dropped: doc.go).
 
 import (
 	"context"
@@ -274,6 +279,20 @@ type PeerRoute struct {
 	// no shared subscription is routed).
 	Groups   *GroupSet
 	Dispatch SharedDispatch
+	// Every shared subscription of the cluster (nil: Groups), and what
+	// to do with a message Dispatch chose the peer for, for a group it
+	// has no member of any more (it is not sent for it).
+	All    *GroupSet
+	Orphan func(Orphan)
+}
+
+// groups appends to dst the shared subscriptions of the cluster (All, else
+// the peer's) that match topic.
+func (r *PeerRoute) groups(topic string, dst []pubsub.Subscription) []pubsub.Subscription {
+	if r.All != nil {
+		return r.All.match(topic, dst)
+	}
+	return r.Groups.match(topic, dst)
 }
 
 // ScanFor is Scan for a peer's route: a record also goes when Dispatch
@@ -337,9 +356,9 @@ func (c *ClusterSource) scan(ctx context.Context, name string, from, until uint6
 		var share *shard.Header
 		designated := false
 		if route.Dispatch != nil {
-			if subs = route.Groups.match(string(r.Key), subs[:0]); len(subs) > 0 {
+			if subs = route.groups(string(r.Key), subs[:0]); len(subs) > 0 {
 				var h shard.Header
-				h, designated = shareHeader(route.Dispatch, route.Peer, Position{Shard: name, Offset: r.Offset}, subs)
+				h, designated = shareHeader(route, Position{Shard: name, Offset: r.Offset}, subs)
 				share = &h
 			}
 		}
@@ -363,6 +382,35 @@ func (c *ClusterSource) scan(ctx context.Context, name string, from, until uint6
 		out = append(out, *r)
 	}
 	return out, next, nil
+}
+
+// Redirect returns the record of shard name at offset as a peer is sent
+// it for its shared subscription (group, filter) only (HeaderShare,
+// HeaderShareOnly): the node first chosen for it had no member left. ok is
+// false when it is not there any more.
+func (c *ClusterSource) Redirect(ctx context.Context, name string, offset uint64, group, filter string) (r shard.Record, ok bool, err error) {
+	r, ok, err = c.record(ctx, name, offset)
+	if ok {
+		r.Headers = append(r.Headers[:len(r.Headers):len(r.Headers)],
+			shard.Header{Key: HeaderShare, Value: []byte(group + "/" + filter)}, shareOnly)
+	}
+	return r, ok, err
+}
+
+// record returns the record of shard name at offset; ok false when it is
+// not there (any more).
+func (c *ClusterSource) record(ctx context.Context, name string, offset uint64) (r shard.Record, ok bool, err error) {
+	c.st.mu.RLock()
+	os := c.st.shards[name]
+	c.st.mu.RUnlock()
+	if os == nil {
+		return r, false, nil
+	}
+	recs, err := os.sh.Read(ctx, offset, shard.Limits{MaxRecords: 1})
+	if err != nil || len(recs) == 0 || recs[0].Offset != offset {
+		return r, false, err
+	}
+	return recs[0], true, nil
 }
 
 // recordFlags reports whether r was forwarded here (HeaderOrigin) and
@@ -458,7 +506,13 @@ func (c *ClusterSource) Wait(ctx context.Context, marks map[string]uint64, d tim
 	}
 }
 
-// InjectForwarded stores records published on node origin and forwarded
+// InjectForwarded is InjectForwardedFrom without the orphans.
+func (s *Server) InjectForwarded(ctx context.Context, origin uint64, recs []shard.Record) (int, error) {
+	n, _, err := s.InjectForwardedFrom(ctx, origin, "", recs)
+	return n, err
+}
+
+// InjectForwardedFrom stores records published on node origin and forwarded
 // here (as EncodeRecord wrote them in origin's shards) in this node's
 // shards, each per its topic's rule, in order, with HeaderOrigin so that
 // they are never forwarded again, and hands each message to the retained
@@ -468,11 +522,13 @@ func (c *ClusterSource) Wait(ctx context.Context, marks map[string]uint64, d tim
 // not an MQTT message is skipped. It returns how many were stored once
 // every message is stored and queued: the caller may then advance its
 // cursor. On an error some may be stored already (the caller retries the
-// batch: at least once).
-func (s *Server) InjectForwarded(ctx context.Context, origin uint64, recs []shard.Record) (int, error) {
+// batch: at least once). A record of origin's shard originShard that
+// HeaderShare gives to a shared subscription with no member here any more
+// comes back as an orphan, for origin to choose another node.
+func (s *Server) InjectForwardedFrom(ctx context.Context, origin uint64, originShard string, recs []shard.Record) (int, []Orphan, error) {
 	st, ok := s.opts.Storage.(*ShardStorage)
 	if !ok {
-		return 0, ErrNoClusterStorage
+		return 0, nil, ErrNoClusterStorage
 	}
 	mark := shard.Header{Key: HeaderOrigin, Value: []byte(strconv.FormatUint(origin, 10))}
 	fw := make([]forwardedMsg, 0, len(recs))
@@ -483,7 +539,7 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, recs []shar
 			continue
 		}
 		m.PacketID = 0 // the publisher's id on origin means nothing here
-		f := forwardedMsg{rec: &recs[i], m: m}
+		f := forwardedMsg{rec: &recs[i], m: m, from: originShard + "@" + strconv.FormatUint(recs[i].Offset, 10)}
 		if !m.Retain {
 			// A retained message is matched once set, as a local
 			// publish is: a subscriber between the two gets it from
@@ -508,8 +564,9 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, recs []shar
 				s.rs.Done(pos[k])
 			}
 		}
-		return 0, fmt.Errorf("mqtt: append forwarded messages to %s: %w", pos[i].Shard, err)
+		return 0, nil, fmt.Errorf("mqtt: append forwarded messages to %s: %w", pos[i].Shard, err)
 	}
+	var orphans []Orphan
 	// Handed to the sessions in batch order once all are stored.
 	for i, f := range fw {
 		s.m.published[f.m.QoS].Inc()
@@ -526,8 +583,9 @@ func (s *Server) InjectForwarded(ctx context.Context, origin uint64, recs []shar
 		if s.rs != nil {
 			s.rs.Done(pos[i])
 		}
+		orphans = s.orphans(orphans, Position{Shard: originShard, Offset: f.rec.Offset}, f.rec)
 	}
-	return len(fw), nil
+	return len(fw), orphans, nil
 }
 
 // ClusterRetained is a retained store that orders the sets of a topic
@@ -628,22 +686,32 @@ type forwardedMsg struct {
 	rec  *shard.Record
 	m    *pubsub.Message
 	subs []pubsub.Subscription
+	from string // where rec is stored on its origin, "shard@offset"
 }
 
 // stored is the record as this node stores it: with mark (HeaderOrigin),
 // without the QoS 2 packet identifier and the delayed-publish stamp, which
 // name the publisher's flow and a release on origin and would be taken
-// for this node's own (persist.go storedInbound, delayed.go released).
+// for this node's own (persist.go storedInbound, delayed.go released);
+// with HeaderShareFrom if it carries HeaderShare.
 func (f *forwardedMsg) stored(mark shard.Header) shard.Record {
 	r := *f.rec
 	r.Offset = 0 // the engine assigns it
-	r.Headers = make([]shard.Header, 0, len(f.rec.Headers)+1)
+	r.Headers = make([]shard.Header, 0, len(f.rec.Headers)+2)
+	shared := false
 	for _, h := range f.rec.Headers {
-		if h.Key != HeaderQoS2ID && h.Key != HeaderDelayed && h.Key != HeaderOrigin {
-			r.Headers = append(r.Headers, h)
+		switch h.Key {
+		case HeaderQoS2ID, HeaderDelayed, HeaderOrigin, HeaderShareFrom:
+			continue
+		case HeaderShare:
+			shared = true
 		}
+		r.Headers = append(r.Headers, h)
 	}
 	r.Headers = append(r.Headers, mark)
+	if shared {
+		r.Headers = append(r.Headers, shard.Header{Key: HeaderShareFrom, Value: []byte(f.from)})
+	}
 	return r
 }
 

@@ -57,7 +57,8 @@
 // with the highest QoS and every subscription identifier (MQTT 5.0 §3.3.4).
 //
 // Shared subscriptions ("$share/group/filter", shared.go) get one copy per
-// group. Dispatch policy, MQTT 5.0 §4.8.2:
+// group (in a cluster, one per group in the whole cluster: see "Shared
+// subscriptions in a cluster"). Dispatch policy on a node, MQTT 5.0 §4.8.2:
 //
 //   - A message goes to one online member, round robin (pubsub package
 //     doc). With no member online it is queued at an offline persistent
@@ -86,6 +87,78 @@
 //
 // Every move between members is counted in
 // quire_mqtt_shared_redelivered_total.
+//
+// # Shared subscriptions in a cluster
+//
+// In a cluster (cluster.go) a group's members may be on several nodes, and
+// a message goes to one member of the group in the whole cluster, not one
+// per node. The node a message is published on (its origin) chooses, per
+// group, the node that delivers it (internal/node mqttcluster_shared.go);
+// that node chooses the member as above. Dispatch policy:
+//
+//   - Which nodes have members: each node's Pull requests to its peers carry
+//     its shared subscriptions (group, filter) with a member there, online
+//     or offline persistent, and whether one is online (sent at once when a
+//     group gets its first member there or loses its last, the online flags
+//     at most a second late); its routes in meta carry the groups too, for
+//     the peers it has no stream to. The candidates are, of the nodes with a
+//     member, the first non-empty of: the reachable ones (the origin, and
+//     the peers with a Pull stream open to it) with an online member; the
+//     reachable ones; all of them (a peer that is down gets its messages
+//     when it pulls again).
+//   - Which node: the candidates in node id order, the message's shard
+//     offset (plus a hash of the shard's name) modulo their number, so a
+//     shard's messages go round the nodes in turn. The origin keeps the
+//     history of each group's candidates, each set from the high watermarks
+//     of its shards when it took effect (up to 64 per group), and a message
+//     is of the set its offset falls in: the origin's own delivery and each
+//     peer's stream, however late it reads the message, give the same
+//     answer.
+//   - The origin delivers a message to its own members of a group only if
+//     it chose itself, and streams it to a peer for a group only if it chose
+//     that peer, naming the peer's groups that take it in the record's
+//     header mqtt.share (HeaderShare): the peer delivers it to those groups
+//     and to its non-shared subscriptions, no other group.
+//
+// While membership changes, at least once, no message lost while some node
+// has a member:
+//
+//   - A message chosen for a node that has no member of the group any more
+//     (its members left before the change reached the origin, or the node
+//     comes back without them) is an orphan: the origin sees it when it
+//     streams the message (the peer's groups no longer have it), or the peer
+//     when it stores it, and sends it back on its Pull stream. The origin
+//     chooses again among the candidates not tried yet for it: itself
+//     (delivered at once), or a peer (sent on its stream for that group
+//     only, HeaderShareOnly). With no candidate left it is dropped and
+//     counted (quire_mqtt_cluster_shared_unroutable_total); each move is
+//     counted in quire_mqtt_cluster_shared_redirected_total.
+//   - When the last member of a group on a node ends its session, what it
+//     held of the group's messages (queued, QoS 1 in flight) goes back to
+//     their origins the same way (a forwarded copy knows where it is stored
+//     on its origin: HeaderShareFrom), instead of ending with it.
+//   - A node that stops or dies: its peers stop choosing it when its Pull
+//     stream ends (if another node has a member). What they chose it for
+//     before and it had not pulled waits in their shards: it reaches it
+//     when it comes back, its persistent members then, or goes elsewhere as
+//     orphans if it comes back without members. A node that never comes
+//     back keeps those (its stream's lag when it died).
+//   - A message may then reach the group twice: a node chosen before a
+//     change that had already delivered it when it is sent elsewhere, an
+//     orphan reported twice (a stream read again), a message older than the
+//     origin's history (stored before the origin started: the choice made
+//     then is not known, so every node with a member takes it), or one
+//     stored while no node was known to have a member (every node that has
+//     one when it is read takes it: a subscription whose SUBACK came before
+//     gets it). A restart's replay of a group from its cursors (see "What
+//     survives a restart") also ignores which node was chosen.
+//
+// Limits: an orphan on its way (in a stream, or queued in memory for a
+// peer's stream) is lost if the stream breaks at that moment or the origin
+// restarts; a message chosen for the origin whose last member there left
+// in the moment before the origin's own routes changed ends with that
+// member, as on a single node; a node that is down and has the only members
+// gets the messages when it returns, not before.
 //
 // # What survives a restart
 //

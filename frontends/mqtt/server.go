@@ -493,6 +493,9 @@ func (s *Server) redeliverShared(sess *session, anyMember bool) {
 		ms := members(d.sg.group, d.sg.filter)
 		return ms[i%len(ms)]
 	})
+	if anyMember {
+		s.handBackShared(sess) // no member here: to another node (shared.go)
+	}
 }
 
 // armExpiry ends sess after d unless a connection takes it first.

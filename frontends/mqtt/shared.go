@@ -2,7 +2,11 @@ package mqtt
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/quiremq/quire/frontends/mqtt/store"
@@ -225,21 +229,87 @@ type SharedRoute struct {
 // Same reports whether r and o are the same shared subscription.
 func (r SharedRoute) Same(o SharedRoute) bool { return r.Group == o.Group && r.Filter == o.Filter }
 
-// clusterDispatch is a SharedDispatch and this node's id in it.
+// clusterDispatch is a SharedDispatch, this node's id in it, and where
+// the orphans of ending sessions go.
 type clusterDispatch struct {
-	d    SharedDispatch
-	self uint64
+	d      SharedDispatch
+	self   uint64
+	orphan func(origin uint64, o Orphan)
 }
 
 // SetSharedDispatch makes the server deliver the messages published here
 // to a shared subscription only when d chose this node (self) for them;
-// nil delivers every one (a single node).
-func (s *Server) SetSharedDispatch(d SharedDispatch, self uint64) {
+// nil delivers every one (a single node). When the last member here of a
+// shared subscription ends its session, what it held of the group's
+// messages goes to orphan (with origin, the node the message was
+// published on, 0 for this one; Pos where it is stored there), instead of
+// ending with it.
+func (s *Server) SetSharedDispatch(d SharedDispatch, self uint64, orphan func(origin uint64, o Orphan)) {
 	if d == nil {
 		s.dispatch.Store(nil)
 		return
 	}
-	s.dispatch.Store(&clusterDispatch{d: d, self: self})
+	s.dispatch.Store(&clusterDispatch{d: d, self: self, orphan: orphan})
+}
+
+// HeaderShareFrom is added to the copy a node stores of a forwarded
+// record that carried HeaderShare: where the record is stored on its
+// origin, "shard@offset", for the origin to choose another node if the
+// last member here leaves before taking it (handBackShared).
+const HeaderShareFrom = "mqtt.share.from"
+
+// handBackShared hands what sess, whose session ends, still holds of its
+// shared subscriptions' messages (queued, QoS 1 in flight: no other
+// member here took it, there is none) to the dispatch's orphan function,
+// for the message's origin to choose another node. Without one it ends
+// with sess, as on a single node.
+func (s *Server) handBackShared(sess *session) {
+	d := s.dispatch.Load()
+	if d == nil || d.orphan == nil {
+		return
+	}
+	taken := sess.takeShared(func(*shareGroup) bool { return true })
+	if len(taken) == 0 {
+		return
+	}
+	go func() {
+		for _, t := range taken {
+			if origin, o, ok := s.orphanOf(t); ok {
+				d.orphan(origin, o)
+			}
+		}
+	}()
+}
+
+// orphanOf is the orphan of delivery t, read back from its record: its
+// origin (0: this node) and where it is stored there.
+func (s *Server) orphanOf(t delivery) (origin uint64, o Orphan, ok bool) {
+	st, isShards := s.opts.Storage.(*ShardStorage)
+	if !isShards || t.pos.Shard == "" || t.sg == nil {
+		return 0, o, false
+	}
+	o = Orphan{Pos: t.pos, Group: t.sg.group, Filter: t.sg.filter}
+	src := ClusterSource{st: st}
+	r, found, err := src.record(s.ctx, t.pos.Shard, t.pos.Offset)
+	if err != nil || !found {
+		s.log.Warn("mqtt: a shared subscription's message left by its last member here is not stored any more", "shard", t.pos.Shard, "offset", t.pos.Offset, "err", err)
+		return 0, o, false
+	}
+	origin, fwd := recordOrigin(&r)
+	if !fwd {
+		return 0, o, true
+	}
+	for _, h := range r.Headers {
+		if h.Key == HeaderShareFrom {
+			name, off, _ := strings.Cut(string(h.Value), "@")
+			n, err := strconv.ParseUint(off, 10, 64)
+			if err == nil {
+				o.Pos = Position{Shard: name, Offset: n}
+				return origin, o, true
+			}
+		}
+	}
+	return 0, o, false
 }
 
 // sharedKeep is the keep function of the local delivery of the message
@@ -310,12 +380,79 @@ func (g *GroupSet) match(topic string, dst []pubsub.Subscription) []pubsub.Subsc
 	return g.tree.Match(topic, dst, nil)
 }
 
-// shareHeader is HeaderShare naming the groups of subs that d chose peer
-// for, for the message at pos; ok false for none.
-func shareHeader(d SharedDispatch, peer uint64, pos Position, subs []pubsub.Subscription) (h shard.Header, ok bool) {
+// has reports whether (group, filter) is in the set.
+func (g *GroupSet) has(group, filter string) bool {
+	return g != nil && len(g.tree.SharedMembers(group, filter)) > 0
+}
+
+// Orphan is a message chosen for a node's shared subscription (group,
+// filter) that the node has no member of any more; Pos is where it is
+// stored on its origin.
+type Orphan struct {
+	Pos           Position
+	Group, Filter string
+}
+
+// orphans appends to dst the shared subscriptions that HeaderShare of r,
+// stored at pos on its origin, names and that have no member here.
+func (s *Server) orphans(dst []Orphan, pos Position, r *shard.Record) []Orphan {
+	for _, h := range r.Headers {
+		if h.Key != HeaderShare {
+			continue
+		}
+		for rest := h.Value; len(rest) > 0; {
+			var line []byte
+			line, rest, _ = bytes.Cut(rest, []byte{'\n'})
+			g, f, _ := bytes.Cut(line, []byte{'/'})
+			if len(s.tree.SharedMembers(string(g), string(f))) == 0 {
+				dst = append(dst, Orphan{Pos: pos, Group: string(g), Filter: string(f)})
+			}
+		}
+	}
+	return dst
+}
+
+// DeliverShared delivers the message stored here at pos to one member of
+// the shared subscription (group, filter) here (another node chose this
+// one for it instead of a node that had no member left), and reports
+// whether one took it.
+func (s *Server) DeliverShared(ctx context.Context, pos Position, group, filter string) (bool, error) {
+	rs, ok := s.opts.Storage.(ReplayStorage)
+	if !ok {
+		return false, ErrNoClusterStorage
+	}
+	ms, err := rs.Read(ctx, pos.Shard, pos.Offset, 1)
+	if err != nil {
+		return false, err
+	}
+	if len(ms) == 0 || ms[0].Pos != pos {
+		return false, fmt.Errorf("mqtt: no message at %s offset %d", pos.Shard, pos.Offset)
+	}
+	m := ms[0].Msg
+	m.PacketID = 0
+	n := s.deliver(m, pos, s.tree.Match(m.Topic, nil, onlineSub), func(sub pubsub.Subscription) bool {
+		return sub.Group == group && sub.Filter == filter
+	})
+	if n > 0 {
+		s.m.redelivered.Inc()
+	}
+	return n > 0, nil
+}
+
+// shareHeader is HeaderShare naming the groups of subs that route's
+// dispatch chose its peer for, for the message at pos; ok false for none.
+// A group chosen that the peer has no member of (with route.All) goes to
+// route.Orphan.
+func shareHeader(route *PeerRoute, pos Position, subs []pubsub.Subscription) (h shard.Header, ok bool) {
 	b := []byte{} // present, if empty
 	for _, sub := range subs {
-		if !d.Takes(sub.Group, sub.Filter, pos, peer) {
+		if !route.Dispatch.Takes(sub.Group, sub.Filter, pos, route.Peer) {
+			continue
+		}
+		if route.All != nil && !route.Groups.has(sub.Group, sub.Filter) {
+			if route.Orphan != nil {
+				route.Orphan(Orphan{Pos: pos, Group: sub.Group, Filter: sub.Filter})
+			}
 			continue
 		}
 		if len(b) > 0 {

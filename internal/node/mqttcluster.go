@@ -86,13 +86,15 @@ const (
 var forwarderService = mqttclusterv1.Forwarder_ServiceDesc.ServiceName
 
 type mqttClusterMetrics struct {
-	forwarded *prometheus.CounterVec // messages pulled from a peer and stored here
-	served    *prometheus.CounterVec // messages this node streamed to a peer
-	lag       *prometheus.GaugeVec   // records of a peer's shards behind this node's cursors
-	errors    *prometheus.CounterVec // failed pulls (connect, stream, store)
-	connected *prometheus.GaugeVec   // 1 while the pull stream of a peer is open
-	snapshot  *prometheus.CounterVec // retained entries of a peer's snapshots taken here
-	epochs    prometheus.Counter     // changes of the nodes a shared subscription's messages go to
+	forwarded  *prometheus.CounterVec // messages pulled from a peer and stored here
+	served     *prometheus.CounterVec // messages this node streamed to a peer
+	lag        *prometheus.GaugeVec   // records of a peer's shards behind this node's cursors
+	errors     *prometheus.CounterVec // failed pulls (connect, stream, store)
+	connected  *prometheus.GaugeVec   // 1 while the pull stream of a peer is open
+	snapshot   *prometheus.CounterVec // retained entries of a peer's snapshots taken here
+	epochs     prometheus.Counter     // changes of the nodes a shared subscription's messages go to
+	redirected prometheus.Counter     // orphans sent or delivered to another node
+	unroutable prometheus.Counter     // orphans no node with a member was left for
 }
 
 func newMQTTClusterMetrics(reg prometheus.Registerer) *mqttClusterMetrics {
@@ -119,6 +121,10 @@ func newMQTTClusterMetrics(reg prometheus.Registerer) *mqttClusterMetrics {
 	m.snapshot = metrics.Reuse(reg, m.snapshot)
 	m.epochs = metrics.Reuse(reg, prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "shared_epochs_total",
 		Help: "Changes of the set of nodes that take the messages published here for a shared subscription (a member's node joined, left, connected, went away)."}))
+	m.redirected = metrics.Reuse(reg, prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "shared_redirected_total",
+		Help: "Messages published here for a shared subscription that the node chosen could not deliver (its members had left) and that went to another node."}))
+	m.unroutable = metrics.Reuse(reg, prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: "mqtt_cluster", Name: "shared_unroutable_total",
+		Help: "Messages published here for a shared subscription that no node with a member was left for (dropped)."}))
 	return m
 }
 
@@ -141,7 +147,8 @@ type mqttCluster struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	share *shareDispatch // the node of each message of a shared subscription published here
+	share    *shareDispatch // the node of each message of a shared subscription published here
+	redirect redirects      // orphans on their way to another node
 
 	// The routes the pullers send, and the cursors a change's request
 	// carries (Since): see routesLoop.
@@ -165,9 +172,10 @@ type mqttCluster struct {
 }
 
 type puller struct {
-	addr   string
-	cancel context.CancelFunc
-	done   chan struct{}
+	addr    string
+	cancel  context.CancelFunc
+	done    chan struct{}
+	orphans chan []mqtt.Orphan // for the peer's stream to send back (handBack)
 }
 
 // startMQTTCluster starts routing between srv and the other nodes of the
@@ -183,7 +191,8 @@ func startMQTTCluster(srv *mqtt.Server, self uint64, kv func() meta.KV, fs vfs.F
 	}
 	c := &mqttCluster{self: self, srv: srv, src: src, kv: kv, fs: fs, path: fs.PathJoin(dir, mqttClusterCursors),
 		log: log.With("component", "mqtt-cluster"), m: m, changed: make(chan struct{}), pullers: map[uint64]*puller{},
-		cursors: map[uint64]map[string]uint64{}, since: map[uint64]map[string]uint64{}, sent: map[uint64]uint64{}, floor: map[uint64]sinceFloor{}}
+		cursors: map[uint64]map[string]uint64{}, since: map[uint64]map[string]uint64{}, sent: map[uint64]uint64{}, floor: map[uint64]sinceFloor{},
+		redirect: redirects{queue: map[uint64][]mqtt.Orphan{}, wakes: map[uint64]map[chan struct{}]struct{}{}, tried: map[mqtt.Orphan][]uint64{}}}
 	if err := c.loadCursors(); err != nil {
 		return nil, err
 	}
@@ -191,7 +200,7 @@ func startMQTTCluster(srv *mqtt.Server, self uint64, kv func() meta.KV, fs vfs.F
 	c.share = newShareDispatch(self, src.Shards, m.epochs)
 	c.filters, c.groups, c.treeVer = srv.ClusterRoutes()
 	c.share.setGroups(self, c.groups, true)
-	srv.SetSharedDispatch(c.share, self)
+	srv.SetSharedDispatch(c.share, self, c.handBack)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(3)
 	go c.routesLoop()
@@ -207,7 +216,7 @@ func (c *mqttCluster) stop() error {
 	c.cancel()
 	c.smu.Unlock()
 	c.wg.Wait()
-	c.srv.SetSharedDispatch(nil, 0) // a single node again: every group here takes every message
+	c.srv.SetSharedDispatch(nil, 0, nil) // a single node again: every group here takes every message
 	return c.flushCursors()
 }
 
@@ -519,11 +528,11 @@ func (c *mqttCluster) syncPullers(nodes []schema.Record[schema.Node]) {
 			<-p.done
 		}
 		ctx, cancel := context.WithCancel(c.ctx)
-		p := &puller{addr: addr, cancel: cancel, done: make(chan struct{})}
+		p := &puller{addr: addr, cancel: cancel, done: make(chan struct{}), orphans: make(chan []mqtt.Orphan, pullerOrphans)}
 		c.pullers[n.ID] = p
 		go func() {
 			defer close(p.done)
-			c.pull(ctx, n.ID, addr)
+			c.pull(ctx, n.ID, addr, p.orphans)
 		}()
 	}
 	for id, p := range c.pullers {
@@ -550,7 +559,7 @@ func peerAddr(n schema.Node) string {
 }
 
 // pull pulls from peer at addr until ctx ends, reconnecting with backoff.
-func (c *mqttCluster) pull(ctx context.Context, peer uint64, addr string) {
+func (c *mqttCluster) pull(ctx context.Context, peer uint64, addr string, orphans chan []mqtt.Orphan) {
 	label := strconv.FormatUint(peer, 10)
 	log := c.log.With("peer", peer, "addr", addr)
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -565,7 +574,7 @@ func (c *mqttCluster) pull(ctx context.Context, peer uint64, addr string) {
 	backoff := pullBackoffMin
 	failures := 0
 	for ctx.Err() == nil {
-		got, err := c.pullOnce(ctx, cl, peer, label)
+		got, err := c.pullOnce(ctx, cl, peer, label, orphans)
 		c.m.connected.WithLabelValues(label).Set(0)
 		if ctx.Err() != nil {
 			return
@@ -593,7 +602,7 @@ func (c *mqttCluster) pull(ctx context.Context, peer uint64, addr string) {
 
 // pullOnce runs one Pull stream; got reports whether it received anything
 // (the peer was up).
-func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderClient, peer uint64, label string) (got bool, err error) {
+func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderClient, peer uint64, label string, orphans chan []mqtt.Orphan) (got bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := cl.Pull(ctx)
@@ -613,13 +622,15 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 	sendErr := make(chan error, 1)
 	go func(changed <-chan struct{}) {
 		for {
+			var req *mqttclusterv1.PullRequest
 			select {
 			case <-ctx.Done():
 				return
 			case <-changed:
+				req, changed = c.sendFilters(peer)
+			case os := <-orphans:
+				req = &mqttclusterv1.PullRequest{Orphans: protoOrphans(os)}
 			}
-			var req *mqttclusterv1.PullRequest
-			req, changed = c.sendFilters(peer)
 			if err := stream.Send(req); err != nil {
 				sendErr <- err
 				cancel()
@@ -678,11 +689,18 @@ func (c *mqttCluster) pullOnce(ctx context.Context, cl mqttclusterv1.ForwarderCl
 		}
 		recs = recordsOf(recs[:0], resp.Records)
 		if len(recs) > 0 {
-			n, err := c.srv.InjectForwarded(ctx, peer, recs)
+			n, os, err := c.srv.InjectForwardedFrom(ctx, peer, resp.Shard, recs)
 			if err != nil {
 				return true, fmt.Errorf("storing messages forwarded from shard %s: %w", resp.Shard, err)
 			}
 			c.m.forwarded.WithLabelValues(label).Add(float64(n))
+			if len(os) > 0 {
+				// Back to the peer, which chooses another node.
+				select {
+				case orphans <- os:
+				case <-ctx.Done():
+				}
+			}
 		}
 		c.cmu.Lock()
 		c.cursors[peer][resp.Shard] = resp.Next
@@ -849,16 +867,25 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 	peer := req.NodeId
 	label := strconv.FormatUint(peer, 10)
 	groups := sharedRoutesOf(req.Groups)
-	route := &mqtt.PeerRoute{Peer: peer, Filters: mqtt.NewFilterSet(req.Filters), Groups: mqtt.NewGroupSet(groups), Dispatch: c.share}
+	orphan := func(o mqtt.Orphan) { c.orphaned(peer, o) }
+	route := &mqtt.PeerRoute{Peer: peer, Filters: mqtt.NewFilterSet(req.Filters), Groups: mqtt.NewGroupSet(groups), Dispatch: c.share, Orphan: orphan}
 	c.share.streamOpened(peer, groups)
 	defer c.share.streamClosed(peer)
 	updates := filterUpdates{wake: make(chan struct{}, 1), last: req.Filters, groups: groups}
+	c.attachRedirects(peer, updates.wake)
+	defer c.detachRedirects(peer, updates.wake)
 	go func() {
 		defer cancel()
 		for {
 			r, err := stream.Recv()
 			if err != nil {
 				return
+			}
+			if len(r.Orphans) > 0 {
+				for _, o := range orphansOf(r.Orphans) {
+					c.orphaned(peer, o)
+				}
+				continue
 			}
 			// The messages stored from now on go by the new groups
 			// (at once: a node that lost its last member of a group
@@ -887,7 +914,7 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 	lastSend := time.Now()
 	for ctx.Err() == nil {
 		if u, ok := updates.take(); ok {
-			next := &mqtt.PeerRoute{Peer: peer, Filters: route.Filters, Groups: route.Groups, Dispatch: c.share}
+			next := &mqtt.PeerRoute{Peer: peer, Filters: route.Filters, Groups: route.Groups, Dispatch: c.share, Orphan: orphan}
 			if u.filters != nil {
 				next.Filters = u.filters
 			}
@@ -904,6 +931,12 @@ func (c *mqttCluster) Pull(stream mqttclusterv1.Forwarder_PullServer) error {
 			}
 			route = next
 		}
+		if os := c.takeRedirects(peer); len(os) > 0 {
+			if err := c.sendRedirects(ctx, stream, peer, pos, os, served); err != nil {
+				return err
+			}
+		}
+		route.All = c.share.all()
 		progressed := false
 		for _, sm := range c.src.Shards() {
 			from, ok := pos[sm.Name]

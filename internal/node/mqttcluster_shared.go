@@ -5,6 +5,7 @@ package node
 // in frontends/mqtt/doc.go, "Shared subscriptions in a cluster").
 
 import (
+	"context"
 	"hash/fnv"
 	"slices"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/quiremq/quire/frontends/mqtt"
 	"github.com/quiremq/quire/frontends/pubsub"
 	mqttclusterv1 "github.com/quiremq/quire/internal/proto/mqttcluster/v1"
+	"github.com/quiremq/quire/shard"
 )
 
 // shareEpochsKept bounds the membership history kept per group: a message
@@ -45,6 +47,7 @@ type shareDispatch struct {
 	mu    sync.RWMutex
 	nodes map[uint64]*shareNode
 	hist  map[pubsub.SharedKey][]shareEpoch
+	every *mqtt.GroupSet // the keys of hist
 }
 
 var _ mqtt.SharedDispatch = (*shareDispatch)(nil)
@@ -181,13 +184,28 @@ func (d *shareDispatch) node(id uint64) *shareNode {
 	return n
 }
 
+// all returns every shared subscription the dispatch has chosen nodes
+// for.
+func (d *shareDispatch) all() *mqtt.GroupSet {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.every
+}
+
+// candidatesExcept is candidates less the nodes of except.
+func (d *shareDispatch) candidatesExcept(k pubsub.SharedKey, except []uint64) []uint64 {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.candidates(k, except...)
+}
+
 // candidates returns the nodes a message of k goes to now (see the type's
-// doc), sorted. d.mu is held.
-func (d *shareDispatch) candidates(k pubsub.SharedKey) []uint64 {
+// doc), sorted, leaving out except. d.mu is held.
+func (d *shareDispatch) candidates(k pubsub.SharedKey, except ...uint64) []uint64 {
 	var tiers [3][]uint64
 	for id, n := range d.nodes {
 		online, ok := n.groups[k]
-		if !ok {
+		if !ok || slices.Contains(except, id) {
 			continue
 		}
 		reachable := id == d.self || n.streams > 0
@@ -222,6 +240,7 @@ func (d *shareDispatch) update() {
 		}
 	}
 	var from map[string]uint64
+	added := false
 	for k := range keys {
 		nodes := d.candidates(k)
 		eps := d.hist[k]
@@ -241,10 +260,18 @@ func (d *shareDispatch) update() {
 		if len(eps) >= shareEpochsKept {
 			eps = slices.Delete(eps, 0, 1)
 		}
+		added = added || len(eps) == 0
 		d.hist[k] = append(eps, e)
 		if d.epoch != nil {
 			d.epoch.Inc()
 		}
+	}
+	if added || d.every == nil {
+		routes := make([]mqtt.SharedRoute, 0, len(d.hist))
+		for k := range d.hist {
+			routes = append(routes, mqtt.SharedRoute{Group: k.Group, Filter: k.Filter})
+		}
+		d.every = mqtt.NewGroupSet(routes)
 	}
 }
 
@@ -262,6 +289,201 @@ func protoGroups(routes []mqtt.SharedRoute) []*mqttclusterv1.SharedGroup {
 	out := make([]*mqttclusterv1.SharedGroup, len(routes))
 	for i, r := range routes {
 		out[i] = &mqttclusterv1.SharedGroup{Group: r.Group, Filter: r.Filter, Online: r.Online}
+	}
+	return out
+}
+
+// ---- orphans ----
+
+// redirects holds the orphans (mqtt.Orphan: messages published here that
+// the node chosen for a group cannot deliver, its members gone) on their
+// way to the node chosen instead, and the nodes each was tried on.
+type redirects struct {
+	mu    sync.Mutex
+	queue map[uint64][]mqtt.Orphan              // peer → orphans its stream sends next
+	wakes map[uint64]map[chan struct{}]struct{} // peer → its open streams' wake channels
+	tried map[mqtt.Orphan][]uint64
+	order []mqtt.Orphan // of tried, oldest first
+}
+
+// redirectsTried bounds how many orphans the nodes tried are kept for.
+const redirectsTried = 4096
+
+// orphaned chooses another node for o, which node from could not deliver
+// (it has no member of the group), among the nodes with a member that
+// were not tried yet: this one delivers it at once, a peer's stream sends
+// it next (for that group only). With none left it is dropped: no node
+// has a member of the group.
+func (c *mqttCluster) orphaned(from uint64, o mqtt.Orphan) {
+	r := &c.redirect
+	r.mu.Lock()
+	if _, ok := r.tried[o]; !ok {
+		r.order = append(r.order, o)
+		if len(r.order) > redirectsTried {
+			delete(r.tried, r.order[0])
+			r.order = r.order[1:]
+		}
+	}
+	tried := append(slices.Clone(r.tried[o]), from)
+	r.tried[o] = tried
+	r.mu.Unlock()
+	nodes := c.share.candidatesExcept(pubsub.SharedKey{Group: o.Group, Filter: o.Filter}, tried)
+	if len(nodes) == 0 {
+		c.m.unroutable.Inc()
+		c.log.Warn("MQTT routing: a shared subscription's message has no node with a member left; dropped",
+			"group", o.Group, "filter", o.Filter, "shard", o.Pos.Shard, "offset", o.Pos.Offset, "tried", tried)
+		return
+	}
+	to := pickNode(nodes, o.Pos)
+	c.m.redirected.Inc()
+	if to == c.self {
+		ok, err := c.srv.DeliverShared(c.ctx, o.Pos, o.Group, o.Filter)
+		if err != nil {
+			c.log.Warn("MQTT routing: delivering a shared subscription's message here instead", "group", o.Group, "filter", o.Filter,
+				"shard", o.Pos.Shard, "offset", o.Pos.Offset, "err", err)
+			return
+		}
+		if !ok {
+			c.orphaned(c.self, o)
+		}
+		return
+	}
+	r.mu.Lock()
+	r.queue[to] = append(r.queue[to], o)
+	for w := range r.wakes[to] {
+		select {
+		case w <- struct{}{}:
+		default:
+		}
+	}
+	r.mu.Unlock()
+}
+
+// pullerOrphans bounds the orphans waiting for a peer's stream to send
+// them back.
+const pullerOrphans = 256
+
+// handBack takes a message the last member here of a shared subscription
+// held when its session ended (mqtt.Server.SetSharedDispatch): this
+// node's own chooses another node here, a peer's goes back to the peer
+// through this node's stream from it.
+func (c *mqttCluster) handBack(origin uint64, o mqtt.Orphan) {
+	if origin == 0 || origin == c.self {
+		c.orphaned(c.self, o)
+		return
+	}
+	c.pmu.Lock()
+	p := c.pullers[origin]
+	c.pmu.Unlock()
+	if p != nil {
+		select {
+		case p.orphans <- []mqtt.Orphan{o}:
+			return
+		default:
+		}
+	}
+	c.m.unroutable.Inc()
+	c.log.Warn("MQTT routing: cannot hand a shared subscription's message back to the node it was published on; dropped",
+		"origin", origin, "group", o.Group, "filter", o.Filter, "shard", o.Pos.Shard, "offset", o.Pos.Offset)
+}
+
+// attachRedirects registers the wake channel of a stream serving peer.
+func (c *mqttCluster) attachRedirects(peer uint64, wake chan struct{}) {
+	r := &c.redirect
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.wakes[peer] == nil {
+		r.wakes[peer] = map[chan struct{}]struct{}{}
+	}
+	r.wakes[peer][wake] = struct{}{}
+	if len(r.queue[peer]) > 0 {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// detachRedirects ends a stream serving peer; when it was the last, the
+// orphans waiting for peer go to another node.
+func (c *mqttCluster) detachRedirects(peer uint64, wake chan struct{}) {
+	r := &c.redirect
+	r.mu.Lock()
+	delete(r.wakes[peer], wake)
+	var left []mqtt.Orphan
+	if len(r.wakes[peer]) == 0 {
+		left = r.queue[peer]
+		delete(r.queue, peer)
+	}
+	r.mu.Unlock()
+	for _, o := range left {
+		c.orphaned(peer, o)
+	}
+}
+
+// takeRedirects returns the orphans waiting for peer's stream.
+func (c *mqttCluster) takeRedirects(peer uint64) []mqtt.Orphan {
+	r := &c.redirect
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.queue[peer]
+	delete(r.queue, peer)
+	return out
+}
+
+// sendRedirects sends peer the orphans chosen for it (os), each for its
+// group only, with its cursors at pos (unchanged). An orphan of a shard
+// the stream has not reached yet waits for the next round.
+func (c *mqttCluster) sendRedirects(ctx context.Context, stream mqttclusterv1.Forwarder_PullServer, peer uint64, pos map[string]uint64, os []mqtt.Orphan, served prometheus.Counter) error {
+	byShard := map[string][]shard.Record{}
+	for _, o := range os {
+		if _, ok := pos[o.Pos.Shard]; !ok {
+			c.redirect.mu.Lock()
+			c.redirect.queue[peer] = append(c.redirect.queue[peer], o)
+			c.redirect.mu.Unlock()
+			continue
+		}
+		r, ok, err := c.src.Redirect(ctx, o.Pos.Shard, o.Pos.Offset, o.Group, o.Filter)
+		if err != nil {
+			return err
+		}
+		if ok {
+			byShard[o.Pos.Shard] = append(byShard[o.Pos.Shard], r)
+		}
+	}
+	for name, recs := range byShard {
+		if err := stream.Send(&mqttclusterv1.PullResponse{Shard: name, Next: pos[name], Records: protoRecords(recs)}); err != nil {
+			// Back in the queue: the stream's end hands them to
+			// another node (detachRedirects).
+			c.redirect.mu.Lock()
+			for _, o := range os {
+				if _, sent := byShard[o.Pos.Shard]; sent {
+					c.redirect.queue[peer] = append(c.redirect.queue[peer], o)
+				}
+			}
+			c.redirect.mu.Unlock()
+			return err
+		}
+		delete(byShard, name)
+		served.Add(float64(len(recs)))
+	}
+	return nil
+}
+
+// orphansOf converts the orphans of a Pull request.
+func orphansOf(os []*mqttclusterv1.Orphan) []mqtt.Orphan {
+	out := make([]mqtt.Orphan, len(os))
+	for i, o := range os {
+		out[i] = mqtt.Orphan{Pos: mqtt.Position{Shard: o.Shard, Offset: o.Offset}, Group: o.Group, Filter: o.Filter}
+	}
+	return out
+}
+
+// protoOrphans is os in a Pull request.
+func protoOrphans(os []mqtt.Orphan) []*mqttclusterv1.Orphan {
+	out := make([]*mqttclusterv1.Orphan, len(os))
+	for i, o := range os {
+		out[i] = &mqttclusterv1.Orphan{Shard: o.Pos.Shard, Offset: o.Pos.Offset, Group: o.Group, Filter: o.Filter}
 	}
 	return out
 }

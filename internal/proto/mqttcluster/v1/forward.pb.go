@@ -823,7 +823,12 @@ type PullRequest struct {
 	// node of the cluster per message and group (frontends/mqtt shared.go)
 	// and streams a message for a group only to the node it chose, naming
 	// the groups in the record's header "mqtt.share".
-	Groups        []*SharedGroup `protobuf:"bytes,6,rep,name=groups,proto3" json:"groups,omitempty"`
+	Groups []*SharedGroup `protobuf:"bytes,6,rep,name=groups,proto3" json:"groups,omitempty"`
+	// Messages the server chose the puller for, for a shared subscription the
+	// puller has no member of any more: the server chooses another node for
+	// each and sends or delivers it there. A request with orphans carries
+	// nothing else (its filters and groups are not a change).
+	Orphans       []*Orphan `protobuf:"bytes,7,rep,name=orphans,proto3" json:"orphans,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -900,6 +905,83 @@ func (x *PullRequest) GetGroups() []*SharedGroup {
 	return nil
 }
 
+func (x *PullRequest) GetOrphans() []*Orphan {
+	if x != nil {
+		return x.Orphans
+	}
+	return nil
+}
+
+// Orphan is a message of the server's shard at offset, for the shared
+// subscription (group, filter).
+type Orphan struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         string                 `protobuf:"bytes,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	Offset        uint64                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Group         string                 `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
+	Filter        string                 `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Orphan) Reset() {
+	*x = Orphan{}
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Orphan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Orphan) ProtoMessage() {}
+
+func (x *Orphan) ProtoReflect() protoreflect.Message {
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Orphan.ProtoReflect.Descriptor instead.
+func (*Orphan) Descriptor() ([]byte, []int) {
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Orphan) GetShard() string {
+	if x != nil {
+		return x.Shard
+	}
+	return ""
+}
+
+func (x *Orphan) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *Orphan) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *Orphan) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
 type SharedGroup struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Group  string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -912,7 +994,7 @@ type SharedGroup struct {
 
 func (x *SharedGroup) Reset() {
 	*x = SharedGroup{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[10]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1006,7 @@ func (x *SharedGroup) String() string {
 func (*SharedGroup) ProtoMessage() {}
 
 func (x *SharedGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[10]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1019,7 @@ func (x *SharedGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SharedGroup.ProtoReflect.Descriptor instead.
 func (*SharedGroup) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{10}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SharedGroup) GetGroup() string {
@@ -999,7 +1081,7 @@ type PullResponse struct {
 
 func (x *PullResponse) Reset() {
 	*x = PullResponse{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[11]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1093,7 @@ func (x *PullResponse) String() string {
 func (*PullResponse) ProtoMessage() {}
 
 func (x *PullResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[11]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1106,7 @@ func (x *PullResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullResponse.ProtoReflect.Descriptor instead.
 func (*PullResponse) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{11}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PullResponse) GetNodeId() uint64 {
@@ -1104,7 +1186,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[12]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1198,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[12]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1211,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{12}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Record) GetOffset() uint64 {
@@ -1177,7 +1259,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[13]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1271,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_mqttcluster_v1_forward_proto_msgTypes[13]
+	mi := &file_mqttcluster_v1_forward_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1284,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{13}
+	return file_mqttcluster_v1_forward_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Header) GetKey() string {
@@ -1291,21 +1373,27 @@ const file_mqttcluster_v1_forward_proto_rawDesc = "" +
 	"\acursors\x18\x02 \x03(\v2(.mqttcluster.v1.PeerCursors.CursorsEntryR\acursors\x1a:\n" +
 	"\fCursorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x83\x03\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xb5\x03\n" +
 	"\vPullRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12B\n" +
 	"\acursors\x18\x02 \x03(\v2(.mqttcluster.v1.PullRequest.CursorsEntryR\acursors\x12\x14\n" +
 	"\x05fresh\x18\x03 \x01(\bR\x05fresh\x12\x18\n" +
 	"\afilters\x18\x04 \x03(\tR\afilters\x12<\n" +
 	"\x05since\x18\x05 \x03(\v2&.mqttcluster.v1.PullRequest.SinceEntryR\x05since\x123\n" +
-	"\x06groups\x18\x06 \x03(\v2\x1b.mqttcluster.v1.SharedGroupR\x06groups\x1a:\n" +
+	"\x06groups\x18\x06 \x03(\v2\x1b.mqttcluster.v1.SharedGroupR\x06groups\x120\n" +
+	"\aorphans\x18\a \x03(\v2\x16.mqttcluster.v1.OrphanR\aorphans\x1a:\n" +
 	"\fCursorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a8\n" +
 	"\n" +
 	"SinceEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"S\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"d\n" +
+	"\x06Orphan\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\tR\x05shard\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\tR\x05group\x12\x16\n" +
+	"\x06filter\x18\x04 \x01(\tR\x06filter\"S\n" +
 	"\vSharedGroup\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06filter\x18\x02 \x01(\tR\x06filter\x12\x16\n" +
@@ -1350,7 +1438,7 @@ func file_mqttcluster_v1_forward_proto_rawDescGZIP() []byte {
 	return file_mqttcluster_v1_forward_proto_rawDescData
 }
 
-var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_mqttcluster_v1_forward_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_mqttcluster_v1_forward_proto_goTypes = []any{
 	(*ReleaseRequest)(nil),  // 0: mqttcluster.v1.ReleaseRequest
 	(*ReleaseResponse)(nil), // 1: mqttcluster.v1.ReleaseResponse
@@ -1362,43 +1450,45 @@ var file_mqttcluster_v1_forward_proto_goTypes = []any{
 	(*Message)(nil),         // 7: mqttcluster.v1.Message
 	(*PeerCursors)(nil),     // 8: mqttcluster.v1.PeerCursors
 	(*PullRequest)(nil),     // 9: mqttcluster.v1.PullRequest
-	(*SharedGroup)(nil),     // 10: mqttcluster.v1.SharedGroup
-	(*PullResponse)(nil),    // 11: mqttcluster.v1.PullResponse
-	(*Record)(nil),          // 12: mqttcluster.v1.Record
-	(*Header)(nil),          // 13: mqttcluster.v1.Header
-	nil,                     // 14: mqttcluster.v1.SessionState.FrontiersEntry
-	nil,                     // 15: mqttcluster.v1.PeerCursors.CursorsEntry
-	nil,                     // 16: mqttcluster.v1.PullRequest.CursorsEntry
-	nil,                     // 17: mqttcluster.v1.PullRequest.SinceEntry
-	nil,                     // 18: mqttcluster.v1.PullResponse.StartEntry
+	(*Orphan)(nil),          // 10: mqttcluster.v1.Orphan
+	(*SharedGroup)(nil),     // 11: mqttcluster.v1.SharedGroup
+	(*PullResponse)(nil),    // 12: mqttcluster.v1.PullResponse
+	(*Record)(nil),          // 13: mqttcluster.v1.Record
+	(*Header)(nil),          // 14: mqttcluster.v1.Header
+	nil,                     // 15: mqttcluster.v1.SessionState.FrontiersEntry
+	nil,                     // 16: mqttcluster.v1.PeerCursors.CursorsEntry
+	nil,                     // 17: mqttcluster.v1.PullRequest.CursorsEntry
+	nil,                     // 18: mqttcluster.v1.PullRequest.SinceEntry
+	nil,                     // 19: mqttcluster.v1.PullResponse.StartEntry
 }
 var file_mqttcluster_v1_forward_proto_depIdxs = []int32{
 	4,  // 0: mqttcluster.v1.ReleaseResponse.session:type_name -> mqttcluster.v1.SessionState
 	5,  // 1: mqttcluster.v1.SessionState.subscriptions:type_name -> mqttcluster.v1.Subscription
 	6,  // 2: mqttcluster.v1.SessionState.owed:type_name -> mqttcluster.v1.OwedMessage
-	14, // 3: mqttcluster.v1.SessionState.frontiers:type_name -> mqttcluster.v1.SessionState.FrontiersEntry
+	15, // 3: mqttcluster.v1.SessionState.frontiers:type_name -> mqttcluster.v1.SessionState.FrontiersEntry
 	8,  // 4: mqttcluster.v1.SessionState.cursors:type_name -> mqttcluster.v1.PeerCursors
 	7,  // 5: mqttcluster.v1.OwedMessage.message:type_name -> mqttcluster.v1.Message
-	13, // 6: mqttcluster.v1.Message.user_properties:type_name -> mqttcluster.v1.Header
-	15, // 7: mqttcluster.v1.PeerCursors.cursors:type_name -> mqttcluster.v1.PeerCursors.CursorsEntry
-	16, // 8: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
-	17, // 9: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
-	10, // 10: mqttcluster.v1.PullRequest.groups:type_name -> mqttcluster.v1.SharedGroup
-	12, // 11: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
-	18, // 12: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
-	12, // 13: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
-	13, // 14: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
-	9,  // 15: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
-	0,  // 16: mqttcluster.v1.Forwarder.Release:input_type -> mqttcluster.v1.ReleaseRequest
-	2,  // 17: mqttcluster.v1.Forwarder.Forget:input_type -> mqttcluster.v1.ForgetRequest
-	11, // 18: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
-	1,  // 19: mqttcluster.v1.Forwarder.Release:output_type -> mqttcluster.v1.ReleaseResponse
-	3,  // 20: mqttcluster.v1.Forwarder.Forget:output_type -> mqttcluster.v1.ForgetResponse
-	18, // [18:21] is the sub-list for method output_type
-	15, // [15:18] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	14, // 6: mqttcluster.v1.Message.user_properties:type_name -> mqttcluster.v1.Header
+	16, // 7: mqttcluster.v1.PeerCursors.cursors:type_name -> mqttcluster.v1.PeerCursors.CursorsEntry
+	17, // 8: mqttcluster.v1.PullRequest.cursors:type_name -> mqttcluster.v1.PullRequest.CursorsEntry
+	18, // 9: mqttcluster.v1.PullRequest.since:type_name -> mqttcluster.v1.PullRequest.SinceEntry
+	11, // 10: mqttcluster.v1.PullRequest.groups:type_name -> mqttcluster.v1.SharedGroup
+	10, // 11: mqttcluster.v1.PullRequest.orphans:type_name -> mqttcluster.v1.Orphan
+	13, // 12: mqttcluster.v1.PullResponse.records:type_name -> mqttcluster.v1.Record
+	19, // 13: mqttcluster.v1.PullResponse.start:type_name -> mqttcluster.v1.PullResponse.StartEntry
+	13, // 14: mqttcluster.v1.PullResponse.retained:type_name -> mqttcluster.v1.Record
+	14, // 15: mqttcluster.v1.Record.headers:type_name -> mqttcluster.v1.Header
+	9,  // 16: mqttcluster.v1.Forwarder.Pull:input_type -> mqttcluster.v1.PullRequest
+	0,  // 17: mqttcluster.v1.Forwarder.Release:input_type -> mqttcluster.v1.ReleaseRequest
+	2,  // 18: mqttcluster.v1.Forwarder.Forget:input_type -> mqttcluster.v1.ForgetRequest
+	12, // 19: mqttcluster.v1.Forwarder.Pull:output_type -> mqttcluster.v1.PullResponse
+	1,  // 20: mqttcluster.v1.Forwarder.Release:output_type -> mqttcluster.v1.ReleaseResponse
+	3,  // 21: mqttcluster.v1.Forwarder.Forget:output_type -> mqttcluster.v1.ForgetResponse
+	19, // [19:22] is the sub-list for method output_type
+	16, // [16:19] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_mqttcluster_v1_forward_proto_init() }
@@ -1412,7 +1502,7 @@ func file_mqttcluster_v1_forward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mqttcluster_v1_forward_proto_rawDesc), len(file_mqttcluster_v1_forward_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
