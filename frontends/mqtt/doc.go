@@ -137,6 +137,15 @@
 //     held of the group's messages (queued, QoS 1 in flight) goes back to
 //     their origins the same way (a forwarded copy knows where it is stored
 //     on its origin: HeaderShareFrom), instead of ending with it.
+//   - A group's first member on a node: the messages published after its
+//     SUBACK and before the change reached the origin were given to the
+//     nodes that had members then; with none, to every node that has one
+//     when the message is read. The member's node reads again what it
+//     stored since shortly before the subscription and delivers those its
+//     dispatch gives it (ReplayShared: its own routes follow its tree a
+//     moment later); a peer's stream reads again, from the Since of the
+//     request that adds the group, the messages the origin gives it
+//     (cluster.go, New filters).
 //   - A node that stops or dies: its peers stop choosing it when its Pull
 //     stream ends (if another node has a member). What they chose it for
 //     before and it had not pulled waits in their shards: it reaches it

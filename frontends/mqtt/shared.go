@@ -439,6 +439,43 @@ func (s *Server) DeliverShared(ctx context.Context, pos Position, group, filter 
 	return n > 0, nil
 }
 
+// ReplayShared delivers again the messages published here (not forwarded)
+// in [from, until) of each shard of until to this node's members of the
+// shared subscriptions joined (which just got their first member here)
+// that takes accepts for them, and returns how many deliveries it queued.
+// Messages published after such a member's SUBACK and before the
+// dispatch knew of it were given to no node: they reach it this way.
+func (s *Server) ReplayShared(ctx context.Context, from, until map[string]uint64, joined []SharedRoute, takes func(group, filter string, pos Position) bool) (int, error) {
+	rs, ok := s.opts.Storage.(ReplayStorage)
+	if !ok {
+		return 0, ErrNoClusterStorage
+	}
+	n := 0
+	for name, end := range until {
+		for off := from[name]; off < end; {
+			batch, err := rs.Read(ctx, name, off, 512)
+			if err != nil {
+				return n, err
+			}
+			if len(batch) == 0 {
+				break
+			}
+			for _, m := range batch {
+				off = m.Pos.Offset + 1
+				if m.Pos.Offset >= end || m.Origin != 0 {
+					continue
+				}
+				m.Msg.PacketID = 0
+				n += s.deliver(m.Msg, m.Pos, s.tree.Match(m.Msg.Topic, nil, onlineSub), func(sub pubsub.Subscription) bool {
+					return sub.Group != "" && slices.ContainsFunc(joined, SharedRoute{Group: sub.Group, Filter: sub.Filter}.Same) &&
+						takes(sub.Group, sub.Filter, m.Pos)
+				})
+			}
+		}
+	}
+	return n, nil
+}
+
 // shareHeader is HeaderShare naming the groups of subs that route's
 // dispatch chose its peer for, for the message at pos; ok false for none.
 // A group chosen that the peer has no member of (with route.All) goes to

@@ -155,6 +155,7 @@ type mqttCluster struct {
 	fmu     sync.Mutex
 	filters []string                     // of the non-shared subscriptions
 	groups  []mqtt.SharedRoute           // shared subscriptions with a member here
+	marks   map[string]uint64            // this node's shards' high watermarks, taken before groups were computed or last found current
 	gen     uint64                       // changes of filters or groups
 	treeVer uint64                       // the server's RoutesVersion filters were computed or last found current at
 	fresh   map[uint64]map[string]uint64 // peer → cursors taken before filters were computed or last found current
@@ -198,6 +199,7 @@ func startMQTTCluster(srv *mqtt.Server, self uint64, kv func() meta.KV, fs vfs.F
 	}
 	c.fresh = c.cursorSnapshot()
 	c.share = newShareDispatch(self, src.Shards, m.epochs)
+	c.marks = highs(src.Shards())
 	c.filters, c.groups, c.treeVer = srv.ClusterRoutes()
 	c.share.setGroups(self, c.groups, true)
 	srv.SetSharedDispatch(c.share, self, c.handBack)
@@ -281,6 +283,7 @@ func (c *mqttCluster) routesLoop() {
 // on a peer that lost records, lowers Since with them: lowerSince).
 func (c *mqttCluster) refreshRoutes() mqttRoutes {
 	snap := c.cursorSnapshot()
+	marks := highs(c.src.Shards())
 	v := c.srv.RoutesVersion()
 	c.fmu.Lock()
 	defer c.fmu.Unlock()
@@ -293,7 +296,9 @@ func (c *mqttCluster) refreshRoutes() mqttRoutes {
 	}
 	if !slices.Equal(groups, c.groups) {
 		c.share.setGroups(c.self, groups, true)
+		c.replayJoined(c.marks, joined(c.groups, groups))
 	}
+	c.marks = marks
 	if !slices.Equal(fs, c.filters) || !slices.Equal(groups, c.groups) {
 		c.filters, c.groups = fs, groups
 		c.gen++

@@ -275,6 +275,54 @@ func (d *shareDispatch) update() {
 	}
 }
 
+// joined returns the shared subscriptions of now that were not in before.
+func joined(before, now []mqtt.SharedRoute) []mqtt.SharedRoute {
+	var out []mqtt.SharedRoute
+	for _, r := range now {
+		if !slices.ContainsFunc(before, r.Same) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// highs is the high watermark of each shard of marks.
+func highs(marks []mqtt.ShardMark) map[string]uint64 {
+	out := make(map[string]uint64, len(marks))
+	for _, sm := range marks {
+		out[sm.Name] = sm.High
+	}
+	return out
+}
+
+// replayJoined delivers, in the background, the messages published here
+// from since (the shards' high watermarks before the subscriptions were
+// made) to the shared subscriptions that just got their first member here,
+// where the dispatch gives them to this node: those published after a
+// member's SUBACK and before its subscription reached the dispatch went to
+// no node (this node's own routes follow its tree a moment later). At
+// least once: a message of the range that another node with a member
+// takes as well (stored while no node was known to have one) comes twice.
+func (c *mqttCluster) replayJoined(since map[string]uint64, groups []mqtt.SharedRoute) {
+	if len(groups) == 0 {
+		return
+	}
+	until := highs(c.src.Shards())
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	if c.ctx.Err() != nil {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		takes := func(group, filter string, pos mqtt.Position) bool { return c.share.Takes(group, filter, pos, c.self) }
+		if _, err := c.srv.ReplayShared(c.ctx, since, until, groups, takes); err != nil && c.ctx.Err() == nil {
+			c.log.Warn("MQTT routing: delivering again to new shared subscriptions the messages published since their SUBACK", "err", err)
+		}
+	}()
+}
+
 // sharedRoutesOf converts the groups of a Pull request.
 func sharedRoutesOf(gs []*mqttclusterv1.SharedGroup) []mqtt.SharedRoute {
 	out := make([]mqtt.SharedRoute, len(gs))
