@@ -67,8 +67,8 @@ type result struct {
 	BookieSyncP99Ms  *float64 `json:"bookie_sync_p99_ms,omitempty"`
 	BookieGroupP99Ms *float64 `json:"bookie_group_p99_ms,omitempty"`
 	BookieAddP99Ms   *float64 `json:"bookie_add_p99_ms,omitempty"` // an add handed to a bookie to its acknowledgement
-	// The add latency stage by stage (stages.go): pacer, mailbox, send,
-	// stream, answer, order, caller; and the measured appends whose
+	// The add latency stage by stage (stages.go): pacer, admit, mailbox,
+	// send, stream, answer, order, caller; and the measured appends whose
 	// stages the client did not all observe (left out of stages).
 	Stages              []stageSummary `json:"stages,omitempty"`
 	StagesUnobserved    uint64         `json:"stages_unobserved"`
@@ -412,8 +412,8 @@ func processCPU() time.Duration {
 // acked (they are read back), left out of st's totals.
 func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, size, inflight int, fill []byte, start, from time.Time, interval time.Duration, deadline time.Time, st *addStats) (uint64, error) {
 	type sent struct {
-		f  *client.Future
-		at time.Time
+		f          *client.Future
+		at, called time.Time // scheduled, AppendAsync called
 	}
 	pending := make(chan sent, inflight)
 	var acked uint64
@@ -428,7 +428,7 @@ func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, 
 				continue
 			}
 			seen := time.Now()
-			stages, ok := traceStages(s.at, s.f.Trace(), seen)
+			stages, ok := traceStages(s.at, s.called, s.f.Trace(), seen)
 			st.record(seen.Sub(s.at), !s.at.Before(from), stages, ok)
 			acked++
 		}
@@ -448,14 +448,16 @@ func write(ctx context.Context, lw *client.LedgerWriter, writer, ledger uint32, 
 			time.Sleep(time.Until(at))
 		}
 		var f *client.Future
-		if f, err = lw.AppendAsync(ctx, makePayload(header{writer: writer, ledger: ledger, seq: seq, at: at.UnixNano()}, size, fill)); err != nil {
+		data := makePayload(header{writer: writer, ledger: ledger, seq: seq, at: at.UnixNano()}, size, fill)
+		called := time.Now()
+		if f, err = lw.AppendAsync(ctx, data); err != nil {
 			err = fmt.Errorf("writer %d: append: %w", writer, err)
 			break
 		}
 		if interval > 0 && !at.Before(from) {
 			st.recordLag(time.Since(at))
 		}
-		pending <- sent{f, at}
+		pending <- sent{f, at, called}
 	}
 	close(pending)
 	return acked, errors.Join(err, <-errc)

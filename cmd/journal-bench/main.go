@@ -80,8 +80,8 @@ bytes_per_sync, disk_ceiling_mb_per_sec and disk_efficiency (null without
 included, per append: steadier than rates on a shared machine),
 adds_per_request (adds per AddEntries message the bookies received: the
 client's batching; null when no bookie reported it), stages (the add
-latency stage by stage, adding up to it: pacer, mailbox, send, stream,
-answer, order, caller, each with p50_ms, p99_ms and tail_mean_ms, its mean
+latency stage by stage, adding up to it: pacer, admit, mailbox, send,
+stream, answer, order, caller, each with p50_ms, p99_ms and tail_mean_ms, its mean
 over the slowest 1% of one append in 8: the largest tail mean is where the
 p99 goes; see stages.go), the other settings, and read_* fields in read
 modes.

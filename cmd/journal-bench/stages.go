@@ -12,14 +12,17 @@ import (
 
 // The add latency stage by stage: where the time between an append's
 // scheduled time and the writer seeing it acknowledged goes. The stages
-// of one append add up to its latency: the pacer's own lag, the client's
-// five (client.StageNames, from Future.Trace: the hops of the copy that
-// completed the ack quorum, and the wait for lower entries) and the hop
-// back to the writer. Compare stages with each other within a run; on a
-// shared machine absolute figures move from one run to the next.
-var benchStages = append(append([]string{"pacer"}, client.StageNames[:]...), "caller")
+// of one append add up to its latency: the pacer's own lag (its writer
+// goroutine woke late: a load generator's artefact, not the client's),
+// admission (AppendAsync blocked while --inflight appends were
+// unacknowledged: backpressure), the client's five (client.StageNames,
+// from Future.Trace: the hops of the copy that completed the ack quorum,
+// and the wait for lower entries) and the hop back to the writer. Compare
+// stages with each other within a run; on a shared machine absolute
+// figures move from one run to the next.
+var benchStages = append(append([]string{"pacer", "admit"}, client.StageNames[:]...), "caller")
 
-const nStages = len(client.StageNames) + 2
+const nStages = len(client.StageNames) + 3
 
 // stageSample: one measured append in stageSample keeps its stage vector,
 // for the tail attribution (stageSummary.TailMeanMs).
@@ -40,17 +43,17 @@ type stageVec struct {
 	stages [nStages]uint32
 }
 
-// traceStages returns the stages of an append scheduled at at, handed
-// to the client with trace tr and seen acknowledged at seen; false if the
-// client did not observe every stage.
-func traceStages(at time.Time, tr client.AddTrace, seen time.Time) ([nStages]time.Duration, bool) {
+// traceStages returns the stages of an append scheduled at at, passed to
+// AppendAsync at called, with trace tr, and seen acknowledged at seen;
+// false if the client did not observe every stage.
+func traceStages(at, called time.Time, tr client.AddTrace, seen time.Time) ([nStages]time.Duration, bool) {
 	var d [nStages]time.Duration
 	cs, ok := tr.Stages()
 	if !ok {
 		return d, false
 	}
-	d[0] = tr.Appended.Sub(at)
-	copy(d[1:], cs[:])
+	d[0], d[1] = called.Sub(at), tr.Appended.Sub(called)
+	copy(d[2:], cs[:])
 	d[nStages-1] = seen.Sub(tr.Acked)
 	return d, true
 }
