@@ -90,7 +90,8 @@ package mqtt
 // the messages other nodes store after its SUBACK, as a local subscriber
 // does, though its filter reaches them a network round trip later.
 //
-// What remains:
+// What remains (for shared subscriptions, see doc.go, "Shared
+// subscriptions in a cluster"):
 //   - The read again starts at B's cursor as it was up to a second before
 //     the subscription (Since is taken again every second), which also
 //     lags A's writes: a new subscription can also get messages A stored
@@ -121,7 +122,9 @@ package mqtt
 //     the new node stored the session (inbound QoS 2 ids included) and
 //     tells it to forget it; a Release again gets the same state. What is
 //     not handed over: the messages owed through shared subscriptions
-//     (they stay with the group on the old node), and, when the old node
+//     (they stay with the group on the old node, or, with no other member
+//     there, go back to their origin, which chooses another node: doc.go,
+//     "Shared subscriptions in a cluster"), and, when the old node
 //     is down, the whole state (the new node starts the session empty,
 //     Session Present 0). An old node that is up but does not answer has
 //     the CONNECT refused (ErrHandoverIncomplete) for up to a minute

@@ -164,10 +164,15 @@
 //
 // Limits: an orphan on its way (in a stream, or queued in memory for a
 // peer's stream) is lost if the stream breaks at that moment or the origin
-// restarts; a message chosen for the origin whose last member there left
-// in the moment before the origin's own routes changed ends with that
-// member, as on a single node; a node that is down and has the only members
-// gets the messages when it returns, not before.
+// restarts; a message published on a node in the moment between its last
+// member of a group leaving and its own routes changing (its dispatch
+// still chooses it) is not delivered, as on a single node, though other
+// nodes have members; a node that is down and has the only members gets
+// the messages when it returns, not before; a node that never returns
+// keeps what was chosen for it and it had not pulled. The origin keeps 64
+// membership changes per group: for a peer that lags behind more, the
+// older messages are older than the history (every node with a member
+// takes them).
 //
 // # What survives a restart
 //
