@@ -127,6 +127,30 @@ func (c *conn) close() {
 	})
 }
 
+// stop is close for serve and writeLoop when they stop on an error,
+// except on a kicked connection: kick closes it once its DISCONNECT is
+// out, and the error may be the kick's own doing (flushLocked returns
+// net.ErrClosed once kicked is set, before kick has taken wmu), so
+// closing here could beat the DISCONNECT: the client got EOF instead.
+func (c *conn) stop() {
+	if !c.kicked.Load() {
+		c.close()
+	}
+}
+
+// finish ends the connection when serve stops: after a kick, it waits
+// until kick has closed it (stop); otherwise it closes it, draining first
+// after a last packet (lastWordsClose).
+func (c *conn) finish() {
+	switch {
+	case c.kicked.Load():
+		<-c.closing
+	case c.lastWords:
+		c.lastWordsClose()
+	}
+	c.close()
+}
+
 // Bounds of the drain before closing a connection the server ended with a
 // last packet (DISCONNECT, refusing CONNACK): lastWordsClose.
 const (
@@ -278,10 +302,7 @@ func (c *conn) serve() {
 	present, err := c.handshake()
 	if err != nil {
 		log.Debug("mqtt connect refused", "err", err)
-		if c.lastWords {
-			c.lastWordsClose()
-		}
-		c.close()
+		c.finish()
 		return
 	}
 	log = log.With("client_id", c.clientID, "version", c.version.String())
@@ -321,10 +342,7 @@ func (c *conn) serve() {
 			log.Debug("mqtt connection lost", "err", err)
 		}
 	}
-	if c.lastWords {
-		c.lastWordsClose()
-	}
-	c.close()
+	c.finish()
 	if c.writerStarted.CompareAndSwap(false, true) {
 		close(c.writerDone) // no writer ever started, and none will now
 	}
@@ -975,7 +993,7 @@ func (c *conn) writeLoop(present bool) {
 		}
 		c.wmu.Unlock()
 		if err != nil {
-			c.close()
+			c.stop()
 			return
 		}
 	}
@@ -997,7 +1015,7 @@ func (c *conn) writeLoop(present bool) {
 			}
 			if err := c.persistOutbound(batch); err != nil {
 				c.s.log.Warn("mqtt delivery stopped", "client_id", c.clientID, "err", err)
-				c.close()
+				c.stop()
 				return
 			}
 			c.wmu.Lock()
@@ -1012,7 +1030,7 @@ func (c *conn) writeLoop(present bool) {
 			}
 			c.wmu.Unlock()
 			if err != nil {
-				c.close()
+				c.stop()
 				return
 			}
 		}

@@ -126,16 +126,62 @@ func TestPaho5Takeover(t *testing.T) {
 	b := startBroker(t, nil, nil)
 	first, _ := rawConnect(t, b.tcp, "same", true)
 	connect5(t, b.tcp, &paho.Connect{ClientID: "same", CleanStart: true})
-	first.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	p, err := first.r.ReadPacket()
+	expectTakenOver(t, first)
+}
+
+// expectTakenOver checks that cl gets DISCONNECT 0x8E, then EOF.
+func expectTakenOver(t *testing.T, cl *rawClient) {
+	t.Helper()
+	cl.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	p, err := cl.r.ReadPacket()
 	if err != nil {
-		t.Fatalf("the first connection got no DISCONNECT: %v", err)
+		t.Fatalf("the taken over connection got no DISCONNECT: %v", err)
 	}
 	if d, ok := p.(*packet.Disconnect); !ok || d.ReasonCode != packet.SessionTakenOver {
 		t.Fatalf("got %v, want DISCONNECT 0x8e", p)
 	}
-	if _, err := first.r.ReadPacket(); err == nil {
-		t.Fatal("the first connection is still open")
+	if _, err := cl.r.ReadPacket(); err == nil {
+		t.Fatal("the taken over connection is still open")
+	}
+}
+
+// TestKickClosesAfterItsDisconnect: a connection whose serve goroutine
+// stops while kick waits for wmu is closed by kick, after the DISCONNECT
+// 0x8E. serve used to close it at once, and the client got EOF without
+// the 0x8E (TestPaho5Takeover failed so a few times in 300 -race runs,
+// serve's readLoop stopping on flushLocked's net.ErrClosed, kick's own
+// doing). Here serve stops on the client's half-close, and the test holds
+// wmu so that kick cannot write before serve has stopped.
+func TestKickClosesAfterItsDisconnect(t *testing.T) {
+	b := startBroker(t, nil, nil)
+	cl, _ := rawConnect(t, b.tcp, "kicked", true)
+	c := b.sessionOwner("kicked")
+	if c == nil {
+		t.Fatal("no connection bound to the session")
+	}
+	c.wmu.Lock()
+	kickDone := make(chan struct{})
+	go func() {
+		defer close(kickDone)
+		c.kick(packet.SessionTakenOver)
+	}()
+	for !c.kicked.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	cl.nc.(*net.TCPConn).CloseWrite() // serve's read gets EOF and it stops
+	select {
+	case <-c.closing:
+		c.wmu.Unlock()
+		t.Fatal("the connection was closed before kick wrote its DISCONNECT")
+	case <-time.After(300 * time.Millisecond): // time for serve to stop (and, before the fix, close)
+	}
+	c.wmu.Unlock()
+	<-kickDone
+	expectTakenOver(t, cl)
+	select {
+	case <-c.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("serve did not finish after the kick")
 	}
 }
 
