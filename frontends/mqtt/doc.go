@@ -127,7 +127,9 @@
 //     (its members left before the change reached the origin, or the node
 //     comes back without them) is an orphan: the origin sees it when it
 //     streams the message (the peer's groups no longer have it), or the peer
-//     when it stores it, and sends it back on its Pull stream. The origin
+//     when it stores it, and sends it back on its Pull stream; the origin
+//     itself when it chose itself and delivers it (SharedDispatch.Mine: its
+//     last member left a moment before its own routes changed). The origin
 //     chooses again among the candidates not tried yet for it: itself
 //     (delivered at once), or a peer (sent on its stream for that group
 //     only, HeaderShareOnly). With no candidate left it is dropped and
@@ -164,12 +166,9 @@
 //
 // Limits: an orphan on its way (in a stream, or queued in memory for a
 // peer's stream) is lost if the stream breaks at that moment or the origin
-// restarts; a message published on a node in the moment between its last
-// member of a group leaving and its own routes changing (its dispatch
-// still chooses it) is not delivered, as on a single node, though other
-// nodes have members; a node that is down and has the only members gets
-// the messages when it returns, not before; a node that never returns
-// keeps what was chosen for it and it had not pulled. The origin keeps 64
+// restarts; a node that is down and has the only members gets the
+// messages when it returns, not before; a node that never returns keeps
+// what was chosen for it and it had not pulled. The origin keeps 64
 // membership changes per group: for a peer that lags behind more, the
 // older messages are older than the history (every node with a member
 // takes them).

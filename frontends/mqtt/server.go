@@ -255,7 +255,7 @@ func (s *Server) stored(ctx context.Context, m *pubsub.Message, pos Position) {
 		}
 	}
 	var subs [4]pubsub.Subscription // most messages match a few: no allocation
-	s.deliver(m, pos, s.tree.Match(m.Topic, subs[:0], onlineSub), s.sharedKeep(pos))
+	s.deliverStored(m, pos, s.tree.Match(m.Topic, subs[:0], onlineSub))
 	if s.rs != nil && pos.Shard != "" {
 		s.rs.Done(pos)
 	}

@@ -218,6 +218,10 @@ type SharedDispatch interface {
 	// Takes reports whether node delivers the message stored at pos (a
 	// shard of this node's) to its members of (group, filter).
 	Takes(group, filter string, pos Position, node uint64) bool
+	// Mine appends to dst the shared subscriptions whose filter matches
+	// topic that this node takes the message at pos for (Takes), and
+	// returns dst.
+	Mine(topic string, pos Position, dst []pubsub.SharedKey) []pubsub.SharedKey
 }
 
 // SharedRoute is a shared subscription with a member on this node.
@@ -312,16 +316,29 @@ func (s *Server) orphanOf(t delivery) (origin uint64, o Orphan, ok bool) {
 	return 0, o, false
 }
 
-// sharedKeep is the keep function of the local delivery of the message
-// stored at pos: a shared subscription takes it only if this node was
-// chosen for its group. nil without a dispatch.
-func (s *Server) sharedKeep(pos Position) func(pubsub.Subscription) bool {
+// deliverStored queues m, published here and stored at pos, for the
+// matching subscriptions subs (Server.deliver); in a cluster, for a
+// shared subscription only if the dispatch chose this node. A group the
+// dispatch chose this node for that has no member here any more (the last
+// one left a moment ago, before this node's routes changed) does not
+// lose it: it is an orphan, for the dispatch's orphan function to send
+// elsewhere.
+func (s *Server) deliverStored(m *pubsub.Message, pos Position, subs []pubsub.Subscription) {
 	d := s.dispatch.Load()
 	if d == nil || pos.Shard == "" {
-		return nil
+		s.deliver(m, pos, subs, nil)
+		return
 	}
-	return func(sub pubsub.Subscription) bool {
+	s.deliver(m, pos, subs, func(sub pubsub.Subscription) bool {
 		return sub.Group == "" || d.d.Takes(sub.Group, sub.Filter, pos, d.self)
+	})
+	if d.orphan == nil {
+		return
+	}
+	for _, k := range d.d.Mine(m.Topic, pos, nil) {
+		if !slices.ContainsFunc(subs, func(sub pubsub.Subscription) bool { return sub.Group == k.Group && sub.Filter == k.Filter }) {
+			d.orphan(0, Orphan{Pos: pos, Group: k.Group, Filter: k.Filter})
+		}
 	}
 }
 

@@ -48,6 +48,7 @@ type shareDispatch struct {
 	nodes map[uint64]*shareNode
 	hist  map[pubsub.SharedKey][]shareEpoch
 	every *mqtt.GroupSet // the keys of hist
+	keys  *pubsub.Tree   // the keys of hist as non-shared subscriptions (Client: group): matched under a read lock
 }
 
 var _ mqtt.SharedDispatch = (*shareDispatch)(nil)
@@ -69,9 +70,29 @@ func newShareDispatch(self uint64, marks func() []mqtt.ShardMark, epoch promethe
 
 // Takes implements mqtt.SharedDispatch.
 func (d *shareDispatch) Takes(group, filter string, pos mqtt.Position, node uint64) bool {
-	k := pubsub.SharedKey{Group: group, Filter: filter}
 	d.mu.RLock()
 	defer d.mu.RUnlock()
+	return d.takes(pubsub.SharedKey{Group: group, Filter: filter}, pos, node)
+}
+
+// Mine implements mqtt.SharedDispatch.
+func (d *shareDispatch) Mine(topic string, pos mqtt.Position, dst []pubsub.SharedKey) []pubsub.SharedKey {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.keys == nil {
+		return dst
+	}
+	var buf [4]pubsub.Subscription
+	for _, sub := range d.keys.Match(topic, buf[:0], nil) {
+		if k := (pubsub.SharedKey{Group: sub.Client, Filter: sub.Filter}); d.takes(k, pos, d.self) {
+			dst = append(dst, k)
+		}
+	}
+	return dst
+}
+
+// takes is Takes. d.mu is held.
+func (d *shareDispatch) takes(k pubsub.SharedKey, pos mqtt.Position, node uint64) bool {
 	eps := d.hist[k]
 	for i := len(eps) - 1; i >= 0; i-- {
 		if pos.Offset >= eps[i].from[pos.Shard] {
@@ -268,8 +289,10 @@ func (d *shareDispatch) update() {
 	}
 	if added || d.every == nil {
 		routes := make([]mqtt.SharedRoute, 0, len(d.hist))
+		d.keys = pubsub.NewTree()
 		for k := range d.hist {
 			routes = append(routes, mqtt.SharedRoute{Group: k.Group, Filter: k.Filter})
+			d.keys.Subscribe(pubsub.Subscription{Client: k.Group, Filter: k.Filter})
 		}
 		d.every = mqtt.NewGroupSet(routes)
 	}
@@ -378,7 +401,7 @@ func (c *mqttCluster) orphaned(from uint64, o mqtt.Orphan) {
 	nodes := c.share.candidatesExcept(pubsub.SharedKey{Group: o.Group, Filter: o.Filter}, tried)
 	if len(nodes) == 0 {
 		c.m.unroutable.Inc()
-		c.log.Warn("MQTT routing: a shared subscription's message has no node with a member left; dropped",
+		c.log.Debug("MQTT routing: a shared subscription's message has no node with a member left; dropped",
 			"group", o.Group, "filter", o.Filter, "shard", o.Pos.Shard, "offset", o.Pos.Offset, "tried", tried)
 		return
 	}

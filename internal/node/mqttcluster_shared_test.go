@@ -412,3 +412,28 @@ func TestNodeMQTTClusterSharedReplayJoined(t *testing.T) {
 	c.replayJoined(since, groups)
 	checkOnce(t, "read again for the group", []*member{m}, []string{"late/1"}, 0, n)
 }
+
+// TestNodeMQTTClusterSharedLocalOrphan: a message published on a node
+// whose dispatch still gives it a group that has no member there any more
+// (its last member left a moment ago, before the node's routes changed)
+// goes to another node's member.
+func TestNodeMQTTClusterSharedLocalOrphan(t *testing.T) {
+	_, nodes := startCluster(t, twoNodeConfigs)
+	m := &member{name: "m", rec: newRecorder()}
+	m.c = mqttClient(t, nodes[1], "m", true, m.rec)
+	subscribe(t, m.c, "$share/g/gone/#")
+	waitShared(t, nodes, "g", "gone/#", []uint64{2})
+	// Node 1's dispatch as it was while its own member had just left.
+	c := nodes[0].broker.cluster
+	c.share.setGroups(c.self, []mqtt.SharedRoute{{Group: "g", Filter: "gone/#", Online: true}}, true)
+	if got := sharedNodes(nodes[0], "g", "gone/#"); !slices.Equal(got, []uint64{1, 2}) {
+		t.Fatalf("node 1's dispatch gives the group to %v, want [1 2]", got)
+	}
+	pub := mqttClient(t, nodes[0], "pub", true, nil)
+	const n = 20
+	publish(t, pub, "gone/1", 0, n)
+	checkOnce(t, "published on a node chosen without a member", []*member{m}, []string{"gone/1"}, 0, n)
+	if r := testutil.ToFloat64(c.m.redirected); r == 0 {
+		t.Errorf("no message went to another node than first chosen (shared_redirected_total 0)")
+	}
+}
