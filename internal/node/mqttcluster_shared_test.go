@@ -384,16 +384,24 @@ func TestNodeMQTTClusterSharedFirstMember(t *testing.T) {
 	}
 }
 
+// twoNodesOneMember starts two nodes with one member, "m", of
+// $share/g/filter on nodes[at], and waits until both nodes know it.
+func twoNodesOneMember(t *testing.T, at int, filter string) ([]*Node, *member) {
+	t.Helper()
+	_, nodes := startCluster(t, twoNodeConfigs)
+	m := &member{name: "m", rec: newRecorder()}
+	m.c = mqttClient(t, nodes[at], "m", true, m.rec)
+	subscribe(t, m.c, "$share/g/"+filter)
+	waitShared(t, nodes, "g", filter, []uint64{uint64(at + 1)})
+	return nodes, m
+}
+
 // TestNodeMQTTClusterSharedReplayJoined: the messages stored while this
 // node's dispatch did not know yet of its first member of a group (its
 // routes follow the tree a moment later) went to no node; they reach the
 // member when they are read again for the group (replayJoined).
 func TestNodeMQTTClusterSharedReplayJoined(t *testing.T) {
-	_, nodes := startCluster(t, twoNodeConfigs)
-	m := &member{name: "m", rec: newRecorder()}
-	m.c = mqttClient(t, nodes[0], "m", true, m.rec)
-	subscribe(t, m.c, "$share/g/late/#")
-	waitShared(t, nodes, "g", "late/#", []uint64{1})
+	nodes, m := twoNodesOneMember(t, 0, "late/#")
 	c := nodes[0].broker.cluster
 	// The dispatch as it was before the subscription reached it.
 	c.share.setGroups(c.self, nil, true)
@@ -418,11 +426,7 @@ func TestNodeMQTTClusterSharedReplayJoined(t *testing.T) {
 // (its last member left a moment ago, before the node's routes changed)
 // goes to another node's member.
 func TestNodeMQTTClusterSharedLocalOrphan(t *testing.T) {
-	_, nodes := startCluster(t, twoNodeConfigs)
-	m := &member{name: "m", rec: newRecorder()}
-	m.c = mqttClient(t, nodes[1], "m", true, m.rec)
-	subscribe(t, m.c, "$share/g/gone/#")
-	waitShared(t, nodes, "g", "gone/#", []uint64{2})
+	nodes, m := twoNodesOneMember(t, 1, "gone/#")
 	// Node 1's dispatch as it was while its own member had just left.
 	c := nodes[0].broker.cluster
 	c.share.setGroups(c.self, []mqtt.SharedRoute{{Group: "g", Filter: "gone/#", Online: true}}, true)
