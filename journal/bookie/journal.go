@@ -27,7 +27,7 @@ type journal struct {
 	recycled   atomic.Int64 // files reused (for tests)
 	zeroFilled atomic.Int64 // files zero-filled (for tests)
 	m          *bookieMetrics
-	onRoll     func()       // called after a roll (kicks a checkpoint)
+	onRoll     func() // called after a roll (kicks a checkpoint)
 	// needCheckpoint kicks a checkpoint (ckptKicked already counts it):
 	// called when the files to recycle run out.
 	needCheckpoint func()
