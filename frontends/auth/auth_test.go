@@ -87,8 +87,8 @@ func TestUsersAndChain(t *testing.T) {
 func TestHTTPHook(t *testing.T) {
 	var mu sync.Mutex // the handler of a timed-out request may still run
 	var last hookRequest
-	answer := func(w http.ResponseWriter) {}
-	setAnswer := func(f func(http.ResponseWriter)) {
+	answer := func(w http.ResponseWriter, r *http.Request) {}
+	setAnswer := func(f func(http.ResponseWriter, *http.Request)) {
 		mu.Lock()
 		answer = f
 		last = hookRequest{}
@@ -110,37 +110,50 @@ func TestHTTPHook(t *testing.T) {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		answer(w)
+		answer(w, r)
 	}))
 	defer srv.Close()
 	us := mustUsers(t, map[string]string{"alice": "pw"})
-	ch := &Chain{Steps: []Authenticator{us, &HTTPHook{URL: srv.URL, Timeout: 200 * time.Millisecond}}}
+	// A timeout long enough for a loaded machine under the race detector;
+	// the timeout case sets a short one and a hook that never answers.
+	const slowOK = 10 * time.Second
+	hook := &HTTPHook{URL: srv.URL}
+	ch := &Chain{Steps: []Authenticator{us, hook}}
 	ctx := context.Background()
 	bob := &Client{ID: "dev-1", Username: "bob", Password: []byte("pw2"), HasPassword: true, Listener: "tls", Peer: "10.0.0.1:5555", CommonName: "dev-1"}
-	status := func(code int, body string) func(http.ResponseWriter) {
-		return func(w http.ResponseWriter) {
+	status := func(code int, body string) func(http.ResponseWriter, *http.Request) {
+		return func(w http.ResponseWriter, _ *http.Request) {
 			w.WriteHeader(code)
 			w.Write([]byte(body))
 		}
 	}
 	for _, tc := range []struct {
-		name   string
-		answer func(http.ResponseWriter)
-		want   error
+		name    string
+		answer  func(http.ResponseWriter, *http.Request)
+		want    error
+		timeout time.Duration
 	}{
-		{"allow", status(200, `{"result":"allow"}`), nil},
-		{"empty 200", status(200, ``), nil},
-		{"204", status(204, ``), nil},
-		{"deny", status(200, `{"result":"deny"}`), ErrBadCredentials},
-		{"ignore", status(200, `{"result":"ignore"}`), ErrBadCredentials},
-		{"403", status(403, ``), ErrBadCredentials},
-		{"500", status(500, `oops`), ErrUnavailable},
-		{"garbage", status(200, `allow`), ErrUnavailable},
-		{"unknown result", status(200, `{"result":"maybe"}`), ErrUnavailable},
-		{"timeout", func(w http.ResponseWriter) { time.Sleep(500 * time.Millisecond) }, ErrUnavailable},
+		{"allow", status(200, `{"result":"allow"}`), nil, slowOK},
+		{"empty 200", status(200, ``), nil, slowOK},
+		{"204", status(204, ``), nil, slowOK},
+		{"deny", status(200, `{"result":"deny"}`), ErrBadCredentials, slowOK},
+		{"ignore", status(200, `{"result":"ignore"}`), ErrBadCredentials, slowOK},
+		{"403", status(403, ``), ErrBadCredentials, slowOK},
+		{"500", status(500, `oops`), ErrUnavailable, slowOK},
+		{"garbage", status(200, `allow`), ErrUnavailable, slowOK},
+		{"unknown result", status(200, `{"result":"maybe"}`), ErrUnavailable, slowOK},
+		// The hook answers only once the client has given up (or after a
+		// minute, so that a broken timeout fails the test, not hangs it).
+		{"timeout", func(_ http.ResponseWriter, r *http.Request) {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(time.Minute):
+			}
+		}, ErrUnavailable, 200 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			setAnswer(tc.answer)
+			hook.Timeout = tc.timeout
 			err := ch.Authenticate(ctx, bob)
 			if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
 				t.Fatalf("got %v, want %v", err, tc.want)
