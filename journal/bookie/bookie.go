@@ -800,18 +800,11 @@ type syncState struct {
 	err     error    // the bookie failed: accept and acknowledge nothing
 }
 
-// syncIdle reports whether the syncer has nothing to sync: no run
-// written and waiting, none being synced. The journal goroutine then cuts
-// the group it holds without waiting out MaxGroupWait, as waiting would
-// leave the disk idle (a group still waits while a sync runs, and grows
-// meanwhile). Called with mu held (mu → syncState.mu).
-func (b *Bookie) syncIdle() bool {
-	idle, _ := b.syncState()
-	return idle
-}
-
-// syncState reports whether the syncer is idle (see syncIdle) and whether
-// no written run waits for it (a sync may be running). Called with mu held.
+// syncState reports whether the syncer is idle — no run written and
+// waiting, none being synced: the journal goroutine then cuts the group it
+// holds without waiting out MaxGroupWait, as waiting would leave the disk
+// idle — and whether no written run waits for it (a sync may be running:
+// see writeAheadBytes). Called with mu held (mu → syncState.mu).
 func (b *Bookie) syncState() (idle, noneWaiting bool) {
 	s := &b.sy
 	s.mu.Lock()
@@ -969,7 +962,7 @@ func (b *Bookie) syncLoop() {
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		if idle {
-			b.kickWriter() // a waiting group goes now: see syncIdle
+			b.kickWriter() // a waiting group goes now: see syncState
 		}
 		if failed != nil {
 			b.fail(err, nil)
