@@ -65,6 +65,14 @@ type Bookie struct {
 	applyMu sync.Mutex
 	ap      applyState
 
+	// readGate admits reads of the index and the files: each holds it
+	// shared while it touches them, and Close takes it exclusively (and
+	// sets readsClosed) before it closes them, so that a read still
+	// running when Close is called (a gRPC handler the server did not
+	// wait for) ends with ErrClosed instead of using a closed index.
+	readGate    sync.RWMutex
+	readsClosed bool
+
 	maintMu   sync.Mutex // serializes checkpoints and compactions
 	ckptKick  chan struct{}
 	stop      chan struct{}
@@ -742,6 +750,16 @@ func (b *Bookie) ReadEntry(ledger, entry uint64, fence bool) ([]byte, error) {
 	if ok {
 		return append([]byte(nil), p...), nil
 	}
+	if err := b.enterRead(); err != nil {
+		return nil, err
+	}
+	defer b.exitRead()
+	return b.readEntryAdmitted(ledger, entry)
+}
+
+// readEntryAdmitted reads a stored entry; the caller holds the read gate
+// (enterRead).
+func (b *Bookie) readEntryAdmitted(ledger, entry uint64) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
 		data, err := b.readStored(ledger, entry)
 		if err != nil && vfs.IsNotExist(err) && attempt < 3 {
@@ -1536,8 +1554,24 @@ func (b *Bookie) Close() error {
 	if failed == nil {
 		err = b.checkpoint()
 	}
+	b.readGate.Lock() // reads in progress end first; later ones see ErrClosed
+	b.readsClosed = true
+	b.readGate.Unlock()
 	return errors.Join(err, b.closeFiles())
 }
+
+// enterRead admits a read of the index and files until exitRead;
+// ErrClosed once Close closes them.
+func (b *Bookie) enterRead() error {
+	b.readGate.RLock()
+	if b.readsClosed {
+		b.readGate.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (b *Bookie) exitRead() { b.readGate.RUnlock() }
 
 func (b *Bookie) closeFiles() error {
 	var errs []error

@@ -118,14 +118,30 @@ func (b *Bookie) readRange(ledger, first, last, stride uint64, check bool, fn fu
 			rangeScratch.Put(scratch)
 		}
 	}()
+	var got []rangeRecord
 	for next := first; next <= last; {
+		// A batch is read under the read gate, then handed to fn outside
+		// it: fn may wait on a slow client, which must not hold up Close.
+		if err := b.enterRead(); err != nil {
+			return err
+		}
 		items, missing, err := b.rangeLocate(ledger, next, last, stride)
+		var n int
+		if err == nil {
+			got = got[:0]
+			n, err = b.rangeLoad(ledger, items, check, scratch, func(e uint64, rec []byte) error {
+				got = append(got, rangeRecord{e, rec})
+				return nil
+			})
+		}
+		b.exitRead()
 		if err != nil {
 			return err
 		}
-		n, err := b.rangeLoad(ledger, items, check, scratch, fn)
-		if err != nil {
-			return err
+		for _, r := range got {
+			if err := fn(r.entry, r.rec); err != nil {
+				return err
+			}
 		}
 		switch {
 		case n < len(items): // gone while the batch was read (deleted)
@@ -140,6 +156,12 @@ func (b *Bookie) readRange(ledger, first, last, stride uint64, check bool, fn fu
 		next = e + stride
 	}
 	return nil
+}
+
+// rangeRecord is one record of a batch, as rangeLoad passed it.
+type rangeRecord struct {
+	entry uint64
+	rec   []byte
 }
 
 // rangeScratch holds the buffers of unchecked range reads.
@@ -217,10 +239,15 @@ func (b *Bookie) pendingRecord(ledger, entry uint64) ([]byte, bool) {
 // rangeLoad reads the records of the batch's items, coalescing nearby
 // records of one entry log into one read, their checksums checked when
 // check is set, and passes each to fn in order as soon as its read is
-// done. Unchecked reads read into *scratch, which the next read reuses. It
+// done. Unchecked reads read into *scratch, which the next batch reuses. It
 // returns how many items (from the first) it passed: fewer than all when
 // an entry was deleted meanwhile.
 func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem, check bool, scratch *[]byte, fn func(entry uint64, rec []byte) error) (int, error) {
+	// Unchecked runs are read into successive regions of one arena (kept
+	// in *scratch for the next batch), so that every record of the batch
+	// stays valid until the batch is done.
+	arena := (*scratch)[:0]
+	defer func() { *scratch = arena[:0] }()
 	for i := 0; i < len(items); {
 		if !items[i].stored {
 			if err := fn(items[i].entry, items[i].rec); err != nil {
@@ -241,16 +268,22 @@ func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem, check bool, scratch
 			}
 			end = l.offset + logHeaderSize + int64(l.length)
 		}
-		buf := scratch
-		if check {
-			buf = new([]byte)
+		buf := new([]byte)
+		if !check {
+			need := int(end - start)
+			if cap(arena)-len(arena) < need {
+				arena = make([]byte, 0, max(2*cap(arena), need, rangeBatchBytes+rangeMaxSpan))
+			}
+			region := arena[len(arena) : len(arena) : len(arena)+need]
+			arena = arena[:len(arena)+need]
+			buf = &region
 		}
 		err := b.readRun(ledger, items[i:j], start, end, check, buf)
 		if err != nil && vfs.IsNotExist(err) {
 			// Compaction moved these entries and removed their log: read
 			// them one by one through the fresh index (ReadEntry retries).
 			for k := i; k < j; k++ {
-				p, err := b.ReadEntry(ledger, items[k].entry, false)
+				p, err := b.readEntryAdmitted(ledger, items[k].entry)
 				if errors.Is(err, ErrNoSuchEntry) {
 					return k, nil
 				}
