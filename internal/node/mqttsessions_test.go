@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strconv"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/quiremq/quire/frontends/mqtt/packet"
+	"github.com/quiremq/quire/meta"
 	"github.com/quiremq/quire/meta/schema"
 )
 
@@ -43,11 +45,18 @@ func sessionOwner(t *testing.T, n *Node, clientID string) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	r, err := schema.Get[mqttSessionOwner](ctx, n.meta.kv(), MQTTSessionKey(clientID))
-	if err != nil {
-		return 0
+	for {
+		r, err := schema.Get[mqttSessionOwner](ctx, n.meta.kv(), MQTTSessionKey(clientID))
+		switch {
+		case err == nil:
+			return r.Value.Node
+		case errors.Is(err, meta.ErrNotFound):
+			return 0
+		case ctx.Err() != nil:
+			t.Fatalf("reading the owner of %s from meta: %v", clientID, err)
+		}
+		time.Sleep(50 * time.Millisecond) // no leader for a moment (a loaded machine): again
 	}
-	return r.Value.Node
 }
 
 // v5conn is an MQTT 5 client (eclipse/paho.golang) on a node.
