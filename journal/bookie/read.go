@@ -41,6 +41,9 @@ const (
 	rangeBatchBytes   = 2 << 20
 	rangeMaxGap       = 2 << 10
 	rangeMaxSpan      = 4 << 20
+	// rangeArenaMax bounds the arenas range reads keep for the next one
+	// (a batch's records and the gaps between them: rangeLoad).
+	rangeArenaMax = 2*rangeBatchBytes + rangeMaxSpan
 )
 
 // ReadRange reads the entries first, first+stride, first+2·stride, ... up
@@ -114,7 +117,7 @@ func (b *Bookie) readRange(ledger, first, last, stride uint64, check bool, fn fu
 		scratch = new([]byte)
 	}
 	defer func() {
-		if cap(*scratch) <= rangeMaxSpan {
+		if cap(*scratch) <= rangeArenaMax {
 			rangeScratch.Put(scratch)
 		}
 	}()
@@ -272,7 +275,7 @@ func (b *Bookie) rangeLoad(ledger uint64, items []rangeItem, check bool, scratch
 		if !check {
 			need := int(end - start)
 			if cap(arena)-len(arena) < need {
-				arena = make([]byte, 0, max(2*cap(arena), need, rangeBatchBytes+rangeMaxSpan))
+				arena = make([]byte, 0, max(2*cap(arena), need, rangeBatchBytes))
 			}
 			region := arena[len(arena) : len(arena) : len(arena)+need]
 			arena = arena[:len(arena)+need]
