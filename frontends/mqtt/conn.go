@@ -303,6 +303,13 @@ func (c *conn) serve() {
 	if err != nil {
 		log.Debug("mqtt connect refused", "err", err)
 		c.finish()
+		if c.sess != nil {
+			// Bound by attach, then the CONNACK was not sent (a takeover
+			// kicked it meanwhile): unbound as a closing connection is,
+			// before done closes, or the session keeps a dead owner that
+			// every later takeover kicks and waits for again.
+			c.s.detach(c, c.sess)
+		}
 		return
 	}
 	log = log.With("client_id", c.clientID, "version", c.version.String())

@@ -103,6 +103,9 @@ type sessionDirectory struct {
 	// replyFault, a test hook of the serving node, fails Release's reply
 	// after the session was released (a lost reply).
 	replyFault atomic.Pointer[func(clientID string) error]
+	// boundHook, a test hook, runs when a CONNECT that claimed a session
+	// here is bound to it, before its CONNACK is sent.
+	boundHook atomic.Pointer[func(clientID string)]
 }
 
 // inflightClaim is a CONNECT binding under a claim: version is its owner
@@ -230,6 +233,9 @@ func (d *sessionDirectory) Claim(ctx context.Context, clientID string, cleanStar
 		d.end(clientID, cl)
 		if stored && from != 0 {
 			go d.forget(from, clientID)
+		}
+		if f := d.boundHook.Load(); f != nil && stored {
+			(*f)(clientID)
 		}
 	}
 	prev, version, err := d.own(ctx, kv, clientID, cl)

@@ -170,7 +170,15 @@ func TestNodeMQTTSessionRacingConnects(t *testing.T) {
 			}
 			return out
 		}
-		waitFor(t, fmt.Sprintf("round %d: one connection left", i), func() bool { return len(alive()) == 1 })
+		for deadline := time.Now().Add(time.Minute); len(alive()) != 1; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				// What each side believes: two owners, or none?
+				t.Fatalf("round %d: after a minute, connections alive %v (accepted: %v, %v; taken over: %v); meta names node %d; "+
+					"node 1 holds %d sessions and %v connections, node 2 %d and %v", i, alive(), conns[0] != nil, conns[1] != nil, gone,
+					sessionOwner(t, nodes[0], id), mqttSessions(t, nodes[0]), gaugeValue(t, nodes[0], "quire_mqtt_connections"),
+					mqttSessions(t, nodes[1]), gaugeValue(t, nodes[1], "quire_mqtt_connections"))
+			}
+		}
 		time.Sleep(300 * time.Millisecond) // a late takeover would come now
 		left := alive()
 		if len(left) != 1 {
@@ -186,6 +194,64 @@ func TestNodeMQTTSessionRacingConnects(t *testing.T) {
 			t.Fatalf("round %d: the nodes hold %d sessions, want %d (one per round)", i, got, base+i+1)
 		}
 	}
+}
+
+// TestNodeMQTTSessionKickedBeforeConnack: node 2's claim kicks a
+// connection on node 1 after its session was bound there and before its
+// CONNACK went out (the window TestNodeMQTTSessionRacingConnects hits
+// under load). That client's CONNECT fails (DISCONNECT 0x8E, no CONNACK),
+// node 1 unbinds the session, answers the Release at once, and node 2's
+// CONNECT is accepted. Before the fix the session kept the dead
+// connection as its owner: node 1 kicked it again and again until the
+// Release's timeout, and node 2 refused the client for a minute
+// (handoverPatience), node 1 for good.
+func TestNodeMQTTSessionKickedBeforeConnack(t *testing.T) {
+	_, nodes := startCluster(t, twoNodeConfigs)
+	const id = "kick-early"
+	first := make(chan error, 1)  // node 1's CONNECT
+	second := make(chan error, 1) // node 2's
+	var once sync.Once
+	hook := func(client string) {
+		if client != id {
+			return
+		}
+		once.Do(func() {
+			// Bound on node 1, no CONNACK yet: node 2 takes the session.
+			go func() {
+				_, err := dialV5(t, nodes[1], id)
+				second <- err
+			}()
+			select {
+			case err := <-first:
+				first <- err // the client saw the kick before any CONNACK
+			case <-time.After(15 * time.Second):
+				t.Error("node 1's client was not kicked while its CONNACK was held")
+			}
+		})
+	}
+	sessionDirectoryOf(t, nodes[0]).boundHook.Store(&hook)
+	go func() {
+		_, err := dialV5(t, nodes[0], id)
+		first <- err
+	}()
+	select {
+	case err := <-second:
+		if err != nil {
+			t.Fatalf("node 2 refused the CONNECT that took the session from a connection kicked before its CONNACK: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("node 2's CONNECT did not end")
+	}
+	if err := <-first; err == nil {
+		t.Fatal("node 1's CONNECT succeeded although its connection was kicked before the CONNACK")
+	}
+	if got := sessionOwner(t, nodes[0], id); got != 2 {
+		t.Fatalf("owner of the session in meta = %d, want 2", got)
+	}
+	waitFor(t, "node 1 holds no session", func() bool { return mqttSessions(t, nodes[0]) == 0 })
+	// Node 1 takes the session back at once: no dead owner is in the way.
+	c := connectV5(t, nodes[0], id)
+	c.subscribe(t, "kick/early")
 }
 
 // rawV5 is a packet-level MQTT 5 client.
