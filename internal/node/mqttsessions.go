@@ -295,9 +295,13 @@ func (d *sessionDirectory) own(ctx context.Context, kv meta.KV, clientID string,
 // claim's outcome. An error wrapping mqtt.ErrHandoverIncomplete says that
 // prev, up, did not answer.
 func (d *sessionDirectory) releaseFrom(ctx context.Context, peers []schema.NodeState, prev uint64, clientID string, cleanStart bool, version uint64) (*mqttclusterv1.SessionState, string, error) {
+	// The previous owner is asked even when it is listed down: its lease
+	// lapses on a node too slow to renew it (under load), which still
+	// serves the client's connection; one that stopped refuses the call at
+	// once (it is asked once).
 	var targets []schema.NodeState
 	for _, p := range peers {
-		if (prev == 0 || p.Node.ID == prev) && p.Up && peerAddr(p.Node) != "" {
+		if (p.Node.ID == prev || prev == 0 && p.Up) && peerAddr(p.Node) != "" {
 			targets = append(targets, p)
 		}
 	}
@@ -311,7 +315,7 @@ func (d *sessionDirectory) releaseFrom(ctx context.Context, peers []schema.NodeS
 	answers := make(chan answer, len(targets))
 	for _, p := range targets {
 		go func() {
-			resp, err := d.release(ctx, peerAddr(p.Node), clientID, cleanStart, version)
+			resp, err := d.release(ctx, peerAddr(p.Node), clientID, cleanStart, version, !p.Up)
 			if err != nil {
 				err = fmt.Errorf("node %d: %w", p.Node.ID, err)
 			}
@@ -422,9 +426,10 @@ var errUnreadable = errors.New("session state not readable")
 
 // release asks the node at addr to release clientID's session, again
 // (with backoff) while the call fails or the node answers retry, until
-// ctx ends. A reply this node cannot read (another version) is an error
-// at once.
-func (d *sessionDirectory) release(ctx context.Context, addr, clientID string, cleanStart bool, version uint64) (*mqttclusterv1.ReleaseResponse, error) {
+// ctx ends; a node listed down (once) is asked again only while it
+// answers retry. A reply this node cannot read (another version) is an
+// error at once.
+func (d *sessionDirectory) release(ctx context.Context, addr, clientID string, cleanStart bool, version uint64, once bool) (*mqttclusterv1.ReleaseResponse, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 	if err != nil {
@@ -449,7 +454,7 @@ func (d *sessionDirectory) release(ctx context.Context, addr, clientID string, c
 			return resp, nil
 		case err == nil:
 			err = errors.New("it is binding a CONNECT of the client under an older claim")
-		case status.Code(err) == codes.Unimplemented:
+		case status.Code(err) == codes.Unimplemented || once:
 			return nil, err
 		}
 		select {

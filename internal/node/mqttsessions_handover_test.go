@@ -15,6 +15,7 @@ import (
 
 	"github.com/quiremq/quire/frontends/mqtt/packet"
 	"github.com/quiremq/quire/frontends/mqtt/store"
+	"github.com/quiremq/quire/meta/schema"
 )
 
 // sessionDirectoryOf is node n's mqtt.SessionDirectory.
@@ -252,6 +253,39 @@ func TestNodeMQTTSessionKickedBeforeConnack(t *testing.T) {
 	// Node 1 takes the session back at once: no dead owner is in the way.
 	c := connectV5(t, nodes[0], id)
 	c.subscribe(t, "kick/early")
+}
+
+// TestNodeMQTTSessionOwnerListedDown: node 2 lists node 1 down (its lease
+// lapsed, as on a node too slow to renew it under load) while node 1
+// still serves the client. The client's CONNECT on node 2 still has node
+// 1 close that connection (0x8E) and hand the session over: one
+// connection, not two (before, node 2 did not ask a node listed down).
+func TestNodeMQTTSessionOwnerListedDown(t *testing.T) {
+	_, nodes := startCluster(t, twoNodeConfigs)
+	const id = "down-owner"
+	c1 := connectV5(t, nodes[0], id)
+	c1.subscribe(t, "down/owner")
+	d2 := sessionDirectoryOf(t, nodes[1])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	peers, err := d2.others(ctx, true)
+	if err != nil || len(peers) != 1 || !peers[0].Up {
+		t.Fatalf("node 2's peers: %+v, %v; want node 1, up", peers, err)
+	}
+	d2.mu.Lock()
+	down := peers[0]
+	down.Up = false
+	d2.peers = []schema.NodeState{down}
+	d2.peersAt = time.Now().Add(time.Hour) // read again only when fresh
+	d2.mu.Unlock()
+	c2 := connectV5(t, nodes[1], id)
+	c1.takenOver(t, "node 1's connection, its node listed down")
+	if !c2.ack.SessionPresent {
+		t.Fatal("Session Present 0 on node 2: node 1 did not hand the session over")
+	}
+	if got := sessionOwner(t, nodes[0], id); got != 2 {
+		t.Fatalf("owner of the session in meta = %d, want 2", got)
+	}
 }
 
 // rawV5 is a packet-level MQTT 5 client.
