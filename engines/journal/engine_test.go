@@ -38,6 +38,20 @@ func readAll(t *testing.T, s shard.Shard) []shard.Record {
 	return shardtest.ReadAll(t, s, low)
 }
 
+// checkValues fails t unless s reads back the values of want, in order.
+func checkValues(t *testing.T, s shard.Shard, want []shard.Record) {
+	t.Helper()
+	got := readAll(t, s)
+	if len(got) != len(want) {
+		t.Fatalf("read %d records, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i].Value, want[i].Value) {
+			t.Fatalf("offset %d: %q, want %q", i, got[i].Value, want[i].Value)
+		}
+	}
+}
+
 // TestEngine runs the engine's scenarios on one meta and four bookies
 // (each its own node), one after the other; BookieFailure, which kills a
 // bookie, runs last.
@@ -132,15 +146,7 @@ func testTakeoverFencesOldWriter(t *testing.T, e *env) {
 		t.Fatalf("append after takeover: %d, %v; want 60", first, err)
 	}
 	want = append(want, more...)
-	got := readAll(t, sb)
-	if len(got) != len(want) {
-		t.Fatalf("read %d records, want %d", len(got), len(want))
-	}
-	for i := range want {
-		if !bytes.Equal(got[i].Value, want[i].Value) {
-			t.Fatalf("offset %d: %q, want %q", i, got[i].Value, want[i].Value)
-		}
-	}
+	checkValues(t, sb, want)
 	checkLedgersInLog(t, e, e.client(), since, "orders/0")
 }
 
@@ -366,18 +372,7 @@ func testBookieFailure(t *testing.T, e *env) {
 		}
 		want = append(want, b...)
 	}
-	check := func(s shard.Shard) {
-		got := readAll(t, s)
-		if len(got) != len(want) {
-			t.Fatalf("read %d records, want %d", len(got), len(want))
-		}
-		for i := range want {
-			if !bytes.Equal(got[i].Value, want[i].Value) {
-				t.Fatalf("offset %d: %q, want %q", i, got[i].Value, want[i].Value)
-			}
-		}
-	}
-	check(s)
+	checkValues(t, s, want)
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +382,7 @@ func testBookieFailure(t *testing.T, e *env) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check(s)
+	checkValues(t, s, want)
 }
 
 // Retention trims the ledgers whose records are all older than

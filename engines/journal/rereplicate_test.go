@@ -1,7 +1,6 @@
 package journal
 
 import (
-	"bytes"
 	"fmt"
 	"slices"
 	"testing"
@@ -91,13 +90,5 @@ func TestRereplicateAfter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := readAll(t, s2)
-	if len(got) != len(want) {
-		t.Fatalf("read %d records after two bookie losses, want %d", len(got), len(want))
-	}
-	for i := range want {
-		if !bytes.Equal(got[i].Value, want[i].Value) {
-			t.Fatalf("offset %d: %q, want %q", i, got[i].Value, want[i].Value)
-		}
-	}
+	checkValues(t, s2, want) // after two bookie losses
 }

@@ -25,12 +25,7 @@ func TestNodeBookieGC(t *testing.T) {
 	n := startNode(t, cfg, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	addr := n.GRPCAddr().String()
-	cl, err := client.New(client.Options{Meta: n.Meta(), Directory: client.NewStaticDirectory(client.BookieInfo{ID: n.bookie.opts.BookieID, Addr: addr, Node: "n"})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := ledgerClient(t, n)
 	var ids []uint64
 	for range 2 {
 		w, err := cl.CreateLedger(ctx, 1, 1, 1)
@@ -123,12 +118,7 @@ func TestNodeBookieGCLoop(t *testing.T) {
 	n := startNode(t, cfg, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	addr := n.GRPCAddr().String()
-	cl, err := client.New(client.Options{Meta: n.Meta(), Directory: client.NewStaticDirectory(client.BookieInfo{ID: n.bookie.opts.BookieID, Addr: addr, Node: "n"})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := ledgerClient(t, n)
 	w, err := cl.CreateLedger(ctx, 1, 1, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -153,4 +143,17 @@ func TestNodeBookieGCLoop(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// ledgerClient is a ledger client over n's meta and its bookie alone
+// (closed at cleanup).
+func ledgerClient(t *testing.T, n *Node) *client.Client {
+	t.Helper()
+	addr := n.GRPCAddr().String()
+	cl, err := client.New(client.Options{Meta: n.Meta(), Directory: client.NewStaticDirectory(client.BookieInfo{ID: n.bookie.opts.BookieID, Addr: addr, Node: "n"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
 }

@@ -60,6 +60,12 @@ var ErrNoLiveCopy = errors.New("journal/client: no live copy of an entry")
 // bookies lost reports, and returns the number of entries copied. It
 // does nothing (0, nil) when no fragment names a lost bookie.
 func (c *Client) Rereplicate(ctx context.Context, id uint64, lost func(bookie string) bool) (int, error) {
+	return c.rereplicate(ctx, id, lost, nil)
+}
+
+// rereplicate is Rereplicate with the live bookies read already (nil:
+// read them when a fragment needs a replacement).
+func (c *Client) rereplicate(ctx context.Context, id uint64, lost func(bookie string) bool, live []BookieInfo) (int, error) {
 	copied := 0
 	for attempt := 0; ; attempt++ {
 		rec, err := c.store.Ledger(ctx, id)
@@ -70,23 +76,17 @@ func (c *Client) Rereplicate(ctx context.Context, id uint64, lost func(bookie st
 			return copied, err
 		}
 		md := ToMetadata(rec)
-		// The fragments whose entries are final: all of a closed ledger;
-		// of an open one, all but the last (its writer's), whose entries
-		// were acknowledged before the ensemble change that ended them.
-		final := len(md.Fragments)
-		switch md.State {
-		case ledger.StateClosed:
-		case ledger.StateOpen:
-			final--
-		default:
+		final := finalFragments(&md)
+		if final == 0 && md.State == ledger.StateInRecovery {
 			return copied, fmt.Errorf("%w: ledger %d is %s", ErrNotFinal, id, md.State)
 		}
-		if !slices.ContainsFunc(md.Fragments[:final], func(f ledger.Fragment) bool { return slices.ContainsFunc(f.Bookies, lost) }) {
+		if !names(md.Fragments[:final], lost) {
 			return copied, nil
 		}
-		live, err := c.live(ctx)
-		if err != nil {
-			return copied, err
+		if live == nil {
+			if live, err = c.live(ctx); err != nil {
+				return copied, err
+			}
 		}
 		cl, err := c.claimReplicas(ctx)
 		if err != nil {
@@ -100,6 +100,25 @@ func (c *Client) Rereplicate(ctx context.Context, id uint64, lost func(bookie st
 		}
 		return copied, err
 	}
+}
+
+// finalFragments is how many of md's fragments, from the first, hold
+// final entries: all of a closed ledger; of an open one all but the last
+// (its writer's), whose entries were acknowledged before the ensemble
+// change that ended them; none of a ledger in recovery.
+func finalFragments(md *ledger.Metadata) int {
+	switch md.State {
+	case ledger.StateClosed:
+		return len(md.Fragments)
+	case ledger.StateOpen:
+		return len(md.Fragments) - 1
+	}
+	return 0
+}
+
+// names reports whether a fragment of fs names a bookie pred holds for.
+func names(fs []ledger.Fragment, pred func(string) bool) bool {
+	return slices.ContainsFunc(fs, func(f ledger.Fragment) bool { return slices.ContainsFunc(f.Bookies, pred) })
 }
 
 // rereplicateOnce copies the final fragments' entries held by lost
@@ -428,31 +447,21 @@ func (a *Auditor) Check(ctx context.Context) (AuditResult, error) {
 	slices.Sort(res.Lost)
 	lost := func(b string) bool { return lostSet[b] }
 	var errs []error
+	notLive := func(b string) bool { return !isLive[b] }
 	for _, r := range recs {
-		names := func(pred func(string) bool) bool {
-			return slices.ContainsFunc(r.Value.Fragments, func(f schema.Fragment) bool { return slices.ContainsFunc(f.Bookies, pred) })
-		}
-		if !names(func(b string) bool { return !isLive[b] }) {
+		md := ToMetadata(r)
+		if !names(md.Fragments, notLive) {
 			continue
 		}
 		res.UnderReplicated++
-		if !names(lost) {
+		final := finalFragments(&md)
+		if names(md.Fragments[final:], lost) {
+			res.Waiting++ // the writer's fragment (its ensemble change, or recovery), or a ledger in recovery
+		}
+		if !names(md.Fragments[:final], lost) {
 			continue
 		}
-		switch r.Value.State {
-		case schema.LedgerState(ledger.StateClosed):
-		case schema.LedgerState(ledger.StateOpen):
-			if fs := r.Value.Fragments; slices.ContainsFunc(fs[len(fs)-1].Bookies, lost) {
-				res.Waiting++ // the writer's fragment: its ensemble change, or recovery
-				if !slices.ContainsFunc(fs[:len(fs)-1], func(f schema.Fragment) bool { return slices.ContainsFunc(f.Bookies, lost) }) {
-					continue
-				}
-			}
-		default:
-			res.Waiting++
-			continue
-		}
-		n, err := a.c.Rereplicate(ctx, r.Value.ID, lost)
+		n, err := a.c.rereplicate(ctx, md.ID, lost, live) // the live bookies listed once per audit
 		res.Entries += n
 		a.copied.Add(float64(n))
 		if err != nil {
