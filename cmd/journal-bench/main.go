@@ -54,7 +54,9 @@ gc_interval, 10m) deletes the bench's ledgers, unknown to the cluster's
 meta, two passes after they appear: keep such runs shorter than that. W writers (--writers) append --entry-size entries to
 --ledgers ledgers (writer w appends to ledger w mod L) with up to --inflight
 appends each in flight, for --warmup (1s; left out of every figure) and
-then the measured --duration.
+then the measured --duration. Before the writers start, and before the
+--raw-disk measurement, it syncs the file systems (sync(2)), so that data
+left dirty by earlier runs is not written back under this one.
 
 Flags:
 `

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"syscall"
 	"time"
 
 	"github.com/quiremq/quire/internal/vfs"
@@ -53,3 +54,8 @@ func rawCeiling(dir string, perSync int, d time.Duration) (float64, error) {
 	}
 	return float64(written) / time.Since(start).Seconds(), nil
 }
+
+// settle writes back every file system's dirty data (sync(2)) and returns
+// when it is on disk, so that a measurement that follows does not share
+// the disk with writeback it did not cause.
+func settle() { syscall.Sync() }
