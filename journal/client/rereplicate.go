@@ -60,45 +60,59 @@ var ErrNoLiveCopy = errors.New("journal/client: no live copy of an entry")
 // bookies lost reports, and returns the number of entries copied. It
 // does nothing (0, nil) when no fragment names a lost bookie.
 func (c *Client) Rereplicate(ctx context.Context, id uint64, lost func(bookie string) bool) (int, error) {
-	return c.rereplicate(ctx, id, lost, nil)
+	r, err := c.rereplicate(ctx, id, lost, nil)
+	return r.copied, err
+}
+
+// rereplication is what one rereplicate call did.
+type rereplication struct {
+	copied   int // entries copied, by every attempt
+	restored int // entries copied by the attempt whose CAS changed the metadata
+	changed  bool
 }
 
 // rereplicate is Rereplicate with the live bookies read already (nil:
-// read them when a fragment needs a replacement).
-func (c *Client) rereplicate(ctx context.Context, id uint64, lost func(bookie string) bool, live []BookieInfo) (int, error) {
-	copied := 0
+// read them when a fragment needs a replacement). It reports whether its
+// own CAS changed the metadata: when several nodes' auditors take the same
+// ledger at once, each copies, one CAS wins, and the others find nothing
+// left to do when they look again.
+func (c *Client) rereplicate(ctx context.Context, id uint64, lost func(bookie string) bool, live []BookieInfo) (rereplication, error) {
+	var r rereplication
 	for attempt := 0; ; attempt++ {
 		rec, err := c.store.Ledger(ctx, id)
 		if errors.Is(err, meta.ErrNotFound) {
-			return copied, fmt.Errorf("%w: %d", ErrNoSuchLedger, id)
+			return r, fmt.Errorf("%w: %d", ErrNoSuchLedger, id)
 		}
 		if err != nil {
-			return copied, err
+			return r, err
 		}
 		md := ToMetadata(rec)
 		final := finalFragments(&md)
 		if final == 0 && md.State == ledger.StateInRecovery {
-			return copied, fmt.Errorf("%w: ledger %d is %s", ErrNotFinal, id, md.State)
+			return r, fmt.Errorf("%w: ledger %d is %s", ErrNotFinal, id, md.State)
 		}
 		if !names(md.Fragments[:final], lost) {
-			return copied, nil
+			return r, nil
 		}
 		if live == nil {
 			if live, err = c.live(ctx); err != nil {
-				return copied, err
+				return r, err
 			}
 		}
 		cl, err := c.claimReplicas(ctx)
 		if err != nil {
-			return copied, err
+			return r, err
 		}
 		n, err := c.rereplicateOnce(cl.ctx, rec, md, final, live, lost, cl)
-		copied += n
+		r.copied += n
 		cl.release()
 		if errors.Is(err, meta.ErrVersionMismatch) && attempt < 3 {
 			continue // changed meanwhile (deleted, or re-replicated elsewhere): look again
 		}
-		return copied, err
+		if err == nil {
+			r.restored, r.changed = n, true
+		}
+		return r, err
 	}
 }
 
@@ -369,8 +383,8 @@ type AuditResult struct {
 	Ledgers         int      // ledgers in meta
 	UnderReplicated int      // ledgers that name a bookie missing from the directory
 	Lost            []string // bookies missing for Grace or longer
-	Rereplicated    int      // ledgers whose lost copies were restored
-	Entries         int      // entries copied
+	Rereplicated    int      // ledgers whose lost copies this auditor restored (its CAS changed the metadata)
+	Entries         int      // entries copied for those ledgers
 	Waiting         int      // ledgers naming a lost bookie where Rereplicate may not replace it (an open ledger's last fragment, a ledger in recovery)
 }
 
@@ -384,9 +398,9 @@ func (c *Client) NewAuditor(grace time.Duration, reg prometheus.Registerer) *Aud
 		underReplicated: prometheus.NewGauge(prometheus.GaugeOpts{Name: "quire_journal_underreplicated_ledgers",
 			Help: "Ledgers whose metadata names a bookie that is not live, at the last audit."}),
 		rereplicated: prometheus.NewCounter(prometheus.CounterOpts{Name: "quire_journal_rereplicated_ledgers_total",
-			Help: "Closed ledgers whose copies on lost bookies were restored on others."}),
+			Help: "Ledgers whose copies on lost bookies this node's auditor restored on others (counted by the node whose metadata change took effect)."}),
 		copied: prometheus.NewCounter(prometheus.CounterOpts{Name: "quire_journal_rereplicated_entries_total",
-			Help: "Entries copied to replacement bookies by re-replication."}),
+			Help: "Entries copied to replacement bookies by the re-replications counted in quire_journal_rereplicated_ledgers_total."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "quire_journal_rereplication_failures_total",
 			Help: "Ledger re-replications that failed (retried at the next audit)."}),
 	}
@@ -461,9 +475,7 @@ func (a *Auditor) Check(ctx context.Context) (AuditResult, error) {
 		if !names(md.Fragments[:final], lost) {
 			continue
 		}
-		n, err := a.c.rereplicate(ctx, md.ID, lost, live) // the live bookies listed once per audit
-		res.Entries += n
-		a.copied.Add(float64(n))
+		r, err := a.c.rereplicate(ctx, md.ID, lost, live) // the live bookies listed once per audit
 		if err != nil {
 			if errors.Is(err, ErrNoSuchLedger) {
 				continue // deleted meanwhile
@@ -472,8 +484,13 @@ func (a *Auditor) Check(ctx context.Context) (AuditResult, error) {
 			errs = append(errs, err)
 			continue
 		}
+		if !r.changed {
+			continue // another node's auditor got there first
+		}
 		res.Rereplicated++
+		res.Entries += r.restored
 		a.rereplicated.Inc()
+		a.copied.Add(float64(r.restored))
 	}
 	a.underReplicated.Set(float64(res.UnderReplicated - res.Rereplicated))
 	return res, errors.Join(errs...)

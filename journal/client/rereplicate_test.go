@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -246,5 +247,81 @@ func TestRereplicateOpenLedgerAndMissingCopy(t *testing.T) {
 	}
 	if after.State != ledger.StateClosed || after.String() != closed.String() {
 		t.Fatalf("metadata changed by a failed re-replication: %s, was %s", after, closed)
+	}
+}
+
+// TestAuditorsCountOnce: every node runs an auditor, so several may take
+// the same ledger at once. Each copies, one CAS wins, and only that
+// auditor counts the ledger (and its entries) as re-replicated: in all,
+// each ledger counts once, and the metadata no longer names the lost
+// bookie.
+func TestAuditorsCountOnce(t *testing.T) {
+	c := newCluster(t, 4, "")
+	cl := c.client(Options{RequestTimeout: 2 * time.Second})
+	ctx := testCtx(t)
+	const ledgers, n = 3, 60
+	var ids []uint64
+	for range ledgers {
+		w, err := cl.CreateLedger(ctx, 3, 2, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, err := range appendAll(t, w, newHistory(), n, 20) {
+			if err != nil {
+				t.Fatal(i, err)
+			}
+		}
+		if err := w.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, w.ID())
+	}
+	md, err := cl.Metadata(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := md.Fragments[0].Bookies[0]
+	c.byID(dead).kill()
+	c.liveExcept(dead)
+
+	const auditors = 3
+	results := make([]AuditResult, auditors)
+	errs := make([]error, auditors)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range auditors {
+		a := c.client(Options{RequestTimeout: 2 * time.Second}).NewAuditor(0, nil)
+		wg.Go(func() {
+			<-start
+			results[i], errs[i] = a.Check(ctx)
+		})
+	}
+	close(start)
+	wg.Wait()
+	var rereplicated, entries, naming int
+	for _, id := range ids {
+		md, err := cl.Metadata(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if names(md.Fragments[:1], func(b string) bool { return b == dead }) {
+			t.Fatalf("ledger %d still names the lost bookie: %s", id, md)
+		}
+	}
+	for i := range auditors {
+		if errs[i] != nil {
+			t.Fatalf("auditor %d: %v", i, errs[i])
+		}
+		rereplicated += results[i].Rereplicated
+		entries += results[i].Entries
+		naming = max(naming, results[i].UnderReplicated)
+	}
+	if rereplicated != naming || naming == 0 {
+		t.Fatalf("%d ledgers counted re-replicated by %d auditors, %d named the lost bookie: %+v", rereplicated, auditors, naming, results)
+	}
+	// Of each ledger naming it, the entries whose write set held it: two
+	// of every three.
+	if want := naming * n * 2 / 3; entries < want-naming || entries > want+naming {
+		t.Fatalf("%d entries counted, want about %d: %+v", entries, want, results)
 	}
 }
