@@ -64,7 +64,11 @@
 // of a closed ledger, all but the writer's last of an open one; not only
 // this engine's shards) has the entries it held copied to another bookie
 // and its metadata CASed to name that one (client.Rereplicate). Every node
-// running the engine audits; the CAS makes each ledger's re-replication
+// running the engine has an auditor, but one at a time audits: the one
+// holding meta's schema.KeyAuditor (under a lease of three audit
+// intervals, at least 10s; its value is the node's id), which its node
+// gives up when the engine closes and loses when the node dies. Should
+// two audit at once anyway, the CAS makes each ledger's re-replication
 // happen once.
 //
 // # Offload

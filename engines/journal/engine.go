@@ -81,7 +81,7 @@ func Open(o Options) (*Engine, error) {
 		a := o.Client.NewAuditor(o.RereplicateAfter, o.Registerer)
 		go func() {
 			defer close(e.auditDone)
-			a.Run(e.offloadCtx, o.AuditInterval) // cancelled by Close
+			a.Run(e.offloadCtx, o.AuditInterval, o.NodeID) // cancelled by Close
 		}()
 	} else {
 		close(e.auditDone)

@@ -100,13 +100,17 @@ type Options struct {
 	// open shards (0: keep forever). Default RetentionInterval 1m.
 	RetentionAge      time.Duration
 	RetentionInterval time.Duration
-	// RereplicateAfter runs a client.Auditor: a bookie that the directory
+	// RereplicateAfter runs a client.Auditor (one node's at a time): a bookie that the directory
 	// has not listed as live for this long is lost, and the closed ledgers
 	// that name it are copied to other bookies (client.Rereplicate), every
 	// AuditInterval (default RereplicateAfter/4, within 1s..30s). 0: no
 	// auditor.
 	RereplicateAfter time.Duration
 	AuditInterval    time.Duration
+	// NodeID names this node as the running auditor in meta
+	// (schema.KeyAuditor's value, for operators); the nodes' auditors
+	// take turns, one at a time.
+	NodeID string
 	// Offload, when set, copies the closed ledgers of the open shards to
 	// an object store and drops them from the log after its DeleteLag;
 	// reads below the log's first ledger come from the objects.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -278,6 +279,7 @@ func openJournalEngine(cfg *config.Config, kv meta.KV, offload *journal.OffloadO
 		// Retention of the shards this node has open (those it writes).
 		RetentionAge:     jc.RetentionAge.Std(),
 		RereplicateAfter: jc.RereplicateAfter.Std(),
+		NodeID:           strconv.FormatUint(cfg.NodeID, 10),
 		Offload:          offload,
 		Logger:           log,
 	})

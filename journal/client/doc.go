@@ -120,7 +120,8 @@
 // replacement (an OPEN ledger's writer adopts it at its next CAS). An
 // Auditor (NewAuditor, Check, Run) counts a bookie lost once the
 // directory has missed it for a grace period and re-replicates every
-// ledger naming it (rereplicate.go).
+// ledger naming it (rereplicate.go); Run audits only while it holds
+// schema.KeyAuditor, so that one node's auditor works at a time.
 //
 // # Logs
 //

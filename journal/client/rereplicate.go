@@ -361,9 +361,12 @@ const rereplicateChunk = 4096
 // Auditor finds ledgers that keep copies on lost bookies and re-replicates
 // them (Rereplicate). A bookie is lost once the directory
 // has not listed it as live for Grace, measured from the first Check that
-// missed it. Several auditors (one per node) may run at once: the
-// metadata CAS makes each ledger's re-replication happen once; a loser's
-// copies are left unreferenced.
+// missed it. Every node has an auditor, but Run audits only while it holds
+// schema.KeyAuditor (one auditor at a time, as BookKeeper elects one), so
+// that the ledgers are not all listed, and a lost bookie's entries copied,
+// once per node. Auditors that run Check at once anyway stay correct: the
+// metadata CAS makes each ledger's re-replication happen once, and a
+// loser's copies are left unreferenced.
 type Auditor struct {
 	c     *Client
 	grace time.Duration
@@ -496,15 +499,26 @@ func (a *Auditor) Check(ctx context.Context) (AuditResult, error) {
 	return res, errors.Join(errs...)
 }
 
-// Run calls Check every interval until ctx ends, logging what it did.
-func (a *Auditor) Run(ctx context.Context, every time.Duration) {
+// Run calls Check every interval until ctx ends, logging what it did,
+// while it holds schema.KeyAuditor (taken under a lease of a few
+// intervals, and released when ctx ends); owner (the node's id) is the
+// key's value, for operators.
+func (a *Auditor) Run(ctx context.Context, every time.Duration, owner string) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var el election
+	defer el.resign(a.c.store.KV)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if !el.lead(ctx, a.c.store.KV, max(3*every, 10*time.Second), owner) {
+			a.mu.Lock()
+			clear(a.missing) // should this node lead later, its grace starts then
+			a.mu.Unlock()
+			continue
 		}
 		res, err := a.Check(ctx)
 		if err != nil && ctx.Err() == nil {
@@ -515,4 +529,57 @@ func (a *Auditor) Run(ctx context.Context, every time.Duration) {
 				"lost", res.Lost, "rereplicated", res.Rereplicated, "entries", res.Entries, "waiting_open", res.Waiting)
 		}
 	}
+}
+
+// election holds schema.KeyAuditor for one auditor.
+type election struct {
+	lease meta.LeaseID // kept alive while held or tried for
+	held  bool
+}
+
+// lead reports whether el holds the key after one turn: it keeps its
+// lease alive and checks that the key is still its own, or takes the key
+// if nobody holds it (a holder's key goes with its lease, ttl after its
+// node stopped renewing it).
+func (el *election) lead(ctx context.Context, kv meta.KV, ttl time.Duration, owner string) bool {
+	if el.lease != 0 {
+		if _, err := kv.KeepAlive(ctx, el.lease); err != nil {
+			if !errors.Is(err, meta.ErrLeaseNotFound) {
+				el.held = false // meta unreachable: no audit this turn
+				return false
+			}
+			el.lease = 0
+		} else if el.held {
+			kv, err := kv.Get(ctx, schema.KeyAuditor)
+			if err == nil && kv.Lease == el.lease {
+				return true
+			}
+			el.held = false
+			if err != nil && !errors.Is(err, meta.ErrNotFound) {
+				return false
+			}
+		}
+	}
+	el.held = false
+	if el.lease == 0 {
+		lease, err := kv.Grant(ctx, ttl)
+		if err != nil {
+			return false
+		}
+		el.lease = lease
+	}
+	_, err := kv.Put(ctx, schema.KeyAuditor, []byte(owner), meta.IfVersion(0), meta.WithLease(el.lease))
+	el.held = err == nil
+	return el.held
+}
+
+// resign revokes el's lease, which deletes the key if it held it: another
+// node's auditor takes over at its next turn instead of after the TTL.
+func (el *election) resign(kv meta.KV) {
+	if el.lease == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = kv.Revoke(ctx, el.lease)
 }

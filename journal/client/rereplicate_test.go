@@ -40,24 +40,16 @@ func checkCopies(t *testing.T, cl *Client, md ledger.Metadata, last int64, h *hi
 	}
 }
 
-// TestAuditorRereplicatesLostBookie: a closed ledger E=3 Qw=2 Qa=2 on four
-// bookies loses one for good. Within the grace period nothing happens;
-// after it the auditor copies the lost bookie's entries to the fourth
-// bookie and swaps it into the metadata, so that every entry is again on
-// Qw live bookies — and survives the loss of a second bookie of the old
-// ensemble, which without re-replication would take the last copy of
-// the entries the two shared.
-func TestAuditorRereplicatesLostBookie(t *testing.T) {
-	c := newCluster(t, 4, "")
-	cl := c.client(Options{RequestTimeout: 2 * time.Second})
+// closedLedger writes n entries (inflight at a time, recorded in h) to a
+// new ledger E=3 Qw=2 Qa=2 of cl, closes it and returns its metadata.
+func closedLedger(t *testing.T, cl *Client, h *history, n, inflight int) ledger.Metadata {
+	t.Helper()
 	ctx := testCtx(t)
 	w, err := cl.CreateLedger(ctx, 3, 2, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := newHistory()
-	const n = 500
-	for i, err := range appendAll(t, w, h, n, 100) {
+	for i, err := range appendAll(t, w, h, n, inflight) {
 		if err != nil {
 			t.Fatal(i, err)
 		}
@@ -69,6 +61,23 @@ func TestAuditorRereplicatesLostBookie(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return md
+}
+
+// TestAuditorRereplicatesLostBookie: a closed ledger E=3 Qw=2 Qa=2 on four
+// bookies loses one for good. Within the grace period nothing happens;
+// after it the auditor copies the lost bookie's entries to the fourth
+// bookie and swaps it into the metadata, so that every entry is again on
+// Qw live bookies — and survives the loss of a second bookie of the old
+// ensemble, which without re-replication would take the last copy of
+// the entries the two shared.
+func TestAuditorRereplicatesLostBookie(t *testing.T) {
+	c := newCluster(t, 4, "")
+	cl := c.client(Options{RequestTimeout: 2 * time.Second})
+	ctx := testCtx(t)
+	h := newHistory()
+	const n = 500
+	md := closedLedger(t, cl, h, n, 100)
 	ens := md.Fragments[0].Bookies
 	dead := ens[1]
 	c.byID(dead).kill()
@@ -99,7 +108,7 @@ func TestAuditorRereplicatesLostBookie(t *testing.T) {
 	if want := n * 2 / 3; res.Entries < want-1 || res.Entries > want+1 {
 		t.Fatalf("copied %d entries, want about %d", res.Entries, want)
 	}
-	after, err := cl.Metadata(ctx, w.ID())
+	after, err := cl.Metadata(ctx, md.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +124,7 @@ func TestAuditorRereplicatesLostBookie(t *testing.T) {
 	// The copy was announced for the replacement (so that its garbage
 	// collection keeps it) and the announcement is gone after the CAS.
 	replacement := after.Fragments[0].Bookies[1]
-	key := schema.RereplicaKey(w.ID(), replacement)
+	key := schema.RereplicaKey(md.ID, replacement)
 	var put, deleted bool
 	for !deleted {
 		select {
@@ -140,7 +149,7 @@ func TestAuditorRereplicatesLostBookie(t *testing.T) {
 	second := ens[2]
 	c.byID(second).kill()
 	c.liveExcept(dead, second)
-	r, err := cl.OpenForRead(ctx, w.ID(), 0)
+	r, err := cl.OpenForRead(ctx, md.ID, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,19 +271,7 @@ func TestAuditorsCountOnce(t *testing.T) {
 	const ledgers, n = 3, 60
 	var ids []uint64
 	for range ledgers {
-		w, err := cl.CreateLedger(ctx, 3, 2, 2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, err := range appendAll(t, w, newHistory(), n, 20) {
-			if err != nil {
-				t.Fatal(i, err)
-			}
-		}
-		if err := w.Close(ctx); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, w.ID())
+		ids = append(ids, closedLedger(t, cl, newHistory(), n, 20).ID)
 	}
 	md, err := cl.Metadata(ctx, ids[0])
 	if err != nil {
@@ -324,4 +321,72 @@ func TestAuditorsCountOnce(t *testing.T) {
 	if want := naming * n * 2 / 3; entries < want-naming || entries > want+naming {
 		t.Fatalf("%d entries counted, want about %d: %+v", entries, want, results)
 	}
+}
+
+// TestAuditorElection: of two auditors running, only the one holding
+// schema.KeyAuditor audits (the other never even counts a bookie
+// missing); when its Run ends, it gives the key up and the other takes
+// over at its next turn.
+func TestAuditorElection(t *testing.T) {
+	c := newCluster(t, 4, "")
+	cl := c.client(Options{RequestTimeout: 2 * time.Second})
+	ctx := testCtx(t)
+	md := closedLedger(t, cl, newHistory(), 30, 10)
+	holder := func() string {
+		kv, err := c.kv.Get(ctx, schema.KeyAuditor)
+		if errors.Is(err, meta.ErrNotFound) {
+			return ""
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(kv.Value)
+	}
+	waitHolder := func(want string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); holder() != want; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("auditor key held by %q, want %q", holder(), want)
+			}
+		}
+	}
+	const every = 20 * time.Millisecond
+	a1 := c.client(Options{RequestTimeout: 2 * time.Second}).NewAuditor(0, nil)
+	a2 := c.client(Options{RequestTimeout: 2 * time.Second}).NewAuditor(0, nil)
+	ctx1, stop1 := context.WithCancel(ctx)
+	ctx2, stop2 := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stop1(); stop2(); wg.Wait() }()
+	wg.Go(func() { a1.Run(ctx1, every, "node-1") })
+	waitHolder("node-1")
+	wg.Go(func() { a2.Run(ctx2, every, "node-2") })
+
+	dead := md.Fragments[0].Bookies[0]
+	c.byID(dead).kill()
+	c.liveExcept(dead)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		md, err := cl.Metadata(ctx, md.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !names(md.Fragments, func(b string) bool { return b == dead }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not re-replicated: %s", md)
+		}
+	}
+	time.Sleep(5 * every) // a few more turns of both
+	a2.mu.Lock()
+	missing := len(a2.missing)
+	a2.mu.Unlock()
+	if missing != 0 {
+		t.Fatalf("the auditor not holding the key audited: it counts %d bookies missing", missing)
+	}
+	if holder() != "node-1" {
+		t.Fatalf("auditor key held by %q, want node-1", holder())
+	}
+
+	stop1()
+	waitHolder("node-2")
 }

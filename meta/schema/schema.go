@@ -53,6 +53,9 @@ const (
 	// re-replication), under a lease: a bookie's garbage collection keeps
 	// such a ledger's entries.
 	PrefixRereplicas = "/rereplicas/"
+	// KeyAuditor is held, under its lease, by the one journal auditor
+	// running re-replication (the node's id as its value).
+	KeyAuditor = "/auditor/journal"
 )
 
 // Errors.
