@@ -71,6 +71,11 @@
 // two audit at once anyway, the CAS makes each ledger's re-replication
 // happen once.
 //
+// The writer's last fragment is its own to change: the node's client
+// (client.Options.ReplaceMissingAfter, set to rereplicate_after) makes a
+// writer replace a bookie the live list has missed that long even when
+// it is idle, which ends that fragment and hands it to the auditor.
+//
 // # Offload
 //
 // With Options.Offload, a pass every Offload.Interval copies each closed

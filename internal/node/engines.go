@@ -260,7 +260,10 @@ func offloadPolicy(cfg *config.Config, engine, name string) (bool, time.Duration
 // bookie role), shards replicated (and offloaded, with offload non-nil) as
 // [storage.journal] and the topic's [[storage.rules]] say.
 func openJournalEngine(cfg *config.Config, kv meta.KV, offload *journal.OffloadOptions, reg prometheus.Registerer, log *slog.Logger) (*journal.Engine, error) {
-	cl, err := client.New(client.Options{Meta: kv, Directory: client.MetaDirectory{Store: schema.Store{KV: kv}}, Logger: log, Registerer: reg})
+	cl, err := client.New(client.Options{Meta: kv, Directory: client.MetaDirectory{Store: schema.Store{KV: kv}}, Logger: log, Registerer: reg,
+		// An idle shard's writer replaces a lost bookie as the auditor
+		// counts it lost, so that its last fragment is re-replicated too.
+		ReplaceMissingAfter: cfg.Storage.Journal.RereplicateAfter.Std()})
 	if err != nil {
 		return nil, err
 	}

@@ -51,6 +51,14 @@ type Options struct {
 	// (its storage failed) is kept out of new ensembles while others
 	// suffice (quarantine.go). Default 10m; negative: never.
 	QuarantineTime time.Duration
+	// ReplaceMissingAfter makes a writer replace a bookie of its current
+	// ensemble that the directory has not listed as live for this long,
+	// whether or not an add to it failed: an idle writer otherwise keeps
+	// a lost bookie in its last fragment, whose entries then have a copy
+	// fewer until it adds again, and which re-replication leaves to the
+	// writer. The change ends that fragment, so an Auditor re-replicates
+	// it. 0: only failed adds replace a bookie.
+	ReplaceMissingAfter time.Duration
 	// Registerer receives quire_journal_client_add_stage_seconds (where
 	// an append's latency goes: trace.go); nil registers nothing and
 	// observes nothing.

@@ -40,20 +40,32 @@ func checkCopies(t *testing.T, cl *Client, md ledger.Metadata, last int64, h *hi
 	}
 }
 
-// closedLedger writes n entries (inflight at a time, recorded in h) to a
-// new ledger E=3 Qw=2 Qa=2 of cl, closes it and returns its metadata.
-func closedLedger(t *testing.T, cl *Client, h *history, n, inflight int) ledger.Metadata {
+// openLedger writes n entries of size bytes (recorded in h) to a new
+// ledger E=3 Qw=2 Qa=2 of cl and returns its writer and metadata.
+func openLedger(t *testing.T, cl *Client, h *history, n, size int) (*LedgerWriter, ledger.Metadata) {
 	t.Helper()
 	ctx := testCtx(t)
 	w, err := cl.CreateLedger(ctx, 3, 2, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, err := range appendAll(t, w, h, n, inflight) {
+	for i, err := range appendAll(t, w, h, n, size) {
 		if err != nil {
 			t.Fatal(i, err)
 		}
 	}
+	md, err := cl.Metadata(ctx, w.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, md
+}
+
+// closedLedger is openLedger's ledger closed, and its metadata then.
+func closedLedger(t *testing.T, cl *Client, h *history, n, size int) ledger.Metadata {
+	t.Helper()
+	ctx := testCtx(t)
+	w, _ := openLedger(t, cl, h, n, size)
 	if err := w.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -170,20 +182,8 @@ func TestRereplicateOpenLedgerAndMissingCopy(t *testing.T) {
 	c := newCluster(t, 5, "")
 	cl := c.client(Options{RequestTimeout: time.Second, AddTimeout: time.Second})
 	ctx := testCtx(t)
-	w, err := cl.CreateLedger(ctx, 3, 2, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
 	h := newHistory()
-	for i, err := range appendAll(t, w, h, 100, 10) {
-		if err != nil {
-			t.Fatal(i, err)
-		}
-	}
-	md, err := cl.Metadata(ctx, w.ID())
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, md := openLedger(t, cl, h, 100, 10)
 	ens := md.Fragments[0].Bookies
 	lostOne := func(b string) bool { return b == ens[0] }
 	if n, err := cl.Rereplicate(ctx, w.ID(), lostOne); n != 0 || err != nil {
@@ -389,4 +389,65 @@ func TestAuditorElection(t *testing.T) {
 
 	stop1()
 	waitHolder("node-2")
+}
+
+// TestIdleWriterReplacesMissingBookie: a writer that stopped adding keeps
+// its ledger open; a bookie of its ensemble is lost. With
+// ReplaceMissingAfter the writer replaces it once the live list has
+// missed it that long, though no add to it failed, so the fragment naming
+// it is no longer the writer's and an audit re-replicates it: after a
+// second bookie of the old ensemble is lost too, every acknowledged entry
+// is still read, and the writer still appends.
+func TestIdleWriterReplacesMissingBookie(t *testing.T) {
+	c := newCluster(t, 5, "")
+	cl := c.client(Options{RequestTimeout: time.Second, ReplaceMissingAfter: 100 * time.Millisecond})
+	ctx := testCtx(t)
+	h := newHistory()
+	const n = 60
+	w, md := openLedger(t, cl, h, n, 10)
+	ens := md.Fragments[0].Bookies
+	dead := ens[0]
+	c.byID(dead).kill()
+	c.liveExcept(dead)
+	isDead := func(b string) bool { return b == dead }
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if md, err = cl.Metadata(ctx, w.ID()); err != nil {
+			t.Fatal(err)
+		}
+		if len(md.Fragments) > 1 && !slices.Contains(md.Fragments[len(md.Fragments)-1].Bookies, dead) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the idle writer did not replace the missing bookie: %s", md)
+		}
+	}
+	if md.State != ledger.StateOpen || md.Fragments[1].FirstEntry != n {
+		t.Fatalf("after the idle writer's ensemble change: %s", md)
+	}
+	res, err := cl.NewAuditor(0, nil).Check(ctx)
+	if err != nil || res.Rereplicated != 1 || res.Waiting != 0 {
+		t.Fatalf("audit: %+v, %v", res, err)
+	}
+	if md, err = cl.Metadata(ctx, w.ID()); err != nil || names(md.Fragments, isDead) {
+		t.Fatalf("after the audit: %s, %v", md, err)
+	}
+
+	second := ens[1]
+	c.byID(second).kill()
+	c.liveExcept(dead, second)
+	r, err := cl.OpenForRead(ctx, w.ID(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for e := int64(0); e < n; e++ {
+		got, data, err := r.Next(ctx)
+		if err != nil || got != e || !bytes.Equal(data, h.attempted[e]) {
+			t.Fatalf("after a second loss, entry %d: got %d, %v", e, got, err)
+		}
+	}
+	if _, err := w.Append(ctx, []byte("after")); err != nil {
+		t.Fatalf("append after both losses: %v", err)
+	}
 }

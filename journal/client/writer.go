@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,7 +82,8 @@ type LedgerWriter struct {
 	futs       []*Future // futures of entries lac+1 .., in entry order
 	base       int64     // entry of futs[0]
 	live       []BookieInfo
-	stalled    time.Time // since when the machine lacks a replacement
+	missing    map[string]time.Time // ensemble bookie → first live list without it (Options.ReplaceMissingAfter)
+	stalled    time.Time            // since when the machine lacks a replacement
 	refreshing bool
 	ticks      int
 	stopErr    error
@@ -303,6 +305,7 @@ func (w *LedgerWriter) handle(ev wevent, now time.Time) {
 		}
 		w.live = ev.live
 		w.exec(w.setAvailable(), now)
+		w.replaceMissing(now)
 	case evClose:
 		if w.stopErr != nil {
 			ev.reply <- w.stopErr
@@ -415,6 +418,48 @@ func (w *LedgerWriter) tick(now time.Time) {
 			live, err := w.c.live(ctx)
 			w.box.push(evLive{live: live, err: err})
 		}()
+	}
+}
+
+// replaceMissing fails the bookies of the current ensemble that the live
+// list has missed for Options.ReplaceMissingAfter (when one can be
+// replaced): the ensemble change ends the fragment that names them, and
+// the auditor re-replicates it, as it does a fragment a failed add ended.
+func (w *LedgerWriter) replaceMissing(now time.Time) {
+	after := w.c.opts.ReplaceMissingAfter
+	if after <= 0 || w.done {
+		return
+	}
+	md := w.m.Metadata()
+	ens := md.Fragments[len(md.Fragments)-1].Bookies
+	for b := range w.missing {
+		if !slices.Contains(ens, b) {
+			delete(w.missing, b)
+		}
+	}
+	for _, b := range ens {
+		if slices.ContainsFunc(w.live, func(i BookieInfo) bool { return i.ID == b }) {
+			delete(w.missing, b)
+			continue
+		}
+		since, ok := w.missing[b]
+		if !ok {
+			if w.missing == nil {
+				w.missing = map[string]time.Time{}
+			}
+			w.missing[b] = now
+			continue
+		}
+		if now.Sub(since) < after || !w.m.CanReplace() {
+			continue
+		}
+		w.c.log.Warn("journal/client: bookie missing from the live list, replacing it", "ledger", w.id, "bookie", b, "missing_for", now.Sub(since).Round(time.Second))
+		if l := w.links[b]; l != nil {
+			l.abort()
+			delete(w.links, b)
+		}
+		delete(w.missing, b)
+		w.exec(w.m.BookieFailed(b), now)
 	}
 }
 
