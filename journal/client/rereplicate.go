@@ -534,34 +534,31 @@ func (a *Auditor) Run(ctx context.Context, every time.Duration, owner string) {
 // election holds schema.KeyAuditor for one auditor.
 type election struct {
 	lease meta.LeaseID // kept alive while held or tried for
-	held  bool
 }
 
 // lead reports whether el holds the key after one turn: it keeps its
-// lease alive and checks that the key is still its own, or takes the key
-// if nobody holds it (a holder's key goes with its lease, ttl after its
-// node stopped renewing it).
+// lease alive, and holds the key if the key is attached to that lease or,
+// absent, can be put under it (a holder's key goes with its lease, ttl
+// after its node stopped renewing it). The key is read rather than
+// remembered, so that a put of unknown outcome that took effect is found.
 func (el *election) lead(ctx context.Context, kv meta.KV, ttl time.Duration, owner string) bool {
 	if el.lease != 0 {
 		if _, err := kv.KeepAlive(ctx, el.lease); err != nil {
 			if !errors.Is(err, meta.ErrLeaseNotFound) {
-				el.held = false // meta unreachable: no audit this turn
-				return false
+				return false // meta unreachable: no audit this turn
 			}
 			el.lease = 0
-		} else if el.held {
-			kv, err := kv.Get(ctx, schema.KeyAuditor)
-			if err == nil && kv.Lease == el.lease {
-				return true
-			}
-			el.held = false
-			if err != nil && !errors.Is(err, meta.ErrNotFound) {
-				return false
-			}
 		}
 	}
-	el.held = false
-	if el.lease == 0 {
+	if el.lease != 0 {
+		cur, err := kv.Get(ctx, schema.KeyAuditor)
+		switch {
+		case err == nil:
+			return cur.Lease == el.lease
+		case !errors.Is(err, meta.ErrNotFound):
+			return false
+		}
+	} else {
 		lease, err := kv.Grant(ctx, ttl)
 		if err != nil {
 			return false
@@ -569,8 +566,7 @@ func (el *election) lead(ctx context.Context, kv meta.KV, ttl time.Duration, own
 		el.lease = lease
 	}
 	_, err := kv.Put(ctx, schema.KeyAuditor, []byte(owner), meta.IfVersion(0), meta.WithLease(el.lease))
-	el.held = err == nil
-	return el.held
+	return err == nil
 }
 
 // resign revokes el's lease, which deletes the key if it held it: another

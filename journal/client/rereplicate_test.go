@@ -451,3 +451,42 @@ func TestIdleWriterReplacesMissingBookie(t *testing.T) {
 		t.Fatalf("append after both losses: %v", err)
 	}
 }
+
+// lostReplyKV applies a Put but answers it with an error, as a meta
+// leader that lost its leadership after committing the write would.
+type lostReplyKV struct {
+	meta.KV
+	lose bool
+}
+
+func (k *lostReplyKV) Put(ctx context.Context, key string, value []byte, opts ...meta.WriteOption) (meta.KeyValue, error) {
+	kv, err := k.KV.Put(ctx, key, value, opts...)
+	if err == nil && k.lose {
+		k.lose = false
+		return meta.KeyValue{}, errors.New("reply lost")
+	}
+	return kv, err
+}
+
+// TestElectionPutOfUnknownOutcome: an auditor whose put of the key took
+// effect though its reply was lost finds it held at its next turn (it
+// would otherwise keep the key alive under its lease and never audit,
+// and nobody else could take it).
+func TestElectionPutOfUnknownOutcome(t *testing.T) {
+	c := newCluster(t, 3, "")
+	ctx := testCtx(t)
+	kv := &lostReplyKV{KV: c.kv, lose: true}
+	var el election
+	defer el.resign(kv)
+	if el.lead(ctx, kv, 10*time.Second, "node-1") {
+		t.Fatal("held after a put whose reply was lost")
+	}
+	if !el.lead(ctx, kv, 10*time.Second, "node-1") {
+		t.Fatal("the key put under its lease is not found held at the next turn")
+	}
+	var other election
+	defer other.resign(c.kv)
+	if other.lead(ctx, c.kv, 10*time.Second, "node-2") {
+		t.Fatal("a second auditor holds the key too")
+	}
+}
