@@ -60,7 +60,7 @@ var ErrNoLiveCopy = errors.New("journal/client: no live copy of an entry")
 // bookies lost reports, and returns the number of entries copied. It
 // does nothing (0, nil) when no fragment names a lost bookie.
 func (c *Client) Rereplicate(ctx context.Context, id uint64, lost func(bookie string) bool) (int, error) {
-	r, err := c.rereplicate(ctx, id, lost, nil)
+	r, err := c.rereplicate(ctx, id, lost, nil, nil)
 	return r.copied, err
 }
 
@@ -72,11 +72,12 @@ type rereplication struct {
 }
 
 // rereplicate is Rereplicate with the live bookies read already (nil:
-// read them when a fragment needs a replacement). It reports whether its
+// read them when a fragment needs a replacement), announcing its copies
+// under claim (nil: a claim of its own per attempt). It reports whether its
 // own CAS changed the metadata: when several nodes' auditors take the same
 // ledger at once, each copies, one CAS wins, and the others find nothing
 // left to do when they look again.
-func (c *Client) rereplicate(ctx context.Context, id uint64, lost func(bookie string) bool, live []BookieInfo) (rereplication, error) {
+func (c *Client) rereplicate(ctx context.Context, id uint64, lost func(bookie string) bool, live []BookieInfo, claim *replicaClaim) (rereplication, error) {
 	var r rereplication
 	for attempt := 0; ; attempt++ {
 		rec, err := c.store.Ledger(ctx, id)
@@ -99,13 +100,17 @@ func (c *Client) rereplicate(ctx context.Context, id uint64, lost func(bookie st
 				return r, err
 			}
 		}
-		cl, err := c.claimReplicas(ctx)
-		if err != nil {
-			return r, err
+		cl := claim
+		if cl == nil {
+			if cl, err = c.claimReplicas(ctx); err != nil {
+				return r, err
+			}
 		}
 		n, err := c.rereplicateOnce(cl.ctx, rec, md, final, live, lost, cl)
 		r.copied += n
-		cl.release()
+		if claim == nil {
+			cl.release()
+		}
 		if errors.Is(err, meta.ErrVersionMismatch) && attempt < 3 {
 			continue // changed meanwhile (deleted, or re-replicated elsewhere): look again
 		}
@@ -464,6 +469,15 @@ func (a *Auditor) Check(ctx context.Context) (AuditResult, error) {
 	slices.Sort(res.Lost)
 	lost := func(b string) bool { return lostSet[b] }
 	var errs []error
+	// One claim announces the pass's copies (its lease revoked at the
+	// end), not a lease, a keep-alive and a revoke per ledger.
+	var claim *replicaClaim
+	var claimErr error
+	defer func() {
+		if claim != nil {
+			claim.release()
+		}
+	}()
 	notLive := func(b string) bool { return !isLive[b] }
 	for _, r := range recs {
 		md := ToMetadata(r)
@@ -478,7 +492,20 @@ func (a *Auditor) Check(ctx context.Context) (AuditResult, error) {
 		if !names(md.Fragments[:final], lost) {
 			continue
 		}
-		r, err := a.c.rereplicate(ctx, md.ID, lost, live) // the live bookies listed once per audit
+		if claimErr != nil {
+			continue // meta unreachable: the next audit tries again
+		}
+		if claim == nil || claim.ctx.Err() != nil { // none yet, or its lease was lost
+			if claim != nil {
+				claim.release()
+			}
+			if claim, claimErr = a.c.claimReplicas(ctx); claimErr != nil {
+				a.failures.Inc()
+				errs = append(errs, claimErr)
+				continue
+			}
+		}
+		r, err := a.c.rereplicate(ctx, md.ID, lost, live, claim) // the live bookies listed once per audit
 		if err != nil {
 			if errors.Is(err, ErrNoSuchLedger) {
 				continue // deleted meanwhile

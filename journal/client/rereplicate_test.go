@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -488,5 +489,46 @@ func TestElectionPutOfUnknownOutcome(t *testing.T) {
 	defer other.resign(c.kv)
 	if other.lead(ctx, c.kv, 10*time.Second, "node-2") {
 		t.Fatal("a second auditor holds the key too")
+	}
+}
+
+// grantCountKV counts lease grants.
+type grantCountKV struct {
+	meta.KV
+	grants atomic.Int32
+}
+
+func (k *grantCountKV) Grant(ctx context.Context, ttl time.Duration) (meta.LeaseID, error) {
+	k.grants.Add(1)
+	return k.KV.Grant(ctx, ttl)
+}
+
+// TestAuditOneClaimPerPass: an audit that re-replicates several ledgers
+// announces all their copies under one lease, not one per ledger.
+func TestAuditOneClaimPerPass(t *testing.T) {
+	c := newCluster(t, 4, "")
+	cl := c.client(Options{RequestTimeout: 2 * time.Second})
+	ctx := testCtx(t)
+	const ledgers = 3
+	var dead string
+	for range ledgers {
+		md := closedLedger(t, cl, newHistory(), 30, 10)
+		if dead == "" {
+			dead = md.Fragments[0].Bookies[0]
+		}
+	}
+	c.byID(dead).kill()
+	c.liveExcept(dead)
+	kv := &grantCountKV{KV: c.kv}
+	shared := c.kv
+	c.kv = kv
+	auditing := c.client(Options{RequestTimeout: 2 * time.Second})
+	c.kv = shared
+	res, err := auditing.NewAuditor(0, nil).Check(ctx)
+	if err != nil || res.Rereplicated < 2 || res.Rereplicated != res.UnderReplicated {
+		t.Fatalf("audit: %+v, %v; want two ledgers or more re-replicated", res, err)
+	}
+	if n := kv.grants.Load(); n != 1 {
+		t.Fatalf("%d leases granted to re-replicate %d ledgers, want 1", n, res.Rereplicated)
 	}
 }
