@@ -243,6 +243,9 @@ func TestJournalRereplication(t *testing.T) {
 	if len(after.LiveBookies) != 4 {
 		t.Errorf("live bookies %v, want the 4 of the live nodes", after.LiveBookies)
 	}
+	if after.Auditor == "" || after.Auditor == fmt.Sprint(first.id) {
+		t.Errorf("auditor %q after node %d's death, want a live node's id", after.Auditor, first.id)
+	}
 	for _, l := range after.Ledgers {
 		for _, b := range ledgerBookies(l) {
 			if !slices.Contains(after.LiveBookies, b) {

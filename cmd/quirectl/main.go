@@ -51,7 +51,8 @@ Commands:
   topic delete NAME               delete a topic and all of its data
   ledger list [--under-replicated]
                                   the journal's ledgers: state, E/Qw/Qa, ensembles, and
-                                  the bookies they name that are not live (MISSING)
+                                  the bookies they name that are not live (MISSING);
+                                  the live bookies and the node running re-replication
   passwd NAME                     read a password from stdin and print the [[mqtt.users]]
                                   entry (bcrypt hash, SCRAM-SHA-256 credentials) for NAME
                                   to paste into the config;
@@ -378,7 +379,11 @@ func (c *cli) ledgerList(args []string) int {
 		}
 		var ll adminapi.LedgerList
 		return c.emit(raw, &ll, func(w *tabwriter.Writer) {
-			fmt.Fprintf(w, "Live bookies:\t%s\n\n", strings.Join(ll.LiveBookies, ", "))
+			auditor := "none"
+			if ll.Auditor != "" {
+				auditor = "node " + ll.Auditor
+			}
+			fmt.Fprintf(w, "Live bookies:\t%s\nAuditor:\t%s\n\n", strings.Join(ll.LiveBookies, ", "), auditor)
 			fmt.Fprintln(w, "ID\tSTATE\tE/QW/QA\tLAST\tENSEMBLES\tMISSING")
 			for _, l := range ll.Ledgers {
 				var ens []string

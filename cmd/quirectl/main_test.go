@@ -163,14 +163,14 @@ func TestLedgerList(t *testing.T) {
 			w.WriteHeader(404)
 			return
 		}
-		io.WriteString(w, `{"live_bookies":["a:1","b:1"],"ledgers":[
+		io.WriteString(w, `{"live_bookies":["a:1","b:1"],"auditor":"3","ledgers":[
 			{"id":7,"state":"CLOSED","ensemble":2,"write_quorum":2,"ack_quorum":1,"last_entry":41,
 			 "fragments":[{"first_entry":0,"bookies":["a:1","c:1"]},{"first_entry":30,"bookies":["a:1","b:1"]}],"missing":["c:1"]}]}`)
 	}))
 	defer srv.Close()
 	t.Setenv("QUIRE_SERVER", srv.URL)
 	out, errOut, code := runCtl(t, "ledger", "list", "--under-replicated")
-	if code != 0 || !strings.Contains(out, "Live bookies:  a:1, b:1") ||
+	if code != 0 || !strings.Contains(out, "Live bookies:  a:1, b:1") || !strings.Contains(out, "Auditor:       node 3") ||
 		!strings.Contains(out, "7   CLOSED  2/2/1    41    0:a:1,c:1 30:a:1,b:1  c:1") {
 		t.Errorf("ledger list = %d %q\n%s", code, errOut, out)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/quiremq/quire/internal/node/adminapi"
 	"github.com/quiremq/quire/journal/client"
+	"github.com/quiremq/quire/meta"
 	"github.com/quiremq/quire/meta/schema"
 )
 
@@ -32,6 +33,12 @@ func (n *Node) Ledgers(ctx context.Context, underReplicated bool) (adminapi.Ledg
 		out.LiveBookies = append(out.LiveBookies, b.ID)
 	}
 	slices.Sort(out.LiveBookies)
+	switch kv, err := srv.Get(ctx, schema.KeyAuditor); {
+	case err == nil:
+		out.Auditor = string(kv.Value)
+	case !errors.Is(err, meta.ErrNotFound):
+		return out, err
+	}
 	recs, _, err := schema.List[schema.Ledger](ctx, srv, schema.PrefixLedgers, false)
 	if err != nil {
 		return out, err

@@ -43,9 +43,18 @@ func TestAdminLedgers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if all, err := api.Ledgers(ctx, false); err != nil || all.Auditor != "" {
+		t.Fatalf("auditor %q, %v; want none (this node runs no journal engine)", all.Auditor, err)
+	}
+	if _, err := n.Meta().Put(ctx, schema.KeyAuditor, []byte("7")); err != nil {
+		t.Fatal(err)
+	}
 	all, err := api.Ledgers(ctx, false)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if all.Auditor != "7" {
+		t.Fatalf("auditor %q, want 7 (the key's value)", all.Auditor)
 	}
 	ids := func(l adminapi.LedgerList) []uint64 {
 		var out []uint64

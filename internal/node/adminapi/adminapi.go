@@ -102,6 +102,10 @@ type LedgerList struct {
 	Ledgers []Ledger `json:"ledgers"`
 	// LiveBookies are the bookies meta lists as live.
 	LiveBookies []string `json:"live_bookies"`
+	// Auditor is the id of the node whose auditor runs re-replication
+	// (meta's /auditor/journal); "" when none holds it (no node runs the
+	// journal engine with rereplicate_after, or the holder just died).
+	Auditor string `json:"auditor"`
 }
 
 // Cluster is the body of /api/v1/cluster.
