@@ -15,12 +15,15 @@ import (
 	"github.com/quiremq/quire/meta"
 )
 
-// clusterNode is one `quire start` process of a three-node cluster.
+// clusterNode is one `quire start` process of a cluster of them; its
+// bookie's id is its grpc address, tcp its MQTT listener's (when its
+// config enables it).
 type clusterNode struct {
-	id          int
-	cfg         string // config file
-	grpc, admin string
-	p           *proc
+	id               int
+	dir, cfg         string
+	grpc, admin, tcp string
+	p                *proc
+	killed           bool
 }
 
 // Raft timing of the cluster tests: short, so that a failover takes about a
@@ -33,23 +36,39 @@ func clusterTiming() (election, leaseTTL time.Duration) {
 	return election, leaseTTL
 }
 
-// startCluster writes three configs with the same three meta_addrs and
-// starts the three processes at once; it returns when all are ready.
+// noMQTT is the config tail of nodes without MQTT listeners.
+const noMQTT = `[mqtt]
+tcp = ""
+tls = ""
+ws = ""
+wss = ""
+quic = ""
+`
+
+// startCluster starts a three-node cluster without MQTT listeners.
 func startCluster(t *testing.T) []*clusterNode {
+	return startNodes(t, "three", 3, func(*clusterNode) string { return noMQTT })
+}
+
+// startNodes writes n configs of cluster name, every node a meta voter
+// (the same meta_addrs) with the short Raft timing, each followed by
+// tail(node) (more sections), starts the n processes at once and returns
+// when all are ready.
+func startNodes(t *testing.T, name string, n int, tail func(*clusterNode) string) []*clusterNode {
 	t.Helper()
 	dir := t.TempDir()
-	addrs := freeAddrs(t, 6)
+	addrs := freeAddrs(t, 3*n)
 	election, ttl := clusterTiming()
 	var voters []string
-	for i := range 3 {
-		voters = append(voters, fmt.Sprintf("%q", fmt.Sprintf("%d@%s", i+1, addrs[2*i])))
+	for i := range n {
+		voters = append(voters, fmt.Sprintf("%q", fmt.Sprintf("%d@%s", i+1, addrs[3*i])))
 	}
 	var nodes []*clusterNode
-	for i := range 3 {
-		n := &clusterNode{id: i + 1, grpc: addrs[2*i], admin: addrs[2*i+1]}
-		n.cfg = writeConfig(t, dir, fmt.Sprintf("node%d.toml", n.id), fmt.Sprintf(`
+	for i := range n {
+		cn := &clusterNode{id: i + 1, dir: dir, grpc: addrs[3*i], admin: addrs[3*i+1], tcp: addrs[3*i+2]}
+		cn.cfg = writeConfig(t, dir, fmt.Sprintf("node%d.toml", cn.id), fmt.Sprintf(`
 node_id = %d
-cluster_name = "three"
+cluster_name = %q
 data_dir = %q
 meta_addrs = [%s]
 [meta]
@@ -62,21 +81,15 @@ leader_wait_timeout = "30s"
 addr = %q
 [admin]
 addr = %q
-[mqtt]
-tcp = ""
-tls = ""
-ws = ""
-wss = ""
-quic = ""
-`, n.id, filepath.Join(dir, fmt.Sprintf("data%d", n.id)), strings.Join(voters, ", "),
-			election.String(), election.String(), (election/2).String(), ttl.String(), n.grpc, n.admin))
-		nodes = append(nodes, n)
+`, cn.id, name, filepath.Join(dir, fmt.Sprintf("data%d", cn.id)), strings.Join(voters, ", "),
+			election.String(), election.String(), (election/2).String(), ttl.String(), cn.grpc, cn.admin)+tail(cn))
+		nodes = append(nodes, cn)
 	}
-	for _, n := range nodes {
-		n.p = startQuire(t, dir, "start", "--config", n.cfg)
+	for _, cn := range nodes {
+		cn.p = startQuire(t, dir, "start", "--config", cn.cfg)
 	}
-	for _, n := range nodes {
-		n.p.waitReady(t, n.admin)
+	for _, cn := range nodes {
+		cn.p.waitReady(t, cn.admin)
 	}
 	return nodes
 }

@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -17,47 +16,13 @@ import (
 	"github.com/quiremq/quire/internal/node/adminapi"
 )
 
-// journalNode is one `quire start` process of a journal cluster, serving
-// MQTT on tcp; its bookie's id is its grpc address.
-type journalNode struct {
-	id               int
-	dir, cfg         string
-	grpc, admin, tcp string
-	p                *proc
-	killed           bool
-}
-
 // startJournalCluster starts n nodes, all meta voters with a bookie each,
 // whose default engine is the journal (E/Qw/Qa 3/2/2, ledgers rolled every
-// 20 entries) with rereplicate_after 2s; it returns when all are ready.
-func startJournalCluster(t *testing.T, n int) []*journalNode {
-	t.Helper()
-	dir := t.TempDir()
-	addrs := freeAddrs(t, 3*n)
-	election, ttl := clusterTiming()
-	var voters []string
-	for i := range n {
-		voters = append(voters, fmt.Sprintf("%q", fmt.Sprintf("%d@%s", i+1, addrs[3*i])))
-	}
-	var nodes []*journalNode
-	for i := range n {
-		jn := &journalNode{id: i + 1, dir: dir, grpc: addrs[3*i], admin: addrs[3*i+1], tcp: addrs[3*i+2]}
-		jn.cfg = writeConfig(t, dir, fmt.Sprintf("node%d.toml", jn.id), fmt.Sprintf(`
-node_id = %d
-cluster_name = "rereplicate"
-data_dir = %q
-meta_addrs = [%s]
-[meta]
-heartbeat_timeout = %q
-election_timeout = %q
-leader_lease_timeout = %q
-node_lease_ttl = %q
-leader_wait_timeout = "30s"
-[grpc]
-addr = %q
-[admin]
-addr = %q
-[storage]
+// 20 entries) with rereplicate_after 2s, serving MQTT on tcp; it returns
+// when all are ready.
+func startJournalCluster(t *testing.T, n int) []*clusterNode {
+	return startNodes(t, "rereplicate", n, func(cn *clusterNode) string {
+		return fmt.Sprintf(`[storage]
 default_engine = "journal"
 [storage.journal]
 ensemble = 3
@@ -71,27 +36,18 @@ tls = ""
 ws = ""
 wss = ""
 quic = ""
-`, jn.id, filepath.Join(dir, fmt.Sprintf("data%d", jn.id)), strings.Join(voters, ", "),
-			election.String(), election.String(), (election/2).String(), ttl.String(), jn.grpc, jn.admin, jn.tcp))
-		nodes = append(nodes, jn)
-	}
-	for _, jn := range nodes {
-		jn.p = startQuire(t, dir, "start", "--config", jn.cfg)
-	}
-	for _, jn := range nodes {
-		jn.p.waitReady(t, jn.admin)
-	}
-	return nodes
+`, cn.tcp)
+	})
 }
 
-func (jn *journalNode) kill9(t *testing.T) {
+func (jn *clusterNode) kill9(t *testing.T) {
 	t.Helper()
 	(&mqttNode{p: jn.p}).kill9(t)
 	jn.killed = true
 }
 
 // ledgers lists the journal ledgers as node jn's admin API reports them.
-func (jn *journalNode) ledgers(t *testing.T, underReplicated bool) adminapi.LedgerList {
+func (jn *clusterNode) ledgers(t *testing.T, underReplicated bool) adminapi.LedgerList {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -184,18 +140,18 @@ func TestJournalRereplication(t *testing.T) {
 	// Pick two bookies, neither node 1's, of the ensemble of a ledger
 	// closed with at least 3 entries: every pair of an ensemble of 3 is
 	// the write set (Qw 2) of some of its entries.
-	byBookie := map[string]*journalNode{}
+	byBookie := map[string]*clusterNode{}
 	for _, jn := range nodes {
 		byBookie[jn.grpc] = jn
 	}
 	before := pub.ledgers(t, false)
-	var first, second *journalNode
+	var first, second *clusterNode
 	var named []uint64 // ledgers naming first's bookie
 	for _, l := range before.Ledgers {
 		if l.State != "CLOSED" || l.LastEntry < 2 || len(l.Fragments) != 1 {
 			continue
 		}
-		var others []*journalNode
+		var others []*clusterNode
 		for _, b := range l.Fragments[0].Bookies {
 			if jn := byBookie[b]; jn != nil && jn != pub {
 				others = append(others, jn)
