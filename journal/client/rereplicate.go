@@ -378,7 +378,7 @@ type Auditor struct {
 	now   func() time.Time
 
 	mu      sync.Mutex
-	missing map[string]time.Time // bookie → first Check that missed it
+	missing absences // since the first Check that missed each
 
 	underReplicated prometheus.Gauge
 	copied          prometheus.Counter
@@ -402,7 +402,7 @@ type AuditResult struct {
 // quire_journal_rereplicated_entries_total and
 // quire_journal_rereplication_failures_total.
 func (c *Client) NewAuditor(grace time.Duration, reg prometheus.Registerer) *Auditor {
-	a := &Auditor{c: c, grace: grace, now: time.Now, missing: map[string]time.Time{},
+	a := &Auditor{c: c, grace: grace, now: time.Now,
 		underReplicated: prometheus.NewGauge(prometheus.GaugeOpts{Name: "quire_journal_underreplicated_ledgers",
 			Help: "Ledgers whose metadata names a bookie that is not live, at the last audit."}),
 		rereplicated: prometheus.NewCounter(prometheus.CounterOpts{Name: "quire_journal_rereplicated_ledgers_total",
@@ -438,36 +438,20 @@ func (a *Auditor) Check(ctx context.Context) (AuditResult, error) {
 		return res, err
 	}
 	res.Ledgers = len(recs)
-	now := a.now()
-	a.mu.Lock()
-	seen := map[string]bool{}
+	var named []string // bookies named by a ledger and not live
 	for _, r := range recs {
 		for _, f := range r.Value.Fragments {
 			for _, b := range f.Bookies {
-				if !isLive[b] {
-					seen[b] = true
-					if _, ok := a.missing[b]; !ok {
-						a.missing[b] = now
-					}
+				if !isLive[b] && !slices.Contains(named, b) {
+					named = append(named, b)
 				}
 			}
 		}
 	}
-	for b := range a.missing {
-		if !seen[b] {
-			delete(a.missing, b) // live again, or named by no ledger
-		}
-	}
-	lostSet := map[string]bool{}
-	for b, since := range a.missing {
-		if now.Sub(since) >= a.grace {
-			lostSet[b] = true
-			res.Lost = append(res.Lost, b)
-		}
-	}
+	a.mu.Lock()
+	res.Lost = a.missing.observe(named, a.now(), a.grace)
 	a.mu.Unlock()
-	slices.Sort(res.Lost)
-	lost := func(b string) bool { return lostSet[b] }
+	lost := func(b string) bool { return slices.Contains(res.Lost, b) }
 	var errs []error
 	// One claim announces the pass's copies (its lease revoked at the
 	// end), not a lease, a keep-alive and a revoke per ledger.
@@ -605,4 +589,35 @@ func (el *election) resign(kv meta.KV) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = kv.Revoke(ctx, el.lease)
+}
+
+// absences remembers since when each bookie has been missing from the
+// live list: the Auditor's grace period, a writer's ReplaceMissingAfter.
+type absences map[string]time.Time
+
+// observe records that the bookies of missing are absent at now, forgets
+// every other one (live again, or no longer named), and returns, sorted,
+// those absent for d or longer.
+func (a *absences) observe(missing []string, now time.Time, d time.Duration) []string {
+	if *a == nil {
+		*a = absences{}
+	}
+	for b := range *a {
+		if !slices.Contains(missing, b) {
+			delete(*a, b)
+		}
+	}
+	var long []string
+	for _, b := range missing {
+		since, ok := (*a)[b]
+		if !ok {
+			since = now
+			(*a)[b] = now
+		}
+		if now.Sub(since) >= d {
+			long = append(long, b)
+		}
+	}
+	slices.Sort(long)
+	return long
 }

@@ -82,8 +82,8 @@ type LedgerWriter struct {
 	futs       []*Future // futures of entries lac+1 .., in entry order
 	base       int64     // entry of futs[0]
 	live       []BookieInfo
-	missing    map[string]time.Time // ensemble bookie → first live list without it (Options.ReplaceMissingAfter)
-	stalled    time.Time            // since when the machine lacks a replacement
+	missing    absences  // ensemble bookies the live list missed (Options.ReplaceMissingAfter)
+	stalled    time.Time // since when the machine lacks a replacement
 	refreshing bool
 	ticks      int
 	stopErr    error
@@ -431,34 +431,21 @@ func (w *LedgerWriter) replaceMissing(now time.Time) {
 		return
 	}
 	md := w.m.Metadata()
-	ens := md.Fragments[len(md.Fragments)-1].Bookies
-	for b := range w.missing {
-		if !slices.Contains(ens, b) {
-			delete(w.missing, b)
+	var gone []string
+	for _, b := range md.Fragments[len(md.Fragments)-1].Bookies {
+		if !slices.ContainsFunc(w.live, func(i BookieInfo) bool { return i.ID == b }) {
+			gone = append(gone, b)
 		}
 	}
-	for _, b := range ens {
-		if slices.ContainsFunc(w.live, func(i BookieInfo) bool { return i.ID == b }) {
-			delete(w.missing, b)
-			continue
+	for _, b := range w.missing.observe(gone, now, after) {
+		if !w.m.CanReplace() {
+			return
 		}
-		since, ok := w.missing[b]
-		if !ok {
-			if w.missing == nil {
-				w.missing = map[string]time.Time{}
-			}
-			w.missing[b] = now
-			continue
-		}
-		if now.Sub(since) < after || !w.m.CanReplace() {
-			continue
-		}
-		w.c.log.Warn("journal/client: bookie missing from the live list, replacing it", "ledger", w.id, "bookie", b, "missing_for", now.Sub(since).Round(time.Second))
+		w.c.log.Warn("journal/client: bookie missing from the live list, replacing it", "ledger", w.id, "bookie", b, "missing_for", now.Sub(w.missing[b]).Round(time.Second))
 		if l := w.links[b]; l != nil {
 			l.abort()
 			delete(w.links, b)
 		}
-		delete(w.missing, b)
 		w.exec(w.m.BookieFailed(b), now)
 	}
 }
