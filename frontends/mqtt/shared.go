@@ -377,29 +377,50 @@ func (s *Server) SharedOnline(groups []SharedRoute) []SharedRoute {
 }
 
 // GroupSet matches topic names against a peer's shared subscriptions.
-type GroupSet struct{ tree *pubsub.Tree }
+// Each (group, filter) is held in the tree as a non-shared subscription of
+// client group: a shared one would make every match take the tree's write
+// lock for its round-robin, on every record of every peer's stream.
+type GroupSet struct {
+	tree *pubsub.Tree
+	keys map[pubsub.SharedKey]bool
+}
 
 // NewGroupSet returns the set of the shared subscriptions routes.
 func NewGroupSet(routes []SharedRoute) *GroupSet {
-	t := pubsub.NewTree()
+	g := &GroupSet{tree: pubsub.NewTree(), keys: make(map[pubsub.SharedKey]bool, len(routes))}
 	for _, r := range routes {
-		t.Subscribe(pubsub.Subscription{Client: "route", Group: r.Group, Filter: r.Filter})
+		g.tree.Subscribe(pubsub.Subscription{Client: r.Group, Filter: r.Filter})
+		g.keys[pubsub.SharedKey{Group: r.Group, Filter: r.Filter}] = true
 	}
-	return &GroupSet{tree: t}
+	return g
 }
 
 // match appends to dst the groups of the set whose filter matches topic
-// (one subscription each).
+// (one subscription each, Group and Filter set).
 func (g *GroupSet) match(topic string, dst []pubsub.Subscription) []pubsub.Subscription {
 	if g == nil {
 		return dst
 	}
-	return g.tree.Match(topic, dst, nil)
+	n := len(dst)
+	dst = g.tree.Match(topic, dst, nil)
+	for i := n; i < len(dst); i++ {
+		dst[i] = pubsub.Subscription{Group: dst[i].Client, Filter: dst[i].Filter}
+	}
+	return dst
 }
 
 // has reports whether (group, filter) is in the set.
 func (g *GroupSet) has(group, filter string) bool {
-	return g != nil && len(g.tree.SharedMembers(group, filter)) > 0
+	return g != nil && g.keys[pubsub.SharedKey{Group: group, Filter: filter}]
+}
+
+// Keys appends to dst the set's (group, filter) pairs matching topic.
+func (g *GroupSet) Keys(topic string, dst []pubsub.SharedKey) []pubsub.SharedKey {
+	var buf [4]pubsub.Subscription
+	for _, sub := range g.match(topic, buf[:0]) {
+		dst = append(dst, pubsub.SharedKey{Group: sub.Group, Filter: sub.Filter})
+	}
+	return dst
 }
 
 // Orphan is a message chosen for a node's shared subscription (group,

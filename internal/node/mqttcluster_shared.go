@@ -48,7 +48,6 @@ type shareDispatch struct {
 	nodes map[uint64]*shareNode
 	hist  map[pubsub.SharedKey][]shareEpoch
 	every *mqtt.GroupSet // the keys of hist
-	keys  *pubsub.Tree   // the keys of hist as non-shared subscriptions (Client: group): matched under a read lock
 }
 
 var _ mqtt.SharedDispatch = (*shareDispatch)(nil)
@@ -79,16 +78,10 @@ func (d *shareDispatch) Takes(group, filter string, pos mqtt.Position, node uint
 func (d *shareDispatch) Mine(topic string, pos mqtt.Position, dst []pubsub.SharedKey) []pubsub.SharedKey {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	if d.keys == nil {
-		return dst
-	}
-	var buf [4]pubsub.Subscription
-	for _, sub := range d.keys.Match(topic, buf[:0], nil) {
-		if k := (pubsub.SharedKey{Group: sub.Client, Filter: sub.Filter}); d.takes(k, pos, d.self) {
-			dst = append(dst, k)
-		}
-	}
-	return dst
+	n := len(dst)
+	dst = d.every.Keys(topic, dst)
+	kept := slices.DeleteFunc(dst[n:], func(k pubsub.SharedKey) bool { return !d.takes(k, pos, d.self) })
+	return dst[:n+len(kept)]
 }
 
 // takes is Takes. d.mu is held.
@@ -289,10 +282,8 @@ func (d *shareDispatch) update() {
 	}
 	if added || d.every == nil {
 		routes := make([]mqtt.SharedRoute, 0, len(d.hist))
-		d.keys = pubsub.NewTree()
 		for k := range d.hist {
 			routes = append(routes, mqtt.SharedRoute{Group: k.Group, Filter: k.Filter})
-			d.keys.Subscribe(pubsub.Subscription{Client: k.Group, Filter: k.Filter})
 		}
 		d.every = mqtt.NewGroupSet(routes)
 	}
